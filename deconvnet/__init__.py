@@ -1,0 +1,31 @@
+"""deconvnet: see what a convolutional network has learned (Zeiler & Fergus 2014).
+
+Top-level names::
+
+    net = load_vgg("vgg16", weights="auto")      # or load_alexnet(...)
+    x = net.preprocess("cat.jpg")
+    p = Deconvnet(net).project(x, layer="conv5_3", channel="max")
+    show(p)
+"""
+
+from .core import Deconvnet, Projection, Record, Target
+from .images import ImageReadError
+from .models import Net, WeightsError, WeightsFallbackWarning, load_alexnet, load_model, load_vgg
+from .plot import show
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Deconvnet",
+    "ImageReadError",
+    "Net",
+    "Projection",
+    "Record",
+    "Target",
+    "WeightsError",
+    "WeightsFallbackWarning",
+    "load_alexnet",
+    "load_model",
+    "load_vgg",
+    "show",
+]

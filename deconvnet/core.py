@@ -1,0 +1,465 @@
+"""The deconvnet engine: record switches with forward hooks, then walk the module stack down.
+
+One model-agnostic core. ``record`` runs the model's own forward (torchvision's in-place ReLUs included)
+with hooks that keep, for every module up to the deepest requested layer, its input/output shapes and,
+for max-pools, the switches (argmax positions). The forward stops right after the deepest requested
+layer. ``walk_down`` then applies, from that layer to the pixels, the deconvnet rule of each module:
+
+======================  ==========================================================================
+forward module          deconvnet step (Zeiler & Fergus 2014; REFERENCE.md)
+======================  ==========================================================================
+Conv2d                  ``conv_transpose2d`` with the same weight tensor, no bias, output size = the
+                        forward input size exactly
+ReLU                    ReLU on the reconstruction (ignores the forward input: the deconvnet rule)
+MaxPool2d               unpool at the switches by scatter-add (the exact transpose, also for
+                        overlapping windows, padding and ceil_mode)
+BatchNorm2d (eval)      multiply by gamma / sqrt(running_var + eps)
+Linear                  multiply by the transposed weight, no bias
+AdaptiveAvgPool2d,      the adjoint of the (linear) pooling
+AvgPool2d
+Dropout, Identity,      identity (a flatten is undone by reshaping to the recorded shape)
+Flatten
+======================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import Net
+from .preprocessing import Preprocessing
+
+Position = Union[str, tuple[int, int], torch.Tensor]
+SUPPORTED = (
+    "Conv2d, ReLU, MaxPool2d, BatchNorm2d (eval mode), Linear, AdaptiveAvgPool2d, AvgPool2d, "
+    "Dropout, Identity, Flatten"
+)
+UNPOOL_MODES = ("scatter_add", "max_unpool")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to project: a layer (paper name), a channel and a position in its map.
+
+    Attributes:
+        layer: ``"conv5_3"``, ``"relu4_3"``, ``"pool5"``, ...
+        channel: a channel index, or ``"max"``: per image, the channel holding the layer's strongest
+            activation.
+        position: ``"max"`` (per image, the strongest unit of the channel's map), ``(row, col)``,
+            ``"all"`` (the whole map) or a mask of shape (h, w) or (B, h, w), bool or float, that
+            weights the map.
+    """
+
+    layer: str
+    channel: Union[int, str] = "max"
+    position: Position = "max"
+
+
+@dataclass
+class Projection:
+    """The result of projecting one target for a batch of images.
+
+    Attributes:
+        projection: (B, 3, H, W) in the model's input space (channel order of the model).
+        activation: (B,) the value of the strongest projected unit (for a point target, the unit's).
+        position: (B, 2) row, col of that unit in the layer's map.
+        channel: (B,) the channel projected.
+        layer: the layer's paper name.
+        target: the ``Target`` asked for.
+        input: (B, 3, H, W) the model input that was projected.
+        preprocessing: the model's preprocessing, for display.
+        weights: one line naming model and weights (``Net.describe()``).
+    """
+
+    projection: torch.Tensor
+    activation: torch.Tensor
+    position: torch.Tensor
+    channel: torch.Tensor
+    layer: str
+    target: Target
+    input: torch.Tensor
+    preprocessing: Preprocessing
+    weights: str
+
+    def projection_rgb(self) -> torch.Tensor:
+        """The projection with its channels in RGB order (what display functions want)."""
+        return self.preprocessing.to_rgb_order(self.projection)
+
+    def image_rgb(self) -> torch.Tensor:
+        """The input image as RGB in [0, 1]."""
+        return self.preprocessing.inverse(self.input)
+
+
+@dataclass
+class Record:
+    """What one hooked forward pass recorded.
+
+    Attributes:
+        shapes: stack index -> (input shape, output shape) of every module up to the deepest layer.
+        switches: stack index -> argmax indices (B, C, h, w) into the flattened (H*W) pool input.
+        activations: layer name -> its output (B, C, h, w) or (B, F), a copy (in-place ReLUs overwrite).
+        depth: stack index of the deepest recorded module.
+    """
+
+    shapes: dict[int, tuple[torch.Size, torch.Size]] = field(default_factory=dict)
+    switches: dict[int, torch.Tensor] = field(default_factory=dict)
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    depth: int = -1
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the deepest requested layer: nothing above it needs computing."""
+
+
+def check_input(x: torch.Tensor, net: Net) -> torch.Tensor:
+    """Validate a model input batch and move it to the model's device and dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a tensor (B, 3, H, W), got {type(x).__name__}. Hint: x = net.preprocess(image)")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(
+            f"expected an input of shape (B, 3, H, W), got {tuple(x.shape)}. Hint: x = net.preprocess(image)"
+            + (", or x.unsqueeze(0) for a single (3, H, W) image" if x.dim() == 3 else "")
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point input, got {x.dtype}. Hint: x = net.preprocess(image)")
+    if not torch.isfinite(x).all():
+        raise ValueError("the input contains NaN or infinite values")
+    return x.to(device=net.device, dtype=net.dtype)
+
+
+def record(net: Net, x: torch.Tensor, layers: Sequence[str]) -> Record:
+    """Run the model's forward up to the deepest of ``layers``, recording shapes, switches, activations.
+
+    Hooks exist only inside this call: they are removed in ``finally``, also when the forward raised.
+    """
+    x = check_input(x, net)
+    depth_of = {layer: net.depth(layer) for layer in layers}
+    deepest = max(depth_of.values())
+    wanted = {}
+    for layer, d in depth_of.items():
+        wanted.setdefault(d, []).append(layer)
+    rec = Record(depth=deepest)
+    last = {"index": -1}
+
+    def make_hook(i: int, m: nn.Module) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            inp = inputs[0]
+            if isinstance(output, tuple):  # MaxPool2d(return_indices=True)
+                output, indices = output
+                rec.switches[i] = indices
+            elif isinstance(module, nn.MaxPool2d):
+                rec.switches[i] = F.max_pool2d(
+                    inp, module.kernel_size, module.stride, module.padding, module.dilation,
+                    ceil_mode=module.ceil_mode, return_indices=True,
+                )[1]
+            rec.shapes[i] = (inp.shape, output.shape)
+            for layer in wanted.get(i, ()):
+                rec.activations[layer] = output.detach().clone()
+            last["index"] = i
+            if i == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = []
+    try:
+        for i, (_, m) in enumerate(net.stack[: deepest + 1]):
+            handles.append(m.register_forward_hook(make_hook(i, m)))
+        with torch.no_grad():
+            net.model(x)
+    except _StopForward:
+        pass
+    except RuntimeError as err:
+        failed = net.stack[last["index"] + 1][0] if last["index"] + 1 < len(net.stack) else "?"
+        raise ValueError(
+            f"the forward pass failed at module '{failed}' for an input of {tuple(x.shape[-2:])}: "
+            f"{str(err).splitlines()[0]}. Hint: the input may be too small to reach layer(s) {', '.join(layers)}"
+        ) from err
+    finally:
+        for h in handles:
+            h.remove()
+    if rec.depth not in rec.shapes:
+        raise RuntimeError(
+            f"the forward pass of {net.arch} never reached '{net.stack[deepest][0]}': is net.stack the "
+            "module order of net.model's forward?"
+        )
+    return rec
+
+
+# --- the deconvnet steps ----------------------------------------------------------------------------
+
+def _pair(v: Union[int, tuple]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv_transpose_like(m: nn.Conv2d, r: torch.Tensor, in_hw: Sequence[int]) -> torch.Tensor:
+    """The adjoint of ``m`` (no bias) applied to ``r``, with output size exactly ``in_hw``."""
+    if m.padding_mode != "zeros":
+        raise ValueError(f"Conv2d with padding_mode='{m.padding_mode}' has no deconvnet rule here; only 'zeros'")
+    stride, dilation, k = _pair(m.stride), _pair(m.dilation), _pair(m.kernel_size)
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            padding = (0, 0)
+        else:  # 'same' (stride 1): total padding d*(k-1), symmetric only when even
+            totals = [d * (kk - 1) for d, kk in zip(dilation, k)]
+            if any(t % 2 for t in totals):
+                raise ValueError(f"Conv2d padding='same' with asymmetric padding {totals} is not supported")
+            padding = tuple(t // 2 for t in totals)
+    else:
+        padding = _pair(m.padding)
+    out_pad = []
+    for n_in, n_out, s, p, d, kk in zip(in_hw, r.shape[-2:], stride, padding, dilation, k):
+        base = (n_out - 1) * s - 2 * p + d * (kk - 1) + 1
+        out_pad.append(n_in - base)
+    return F.conv_transpose2d(r, m.weight, None, stride, padding, tuple(out_pad), m.groups, dilation)
+
+
+def unpool_scatter_add(r: torch.Tensor, switches: torch.Tensor, in_hw: Sequence[int]) -> torch.Tensor:
+    """Unpool at the switches, summing where windows share a maximum: the exact transpose of max-pooling."""
+    n, c = r.shape[:2]
+    out = r.new_zeros(n, c, in_hw[0] * in_hw[1])
+    out.scatter_add_(2, switches.reshape(n, c, -1), r.reshape(n, c, -1))
+    return out.view(n, c, in_hw[0], in_hw[1])
+
+
+def _linear_adjoint(m: nn.Module, r: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
+    with torch.enable_grad():
+        z = torch.zeros(in_shape, dtype=r.dtype, device=r.device, requires_grad=True)
+        (g,) = torch.autograd.grad(m(z), z, r)
+    return g
+
+
+def deconv_step(
+    m: nn.Module,
+    r: torch.Tensor,
+    in_shape: Sequence[int],
+    switches: torch.Tensor | None,
+    *,
+    name: str,
+    unpool: str = "scatter_add",
+) -> torch.Tensor:
+    """One deconvnet step down through module ``m`` (see the module docstring for the rules)."""
+    n = r.shape[0]
+    if isinstance(m, nn.Conv2d):
+        return conv_transpose_like(m, r, in_shape[-2:])
+    if isinstance(m, nn.ReLU):
+        return F.relu(r)
+    if isinstance(m, nn.MaxPool2d):
+        reps = n // switches.shape[0]
+        sw = switches if reps == 1 else switches.repeat(reps, 1, 1, 1)
+        if unpool == "max_unpool":
+            return F.max_unpool2d(r, sw, m.kernel_size, m.stride, m.padding, output_size=in_shape[-2:])
+        return unpool_scatter_add(r, sw, in_shape[-2:])
+    if isinstance(m, nn.BatchNorm2d):
+        if m.training or m.running_var is None:
+            raise ValueError(f"BatchNorm2d '{name}' must be in eval mode with running statistics. Hint: net.model.eval()")
+        scale = torch.rsqrt(m.running_var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight
+        return r * scale.view(1, -1, 1, 1).to(r.dtype)
+    if isinstance(m, nn.Linear):
+        return r @ m.weight
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
+        return _linear_adjoint(m, r, (n, *in_shape[1:]))
+    if isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten)):
+        return r
+    raise ValueError(f"module '{name}' ({type(m).__name__}) has no deconvnet rule. Supported: {SUPPORTED}")
+
+
+def check_supported(net: Net, depth: int) -> None:
+    """Raise before any work if a module below ``depth`` has no deconvnet rule."""
+    rule_types = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Linear, nn.AdaptiveAvgPool2d,
+                  nn.AvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
+    for name, m in net.stack[: depth + 1]:
+        if not isinstance(m, rule_types):
+            raise ValueError(f"module '{name}' ({type(m).__name__}) has no deconvnet rule. Supported: {SUPPORTED}")
+
+
+def walk_down(
+    net: Net,
+    rec: Record,
+    seeds: dict[int, torch.Tensor],
+    *,
+    unpool: str = "scatter_add",
+    trace: Callable[[int, str, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Project seeds down to pixel space in one pass.
+
+    Args:
+        seeds: stack index -> (G * B, ...) signals placed on that module's output; B is the recorded
+            batch, G the number of targets at that layer (image-major inside each target group).
+            Deeper groups go first in the result; a shallower group joins the running batch when the
+            walk reaches its layer.
+        trace: called as ``trace(index, name, r)`` after each step, ``r`` the signal on the input of
+            module ``index``.
+
+    Returns:
+        (sum of G * B, 3, H, W), groups ordered from the deepest seed layer to the shallowest.
+    """
+    r = None
+    for i in range(max(seeds), -1, -1):
+        in_shape, out_shape = rec.shapes[i]
+        if i in seeds:
+            s = seeds[i].reshape(-1, *out_shape[1:])
+            r = s if r is None else torch.cat([r.reshape(-1, *out_shape[1:]), s])
+        else:
+            r = r.reshape(-1, *out_shape[1:])
+        name, m = net.stack[i]
+        r = deconv_step(m, r, in_shape, rec.switches.get(i), name=name, unpool=unpool)
+        if trace is not None:
+            trace(i, name, r)
+    return r
+
+
+# --- targets to seeds ----------------------------------------------------------------------------------
+
+def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seed (B, C, h, w) or (B, F), and per image: channel, activation, position."""
+    b, c = act.shape[:2]
+    spatial = act.dim() == 4
+    a4 = act if spatial else act.view(b, c, 1, 1)
+    h, w = a4.shape[-2:]
+    ch = target.channel
+    if isinstance(ch, str):
+        if ch != "max":
+            raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
+        channels = a4.flatten(2).amax(2).argmax(1)
+    else:
+        if isinstance(ch, bool) or not isinstance(ch, int) or not 0 <= ch < c:
+            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}' of {net.arch}, which has {c} channels. Hint: use 0..{c - 1} or 'max'")
+        channels = torch.full((b,), ch, dtype=torch.long, device=act.device)
+    maps = a4[torch.arange(b, device=act.device), channels]  # (B, h, w)
+    pos = target.position
+    if isinstance(pos, str):
+        if pos not in ("max", "all"):
+            raise ValueError(f"position '{pos}' is not understood. Hint: 'max', 'all', (row, col) or a mask")
+        weight = None if pos == "max" else torch.ones_like(maps)
+    elif isinstance(pos, torch.Tensor):
+        mask = pos.to(device=act.device, dtype=act.dtype)
+        if mask.shape not in ((h, w), (b, h, w)):
+            raise ValueError(f"mask of shape {tuple(pos.shape)} does not fit layer '{target.layer}': its map is {h}x{w}; give (h, w) or ({b}, {h}, {w})")
+        weight = mask.expand(b, h, w)
+    else:
+        try:
+            row, col = (int(v) for v in pos)
+        except (TypeError, ValueError):
+            raise ValueError(f"position {pos!r} is not understood. Hint: 'max', 'all', (row, col) or a mask") from None
+        if not (0 <= row < h and 0 <= col < w):
+            raise ValueError(f"position ({row}, {col}) is outside layer '{target.layer}''s {h}x{w} map for this input size")
+        weight = torch.zeros_like(maps)
+        weight[:, row, col] = 1
+    if weight is None:  # "max": the strongest unit of each image's map
+        flat = maps.flatten(1).argmax(1)
+        weight = torch.zeros_like(maps).flatten(1).scatter_(1, flat[:, None], 1.0).view_as(maps)
+    seeded = maps * weight
+    # the strongest projected unit (ties: first in row-major order)
+    score = torch.where(weight != 0, seeded, torch.full_like(seeded, float("-inf")))
+    flat = score.flatten(1).argmax(1)
+    position = torch.stack([flat // w, flat % w], 1)
+    activation = seeded.flatten(1).gather(1, flat[:, None]).squeeze(1)
+    seed = torch.zeros_like(a4)
+    seed[torch.arange(b, device=act.device), channels] = seeded
+    return seed.view_as(act), channels, activation, position
+
+
+class Deconvnet:
+    """Zeiler & Fergus's deconvnet mirrored on a loaded ``Net``.
+
+    Args:
+        net: the model (``load_vgg``, ``load_alexnet``).
+        unpool: ``"scatter_add"`` (default, the exact transpose of max-pooling) or ``"max_unpool"``
+            (``F.max_unpool2d``, which overwrites where overlapping windows share a maximum).
+        max_batch: most projections per deconv pass (bounds memory).
+
+    Example:
+        >>> deconv = Deconvnet(net)
+        >>> p = deconv.project(x, layer="conv5_3", channel=441, position="max")
+    """
+
+    def __init__(self, net: Net, *, unpool: str = "scatter_add", max_batch: int = 32) -> None:
+        if unpool not in UNPOOL_MODES:
+            raise ValueError(f"unpool '{unpool}' is not understood. Hint: one of {', '.join(UNPOOL_MODES)}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.net, self.unpool, self.max_batch = net, unpool, max_batch
+
+    def record(self, x: torch.Tensor, layers: Sequence[str]) -> Record:
+        """One hooked forward up to the deepest of ``layers`` (see ``deconvnet.core.record``)."""
+        return record(self.net, x, layers)
+
+    def project(
+        self, x: torch.Tensor, layer: str, channel: Union[int, str] = "max", position: Position = "max"
+    ) -> Projection:
+        """Project one target for a batch of images: every other activation of the layer set to zero.
+
+        Args:
+            x: (B, 3, H, W) model input (``net.preprocess``).
+            layer: paper layer name, e.g. ``"conv5_3"``.
+            channel: channel index or ``"max"``.
+            position: ``"max"``, ``(row, col)``, ``"all"`` or a mask; see ``Target``.
+
+        Returns:
+            A ``Projection``; ``projection`` is (B, 3, H, W) in the model's input space.
+        """
+        return self.project_many(x, [Target(layer, channel, position)])[0]
+
+    def project_many(self, x: torch.Tensor, targets: Sequence[Target]) -> list[Projection]:
+        """Project many targets: one forward for the batch, deconv passes batched over targets.
+
+        Equal to projecting the targets one by one. Returns one ``Projection`` per target, in order.
+        """
+        targets = [t if isinstance(t, Target) else Target(*t) for t in targets]
+        if not targets:
+            return []
+        depths = [self.net.depth(t.layer) for t in targets]
+        check_supported(self.net, max(depths))
+        x = check_input(x, self.net)
+        rec = self.record(x, sorted({t.layer for t in targets}))
+        selected = [_select(rec.activations[t.layer], t, self.net) for t in targets]
+        b = x.shape[0]
+        per_pass = max(1, self.max_batch // b)
+        results: list[torch.Tensor | None] = [None] * len(targets)
+        order = sorted(range(len(targets)), key=lambda k: -depths[k])  # deepest first, as walk_down returns
+        for start in range(0, len(order), per_pass):
+            chunk = order[start : start + per_pass]
+            seeds: dict[int, list[torch.Tensor]] = {}
+            for k in chunk:
+                seeds.setdefault(depths[k], []).append(selected[k][0])
+            with torch.no_grad():
+                out = walk_down(self.net, rec, {d: torch.cat(s) for d, s in seeds.items()}, unpool=self.unpool)
+            for j, k in enumerate(chunk):  # chunk is deepest-first, stable: walk_down's order
+                results[k] = out[j * b : (j + 1) * b]
+        return [
+            Projection(
+                projection=results[k],
+                activation=selected[k][2],
+                position=selected[k][3],
+                channel=selected[k][1],
+                layer=t.layer,
+                target=t,
+                input=x,
+                preprocessing=self.net.preprocessing,
+                weights=self.net.describe(),
+            )
+            for k, t in enumerate(targets)
+        ]
+
+    def stages(self, x: torch.Tensor, target: Target) -> list[tuple[str, torch.Tensor]]:
+        """The signal after every step down for one target: ``[(module name, tensor), ...]``.
+
+        The first entry is the seed on the layer's output; the last is the projection.
+        """
+        depth = self.net.depth(target.layer)
+        check_supported(self.net, depth)
+        rec = self.record(x, [target.layer])
+        seed = _select(rec.activations[target.layer], target, self.net)[0]
+        out = [(target.layer, seed)]
+        with torch.no_grad():
+            walk_down(self.net, rec, {depth: seed}, unpool=self.unpool,
+                      trace=lambda i, name, r: out.append((name, r.clone())))
+        return out

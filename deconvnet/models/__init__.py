@@ -1,0 +1,15 @@
+"""Model families and weight sources."""
+
+from ._api import ARCH_NAMES, WEIGHT_SOURCES, Net, load_alexnet, load_model, load_vgg
+from .weights import WeightsError, WeightsFallbackWarning
+
+__all__ = [
+    "ARCH_NAMES",
+    "WEIGHT_SOURCES",
+    "Net",
+    "WeightsError",
+    "WeightsFallbackWarning",
+    "load_alexnet",
+    "load_model",
+    "load_vgg",
+]

@@ -1,0 +1,66 @@
+"""Receptive fields computed from the module stack (not a hand table).
+
+The recurrence, from the input (r = 1, j = 1, P = 0), for a layer of kernel k, stride s, padding p and
+dilation d (effective kernel d(k-1)+1): ``r_out = r + (k_eff - 1) j``, ``j_out = j s``, ``P_out = P + p j``.
+Unit i of a layer covers input pixels ``[i j - P, i j - P + r - 1]`` along each axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .models import Net
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Per axis (rows, cols): size r, jump j (input pixels between neighbouring units), padding P."""
+
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    padding: tuple[int, int]
+
+    def box(self, row: int, col: int, image_hw: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+        """Input pixel box ``(top, left, bottom, right)`` of unit (row, col), bottom/right exclusive.
+
+        With ``image_hw`` the box is clipped to the image.
+        """
+        top = row * self.jump[0] - self.padding[0]
+        left = col * self.jump[1] - self.padding[1]
+        bottom, right = top + self.size[0], left + self.size[1]
+        if image_hw is not None:
+            top, left = max(top, 0), max(left, 0)
+            bottom, right = min(bottom, image_hw[0]), min(right, image_hw[1])
+        return top, left, bottom, right
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def receptive_field(net: Net, layer: str) -> ReceptiveField:
+    """The receptive field of a unit of ``layer`` (paper name), from the conv/pool modules below it.
+
+    Raises:
+        ValueError: unknown layer, or a layer above the spatial part (fc layers see the whole image).
+    """
+    depth = net.depth(layer)
+    r, j, p = [1, 1], [1, 1], [0, 0]
+    for name, m in net.stack[: depth + 1]:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
+            d = _pair(getattr(m, "dilation", 1))
+            pad = m.padding
+            if isinstance(pad, str):
+                pad = (0, 0) if pad == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k))
+            pad = _pair(pad)
+            for a in range(2):
+                k_eff = d[a] * (k[a] - 1) + 1
+                r[a] += (k_eff - 1) * j[a]
+                p[a] += pad[a] * j[a]
+                j[a] *= s[a]
+        elif isinstance(m, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten)):
+            raise ValueError(f"layer '{layer}' is past the spatial layers of {net.arch}: its units see the whole image")
+    return ReceptiveField(tuple(r), tuple(j), tuple(p))
