@@ -41,11 +41,12 @@ def to_rgb_pil(img: Image.Image) -> Image.Image:
     on white) and CMYK.
     """
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: full range is 0..65535
+        a = np.asarray(img, dtype=np.float64) / 65535.0
+        img = Image.fromarray((np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    elif img.mode == "F":  # float images: taken as [0, 1]
         a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray((a * 255.0 + 0.5).astype(np.uint8), mode="L")
+        img = Image.fromarray((np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -68,7 +69,7 @@ def read_image(path: Union[str, os.PathLike]) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return to_rgb_pil(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"cannot read image '{path}': {err}. Hint: is it a complete JPEG/PNG file?") from err
 
 
@@ -78,6 +79,8 @@ def skimage_photo(name: str) -> Image.Image:
         raise ImageReadError(f"unknown bundled photograph '{name}'. Hint: use one of {', '.join(SKIMAGE_PHOTOS)}")
     import skimage.data
 
+    if name.startswith("motorcycle_"):  # skimage ships the stereo pair as one function
+        return array_to_pil(skimage.data.stereo_motorcycle()[0 if name.endswith("left") else 1])
     return array_to_pil(getattr(skimage.data, name)())
 
 
@@ -130,15 +133,18 @@ def load_rgb(image: ImageLike) -> Image.Image:
 
 def resize_center_crop(img: Image.Image, resize: int | None, crop: int | None) -> Image.Image:
     """ImageNet evaluation geometry: resize the shorter side to ``resize``, then center-crop ``crop``."""
-    if resize is not None:
+    if resize is not None:  # as torchvision's Resize(int): the long side is truncated
         w, h = img.size
-        s = resize / min(w, h)
-        img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
-    if crop is not None:
+        if w <= h:
+            size = (resize, int(resize * h / w))
+        else:
+            size = (int(resize * w / h), resize)
+        img = img.resize(size, Image.BILINEAR)
+    if crop is not None:  # as torchvision's CenterCrop: offsets rounded
         w, h = img.size
         if crop > min(w, h):
             raise ValueError(f"crop {crop} is larger than the image ({w}x{h}); resize first or crop smaller")
-        left, top = (w - crop) // 2, (h - crop) // 2
+        left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
         img = img.crop((left, top, left + crop, top + crop))
     return img
 

@@ -151,8 +151,14 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, dict]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        text = str(err)
+        why = (
+            "torch.load(weights_only=True) refused it: the file is corrupt, or holds pickled objects besides tensors"
+            if "Weights only load failed" in text
+            else (text.strip().splitlines() or [type(err).__name__])[0][:200]
+        )
         raise WeightsError(
-            f"cannot read weights file '{path}': {err}. Expected a torchvision-layout state_dict "
+            f"cannot read weights file '{path}': {why}. Expected a torchvision-layout state_dict "
             "(keys like 'features.0.weight') saved with torch.save"
         ) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
