@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .images import SKIMAGE_PHOTOS, ImageReadError, array_to_pil, pil_to_tensor01, read_image, resize_center_crop
+from .images import SKIMAGE_PHOTOS, ImageReadError, pil_to_tensor01, read_image, resize_center_crop
 from .images import skimage_photo
 from .preprocessing import Preprocessing
 

@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom on small settings (DECONVNET_QUICK=1), so none can rot."""
 
-import os
 from pathlib import Path
 
 import nbformat
