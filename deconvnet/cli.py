@@ -16,6 +16,9 @@ from .images import SKIMAGE_PHOTOS, ImageReadError
 from .models import ARCH_NAMES, WeightsError
 
 
+FIGURE_KINDS = ("top9",)
+
+
 class UsageError(Exception):
     """A bad command-line value; printed as one line, exit status 2."""
 
@@ -59,6 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", default="symmetric", choices=("symmetric", "minmax", "percentile"), help="display scaling of the projection")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, required=True, help="output figure (.png, .pdf, .svg)")
+
+    f = sub.add_parser("figures", help="the figure grids: Figure 2 (top-k per feature map) and the other figures")
+    f.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
+    f.add_argument("--weights", default="auto", help="auto, imagenet, hed (vgg16), random, or a state_dict path")
+    f.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
+    f.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
+    f.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block)")
+    f.add_argument("--features", type=int, default=8, help="feature maps shown per layer")
+    f.add_argument("--k", type=int, default=9, help="top activations per feature map")
+    f.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps: a seeded random subset (as the paper) or the strongest")
+    f.add_argument("--scaling", default="symmetric", choices=("symmetric", "minmax", "percentile"), help="display scaling of the projections")
+    f.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure file format")
+    f.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
+    f.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
+    f.add_argument("--limit", type=int, default=None, help="scan only the first N images")
+    f.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    f.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    f.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    f.add_argument("--only", default="all", help=f"comma-separated figure kinds: {', '.join(FIGURE_KINDS)} or all")
+    f.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -95,11 +119,97 @@ def cmd_project(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}  (load {t1 - t0:.1f}s, project {t2 - t1:.2f}s)")
 
 
+def _load_net(args: argparse.Namespace):
+    from . import load_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    return net
+
+
+def default_layers(net) -> list[str]:
+    """The last conv of each block (VGG: conv1_2 ... conv5_3; AlexNet: conv1 ... conv5)."""
+    convs = [n for n in net.layers if n.startswith("conv")]
+    if "_" not in convs[0]:
+        return convs
+    last = {}
+    for n in convs:
+        last[n.split("_")[0]] = n
+    return list(last.values())
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    import hashlib
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .data import Head, load_dataset
+    from .figure2 import feature_tiles, select_features, write_layer_figure
+    from .scan import scan_top_k
+
+    kinds = FIGURE_KINDS if args.only == "all" else tuple(k.strip() for k in args.only.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FIGURE_KINDS]
+    if unknown or not kinds:
+        raise UsageError(f"--only {args.only}: unknown figure kind {', '.join(unknown) or '(none)'}; use {', '.join(FIGURE_KINDS)} or all")
+    for name, value, least in (("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
+                               ("--crop", args.crop, 1), ("--resize", args.resize, 1), ("--workers", args.workers, 0)):
+        if value < least:
+            raise UsageError(f"{name} {value} must be at least {least}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit} must be at least 1")
+    if args.data is not None and not Path(args.data).expanduser().is_dir():
+        raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
+    timings: list[tuple[str, float]] = []
+    t = time.perf_counter()
+    net = _load_net(args)
+    layers = default_layers(net) if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
+    for layer in layers:
+        net.check_layer(layer)
+    print(f"model: {net.describe()}")
+    data = None if args.data is None else str(Path(args.data).expanduser())
+    dataset = load_dataset(data, preprocessing=net.preprocessing, resize=args.resize, crop=args.crop)
+    if args.limit is not None and args.limit < len(dataset):
+        dataset = Head(dataset, args.limit)
+    dataset_name = "the offline demo collection" if data is None else f"'{data}'"
+    print(f"data: {len(dataset)} images from {dataset_name}")
+    timings.append(("load model and data", time.perf_counter() - t))
+    written: list[Path] = []
+    if "top9" in kinds:
+        t = time.perf_counter()
+        key = json.dumps([net.provenance.get("sha256"), net.provenance["weights"], args.arch, args.seed, data,
+                          args.resize, args.crop, args.limit, layers, args.k], default=str)
+        ckpt = args.out / "scans" / f"scan-{args.arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+        if ckpt.is_file():
+            print(f"scan: resuming from (or reusing) {ckpt}")
+        topk = scan_top_k(net, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.workers,
+                          checkpoint=ckpt, progress=not args.quiet)
+        timings.append(("scan", time.perf_counter() - t))
+        for layer in layers:
+            t = time.perf_counter()
+            channels = select_features(topk, layer, args.features, args.select, args.seed)
+            if not channels:
+                print(f"warning: {layer}: no feature map has {args.k} positive activations; no figure", file=sys.stderr)
+                continue
+            tiles = feature_tiles(net, dataset, topk, layer, channels, batch_size=args.batch_size, progress=not args.quiet)
+            out = args.out / f"top{args.k}_{args.arch}_{layer}.{args.format}"
+            written += write_layer_figure(tiles, topk, net, out, dataset_name=dataset_name, scaling=args.scaling, selection=args.select)
+            timings.append((f"project and draw {layer}", time.perf_counter() - t))
+    for path in written:
+        print(f"wrote {path}")
+    print("timings: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in timings))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        {"project": cmd_project}[args.command](args)
+        {"project": cmd_project, "figures": cmd_figures}[args.command](args)
     except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError) as err:
         print(f"deconvnet: error: {err}", file=sys.stderr)
         return 2

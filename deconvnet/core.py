@@ -48,15 +48,15 @@ class Target:
 
     Attributes:
         layer: ``"conv5_3"``, ``"relu4_3"``, ``"pool5"``, ...
-        channel: a channel index, or ``"max"``: per image, the channel holding the layer's strongest
-            activation.
+        channel: a channel index, ``"max"`` (per image, the channel holding the layer's strongest
+            activation), or a (B,) tensor of one channel per image.
         position: ``"max"`` (per image, the strongest unit of the channel's map), ``(row, col)``,
             ``"all"`` (the whole map) or a mask of shape (h, w) or (B, h, w), bool or float, that
             weights the map.
     """
 
     layer: str
-    channel: Union[int, str] = "max"
+    channel: Union[int, str, torch.Tensor] = "max"
     position: Position = "max"
 
 
@@ -132,8 +132,11 @@ def check_input(x: torch.Tensor, net: Net) -> torch.Tensor:
     return x.to(device=net.device, dtype=net.dtype)
 
 
-def record(net: Net, x: torch.Tensor, layers: Sequence[str]) -> Record:
+def record(net: Net, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True) -> Record:
     """Run the model's forward up to the deepest of ``layers``, recording shapes, switches, activations.
+
+    Args:
+        switches: record the max-pool switches (a scan that only needs activations passes False).
 
     Hooks exist only inside this call: they are removed in ``finally``, also when the forward raised.
     """
@@ -152,7 +155,7 @@ def record(net: Net, x: torch.Tensor, layers: Sequence[str]) -> Record:
             if isinstance(output, tuple):  # MaxPool2d(return_indices=True)
                 output, indices = output
                 rec.switches[i] = indices
-            elif isinstance(module, nn.MaxPool2d):
+            elif switches and isinstance(module, nn.MaxPool2d):
                 rec.switches[i] = F.max_pool2d(
                     inp, module.kernel_size, module.stride, module.padding, module.dilation,
                     ceil_mode=module.ceil_mode, return_indices=True,
@@ -325,7 +328,11 @@ def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[torch.Tensor, 
     a4 = act if spatial else act.view(b, c, 1, 1)
     h, w = a4.shape[-2:]
     ch = target.channel
-    if isinstance(ch, str):
+    if isinstance(ch, torch.Tensor):  # one channel per image
+        channels = ch.to(device=act.device, dtype=torch.long).reshape(-1)
+        if channels.numel() != b or not ((channels >= 0) & (channels < c)).all():
+            raise ValueError(f"per-image channels {ch.tolist()} must be {b} values in [0, {c}) for layer '{target.layer}'")
+    elif isinstance(ch, str):
         if ch != "max":
             raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
         channels = a4.flatten(2).amax(2).argmax(1)

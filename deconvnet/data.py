@@ -474,3 +474,36 @@ def load_dataset(
     if not Path(spec).exists():
         raise FileNotFoundError(f"image folder '{spec}' does not exist. Hint: give a folder of images, or 'demo'")
     return ImageFolder(spec, preprocessing=preprocessing, resize=resize, crop=crop)
+
+
+class Head(Dataset):
+    """The first ``n`` items of a collection, with its ``rgb``, ``label`` and ``describe``."""
+
+    def __init__(self, dataset: Dataset, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"a collection needs at least 1 item, got n={n}")
+        self.dataset, self.n = dataset, min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _check(self, i: int) -> int:
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} is out of range for {self.n} items")
+        return i
+
+    def __getitem__(self, i: int):
+        return self.dataset[self._check(i)]
+
+    def rgb(self, i: int) -> Image.Image:
+        return self.dataset.rgb(self._check(i))
+
+    def label(self, i: int) -> str:
+        return self.dataset.label(self._check(i))
+
+    def note_unreadable(self, indices: Sequence[int]) -> None:
+        if hasattr(self.dataset, "note_unreadable"):
+            self.dataset.note_unreadable(indices)
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.dataset.describe(), limit=self.n)

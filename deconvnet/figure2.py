@@ -1,0 +1,293 @@
+"""Figure 2 of Zeiler & Fergus: a feature's top-k projections beside their receptive-field patches.
+
+Each of a feature's top activations (from ``scan_top_k``) is projected on its own image, and both the
+projection and the image are cropped to the unit's receptive-field box (padded where the box leaves the
+image: projections with zero, shown mid-gray; patches with light gray), so all tiles of a layer have one size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .core import Deconvnet, Target
+from .images import pil_to_tensor01
+from .models import Net
+from .plot import SCALINGS, save_figure, scale_for_display
+from .receptive import receptive_field
+from .scan import TopK
+
+SELECTIONS = ("random", "strongest")
+#: value of image-patch pixels outside the image (light gray; the mosaic's separators are white)
+PATCH_PAD = 0.88
+
+
+@dataclass
+class FeatureTiles:
+    """The tiles of one feature.
+
+    Attributes:
+        layer, channel: the feature.
+        values: (n,) activations, strongest first.
+        images: (n,) dataset indices.
+        positions: (n, 2) unit positions in the layer's map.
+        boxes: n receptive-field boxes (top, left, bottom, right) in image pixels, unclipped.
+        projections: (n, 3, r, r) projections cropped to the boxes, RGB channel order, model input scale.
+        patches: (n, 3, r, r) image patches, RGB in [0, 1].
+        labels: n short names of the images.
+    """
+
+    layer: str
+    channel: int
+    values: torch.Tensor
+    images: torch.Tensor
+    positions: torch.Tensor
+    boxes: list[tuple[int, int, int, int]]
+    projections: torch.Tensor
+    patches: torch.Tensor
+    labels: list[str]
+
+
+def select_features(topk: TopK, layer: str, n: int, how: str = "random", seed: int = 0) -> list[int]:
+    """Channels to show: a seeded random subset (as the paper) or the ``n`` strongest (by top-1 value).
+
+    Only channels with a full top-k (k non-empty entries, top activation > 0) are eligible.
+    """
+    if how not in SELECTIONS:
+        raise ValueError(f"feature selection '{how}' is not understood. Hint: one of {', '.join(SELECTIONS)}")
+    if n < 1:
+        raise ValueError(f"the number of features must be at least 1, got {n}")
+    full = ((topk.images[layer] >= 0).all(1) & (topk.values[layer][:, 0] > 0)).nonzero().flatten().tolist()
+    if how == "strongest":
+        top1 = topk.values[layer][:, 0]
+        return sorted(full, key=lambda c: (-float(top1[c]), c))[:n]
+    rng = random.Random(seed)
+    return sorted(rng.sample(full, min(n, len(full))))
+
+
+def _crop_padded(t: torch.Tensor, box: tuple[int, int, int, int], fill: float) -> torch.Tensor:
+    """Crop (C, H, W) to an unclipped box, padding with ``fill`` outside the image."""
+    top, left, bottom, right = box
+    h, w = t.shape[-2:]
+    pad = (max(0, -left), max(0, right - w), max(0, -top), max(0, bottom - h))
+    t = F.pad(t, pad, value=fill)
+    top, left = top + pad[2], left + pad[0]
+    return t[:, top : top + (bottom - box[0]), left : left + (right - box[1])]
+
+
+def feature_tiles(
+    net: Net,
+    dataset: Any,
+    topk: TopK,
+    layer: str,
+    channels: Sequence[int],
+    *,
+    deconv: Optional[Deconvnet] = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[FeatureTiles]:
+    """Project each kept activation of ``channels`` on its own image and crop to its receptive field.
+
+    The projections are batched: each batch holds up to ``batch_size`` (image, channel, unit) triples,
+    one forward and one deconv pass for all of them.
+    """
+    deconv = deconv or Deconvnet(net)
+    rf = receptive_field(net, layer)
+    h, w = topk.map_size[layer]
+    jobs = [(c, e) for c in channels for e in topk.entries(layer, c)]
+    if not jobs:
+        return []
+    proj_tiles: list[torch.Tensor] = []
+    patch_tiles: list[torch.Tensor] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    bar = tqdm(total=len(jobs), desc=f"project {layer}", unit="proj", disable=not progress)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        x = torch.stack([dataset[i][0] for _, (_, i, _) in chunk])
+        mask = torch.zeros(len(chunk), h, w)
+        for b, (_, (_, _, (r, c))) in enumerate(chunk):
+            mask[b, r, c] = 1
+        target = Target(layer, torch.tensor([c for c, _ in chunk]), mask)
+        p = deconv.project_many(x, [target])[0]
+        proj = p.projection_rgb().detach().cpu()
+        for b, (c, (v, i, (r, col))) in enumerate(chunk):
+            if not torch.isclose(p.activation[b].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3, atol=1e-5):
+                raise RuntimeError(
+                    f"image {i} gives activation {float(p.activation[b]):.6g} at {layer} channel {c} ({r}, {col}), "
+                    f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?"
+                )
+            box = rf.box(r, col)
+            boxes.append(box)
+            proj_tiles.append(_crop_padded(proj[b], box, 0.0))
+            patch_tiles.append(_crop_padded(pil_to_tensor01(dataset.rgb(i)), box, PATCH_PAD))
+        bar.update(len(chunk))
+    bar.close()
+    out, j = [], 0
+    for c in channels:
+        entries = topk.entries(layer, c)
+        n = len(entries)
+        out.append(FeatureTiles(
+            layer=layer, channel=c,
+            values=torch.tensor([e[0] for e in entries]),
+            images=torch.tensor([e[1] for e in entries]),
+            positions=torch.tensor([e[2] for e in entries]),
+            boxes=boxes[j : j + n],
+            projections=torch.stack(proj_tiles[j : j + n]),
+            patches=torch.stack(patch_tiles[j : j + n]),
+            labels=[dataset.label(e[1]) if hasattr(dataset, "label") else str(e[1]) for e in entries],
+        ))
+        j += n
+    return out
+
+
+def mosaic(tiles: Sequence[np.ndarray], cols: int, gap: int = 1, fill: float = 1.0) -> np.ndarray:
+    """(H, W, 3) tiles -> one image of ``cols`` columns with ``gap``-pixel separators."""
+    n = len(tiles)
+    rows = math.ceil(n / cols)
+    th, tw = tiles[0].shape[:2]
+    out = np.full((rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, 3), fill)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, cols)
+        out[r * (th + gap) : r * (th + gap) + th, c * (tw + gap) : c * (tw + gap) + tw] = t
+    return out
+
+
+def _blank(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def plot_feature(tiles: FeatureTiles, axes: Sequence, scaling: str = "symmetric", title: bool = True):
+    """Draw a feature's projections (3x3 for k = 9) on ``axes[0]`` and the patches on ``axes[1]``.
+
+    Returns:
+        The figure of the axes.
+    """
+    n = len(tiles.values)
+    cols = math.ceil(math.sqrt(n))
+    gap = max(1, tiles.patches.shape[-1] // 24)
+    projs = [scale_for_display(p, scaling) for p in tiles.projections]
+    patches = [p.permute(1, 2, 0).double().numpy() for p in tiles.patches]
+    axes[0].imshow(mosaic(projs, cols, gap), interpolation="nearest")
+    axes[1].imshow(mosaic(patches, cols, gap), interpolation="nearest")
+    for ax in axes[:2]:
+        _blank(ax)
+    if title:
+        axes[0].set_title(f"ch {tiles.channel}  (max {float(tiles.values[0]):.3g})", fontsize=7, loc="left", pad=2)
+    return axes[0].figure
+
+
+def plot_layer_grid(
+    features: Sequence[FeatureTiles],
+    *,
+    title: str,
+    footer: str,
+    scaling: str = "symmetric",
+    cols: Optional[int] = None,
+):
+    """The paper's layout for one layer: per feature, the projections beside the image patches.
+
+    Returns:
+        A new matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
+    n = len(features)
+    cols = cols or min(4, max(1, math.ceil(math.sqrt(n))))
+    rows = math.ceil(n / cols)
+    fig = plt.figure(figsize=(3.3 * cols, 1.75 * rows + 0.9))
+    grid = fig.add_gridspec(rows, cols * 2, wspace=0.04, hspace=0.22, left=0.01, right=0.99, top=1 - 0.5 / (1.75 * rows + 0.9), bottom=0.35 / (1.75 * rows + 0.9))
+    for k, tiles in enumerate(features):
+        r, c = divmod(k, cols)
+        axes = [fig.add_subplot(grid[r, 2 * c]), fig.add_subplot(grid[r, 2 * c + 1])]
+        plot_feature(tiles, axes, scaling)
+    fig.suptitle(title, fontsize=10)
+    fig.text(0.5, 0.005, footer, ha="center", va="bottom", fontsize=6, color="0.3", wrap=True)
+    return fig
+
+
+def write_layer_figure(
+    features: Sequence[FeatureTiles],
+    topk: TopK,
+    net: Net,
+    out: str | os.PathLike,
+    *,
+    dataset_name: str,
+    scaling: str = "symmetric",
+    selection: str = "random",
+) -> tuple[Path, Path]:
+    """Draw and save one layer's grid (PNG/PDF/SVG by suffix) and its JSON sidecar, atomically."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    layer = features[0].layer
+    k = topk.k
+    n_images = topk.provenance.get("n", "?")
+    title = (f"{net.arch} {layer}: top {k} activations of {len(features)} feature maps ({selection} selection) "
+             f"across {n_images} images of {dataset_name}, each projected on its own image (left) beside its "
+             f"receptive-field patch (right)")
+    rf = receptive_field(net, layer)
+    footer = (f"{net.describe()}.  Receptive field {rf.size[0]} px, stride {rf.jump[0]}.  "
+              f"Projections: per-tile '{scaling}' scaling, zero = gray; padding outside the image: mid-gray / light gray.")
+    fig = plot_layer_grid(features, title="\n".join(_wrap(title, 110)), footer=footer, scaling=scaling)
+    save_figure(fig, out)
+    plt.close(fig)
+    sidecar = out.with_suffix(".json")
+    meta = {
+        "figure": out.name,
+        "layer": layer,
+        "k": k,
+        "selection": selection,
+        "scaling": scaling,
+        "receptive_field": {"size": rf.size, "jump": rf.jump, "padding": rf.padding},
+        "provenance": topk.provenance,
+        "features": [
+            {
+                "channel": t.channel,
+                "tiles": [
+                    {"image": int(i), "label": lab, "activation": float(v), "position": [int(a) for a in p], "box": list(b)}
+                    for v, i, p, b, lab in zip(t.values, t.images, t.positions, t.boxes, t.labels)
+                ],
+            }
+            for t in features
+        ],
+    }
+    write_json(meta, sidecar)
+    return out, sidecar
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON atomically."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

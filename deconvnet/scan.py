@@ -1,0 +1,289 @@
+"""Dataset-scale scan: each feature map's strongest activations (the paper's Figure 2 selection).
+
+``scan_top_k`` runs one forward per batch (stopping after the deepest requested layer) and keeps, for
+every channel of every requested layer, the k strongest activations across the dataset: value, image
+index and position, by default at most one per image (the paper's nine different images).
+
+Order and ties (deterministic): higher value first; among equal values, the lower image index, then the
+lower row-major position. So the result does not depend on batch size, workers or interruptions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .core import record
+from .data import collate
+from .models import Net
+
+FORMAT_VERSION = 1
+_EMPTY_IMAGE = torch.iinfo(torch.long).max  # sorts after every real image index
+
+
+@dataclass
+class TopK:
+    """The k strongest activations of every channel of some layers.
+
+    Attributes:
+        layers: the layers scanned (paper names).
+        k: entries kept per channel.
+        per_image: most entries per channel from one image (None: no limit).
+        values: layer -> (C, k) float64, ``-inf`` where fewer than k entries exist.
+        images: layer -> (C, k) int64 dataset indices, -1 where empty.
+        positions: layer -> (C, k, 2) int64 row, col in the layer's map.
+        map_size: layer -> (h, w) of the layer's map.
+        provenance: model, weights, dataset, transform, k, date, ...
+    """
+
+    layers: list[str]
+    k: int
+    per_image: Optional[int]
+    values: dict[str, torch.Tensor]
+    images: dict[str, torch.Tensor]
+    positions: dict[str, torch.Tensor]
+    map_size: dict[str, tuple[int, int]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def entries(self, layer: str, channel: int) -> list[tuple[float, int, tuple[int, int]]]:
+        """The kept ``(value, image index, (row, col))`` of one channel, strongest first."""
+        out = []
+        for v, i, (r, c) in zip(self.values[layer][channel].tolist(), self.images[layer][channel].tolist(),
+                                self.positions[layer][channel].tolist()):
+            if i >= 0:
+                out.append((v, i, (r, c)))
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temporary file, then rename)."""
+        atomic_torch_save(self._state(), path)
+
+    def _state(self) -> dict:
+        return {
+            "format": FORMAT_VERSION, "layers": self.layers, "k": self.k, "per_image": self.per_image,
+            "values": self.values, "images": self.images, "positions": self.positions,
+            "map_size": self.map_size, "provenance": self.provenance,
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TopK":
+        """Load a saved scan.
+
+        Raises:
+            ValueError: the file is missing, unreadable or not a scan of this format.
+        """
+        state = _read_state(path, "scan result")
+        if state.get("format") != FORMAT_VERSION or "values" not in state:
+            raise ValueError(f"'{path}' is not a deconvnet scan result (format {FORMAT_VERSION}). Hint: rerun the scan")
+        state.pop("format")
+        state.pop("next_index", None)
+        state.pop("fingerprint", None)
+        return cls(**state)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_state(path: str | os.PathLike, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} file not found: '{path}'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read {what} '{path}' ({type(err).__name__}); it may be corrupt. Hint: delete it and rerun") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"'{path}' is not a deconvnet {what}. Hint: delete it and rerun")
+    return state
+
+
+def _lexsort_desc(values: torch.Tensor, images: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """Per row, the order: value descending, then image ascending, then position ascending."""
+    order = torch.argsort(flat, dim=1, stable=True)
+    order = order.gather(1, torch.argsort(images.gather(1, order), dim=1, stable=True))
+    return order.gather(1, torch.argsort(values.gather(1, order), dim=1, descending=True, stable=True))
+
+
+def _candidates(act: torch.Tensor, per_image: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel, the strongest ``per_image`` units: values and flat positions (B, C, m)."""
+    flat = act.flatten(2)
+    if per_image == 1:
+        v, i = flat.max(2)  # argmax: the first maximal position
+        return v.unsqueeze(2), i.unsqueeze(2)
+    m = flat.shape[2] if per_image is None else min(per_image, flat.shape[2])
+    # a stable descending sort keeps the lower position first among equal values
+    v, i = torch.sort(flat, dim=2, descending=True, stable=True)
+    return v[..., :m], i[..., :m]
+
+
+def _merge(state: dict, layer: str, act: torch.Tensor, index: torch.Tensor, k: int, per_image: Optional[int]) -> None:
+    b, c = act.shape[:2]
+    w = act.shape[-1]
+    v, flat = _candidates(act.double(), per_image)  # (B, C, m)
+    m = v.shape[2]
+    v = v.permute(1, 0, 2).reshape(c, b * m)
+    flat = flat.permute(1, 0, 2).reshape(c, b * m)
+    img = index.view(1, b, 1).expand(c, b, m).reshape(c, b * m)
+    keep = torch.isfinite(v)  # NaN/inf activations are never "strongest"
+    v = torch.where(keep, v, torch.full_like(v, float("-inf")))
+    img = torch.where(keep, img, torch.full_like(img, _EMPTY_IMAGE))
+    old_v, old_img, old_flat = state["values"][layer], state["images"][layer], state["flat"][layer]
+    all_v = torch.cat([old_v, v], 1)
+    all_img = torch.cat([old_img, img], 1)
+    all_flat = torch.cat([old_flat, flat], 1)
+    order = _lexsort_desc(all_v, all_img, all_flat)[:, :k]
+    state["values"][layer] = all_v.gather(1, order)
+    state["images"][layer] = all_img.gather(1, order)
+    state["flat"][layer] = all_flat.gather(1, order)
+    state["width"][layer] = w
+
+
+def _fingerprint(args: dict) -> str:
+    return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def scan_top_k(
+    net: Net,
+    dataset: Dataset,
+    layers: Sequence[str],
+    k: int = 9,
+    *,
+    per_image: Optional[int] = 1,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 20,
+    progress: bool = True,
+) -> TopK:
+    """Find, for every channel of ``layers``, the k strongest activations across ``dataset``.
+
+    Args:
+        net: the model.
+        dataset: items ``(x, index)`` (``deconvnet.data``); indices must be the dataset positions.
+        layers: paper layer names with spatial maps (``conv1_2``, ``relu3_3``, ``pool5``, ...).
+        k: entries per channel (the paper shows 9).
+        per_image: most entries per channel from one image (default 1; None: no limit).
+        batch_size, num_workers: of the ``DataLoader``.
+        checkpoint: file written atomically every ``checkpoint_every`` batches; a rerun with the same
+            arguments resumes from it, and the result equals that of an uninterrupted run.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A ``TopK``; ``save``/``TopK.load`` keep it without rescanning.
+    """
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise ValueError("no layers to scan. Hint: e.g. layers=['conv5_3']")
+    for layer in layers:
+        net.check_layer(layer)
+        if net.depth(layer) >= len(net.features):
+            raise ValueError(f"layer '{layer}' has no spatial map to scan. Hint: use a conv, relu or pool layer")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if per_image is not None and per_image < 1:
+        raise ValueError(f"per_image must be None or at least 1, got {per_image!r}")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__, "n_images": len(dataset)})
+    args = {
+        "model": {k_: v for k_, v in net.provenance.items()},
+        "dataset": {k_: v for k_, v in describe().items() if k_ not in ("n_skipped", "skipped")},
+        "n": len(dataset), "layers": layers, "k": k, "per_image": per_image,
+        "dtype": str(net.dtype),
+    }
+    fingerprint = _fingerprint(args)
+    channels = {layer: net.channels[layer] for layer in layers}
+    state = {
+        "values": {l: torch.full((c, 0), float("-inf"), dtype=torch.float64) for l, c in channels.items()},
+        "images": {l: torch.zeros((c, 0), dtype=torch.long) for l, c in channels.items()},
+        "flat": {l: torch.zeros((c, 0), dtype=torch.long) for l, c in channels.items()},
+        "width": {}, "height": {},
+    }
+    start = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        saved = _read_state(checkpoint, "scan checkpoint")
+        if saved.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"checkpoint '{checkpoint}' belongs to a scan with other arguments (model, data, layers or k). "
+                "Hint: delete it, or give another checkpoint path"
+            )
+        state, start = saved["state"], int(saved["next_index"])
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=range(start, len(dataset)),
+                        num_workers=num_workers, collate_fn=collate)
+    bar = tqdm(total=len(dataset), initial=start, desc=f"scan {','.join(layers)}", unit="img", disable=not progress)
+    skipped: list[int] = []
+    done_batches = 0
+    next_index = start
+
+    def save_checkpoint() -> None:
+        atomic_torch_save({"fingerprint": fingerprint, "next_index": next_index, "state": state, "args": json.dumps(args, default=str)}, checkpoint)
+
+    try:
+        for batch in loader:
+            skipped.extend(batch.skipped)
+            if len(batch.index):
+                rec = record(net, batch.x, layers, switches=False)
+                for layer in layers:
+                    act = rec.activations[layer].cpu()
+                    state["height"][layer] = act.shape[-2]
+                    _merge(state, layer, act, batch.index, k, per_image)
+            n_items = len(batch.index) + len(batch.skipped)
+            next_index += n_items
+            bar.update(n_items)
+            done_batches += 1
+            if checkpoint is not None and done_batches % checkpoint_every == 0:
+                save_checkpoint()
+    except BaseException:
+        if checkpoint is not None and next_index > start:
+            save_checkpoint()  # an interrupted scan loses nothing
+        raise
+    finally:
+        bar.close()
+        if skipped and hasattr(dataset, "note_unreadable"):
+            dataset.note_unreadable(skipped)
+    if checkpoint is not None:
+        save_checkpoint()
+    values, images, positions = {}, {}, {}
+    for layer in layers:
+        v, img, flat = state["values"][layer], state["images"][layer], state["flat"][layer]
+        c = v.shape[0]
+        pad = k - v.shape[1]
+        if pad > 0:
+            v = torch.cat([v, torch.full((c, pad), float("-inf"), dtype=v.dtype)], 1)
+            img = torch.cat([img, torch.full((c, pad), _EMPTY_IMAGE, dtype=img.dtype)], 1)
+            flat = torch.cat([flat, torch.zeros((c, pad), dtype=flat.dtype)], 1)
+        empty = img == _EMPTY_IMAGE
+        w = state["width"].get(layer, 1)
+        pos = torch.stack([flat // w, flat % w], 2)
+        values[layer] = v
+        images[layer] = torch.where(empty, torch.full_like(img, -1), img)
+        positions[layer] = torch.where(empty.unsqueeze(2), torch.full_like(pos, -1), pos)
+    provenance = dict(args, fingerprint=fingerprint, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      weights=net.describe(), dataset_final=describe())
+    return TopK(
+        layers=layers, k=k, per_image=per_image, values=values, images=images, positions=positions,
+        map_size={l: (state["height"].get(l, 0), state["width"].get(l, 0)) for l in layers},
+        provenance=provenance,
+    )

@@ -1,0 +1,266 @@
+"""Figure 2 at dataset scale: top-k against brute force, resumable scans, receptive fields, the script."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+import deconvnet as dn
+from deconvnet.cli import main
+from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
+from deconvnet.receptive import receptive_field
+from deconvnet.scan import TopK, scan_top_k
+
+from conftest import images
+
+
+class Tensors(Dataset):
+    """A small in-memory collection with the interface of deconvnet.data's collections."""
+
+    def __init__(self, x, fail_at=None):
+        self.x, self.fail_at = x, fail_at
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.fail_at is not None and i == self.fail_at:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C here
+        return self.x[i], i
+
+    def rgb(self, i):
+        a = (self.x[i].clamp(-2, 2) / 4 + 0.5).permute(1, 2, 0).mul(255).byte().numpy()
+        return Image.fromarray(a)
+
+    def label(self, i):
+        return f"image {i}"
+
+    def describe(self):
+        return {"kind": "tensors", "n_images": len(self.x)}
+
+
+@pytest.fixture(scope="module")
+def small():
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    x = images((14, 3, 32, 32), seed=21)
+    x[9] = x[2]  # an exact duplicate: ties in value, broken by the lower image index
+    return net, Tensors(x)
+
+
+def brute_force(net, ds, layer, k, per_image):
+    """Every activation of every image, one image at a time, sorted by (-value, image, position)."""
+    cands = {}
+    for i in range(len(ds)):
+        act = dn.Deconvnet(net).record(ds[i][0][None], [layer]).activations[layer][0].double()
+        c, h, w = act.shape
+        for ch in range(c):
+            flat = act[ch].flatten()
+            if per_image == 1:
+                pos = int(torch.argmax(flat))  # first maximal position
+                units = [(float(flat[pos]), i, pos)]
+            else:
+                units = [(float(v), i, p) for p, v in enumerate(flat.tolist())]
+            cands.setdefault(ch, []).extend(units)
+    out = {}
+    for ch, units in cands.items():
+        units.sort(key=lambda u: (-u[0], u[1], u[2]))
+        out[ch] = [(v, i, (p // w, p % w)) for v, i, p in units[:k]]
+    return out
+
+
+@pytest.mark.parametrize("per_image", [1, None])
+def test_top_k_equals_brute_force(small, per_image):
+    net, ds = small
+    layers = ["conv2_1", "relu3_1", "pool2"]
+    # batch_size=1: the scan's forwards are then bitwise those of the brute force (batched convolutions
+    # may differ in the last bit); batching itself is checked by test_result_is_independent_of_batch_size
+    topk = scan_top_k(net, ds, layers, k=5, per_image=per_image, batch_size=1, progress=False)
+    for layer in layers:
+        ref = brute_force(net, ds, layer, 5, per_image)
+        for ch in range(net.channels[layer]):
+            got = topk.entries(layer, ch)
+            assert [(i, p) for _, i, p in got] == [(i, p) for _, i, p in ref[ch]], (layer, ch)
+            assert torch.allclose(torch.tensor([v for v, _, _ in got]), torch.tensor([v for v, _, _ in ref[ch]]), rtol=0, atol=0)
+    if per_image == 1:  # at most one entry per image
+        for layer in layers:
+            for row in topk.images[layer]:
+                assert len(set(row.tolist())) == len(row)
+
+
+def test_ties_prefer_the_lower_image_index(small):
+    net, ds = small
+    topk = scan_top_k(net, ds, ["relu3_1"], k=14, progress=False)
+    seen = 0
+    for ch in range(net.channels["relu3_1"]):
+        e = topk.entries("relu3_1", ch)
+        for (v1, i1, _), (v2, i2, _) in zip(e, e[1:]):
+            assert v1 > v2 or (v1 == v2 and i1 < i2)
+            seen += v1 == v2
+    assert seen > 0  # the duplicate image and dead ReLU maps make ties
+
+
+def test_result_is_independent_of_batch_size(small):
+    # float64, so that round-off differences between batched and single forwards cannot reorder near-ties
+    net = dn.load_vgg("vgg11", "random", seed=3, dtype=torch.float64)
+    ds = Tensors(small[1].x.double())
+    a = scan_top_k(net, ds, ["conv3_1"], k=3, batch_size=1, progress=False)
+    b = scan_top_k(net, ds, ["conv3_1"], k=3, batch_size=14, progress=False)
+    assert torch.equal(a.images["conv3_1"], b.images["conv3_1"]) and torch.equal(a.positions["conv3_1"], b.positions["conv3_1"])
+
+
+def test_interrupted_scan_resumes_to_the_same_result(small, tmp_path):
+    net, ds = small
+    ckpt = tmp_path / "scan.ckpt"
+    full = scan_top_k(net, ds, ["conv2_1", "pool3"], k=4, batch_size=3, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        scan_top_k(net, Tensors(ds.x, fail_at=8), ["conv2_1", "pool3"], k=4, batch_size=3, checkpoint=ckpt,
+                   checkpoint_every=100, progress=False)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["next_index"] == 6  # two whole batches were done and kept
+    resumed = scan_top_k(net, ds, ["conv2_1", "pool3"], k=4, batch_size=3, checkpoint=ckpt, progress=False)
+    for layer in ("conv2_1", "pool3"):
+        assert torch.equal(resumed.values[layer], full.values[layer])
+        assert torch.equal(resumed.images[layer], full.images[layer])
+        assert torch.equal(resumed.positions[layer], full.positions[layer])
+    with pytest.raises(ValueError, match="belongs to a scan with other arguments"):
+        scan_top_k(net, ds, ["conv2_1"], k=4, checkpoint=ckpt, progress=False)
+
+
+def test_save_and_load(small, tmp_path):
+    net, ds = small
+    topk = scan_top_k(net, ds, ["conv2_1"], k=3, progress=False)
+    topk.save(tmp_path / "r.pt")
+    back = TopK.load(tmp_path / "r.pt")
+    assert torch.equal(back.values["conv2_1"], topk.values["conv2_1"]) and back.k == 3
+    assert back.provenance["weights"] == net.describe() and back.provenance["dataset"]["kind"] == "tensors"
+    assert "date" in back.provenance
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="may be corrupt"):
+        TopK.load(tmp_path / "bad.pt")
+
+
+def test_scan_argument_errors(small):
+    net, ds = small
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        scan_top_k(net, ds, ["conv2_1"], k=0)
+    with pytest.raises(ValueError, match="unknown layer 'conv9_1'"):
+        scan_top_k(net, ds, ["conv9_1"])
+    with pytest.raises(ValueError, match="no spatial map"):
+        scan_top_k(net, ds, ["fc6"])
+
+
+# --- receptive fields and tiles -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["vgg16", "alexnet"])
+def test_projection_support_lies_inside_the_receptive_field(arch):
+    """For every layer, a unit's projection is zero outside its box: checks the table and the engine."""
+    net = dn.load_model(arch, "random", seed=5)
+    hw = (96, 96) if arch == "vgg16" else (131, 131)
+    x = images((1, 3, *hw), seed=22)
+    deconv = dn.Deconvnet(net)
+    spatial = [n for n in net.layers if net.depth(n) < len(net.features)]
+    for layer in spatial:
+        rec = deconv.record(x, [layer])
+        h, w = rec.activations[layer].shape[-2:]
+        for r, c in {(0, 0), (h // 2, w // 2), (h - 1, w - 1)}:
+            p = deconv.project(x, layer, "max", (r, c)).projection[0]
+            support = p.abs().sum(0) > 0
+            top, left, bottom, right = receptive_field(net, layer).box(r, c, hw)
+            inside = torch.zeros_like(support)
+            inside[top:bottom, left:right] = True
+            assert not (support & ~inside).any(), (layer, r, c)
+            if p.abs().max() > 0 and layer.startswith("conv"):
+                # the box is tight: the support reaches its first row or column (for conv layers,
+                # whose last op has the full kernel)
+                rows, cols = support.nonzero()[:, 0], support.nonzero()[:, 1]
+                assert rows.min() == top or cols.min() == left or rows.max() == bottom - 1 or cols.max() == right - 1
+
+
+def test_alexnet_receptive_fields(alexnet):
+    # conv1 11/4 p2; pool1 3/2; conv2 5/1 p2; pool2 3/2; conv3-5 3/1 p1; pool5 3/2
+    expected = {"conv1": (11, 4, 2), "pool1": (19, 8, 2), "conv2": (51, 8, 18), "pool2": (67, 16, 18),
+                "conv3": (99, 16, 34), "conv4": (131, 16, 50), "conv5": (163, 16, 66), "pool5": (195, 32, 66)}
+    for layer, (r, j, p) in expected.items():
+        rf = receptive_field(alexnet, layer)
+        assert (rf.size[0], rf.jump[0], rf.padding[0]) == (r, j, p), layer
+
+
+def test_feature_tiles_crop_the_full_projection(small, tmp_path):
+    net, ds = small
+    topk = scan_top_k(net, ds, ["conv3_1"], k=4, progress=False)
+    channels = select_features(topk, "conv3_1", 3, "strongest")
+    tiles = feature_tiles(net, ds, topk, "conv3_1", channels, batch_size=5, progress=False)
+    rf = receptive_field(net, "conv3_1")
+    for t in tiles:
+        assert t.projections.shape[-2:] == rf.size and t.patches.shape[-2:] == rf.size
+        for v, i, pos, box, proj, patch in zip(t.values, t.images, t.positions, t.boxes, t.projections, t.patches):
+            full = dn.Deconvnet(net).project(ds[int(i)][0][None], "conv3_1", t.channel, tuple(pos.tolist())).projection[0]
+            assert float(full.abs().sum()) == pytest.approx(float(proj.abs().sum()), rel=1e-5)  # all of it inside the box
+            top, left, bottom, right = box
+            ct, cl = max(top, 0), max(left, 0)
+            inner = proj[:, ct - top : min(bottom, 32) - top, cl - left : min(right, 32) - left]
+            assert torch.allclose(inner, full[:, ct : min(bottom, 32), cl : min(right, 32)], atol=1e-6)
+            rgb = torch.from_numpy(np.array(ds.rgb(int(i)))).permute(2, 0, 1).float() / 255
+            assert torch.allclose(patch[:, ct - top : min(bottom, 32) - top, cl - left : min(right, 32) - left],
+                                  rgb[:, ct : min(bottom, 32), cl : min(right, 32)])
+    out, sidecar = write_layer_figure(tiles, topk, net, tmp_path / "grid.png", dataset_name="tensors")
+    meta = json.loads(sidecar.read_text())
+    assert [f["channel"] for f in meta["features"]] == channels
+    assert meta["features"][0]["tiles"][0]["image"] == int(tiles[0].images[0])
+    assert meta["provenance"]["weights"] == net.describe()
+    assert Image.open(out).size[0] > 500
+
+
+def test_select_features(small):
+    net, ds = small
+    topk = scan_top_k(net, ds, ["conv3_1"], k=4, progress=False)
+    a = select_features(topk, "conv3_1", 5, "random", seed=1)
+    assert a == select_features(topk, "conv3_1", 5, "random", seed=1) != select_features(topk, "conv3_1", 5, "random", seed=2)
+    s = select_features(topk, "conv3_1", 5, "strongest")
+    top1 = topk.values["conv3_1"][:, 0]
+    assert [float(top1[c]) for c in s] == sorted(top1.tolist(), reverse=True)[:5]
+    with pytest.raises(ValueError, match="not understood"):
+        select_features(topk, "conv3_1", 5, "best")
+
+
+# --- the figure script ----------------------------------------------------------------------------------
+
+def test_figures_script_on_the_demo_collection(tmp_path, capsys):
+    code = main(["figures", "--weights", "random", "--layers", "conv2_2,relu4_1", "--features", "2", "--k", "4",
+                 "--limit", "20", "--crop", "64", "--out", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for layer in ("conv2_2", "relu4_1"):
+        png = tmp_path / f"top4_vgg16_{layer}.png"
+        meta = json.loads(png.with_suffix(".json").read_text())
+        assert Image.open(png).size[0] > 400 and len(meta["features"]) == 2
+        assert all(len(f["tiles"]) == 4 for f in meta["features"])
+    assert "timings:" in out and "scan" in out and "wrote" in out
+    # a rerun reuses the finished scan
+    code = main(["figures", "--weights", "random", "--layers", "conv2_2,relu4_1", "--features", "2", "--k", "4",
+                 "--limit", "20", "--crop", "64", "--out", str(tmp_path), "--quiet", "--only", "top9"])
+    assert code == 0 and "reusing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "conv9_9"], "unknown layer 'conv9_9'"),
+    (["--k", "0"], "--k 0 must be at least 1"),
+    (["--data", "/nonexistent/folder"], "--data '/nonexistent/folder' is not a folder"),
+    (["--only", "top10"], "unknown figure kind top10"),
+])
+def test_figures_script_errors(args, message, tmp_path, capsys):
+    code = main(["figures", "--weights", "random", "--out", str(tmp_path), "--quiet"] + args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("warning:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+def test_figures_script_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    code = main(["figures", "--weights", "random", "--data", str(tmp_path / "empty"), "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no" in err and "images" in err and str(tmp_path / "empty") in err
