@@ -26,8 +26,7 @@ cmd=${1:-}
 case "$cmd" in
     main)
         ensure_venv
-        exec .venv/bin/python -m deconvnet project astronaut --layer conv5_3 --channel max \
-            --weights auto --out figures/astronaut_conv5_3.png "$@"
+        exec .venv/bin/python -m deconvnet figures --weights auto --out figures "$@"
         ;;
     test)
         ensure_venv

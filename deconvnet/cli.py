@@ -16,7 +16,7 @@ from .images import SKIMAGE_PHOTOS, ImageReadError
 from .models import ARCH_NAMES, WeightsError
 
 
-FIGURE_KINDS = ("top9",)
+FIGURE_KINDS = ("top9", "resolution")
 
 
 class UsageError(Exception):
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     f.add_argument("--only", default="all", help=f"comma-separated figure kinds: {', '.join(FIGURE_KINDS)} or all")
     f.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
+    f.add_argument("--quick", action="store_true", help="small settings for the non-top9 figures (seconds, for a first look)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -143,15 +144,9 @@ def default_layers(net) -> list[str]:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    import hashlib
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")
-    from .data import Head, load_dataset
-    from .figure2 import feature_tiles, select_features, write_layer_figure
-    from .scan import scan_top_k
 
     kinds = FIGURE_KINDS if args.only == "all" else tuple(k.strip() for k in args.only.split(",") if k.strip())
     unknown = [k for k in kinds if k not in FIGURE_KINDS]
@@ -172,37 +167,58 @@ def cmd_figures(args: argparse.Namespace) -> None:
     for layer in layers:
         net.check_layer(layer)
     print(f"model: {net.describe()}")
+    timings.append(("load model", time.perf_counter() - t))
+    written: list[Path] = []
+    if "top9" in kinds:
+        written += _figures_top9(args, net, layers, timings)
+    if "resolution" in kinds:
+        from .resolution import make_figures
+
+        t = time.perf_counter()
+        written += make_figures(args.out, net, quick=args.quick)
+        timings.append(("resolution figures", time.perf_counter() - t))
+    for path in written:
+        print(f"wrote {path}")
+    print("timings: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in timings))
+
+
+def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: list) -> list[Path]:
+    import hashlib
+    import json
+
+    from .data import Head, load_dataset
+    from .figure2 import feature_tiles, select_features, write_layer_figure
+    from .scan import scan_top_k
+
+    t = time.perf_counter()
     data = None if args.data is None else str(Path(args.data).expanduser())
     dataset = load_dataset(data, preprocessing=net.preprocessing, resize=args.resize, crop=args.crop)
     if args.limit is not None and args.limit < len(dataset):
         dataset = Head(dataset, args.limit)
     dataset_name = "the offline demo collection" if data is None else f"'{data}'"
     print(f"data: {len(dataset)} images from {dataset_name}")
-    timings.append(("load model and data", time.perf_counter() - t))
+    timings.append(("load data", time.perf_counter() - t))
+    t = time.perf_counter()
+    key = json.dumps([net.provenance.get("sha256"), net.provenance["weights"], args.arch, args.seed, data,
+                      args.resize, args.crop, args.limit, layers, args.k], default=str)
+    ckpt = args.out / "scans" / f"scan-{args.arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    if ckpt.is_file():
+        print(f"scan: resuming from (or reusing) {ckpt}")
+    topk = scan_top_k(net, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.workers,
+                      checkpoint=ckpt, progress=not args.quiet)
+    timings.append(("scan", time.perf_counter() - t))
     written: list[Path] = []
-    if "top9" in kinds:
+    for layer in layers:
         t = time.perf_counter()
-        key = json.dumps([net.provenance.get("sha256"), net.provenance["weights"], args.arch, args.seed, data,
-                          args.resize, args.crop, args.limit, layers, args.k], default=str)
-        ckpt = args.out / "scans" / f"scan-{args.arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
-        if ckpt.is_file():
-            print(f"scan: resuming from (or reusing) {ckpt}")
-        topk = scan_top_k(net, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.workers,
-                          checkpoint=ckpt, progress=not args.quiet)
-        timings.append(("scan", time.perf_counter() - t))
-        for layer in layers:
-            t = time.perf_counter()
-            channels = select_features(topk, layer, args.features, args.select, args.seed)
-            if not channels:
-                print(f"warning: {layer}: no feature map has {args.k} positive activations; no figure", file=sys.stderr)
-                continue
-            tiles = feature_tiles(net, dataset, topk, layer, channels, batch_size=args.batch_size, progress=not args.quiet)
-            out = args.out / f"top{args.k}_{args.arch}_{layer}.{args.format}"
-            written += write_layer_figure(tiles, topk, net, out, dataset_name=dataset_name, scaling=args.scaling, selection=args.select)
-            timings.append((f"project and draw {layer}", time.perf_counter() - t))
-    for path in written:
-        print(f"wrote {path}")
-    print("timings: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in timings))
+        channels = select_features(topk, layer, args.features, args.select, args.seed)
+        if not channels:
+            print(f"warning: {layer}: no feature map has {args.k} positive activations; no figure", file=sys.stderr)
+            continue
+        tiles = feature_tiles(net, dataset, topk, layer, channels, batch_size=args.batch_size, progress=not args.quiet)
+        out = args.out / f"top{args.k}_{args.arch}_{layer}.{args.format}"
+        written += write_layer_figure(tiles, topk, net, out, dataset_name=dataset_name, scaling=args.scaling, selection=args.select)
+        timings.append((f"project and draw {layer}", time.perf_counter() - t))
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:

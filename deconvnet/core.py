@@ -33,6 +33,7 @@ from torch import nn
 
 from .models import Net
 from .preprocessing import Preprocessing
+from .switches import PoolSwitches
 
 Position = Union[str, tuple[int, int], torch.Tensor]
 SUPPORTED = (
@@ -51,8 +52,8 @@ class Target:
         channel: a channel index, ``"max"`` (per image, the channel holding the layer's strongest
             activation), or a (B,) tensor of one channel per image.
         position: ``"max"`` (per image, the strongest unit of the channel's map), ``(row, col)``,
-            ``"all"`` (the whole map) or a mask of shape (h, w) or (B, h, w), bool or float, that
-            weights the map.
+            a (B, 2) integer tensor of one unit per image, ``"all"`` (the whole map) or a mask of shape
+            (h, w) or (B, h, w), bool or float, that weights the map.
     """
 
     layer: str
@@ -101,13 +102,14 @@ class Record:
 
     Attributes:
         shapes: stack index -> (input shape, output shape) of every module up to the deepest layer.
-        switches: stack index -> argmax indices (B, C, h, w) into the flattened (H*W) pool input.
+        switches: stack index -> the pool's ``PoolSwitches`` (compact: the argmax as a one-byte offset
+            inside its window; ``.flat()`` gives PyTorch's int64 flat indices).
         activations: layer name -> its output (B, C, h, w) or (B, F), a copy (in-place ReLUs overwrite).
         depth: stack index of the deepest recorded module.
     """
 
     shapes: dict[int, tuple[torch.Size, torch.Size]] = field(default_factory=dict)
-    switches: dict[int, torch.Tensor] = field(default_factory=dict)
+    switches: dict[int, PoolSwitches] = field(default_factory=dict)
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     depth: int = -1
 
@@ -152,17 +154,21 @@ def record(net: Net, x: torch.Tensor, layers: Sequence[str], *, switches: bool =
     def make_hook(i: int, m: nn.Module) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             inp = inputs[0]
+            indices = None
             if isinstance(output, tuple):  # MaxPool2d(return_indices=True)
                 output, indices = output
-                rec.switches[i] = indices
             elif switches and isinstance(module, nn.MaxPool2d):
-                rec.switches[i] = F.max_pool2d(
+                indices = F.max_pool2d(
                     inp, module.kernel_size, module.stride, module.padding, module.dilation,
                     ceil_mode=module.ceil_mode, return_indices=True,
                 )[1]
+            if indices is not None:
+                rec.switches[i] = PoolSwitches.from_indices(indices, tuple(inp.shape[-2:]), module)
             rec.shapes[i] = (inp.shape, output.shape)
             for layer in wanted.get(i, ()):
-                rec.activations[layer] = output.detach().clone()
+                # a copy, since a following in-place ReLU would overwrite it; not needed when the
+                # forward stops here
+                rec.activations[layer] = output.detach() if i == deepest else output.detach().clone()
             last["index"] = i
             if i == deepest:
                 raise _StopForward
@@ -241,7 +247,7 @@ def deconv_step(
     m: nn.Module,
     r: torch.Tensor,
     in_shape: Sequence[int],
-    switches: torch.Tensor | None,
+    switches: PoolSwitches | None,
     *,
     name: str,
     unpool: str = "scatter_add",
@@ -253,8 +259,9 @@ def deconv_step(
     if isinstance(m, nn.ReLU):
         return F.relu(r)
     if isinstance(m, nn.MaxPool2d):
-        reps = n // switches.shape[0]
-        sw = switches if reps == 1 else switches.repeat(reps, 1, 1, 1)
+        flat = switches.flat()
+        reps = n // flat.shape[0]
+        sw = flat if reps == 1 else flat.repeat(reps, 1, 1, 1)
         if unpool == "max_unpool":
             return F.max_unpool2d(r, sw, m.kernel_size, m.stride, m.padding, output_size=in_shape[-2:])
         return unpool_scatter_add(r, sw, in_shape[-2:])
@@ -319,6 +326,108 @@ def walk_down(
     return r
 
 
+# --- the receptive-field-cropped walk ---------------------------------------------------------------------
+
+CROPPABLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Dropout, nn.Identity)
+
+
+def _inside(origin: torch.Tensor, size: Sequence[int], hw: Sequence[int]) -> torch.Tensor:
+    """(N, 1, h, w) mask of the window positions that lie inside an (H, W) map."""
+    dev = origin.device
+    rows = origin[:, 0:1] + torch.arange(size[0], device=dev)
+    cols = origin[:, 1:2] + torch.arange(size[1], device=dev)
+    ok_r = (rows >= 0) & (rows < hw[0])
+    ok_c = (cols >= 0) & (cols < hw[1])
+    return (ok_r[:, None, :, None] & ok_c[:, None, None, :])
+
+
+def _unpool_window(r: torch.Tensor, origin: torch.Tensor, image: torch.Tensor, sw: PoolSwitches) -> torch.Tensor:
+    """Unpool a window (N, C, n_h, n_w) whose top-left unit is ``origin`` of image ``image``.
+
+    The result is the window of the pool's input that those units cover,
+    ((n - 1) s + d (k - 1) + 1 on each axis), its origin ``origin * s - p``.
+    """
+    n, c, nh, nw = r.shape
+    dev = r.device
+    h_out, w_out = sw.offsets.shape[-2:]
+    rows = origin[:, 0:1] + torch.arange(nh, device=dev)  # (N, nh)
+    cols = origin[:, 1:2] + torch.arange(nw, device=dev)
+    off = sw.offsets[
+        image.view(n, 1, 1, 1),
+        torch.arange(c, device=dev).view(1, c, 1, 1),
+        rows.clamp(0, h_out - 1).view(n, 1, nh, 1),
+        cols.clamp(0, w_out - 1).view(n, 1, 1, nw),
+    ].long()
+    (s0, s1), (d0, d1), (k0, k1) = sw.stride, sw.dilation, sw.kernel
+    mh, mw = (nh - 1) * s0 + d0 * (k0 - 1) + 1, (nw - 1) * s1 + d1 * (k1 - 1) + 1
+    local_r = torch.arange(nh, device=dev).view(1, 1, nh, 1) * s0 + d0 * (off // k1)
+    local_c = torch.arange(nw, device=dev).view(1, 1, 1, nw) * s1 + d1 * (off % k1)
+    valid = _inside(origin, (nh, nw), (h_out, w_out))
+    index = torch.where(valid, local_r * mw + local_c, torch.zeros_like(local_r))
+    out = r.new_zeros(n, c, mh * mw)
+    out.scatter_add_(2, index.reshape(n, c, -1), (r * valid).reshape(n, c, -1))
+    return out.view(n, c, mh, mw)
+
+
+def walk_down_cropped(
+    net: Net,
+    rec: Record,
+    depth: int,
+    image: torch.Tensor,
+    unit: torch.Tensor,
+    seed: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project point targets of one layer down inside their receptive-field windows only.
+
+    A unit's projection is zero outside the cone of positions that can reach it, so each step computes
+    the transposed convolution or the unpooling only inside that window, which grows on the way down.
+    All targets of a layer share one window size, so they run as one batch; positions that fall
+    outside a map (the zero padding) are cleared after each step, so image borders are exact.
+
+    Args:
+        depth: stack index of the targets' layer (its output holds the seeds).
+        image: (N,) index into the recorded batch of each target's image.
+        unit: (N, 2) row, col of each target's unit in the layer's map.
+        seed: (N, C) the seeded values of the unit in every channel.
+
+    Returns:
+        (windows (N, 3, r_h, r_w), origins (N, 2)): each projection on its receptive-field box, whose
+        top-left pixel is ``origin`` (it may be negative: the box is not clipped to the image).
+    """
+    r = seed.reshape(*seed.shape, 1, 1)
+    origin = unit.clone()
+    for i in range(depth, -1, -1):
+        name, m = net.stack[i]
+        in_hw = rec.shapes[i][0][-2:]
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise ValueError(f"module '{name}': the cropped walk needs a zero-padded Conv2d with numeric padding")
+            s, p, d = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
+            r = F.conv_transpose2d(r, m.weight, None, s, 0, 0, m.groups, d)
+            origin = origin * torch.tensor(s, device=origin.device) - torch.tensor(p, device=origin.device)
+            r = r * _inside(origin, r.shape[-2:], in_hw)
+        elif isinstance(m, nn.MaxPool2d):
+            sw = rec.switches[i]
+            r = _unpool_window(r, origin, image, sw)
+            origin = origin * torch.tensor(sw.stride, device=origin.device) - torch.tensor(sw.padding, device=origin.device)
+        else:
+            r = deconv_step(m, r, r.shape, None, name=name)
+    return r, origin
+
+
+def paste(windows: torch.Tensor, origin: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """Place windows (N, C, h, w) with top-left ``origin`` (N, 2) into zero images (N, C, H, W)."""
+    n, c, h, w = windows.shape
+    out = windows.new_zeros(n, c, hw[0], hw[1])
+    for k in range(n):
+        top, left = int(origin[k, 0]), int(origin[k, 1])
+        t0, l0 = max(top, 0), max(left, 0)
+        t1, l1 = min(top + h, hw[0]), min(left + w, hw[1])
+        if t1 > t0 and l1 > l0:
+            out[k, :, t0:t1, l0:l1] = windows[k, :, t0 - top : t1 - top, l0 - left : l1 - left]
+    return out
+
+
 # --- targets to seeds ----------------------------------------------------------------------------------
 
 def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -346,6 +455,14 @@ def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[torch.Tensor, 
         if pos not in ("max", "all"):
             raise ValueError(f"position '{pos}' is not understood. Hint: 'max', 'all', (row, col) or a mask")
         weight = None if pos == "max" else torch.ones_like(maps)
+    elif isinstance(pos, torch.Tensor) and not pos.is_floating_point() and pos.dtype != torch.bool:
+        units = pos.to(device=act.device, dtype=torch.long)  # (B, 2): one unit per image
+        if units.shape != (b, 2):
+            raise ValueError(f"per-image positions must be a ({b}, 2) integer tensor, got {tuple(pos.shape)}")
+        if not ((units[:, 0] >= 0) & (units[:, 0] < h) & (units[:, 1] >= 0) & (units[:, 1] < w)).all():
+            raise ValueError(f"per-image positions {units.tolist()} leave layer '{target.layer}''s {h}x{w} map")
+        weight = torch.zeros_like(maps)
+        weight[torch.arange(b, device=act.device), units[:, 0], units[:, 1]] = 1
     elif isinstance(pos, torch.Tensor):
         mask = pos.to(device=act.device, dtype=act.dtype)
         if mask.shape not in ((h, w), (b, h, w)):
@@ -382,18 +499,23 @@ class Deconvnet:
         unpool: ``"scatter_add"`` (default, the exact transpose of max-pooling) or ``"max_unpool"``
             (``F.max_unpool2d``, which overwrites where overlapping windows share a maximum).
         max_batch: most projections per deconv pass (bounds memory).
+        crop: ``"auto"`` (default): point targets of spatial layers are projected inside their
+            receptive-field windows only (``walk_down_cropped``; equal to the full projection) when the
+            window is smaller than the image; ``True``: always; ``False``: always walk the whole maps.
 
     Example:
         >>> deconv = Deconvnet(net)
         >>> p = deconv.project(x, layer="conv5_3", channel=441, position="max")
     """
 
-    def __init__(self, net: Net, *, unpool: str = "scatter_add", max_batch: int = 32) -> None:
+    def __init__(self, net: Net, *, unpool: str = "scatter_add", max_batch: int = 32, crop: Union[str, bool] = "auto") -> None:
         if unpool not in UNPOOL_MODES:
             raise ValueError(f"unpool '{unpool}' is not understood. Hint: one of {', '.join(UNPOOL_MODES)}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.net, self.unpool, self.max_batch = net, unpool, max_batch
+        if crop not in ("auto", True, False):
+            raise ValueError(f"crop {crop!r} is not understood. Hint: 'auto', True or False")
+        self.net, self.unpool, self.max_batch, self.crop = net, unpool, max_batch, crop
 
     def record(self, x: torch.Tensor, layers: Sequence[str]) -> Record:
         """One hooked forward up to the deepest of ``layers`` (see ``deconvnet.core.record``)."""
@@ -418,7 +540,9 @@ class Deconvnet:
     def project_many(self, x: torch.Tensor, targets: Sequence[Target]) -> list[Projection]:
         """Project many targets: one forward for the batch, deconv passes batched over targets.
 
-        Equal to projecting the targets one by one. Returns one ``Projection`` per target, in order.
+        Point targets (position ``"max"``, ``(row, col)`` or per-image units) of spatial layers take the
+        receptive-field-cropped path when ``crop`` allows; the others walk the whole maps. Equal to
+        projecting the targets one by one. Returns one ``Projection`` per target, in order.
         """
         targets = [t if isinstance(t, Target) else Target(*t) for t in targets]
         if not targets:
@@ -428,19 +552,13 @@ class Deconvnet:
         x = check_input(x, self.net)
         rec = self.record(x, sorted({t.layer for t in targets}))
         selected = [_select(rec.activations[t.layer], t, self.net) for t in targets]
-        b = x.shape[0]
-        per_pass = max(1, self.max_batch // b)
+        b, hw = x.shape[0], x.shape[-2:]
         results: list[torch.Tensor | None] = [None] * len(targets)
-        order = sorted(range(len(targets)), key=lambda k: -depths[k])  # deepest first, as walk_down returns
-        for start in range(0, len(order), per_pass):
-            chunk = order[start : start + per_pass]
-            seeds: dict[int, list[torch.Tensor]] = {}
-            for k in chunk:
-                seeds.setdefault(depths[k], []).append(selected[k][0])
-            with torch.no_grad():
-                out = walk_down(self.net, rec, {d: torch.cat(s) for d, s in seeds.items()}, unpool=self.unpool)
-            for j, k in enumerate(chunk):  # chunk is deepest-first, stable: walk_down's order
-                results[k] = out[j * b : (j + 1) * b]
+        cropped = [k for k, t in enumerate(targets) if self._crops(t, depths[k], hw)]
+        full = [k for k in range(len(targets)) if k not in set(cropped)]
+        with torch.no_grad():
+            self._project_cropped(rec, cropped, depths, selected, b, hw, results)
+            self._project_full(rec, full, depths, selected, b, results)
         return [
             Projection(
                 projection=results[k],
@@ -455,6 +573,55 @@ class Deconvnet:
             )
             for k, t in enumerate(targets)
         ]
+
+    def _crops(self, target: Target, depth: int, hw: Sequence[int]) -> bool:
+        """Whether a target takes the cropped path (see ``crop`` in the class docstring)."""
+        if self.crop is False or self.unpool != "scatter_add":
+            return False
+        point = isinstance(target.position, tuple) or target.position == "max" if not isinstance(target.position, torch.Tensor) \
+            else not target.position.is_floating_point() and target.position.dtype != torch.bool
+        if not point or depth >= len(self.net.features):
+            return False
+        if not all(isinstance(m, CROPPABLE) for _, m in self.net.stack[: depth + 1]):
+            return False
+        if self.crop is True:
+            return True
+        from .receptive import receptive_field
+
+        size = receptive_field(self.net, target.layer).size
+        return size[0] * size[1] < hw[0] * hw[1]  # "auto": only when the window is smaller than the image
+
+    def _project_cropped(self, rec, ks, depths, selected, b, hw, results) -> None:
+        by_depth: dict[int, list[int]] = {}
+        for k in ks:
+            by_depth.setdefault(depths[k], []).append(k)
+        dev = next(iter(rec.activations.values())).device
+        for depth, group in by_depth.items():
+            image = torch.arange(b, device=dev).repeat(len(group))
+            unit = torch.cat([selected[k][3] for k in group])
+            seeds = torch.cat([selected[k][0] for k in group])  # (G * B, C, h, w), zero but at the unit
+            rows = torch.arange(len(unit), device=dev)
+            seed = seeds[rows, :, unit[:, 0], unit[:, 1]]  # (G * B, C)
+            out = []
+            for s in range(0, len(unit), self.max_batch):
+                sl = slice(s, s + self.max_batch)
+                windows, origin = walk_down_cropped(self.net, rec, depth, image[sl], unit[sl], seed[sl])
+                out.append(paste(windows, origin, hw))
+            out = torch.cat(out)
+            for j, k in enumerate(group):
+                results[k] = out[j * b : (j + 1) * b]
+
+    def _project_full(self, rec, ks, depths, selected, b, results) -> None:
+        per_pass = max(1, self.max_batch // b)
+        order = sorted(ks, key=lambda k: -depths[k])  # deepest first, as walk_down returns
+        for start in range(0, len(order), per_pass):
+            chunk = order[start : start + per_pass]
+            seeds: dict[int, list[torch.Tensor]] = {}
+            for k in chunk:
+                seeds.setdefault(depths[k], []).append(selected[k][0])
+            out = walk_down(self.net, rec, {d: torch.cat(s) for d, s in seeds.items()}, unpool=self.unpool)
+            for j, k in enumerate(chunk):  # chunk is deepest-first, stable: walk_down's order
+                results[k] = out[j * b : (j + 1) * b]
 
     def stages(self, x: torch.Tensor, target: Target) -> list[tuple[str, torch.Tensor]]:
         """The signal after every step down for one target: ``[(module name, tensor), ...]``.

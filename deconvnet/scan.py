@@ -131,17 +131,17 @@ def _candidates(act: torch.Tensor, per_image: Optional[int]) -> tuple[torch.Tens
     flat = act.flatten(2)
     if per_image == 1:
         v, i = flat.max(2)  # argmax: the first maximal position
-        return v.unsqueeze(2), i.unsqueeze(2)
+        return v.unsqueeze(2).double(), i.unsqueeze(2)
     m = flat.shape[2] if per_image is None else min(per_image, flat.shape[2])
     # a stable descending sort keeps the lower position first among equal values
     v, i = torch.sort(flat, dim=2, descending=True, stable=True)
-    return v[..., :m], i[..., :m]
+    return v[..., :m].double(), i[..., :m]
 
 
 def _merge(state: dict, layer: str, act: torch.Tensor, index: torch.Tensor, k: int, per_image: Optional[int]) -> None:
     b, c = act.shape[:2]
     w = act.shape[-1]
-    v, flat = _candidates(act.double(), per_image)  # (B, C, m)
+    v, flat = _candidates(act, per_image)  # (B, C, m), values in float64
     m = v.shape[2]
     v = v.permute(1, 0, 2).reshape(c, b * m)
     flat = flat.permute(1, 0, 2).reshape(c, b * m)
