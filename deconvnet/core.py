@@ -430,8 +430,8 @@ def paste(windows: torch.Tensor, origin: torch.Tensor, hw: Sequence[int]) -> tor
 
 # --- targets to seeds ----------------------------------------------------------------------------------
 
-def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seed (B, C, h, w) or (B, F), and per image: channel, activation, position."""
+def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A function building the seed (B, C, h, w) or (B, F), and per image: channel, activation, position."""
     b, c = act.shape[:2]
     spatial = act.dim() == 4
     a4 = act if spatial else act.view(b, c, 1, 1)
@@ -486,9 +486,13 @@ def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[torch.Tensor, 
     flat = score.flatten(1).argmax(1)
     position = torch.stack([flat // w, flat % w], 1)
     activation = seeded.flatten(1).gather(1, flat[:, None]).squeeze(1)
-    seed = torch.zeros_like(a4)
-    seed[torch.arange(b, device=act.device), channels] = seeded
-    return seed.view_as(act), channels, activation, position
+
+    def seed_map() -> torch.Tensor:  # built only by the full walk: the cropped one needs no maps
+        seed = torch.zeros_like(a4)
+        seed[torch.arange(b, device=act.device), channels] = seeded
+        return seed.view_as(act)
+
+    return seed_map, channels, activation, position
 
 
 class Deconvnet:
@@ -591,6 +595,11 @@ class Deconvnet:
         size = receptive_field(self.net, target.layer).size
         return size[0] * size[1] < hw[0] * hw[1]  # "auto": only when the window is smaller than the image
 
+    def net_layer(self, depth: int) -> str:
+        """The paper name of the layer at stack index ``depth``."""
+        module = self.net.stack[depth][1]
+        return next(name for name, m in self.net.layers.items() if m is module)
+
     def _project_cropped(self, rec, ks, depths, selected, b, hw, results) -> None:
         by_depth: dict[int, list[int]] = {}
         for k in ks:
@@ -599,9 +608,11 @@ class Deconvnet:
         for depth, group in by_depth.items():
             image = torch.arange(b, device=dev).repeat(len(group))
             unit = torch.cat([selected[k][3] for k in group])
-            seeds = torch.cat([selected[k][0] for k in group])  # (G * B, C, h, w), zero but at the unit
-            rows = torch.arange(len(unit), device=dev)
-            seed = seeds[rows, :, unit[:, 0], unit[:, 1]]  # (G * B, C)
+            # a point target's seed: its activation in its channel, zero in every other
+            channels = torch.cat([selected[k][1] for k in group])
+            activation = torch.cat([selected[k][2] for k in group])
+            seed = activation.new_zeros(len(unit), self.net.channels[self.net_layer(depth)])
+            seed[torch.arange(len(unit), device=dev), channels] = activation
             out = []
             for s in range(0, len(unit), self.max_batch):
                 sl = slice(s, s + self.max_batch)
@@ -618,7 +629,7 @@ class Deconvnet:
             chunk = order[start : start + per_pass]
             seeds: dict[int, list[torch.Tensor]] = {}
             for k in chunk:
-                seeds.setdefault(depths[k], []).append(selected[k][0])
+                seeds.setdefault(depths[k], []).append(selected[k][0]())
             out = walk_down(self.net, rec, {d: torch.cat(s) for d, s in seeds.items()}, unpool=self.unpool)
             for j, k in enumerate(chunk):  # chunk is deepest-first, stable: walk_down's order
                 results[k] = out[j * b : (j + 1) * b]
@@ -631,7 +642,7 @@ class Deconvnet:
         depth = self.net.depth(target.layer)
         check_supported(self.net, depth)
         rec = self.record(x, [target.layer])
-        seed = _select(rec.activations[target.layer], target, self.net)[0]
+        seed = _select(rec.activations[target.layer], target, self.net)[0]()
         out = [(target.layer, seed)]
         with torch.no_grad():
             walk_down(self.net, rec, {depth: seed}, unpool=self.unpool,

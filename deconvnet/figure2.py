@@ -103,7 +103,6 @@ def feature_tiles(
     """
     deconv = deconv or Deconvnet(net)
     rf = receptive_field(net, layer)
-    h, w = topk.map_size[layer]
     jobs = [(c, e) for c in channels for e in topk.entries(layer, c)]
     if not jobs:
         return []
@@ -114,10 +113,8 @@ def feature_tiles(
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         x = torch.stack([dataset[i][0] for _, (_, i, _) in chunk])
-        mask = torch.zeros(len(chunk), h, w)
-        for b, (_, (_, _, (r, c))) in enumerate(chunk):
-            mask[b, r, c] = 1
-        target = Target(layer, torch.tensor([c for c, _ in chunk]), mask)
+        units = torch.tensor([list(pos) for _, (_, _, pos) in chunk])  # one unit per image: the cropped path
+        target = Target(layer, torch.tensor([c for c, _ in chunk]), units)
         p = deconv.project_many(x, [target])[0]
         proj = p.projection_rgb().detach().cpu()
         for b, (c, (v, i, (r, col))) in enumerate(chunk):

@@ -197,7 +197,7 @@ def test_all_is_the_sum_of_its_units(vgg16):
     """Linearity of the walk given the switches: projecting a whole map = sum of its units' projections
     when no ReLU on the way down cuts (checked on the layer directly above the first conv)."""
     x = images((1, 3, 32, 32), seed=8)
-    deconv = dn.Deconvnet(vgg16)
+    deconv = dn.Deconvnet(vgg16, crop=False)  # the same walk for mask and point targets: bitwise equal
     whole = deconv.project(x, "conv1_2", 4, "all").projection
     rec = deconv.record(x, ["conv1_2"])
     h, w = rec.activations["conv1_2"].shape[-2:]
@@ -218,7 +218,7 @@ def test_all_is_the_sum_of_its_units(vgg16):
 
 def test_stages_end_in_the_projection(vgg16):
     x = images((1, 3, 64, 64), seed=9)
-    deconv = dn.Deconvnet(vgg16)
+    deconv = dn.Deconvnet(vgg16, crop=False)  # stages walk the whole maps, as crop=False does
     t = dn.Target("pool3", 17, "max")
     stages = deconv.stages(x, t)
     assert stages[0][0] == "pool3"
@@ -312,7 +312,7 @@ def test_inplace_relus_are_kept(vgg16):
 
 def test_max_unpool_mode_differs_only_for_overlapping_pools(vgg16, alexnet):
     x = images((1, 3, 64, 64), seed=14)
-    a = dn.Deconvnet(vgg16).project(x, "pool3", 2).projection
+    a = dn.Deconvnet(vgg16, crop=False).project(x, "pool3", 2).projection  # max_unpool walks whole maps too
     b = dn.Deconvnet(vgg16, unpool="max_unpool").project(x, "pool3", 2).projection
     assert torch.equal(a, b)  # 2x2 stride 2: no shared maxima
     xa = images((1, 3, 127, 127), seed=15)

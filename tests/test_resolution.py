@@ -443,8 +443,8 @@ def test_deconvnet_stages_unpool_sparsely_and_filter_densely(vgg16):
     trace = deconvnet_stages(vgg16, x, "pool2")
     labels = [s.label for s in trace.stages]
     assert labels == ["seed pool2", "unpool pool2", "conv2_2ᵀ", "conv2_1ᵀ", "unpool pool1", "conv1_2ᵀ", "conv1_1ᵀ"]
-    # the last stage is the engine's projection of the same unit
-    p = dn.Deconvnet(vgg16).project(x, "pool2", trace.channel, trace.position)
+    # the last stage is the engine's projection of the same unit (the whole-map walk, as stages use)
+    p = dn.Deconvnet(vgg16, crop=False).project(x, "pool2", trace.channel, trace.position)
     assert torch.allclose(trace.stages[-1].signal, p.projection[0], rtol=0, atol=1e-6 * float(p.projection.abs().max()))
     for k, s in enumerate(trace.stages):
         if s.kind == "unpool":

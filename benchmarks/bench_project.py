@@ -1,0 +1,147 @@
+"""Per-target cost of exact point-target projections, ours against Captum, measured side by side.
+
+    .venv/bin/python benchmarks/bench_project.py [--targets 64] [--captum-targets 8] [--device cpu|cuda]
+
+For point targets (random units of random channels, one image 224x224) at relu3_3, relu4_3 and relu5_3
+of VGG16, it times in one run:
+  - ours, receptive-field-cropped, all targets in batches (one forward for the image),
+  - ours, uncropped (the whole maps), batched the same way,
+  - a loop over Captum's NeuronDeconvolution (one forward and backward per target),
+and prints per-target times and the ratios. It also prints the achieved FLOP rate of our deconv pass
+against that of a plain forward pass, and the memory of the switches of one image, compact vs int64.
+Projections are checked equal across the three before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import deconvnet as dn
+import deconvnet.core as core
+
+
+def timed(fn, repeats: int, sync) -> float:
+    out = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+class FlopCounter:
+    """Counts multiply-adds x2 of conv2d (forward hooks) and conv_transpose2d (patched) calls."""
+
+    def __init__(self) -> None:
+        self.flops = 0
+
+    def __enter__(self):
+        self._orig = F.conv_transpose2d
+
+        def counted(r, weight, *args, **kwargs):
+            groups = args[4] if len(args) > 4 else kwargs.get("groups", 1)
+            self.flops += 2 * r.numel() * (weight.shape[1]) * weight.shape[2] * weight.shape[3]
+            return self._orig(r, weight, *args, **kwargs)
+
+        core.F.conv_transpose2d = counted
+        return self
+
+    def __exit__(self, *exc):
+        core.F.conv_transpose2d = self._orig
+
+
+def forward_flops(net, x, layer) -> int:
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        total += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    handles = [m.register_forward_hook(hook) for _, m in net.stack[: net.depth(layer) + 1] if isinstance(m, torch.nn.Conv2d)]
+    try:
+        core.record(net, x, [layer])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default="hed")
+    ap.add_argument("--layers", default="relu3_3,relu4_3,relu5_3")
+    ap.add_argument("--targets", type=int, default=64, help="point targets per layer for ours")
+    ap.add_argument("--captum-targets", type=int, default=8, help="point targets per layer for the Captum loop")
+    ap.add_argument("--batch", type=int, default=64, help="projections per deconv pass (ours)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    from captum.attr import NeuronDeconvolution
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = dn.load_vgg("vgg16", args.weights, device=args.device)
+    x = net.preprocess("astronaut", size=224, crop=224)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    g = torch.Generator().manual_seed(0)
+    print(net.describe())
+    print(f"device {args.device}, threads {torch.get_num_threads()}, image 224x224, {args.targets} targets per layer "
+          f"(Captum: {args.captum_targets}), batch {args.batch}, median of {args.repeats}")
+    rows = []
+    warnings.filterwarnings("ignore")
+    for layer in args.layers.split(","):
+        rec = core.record(net, x, [layer])
+        c, h, w = rec.activations[layer].shape[1:]
+        chans = torch.randint(0, c, (args.targets,), generator=g)
+        units = torch.stack([torch.randint(0, h, (args.targets,), generator=g), torch.randint(0, w, (args.targets,), generator=g)], 1)
+        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units)]
+        cropped = dn.Deconvnet(net, crop=True, max_batch=args.batch)
+        full = dn.Deconvnet(net, crop=False, max_batch=args.batch)
+        # equality first: ours cropped = ours full = Captum x activation
+        pc = cropped.project_many(x, targets[: args.captum_targets])
+        pf = full.project_many(x, targets[: args.captum_targets])
+        for a, b, t in zip(pc, pf, targets):
+            nd = NeuronDeconvolution(net.model, net.layers[layer])
+            ref = nd.attribute(x.clone(), neuron_selector=(t.channel, *t.position)).detach() * a.activation[0]
+            scale = ref.abs().max().clamp(min=1e-30)
+            assert (a.projection - b.projection).abs().max() <= 1e-4 * scale
+            if a.activation[0] > 0:
+                assert (a.projection - ref).abs().max() <= 1e-4 * scale
+        t_fwd = timed(lambda: core.record(net, x, [layer]), args.repeats, sync)
+        t_crop = timed(lambda: cropped.project_many(x, targets), args.repeats, sync)
+        t_full = timed(lambda: full.project_many(x, targets), args.repeats, sync)
+
+        def captum_loop():
+            for t in targets[: args.captum_targets]:
+                NeuronDeconvolution(net.model, net.layers[layer]).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
+
+        t_captum = timed(captum_loop, max(1, args.repeats - 2), sync)
+        with FlopCounter() as fc:
+            cropped.project_many(x, targets)
+        f_fwd = forward_flops(net, x, layer)
+        rate_fwd = f_fwd / t_fwd
+        rate_deconv = fc.flops / max(t_crop - t_fwd, 1e-9)
+        per = {"cropped": t_crop / args.targets, "full": t_full / args.targets, "captum": t_captum / args.captum_targets}
+        rows.append((layer, per, rate_deconv / 1e9, rate_fwd / 1e9))
+    print()
+    print(f"{'layer':8} {'ours cropped':>13} {'ours full':>10} {'Captum':>9}   {'vs Captum':>9} {'full/crop':>9}   {'deconv GFLOP/s':>14} {'forward GFLOP/s':>15}")
+    for layer, per, rd, rf in rows:
+        print(f"{layer:8} {per['cropped'] * 1e3:10.1f} ms {per['full'] * 1e3:7.1f} ms {per['captum'] * 1e3:6.0f} ms"
+              f"   {per['captum'] / per['cropped']:8.1f}x {per['full'] / per['cropped']:8.1f}x   {rd:14.1f} {rf:15.1f}")
+    rec = core.record(net, x, ["pool5"])
+    compact = sum(s.nbytes for s in rec.switches.values())
+    int64 = sum(s.offsets.numel() * 8 for s in rec.switches.values())
+    print(f"\nswitches of one 224x224 image (pool1..pool5): compact {compact / 2**20:.2f} MiB, int64 {int64 / 2**20:.2f} MiB "
+          f"({compact / int64:.3f} of int64)")
+
+
+if __name__ == "__main__":
+    main()
