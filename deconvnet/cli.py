@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--features", type=int, default=8, help="feature maps shown per layer")
     f.add_argument("--k", type=int, default=9, help="top activations per feature map")
     f.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps: a seeded random subset (as the paper) or the strongest")
-    f.add_argument("--scaling", default="symmetric", choices=("symmetric", "minmax", "percentile"), help="display scaling of the projections")
+    f.add_argument("--scaling", default="percentile", choices=("symmetric", "minmax", "percentile"), help="display scaling of the projections (default percentile: contrast enhanced, zero still gray)")
     f.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure file format")
     f.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
     f.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")

@@ -206,13 +206,15 @@ def plot_layer_grid(
     n = len(features)
     cols = cols or min(4, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / cols)
-    fig = plt.figure(figsize=(3.3 * cols, 1.75 * rows + 0.9))
-    grid = fig.add_gridspec(rows, cols * 2, wspace=0.04, hspace=0.22, left=0.01, right=0.99, top=1 - 0.5 / (1.75 * rows + 0.9), bottom=0.35 / (1.75 * rows + 0.9))
+    height = 1.75 * rows + 1.2  # inches: rows, plus room for a two-line title and a two-line footer
+    fig = plt.figure(figsize=(3.3 * cols, height))
+    grid = fig.add_gridspec(rows, cols * 2, wspace=0.04, hspace=0.22, left=0.01, right=0.99,
+                            top=1 - 0.75 / height, bottom=0.38 / height)
     for k, tiles in enumerate(features):
         r, c = divmod(k, cols)
         axes = [fig.add_subplot(grid[r, 2 * c]), fig.add_subplot(grid[r, 2 * c + 1])]
         plot_feature(tiles, axes, scaling)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     fig.text(0.5, 0.005, footer, ha="center", va="bottom", fontsize=6, color="0.3", wrap=True)
     return fig
 
