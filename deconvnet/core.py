@@ -134,11 +134,21 @@ def check_input(x: torch.Tensor, net: Net) -> torch.Tensor:
     return x.to(device=net.device, dtype=net.dtype)
 
 
-def record(net: Net, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True) -> Record:
+def record(
+    net: Net,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    *,
+    switches: bool = True,
+    reduce: Callable[[torch.Tensor], object] | None = None,
+) -> Record:
     """Run the model's forward up to the deepest of ``layers``, recording shapes, switches, activations.
 
     Args:
         switches: record the max-pool switches (a scan that only needs activations passes False).
+        reduce: if given, ``activations[layer]`` holds ``reduce(output)``, computed inside the forward
+            before a following in-place ReLU overwrites the output, instead of a copy of the output
+            (the dataset scan keeps only per-map maxima this way, with no copies of large maps).
 
     Hooks exist only inside this call: they are removed in ``finally``, also when the forward raised.
     """
@@ -166,9 +176,10 @@ def record(net: Net, x: torch.Tensor, layers: Sequence[str], *, switches: bool =
                 rec.switches[i] = PoolSwitches.from_indices(indices, tuple(inp.shape[-2:]), module)
             rec.shapes[i] = (inp.shape, output.shape)
             for layer in wanted.get(i, ()):
-                # a copy, since a following in-place ReLU would overwrite it; not needed when the
-                # forward stops here
-                rec.activations[layer] = output.detach() if i == deepest else output.detach().clone()
+                if reduce is not None:
+                    rec.activations[layer] = reduce(output.detach())
+                else:  # a copy, since a following in-place ReLU would overwrite it; none if we stop here
+                    rec.activations[layer] = output.detach() if i == deepest else output.detach().clone()
             last["index"] = i
             if i == deepest:
                 raise _StopForward
@@ -405,11 +416,14 @@ def walk_down_cropped(
             s, p, d = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
             r = F.conv_transpose2d(r, m.weight, None, s, 0, 0, m.groups, d)
             origin = origin * torch.tensor(s, device=origin.device) - torch.tensor(p, device=origin.device)
-            r = r * _inside(origin, r.shape[-2:], in_hw)
+            if bool((origin < 0).any()) or bool((origin + torch.tensor(r.shape[-2:], device=origin.device) > torch.tensor(in_hw, device=origin.device)).any()):
+                r.mul_(_inside(origin, r.shape[-2:], in_hw))  # clear the zero padding (windows at a border)
         elif isinstance(m, nn.MaxPool2d):
             sw = rec.switches[i]
             r = _unpool_window(r, origin, image, sw)
             origin = origin * torch.tensor(sw.stride, device=origin.device) - torch.tensor(sw.padding, device=origin.device)
+        elif isinstance(m, nn.ReLU):
+            r.clamp_(min=0)  # r is this walk's own tensor: rectify in place
         else:
             r = deconv_step(m, r, r.shape, None, name=name)
     return r, origin

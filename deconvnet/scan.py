@@ -138,10 +138,11 @@ def _candidates(act: torch.Tensor, per_image: Optional[int]) -> tuple[torch.Tens
     return v[..., :m].double(), i[..., :m]
 
 
-def _merge(state: dict, layer: str, act: torch.Tensor, index: torch.Tensor, k: int, per_image: Optional[int]) -> None:
-    b, c = act.shape[:2]
-    w = act.shape[-1]
-    v, flat = _candidates(act, per_image)  # (B, C, m), values in float64
+def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int) -> None:
+    """Merge one batch's candidates ``(values (B, C, m), flat positions, (h, w))`` into the running top-k."""
+    v, flat, (h, w) = cand
+    b, c = v.shape[:2]
+    v, flat = v.cpu(), flat.cpu()
     m = v.shape[2]
     v = v.permute(1, 0, 2).reshape(c, b * m)
     flat = flat.permute(1, 0, 2).reshape(c, b * m)
@@ -158,6 +159,7 @@ def _merge(state: dict, layer: str, act: torch.Tensor, index: torch.Tensor, k: i
     state["images"][layer] = all_img.gather(1, order)
     state["flat"][layer] = all_flat.gather(1, order)
     state["width"][layer] = w
+    state["height"][layer] = h
 
 
 def _fingerprint(args: dict) -> str:
@@ -244,11 +246,11 @@ def scan_top_k(
         for batch in loader:
             skipped.extend(batch.skipped)
             if len(batch.index):
-                rec = record(net, batch.x, layers, switches=False)
+                # per-map candidates are computed inside the forward: no copies of the large maps
+                rec = record(net, batch.x, layers, switches=False,
+                             reduce=lambda t: (*_candidates(t, per_image), tuple(t.shape[-2:])))
                 for layer in layers:
-                    act = rec.activations[layer].cpu()
-                    state["height"][layer] = act.shape[-2]
-                    _merge(state, layer, act, batch.index, k, per_image)
+                    _merge(state, layer, rec.activations[layer], batch.index, k)
             n_items = len(batch.index) + len(batch.skipped)
             next_index += n_items
             bar.update(n_items)
