@@ -47,7 +47,6 @@ class FlopCounter:
         self._orig = F.conv_transpose2d
 
         def counted(r, weight, *args, **kwargs):
-            groups = args[4] if len(args) > 4 else kwargs.get("groups", 1)
             self.flops += 2 * r.numel() * (weight.shape[1]) * weight.shape[2] * weight.shape[3]
             return self._orig(r, weight, *args, **kwargs)
 

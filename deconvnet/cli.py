@@ -16,7 +16,8 @@ from .images import SKIMAGE_PHOTOS, ImageReadError
 from .models import ARCH_NAMES, WeightsError
 
 
-FIGURE_KINDS = ("top9", "resolution")
+ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters")  # deconvnet.analysis.FIGURES
+FIGURE_KINDS = ("top9", "resolution") + ANALYSES
 
 
 class UsageError(Exception):
@@ -177,6 +178,22 @@ def cmd_figures(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         written += make_figures(args.out, net, quick=args.quick)
         timings.append(("resolution figures", time.perf_counter() - t))
+    analyses = [k for k in kinds if k in ANALYSES]
+    if analyses:
+        from . import load_alexnet
+        from .analysis import make_figures as analysis_figures
+
+        t = time.perf_counter()
+        alexnet = None
+        if "filters" in analyses and net.arch != "alexnet":  # Figure 6 shows AlexNet's conv1 too
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                alexnet = load_alexnet("auto" if args.weights == "auto" else "random", seed=args.seed)
+            for w in caught:
+                print(f"warning: AlexNet for the filter figure: {w.message}", file=sys.stderr)
+        written += analysis_figures(args.out, net, quick=args.quick, alexnet=alexnet, only=analyses,
+                                    show_progress=not args.quiet)
+        timings.append((", ".join(analyses), time.perf_counter() - t))
     for path in written:
         print(f"wrote {path}")
     print("timings: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in timings))

@@ -7,7 +7,6 @@ image: projections with zero, shown mid-gray; patches with light gray), so all t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .core import Deconvnet, Target
 from .images import pil_to_tensor01
+from .io import write_json
 from .models import Net
 from .plot import SCALINGS, save_figure, scale_for_display
 from .receptive import receptive_field
@@ -273,20 +273,3 @@ def _wrap(text: str, width: int) -> list[str]:
     import textwrap
 
     return textwrap.wrap(text, width)
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -86,19 +86,10 @@ def show(p, index: int = 0, axes: Sequence | None = None, scaling: str = "symmet
 
 
 def save_figure(fig, path, dpi: int = 150) -> None:
-    """Save a figure atomically: to a temporary file beside ``path``, then rename."""
-    import os
-    import tempfile
+    """Save a figure atomically (format from the suffix: png, pdf, svg)."""
     from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")

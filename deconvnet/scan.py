@@ -14,8 +14,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .core import record
 from .data import collate
+from .io import torch_save
 from .models import Net
 
 FORMAT_VERSION = 1
@@ -67,7 +66,7 @@ class TopK:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file, then rename)."""
-        atomic_torch_save(self._state(), path)
+        torch_save(self._state(), path)
 
     def _state(self) -> dict:
         return {
@@ -90,20 +89,6 @@ class TopK:
         state.pop("next_index", None)
         state.pop("fingerprint", None)
         return cls(**state)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_state(path: str | os.PathLike, what: str) -> dict:
@@ -240,7 +225,7 @@ def scan_top_k(
     next_index = start
 
     def save_checkpoint() -> None:
-        atomic_torch_save({"fingerprint": fingerprint, "next_index": next_index, "state": state, "args": json.dumps(args, default=str)}, checkpoint)
+        torch_save({"fingerprint": fingerprint, "next_index": next_index, "state": state, "args": json.dumps(args, default=str)}, checkpoint)
 
     try:
         for batch in loader:

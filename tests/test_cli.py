@@ -88,3 +88,15 @@ def test_show_draws_on_given_axes(vgg16):
     fig = dn.show(p)
     assert len(fig.axes) == 2 and "random" in fig._supxlabel.get_text()
     plt.close(fig)
+
+
+def test_figures_script_other_kinds(tmp_path, capsys):
+    """--only wires the resolution study and the analyses into the script (quick settings)."""
+    code = main(["figures", "--weights", "random", "--only", "resolution,filters,occlusion", "--quick", "--quiet",
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    for name in ("resolution_comparison.csv", "resolution_checkerboard.png", "filters.png", "occlusion.png", "occlusion.json"):
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
+    assert oct((tmp_path / "filters.png").stat().st_mode & 0o777) != "0o600"  # ordinary permissions
+    assert "timings:" in out

@@ -502,30 +502,21 @@ def random_crops(x: torch.Tensor, size: int, count: int, *, seed: int = 0) -> to
 
 def write_table(rows: Sequence[dict], path: str | Path) -> list[Path]:
     """Write table rows as ``path`` with suffix .csv and .json (atomically); return both paths."""
-    import os
-    import tempfile
+    from ..io import atomic_path
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = []
     clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
     for suffix in (".csv", ".json"):
         target = path.with_suffix(suffix)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                if suffix == ".json":
-                    json.dump(clean, f, indent=1)
-                else:
-                    keys = list(dict.fromkeys(k for r in clean for k in r))
-                    writer = csv.DictWriter(f, fieldnames=keys)
-                    writer.writeheader()
-                    writer.writerows(clean)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(target) as tmp, open(tmp, "w", newline="") as f:
+            if suffix == ".json":
+                json.dump(clean, f, indent=1)
+            else:
+                keys = list(dict.fromkeys(k for r in clean for k in r))
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(clean)
         out.append(target)
     return out
 
