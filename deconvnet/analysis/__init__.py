@@ -1,0 +1,256 @@
+"""How far the deconvnet's pictures can be trusted, and the paper's other experiments.
+
+One module per kind of analysis (as Captum has a folder per kind of explanation):
+
+=====================  ============================================================================
+``methods``            deconvnet vs Captum's Deconvolution (cross-check), GuidedBackprop and Saliency
+``sanity``             parameter randomisation (Adebayo et al. 2018), neuron selectivity (Mahendran &
+                       Vedaldi 2016)
+``similarity``         the four similarity measures of the sanity checks
+``invariance``         translation, scale, rotation (Zeiler & Fergus Fig. 5)
+``occlusion``          occlusion sensitivity (Fig. 7)
+``filters``            first-layer filters (Fig. 6)
+=====================  ============================================================================
+
+``make_figures`` writes every figure of these analyses (PNG) and their numbers (JSON) for the figure
+script; each ``figure_*`` function writes one analysis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..core import Target
+from ..models import Net
+from ..io import write_json
+from ..plot import save_figure
+from ._util import jsonable, last_relu
+from .filters import filter_grid, first_conv, plot_first_layer_filters
+from .invariance import apply_transform, default_ranges, invariance_curves, plot_invariance
+from .methods import METHODS, backward_maps, compare_methods, plot_method_comparison
+from .occlusion import captum_occlusion, occlusion_maps, plot_occlusion
+from .sanity import (
+    neuron_selectivity,
+    parametrised_layers,
+    plot_sanity_curves,
+    plot_sanity_maps,
+    plot_selectivity,
+    randomisation_steps,
+    randomized,
+    sanity_check,
+)
+from .similarity import METRICS, compare_maps, hog_pearson, spearman, ssim
+
+__all__ = [
+    "FIGURES",
+    "FigureSettings",
+    "METHODS",
+    "METRICS",
+    "apply_transform",
+    "backward_maps",
+    "captum_occlusion",
+    "compare_maps",
+    "compare_methods",
+    "default_ranges",
+    "filter_grid",
+    "first_conv",
+    "hog_pearson",
+    "invariance_curves",
+    "make_figures",
+    "neuron_selectivity",
+    "occlusion_maps",
+    "parametrised_layers",
+    "plot_first_layer_filters",
+    "plot_invariance",
+    "plot_method_comparison",
+    "plot_occlusion",
+    "plot_sanity_curves",
+    "plot_sanity_maps",
+    "plot_selectivity",
+    "randomisation_steps",
+    "randomized",
+    "sanity_check",
+    "spearman",
+    "ssim",
+]
+
+
+@dataclass(frozen=True)
+class FigureSettings:
+    """Image sizes and loop lengths of the figures (``full()`` for the paper, ``quick()`` for tests)."""
+
+    images: tuple[str, ...]
+    size: int
+    sanity_size: int
+    sanity_images: int
+    sanity_steps: int | None  # None: every parametrised layer
+    n_random: int
+    transform_steps: int
+    occluder: tuple[int, int] | None  # (size, stride); None: the default for the image size
+
+    @classmethod
+    def full(cls) -> "FigureSettings":
+        # the randomisation test runs 3 methods x (1 + 13..16 layers) x 2 modes: at 128 px it takes minutes
+        # on a CPU, at 224 px four times that, for maps whose comparison does not need the larger size
+        return cls(("chelsea", "astronaut", "coffee"), 224, 128, 2, None, 5, 13, None)
+
+    @classmethod
+    def quick(cls) -> "FigureSettings":
+        return cls(("chelsea", "astronaut"), 64, 64, 1, 3, 1, 5, (16, 16))
+
+
+def _inputs(net: Net, names: Sequence[str], size: int) -> torch.Tensor:
+    return torch.cat([net.preprocess(n, size=size, crop=size) for n in names])
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    return write_json(jsonable(data), path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def method_targets(net: Net) -> list[Target]:
+    """Targets for the comparison: the strongest unit of the ReLU before the middle pool (relu3_3 for VGG16)
+    and of the last conv ReLU, the whole strongest map of the last pool, and the top class score where a
+    classifier exists."""
+    pools = sorted((n for n in net.layers if n.startswith("pool")), key=net.depth)
+    middle_pool = net.depth(pools[len(pools) // 2])
+    relus = [n for n in net.layers if n.startswith("relu") and net.depth(n) < middle_pool]
+    targets = [Target(max(relus, key=net.depth)), Target(last_relu(net)), Target(pools[-1], "max", "all")]
+    if net.classifier is not None:
+        targets.append(Target(list(net.layers)[-1], "max"))
+    return targets
+
+
+def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+    """methods.png / methods.json: every method for several images and targets."""
+    x = _inputs(net, s.images, s.size)
+    results = [compare_methods(net, x, t) for t in method_targets(net)]
+    # rows image-major: all targets of the first image, then the next
+    rows = []
+    for b in range(x.shape[0]):
+        for r in results:
+            rows.append(type(r)(r.target, {m: v[b : b + 1] for m, v in r.maps.items()}, r.channel[b : b + 1],
+                                r.activation[b : b + 1], r.position[b : b + 1], r.deconvolution_error[b : b + 1],
+                                r.input[b : b + 1], r.weights, r.target_labels[b : b + 1]))
+    fig = plot_method_comparison(rows, net)
+    numbers = {"weights": net.describe(), "images": list(s.images), "size": s.size,
+               "rows": [{"image": s.images[k // len(results)], "target": r.target_labels[0],
+                         "deconvolution_vs_ours_relative_error": r.deconvolution_error[0],
+                         "activation": float(r.activation[0])} for k, r in enumerate(rows)]}
+    return [_save(fig, out_dir / "methods.png"), _write_json(out_dir / "methods.json", numbers)]
+
+
+def _sanity_layers(net: Net, target: Target, steps: int | None) -> list[str] | None:
+    if steps is None:
+        return None
+    top_down = parametrised_layers(net, target.layer)[::-1]
+    idx = sorted({round(i * (len(top_down) - 1) / max(1, steps - 1)) for i in range(steps)})
+    return [top_down[i] for i in idx]
+
+
+def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+    """sanity_curves.png, sanity_maps.png, selectivity.png and sanity.json."""
+    from .sanity import default_target
+
+    names = s.images[: s.sanity_images]
+    x = _inputs(net, names, s.sanity_size)
+    target = default_target(net)
+    layers = _sanity_layers(net, target, s.sanity_steps)
+    results = [sanity_check(net, x, target, mode=mode, layers=layers, show_progress=show_progress)
+               for mode in ("cascading", "independent")]
+    sel = neuron_selectivity(net, x, methods=("deconvnet", "guided_backprop", "gradient"), n_random=s.n_random)
+    paths = [
+        _save(plot_sanity_curves(results), out_dir / "sanity_curves.png"),
+        _save(plot_sanity_maps(results[0], net), out_dir / "sanity_maps.png"),
+        _save(plot_selectivity(sel, net), out_dir / "selectivity.png"),
+    ]
+    numbers = {
+        "weights": net.describe(), "images": list(names), "size": s.sanity_size, "target": target.layer,
+        "target_channel": results[0].channel, "target_position": results[0].position,
+        **{r.mode: {"steps": r.steps, "mean_similarity": r.summary(),
+                    "all_zero_maps": {m: z.sum(1) for m, z in r.zero.items()}} for r in results},
+        "selectivity": {"layer": sel.layer, "position": sel.position, "channel_max": sel.channel_max,
+                        "channels_random": sel.channels_random, "mean_similarity": sel.summary()},
+    }
+    paths.append(_write_json(out_dir / "sanity.json", numbers))
+    return paths
+
+
+def figure_invariance(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+    """invariance.png / invariance.json."""
+    x = _inputs(net, s.images, s.size)
+    r = invariance_curves(net, x, ranges=default_ranges(s.size, s.transform_steps), names=s.images, show_progress=show_progress)
+    numbers = {"weights": net.describe(), "images": list(s.images), "size": s.size, "layers": r.layers,
+               "classifier": r.classifier, "classes": r.classes, "class_labels": r.class_labels, **r.summary()}
+    return [_save(plot_invariance(r, net), out_dir / "invariance.png"), _write_json(out_dir / "invariance.json", numbers)]
+
+
+def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+    """occlusion.png / occlusion.json."""
+    x = _inputs(net, s.images, s.size)
+    size, stride = s.occluder if s.occluder is not None else (None, None)
+    r = occlusion_maps(net, x, size=size, stride=stride, names=s.images, show_progress=show_progress)
+    return [_save(plot_occlusion(r, net), out_dir / "occlusion.png"), _write_json(out_dir / "occlusion.json", r.summary())]
+
+
+def figure_filters(out_dir: Path, net: Net, alexnet: Net | None = None) -> list[Path]:
+    """filters.png: the first-layer filters of ``net`` (and of AlexNet when given)."""
+    nets = [net] + ([alexnet] if alexnet is not None else [])
+    return [_save(plot_first_layer_filters(nets), out_dir / "filters.png")]
+
+
+FIGURES = ("methods", "sanity", "invariance", "occlusion", "filters")
+
+
+def make_figures(
+    out_dir: Path,
+    net: Net,
+    *,
+    quick: bool = False,
+    alexnet: Net | None = None,
+    only: Sequence[str] | None = None,
+    show_progress: bool = True,
+) -> list[Path]:
+    """Write the figures (PNG) and numbers (JSON) of the analyses into ``out_dir``.
+
+    Args:
+        out_dir: the folder (created if needed).
+        net: the model (a VGG; class panels appear only if it has a classifier).
+        quick: small images and short loops (tests, notebooks); the figures say what they show either way.
+        alexnet: also draw AlexNet's first-layer filters.
+        only: a subset of ``FIGURES`` (default: all).
+        show_progress: tqdm bars over the long loops.
+
+    Returns:
+        The paths written, in order.
+    """
+    only = list(only) if only is not None else list(FIGURES)
+    unknown = [o for o in only if o not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure(s) {unknown}. Hint: choose from {', '.join(FIGURES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = FigureSettings.quick() if quick else FigureSettings.full()
+    makers: dict[str, Callable[[], list[Path]]] = {
+        "methods": lambda: figure_methods(out_dir, net, s, show_progress),
+        "sanity": lambda: figure_sanity(out_dir, net, s, show_progress),
+        "invariance": lambda: figure_invariance(out_dir, net, s, show_progress),
+        "occlusion": lambda: figure_occlusion(out_dir, net, s, show_progress),
+        "filters": lambda: figure_filters(out_dir, net, alexnet),
+    }
+    paths: list[Path] = []
+    for name in FIGURES:
+        if name in only:
+            paths += makers[name]()
+    return paths

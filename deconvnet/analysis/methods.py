@@ -1,0 +1,321 @@
+"""The deconvnet beside its relatives: guided backprop and the plain gradient, for the same target.
+
+All methods start from the same signal placed on the target layer's output (the *seed*) and carry it
+down to the pixels; they differ only in the rule at each ReLU (Springenberg et al. 2015; REFERENCE.md),
+with R the signal coming down and x the ReLU's forward input:
+
+==================  =====================================  =============================================
+method              rule at a ReLU                         computed by
+==================  =====================================  =============================================
+``deconvnet``       R_in = R_out [R_out > 0]               this toolkit (``deconvnet.core.walk_down``)
+``deconvolution``   the same rule                          Captum ``Deconvolution`` (the live cross-check)
+``guided_backprop`` R_in = R_out [x > 0] [R_out > 0]       Captum ``GuidedBackprop``
+``gradient``        R_in = R_out [x > 0]                   Captum ``Saliency(abs=False)``
+==================  =====================================  =============================================
+
+Captum's methods explain a scalar; here it is S(x) = <seed, layer(x)> per image, whose derivative on the
+layer is the seed, with the forward stopped right after the layer. For ``compare_methods`` the seed is the
+deconvnet's (Zeiler & Fergus): the target's activations, every other activation of the layer zero, so the
+deconvnet column is exactly what ``Deconvnet.project`` returns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..core import Target, check_input, check_supported, record, walk_down
+from ..models import Net
+from ..plot import image_array, scale_for_display
+from ._util import _Stop, label
+
+METHODS = ("deconvnet", "deconvolution", "guided_backprop", "gradient")
+METHOD_TITLES = {
+    "deconvnet": "deconvnet (ours)",
+    "deconvolution": "Captum Deconvolution",
+    "guided_backprop": "guided backprop",
+    "gradient": "gradient (saliency)",
+}
+RULES = {
+    "deconvnet": "R_in = R_out [R_out > 0]",
+    "deconvolution": "R_in = R_out [R_out > 0]",
+    "guided_backprop": "R_in = R_out [x > 0] [R_out > 0]",
+    "gradient": "R_in = R_out [x > 0]",
+}
+RULES_CAPTION = (
+    "Backward rule at each ReLU (R: signal coming down, x: forward input of the ReLU): "
+    "deconvnet  R_in = R_out·[R_out > 0];   guided backprop  R_in = R_out·[x > 0]·[R_out > 0];   "
+    "gradient  R_in = R_out·[x > 0]."
+)
+
+
+class TargetScore(nn.Module):
+    """S(x) = <seed, layer(x)> for each image, the forward stopped right after the layer.
+
+    Wrapping ``net.model`` as a submodule lets Captum find (and hook) its ReLUs. Our forward hook is
+    registered inside ``forward``, after Captum's own hooks, so Captum sees the target layer's output
+    before the forward is stopped.
+
+    Args:
+        net: the model.
+        layer: paper name of the target layer.
+        seed: (B, ...) the signal on the layer's output (its derivative of S).
+    """
+
+    def __init__(self, net: Net, layer: str, seed: torch.Tensor) -> None:
+        super().__init__()
+        self.model = net.model
+        self.layer = layer
+        self._module = net.check_layer(layer)
+        self.register_buffer("seed", seed.detach(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            captured["out"] = output
+            raise _Stop
+
+        handle = self._module.register_forward_hook(hook)
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        out = captured["out"]
+        return (out * self.seed.view_as(out)).flatten(1).sum(1)
+
+
+def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The deconvnet's seed for a target (Zeiler & Fergus: the target's activations, the rest zero).
+
+    Follows ``Target``'s meaning as ``Deconvnet.project`` does (the tests check the resulting maps are
+    equal): ``channel="max"`` is the channel holding the layer's strongest activation, ``position="max"``
+    that channel's strongest unit, ``"all"`` the whole map, a (row, col) or a (B, 2) integer tensor one
+    unit, a float or bool (h, w) / (B, h, w) tensor a mask weighting the map.
+
+    Returns:
+        ``(seed, channel, activation, position)``: seed shaped like the layer's output (B, C, h, w) or
+        (B, F), and per image the channel, the strongest seeded activation and its (row, col).
+    """
+    act = record(net, x, [target.layer]).activations[target.layer]
+    b, c = act.shape[:2]
+    a4 = act if act.dim() == 4 else act.view(b, c, 1, 1)
+    h, w = a4.shape[-2:]
+    bi = torch.arange(b, device=act.device)
+    ch = target.channel
+    if isinstance(ch, str):
+        if ch != "max":
+            raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
+        channels = a4.flatten(2).amax(2).argmax(1)
+    else:
+        channels = torch.as_tensor(ch, dtype=torch.long, device=act.device).reshape(-1).expand(b).clone()
+        if not ((channels >= 0) & (channels < c)).all():
+            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}', which has {c} channels. Hint: use 0..{c - 1} or 'max'")
+    maps = a4[bi, channels]  # (B, h, w)
+    pos = target.position
+    if isinstance(pos, str) and pos not in ("max", "all"):
+        raise ValueError(f"position '{pos}' is not understood. Hint: 'max', 'all', (row, col) or a mask")
+    if isinstance(pos, str) and pos == "all":
+        weight = torch.ones_like(maps)
+    elif isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
+        weight = pos.to(maps).expand(b, h, w)
+    else:
+        if isinstance(pos, str):  # "max"
+            flat = maps.flatten(1).argmax(1)
+            units = torch.stack([flat // w, flat % w], 1)
+        else:
+            units = torch.as_tensor(pos, dtype=torch.long, device=act.device).reshape(-1, 2).expand(b, 2)
+            if not ((units[:, 0] >= 0) & (units[:, 0] < h) & (units[:, 1] >= 0) & (units[:, 1] < w)).all():
+                raise ValueError(f"position {pos!r} is outside layer '{target.layer}''s {h}x{w} map for this input size")
+        weight = torch.zeros_like(maps)
+        weight[bi, units[:, 0], units[:, 1]] = 1
+    seeded = maps * weight
+    score = torch.where(weight != 0, seeded, torch.full_like(seeded, float("-inf")))
+    flat = score.flatten(1).argmax(1)  # the strongest seeded unit (ties: first in row-major order)
+    position = torch.stack([flat // w, flat % w], 1)
+    activation = seeded.flatten(1).gather(1, flat[:, None]).squeeze(1)
+    seed = torch.zeros_like(a4)
+    seed[bi, channels] = seeded
+    return seed.view_as(act), channels, activation, position
+
+
+def backward_maps(
+    net: Net,
+    x: torch.Tensor,
+    layer: str,
+    seed: torch.Tensor,
+    methods: Sequence[str] = METHODS,
+) -> dict[str, torch.Tensor]:
+    """Carry one seed on ``layer``'s output down to the pixels with each method's rule.
+
+    Args:
+        net: the model.
+        x: (B, 3, H, W) model input.
+        layer: paper name of the layer the seed sits on.
+        seed: (B, ...) shaped like the layer's output.
+        methods: any of ``METHODS``.
+
+    Returns:
+        ``{method: (B, 3, H, W) map in the model's input space}``.
+    """
+    from captum.attr import Deconvolution, GuidedBackprop, Saliency
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}. Hint: choose from {', '.join(METHODS)}")
+    x = check_input(x, net)
+    net.check_layer(layer)
+    seed = seed.to(device=x.device, dtype=x.dtype)
+    out: dict[str, torch.Tensor] = {}
+    if "deconvnet" in methods:
+        depth = net.depth(layer)
+        check_supported(net, depth)
+        rec = record(net, x, [layer])
+        with torch.no_grad():
+            out["deconvnet"] = walk_down(net, rec, {depth: seed.reshape(rec.shapes[depth][1])})
+    score = TargetScore(net, layer, seed)
+    captum = {"deconvolution": Deconvolution, "guided_backprop": GuidedBackprop}
+    with warnings.catch_warnings():
+        # Captum announces, on every call, that it hooks the ReLUs (and removes the hooks) and that it set
+        # requires_grad on its copy of the input: both are what is meant here
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
+        warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+        for method in methods:
+            if method in captum:
+                out[method] = captum[method](score).attribute(x.detach().clone()).detach()
+            elif method == "gradient":
+                out[method] = Saliency(score).attribute(x.detach().clone(), abs=False).detach()
+    return {m: out[m] for m in methods}
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (0 when both are zero)."""
+    scale = b.abs().max()
+    err = (a - b).abs().max()
+    if scale == 0:
+        return 0.0 if err == 0 else float("inf")
+    return float(err / scale)
+
+
+@dataclass
+class MethodComparison:
+    """Maps of several methods for one target and a batch of images.
+
+    Attributes:
+        target: the target (its ``channel``/``position`` as asked).
+        maps: method -> (B, 3, H, W) in the model's input space.
+        channel, activation, position: per image, what the deconvnet seed selected.
+        deconvolution_error: per image, max |ours - Captum Deconvolution| / max |ours| (the cross-check).
+        input: the model input.
+        weights: ``net.describe()``.
+        target_labels: per image, a readable name of the target (``conv5_3 ch 12 / unit (3, 4)``, ``class score fc8[281] (tabby)``).
+    """
+
+    target: Target
+    maps: dict[str, torch.Tensor]
+    channel: torch.Tensor
+    activation: torch.Tensor
+    position: torch.Tensor
+    deconvolution_error: list[float]
+    input: torch.Tensor
+    weights: str
+    target_labels: list[str] = field(default_factory=list)
+
+
+def _target_label(net: Net, target: Target, channel: int, position: Sequence[int], spatial: bool) -> str:
+    if not spatial:
+        if target.layer == list(net.layers)[-1] and net.classifier is not None:
+            return f"class score {target.layer}[{channel}]\n({label(net, channel)})"
+        return f"{target.layer} unit {channel}"
+    pos = target.position
+    where = "whole map" if isinstance(pos, str) and pos == "all" else (
+        "mask" if isinstance(pos, torch.Tensor) else f"unit ({position[0]}, {position[1]})")
+    return f"{target.layer} ch {channel}\n{where}"
+
+
+def compare_methods(net: Net, x: torch.Tensor, target: Target, methods: Sequence[str] = METHODS) -> MethodComparison:
+    """All methods for one target, from the deconvnet's seed (see the module docstring).
+
+    Args:
+        net: the model.
+        x: (B, 3, H, W) model input.
+        target: ``Target(layer, channel, position)``: a unit (position ``"max"`` or ``(row, col)``), a
+            whole map (``"all"``) or, on the last classifier layer, a class score
+            (``Target("fc8", class_index_or_"max")``).
+        methods: any of ``METHODS``; include ``"deconvolution"`` to get the cross-check.
+
+    Returns:
+        A ``MethodComparison``.
+    """
+    if not isinstance(target, Target):
+        target = Target(*target)
+    x = check_input(x, net)
+    seed, channel, activation, position = deconvnet_seed(net, x, target)
+    maps = backward_maps(net, x, target.layer, seed, methods)
+    errors = []
+    if "deconvnet" in maps and "deconvolution" in maps:
+        errors = [relative_error(maps["deconvolution"][b], maps["deconvnet"][b]) for b in range(x.shape[0])]
+    spatial = seed.dim() == 4
+    labels = [_target_label(net, target, int(channel[b]), position[b].tolist(), spatial) for b in range(x.shape[0])]
+    return MethodComparison(target, maps, channel, activation, position, errors, x, net.describe(), labels)
+
+
+def plot_method_comparison(
+    results: Sequence[MethodComparison],
+    net: Net,
+    *,
+    axes=None,
+    scaling: str = "percentile",
+):
+    """One row per (image, target): the input, then one column per method.
+
+    Args:
+        results: from ``compare_methods`` (rows: each result's images in order).
+        net: the model (for display of the input and the caption).
+        axes: a (rows, 1 + methods) array of axes to draw on; None creates a figure.
+        scaling: display scaling of the signed maps (``deconvnet.plot.scale_for_display``); the default
+            ``"percentile"`` clips the few strongest pixels so that the rest of a sparse map is visible.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [(r, b) for r in results for b in range(r.input.shape[0])]
+    methods = list(results[0].maps)
+    ncols = 1 + len(methods)
+    if axes is None:
+        fig, axes = plt.subplots(len(rows), ncols, figsize=(2.15 * ncols, 2.25 * len(rows) + 1.0), squeeze=False)
+        fig.subplots_adjust(left=0.11, right=0.99, top=1 - 0.7 / fig.get_figheight(),
+                            bottom=0.75 / fig.get_figheight(), wspace=0.04, hspace=0.1)
+    else:
+        axes = np.asarray(axes).reshape(len(rows), ncols)
+        fig = axes[0, 0].figure
+    for i, (r, b) in enumerate(rows):
+        axes[i, 0].imshow(image_array(net.deprocess(r.input[b : b + 1])[0]), interpolation="nearest")
+        axes[i, 0].set_ylabel(r.target_labels[b], fontsize=7.5)
+        for j, m in enumerate(methods, start=1):
+            rgb = net.preprocessing.to_rgb_order(r.maps[m][b : b + 1])[0]
+            axes[i, j].imshow(scale_for_display(rgb, scaling), interpolation="nearest")
+            if m == "deconvolution" and r.deconvolution_error:
+                axes[i, j].text(0.02, 0.02, f"max rel. diff. to ours {r.deconvolution_error[b]:.0e}", transform=axes[i, j].transAxes,
+                                fontsize=6, color="k", backgroundcolor=(1, 1, 1, 0.7))
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("input", fontsize=9)
+    for j, m in enumerate(methods, start=1):
+        axes[0, j].set_title(METHOD_TITLES[m], fontsize=9)
+    fig.suptitle("One target, three backward rules: deconvnet, guided backprop, gradient", fontsize=10,
+                 y=1 - 0.1 / fig.get_figheight(), va="top")
+    fig.text(0.5, 0.01, f"{RULES_CAPTION}\nAll start from the same seed (the deconvnet's: the target's activations); "
+             f"maps shown with zero = gray ({scaling} scaling).\n{net.describe()}",
+             ha="center", va="bottom", fontsize=6.5, color="0.25", wrap=True)
+    return fig

@@ -1,0 +1,308 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7).
+
+A gray square (zero in the model's input space: the preprocessing's mean colour) is slid over the image;
+for every position of the occluder this records
+
+(b) the summed activation of the layer-5 feature map that is strongest on the unoccluded image,
+(d) the probability of the correct (given) or top class, and
+(e) the most probable label,
+
+and (c) is the deconv projection of that feature map's strongest unit on the unoccluded image. Panels (d)
+and (e) need a classifier; without one they are left out with a visible note. Where a classifier exists,
+Captum's ``Occlusion`` gives the per-pixel version of (d) (the drop in probability averaged over the
+windows covering a pixel); with the stride equal to the size it is exactly (d) expanded to pixels, which
+the tests check. Occluder positions are those of Captum: top-left corners at 0, stride, 2 stride, ... while
+the square fits inside the image. The paper gives neither size nor stride; both are options here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..core import Deconvnet, Projection, check_input
+from ..models import Net
+from ..plot import image_array, scale_for_display
+from ._util import blank, class_names, classifier_line, forward_capture, label, last_relu, note_axis, progress
+
+
+def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top rows and left columns of the occluder: 0, stride, ... while the square fits in the image."""
+    h, w = int(hw[0]), int(hw[1])
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"occluder size {size} does not fit a {h}x{w} image. Hint: 1 <= size <= {min(h, w)}")
+    if stride < 1:
+        raise ValueError(f"occluder stride must be at least 1, got {stride}")
+    return np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
+
+
+def occlude(x: torch.Tensor, top: int, left: int, size: int, fill: float = 0.0) -> torch.Tensor:
+    """A copy of (B, 3, H, W) with the square [top, top + size) x [left, left + size) set to ``fill``."""
+    out = x.clone()
+    out[..., top : top + size, left : left + size] = fill
+    return out
+
+
+def default_occluder(side: int) -> tuple[int, int]:
+    """Size about a fifth of the image side, stride half the size."""
+    size = max(1, int(round(side / 5)))
+    return size, max(1, size // 2)
+
+
+@dataclass
+class OcclusionResult:
+    """The occlusion maps of a batch of images (grid: occluder positions, rows x cols).
+
+    Attributes:
+        layer: the layer whose strongest map is followed; channel: (B,) that map.
+        size, stride, tops, lefts: the occluder and its positions.
+        activation: (B, rows, cols) summed activation of the map per occluder position.
+        activation_clean: (B,) the same without occluder.
+        projection: the deconv projection of the map's strongest unit on the unoccluded image.
+        probability: (B, rows, cols) probability of ``classes``; None without a classifier.
+        probability_clean: (B,) without occluder; None without a classifier.
+        top_label: (B, rows, cols) the most probable class per position; None without a classifier.
+        classes, class_source, class_labels: the class followed (``"true"`` or ``"top"``) and its name.
+        captum: (B, H, W) Captum ``Occlusion`` attribution of the probability (None if not computed).
+        input, weights, classifier, names: as elsewhere.
+    """
+
+    layer: str
+    channel: torch.Tensor
+    size: int
+    stride: int
+    tops: np.ndarray
+    lefts: np.ndarray
+    activation: np.ndarray
+    activation_clean: np.ndarray
+    projection: Projection
+    probability: np.ndarray | None
+    probability_clean: np.ndarray | None
+    top_label: np.ndarray | None
+    classes: list[int] | None
+    class_source: str | None
+    class_labels: list[str] | None
+    captum: np.ndarray | None
+    input: torch.Tensor
+    weights: str
+    classifier: str
+    names: list[str]
+
+    def summary(self) -> dict:
+        """JSON-ready numbers: the maps and what they follow."""
+        out = {"layer": self.layer, "channel": self.channel.tolist(), "size": self.size, "stride": self.stride,
+               "tops": self.tops.tolist(), "lefts": self.lefts.tolist(), "names": self.names,
+               "activation": self.activation.tolist(), "activation_clean": self.activation_clean.tolist(),
+               "classifier": self.classifier, "weights": self.weights}
+        if self.probability is not None:
+            out.update(classes=self.classes, class_source=self.class_source, class_labels=self.class_labels,
+                       probability=self.probability.tolist(), probability_clean=self.probability_clean.tolist(),
+                       top_label=self.top_label.tolist())
+        return out
+
+
+def occlusion_maps(
+    net: Net,
+    x: torch.Tensor,
+    *,
+    layer: str | None = None,
+    size: int | None = None,
+    stride: int | None = None,
+    channel: int | str = "max",
+    true_classes: Sequence[int] | None = None,
+    captum: bool = True,
+    names: Sequence[str] | None = None,
+    batch_size: int = 16,
+    show_progress: bool = True,
+) -> OcclusionResult:
+    """Slide a gray square over the images and record the paper's maps (see the module docstring).
+
+    Args:
+        net: the model.
+        x: (B, 3, H, W) model input.
+        layer: the layer whose strongest map is followed (default: the last ReLU of the conv part,
+            ``relu5_3`` / ``relu5``, the paper's layer 5).
+        size, stride: the occluder (default ``default_occluder``).
+        channel: the map to follow: ``"max"`` (per image, the one holding the layer's strongest activation
+            on the unoccluded image) or an index.
+        true_classes: the correct class per image; None follows the top class of the unoccluded image.
+        captum: also compute Captum's per-pixel ``Occlusion`` of the probability (needs a classifier).
+        names: a name per image.
+        batch_size: occluded images per forward pass.
+        show_progress: a tqdm bar over the forward passes.
+
+    Returns:
+        An ``OcclusionResult``.
+    """
+    x = check_input(x, net)
+    b = x.shape[0]
+    layer = layer if layer is not None else last_relu(net)
+    net.check_layer(layer)
+    if net.depth(layer) >= len(net.features):
+        raise ValueError(f"layer '{layer}' has no spatial map. Hint: a conv, relu or pool layer such as {last_relu(net)}")
+    d_size, d_stride = default_occluder(min(x.shape[-2:]))
+    size = size if size is not None else d_size
+    stride = stride if stride is not None else d_stride
+    tops, lefts = occluder_positions(x.shape[-2:], size, stride)
+    if true_classes is not None and len(true_classes) != b:
+        raise ValueError(f"{len(true_classes)} true classes for {b} images. Hint: one class index per image")
+    with_probs = net.classifier is not None
+
+    proj = Deconvnet(net).project(x, layer, channel, "max")
+    ch = proj.channel
+    bi = torch.arange(b, device=x.device)
+    clean, logits = forward_capture(net, x, [layer], logits=with_probs)
+    activation_clean = clean[layer][bi, ch].flatten(1).sum(1).double().cpu().numpy()
+    classes = probs_clean = None
+    if with_probs:
+        classes = list(true_classes) if true_classes is not None else logits.argmax(1).tolist()
+        probs_clean = torch.softmax(logits.double(), 1)[bi, torch.tensor(classes)].cpu().numpy()
+    cls = torch.tensor(classes, device=x.device) if with_probs else None
+
+    grid = [(i, j) for i in range(len(tops)) for j in range(len(lefts))]
+    activation = np.zeros((b, len(tops), len(lefts)))
+    probability = np.zeros((b, len(tops), len(lefts))) if with_probs else None
+    top_label = np.zeros((b, len(tops), len(lefts)), dtype=np.int64) if with_probs else None
+    per_pass = max(1, batch_size // b)
+    chunks = [grid[s : s + per_pass] for s in range(0, len(grid), per_pass)]
+    for chunk in progress(chunks, enabled=show_progress, desc="occlusion"):
+        xs = torch.cat([occlude(x, int(tops[i]), int(lefts[j]), size) for i, j in chunk])
+        feats, out = forward_capture(net, xs, [layer], logits=with_probs)
+        a = feats[layer]
+        if with_probs:
+            p = torch.softmax(out.double(), 1)
+        for k, (i, j) in enumerate(chunk):
+            rows = slice(k * b, (k + 1) * b)
+            activation[:, i, j] = a[rows][bi, ch].flatten(1).sum(1).double().cpu().numpy()
+            if with_probs:
+                probability[:, i, j] = p[rows][bi, cls].cpu().numpy()
+                top_label[:, i, j] = p[rows].argmax(1).cpu().numpy()
+
+    captum_map = None
+    if captum and with_probs:
+        captum_map = captum_occlusion(net, x, classes, size, stride, batch_size=batch_size)
+    labels = [label(net, c) for c in classes] if with_probs else None
+    source = None if not with_probs else ("true" if true_classes is not None else "top")
+    return OcclusionResult(layer, ch.cpu(), size, stride, tops, lefts, activation, activation_clean, proj,
+                           probability, probs_clean, top_label, classes, source, labels, captum_map, x,
+                           net.describe(), classifier_line(net),
+                           list(names) if names is not None else [f"image {i}" for i in range(b)])
+
+
+def captum_occlusion(net: Net, x: torch.Tensor, classes: Sequence[int], size: int, stride: int, *, batch_size: int = 16) -> np.ndarray:
+    """Captum's ``Occlusion`` of the class probability: (B, H, W), the probability drop averaged over the
+    occluder windows covering each pixel (zero where no window reaches)."""
+    from captum.attr import Occlusion
+
+    if net.classifier is None:
+        raise ValueError(f"{net.describe()} has no classifier. Hint: occlusion of a class needs weights with a classifier")
+
+    def prob(inp: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(net.model(inp), 1)
+
+    with torch.no_grad():
+        attr = Occlusion(prob).attribute(
+            x.detach().clone(), sliding_window_shapes=(3, size, size), strides=(3, stride, stride),
+            baselines=0.0, target=list(classes), perturbations_per_eval=max(1, batch_size // x.shape[0]),
+        )
+    return attr[:, 0].double().cpu().numpy()
+
+
+def _extent(result: OcclusionResult) -> tuple[float, float, float, float]:
+    """imshow extent that puts grid cell (i, j) at the occluder's centre, in input pixels."""
+    half = result.size / 2
+    s = result.stride
+    return (result.lefts[0] + half - s / 2, result.lefts[-1] + half + s / 2,
+            result.tops[-1] + half + s / 2, result.tops[0] + half - s / 2)
+
+
+def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str = "percentile", max_labels: int = 6):
+    """The paper's Figure 7, one row per image: (a) input with the occluder, (b) summed activation of the
+    followed map, (c) its projection, (d) P(class), (e) most probable label, and Captum's Occlusion.
+
+    Without a classifier, (d) and (e) are notes and Captum's panel is left out.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    b = result.input.shape[0]
+    with_probs = result.probability is not None
+    ncols = 6 if with_probs and result.captum is not None else 5
+    if axes is None:
+        fig, axes = plt.subplots(b, ncols, figsize=(3.1 * ncols, 3.25 * b + 1.2), squeeze=False, constrained_layout=True)
+    else:
+        axes = np.asarray(axes).reshape(b, ncols)
+        fig = axes[0, 0].figure
+    ext = _extent(result)
+    names = class_names(net)
+    for r in range(b):
+        img = image_array(net.deprocess(result.input[r : r + 1])[0])
+        ax = axes[r, 0]
+        ax.imshow(img)
+        mid_t, mid_l = result.tops[len(result.tops) // 2], result.lefts[len(result.lefts) // 2]
+        ax.add_patch(Rectangle((mid_l - 0.5, mid_t - 0.5), result.size, result.size, color="0.5", ec="k", lw=0.8))
+        ax.set_title(f"(a) {result.names[r]}: occluder {result.size}px,\nstride {result.stride}px ({len(result.tops)}x{len(result.lefts)} positions)", fontsize=8)
+        blank(ax)
+
+        ax = axes[r, 1]
+        im = ax.imshow(result.activation[r], extent=ext, cmap="viridis", interpolation="nearest")
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax.set_ylim(img.shape[0] - 0.5, -0.5)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        ax.set_title(f"(b) {result.layer} map {int(result.channel[r])}: summed activation\n"
+                     f"(unoccluded {result.activation_clean[r]:.3g})", fontsize=8)
+        ax.tick_params(labelsize=6)
+
+        ax = axes[r, 2]
+        p = result.projection
+        ax.imshow(scale_for_display(net.preprocessing.to_rgb_order(p.projection[r : r + 1])[0], scaling))
+        row, col = (int(v) for v in p.position[r])
+        ax.set_title(f"(c) projection of map {int(p.channel[r])},\nstrongest unit ({row}, {col})", fontsize=8)
+        blank(ax)
+
+        if not with_probs:
+            for c, what in ((3, "(d) P(correct class)"), (4, "(e) most probable label")):
+                note_axis(axes[r, c], f"{what}\nnot available:\n{result.classifier}")
+            continue
+        ax = axes[r, 3]
+        im = ax.imshow(result.probability[r], extent=ext, cmap="magma", vmin=0, interpolation="nearest")
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax.set_ylim(img.shape[0] - 0.5, -0.5)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        ax.set_title(f"(d) P({result.class_source} class: {result.class_labels[r]})\n(unoccluded {result.probability_clean[r]:.3f})", fontsize=8)
+        ax.tick_params(labelsize=6)
+
+        ax = axes[r, 4]
+        lab = result.top_label[r]
+        uniq, counts = np.unique(lab, return_counts=True)
+        order = uniq[np.argsort(-counts)]
+        shown = list(order[:max_labels])
+        index = np.array([shown.index(v) if v in shown else len(shown) for v in lab.ravel()]).reshape(lab.shape)
+        cmap = plt.get_cmap("tab10", len(shown) + 1)
+        ax.imshow(index, extent=ext, cmap=cmap, vmin=-0.5, vmax=len(shown) + 0.5, interpolation="nearest")
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax.set_ylim(img.shape[0] - 0.5, -0.5)
+        patches = [Patch(color=cmap(k), label=(names[v] if names else f"class {v}")[:22]) for k, v in enumerate(shown)]
+        if len(order) > len(shown):
+            patches.append(Patch(color=cmap(len(shown)), label="other"))
+        ax.legend(handles=patches, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        ax.set_title("(e) most probable label", fontsize=8)
+        ax.tick_params(labelsize=6)
+
+        if ncols == 6:
+            ax = axes[r, 5]
+            m = np.abs(result.captum[r]).max() or 1.0
+            im = ax.imshow(result.captum[r], cmap="RdBu_r", vmin=-m, vmax=m)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+            ax.set_title("Captum Occlusion: drop of P(class),\nper pixel (red: occluding hurts)", fontsize=8)
+            ax.tick_params(labelsize=6)
+    fig.suptitle(f"Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7): gray square = preprocessing mean; "
+                 f"class panels: {result.classifier}", fontsize=10)
+    fig.supxlabel(result.weights, fontsize=7, color="0.3")
+    return fig
