@@ -14,7 +14,7 @@ ensure_venv() {
     fi
     local py
     py=$(command -v python3.11 || command -v python3)
-    echo "run.sh: creating .venv with $($py --version) and the pinned versions of requirements.lock ..." >&2
+    echo "run.sh: setting up .venv with $($py --version) and the pinned versions of requirements.lock ..." >&2
     [ -x .venv/bin/python ] || "$py" -m venv .venv
     .venv/bin/python -m pip install --quiet --no-deps -r requirements.lock
     .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .

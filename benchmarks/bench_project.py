@@ -122,7 +122,7 @@ def main() -> None:
             for t in targets[: args.captum_targets]:
                 NeuronDeconvolution(net.model, net.layers[layer]).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
 
-        t_captum = timed(captum_loop, max(1, args.repeats - 2), sync)
+        t_captum = timed(captum_loop, args.repeats, sync)
         with FlopCounter() as fc:
             cropped.project_many(x, targets)
         f_fwd = forward_flops(net, x, layer)

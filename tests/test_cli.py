@@ -30,8 +30,8 @@ def test_project_writes_a_figure(tmp_path, capsys):
 
 
 @requires_hed
-def test_main_job_runs_on_offline_defaults(tmp_path):
-    """The README's main job (weights auto, offline) in a subprocess, as a user runs it."""
+def test_project_command_on_offline_defaults(tmp_path):
+    """The project command with weights auto, offline, in a subprocess, as a user runs it."""
     out = tmp_path / "astronaut.png"
     r = subprocess.run(
         [sys.executable, "-m", "deconvnet", "project", "astronaut", "--layer", "conv5_3", "--channel", "max", "--out", str(out)],
