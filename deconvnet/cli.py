@@ -94,7 +94,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import Deconvnet, load_model
+    from . import Deconvnet
     from .plot import save_figure, show
 
     if args.out.suffix.lower() not in (".png", ".pdf", ".svg"):
@@ -102,11 +102,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     if args.size < 0:
         raise UsageError(f"--size {args.size} must be 0 (keep) or a positive number of pixels")
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    net = _load_net(args)
     size = args.size or None
     x = net.preprocess(args.image, size=size, crop=size)
     t1 = time.perf_counter()
@@ -121,9 +117,21 @@ def cmd_project(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}  (load {t1 - t0:.1f}s, project {t2 - t1:.2f}s)")
 
 
+def _check_device(text: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device '{text}' is not a device. Hint: cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: CUDA is not available here. Hint: --device cpu")
+
+
 def _load_net(args: argparse.Namespace):
     from . import load_model
 
+    _check_device(args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
@@ -186,9 +194,12 @@ def cmd_figures(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         alexnet = None
         if "filters" in analyses and net.arch != "alexnet":  # Figure 6 shows AlexNet's conv1 too
+            source = args.weights if args.weights in ("auto", "imagenet") else "random"
+            if source == "random" and args.weights != "random":
+                print(f"note: the filter figure's AlexNet panel uses random weights (--weights {args.weights} has no AlexNet)", file=sys.stderr)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                alexnet = load_alexnet("auto" if args.weights == "auto" else "random", seed=args.seed)
+                alexnet = load_alexnet(source, seed=args.seed)
             for w in caught:
                 print(f"warning: AlexNet for the filter figure: {w.message}", file=sys.stderr)
         written += analysis_figures(args.out, net, quick=args.quick, alexnet=alexnet, only=analyses,

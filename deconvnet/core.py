@@ -24,6 +24,7 @@ Flatten
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
@@ -195,6 +196,8 @@ def record(
     except _StopForward:
         pass
     except RuntimeError as err:
+        if isinstance(err, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in str(err):
+            raise  # not a size problem: the message is PyTorch's own
         failed = net.stack[last["index"] + 1][0] if last["index"] + 1 < len(net.stack) else "?"
         raise ValueError(
             f"the forward pass failed at module '{failed}' for an input of {tuple(x.shape[-2:])}: "
@@ -460,6 +463,8 @@ def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], t
             raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
         channels = a4.flatten(2).amax(2).argmax(1)
     else:
+        if isinstance(ch, numbers.Integral) and not isinstance(ch, bool):
+            ch = int(ch)  # numpy integers too
         if isinstance(ch, bool) or not isinstance(ch, int) or not 0 <= ch < c:
             raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}' of {net.arch}, which has {c} channels. Hint: use 0..{c - 1} or 'max'")
         channels = torch.full((b,), ch, dtype=torch.long, device=act.device)
@@ -600,8 +605,11 @@ class Deconvnet:
             else not target.position.is_floating_point() and target.position.dtype != torch.bool
         if not point or depth >= len(self.net.features):
             return False
-        if not all(isinstance(m, CROPPABLE) for _, m in self.net.stack[: depth + 1]):
+        below = [m for _, m in self.net.stack[: depth + 1]]
+        if not all(isinstance(m, CROPPABLE) for m in below):
             return False
+        if any(isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros") for m in below):
+            return False  # the cropped walk needs numeric zero padding; the whole-map walk handles these
         if self.crop is True:
             return True
         from .receptive import receptive_field

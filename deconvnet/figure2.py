@@ -119,7 +119,7 @@ def feature_tiles(
         proj = p.projection_rgb().detach().cpu()
         for b, (c, (v, i, (r, col))) in enumerate(chunk):
             if not torch.isclose(p.activation[b].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3, atol=1e-5):
-                raise RuntimeError(
+                raise ValueError(
                     f"image {i} gives activation {float(p.activation[b]):.6g} at {layer} channel {c} ({r}, {col}), "
                     f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?"
                 )

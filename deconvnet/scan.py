@@ -189,6 +189,8 @@ def scan_top_k(
             raise ValueError(f"layer '{layer}' has no spatial map to scan. Hint: use a conv, relu or pool layer")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every!r}")
     if per_image is not None and per_image < 1:
         raise ValueError(f"per_image must be None or at least 1, got {per_image!r}")
     if len(dataset) == 0:
@@ -196,7 +198,9 @@ def scan_top_k(
     describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__, "n_images": len(dataset)})
     args = {
         "model": {k_: v for k_, v in net.provenance.items()},
-        "dataset": {k_: v for k_, v in describe().items() if k_ not in ("n_skipped", "skipped")},
+        # what fixes the data, not what a scan learns about it (images found undecodable change
+        # n_images and n_skipped, and must not make a rerun look like another scan)
+        "dataset": {k_: v for k_, v in describe().items() if k_ not in ("n_skipped", "skipped", "n_images")},
         "n": len(dataset), "layers": layers, "k": k, "per_image": per_image,
         "dtype": str(net.dtype),
     }
@@ -234,10 +238,15 @@ def scan_top_k(
                 # per-map candidates are computed inside the forward: no copies of the large maps
                 rec = record(net, batch.x, layers, switches=False,
                              reduce=lambda t: (*_candidates(t, per_image), tuple(t.shape[-2:])))
+                # merge into a copy and swap it in with next_index together, so that an interrupt
+                # can only ever save a state of whole batches
+                merged = {key: dict(d) for key, d in state.items()}
                 for layer in layers:
-                    _merge(state, layer, rec.activations[layer], batch.index, k)
+                    _merge(merged, layer, rec.activations[layer], batch.index, k)
+            else:
+                merged = state
             n_items = len(batch.index) + len(batch.skipped)
-            next_index += n_items
+            state, next_index = merged, next_index + n_items
             bar.update(n_items)
             done_batches += 1
             if checkpoint is not None and done_batches % checkpoint_every == 0:

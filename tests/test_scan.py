@@ -264,3 +264,48 @@ def test_figures_script_empty_folder(tmp_path, capsys):
     code = main(["figures", "--weights", "random", "--data", str(tmp_path / "empty"), "--out", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "no" in err and "images" in err and str(tmp_path / "empty") in err
+
+
+def test_rerun_after_undecodable_images_resumes(tmp_path):
+    """Images found undecodable during a scan change the dataset's counts, not the scan's identity."""
+    import numpy as np
+
+    from deconvnet.data import ImageFolder
+
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    good = (tmp_path / "1.png").read_bytes()
+    (tmp_path / "1.png").write_bytes(good[: len(good) // 2])  # header fine, pixels truncated
+    ds = ImageFolder(tmp_path, preprocessing=net.preprocessing, resize=32, crop=32)
+    ckpt = tmp_path / "scan.ckpt"
+    with pytest.warns(UserWarning, match="1"):
+        first = scan_top_k(net, ds, ["conv2_1"], k=2, batch_size=2, checkpoint=ckpt, progress=False)
+    again = scan_top_k(net, ds, ["conv2_1"], k=2, batch_size=2, checkpoint=ckpt, progress=False)
+    assert torch.equal(first.images["conv2_1"], again.images["conv2_1"])
+    assert 1 not in first.images["conv2_1"].unique().tolist()
+
+
+def test_checkpoint_every_must_be_positive(small):
+    net, ds = small
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive number"):
+        scan_top_k(net, ds, ["conv2_1"], checkpoint_every=0)
+
+
+def test_numpy_integer_channel(vgg16):
+    import numpy as np
+
+    x = images((1, 3, 32, 32), seed=40)
+    a = dn.Deconvnet(vgg16).project(x, "conv3_1", np.int64(5))
+    b = dn.Deconvnet(vgg16).project(x, "conv3_1", 5)
+    assert torch.equal(a.projection, b.projection) and int(a.channel[0]) == 5
+
+
+@pytest.mark.parametrize("device, message", [("cud", "is not a device"), ("cuda:0", "CUDA is not available")])
+def test_figures_script_bad_device(device, message, tmp_path, capsys):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    code = main(["figures", "--weights", "random", "--device", device, "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

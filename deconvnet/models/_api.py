@@ -252,7 +252,8 @@ def load_vgg(
         weights: ``"imagenet"`` (torchvision, downloaded and cached), ``"hed"`` (vgg16 only: the offline
             conv weights, no classifier), ``"random"`` (seeded), a path to a torchvision-layout state_dict,
             or ``"auto"``: ImageNet when cached or downloadable, else the offline ones with a warning.
-        seed: seed of the random initialisation (used by ``"random"`` and for layers the weights lack).
+        seed: seed of the random initialisation (``"random"``, and the fallback of ``"auto"`` for archs
+            without offline weights).
         device, dtype: where the model lives; inputs and projections follow it.
 
     Returns:
