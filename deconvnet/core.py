@@ -447,7 +447,7 @@ def paste(windows: torch.Tensor, origin: torch.Tensor, hw: Sequence[int]) -> tor
 
 # --- targets to seeds ----------------------------------------------------------------------------------
 
-def _select(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """A function building the seed (B, C, h, w) or (B, F), and per image: channel, activation, position."""
     b, c = act.shape[:2]
     spatial = act.dim() == 4
@@ -574,7 +574,7 @@ class Deconvnet:
         check_supported(self.net, max(depths))
         x = check_input(x, self.net)
         rec = self.record(x, sorted({t.layer for t in targets}))
-        selected = [_select(rec.activations[t.layer], t, self.net) for t in targets]
+        selected = [select_target(rec.activations[t.layer], t, self.net) for t in targets]
         b, hw = x.shape[0], x.shape[-2:]
         results: list[torch.Tensor | None] = [None] * len(targets)
         cropped = [k for k, t in enumerate(targets) if self._crops(t, depths[k], hw)]
@@ -664,7 +664,7 @@ class Deconvnet:
         depth = self.net.depth(target.layer)
         check_supported(self.net, depth)
         rec = self.record(x, [target.layer])
-        seed = _select(rec.activations[target.layer], target, self.net)[0]()
+        seed = select_target(rec.activations[target.layer], target, self.net)[0]()
         out = [(target.layer, seed)]
         with torch.no_grad():
             walk_down(self.net, rec, {depth: seed}, unpool=self.unpool,

@@ -23,7 +23,7 @@ from .core import Deconvnet, Target
 from .images import pil_to_tensor01
 from .io import write_json
 from .models import Net
-from .plot import SCALINGS, save_figure, scale_for_display
+from .plot import SCALINGS, _blank, save_figure, scale_for_display
 from .receptive import receptive_field
 from .scan import TopK
 
@@ -157,13 +157,6 @@ def mosaic(tiles: Sequence[np.ndarray], cols: int, gap: int = 1, fill: float = 1
         r, c = divmod(k, cols)
         out[r * (th + gap) : r * (th + gap) + th, c * (tw + gap) : c * (tw + gap) + tw] = t
     return out
-
-
-def _blank(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for s in ax.spines.values():
-        s.set_visible(False)
 
 
 def plot_feature(tiles: FeatureTiles, axes: Sequence, scaling: str = "symmetric", title: bool = True):

@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core import Target, check_input, check_supported, record, walk_down
+from ..core import Target, check_input, check_supported, record, select_target, walk_down
 from ..models import Net
 from ..plot import image_array, scale_for_display
 from ._util import _Stop, label
@@ -94,8 +94,8 @@ class TargetScore(nn.Module):
 def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The deconvnet's seed for a target (Zeiler & Fergus: the target's activations, the rest zero).
 
-    Follows ``Target``'s meaning as ``Deconvnet.project`` does (the tests check the resulting maps are
-    equal): ``channel="max"`` is the channel holding the layer's strongest activation, ``position="max"``
+    Uses the engine's own target selection (``deconvnet.core.select_target``), so it means what
+    ``Deconvnet.project`` means: ``channel="max"`` is the channel holding the layer's strongest activation, ``position="max"``
     that channel's strongest unit, ``"all"`` the whole map, a (row, col) or a (B, 2) integer tensor one
     unit, a float or bool (h, w) / (B, h, w) tensor a mask weighting the map.
 
@@ -104,45 +104,8 @@ def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Ten
         (B, F), and per image the channel, the strongest seeded activation and its (row, col).
     """
     act = record(net, x, [target.layer]).activations[target.layer]
-    b, c = act.shape[:2]
-    a4 = act if act.dim() == 4 else act.view(b, c, 1, 1)
-    h, w = a4.shape[-2:]
-    bi = torch.arange(b, device=act.device)
-    ch = target.channel
-    if isinstance(ch, str):
-        if ch != "max":
-            raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
-        channels = a4.flatten(2).amax(2).argmax(1)
-    else:
-        channels = torch.as_tensor(ch, dtype=torch.long, device=act.device).reshape(-1).expand(b).clone()
-        if not ((channels >= 0) & (channels < c)).all():
-            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}', which has {c} channels. Hint: use 0..{c - 1} or 'max'")
-    maps = a4[bi, channels]  # (B, h, w)
-    pos = target.position
-    if isinstance(pos, str) and pos not in ("max", "all"):
-        raise ValueError(f"position '{pos}' is not understood. Hint: 'max', 'all', (row, col) or a mask")
-    if isinstance(pos, str) and pos == "all":
-        weight = torch.ones_like(maps)
-    elif isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
-        weight = pos.to(maps).expand(b, h, w)
-    else:
-        if isinstance(pos, str):  # "max"
-            flat = maps.flatten(1).argmax(1)
-            units = torch.stack([flat // w, flat % w], 1)
-        else:
-            units = torch.as_tensor(pos, dtype=torch.long, device=act.device).reshape(-1, 2).expand(b, 2)
-            if not ((units[:, 0] >= 0) & (units[:, 0] < h) & (units[:, 1] >= 0) & (units[:, 1] < w)).all():
-                raise ValueError(f"position {pos!r} is outside layer '{target.layer}''s {h}x{w} map for this input size")
-        weight = torch.zeros_like(maps)
-        weight[bi, units[:, 0], units[:, 1]] = 1
-    seeded = maps * weight
-    score = torch.where(weight != 0, seeded, torch.full_like(seeded, float("-inf")))
-    flat = score.flatten(1).argmax(1)  # the strongest seeded unit (ties: first in row-major order)
-    position = torch.stack([flat // w, flat % w], 1)
-    activation = seeded.flatten(1).gather(1, flat[:, None]).squeeze(1)
-    seed = torch.zeros_like(a4)
-    seed[bi, channels] = seeded
-    return seed.view_as(act), channels, activation, position
+    seed_map, channels, activation, position = select_target(act, target, net)
+    return seed_map(), channels, activation, position
 
 
 def backward_maps(
