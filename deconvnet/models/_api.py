@@ -10,21 +10,20 @@ import torch
 from torch import nn
 
 from .. import images
-from ..preprocessing import CAFFE, TORCHVISION, Preprocessing
+from ..preprocessing import TORCHVISION, Preprocessing
 from . import alexnet as alexnet_table
 from . import vgg as vgg_table
 from .weights import (
-    HED_PACKAGE,
+    OFFLINE,
     WeightsError,
     cached_checkpoint,
     fallback_warning,
     host_reachable,
-    load_hed_weights,
     load_state_dict_file,
     load_torchvision_weights,
 )
 
-WEIGHT_SOURCES = ("auto", "imagenet", "hed", "random", "<path to a state_dict file>")
+WEIGHT_SOURCES = ("auto", "imagenet", *OFFLINE, "random", "<path to a state_dict file>")
 
 
 class Net:
@@ -177,7 +176,7 @@ def _load(
     dtype: torch.dtype | None,
 ) -> Net:
     builder, tv_weights = table.ARCHS[arch]
-    hed_ok = arch in getattr(table, "HED_ARCHS", ())
+    offline = getattr(table, "OFFLINE", {}).get(arch, ())
     source = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
     if not isinstance(source, str):
         raise TypeError(f"weights must be a string or path, got {type(weights).__name__}")
@@ -190,9 +189,9 @@ def _load(
                 reason = str(err).split(". Hint")[0]
         else:
             reason = "not cached, and the download host cannot be reached"
-        if hed_ok:
-            fallback_warning(arch, reason, f"the offline HED VGG16 conv weights ({HED_PACKAGE}); no classifier")
-            source = "hed"
+        if offline:
+            source = offline[0]
+            fallback_warning(arch, reason, f"the offline weights '{source}' ({OFFLINE[source][2]}); no classifier")
         else:
             fallback_warning(arch, reason, f"RANDOM weights (seed {seed}): there are no offline weights for {arch}")
             source = "random"
@@ -204,15 +203,15 @@ def _load(
     elif source == "imagenet":
         state, provenance = load_torchvision_weights(tv_weights, arch)
         has_classifier = _load_into(model, state, arch, provenance)
-    elif source == "hed":
-        if not hed_ok:
+    elif source in OFFLINE:
+        if source not in offline:
             raise WeightsError(
-                f"weights='hed' exists for vgg16 only, not {arch}. "
-                "Hint: use weights='imagenet', a state_dict path, or 'random'"
+                f"weights='{source}' exists for {', '.join(a for a, s in _offline_archs().items() if source in s)} "
+                f"only, not {arch}. Hint: use weights='imagenet', a state_dict path, or 'random'"
             )
-        state, provenance = load_hed_weights()
+        loader, preprocessing, _ = OFFLINE[source]
+        state, provenance = loader()
         has_classifier = _load_into(model, state, arch, provenance)
-        preprocessing = CAFFE
     else:
         looks_like_path = os.sep in source or source.endswith((".pth", ".pt", ".bin", ".ckpt")) or os.path.exists(source)
         if not looks_like_path:
@@ -237,6 +236,10 @@ def _load(
     return net.to(device=device, dtype=dtype)
 
 
+def _offline_archs() -> dict[str, tuple[str, ...]]:
+    return {**vgg_table.OFFLINE, **getattr(alexnet_table, "OFFLINE", {})}
+
+
 def load_vgg(
     arch: str = "vgg16",
     weights: str | os.PathLike = "auto",
@@ -249,9 +252,10 @@ def load_vgg(
 
     Args:
         arch: ``"vgg16"``, ``"vgg16_bn"``, ...
-        weights: ``"imagenet"`` (torchvision, downloaded and cached), ``"hed"`` (vgg16 only: the offline
-            conv weights, no classifier), ``"random"`` (seeded), a path to a torchvision-layout state_dict,
-            or ``"auto"``: ImageNet when cached or downloadable, else the offline ones with a warning.
+        weights: ``"imagenet"`` (torchvision, downloaded and cached), ``"mri"`` or ``"hed"`` (vgg16 only:
+            offline conv weights, no classifier; see ``deconvnet.models.weights``), ``"random"`` (seeded),
+            a path to a torchvision-layout state_dict, or ``"auto"``: ImageNet when cached or
+            downloadable, else the offline default (``"mri"``) with a warning.
         seed: seed of the random initialisation (``"random"``, and the fallback of ``"auto"`` for archs
             without offline weights).
         device, dtype: where the model lives; inputs and projections follow it.

@@ -17,8 +17,8 @@ ARCHS = {
     "vgg19_bn": (tvm.vgg19_bn, tvm.VGG19_BN_Weights.IMAGENET1K_V1),
 }
 
-#: archs with offline conv weights (see deconvnet.models.weights.load_hed_weights)
-HED_ARCHS = ("vgg16",)
+#: arch -> its offline weight sources (``deconvnet.models.weights.OFFLINE``), the offline default first
+OFFLINE = {"vgg16": ("mri", "hed")}
 
 
 def feature_names(features: nn.Sequential) -> dict[str, str]:

