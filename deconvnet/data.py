@@ -3,7 +3,9 @@
 Both collections are ``torch.utils.data.Dataset`` objects whose items are ``(x, i)``: ``x`` the
 (3, crop, crop) float32 model input (the net's ``Preprocessing`` applied to RGB in [0, 1]) and ``i`` the
 item's index. ``rgb(i)`` gives the same item as a display PIL image (after resize and crop), from which
-receptive-field patches are cut, and ``label(i)`` a short name for captions.
+receptive-field patches are cut, ``label(i)`` a short name for captions, and ``group(i)`` the source an
+item comes from (the file; for the demo collection, the photograph its crop was cut from): a scan keeps
+at most one entry per group and channel, so that one feature's top 9 come from 9 different sources.
 
 A folder may hold files that cannot be read. They never stop a scan:
 
@@ -44,8 +46,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .images import SKIMAGE_PHOTOS, ImageReadError, pil_to_tensor01, read_image, resize_center_crop
-from .images import skimage_photo
+from .images import BUNDLED_PHOTOS, ImageReadError, pil_to_tensor01, read_image, resize_center_crop
+from .images import bundled_photo
 from .preprocessing import Preprocessing
 
 #: File name endings read by ``ImageFolder`` (compared case-insensitively).
@@ -305,6 +307,10 @@ class ImageFolder(Dataset):
         """The path of image ``i`` relative to ``root``, for captions."""
         return self._rel(self._path(i)[1])
 
+    def group(self, i: int) -> str:
+        """The source of image ``i``: its file (relative to ``root``); every file is its own group."""
+        return self.label(i)
+
     def note_unreadable(self, indices: Sequence[int]) -> None:
         """Record images found undecodable while loading, and count the new ones in one warning."""
         new: list[Path] = []
@@ -356,9 +362,9 @@ DEMO_WINDOWS: tuple[tuple[float, float, float], ...] = (
 
 
 class DemoCollection(Dataset):
-    """The offline demo collection: crops and mirror images of scikit-image's bundled photographs.
+    """The offline demo collection: crops and mirror images of the photographs installed packages ship.
 
-    Item ``i`` is window ``DEMO_WINDOWS[(i // P) % W]`` of photograph ``SKIMAGE_PHOTOS[i % P]``
+    Item ``i`` is window ``DEMO_WINDOWS[(i // P) % W]`` of photograph ``BUNDLED_PHOTOS[i % P]``
     (P photos, W windows), mirrored left-right when ``i >= P * W``, resized to ``size`` x ``size``.
     The order runs over the photographs first, so the first ``n`` items cover every photograph once
     ``n >= P``. Each photograph is loaded once per process, on first use. Build with ``demo_collection``.
@@ -368,7 +374,7 @@ class DemoCollection(Dataset):
         _check_preprocessing(preprocessing)
         self.size = _check_size("size", size)
         self.preprocessing = preprocessing
-        self.photos: tuple[str, ...] = tuple(SKIMAGE_PHOTOS)
+        self.photos: tuple[str, ...] = tuple(BUNDLED_PHOTOS)
         total = 2 * len(DEMO_WINDOWS) * len(self.photos)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total):
             raise ValueError(f"n must be between 1 and {total} (the demo collection's size), got {n!r}")
@@ -398,7 +404,7 @@ class DemoCollection(Dataset):
 
     def _photo(self, name: str) -> Image.Image:
         if name not in self._cache:
-            self._cache[name] = skimage_photo(name)
+            self._cache[name] = bundled_photo(name)
         return self._cache[name]
 
     def rgb(self, i: int) -> Image.Image:
@@ -422,13 +428,17 @@ class DemoCollection(Dataset):
         name, (scale, fx, fy), mirrored = self.view(i)
         return f"{name} {scale:g}@({fx:g},{fy:g})" + (" mirrored" if mirrored else "")
 
+    def group(self, i: int) -> str:
+        """The photograph item ``i`` was cut from: a scan keeps at most one crop of it per feature."""
+        return self.view(i)[0]
+
     def describe(self) -> dict[str, Any]:
         """Provenance: photographs, windows and size (JSON-serialisable)."""
         import skimage
 
         return {
             "kind": "demo",
-            "source": f"scikit-image {skimage.__version__} bundled photographs (skimage.data)",
+            "source": f"photographs bundled with scikit-image {skimage.__version__} and matplotlib",
             "photos": list(self.photos),
             "windows": [list(w) for w in DEMO_WINDOWS],
             "mirrored": True,
@@ -440,7 +450,7 @@ class DemoCollection(Dataset):
 
 
 def demo_collection(*, preprocessing: Preprocessing, size: int = 224, n: Optional[int] = None) -> DemoCollection:
-    """The offline demo collection (286 inputs): scikit-image's photographs, cropped and mirrored.
+    """The offline demo collection (374 inputs): 17 bundled photographs, cropped and mirrored.
 
     Args:
         preprocessing: the net's ``Preprocessing`` (``net.preprocessing``).
@@ -500,6 +510,10 @@ class Head(Dataset):
 
     def label(self, i: int) -> str:
         return self.dataset.label(self._check(i))
+
+    def group(self, i: int):
+        group = getattr(self.dataset, "group", None)
+        return group(self._check(i)) if group is not None else i
 
     def note_unreadable(self, indices: Sequence[int]) -> None:
         if hasattr(self.dataset, "note_unreadable"):

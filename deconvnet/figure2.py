@@ -23,7 +23,7 @@ from .core import Deconvnet, Target
 from .images import pil_to_tensor01
 from .io import write_json
 from .models import Net
-from .plot import SCALINGS, _blank, save_figure, scale_for_display
+from .plot import DEFAULT_SCALING, SCALINGS, _blank, crop_box, describe_scaling, save_figure, scale_for_display
 from .receptive import receptive_field
 from .scan import TopK
 
@@ -45,6 +45,7 @@ class FeatureTiles:
         projections: (n, 3, r, r) projections cropped to the boxes, RGB channel order, model input scale.
         patches: (n, 3, r, r) image patches, RGB in [0, 1].
         labels: n short names of the images.
+        sources: n source photographs or files of the images (``dataset.group``; the label without it).
     """
 
     layer: str
@@ -56,6 +57,7 @@ class FeatureTiles:
     projections: torch.Tensor
     patches: torch.Tensor
     labels: list[str]
+    sources: list[str]
 
 
 def select_features(topk: TopK, layer: str, n: int, how: str = "random", seed: int = 0) -> list[int]:
@@ -73,16 +75,6 @@ def select_features(topk: TopK, layer: str, n: int, how: str = "random", seed: i
         return sorted(full, key=lambda c: (-float(top1[c]), c))[:n]
     rng = random.Random(seed)
     return sorted(rng.sample(full, min(n, len(full))))
-
-
-def _crop_padded(t: torch.Tensor, box: tuple[int, int, int, int], fill: float) -> torch.Tensor:
-    """Crop (C, H, W) to an unclipped box, padding with ``fill`` outside the image."""
-    top, left, bottom, right = box
-    h, w = t.shape[-2:]
-    pad = (max(0, -left), max(0, right - w), max(0, -top), max(0, bottom - h))
-    t = F.pad(t, pad, value=fill)
-    top, left = top + pad[2], left + pad[0]
-    return t[:, top : top + (bottom - box[0]), left : left + (right - box[1])]
 
 
 def feature_tiles(
@@ -125,8 +117,8 @@ def feature_tiles(
                 )
             box = rf.box(r, col)
             boxes.append(box)
-            proj_tiles.append(_crop_padded(proj[b], box, 0.0))
-            patch_tiles.append(_crop_padded(pil_to_tensor01(dataset.rgb(i)), box, PATCH_PAD))
+            proj_tiles.append(crop_box(proj[b], box, 0.0))
+            patch_tiles.append(crop_box(pil_to_tensor01(dataset.rgb(i)), box, PATCH_PAD))
         bar.update(len(chunk))
     bar.close()
     out, j = [], 0
@@ -142,6 +134,8 @@ def feature_tiles(
             projections=torch.stack(proj_tiles[j : j + n]),
             patches=torch.stack(patch_tiles[j : j + n]),
             labels=[dataset.label(e[1]) if hasattr(dataset, "label") else str(e[1]) for e in entries],
+            sources=[str(dataset.group(e[1])) if hasattr(dataset, "group") else
+                     (dataset.label(e[1]) if hasattr(dataset, "label") else str(e[1])) for e in entries],
         ))
         j += n
     return out
@@ -159,7 +153,7 @@ def mosaic(tiles: Sequence[np.ndarray], cols: int, gap: int = 1, fill: float = 1
     return out
 
 
-def plot_feature(tiles: FeatureTiles, axes: Sequence, scaling: str = "symmetric", title: bool = True):
+def plot_feature(tiles: FeatureTiles, axes: Sequence, scaling: str = DEFAULT_SCALING, title: bool = True):
     """Draw a feature's projections (3x3 for k = 9) on ``axes[0]`` and the patches on ``axes[1]``.
 
     Returns:
@@ -184,7 +178,7 @@ def plot_layer_grid(
     *,
     title: str,
     footer: str,
-    scaling: str = "symmetric",
+    scaling: str = DEFAULT_SCALING,
     cols: Optional[int] = None,
 ):
     """The paper's layout for one layer: per feature, the projections beside the image patches.
@@ -219,7 +213,7 @@ def write_layer_figure(
     out: str | os.PathLike,
     *,
     dataset_name: str,
-    scaling: str = "symmetric",
+    scaling: str = DEFAULT_SCALING,
     selection: str = "random",
 ) -> tuple[Path, Path]:
     """Draw and save one layer's grid (PNG/PDF/SVG by suffix) and its JSON sidecar, atomically."""
@@ -234,7 +228,7 @@ def write_layer_figure(
              f"receptive-field patch (right)")
     rf = receptive_field(net, layer)
     footer = (f"{net.describe()}.  Receptive field {rf.size[0]} px, stride {rf.jump[0]}.  "
-              f"Projections: per-tile '{scaling}' scaling, zero = gray; padding outside the image: mid-gray / light gray.")
+              f"Projections: {describe_scaling(scaling)}; outside the image: mid-gray / light gray.")
     fig = plot_layer_grid(features, title="\n".join(_wrap(title, 110)), footer=footer, scaling=scaling)
     save_figure(fig, out)
     plt.close(fig)
@@ -251,8 +245,9 @@ def write_layer_figure(
             {
                 "channel": t.channel,
                 "tiles": [
-                    {"image": int(i), "label": lab, "activation": float(v), "position": [int(a) for a in p], "box": list(b)}
-                    for v, i, p, b, lab in zip(t.values, t.images, t.positions, t.boxes, t.labels)
+                    {"image": int(i), "label": lab, "source": src, "activation": float(v),
+                     "position": [int(a) for a in p], "box": list(b)}
+                    for v, i, p, b, lab, src in zip(t.values, t.images, t.positions, t.boxes, t.labels, t.sources)
                 ],
             }
             for t in features

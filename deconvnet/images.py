@@ -1,4 +1,4 @@
-"""Reading images: files, PIL images, arrays and scikit-image's bundled photographs, all to RGB."""
+"""Reading images: files, PIL images, arrays and the photographs installed packages ship, all to RGB."""
 
 from __future__ import annotations
 
@@ -12,22 +12,27 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
-#: Photographs shipped inside scikit-image's wheel (no download), usable wherever an image path is.
-SKIMAGE_PHOTOS = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "motorcycle_left",
-    "motorcycle_right",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "camera",
-    "brick",
-    "grass",
-    "gravel",
-)
+#: Photographs shipped inside installed packages' wheels (no download), usable wherever an image path is:
+#: name -> the package that ships it. The Figure 2 demo collection is made of them.
+BUNDLED_PHOTOS = {
+    "astronaut": "scikit-image",
+    "chelsea": "scikit-image",
+    "coffee": "scikit-image",
+    "rocket": "scikit-image",
+    "motorcycle_left": "scikit-image",
+    "motorcycle_right": "scikit-image",
+    "hubble_deep_field": "scikit-image",
+    "immunohistochemistry": "scikit-image",
+    "retina": "scikit-image",
+    "camera": "scikit-image",
+    "brick": "scikit-image",
+    "grass": "scikit-image",
+    "gravel": "scikit-image",
+    "coins": "scikit-image",
+    "moon": "scikit-image",
+    "page": "scikit-image",
+    "grace_hopper": "matplotlib",
+}
 
 
 class ImageReadError(ValueError):
@@ -73,10 +78,15 @@ def read_image(path: Union[str, os.PathLike]) -> Image.Image:
         raise ImageReadError(f"cannot read image '{path}': {err}. Hint: is it a complete JPEG/PNG file?") from err
 
 
-def skimage_photo(name: str) -> Image.Image:
-    """One of scikit-image's bundled photographs (``SKIMAGE_PHOTOS``) as an RGB PIL image."""
-    if name not in SKIMAGE_PHOTOS:
-        raise ImageReadError(f"unknown bundled photograph '{name}'. Hint: use one of {', '.join(SKIMAGE_PHOTOS)}")
+def bundled_photo(name: str) -> Image.Image:
+    """One of the photographs that installed packages ship (``BUNDLED_PHOTOS``) as an RGB PIL image."""
+    if name not in BUNDLED_PHOTOS:
+        raise ImageReadError(f"unknown bundled photograph '{name}'. Hint: use one of {', '.join(BUNDLED_PHOTOS)}")
+    if BUNDLED_PHOTOS[name] == "matplotlib":
+        from matplotlib import cbook
+
+        with cbook.get_sample_data(f"{name}.jpg") as f:  # an open file (matplotlib >= 3.8)
+            return read_image(f.name)
     import skimage.data
 
     if name.startswith("motorcycle_"):  # skimage ships the stereo pair as one function
@@ -107,7 +117,7 @@ def load_rgb(image: ImageLike) -> Image.Image:
     """Any supported image-like value as an RGB PIL image.
 
     Args:
-        image: a file path, the name of a bundled scikit-image photograph (``"astronaut"``), a PIL image,
+        image: a file path, the name of a bundled photograph (``"astronaut"``, ``BUNDLED_PHOTOS``), a PIL image,
             an HxWx3 array (uint8, or float in [0, 1]) or a (3, H, W) tensor in [0, 1].
     """
     if isinstance(image, Image.Image):
@@ -120,12 +130,12 @@ def load_rgb(image: ImageLike) -> Image.Image:
         return array_to_pil(image)
     if isinstance(image, (str, os.PathLike)):
         s = os.fspath(image)
-        if not os.path.exists(s) and s in SKIMAGE_PHOTOS:
-            return skimage_photo(s)
+        if not os.path.exists(s) and s in BUNDLED_PHOTOS:
+            return bundled_photo(s)
         if not os.path.exists(s) and os.sep not in s and "." not in s:
             raise ImageReadError(
                 f"image '{s}' is neither a file nor a bundled photograph. "
-                f"Hint: give a path, or one of {', '.join(SKIMAGE_PHOTOS)}"
+                f"Hint: give a path, or one of {', '.join(BUNDLED_PHOTOS)}"
             )
         return read_image(s)
     raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, PIL image or HxWx3 array")

@@ -2,7 +2,9 @@
 
 ``scan_top_k`` runs one forward per batch (stopping after the deepest requested layer) and keeps, for
 every channel of every requested layer, the k strongest activations across the dataset: value, image
-index and position, by default at most one per image (the paper's nine different images).
+index and position, by default at most one per *group* (the paper's nine different images). A dataset
+that has ``group(i)`` reports the group of item ``i``: the source photograph for the demo collection (whose
+items are crops of a few photographs), the file for a folder; without it every item is its own group.
 
 Order and ties (deterministic): higher value first; among equal values, the lower image index, then the
 lower row-major position. So the result does not depend on batch size, workers or interruptions.
@@ -27,7 +29,7 @@ from .data import collate
 from .io import torch_save
 from .models import Net
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per_group (1 had per_image)
 _EMPTY_IMAGE = torch.iinfo(torch.long).max  # sorts after every real image index
 
 
@@ -38,7 +40,8 @@ class TopK:
     Attributes:
         layers: the layers scanned (paper names).
         k: entries kept per channel.
-        per_image: most entries per channel from one image (None: no limit).
+        per_group: most entries per channel from one group (an image, or the photograph the demo
+            collection's crops come from; None: no limit).
         values: layer -> (C, k) float64, ``-inf`` where fewer than k entries exist.
         images: layer -> (C, k) int64 dataset indices, -1 where empty.
         positions: layer -> (C, k, 2) int64 row, col in the layer's map.
@@ -48,7 +51,7 @@ class TopK:
 
     layers: list[str]
     k: int
-    per_image: Optional[int]
+    per_group: Optional[int]
     values: dict[str, torch.Tensor]
     images: dict[str, torch.Tensor]
     positions: dict[str, torch.Tensor]
@@ -70,7 +73,7 @@ class TopK:
 
     def _state(self) -> dict:
         return {
-            "format": FORMAT_VERSION, "layers": self.layers, "k": self.k, "per_image": self.per_image,
+            "format": FORMAT_VERSION, "layers": self.layers, "k": self.k, "per_group": self.per_group,
             "values": self.values, "images": self.images, "positions": self.positions,
             "map_size": self.map_size, "provenance": self.provenance,
         }
@@ -111,20 +114,41 @@ def _lexsort_desc(values: torch.Tensor, images: torch.Tensor, flat: torch.Tensor
     return order.gather(1, torch.argsort(values.gather(1, order), dim=1, descending=True, stable=True))
 
 
-def _candidates(act: torch.Tensor, per_image: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and channel, the strongest ``per_image`` units: values and flat positions (B, C, m)."""
+def _candidates(act: torch.Tensor, per_group: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel, the strongest ``per_group`` units: values and flat positions (B, C, m).
+
+    An image lies in one group, so no more of its units can be kept.
+    """
     flat = act.flatten(2)
-    if per_image == 1:
+    if per_group == 1:
         v, i = flat.max(2)  # argmax: the first maximal position
         return v.unsqueeze(2).double(), i.unsqueeze(2)
-    m = flat.shape[2] if per_image is None else min(per_image, flat.shape[2])
+    m = flat.shape[2] if per_group is None else min(per_group, flat.shape[2])
     # a stable descending sort keeps the lower position first among equal values
     v, i = torch.sort(flat, dim=2, descending=True, stable=True)
     return v[..., :m].double(), i[..., :m]
 
 
-def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int) -> None:
-    """Merge one batch's candidates ``(values (B, C, m), flat positions, (h, w))`` into the running top-k."""
+def _rank_in_group(groups: torch.Tensor) -> torch.Tensor:
+    """Per row of (C, n) group ids in rank order, how many earlier entries of the row share the group."""
+    n = groups.shape[1]
+    by_group = torch.argsort(groups, dim=1, stable=True)  # grouped, rank order kept inside each group
+    g = groups.gather(1, by_group)
+    col = torch.arange(n).expand_as(g)
+    starts = torch.ones_like(g, dtype=torch.bool)
+    starts[:, 1:] = g[:, 1:] != g[:, :-1]
+    run_start = torch.where(starts, col, torch.zeros_like(col)).cummax(1).values
+    return torch.empty_like(col).scatter_(1, by_group, col - run_start)
+
+
+def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
+           group_of: Optional[torch.Tensor] = None, per_group: Optional[int] = None) -> None:
+    """Merge one batch's candidates ``(values (B, C, m), flat positions, (h, w))`` into the running top-k.
+
+    With ``group_of`` (item index -> group id) and ``per_group``, an entry is kept only while fewer than
+    ``per_group`` stronger entries of its group are kept: the greedy choice, which is the exact top-k
+    under the limit, and stays exact merge after merge (a dropped entry can never come back).
+    """
     v, flat, (h, w) = cand
     b, c = v.shape[:2]
     v, flat = v.cpu(), flat.cpu()
@@ -139,12 +163,30 @@ def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int) ->
     all_v = torch.cat([old_v, v], 1)
     all_img = torch.cat([old_img, img], 1)
     all_flat = torch.cat([old_flat, flat], 1)
-    order = _lexsort_desc(all_v, all_img, all_flat)[:, :k]
+    order = _lexsort_desc(all_v, all_img, all_flat)
+    if group_of is not None and per_group is not None:
+        img_sorted = all_img.gather(1, order)
+        empty = img_sorted == _EMPTY_IMAGE  # each empty slot its own group, after every real one
+        groups = torch.where(empty, len(group_of) + torch.arange(img_sorted.shape[1]).expand_as(img_sorted),
+                             group_of[img_sorted.clamp(max=len(group_of) - 1)])
+        allowed = _rank_in_group(groups) < per_group
+        first_allowed = torch.argsort((~allowed).to(torch.int8), dim=1, stable=True)
+        order = order.gather(1, first_allowed)
+    order = order[:, :k]
     state["values"][layer] = all_v.gather(1, order)
     state["images"][layer] = all_img.gather(1, order)
     state["flat"][layer] = all_flat.gather(1, order)
     state["width"][layer] = w
     state["height"][layer] = h
+
+
+def _group_ids(dataset: Dataset) -> Optional[torch.Tensor]:
+    """(N,) int64 group id of every item (numbered by first appearance), or None: each item its own."""
+    group = getattr(dataset, "group", None)
+    if group is None:
+        return None
+    ids: dict[Any, int] = {}
+    return torch.tensor([ids.setdefault(group(i), len(ids)) for i in range(len(dataset))], dtype=torch.long)
 
 
 def _fingerprint(args: dict) -> str:
@@ -157,7 +199,7 @@ def scan_top_k(
     layers: Sequence[str],
     k: int = 9,
     *,
-    per_image: Optional[int] = 1,
+    per_group: Optional[int] = 1,
     batch_size: int = 32,
     num_workers: int = 0,
     checkpoint: str | os.PathLike | None = None,
@@ -171,7 +213,9 @@ def scan_top_k(
         dataset: items ``(x, index)`` (``deconvnet.data``); indices must be the dataset positions.
         layers: paper layer names with spatial maps (``conv1_2``, ``relu3_3``, ``pool5``, ...).
         k: entries per channel (the paper shows 9).
-        per_image: most entries per channel from one image (default 1; None: no limit).
+        per_group: most entries per channel from one group (default 1; None: no limit). The group of
+            item ``i`` is ``dataset.group(i)`` where the dataset has it (the demo collection: the source
+            photograph; a folder: the file), else the item itself.
         batch_size, num_workers: of the ``DataLoader``.
         checkpoint: file written atomically every ``checkpoint_every`` batches; a rerun with the same
             arguments resumes from it, and the result equals that of an uninterrupted run.
@@ -191,17 +235,19 @@ def scan_top_k(
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every!r}")
-    if per_image is not None and per_image < 1:
-        raise ValueError(f"per_image must be None or at least 1, got {per_image!r}")
+    if per_group is not None and (isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1):
+        raise ValueError(f"per_group must be None or a positive integer, got {per_group!r}")
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
+    group_of = _group_ids(dataset) if per_group is not None else None
     describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__, "n_images": len(dataset)})
     args = {
         "model": {k_: v for k_, v in net.provenance.items()},
         # what fixes the data, not what a scan learns about it (images found undecodable change
         # n_images and n_skipped, and must not make a rerun look like another scan)
         "dataset": {k_: v for k_, v in describe().items() if k_ not in ("n_skipped", "skipped", "n_images")},
-        "n": len(dataset), "layers": layers, "k": k, "per_image": per_image,
+        "n": len(dataset), "layers": layers, "k": k, "per_group": per_group,
+        "groups": None if group_of is None else hashlib.sha256(group_of.numpy().tobytes()).hexdigest()[:16],
         "dtype": str(net.dtype),
     }
     fingerprint = _fingerprint(args)
@@ -237,12 +283,12 @@ def scan_top_k(
             if len(batch.index):
                 # per-map candidates are computed inside the forward: no copies of the large maps
                 rec = record(net, batch.x, layers, switches=False,
-                             reduce=lambda t: (*_candidates(t, per_image), tuple(t.shape[-2:])))
+                             reduce=lambda t: (*_candidates(t, per_group), tuple(t.shape[-2:])))
                 # merge into a copy and swap it in with next_index together, so that an interrupt
                 # can only ever save a state of whole batches
                 merged = {key: dict(d) for key, d in state.items()}
                 for layer in layers:
-                    _merge(merged, layer, rec.activations[layer], batch.index, k)
+                    _merge(merged, layer, rec.activations[layer], batch.index, k, group_of, per_group)
             else:
                 merged = state
             n_items = len(batch.index) + len(batch.skipped)
@@ -279,7 +325,7 @@ def scan_top_k(
     provenance = dict(args, fingerprint=fingerprint, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                       weights=net.describe(), dataset_final=describe())
     return TopK(
-        layers=layers, k=k, per_image=per_image, values=values, images=images, positions=positions,
+        layers=layers, k=k, per_group=per_group, values=values, images=images, positions=positions,
         map_size={l: (state["height"].get(l, 0), state["width"].get(l, 0)) for l in layers},
         provenance=provenance,
     )

@@ -24,6 +24,7 @@ from torchvision import transforms
 from deconvnet.data import (
     DEMO_WINDOWS,
     DemoCollection,
+    Head,
     ImageFolder,
     UnreadableImagesWarning,
     batches,
@@ -31,7 +32,7 @@ from deconvnet.data import (
     demo_collection,
     load_dataset,
 )
-from deconvnet.images import SKIMAGE_PHOTOS, ImageReadError
+from deconvnet.images import BUNDLED_PHOTOS, ImageReadError
 from deconvnet.preprocessing import CAFFE, TORCHVISION
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -371,9 +372,9 @@ def demo64():
 
 
 def test_demo_size_and_coverage(demo64):
-    assert len(demo_collection(preprocessing=TORCHVISION)) == len(demo64) == 2 * len(DEMO_WINDOWS) * len(SKIMAGE_PHOTOS)
-    assert 250 <= len(demo64) <= 350
-    assert {demo64.view(i)[0] for i in range(len(SKIMAGE_PHOTOS))} == set(SKIMAGE_PHOTOS)
+    assert len(demo_collection(preprocessing=TORCHVISION)) == len(demo64) == 2 * len(DEMO_WINDOWS) * len(BUNDLED_PHOTOS)
+    assert len(BUNDLED_PHOTOS) >= 17 and 350 <= len(demo64) <= 450
+    assert {demo64.view(i)[0] for i in range(len(BUNDLED_PHOTOS))} == set(BUNDLED_PHOTOS)
     d = demo64.describe()
     json.dumps(d)
     assert d["n_images"] == len(demo64) and d["size"] == 64 and d["kind"] == "demo"
@@ -381,8 +382,8 @@ def test_demo_size_and_coverage(demo64):
 
 def test_demo_items_against_skimage_directly():
     ds = demo_collection(preprocessing=TORCHVISION, size=64)
-    p = len(SKIMAGE_PHOTOS)
-    astro = SKIMAGE_PHOTOS.index("astronaut")
+    p = len(BUNDLED_PHOTOS)
+    astro = list(BUNDLED_PHOTOS).index("astronaut")
     a = skimage.data.astronaut()  # 512 x 512 RGB
     # item 0 of astronaut: the whole photograph (scale 1, centred)
     whole = np.asarray(Image.fromarray(a).resize((64, 64), Image.BILINEAR))
@@ -400,11 +401,34 @@ def test_demo_items_against_skimage_directly():
     assert np.array_equal(np.asarray(ds.rgb(m)), corner[:, ::-1])
     # motorcycle_left comes from stereo_motorcycle()
     left = skimage.data.stereo_motorcycle()[0]
-    i = SKIMAGE_PHOTOS.index("motorcycle_left")
+    i = list(BUNDLED_PHOTOS).index("motorcycle_left")
     h, w = left.shape[:2]  # 500 x 741: the centred 500 x 500 square
     lo = round(0.5 * (w - h))
     centre = np.asarray(Image.fromarray(left[:, lo : lo + h]).resize((64, 64), Image.BILINEAR))
     torch.testing.assert_close(ds[i][0].double(), model_input(centre), atol=1e-5, rtol=0)
+
+
+def test_groups_are_the_source_photographs_and_files(demo64, tmp_path):
+    # every crop and mirror image of a photograph is in the photograph's group, and only those
+    for i in (0, 7, len(BUNDLED_PHOTOS) + 3, len(demo64) - 1):
+        assert demo64.group(i) == demo64.view(i)[0]
+    assert sorted({demo64.group(i) for i in range(len(demo64))}) == sorted(BUNDLED_PHOTOS)
+    assert sum(demo64.group(i) == "grace_hopper" for i in range(len(demo64))) == 2 * len(DEMO_WINDOWS)
+    root = folder(tmp_path, {"a/x.png": Image.new("RGB", (8, 8)), "b.png": Image.new("RGB", (8, 8))})
+    f = open_folder(root)
+    assert [f.group(i) for i in range(len(f))] == ["a/x.png", "b.png"]
+    assert [Head(demo64, 3).group(i) for i in range(3)] == [demo64.group(i) for i in range(3)]
+
+
+def test_matplotlib_photograph_is_bundled():
+    from matplotlib import cbook
+
+    from deconvnet.images import bundled_photo
+
+    img = bundled_photo("grace_hopper")
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        ref = np.asarray(Image.open(f.name).convert("RGB"))
+    assert img.mode == "RGB" and np.array_equal(np.asarray(img), ref)
 
 
 def test_demo_is_deterministic_and_its_images_differ(demo64):
@@ -428,7 +452,7 @@ def test_demo_full_size_and_n(demo64):
     assert np.asarray(ds.rgb(19)).shape == (224, 224, 3)
     with pytest.raises(IndexError):
         ds[20]
-    with pytest.raises(ValueError, match="between 1 and 286"):
+    with pytest.raises(ValueError, match=f"between 1 and {2 * len(DEMO_WINDOWS) * len(BUNDLED_PHOTOS)}"):
         demo_collection(preprocessing=TORCHVISION, n=1000)
     # pickled copies (spawned workers) load their own photographs and agree
     copy = pickle.loads(pickle.dumps(ds))

@@ -50,44 +50,95 @@ def small():
     return net, Tensors(x)
 
 
-def brute_force(net, ds, layer, k, per_image):
-    """Every activation of every image, one image at a time, sorted by (-value, image, position)."""
+def brute_force(net, ds, layer, k, per_group, group=lambda i: i):
+    """Every activation of every image, one image at a time, sorted by (-value, image, position), then
+    taken greedily: an entry whose group already has ``per_group`` stronger ones is passed over."""
     cands = {}
     for i in range(len(ds)):
         act = dn.Deconvnet(net).record(ds[i][0][None], [layer]).activations[layer][0].double()
         c, h, w = act.shape
         for ch in range(c):
             flat = act[ch].flatten()
-            if per_image == 1:
-                pos = int(torch.argmax(flat))  # first maximal position
-                units = [(float(flat[pos]), i, pos)]
-            else:
-                units = [(float(v), i, p) for p, v in enumerate(flat.tolist())]
-            cands.setdefault(ch, []).extend(units)
+            cands.setdefault(ch, []).extend((float(v), i, p) for p, v in enumerate(flat.tolist()))
     out = {}
     for ch, units in cands.items():
         units.sort(key=lambda u: (-u[0], u[1], u[2]))
-        out[ch] = [(v, i, (p // w, p % w)) for v, i, p in units[:k]]
+        kept, count = [], {}
+        for v, i, p in units:
+            g = group(i)
+            if per_group is None or count.get(g, 0) < per_group:
+                kept.append((v, i, (p // w, p % w)))
+                count[g] = count.get(g, 0) + 1
+            if len(kept) == k:
+                break
+        out[ch] = kept
     return out
 
 
-@pytest.mark.parametrize("per_image", [1, None])
-def test_top_k_equals_brute_force(small, per_image):
-    net, ds = small
-    layers = ["conv2_1", "relu3_1", "pool2"]
+class Grouped(Tensors):
+    """Items cut from a few sources, as the demo collection's crops are: item i comes from source i % 4."""
+
+    def group(self, i):
+        return f"photo {i % 4}"
+
+
+def check_against_brute_force(net, ds, layers, k, per_group, **kwargs):
     # batch_size=1: the scan's forwards are then bitwise those of the brute force (batched convolutions
     # may differ in the last bit); batching itself is checked by test_result_is_independent_of_batch_size
-    topk = scan_top_k(net, ds, layers, k=5, per_image=per_image, batch_size=1, progress=False)
+    topk = scan_top_k(net, ds, layers, k=k, per_group=per_group, batch_size=1, progress=False, **kwargs)
+    group = getattr(ds, "group", lambda i: i)
     for layer in layers:
-        ref = brute_force(net, ds, layer, 5, per_image)
+        ref = brute_force(net, ds, layer, k, per_group, group)
         for ch in range(net.channels[layer]):
             got = topk.entries(layer, ch)
             assert [(i, p) for _, i, p in got] == [(i, p) for _, i, p in ref[ch]], (layer, ch)
             assert torch.allclose(torch.tensor([v for v, _, _ in got]), torch.tensor([v for v, _, _ in ref[ch]]), rtol=0, atol=0)
-    if per_image == 1:  # at most one entry per image
+    return topk
+
+
+@pytest.mark.parametrize("per_group", [1, 2, None])
+def test_top_k_equals_brute_force(small, per_group):
+    net, ds = small
+    layers = ["conv2_1", "relu3_1", "pool2"]
+    topk = check_against_brute_force(net, ds, layers, 5, per_group)
+    if per_group == 1:  # at most one entry per image
         for layer in layers:
             for row in topk.images[layer]:
                 assert len(set(row.tolist())) == len(row)
+
+
+@pytest.mark.parametrize("per_group", [1, 2])
+def test_per_group_limit_equals_brute_force(small, per_group):
+    net, ds = small
+    grouped = Grouped(ds.x)
+    layers = ["conv2_1", "pool3"]
+    topk = check_against_brute_force(net, grouped, layers, 4, per_group)
+    sources_per_row = [[grouped.group(i) for i in row.tolist() if i >= 0] for row in topk.images["pool3"]]
+    assert all(max(row.count(g) for g in row) <= per_group for row in sources_per_row)
+    # the limit binds: without groups some channel would take two items of one source
+    free = scan_top_k(net, ds, layers, k=4, per_group=per_group, batch_size=1, progress=False)
+    assert any(max([grouped.group(i) for i in row.tolist()].count(g) for g in map(grouped.group, row.tolist())) > per_group
+               for row in free.images["pool3"])
+
+
+def test_per_group_limit_survives_interruption(small, tmp_path):
+    net, ds = small
+    ckpt = tmp_path / "grouped.ckpt"
+    full = scan_top_k(net, Grouped(ds.x), ["relu3_1"], k=3, batch_size=2, progress=False)
+
+    class Failing(Grouped):
+        def __getitem__(self, i):
+            if i == 7 and not getattr(self, "failed", False):
+                self.failed = True
+                raise KeyboardInterrupt
+            return self.x[i], i
+
+    failing = Failing(ds.x)
+    with pytest.raises(KeyboardInterrupt):
+        scan_top_k(net, failing, ["relu3_1"], k=3, batch_size=2, checkpoint=ckpt, checkpoint_every=100, progress=False)
+    resumed = scan_top_k(net, failing, ["relu3_1"], k=3, batch_size=2, checkpoint=ckpt, progress=False)
+    assert torch.equal(resumed.images["relu3_1"], full.images["relu3_1"])
+    assert torch.equal(resumed.positions["relu3_1"], full.positions["relu3_1"])
 
 
 def test_ties_prefer_the_lower_image_index(small):
@@ -238,6 +289,10 @@ def test_figures_script_on_the_demo_collection(tmp_path, capsys):
         meta = json.loads(png.with_suffix(".json").read_text())
         assert Image.open(png).size[0] > 400 and len(meta["features"]) == 2
         assert all(len(f["tiles"]) == 4 for f in meta["features"])
+        # the 20 items are crops of 17 photographs: every feature's tiles come from different ones
+        for f in meta["features"]:
+            sources = [t["source"] for t in f["tiles"]]
+            assert len(set(sources)) == 4 and all(t["label"].startswith(t["source"] + " ") for t in f["tiles"])
     assert "timings:" in out and "scan" in out and "wrote" in out
     # a rerun reuses the finished scan
     code = main(["figures", "--weights", "random", "--layers", "conv2_2,relu4_1", "--features", "2", "--k", "4",
