@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .images import SKIMAGE_PHOTOS, ImageReadError
+from .images import BUNDLED_PHOTOS, ImageReadError
 from .models import ARCH_NAMES, WeightsError
 
 
@@ -52,28 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m deconvnet", description="Zeiler & Fergus deconvnet visualisations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("project", help="project one unit or feature map of an image back to pixel space")
-    p.add_argument("image", help=f"an image file, or a bundled photograph: {', '.join(SKIMAGE_PHOTOS)}")
+    p.add_argument("image", help=f"an image file, or a bundled photograph: {', '.join(BUNDLED_PHOTOS)}")
     p.add_argument("--layer", default="conv5_3", help="paper layer name (conv5_3, relu4_3, pool5, ...)")
     p.add_argument("--channel", type=_channel, default="max", help="channel number, or max: the channel holding the layer's strongest activation")
     p.add_argument("--position", type=_position, default="max", help="max (strongest unit of the map), ROW,COL, or all (the whole map)")
     p.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
-    p.add_argument("--weights", default="auto", help="auto, imagenet, hed (vgg16), random, or a state_dict path")
+    p.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the image as is)")
-    p.add_argument("--scaling", default="symmetric", choices=("symmetric", "minmax", "percentile"), help="display scaling of the projection")
+    p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projection (see deconvnet.plot)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, required=True, help="output figure (.png, .pdf, .svg)")
 
     f = sub.add_parser("figures", help="the figure grids: Figure 2 (top-k per feature map) and the other figures")
     f.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
-    f.add_argument("--weights", default="auto", help="auto, imagenet, hed (vgg16), random, or a state_dict path")
+    f.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
     f.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
     f.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
     f.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block)")
     f.add_argument("--features", type=int, default=8, help="feature maps shown per layer")
     f.add_argument("--k", type=int, default=9, help="top activations per feature map")
     f.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps: a seeded random subset (as the paper) or the strongest")
-    f.add_argument("--scaling", default="percentile", choices=("symmetric", "minmax", "percentile"), help="display scaling of the projections (default percentile: contrast enhanced, zero still gray)")
+    f.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projections (see deconvnet.plot)")
     f.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure file format")
     f.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
     f.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
@@ -95,7 +95,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     from . import Deconvnet
-    from .plot import save_figure, show
+    from .plot import save_figure, show, where
 
     if args.out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--out '{args.out}' must end in .png, .pdf or .svg")
@@ -111,8 +111,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     fig = show(p, scaling=args.scaling)
     save_figure(fig, args.out)
     plt.close(fig)
-    row, col = (int(v) for v in p.position[0])
-    print(f"{args.layer} channel {int(p.channel[0])}, unit ({row}, {col}), activation {float(p.activation[0]):.4g}")
+    print(f"{args.layer} channel {int(p.channel[0])}, {where(p)}: activation {float(p.activation[0]):.4g}")
     print(f"model: {net.describe()}")
     print(f"wrote {args.out}  (load {t1 - t0:.1f}s, project {t2 - t1:.2f}s)")
 

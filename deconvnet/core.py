@@ -76,6 +76,10 @@ class Projection:
         input: (B, 3, H, W) the model input that was projected.
         preprocessing: the model's preprocessing, for display.
         weights: one line naming model and weights (``Net.describe()``).
+        map_size: (h, w) of the layer's map ((1, 1) for a layer without one).
+        box: for a point target of a spatial layer, (B, 4) int64 ``(top, left, bottom, right)``: the
+            receptive field of the unit in input pixels (bottom/right exclusive, not clipped to the
+            image); None for whole maps, masks and fc layers, whose units see more than one box.
     """
 
     projection: torch.Tensor
@@ -87,6 +91,8 @@ class Projection:
     input: torch.Tensor
     preprocessing: Preprocessing
     weights: str
+    map_size: tuple[int, int] = (1, 1)
+    box: torch.Tensor | None = None
 
     def projection_rgb(self) -> torch.Tensor:
         """The projection with its channels in RGB order (what display functions want)."""
@@ -514,6 +520,15 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
     return seed_map, channels, activation, position
 
 
+def _is_point(position: Position) -> bool:
+    """Whether a target's position names one unit per image (``"max"``, ``(row, col)``, (B, 2) integers)."""
+    if isinstance(position, torch.Tensor):
+        return not position.is_floating_point() and position.dtype != torch.bool
+    if isinstance(position, str):
+        return position == "max"
+    return True  # (row, col) in any sequence form; select_target has checked it
+
+
 class Deconvnet:
     """Zeiler & Fergus's deconvnet mirrored on a loaded ``Net``.
 
@@ -593,17 +608,29 @@ class Deconvnet:
                 input=x,
                 preprocessing=self.net.preprocessing,
                 weights=self.net.describe(),
+                map_size=tuple(rec.activations[t.layer].shape[-2:]) if rec.activations[t.layer].dim() == 4 else (1, 1),
+                box=self._boxes(t, depths[k], selected[k][3]),
             )
             for k, t in enumerate(targets)
         ]
+
+    def _boxes(self, target: Target, depth: int, position: torch.Tensor) -> torch.Tensor | None:
+        """(B, 4) receptive-field boxes of a point target's units; None where a target has no one box."""
+        if not _is_point(target.position) or depth >= len(self.net.features):
+            return None
+        from .receptive import receptive_field
+
+        try:
+            rf = receptive_field(self.net, target.layer)
+        except ValueError:
+            return None
+        return torch.tensor([rf.box(int(r), int(c)) for r, c in position.tolist()], dtype=torch.long)
 
     def _crops(self, target: Target, depth: int, hw: Sequence[int]) -> bool:
         """Whether a target takes the cropped path (see ``crop`` in the class docstring)."""
         if self.crop is False or self.unpool != "scatter_add":
             return False
-        point = isinstance(target.position, tuple) or target.position == "max" if not isinstance(target.position, torch.Tensor) \
-            else not target.position.is_floating_point() and target.position.dtype != torch.bool
-        if not point or depth >= len(self.net.features):
+        if not _is_point(target.position) or depth >= len(self.net.features):
             return False
         below = [m for _, m in self.net.stack[: depth + 1]]
         if not all(isinstance(m, CROPPABLE) for m in below):

@@ -1,13 +1,16 @@
 """Display of images and projections.
 
 Display scaling (the paper gives none: "colour contrast is artificially enhanced") is this toolkit's
-documented choice:
+documented choice, one default everywhere (``show``, the ``project`` command, Figure 2, the analyses):
 
-- ``"symmetric"`` (default): per projection, ``0.5 + v / (2 max|v|)`` over all three channels, so zero
-  is mid-gray, the sign of every value is kept, and the colour balance between channels is preserved.
+- ``"percentile"`` (default): per projection, zero is mid-gray and ``v / (2 m)`` is added, where ``m`` is
+  the 99th percentile of ``|v|`` over the projection's *support* (the pixels where any channel is
+  nonzero), clipped to [0, 1]. A few strong pixels no longer darken everything else to gray, and the
+  zeros outside a unit's receptive field do not change the scale (a projection looks the same on the
+  whole image and zoomed to its box).
+- ``"symmetric"``: ``0.5 + v / (2 max|v|)`` over all three channels: nothing is clipped, the sign of every
+  value and the colour balance between channels are kept; faint where a few pixels dominate.
 - ``"minmax"``: per projection, ``(v - min) / (max - min)``.
-- ``"percentile"``: like symmetric but divided by the 99.5th percentile of ``|v|`` and clipped, which
-  brightens projections dominated by a few strong pixels.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-SCALINGS = ("symmetric", "minmax", "percentile")
+SCALINGS = ("percentile", "symmetric", "minmax")
+DEFAULT_SCALING = "percentile"
+#: the percentile of |v| over the support that maps to black/white in ``"percentile"`` scaling
+PERCENTILE = 99.0
 
 
-def scale_for_display(v: torch.Tensor | np.ndarray, scaling: str = "symmetric") -> np.ndarray:
+def scale_for_display(v: torch.Tensor | np.ndarray, scaling: str = DEFAULT_SCALING) -> np.ndarray:
     """A (3, H, W) or (H, W, 3) signed image -> (H, W, 3) float array in [0, 1] (see module docstring)."""
     a = v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=np.float64)
     if a.ndim == 3 and a.shape[0] == 3 and a.shape[2] != 3:
@@ -29,12 +35,22 @@ def scale_for_display(v: torch.Tensor | np.ndarray, scaling: str = "symmetric") 
         m = np.abs(a).max()
         return 0.5 + a / (2 * m) if m > 0 else np.full_like(a, 0.5)
     if scaling == "percentile":
-        m = np.percentile(np.abs(a), 99.5)
+        support = np.abs(a).max(axis=-1) > 0
+        m = np.percentile(np.abs(a[support]), PERCENTILE) if support.any() else 0.0
         return np.clip(0.5 + a / (2 * m), 0, 1) if m > 0 else np.full_like(a, 0.5)
     if scaling == "minmax":
         lo, hi = a.min(), a.max()
         return (a - lo) / (hi - lo) if hi > lo else np.full_like(a, 0.5)
     raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
+
+
+def describe_scaling(scaling: str) -> str:
+    """A few words for a figure's footer."""
+    return {
+        "percentile": f"per-projection scaling to the {PERCENTILE:g}th percentile of |v| on its support, clipped; zero = gray",
+        "symmetric": "per-projection symmetric scaling to max |v|; zero = gray",
+        "minmax": "per-projection min-max scaling",
+    }[scaling]
 
 
 def image_array(rgb01: torch.Tensor) -> np.ndarray:
@@ -49,39 +65,89 @@ def _blank(ax) -> None:
         s.set_visible(False)
 
 
-def show(p, index: int = 0, axes: Sequence | None = None, scaling: str = "symmetric", title: bool = True):
-    """Draw an image beside its projection.
+def crop_box(t: torch.Tensor, box: Sequence[int], fill: float) -> torch.Tensor:
+    """Crop (C, H, W) to an unclipped box ``(top, left, bottom, right)``, ``fill`` outside the image."""
+    top, left, bottom, right = (int(v) for v in box)
+    h, w = t.shape[-2:]
+    pad = (max(0, -left), max(0, right - w), max(0, -top), max(0, bottom - h))
+    t = torch.nn.functional.pad(t, pad, value=fill)
+    top, left = top + pad[2], left + pad[0]
+    return t[:, top : top + (bottom - int(box[0])), left : left + (right - int(box[1]))]
+
+
+def draw_box(ax, box: Sequence[int], color: str = "#ffd400") -> None:
+    """Outline a pixel box ``(top, left, bottom, right)`` on an image axis (black under colour: visible
+    on light and dark images alike); the part outside the image is clipped by the axis."""
+    from matplotlib.patches import Rectangle
+
+    top, left, bottom, right = (int(v) for v in box)
+    for width, c in ((3.2, "black"), (1.6, color)):
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, lw=width, ec=c))
+
+
+def where(p, index: int = 0) -> str:
+    """Where the projected unit is, in feature-map units and in input pixels, as one line."""
+    row, col = (int(v) for v in p.position[index])
+    h, w = p.map_size
+    text = f"unit ({row}, {col}) of the {h}x{w} map"
+    if p.box is not None:
+        top, left, bottom, right = (int(v) for v in p.box[index])
+        text += f", receptive field rows {top}..{bottom - 1}, cols {left}..{right - 1} ({bottom - top} px)"
+    return text
+
+
+def show(p, index: int = 0, axes: Sequence | None = None, scaling: str = DEFAULT_SCALING, title: bool = True,
+         zoom: bool = True):
+    """Draw an image beside its projection; for a unit, its receptive field and a zoom on it.
+
+    For a point target with a receptive-field box (``Projection.box``), the box is outlined on the image
+    and the projection, and two more panels show the image patch and the projection inside the box,
+    enlarged (patch pixels outside the image light gray, projection zero outside it).
 
     Args:
         p: a ``Projection``.
         index: which image of the batch.
-        axes: two matplotlib axes to draw on; None creates a figure.
+        axes: two axes (four with a zoom) to draw on; None creates a figure.
         scaling: display scaling of the projection (see module docstring).
-        title: write layer, channel, activation and position above, and the weights below.
+        title: name layer, channel, activation and position above, the weights and scaling below.
+        zoom: add the zoomed panels when there is a box.
 
     Returns:
         The matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
+    box = p.box[index] if p.box is not None else None
+    zoom = zoom and box is not None and (axes is None or len(axes) >= 4)
+    n = 4 if zoom else 2
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(8, 4.4), constrained_layout=True)
+        fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 4.2 if title else 3.4), layout="constrained")
     else:
         fig = axes[0].figure
-    image = p.image_rgb()[index]
-    proj = p.projection_rgb()[index]
+    image = p.image_rgb()[index].detach().cpu()
+    proj = p.projection_rgb()[index].detach().cpu()
     axes[0].imshow(image_array(image), interpolation="nearest")
     axes[1].imshow(scale_for_display(proj, scaling), interpolation="nearest")
-    for ax in axes[:2]:
+    if box is not None:
+        for ax in axes[:2]:
+            draw_box(ax, box)
+            ax.set_xlim(-0.5, image.shape[-1] - 0.5)
+            ax.set_ylim(image.shape[-2] - 0.5, -0.5)
+    if zoom:
+        axes[2].imshow(image_array(crop_box(image, box, 0.88)), interpolation="nearest")
+        axes[3].imshow(scale_for_display(crop_box(proj, box, 0.0), scaling), interpolation="nearest")
+    for ax in axes[:n]:
         _blank(ax)
     if title:
-        row, col = (int(v) for v in p.position[index])
-        axes[0].set_title("input", fontsize=10)
-        axes[1].set_title(
-            f"{p.layer} channel {int(p.channel[index])}: activation {float(p.activation[index]):.3g} at ({row}, {col})",
-            fontsize=10,
-        )
-        fig.supxlabel(f"{p.weights}\nprojection scaling: {scaling} (zero = gray)", fontsize=7, color="0.3")
+        names = ["input", "projection", "receptive field, zoomed", "projection, zoomed"]
+        for ax, name in zip(axes[:n], names):
+            ax.set_title(name, fontsize=10)
+        fig.suptitle(f"{p.layer} channel {int(p.channel[index])}: activation {float(p.activation[index]):.3g} at "
+                     f"{where(p, index)}", fontsize=10)
+        import textwrap
+
+        footer = textwrap.fill(f"{p.weights}. Projection: {describe_scaling(scaling)}.", 40 * n)
+        fig.supxlabel(footer, fontsize=7.5, color="0.3")
     return fig
 
 

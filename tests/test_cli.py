@@ -4,13 +4,14 @@ import subprocess
 import sys
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 from PIL import Image
 
 import deconvnet as dn
 from deconvnet.cli import main
 
-from conftest import images, requires_hed
+from conftest import images, requires_mri
 
 
 def run(args, capsys):
@@ -29,17 +30,25 @@ def test_project_writes_a_figure(tmp_path, capsys):
     assert not list(out.parent.glob(".fig.*"))  # no temporary file left behind
 
 
-@requires_hed
+@requires_mri
 def test_project_command_on_offline_defaults(tmp_path):
-    """The project command with weights auto, offline, in a subprocess, as a user runs it."""
+    """The project command with weights auto, offline, in a subprocess, as a user runs it: the unit is
+    named in map units and pixels, and the figure is not a uniform gray panel."""
+    import numpy as np
+
     out = tmp_path / "astronaut.png"
     r = subprocess.run(
-        [sys.executable, "-m", "deconvnet", "project", "astronaut", "--layer", "conv5_3", "--channel", "max", "--out", str(out)],
+        [sys.executable, "-m", "deconvnet", "project", "astronaut", "--layer", "conv3_3", "--channel", "5", "--out", str(out)],
         capture_output=True, text=True, env={"DECONVNET_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert "hed" in r.stdout and "offline HED" in r.stderr
-    assert Image.open(out).size[0] > 600
+    assert "weights: mri" in r.stdout and "offline weights 'mri'" in r.stderr
+    assert "of the 56x56 map, receptive field rows" in r.stdout and "(40 px)" in r.stdout
+    im = np.asarray(Image.open(out).convert("L"), dtype=float)
+    assert im.shape[1] > 1200  # four panels: image, projection, and both zoomed to the receptive field
+    # the zoomed projection (right quarter) has contrast: not the near-uniform gray of a faint display
+    right = im[im.shape[0] // 5 : -im.shape[0] // 5, -im.shape[1] // 4 + 20 : -20]
+    assert right.std() > 25  # measured: 31 (the old symmetric default: 17)
 
 
 @pytest.mark.parametrize(
@@ -75,19 +84,71 @@ def test_bad_output_suffix(tmp_path, capsys):
 
 
 def test_show_draws_on_given_axes(vgg16):
+    import numpy as np
+
     x = images((2, 3, 64, 64))
     p = dn.Deconvnet(vgg16).project(x, "conv4_1", 3)
     fig, axes = plt.subplots(1, 3)
-    assert dn.show(p, index=1, axes=axes[1:]) is fig
+    assert dn.show(p, index=1, axes=axes[1:], scaling="symmetric") is fig  # two axes: no zoom panels
     assert len(axes[1].images) == 1 and len(axes[2].images) == 1 and not axes[0].images
     shown = axes[2].images[0].get_array()
     ref = p.projection_rgb()[1].permute(1, 2, 0).double().numpy()
     assert abs(shown - (0.5 + ref / (2 * abs(ref).max()))).max() < 1e-12  # symmetric: zero is gray, max|v| at 0 or 1
-    assert "conv4_1 channel 3" in axes[2].get_title()
+    assert "conv4_1 channel 3" in fig._suptitle.get_text() and "of the 8x8 map" in fig._suptitle.get_text()
     plt.close(fig)
-    fig = dn.show(p)
-    assert len(fig.axes) == 2 and "random" in fig._supxlabel.get_text()
+    fig = dn.show(p)  # the default: the receptive field outlined, and zoomed
+    assert len(fig.axes) == 4 and "random" in fig._supxlabel.get_text() and "percentile" in fig._supxlabel.get_text()
+    top, left, bottom, right = p.box[0].tolist()
+    for ax in fig.axes[:2]:
+        (rect_under, rect), = [ax.patches[:2]]
+        assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (left - 0.5, top - 0.5, right - left, bottom - top)
+    zoomed = fig.axes[3].images[0].get_array()
+    assert zoomed.shape[:2] == (bottom - top, right - left)
+    whole = np.asarray(fig.axes[1].images[0].get_array())
+    # one scale for the whole projection and its zoom: the zeros outside the box do not change it
+    t0, l0 = max(top, 0), max(left, 0)
+    inner = whole[t0 : min(bottom, 64), l0 : min(right, 64)]
+    np.testing.assert_allclose(np.asarray(zoomed)[t0 - top : t0 - top + inner.shape[0], l0 - left : l0 - left + inner.shape[1]], inner)
     plt.close(fig)
+    q = dn.Deconvnet(vgg16).project(x, "conv4_1", 3, "all")  # a whole map has no single box: two panels
+    fig = dn.show(q)
+    assert q.box is None and len(fig.axes) == 2
+    plt.close(fig)
+
+
+def test_percentile_scaling_ignores_the_zeros_outside_the_support():
+    import torch
+
+    from deconvnet.plot import scale_for_display
+
+    g = torch.Generator().manual_seed(0)
+    small = torch.randn(3, 5, 5, generator=g)
+    big = torch.zeros(3, 200, 200)
+    big[:, 50:55, 60:65] = small
+    # the 5x5 support is 0.06% of the image: a percentile over all pixels would be 0 and draw it gray
+    np.testing.assert_allclose(scale_for_display(big)[50:55, 60:65], scale_for_display(small))
+    a = np.abs(small.double().numpy()).ravel()
+    m = np.percentile(a, 99)
+    np.testing.assert_allclose(scale_for_display(small), np.clip(0.5 + small.double().permute(1, 2, 0).numpy() / (2 * m), 0, 1))
+    assert (scale_for_display(torch.zeros(3, 4, 4)) == 0.5).all()
+
+
+def test_projection_box_is_the_receptive_field(vgg16):
+    from deconvnet.receptive import receptive_field
+
+    x = images((2, 3, 96, 96), seed=3)
+    deconv = dn.Deconvnet(vgg16)
+    for layer, pos in (("relu3_3", "max"), ("pool4", (1, 2)), ("conv2_2", (0, 47))):
+        p = deconv.project(x, layer, 7, pos)
+        rf = receptive_field(vgg16, layer)
+        assert p.box.tolist() == [list(rf.box(*rc)) for rc in p.position.tolist()]
+        # the projection lies inside its box
+        for b in range(2):
+            top, left, bottom, right = p.box[b].tolist()
+            outside = p.projection[b].abs().sum(0).clone()
+            outside[max(top, 0) : bottom, max(left, 0) : right] = 0
+            assert float(outside.abs().max()) == 0.0
+    assert deconv.project(x, "fc7", 5).box is None and deconv.project(x, "relu3_3", 7, "all").box is None
 
 
 def test_figures_script_other_kinds(tmp_path, capsys):

@@ -179,7 +179,7 @@ def plot_stages(trace: StageTrace, axes=None, *, columns: int = 7):
     p_ax = axes[len(trace.stages) + 1]
     t, l, b, r = last.box
     p_ax.imshow(scale_for_display(trace.projection_rgb[:, t:b, l:r]), interpolation="nearest")
-    p_ax.set_title("projection (RGB,\nsymmetric scaling)", fontsize=8.5)
+    p_ax.set_title("projection (RGB,\npercentile scaling)", fontsize=8.5)
     for ax in axes[: len(trace.stages) + 2]:
         ax.set_xticks([])
         ax.set_yticks([])
