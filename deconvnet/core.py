@@ -25,6 +25,9 @@ Flatten
 from __future__ import annotations
 
 import numbers
+import threading
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
@@ -34,6 +37,7 @@ from torch import nn
 
 from .models import Net
 from .preprocessing import Preprocessing
+from .memory import check_memory, is_out_of_memory, memory_error
 from .switches import PoolSwitches
 
 Position = Union[str, tuple[int, int], torch.Tensor]
@@ -125,6 +129,32 @@ class _StopForward(Exception):
     """Raised by the hook of the deepest requested layer: nothing above it needs computing."""
 
 
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def hooked(model: nn.Module):
+    """Exclusive use of ``model`` for a hooked forward, in eval mode.
+
+    Hooks live on the model's modules, so two hooked forwards of one model at once (two threads, or two
+    ``Deconvnet`` objects on one model) would see each other's hooks and stop signals: this lock, one per
+    model, serialises them. Inside, every module is in eval mode (BatchNorm uses its running statistics
+    and is not updated, Dropout is off: the deconvnet mirrors the trained network), and the modes are
+    restored on the way out, also after an error.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(model, threading.RLock())
+    with lock:
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
+
+
 def check_input(x: torch.Tensor, net: Net) -> torch.Tensor:
     """Validate a model input batch and move it to the model's device and dtype."""
     if not isinstance(x, torch.Tensor):
@@ -193,30 +223,40 @@ def record(
 
         return hook
 
+    if reduce is None:  # a scan (reduce) checks its batch size itself, once
+        check_memory(net, x.shape[0], x.shape[-2:], deepest)
     handles = []
-    try:
-        for i, (_, m) in enumerate(net.stack[: deepest + 1]):
-            handles.append(m.register_forward_hook(make_hook(i, m)))
-        with torch.no_grad():
-            net.model(x)
-    except _StopForward:
-        pass
-    except RuntimeError as err:
-        if isinstance(err, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in str(err):
-            raise  # not a size problem: the message is PyTorch's own
-        failed = net.stack[last["index"] + 1][0] if last["index"] + 1 < len(net.stack) else "?"
-        raise ValueError(
-            f"the forward pass failed at module '{failed}' for an input of {tuple(x.shape[-2:])}: "
-            f"{str(err).splitlines()[0]}. Hint: the input may be too small to reach layer(s) {', '.join(layers)}"
-        ) from err
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked(net.model):
+        try:
+            for i, (_, m) in enumerate(net.stack[: deepest + 1]):
+                handles.append(m.register_forward_hook(make_hook(i, m)))
+            with torch.no_grad():
+                net.model(x)
+        except _StopForward:
+            pass
+        except (RuntimeError, MemoryError) as err:
+            if is_out_of_memory(err):
+                raise memory_error(err, f"running {net.arch} on an input of {tuple(x.shape)}") from err
+            failed = net.stack[last["index"] + 1][0] if last["index"] + 1 < len(net.stack) else "?"
+            raise ValueError(
+                f"the forward pass failed at module '{failed}' for an input of {tuple(x.shape[-2:])}: "
+                f"{str(err).splitlines()[0]}. Hint: the input may be too small to reach layer(s) {', '.join(layers)}"
+            ) from err
+        finally:
+            for h in handles:
+                h.remove()
     if rec.depth not in rec.shapes:
         raise RuntimeError(
             f"the forward pass of {net.arch} never reached '{net.stack[deepest][0]}': is net.stack the "
             "module order of net.model's forward?"
         )
+    if reduce is None:
+        for layer, a in rec.activations.items():
+            if not torch.isfinite(a).all():
+                raise ValueError(
+                    f"layer '{layer}' of {net.describe()} computes NaN or infinite values on a finite input: "
+                    "the weights are broken. Hint: check the weights file, or load another source"
+                )
     return rec
 
 
@@ -285,9 +325,9 @@ def deconv_step(
         if unpool == "max_unpool":
             return F.max_unpool2d(r, sw, m.kernel_size, m.stride, m.padding, output_size=in_shape[-2:])
         return unpool_scatter_add(r, sw, in_shape[-2:])
-    if isinstance(m, nn.BatchNorm2d):
-        if m.training or m.running_var is None:
-            raise ValueError(f"BatchNorm2d '{name}' must be in eval mode with running statistics. Hint: net.model.eval()")
+    if isinstance(m, nn.BatchNorm2d):  # the forward ran in eval mode (``hooked``): running statistics
+        if m.running_var is None:
+            raise ValueError(f"BatchNorm2d '{name}' has no running statistics (track_running_stats=False): no deconvnet rule")
         scale = torch.rsqrt(m.running_var + m.eps)
         if m.weight is not None:
             scale = scale * m.weight

@@ -35,6 +35,7 @@ or, with a ``DataLoader`` of one's own::
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 import warnings
@@ -244,6 +245,13 @@ class ImageFolder(Dataset):
 
         candidates = _find_images(self.root)
         self.n_found = len(candidates)
+        # what identifies the files' contents cheaply: a scan of the same paths after an image was
+        # overwritten must not be taken for a finished one
+        digest = hashlib.sha256()
+        for path in candidates:
+            st = path.stat()
+            digest.update(f"{path.relative_to(self.root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        self.files_digest = digest.hexdigest()[:16]
         self.paths: list[Path] = []
         self.skipped: dict[Path, str] = {}
         show = len(candidates) >= 5000 if progress is None else progress
@@ -336,6 +344,7 @@ class ImageFolder(Dataset):
             "n_images": self.n_found - len(self.skipped),
             "n_skipped": len(self.skipped),
             "skipped": [self._rel(p) for p in list(self.skipped)[:_NAMED]],
+            "files": self.files_digest,  # paths, sizes and modification times of all files found
             "extensions": list(IMAGE_EXTENSIONS),
             "resize": self.resize,
             "crop": self.crop,
@@ -469,8 +478,8 @@ def load_dataset(
     """The collection a scan runs over.
 
     Args:
-        spec: ``None`` or ``"demo"`` for the offline demo collection (a folder named ``demo`` is
-            ``"./demo"``); otherwise a folder of images.
+        spec: ``None`` for the offline demo collection; otherwise a folder of images (a folder named
+            ``demo`` is a folder like any other).
         preprocessing: the net's ``Preprocessing`` (``net.preprocessing``).
         resize: shorter side after resizing (folders only; demo images are made at ``crop`` directly).
         crop: side of the square model input.
@@ -479,10 +488,11 @@ def load_dataset(
         FileNotFoundError: the folder does not exist.
         ValueError: not a folder, or no readable images in it.
     """
-    if spec is None or (isinstance(spec, str) and spec == "demo"):
+    if spec is None:
         return demo_collection(preprocessing=preprocessing, size=crop)
     if not Path(spec).exists():
-        raise FileNotFoundError(f"image folder '{spec}' does not exist. Hint: give a folder of images, or 'demo'")
+        raise FileNotFoundError(f"image folder '{spec}' does not exist. Hint: give a folder of images, or none "
+                                "for the offline demo collection")
     return ImageFolder(spec, preprocessing=preprocessing, resize=resize, crop=crop)
 
 

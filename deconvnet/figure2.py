@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .core import Deconvnet, Target
 from .images import pil_to_tensor01
 from .io import write_json
+from .models.weights import sha256_file
 from .models import Net
 from .plot import DEFAULT_SCALING, SCALINGS, _blank, crop_box, describe_scaling, save_figure, scale_for_display
 from .receptive import receptive_field
@@ -232,9 +233,10 @@ def write_layer_figure(
     fig = plot_layer_grid(features, title="\n".join(_wrap(title, 110)), footer=footer, scaling=scaling)
     save_figure(fig, out)
     plt.close(fig)
-    sidecar = out.with_suffix(".json")
+    sidecar = out.with_name(out.name + ".json")  # named after the figure file: a PNG and an SVG keep their own
     meta = {
         "figure": out.name,
+        "figure_sha256": sha256_file(out),  # pairs this sidecar with exactly the figure it describes
         "layer": layer,
         "k": k,
         "selection": selection,

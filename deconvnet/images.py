@@ -46,12 +46,12 @@ def to_rgb_pil(img: Image.Image) -> Image.Image:
     on white) and CMYK.
     """
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: full range is 0..65535
+    if img.mode in ("I;16", "I;16B", "I;16L"):  # 16-bit grayscale: full range is 0..65535
         a = np.asarray(img, dtype=np.float64) / 65535.0
         img = Image.fromarray((np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
-    elif img.mode == "F":  # float images: taken as [0, 1]
+    elif img.mode in ("I", "F"):  # 32-bit integer or float: the range says which scale was meant
         a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray((np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
+        img = Image.fromarray((np.clip(a / _full_scale(a), 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -61,6 +61,16 @@ def to_rgb_pil(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _full_scale(a: np.ndarray) -> float:
+    """The white level of a 32-bit integer or float image: 1, 255 or 65535, whichever its maximum fits.
+
+    PIL stores 8-bit data converted to mode I or F, 16-bit data in mode I, and true floats in [0, 1] in
+    mode F, with nothing that says which: the values do.
+    """
+    top = float(np.nanmax(a)) if a.size else 0.0
+    return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+
+
 def read_image(path: Union[str, os.PathLike]) -> Image.Image:
     """Open an image file as RGB.
 
@@ -68,6 +78,9 @@ def read_image(path: Union[str, os.PathLike]) -> Image.Image:
         ImageReadError: the file is missing, not an image, or truncated/corrupt.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"'{path}' is a folder, not an image file. Hint: give one image file "
+                             "(a folder of images is for the figures command's --data)")
     if not path.is_file():
         raise ImageReadError(f"image file not found: '{path}'")
     try:
@@ -95,21 +108,28 @@ def bundled_photo(name: str) -> Image.Image:
 
 
 def array_to_pil(a: np.ndarray) -> Image.Image:
-    """An HxW or HxWx{1,3,4} array (uint8, or float in [0, 1]) as an RGB PIL image."""
+    """An HxW or HxWx{1,3,4} array as an RGB PIL image, scaled by its dtype.
+
+    uint8 is 0..255, uint16 is 0..65535, floats are [0, 1] (a float array that goes above 1 is refused:
+    it is probably 0..255). Other dtypes (signed integers, bool) are refused, since no scale is implied.
+    """
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
         raise ValueError(f"expected an HxW or HxWx3 image array, got shape {a.shape}")
-    if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating):
-            if not np.isfinite(a).all():
-                raise ValueError("image array contains NaN or infinite values")
-            a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        elif a.dtype == np.uint16:
-            return to_rgb_pil(Image.fromarray(a))
-        else:
-            a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.dtype == np.uint16:
+        a = (a.astype(np.float64) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError("image array contains NaN or infinite values")
+        if a.size and (a.max() > 1.0 + 1e-6 or a.min() < -1e-6):
+            raise ValueError(f"a float image must hold values in [0, 1]; this one spans [{a.min():.4g}, {a.max():.4g}]. "
+                             "Hint: divide 0-255 data by 255, or pass it as uint8")
+        a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"an image array of dtype {a.dtype} has no implied scale. Hint: pass uint8 (0-255), "
+                         "uint16 (0-65535) or floats in [0, 1]")
     return to_rgb_pil(Image.fromarray(a))
 
 
@@ -125,7 +145,12 @@ def load_rgb(image: ImageLike) -> Image.Image:
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) RGB tensor in [0, 1], got shape {tuple(image.shape)}")
-        return array_to_pil(image.detach().cpu().permute(1, 2, 0).double().numpy())
+        a = image.detach().cpu().permute(1, 2, 0)  # the dtype sets the scale, as for arrays
+        if a.is_floating_point():
+            return array_to_pil(a.double().numpy())
+        if a.dtype == torch.uint16:
+            return array_to_pil(a.to(torch.int32).numpy().astype(np.uint16))
+        return array_to_pil(a.numpy())
     if isinstance(image, np.ndarray):
         return array_to_pil(image)
     if isinstance(image, (str, os.PathLike)):
@@ -141,15 +166,18 @@ def load_rgb(image: ImageLike) -> Image.Image:
     raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, PIL image or HxWx3 array")
 
 
+def resized_size(wh: tuple[int, int], resize: int | None) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to ``resize``, as torchvision's Resize(int)."""
+    if resize is None:
+        return wh
+    w, h = wh
+    return (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+
+
 def resize_center_crop(img: Image.Image, resize: int | None, crop: int | None) -> Image.Image:
     """ImageNet evaluation geometry: resize the shorter side to ``resize``, then center-crop ``crop``."""
     if resize is not None:  # as torchvision's Resize(int): the long side is truncated
-        w, h = img.size
-        if w <= h:
-            size = (resize, int(resize * h / w))
-        else:
-            size = (int(resize * w / h), resize)
-        img = img.resize(size, Image.BILINEAR)
+        img = img.resize(resized_size(img.size, resize), Image.BILINEAR)
     if crop is not None:  # as torchvision's CenterCrop: offsets rounded
         w, h = img.size
         if crop > min(w, h):

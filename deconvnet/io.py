@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
+    # the writer's pid in the name: a later run can tell a kill's leftover from another writer's file
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -29,6 +31,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_TEMPORARY = re.compile(r"^\..*\.(\d+)\.[A-Za-z0-9_]{8}[^/]*\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that writes interrupted by a kill left in ``folder`` (not recursive).
+
+    Only files named by ``atomic_path`` whose writing process is gone are removed: a run writing into
+    the same folder at the same time keeps its own. Returns the files removed.
+    """
+    removed = []
+    for f in Path(folder).glob(".*.tmp"):
+        m = _TEMPORARY.match(f.name)
+        if m and not _alive(int(m.group(1))):
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass
+    return removed
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:

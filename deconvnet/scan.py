@@ -16,6 +16,10 @@ import datetime
 import hashlib
 import json
 import os
+import signal
+import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -25,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .core import record
+from .memory import check_memory
 from .data import collate
 from .io import torch_save
 from .models import Net
@@ -92,6 +97,74 @@ class TopK:
         state.pop("next_index", None)
         state.pop("fingerprint", None)
         return cls(**state)
+
+
+class StaleScanWarning(UserWarning):
+    """A checkpoint of a scan with other arguments (other images, weights, ...) was replaced by a new scan."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived during a scan: handled as Ctrl-C is (the checkpoint is saved), exit status 143."""
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM into ``Terminated`` for the duration (main thread only: signals go there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_checkpoint(saved: dict, path, channels: dict[str, int], n: int) -> None:
+    """Refuse a checkpoint that unpickles but is not a scan state of this shape (a clear line, not a traceback)."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"scan checkpoint '{path}' is malformed ({why}). Hint: delete it and rerun; the scan starts over")
+
+    state = saved.get("state")
+    if not isinstance(state, dict) or not isinstance(saved.get("next_index"), int):
+        raise bad("no state or next_index")
+    if not 0 <= saved["next_index"] <= n:
+        raise bad(f"next_index {saved['next_index']} is not in 0..{n}")
+    for key in ("values", "images", "flat"):
+        part = state.get(key)
+        if not isinstance(part, dict) or set(part) != set(channels):
+            raise bad(f"'{key}' does not hold the layers {', '.join(channels)}")
+        for layer, c in channels.items():
+            t = part[layer]
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != c:
+                raise bad(f"'{key}' of {layer} is not a ({c}, n) tensor")
+    if not all(isinstance(state.get(k), dict) for k in ("width", "height")):
+        raise bad("no map sizes")
+    if not isinstance(saved.get("skipped", []), list):
+        raise bad("'skipped' is not a list")
+
+
+def _what_differs(saved_args: str | None, args: dict) -> str:
+    """Which of the scan's arguments a checkpoint was made with differ from this call's, in words."""
+    try:
+        old = json.loads(saved_args) if saved_args else None
+    except (TypeError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        return "model, data, layers or k"
+    new = json.loads(json.dumps(args, default=str))
+    names = {"model": "the model or its weights", "dataset": "the images", "n": "the number of images",
+             "layers": "the layers", "k": "k", "per_group": "per_group", "groups": "the image groups",
+             "dtype": "the dtype"}
+    diff = [names.get(key, key) for key in new if old.get(key) != new[key]]
+    if isinstance(old.get("dataset"), dict) and old["dataset"].get("files") != new["dataset"].get("files"):
+        diff = [d if d != "the images" else "the images' files (a file was added, removed or changed: "
+                "its size or modification time)" for d in diff]
+    return ", ".join(diff) or "model, data, layers or k"
 
 
 def _read_state(path: str | os.PathLike, what: str) -> dict:
@@ -205,6 +278,7 @@ def scan_top_k(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 20,
     progress: bool = True,
+    restart_stale: bool = False,
 ) -> TopK:
     """Find, for every channel of ``layers``, the k strongest activations across ``dataset``.
 
@@ -220,6 +294,8 @@ def scan_top_k(
         checkpoint: file written atomically every ``checkpoint_every`` batches; a rerun with the same
             arguments resumes from it, and the result equals that of an uninterrupted run.
         progress: show a tqdm progress bar.
+        restart_stale: a checkpoint made with other arguments (say, after an image file changed) is an
+            error naming what changed; with True it is replaced by a new scan, with a ``StaleScanWarning``.
 
     Returns:
         A ``TopK``; ``save``/``TopK.load`` keep it without rescanning.
@@ -240,6 +316,14 @@ def scan_top_k(
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     group_of = _group_ids(dataset) if per_group is not None else None
+    if per_group is not None:
+        n_groups = len(dataset) if group_of is None else int(group_of.max()) + 1
+        if k > n_groups * per_group:
+            what = "images" if n_groups == len(dataset) else "source photographs or files (dataset.group)"
+            raise ValueError(
+                f"k={k} entries per channel cannot come from {n_groups} {what} with at most {per_group} from each. "
+                f"Hint: use k <= {n_groups * per_group}, or more images"
+            )
     describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__, "n_images": len(dataset)})
     args = {
         "model": {k_: v for k_, v in net.provenance.items()},
@@ -259,47 +343,62 @@ def scan_top_k(
         "width": {}, "height": {},
     }
     start = 0
+    skipped: list[int] = []
     if checkpoint is not None and Path(checkpoint).is_file():
         saved = _read_state(checkpoint, "scan checkpoint")
         if saved.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"checkpoint '{checkpoint}' belongs to a scan with other arguments (model, data, layers or k). "
-                "Hint: delete it, or give another checkpoint path"
-            )
-        state, start = saved["state"], int(saved["next_index"])
+            changed = _what_differs(saved.get("args"), args)
+            if not restart_stale:
+                raise ValueError(
+                    f"checkpoint '{checkpoint}' belongs to a scan with other arguments: {changed} changed since it "
+                    f"was written. Hint: delete '{checkpoint}' to scan again, or give another checkpoint path"
+                )
+            warnings.warn(f"{changed} changed since the scan '{checkpoint}' was written: scanning again",
+                          StaleScanWarning, stacklevel=2)
+        else:
+            _check_checkpoint(saved, checkpoint, channels, len(dataset))
+            state, start = saved["state"], saved["next_index"]
+            skipped = [int(i) for i in saved.get("skipped", [])]  # found undecodable before the interruption
     loader = DataLoader(dataset, batch_size=batch_size, sampler=range(start, len(dataset)),
                         num_workers=num_workers, collate_fn=collate)
     bar = tqdm(total=len(dataset), initial=start, desc=f"scan {','.join(layers)}", unit="img", disable=not progress)
-    skipped: list[int] = []
     done_batches = 0
     next_index = start
 
     def save_checkpoint() -> None:
-        torch_save({"fingerprint": fingerprint, "next_index": next_index, "state": state, "args": json.dumps(args, default=str)}, checkpoint)
+        torch_save({"fingerprint": fingerprint, "next_index": next_index, "state": state, "skipped": list(skipped),
+                    "args": json.dumps(args, default=str)}, checkpoint)
 
+    deepest = max(net.depth(layer) for layer in layers)
+    checked_memory = False
     try:
-        for batch in loader:
-            skipped.extend(batch.skipped)
-            if len(batch.index):
-                # per-map candidates are computed inside the forward: no copies of the large maps
-                rec = record(net, batch.x, layers, switches=False,
-                             reduce=lambda t: (*_candidates(t, per_group), tuple(t.shape[-2:])))
-                # merge into a copy and swap it in with next_index together, so that an interrupt
-                # can only ever save a state of whole batches
-                merged = {key: dict(d) for key, d in state.items()}
-                for layer in layers:
-                    _merge(merged, layer, rec.activations[layer], batch.index, k, group_of, per_group)
-            else:
-                merged = state
-            n_items = len(batch.index) + len(batch.skipped)
-            state, next_index = merged, next_index + n_items
-            bar.update(n_items)
-            done_batches += 1
-            if checkpoint is not None and done_batches % checkpoint_every == 0:
-                save_checkpoint()
-    except BaseException:
+        with _sigterm_as_interrupt():
+            for batch in loader:
+                skipped.extend(batch.skipped)
+                if len(batch.index):
+                    if not checked_memory:  # once: the batches are alike
+                        check_memory(net, len(batch.index), batch.x.shape[-2:], deepest)
+                        checked_memory = True
+                    # per-map candidates are computed inside the forward: no copies of the large maps
+                    rec = record(net, batch.x, layers, switches=False,
+                                 reduce=lambda t: (*_candidates(t, per_group), tuple(t.shape[-2:])))
+                    # merge into a copy and swap it in with next_index together, so that an interrupt
+                    # can only ever save a state of whole batches
+                    merged = {key: dict(d) for key, d in state.items()}
+                    for layer in layers:
+                        _merge(merged, layer, rec.activations[layer], batch.index, k, group_of, per_group)
+                else:
+                    merged = state
+                n_items = len(batch.index) + len(batch.skipped)
+                state, next_index = merged, next_index + n_items
+                bar.update(n_items)
+                done_batches += 1
+                if checkpoint is not None and done_batches % checkpoint_every == 0:
+                    save_checkpoint()
+    except BaseException as err:
         if checkpoint is not None and next_index > start:
             save_checkpoint()  # an interrupted scan loses nothing
+            err.saved = True  # for the command line's message
         raise
     finally:
         bar.close()
@@ -307,6 +406,9 @@ def scan_top_k(
             dataset.note_unreadable(skipped)
     if checkpoint is not None:
         save_checkpoint()
+    if len(set(skipped)) == len(dataset):
+        raise ValueError(f"none of the {len(dataset)} images could be decoded: there is nothing to show. "
+                         "Hint: check the image files")
     values, images, positions = {}, {}, {}
     for layer in layers:
         v, img, flat = state["values"][layer], state["images"][layer], state["flat"][layer]

@@ -462,8 +462,10 @@ def test_demo_full_size_and_n(demo64):
 
 def test_load_dataset_dispatch(tmp_path):
     assert isinstance(load_dataset(None, preprocessing=TORCHVISION), DemoCollection)
-    d = load_dataset("demo", preprocessing=TORCHVISION, crop=96)
+    d = load_dataset(None, preprocessing=TORCHVISION, crop=96)
     assert isinstance(d, DemoCollection) and d.size == 96
+    with pytest.raises(FileNotFoundError, match="image folder 'demo' does not exist"):  # a name is a folder
+        load_dataset("demo", preprocessing=TORCHVISION)
     Image.new("RGB", (300, 200), (1, 2, 3)).save(tmp_path / "x.jpg")
     f = load_dataset(tmp_path, preprocessing=TORCHVISION, resize=160, crop=128)
     assert isinstance(f, ImageFolder) and f[0][0].shape == (3, 128, 128) and f.label(0) == "x.jpg"

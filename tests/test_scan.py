@@ -286,7 +286,7 @@ def test_figures_script_on_the_demo_collection(tmp_path, capsys):
     assert code == 0, out
     for layer in ("conv2_2", "relu4_1"):
         png = tmp_path / f"top4_vgg16_{layer}.png"
-        meta = json.loads(png.with_suffix(".json").read_text())
+        meta = json.loads(png.with_name(png.name + ".json").read_text())
         assert Image.open(png).size[0] > 400 and len(meta["features"]) == 2
         assert all(len(f["tiles"]) == 4 for f in meta["features"])
         # the 20 items are crops of 17 photographs: every feature's tiles come from different ones

@@ -118,7 +118,18 @@ class Net:
             size: resize the shorter side to this many pixels (None: keep).
             crop: center-crop a ``crop`` x ``crop`` square (None: no crop).
         """
-        pil = images.resize_center_crop(images.load_rgb(image), size, crop)
+        from ..memory import check_memory
+
+        pil = images.load_rgb(image)
+        if crop is not None and size is not None and crop > size:
+            raise ValueError(f"crop {crop} is larger than the resized shorter side {size}. Hint: crop <= size")
+        # refuse a size whose resizing or forward pass cannot fit in memory before allocating either
+        resized_w, resized_h = images.resized_size(pil.size, size)
+        check_memory(self, 1, (resized_h, resized_w) if crop is None else (crop, crop))
+        if 3 * resized_w * resized_h > 2**31:  # the resized RGB image alone would take over 2 GiB
+            raise MemoryError(f"resizing the image to {resized_w}x{resized_h} px needs "
+                              f"{3 * resized_w * resized_h / 2**30:.0f} GiB. Hint: use a smaller size (e.g. 224)")
+        pil = images.resize_center_crop(pil, size, crop)
         x = images.pil_to_tensor01(pil).unsqueeze(0).to(device=self.device, dtype=self.dtype)
         return self.preprocessing.forward(x)
 
@@ -153,6 +164,10 @@ def _load_into(model: nn.Module, state: dict, arch: str, provenance: dict) -> bo
     unknown = [k for k in state if not k.startswith(("features.", "classifier."))]
     if unknown:
         raise WeightsError(f"weights '{where}' do not fit {arch}: unexpected keys {unknown[:5]}")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # every projection and figure would be NaN
+        raise WeightsError(f"weights '{where}' hold NaN or infinite values in {', '.join(broken[:5])}: the file is "
+                           "broken. Hint: use another weights file or source")
     for part, sub in (("features", feats), ("classifier", clf)):
         if part == "classifier" and not sub:
             continue

@@ -100,10 +100,10 @@ def run_checkerboard(s: Settings) -> CheckerboardStudy:
     )
 
 
-def make_figures(out_dir: Path, net: Net, *, quick: bool = False) -> list[Path]:
+def make_figures(out_dir: Path, net: Net, *, quick: bool = False, fmt: str = "png") -> list[Path]:
     """Write every figure and table of the resolution study into ``out_dir``; return their paths.
 
-    Figures (PNG): ``resolution_conv_matrix``, ``resolution_restore_photo``,
+    Figures (``fmt``: png, pdf or svg): ``resolution_conv_matrix``, ``resolution_restore_photo``,
     ``resolution_restore_<layer>`` per feature layer, ``resolution_scores``, ``resolution_checkerboard``,
     ``resolution_deconvnet_stages``. Tables (CSV and JSON): ``resolution_comparison``,
     ``resolution_checkerboard``.
@@ -112,6 +112,7 @@ def make_figures(out_dir: Path, net: Net, *, quick: bool = False) -> list[Path]:
         out_dir: the folder (created if missing).
         net: the model whose feature maps and projection are shown (named in every figure).
         quick: small settings that run in seconds.
+        fmt: the figures' file format.
 
     Returns:
         The paths written.
@@ -123,7 +124,7 @@ def make_figures(out_dir: Path, net: Net, *, quick: bool = False) -> list[Path]:
     written: list[Path] = []
 
     def save(fig, name: str) -> None:
-        path = out_dir / f"{name}.png"
+        path = out_dir / f"{name}.{fmt}"
         save_figure(fig, path)
         plt.close(fig)
         written.append(path)

@@ -37,6 +37,7 @@ def conv_matrix(
     stride: IntPair = 1,
     padding: IntPair = 0,
     dilation: IntPair = 1,
+    groups: int = 1,
 ) -> torch.Tensor:
     """The dense matrix ``C`` of a convolution: ``C @ x.reshape(-1) == conv2d(x).reshape(-1)``.
 
@@ -45,9 +46,10 @@ def conv_matrix(
     can serve as a reference for it. Its transpose is the transposed convolution.
 
     Args:
-        weight: (C_out, C_in, kH, kW) as ``Conv2d.weight``, or (kH, kW) for one channel in and out.
+        weight: (C_out, C_in / groups, kH, kW) as ``Conv2d.weight``, or (kH, kW) for one channel in and out.
         input_shape: (H, W), or (C_in, H, W).
         stride, padding, dilation: ints or (rows, cols) pairs, as for ``torch.nn.functional.conv2d``.
+        groups: as ``Conv2d.groups``: output channel ``o`` reads only the input channels of its group.
 
     Returns:
         (C_out * H_out * W_out, C_in * H * W) tensor with ``weight``'s dtype and device. For a 4x4 input,
@@ -61,7 +63,10 @@ def conv_matrix(
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"weight must be a (C_out, C_in, kH, kW) or (kH, kW) tensor, got {got}. Hint: conv.weight")
     w = weight if weight.dim() == 4 else weight[None, None]
-    c_out, c_in, kh, kw = w.shape
+    c_out, c_in_group, kh, kw = w.shape
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or c_out % groups:
+        raise ValueError(f"groups={groups!r} must be a positive integer dividing the {c_out} output channels")
+    c_in = c_in_group * groups
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 2:
         shape = (c_in,) + shape
@@ -82,13 +87,14 @@ def conv_matrix(
         )
     dev = w.device
     o, i, j, ci, u, v = torch.meshgrid(
-        *(torch.arange(n, device=dev) for n in (c_out, ho, wo, c, kh, kw)), indexing="ij"
+        *(torch.arange(n, device=dev) for n in (c_out, ho, wo, c_in_group, kh, kw)), indexing="ij"
     )
     r = i * sh - ph + u * dh  # input row read by output (i, j) through tap (u, v)
     q = j * sw - pw + v * dw
     inside = (r >= 0) & (r < h) & (q >= 0) & (q < wd)
     out_index = (o * ho + i) * wo + j
-    in_index = (ci * h + r) * wd + q
+    channel = (o // (c_out // groups)) * c_in_group + ci  # the input channel of tap ci in o's group
+    in_index = (channel * h + r) * wd + q
     mat = torch.zeros(rows_n, cols_n, dtype=w.dtype, device=dev)
     mat.index_put_((out_index[inside], in_index[inside]), w[o, ci, u, v][inside], accumulate=True)
     return mat
