@@ -438,8 +438,12 @@ class DemoCollection(Dataset):
         return f"{name} {scale:g}@({fx:g},{fy:g})" + (" mirrored" if mirrored else "")
 
     def group(self, i: int) -> str:
-        """The photograph item ``i`` was cut from: a scan keeps at most one crop of it per feature."""
-        return self.view(i)[0]
+        """The scene item ``i`` was cut from: a scan keeps at most one crop of it per feature.
+
+        The two photographs of scikit-image's stereo pair show one scene, so they are one group.
+        """
+        name = self.view(i)[0]
+        return "motorcycle" if name.startswith("motorcycle_") else name
 
     def describe(self) -> dict[str, Any]:
         """Provenance: photographs, windows and size (JSON-serialisable)."""

@@ -165,8 +165,8 @@ def plot_feature(tiles: FeatureTiles, axes: Sequence, scaling: str = DEFAULT_SCA
     gap = max(1, tiles.patches.shape[-1] // 24)
     projs = [scale_for_display(p, scaling) for p in tiles.projections]
     patches = [p.permute(1, 2, 0).double().numpy() for p in tiles.patches]
-    axes[0].imshow(mosaic(projs, cols, gap), interpolation="nearest")
-    axes[1].imshow(mosaic(patches, cols, gap), interpolation="nearest")
+    axes[0].imshow(mosaic(projs, cols, gap), interpolation="antialiased")
+    axes[1].imshow(mosaic(patches, cols, gap), interpolation="antialiased")
     for ax in axes[:2]:
         _blank(ax)
     if title:
@@ -231,7 +231,9 @@ def write_layer_figure(
     footer = (f"{net.describe()}.  Receptive field {rf.size[0]} px, stride {rf.jump[0]}.  "
               f"Projections: {describe_scaling(scaling)}; outside the image: mid-gray / light gray.")
     fig = plot_layer_grid(features, title="\n".join(_wrap(title, 110)), footer=footer, scaling=scaling)
-    save_figure(fig, out)
+    # large receptive fields get more pixels per tile (up to 300 dpi), so that a 196-px projection is not
+    # squeezed into 80 px: the structure of deep units is fine-grained
+    save_figure(fig, out, dpi=int(min(300, max(150, 1.5 * rf.size[0]))))
     plt.close(fig)
     sidecar = out.with_name(out.name + ".json")  # named after the figure file: a PNG and an SVG keep their own
     meta = {
