@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The two commands that do all the set-up on a fresh clone (see README):
+# The commands that do all the set-up on a fresh clone (see README):
 #   ./run.sh main   the main job: the figure script on offline defaults
 #   ./run.sh test   the test suite
-# Both create .venv in the repo root from requirements.lock (pinned) when it is missing or out of date.
+#   ./run.sh lab    JupyterLab on notebooks/, with this project's kernel, on localhost only
+#   ./run.sh venv   only the set-up
+# Each creates .venv in the repo root from requirements.lock (pinned) when it is missing or out of date.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -32,11 +34,30 @@ case "$cmd" in
         ensure_venv
         exec .venv/bin/python -m pytest "$@"
         ;;
+    lab)
+        ensure_venv
+        # The server runs in .venv, so its default "python3" kernel is .venv's Python (ipykernel's own spec
+        # from sys.executable). It listens on 127.0.0.1 only. The token stays on (anyone else on this machine
+        # could otherwise run code as you), but the browser is opened with it and the URL printed below
+        # carries it, so there is no login prompt. Settings for this .venv only (its overrides.json): open
+        # notebooks with their kernel without asking, and no question about news feeds on first start.
+        mkdir -p .venv/share/jupyter/lab/settings
+        cat > .venv/share/jupyter/lab/settings/overrides.json <<'JSON'
+{
+  "@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": true},
+  "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}
+}
+JSON
+        root=()
+        [ "$(id -u)" = 0 ] && root=(--ServerApp.allow_root=True)  # containers often run as root
+        exec .venv/bin/python -m jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks \
+            --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate "${root[@]}" "$@"
+        ;;
     venv)
         ensure_venv
         ;;
     *)
-        echo "usage: ./run.sh main|test|venv [extra arguments]" >&2
+        echo "usage: ./run.sh main|test|lab|venv [extra arguments]" >&2
         exit 2
         ;;
 esac
