@@ -6,14 +6,17 @@ Top-level names::
     x = net.preprocess("cat.jpg")
     p = Deconvnet(net).project(x, layer="conv5_3", channel="max")
     show(p)
+    explore(net, "astronaut")                    # in a notebook: pick a layer, a channel, click a unit
 """
 
+#: the one place the version is written (pyproject.toml reads it from here)
+__version__ = "0.1.0"
+
 from .core import Deconvnet, Projection, Record, Target
+from .explore import explore
 from .images import ImageReadError
 from .models import Net, WeightsError, WeightsFallbackWarning, load_alexnet, load_model, load_vgg
 from .plot import show
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Deconvnet",
@@ -24,6 +27,8 @@ __all__ = [
     "Target",
     "WeightsError",
     "WeightsFallbackWarning",
+    "__version__",
+    "explore",
     "load_alexnet",
     "load_model",
     "load_vgg",

@@ -1,0 +1,355 @@
+"""The explorer: what a click shows equals the engine's projection, clicks map to the right unit, a click
+reuses the recorded forward, the other methods and the top-k tiles equal the library's; and, in a real
+browser, JupyterLab renders the app with its pictures and controls and answers a click."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deconvnet as dn
+from deconvnet.analysis.methods import backward_maps, deconvnet_seed
+from deconvnet.core import record
+from deconvnet.explore import Explorer, activation_colors, unit_at_pixel
+from deconvnet.receptive import receptive_field
+
+SIZE = 112  # relu4_3's 92-px field is smaller than the image: the cropped path, as at 224
+
+
+@pytest.fixture(scope="module")
+def app(vgg16) -> Explorer:
+    return dn.explore(vgg16, "chelsea", size=SIZE)
+
+
+def _same(p: dn.Projection, q: dn.Projection) -> None:
+    assert torch.equal(p.projection, q.projection)
+    assert torch.equal(p.activation, q.activation)
+    assert torch.equal(p.position, q.position) and torch.equal(p.channel, q.channel)
+    assert torch.equal(p.box, q.box) and p.map_size == q.map_size
+
+
+@pytest.mark.parametrize("layer, channel, position", [
+    ("relu4_3", 5, (3, 4)),
+    ("relu4_3", 200, (0, 13)),     # a border unit: its field leaves the image
+    ("conv3_3", 17, (27, 0)),
+    ("pool2", 3, "max"),
+    ("relu5_1", "max", "max"),     # field larger than the image: the whole-map walk
+])
+def test_select_shows_exactly_what_project_returns(app, vgg16, layer, channel, position):
+    p = app.select(layer=layer, channel=channel, position=position)
+    assert app.projection is p
+    assert torch.equal(app.x, vgg16.preprocess("chelsea", size=SIZE, crop=SIZE))
+    ref = dn.Deconvnet(vgg16).project(app.x, layer, channel, position)
+    _same(p, ref)
+    assert (app.layer, app.channel, app.position) == (layer, int(ref.channel[0]), tuple(ref.position[0].tolist()))
+
+
+def test_a_click_reuses_the_recorded_forward(app, vgg16):
+    threads = torch.get_num_threads()
+    app.select(layer="relu4_3", channel=7, position=(1, 1))
+    assert torch.get_num_threads() == threads  # one thread while the app computes, then torch's own again
+    forwards = app.deconv.forwards
+    seen = {}
+    for pos in [(2, 3), (13, 13), (0, 0), (2, 3)]:
+        seen.setdefault(pos, []).append(app.select(position=pos))
+        assert app.timings["forward"] == 0.0
+    assert app.deconv.forwards == forwards  # no click ran a forward
+    _same(seen[(2, 3)][0], seen[(2, 3)][1])  # the kept record is not changed by a walk down
+    _same(seen[(2, 3)][1], dn.Deconvnet(vgg16).project(app.x, "relu4_3", 7, (2, 3)))
+    app.select(layer="conv2_2")
+    assert app.deconv.forwards == forwards + 1  # a new layer: one forward, then kept
+    app.select(layer="relu4_3", channel=7)
+    app.select(layer="conv2_2")
+    assert app.deconv.forwards == forwards + 1
+
+
+def test_unit_at_pixel_is_the_nearest_field_centre():
+    """Brute force over every unit: the chosen one's centre is nearest the pixel."""
+    net = dn.load_vgg("vgg11", "random")
+    for layer, n in (("relu4_2", 14), ("pool2", 28), ("conv1_1", 112)):
+        rf = receptive_field(net, layer)
+        for row in np.linspace(-5, 116, 23):
+            got = unit_at_pixel(rf, (n, n), row, row / 2)
+            for axis, v in ((0, row), (1, row / 2)):
+                centres = np.arange(n) * rf.jump[axis] - rf.padding[axis] + (rf.size[axis] - 1) / 2
+                best = np.abs(centres - v).min()
+                assert abs(centres[got[axis]] - v) == best
+
+
+def test_clicks_on_the_map_and_on_the_image_pick_that_unit(app):
+    app.select(layer="relu4_3", channel=11, position=(0, 0))
+    cell, zoom = app._cell(), app._zoom()
+    rf = receptive_field(app.net, "relu4_3")
+    for r, c in [(0, 0), (5, 9), (13, 13), (7, 0)]:
+        app.click_map((c + 0.5) * cell, (r + 0.5) * cell)
+        assert app.position == (r, c)
+        top, left, bottom, right = rf.box(r, c)
+        app.click_image((left + right - 1) / 2 * zoom, (top + bottom - 1) / 2 * zoom)  # the field's centre
+        assert app.position == (r, c)
+    app.click_map(10_000, -3)  # outside the picture: the nearest cell
+    assert app.position == (0, 13)
+
+
+def test_strongest_channels_are_the_largest_maxima(app, vgg16):
+    app.select(layer="conv3_3")
+    act = record(vgg16, app.x, ["conv3_3"]).activations["conv3_3"][0]
+    peak = act.flatten(1).amax(1)
+    got = app.strongest_channels(12)
+    want = sorted(range(len(peak)), key=lambda c: (-float(peak[c]), c))[:12]
+    assert [c for c, _ in got] == want
+    assert [v for _, v in got] == [float(peak[c]) for c in want]
+    p = app.select(channel="max")
+    assert int(p.channel[0]) == want[0]
+
+
+def test_the_method_toggle_shows_that_methods_map_of_the_same_seed(app, vgg16):
+    app.select(layer="relu4_3", channel=9, position=(4, 6), method="deconvnet")
+    seed = deconvnet_seed(vgg16, app.x, dn.Target("relu4_3", 9, (4, 6)))[0]
+    want = backward_maps(vgg16, app.x, "relu4_3", seed, ("guided_backprop", "gradient"))
+    for method in ("guided_backprop", "gradient"):
+        p = app.select(method=method)
+        assert (app.channel, app.position, app.method) == (9, (4, 6), method)
+        assert torch.equal(p.projection, want[method])
+    _same(app.select(method="deconvnet"), dn.Deconvnet(vgg16).project(app.x, "relu4_3", 9, (4, 6)))
+
+
+def test_pictures_show_the_map_the_box_and_the_projection(app, vgg16):
+    p = app.select(layer="relu4_3", channel=3, position=(6, 5), method="deconvnet")
+    pics = app.pictures()
+    # the activation panel: each cell has the colour of its activation, the chosen one outlined in cyan
+    act = record(vgg16, app.x, ["relu4_3"]).activations["relu4_3"][0, 3].double().numpy()
+    colours = (activation_colors(act) * 255 + 0.5).astype(np.uint8)
+    cell = app._cell()
+    centres = pics["activation"][cell // 2 :: cell, cell // 2 :: cell]
+    inside = np.ones(act.shape, bool)
+    inside[6, 5] = False
+    assert np.abs(centres[inside].astype(int) - colours[inside]).max() <= 1
+    r, c = 6, 5
+    assert (pics["activation"][r * cell + 1, c * cell + cell // 2] == (0, 255, 255)).all()
+    # the receptive field box on the image: yellow on its (clipped) top edge
+    zoom = app._zoom()
+    top, left, bottom, right = (int(v) for v in p.box[0])
+    mid = round((max(left, 0) + min(right, SIZE)) / 2 * zoom)
+    assert (pics["image"][round(top * zoom) + 1, mid] == (255, 212, 0)).all()
+    # the zoomed projection is the projection cropped to the box, scaled for display
+    box_proj = dn.plot.crop_box(p.projection_rgb()[0], p.box[0], 0.0)
+    want = (dn.plot.scale_for_display(box_proj) * 255 + 0.5).astype(np.uint8)
+    side = bottom - top
+    k = pics["zoom"].shape[0] // side
+    assert k >= 1 and np.array_equal(pics["zoom"][::k, ::k][:side, :side], want)
+    # what the widgets hold is what pictures() draws
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(app._w["image"].value))), pics["image"])
+
+
+def test_bad_choices_raise_and_change_nothing(app):
+    p = app.select(layer="relu4_3", channel=2, position=(1, 2))
+    for kwargs, message in [
+        ({"layer": "conv9_9"}, "unknown layer 'conv9_9'"),
+        ({"layer": "fc6"}, "has no map to click on"),
+        ({"channel": 512}, "out of range"),
+        ({"position": (14, 0)}, "outside"),
+        ({"method": "lrp"}, "unknown method 'lrp'"),
+        ({"image": "/nonexistent/cat.jpg"}, "image file not found"),
+        ({"image": 3}, "needs a dataset"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            app.select(**kwargs)
+        assert app.projection is p and (app.layer, app.channel, app.position) == ("relu4_3", 2, (1, 2))
+    # from the widgets, an error is shown in the app, not raised into the void
+    app._w["path"].value = "/nonexistent/dog.png"
+    app._w["open"].click()
+    assert "image file not found" in app._w["status"].value and app.projection is p
+    app.message = ""
+
+
+def test_an_upload_and_a_path_become_the_image_on_show(app, vgg16, tmp_path):
+    photo = Image.fromarray((np.random.default_rng(0).random((130, 150, 3)) * 255).astype(np.uint8))
+    buf = io.BytesIO()
+    photo.save(buf, format="png")
+    app._w["upload"].value = ({"name": "noise.png", "type": "image/png", "size": len(buf.getvalue()),
+                               "content": memoryview(buf.getvalue()),
+                               "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+    assert app.image_key == "upload: noise.png" and app.message == ""
+    assert torch.equal(app.x, vgg16.preprocess(photo, size=SIZE, crop=SIZE))
+    path = tmp_path / "noise.png"
+    photo.save(path)
+    app._w["path"].value = str(path)
+    app._w["open"].click()
+    assert app.image_key == str(path) and app._w["images"].value == str(path)
+    _same(app.projection, dn.Deconvnet(vgg16).project(vgg16.preprocess(str(path), SIZE, SIZE), app.layer, app.channel, app.position))
+
+
+def test_top_k_tiles_of_a_scan(vgg16):
+    from deconvnet.data import demo_collection
+    from deconvnet.figure2 import feature_tiles
+    from deconvnet.scan import scan_top_k
+
+    data = demo_collection(preprocessing=vgg16.preprocessing, size=64, n=17)
+    topk = scan_top_k(vgg16, data, ["conv3_3"], k=9, progress=False)
+    app = dn.explore(vgg16, data, topk, layer="conv3_3")
+    assert app.image_key == "#0 " + data.label(0)
+    channel = int(topk.values["conv3_3"][:, 0].argmax())
+    app.select(channel=channel)
+    want = feature_tiles(vgg16, data, topk, "conv3_3", [channel], progress=False)[0]
+    assert torch.equal(app.tiles.projections, want.projections) and torch.equal(app.tiles.images, want.images)
+    # a click on the fifth tile opens its image at its unit, whose activation is the scan's
+    k = 4
+    cols = math.ceil(math.sqrt(len(want.values)))
+    step = app._tile_px + app._tile_gap
+    p = app.click_tile((k % cols + 0.5) * step, (k // cols + 0.5) * step)
+    assert app.image_key == app._item_key(int(want.images[k]))
+    assert app.position == tuple(want.positions[k].tolist()) and app.channel == channel
+    assert torch.isclose(p.activation[0].double(), want.values[k].double(), rtol=1e-5)
+    # a layer the scan does not have: a note instead of tiles
+    app.select(layer="relu4_3")
+    assert app.tiles is None and "has no relu4_3" in app.tiles_message
+
+
+# --- in a real browser ------------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _browser_missing() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    import importlib.util
+    import os
+
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    if missing:
+        return (f"needs Debian's chromium and chromium-driver ({', '.join(missing)} missing). "
+                "Hint: apt-get install -y chromium chromium-driver (.ci/run does)")
+    for module in ("selenium", "jupyterlab", "ipyevents"):
+        if importlib.util.find_spec(module) is None:
+            return f"needs {module}. Hint: ./run.sh venv installs requirements.lock"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
+    """JupyterLab on localhost, a notebook calling dn.explore run in headless Chromium: the app renders its
+    pictures and controls, and a click on the activation map shows that unit (through ipyevents and the
+    kernel). The screenshots are kept in DECONVNET_SCREENSHOTS when it names a folder."""
+    import json
+    import os
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import nbformat
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import deconvnet as dn\nnet = dn.load_vgg('vgg16', 'random')\napp = dn.explore(net, 'chelsea', size=112)\napp")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "explore.ipynb")
+    # this test's own JupyterLab settings, config and data folders: nothing of the user's is read or written
+    settings = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
+                "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False}}
+    for rel, value in settings.items():
+        (tmp_path / "settings" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "settings" / rel).write_text(json.dumps(value))
+    env = dict(os.environ, DECONVNET_OFFLINE="1", JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTER_DATA_DIR=str(tmp_path / "data"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         "--ServerApp.port_retries=0", "--ServerApp.allow_root=True", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={root}", "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    driver = None
+    shots = os.environ.get("DECONVNET_SCREENSHOTS")
+
+    def wait(condition, timeout: float, what: str):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert server.poll() is None, f"JupyterLab stopped: {(tmp_path / 'server.log').read_text()[-2000:]}"
+            try:
+                got = condition()
+            except Exception:  # the page is still being built
+                got = None
+            if got:
+                return got
+            time.sleep(0.3)
+        if driver is not None:
+            driver.save_screenshot(str(tmp_path / "timeout.png"))
+            if shots:
+                shutil.copy(tmp_path / "timeout.png", shots)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (screenshot {tmp_path / 'timeout.png'})")
+
+    try:
+        def up() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2) as r:
+                return r.status == 200
+
+        wait(up, 60, "the JupyterLab server")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1150"):
+            options.add_argument(arg)
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        driver.get(f"http://127.0.0.1:{port}/lab/tree/explore.ipynb?token={token}")
+        wait(lambda: driver.execute_script(
+            "const w = window.jupyterapp && jupyterapp.shell.currentWidget;"
+            "const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
+            "return k && k.status === 'idle'"), 90, "the notebook and its kernel")
+        driver.execute_script("jupyterapp.commands.execute('notebook:run-all-cells')")
+
+        def pictures():
+            imgs = driver.find_elements(By.CSS_SELECTOR, ".deconvnet-explorer img")
+            drawn = [i for i in imgs if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)]
+            return drawn if len(drawn) >= 5 else None
+
+        imgs = wait(pictures, 120, "the explorer's pictures")
+        app = driver.find_element(By.CSS_SELECTOR, ".deconvnet-explorer")
+        selects = {s.find_element(By.XPATH, "preceding-sibling::label").text: s
+                   for s in app.find_elements(By.CSS_SELECTOR, "select")}
+        assert {"image", "layer", "strongest"} <= set(selects)
+        layers = [o.text for o in selects["layer"].find_elements(By.TAG_NAME, "option")]
+        assert "relu4_3" in layers and "pool5" in layers and "fc6" not in layers
+        assert selects["layer"].get_attribute("value") == "relu4_3" or "relu4_3" in selects["layer"].text
+        assert {"deconvnet", "guided backprop", "gradient"} <= {b.text for b in app.find_elements(By.TAG_NAME, "button")}
+        sizes = [driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", i) for i in imgs]
+        assert sizes[:3] == [[224, 224]] * 3  # image, activation map (14 cells of 16 px), projection
+        driver.save_screenshot(str(tmp_path / "explorer.png"))
+        # a click at the activation map's cell (9, 2): the picture's centre is (112, 112) px, cells are 16 px
+        ActionChains(driver).move_to_element_with_offset(imgs[1], 2 * 16 + 8 - 112, 9 * 16 + 8 - 112).click().perform()
+        wait(lambda: "unit (9, 2) of the 14x14 map" in app.text, 60, "the clicked unit to be shown")
+        assert "recorded forward reused" in app.text  # the click ran no forward
+        driver.save_screenshot(str(tmp_path / "explorer_clicked.png"))
+        if shots:
+            for name in ("explorer.png", "explorer_clicked.png"):
+                shutil.copy(tmp_path / name, shots)
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()  # the server shuts its kernels down on SIGTERM
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
