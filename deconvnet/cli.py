@@ -12,19 +12,34 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .images import BUNDLED_PHOTOS, ImageReadError
+from . import __version__
+from .images import BUNDLED_PHOTOS, ImageReadError, load_rgb
 from .models import ARCH_NAMES, WeightsError
 
 
 ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters")  # deconvnet.analysis.FIGURES
 FIGURE_KINDS = ("top9", "resolution") + ANALYSES
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes (JPEG through Pillow)
 
 
 class UsageError(Exception):
     """A bad command-line value; printed as one line, exit status 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` names each option's default; nothing where there is none (None, a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:  # the subcommands' --help show their defaults too
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, not usage + message
         raise UsageError(f"{message} (see {self.prog} --help)")
 
@@ -50,6 +65,7 @@ def _channel(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m deconvnet", description="Zeiler & Fergus deconvnet visualisations.")
+    parser.add_argument("--version", action="version", version=f"deconvnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("project", help="project one unit or feature map of an image back to pixel space")
     p.add_argument("image", help=f"an image file, or a bundled photograph: {', '.join(BUNDLED_PHOTOS)}")
@@ -61,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the image as is)")
     p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projection (see deconvnet.plot)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", type=Path, required=True, help="output figure (.png, .pdf, .svg)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", type=Path, required=True, help=f"output figure ({', '.join(FIGURE_SUFFIXES)})")
 
     f = sub.add_parser("figures", help="the figure grids: Figure 2 (top-k per feature map) and the other figures")
     f.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
@@ -80,11 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--limit", type=int, default=None, help="scan only the first N images")
     f.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     f.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    f.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    f.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
     f.add_argument("--only", default="all", help=f"comma-separated figure kinds: {', '.join(FIGURE_KINDS)} or all")
     f.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
     f.add_argument("--quick", action="store_true", help="small settings for the non-top9 figures (seconds, for a first look)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    l = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field (no weights needed)")
+    l.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
+    l.add_argument("--size", type=int, default=224, help="side of the square input, in pixels")
     return parser
 
 
@@ -97,14 +117,17 @@ def cmd_project(args: argparse.Namespace) -> None:
     from . import Deconvnet
     from .plot import save_figure, show, where
 
-    if args.out.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise UsageError(f"--out '{args.out}' must end in .png, .pdf or .svg")
+    if args.out.suffix.lower() not in FIGURE_SUFFIXES:
+        raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
     if args.size < 0:
         raise UsageError(f"--size {args.size} must be 0 (keep) or a positive number of pixels")
+    # before the model loads (seconds, or a download): a wrong layer, channel or image fails at once
+    check_layer_names(args.arch, [args.layer], channel=args.channel)
+    image = load_rgb(args.image)
     t0 = time.perf_counter()
     net = _load_net(args)
     size = args.size or None
-    x = net.preprocess(args.image, size=size, crop=size)
+    x = net.preprocess(image, size=size, crop=size)
     t1 = time.perf_counter()
     p = Deconvnet(net).project(x, args.layer, args.channel, args.position)
     t2 = time.perf_counter()
@@ -130,6 +153,7 @@ def _check_device(text: str) -> None:
 def _load_net(args: argparse.Namespace):
     from . import load_model
 
+    args.device = resolve_device(args.device)
     _check_device(args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -168,6 +192,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
         raise UsageError(f"--limit {args.limit} must be at least 1")
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
+    if args.layers is not None:  # before the model loads: a wrong name fails at once
+        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])
     timings: list[tuple[str, float]] = []
     t = time.perf_counter()
     net = _load_net(args)
@@ -248,11 +274,102 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     return written
 
 
+def resolve_device(text: str) -> str:
+    """``auto``: CUDA when it is available, else the CPU; any other name as given (``_check_device`` checks it)."""
+    if text != "auto":
+        return text
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | None = None) -> None:
+    """Before any weights load: every layer is one of ``arch``'s paper names, and ``channel`` fits the first.
+
+    The names come from the family's table applied to the torchvision builder run on the meta device (no
+    weights, no memory: milliseconds). The classifier's names pass here; weights without a classifier
+    refuse them once loaded.
+    """
+    import torch
+    from torch import nn
+
+    from .models import alexnet as alexnet_table
+    from .models import vgg as vgg_table
+
+    table = vgg_table if arch in vgg_table.ARCHS else alexnet_table
+    with torch.device("meta"):
+        model = table.ARCHS[arch][0](weights=None)
+    names = {**table.feature_names(model.features), **vgg_table.classifier_names(model.classifier)}
+    for layer in layers:
+        if layer not in names:
+            raise UsageError(f"unknown layer '{layer}' for {arch}. Hint: valid layers are {', '.join(names)}")
+    if not layers or not isinstance(channel, int) or isinstance(channel, bool):
+        return
+    stack = [(f"features.{i}", m) for i, m in enumerate(model.features)] + \
+            [(f"classifier.{i}", m) for i, m in enumerate(model.classifier)]
+    count = 3
+    for qualname, m in stack:  # channels of a layer: those of the last conv or linear at or below it
+        if isinstance(m, nn.Conv2d):
+            count = m.out_channels
+        elif isinstance(m, nn.Linear):
+            count = m.out_features
+        if qualname == names[layers[0]]:
+            break
+    if not 0 <= channel < count:
+        raise UsageError(f"channel {channel} is out of range for layer '{layers[0]}' of {arch}, which has {count} "
+                         f"channels. Hint: use 0..{count - 1} or 'max'")
+
+
+def cmd_layers(args: argparse.Namespace) -> None:
+    """Print ``--arch``'s named layers with channels, map size and receptive field for a ``--size`` input.
+
+    Seeded random weights: only shapes matter, so nothing is read or downloaded.
+    """
+    import torch
+
+    from . import load_model
+    from .core import record
+    from .receptive import receptive_field
+
+    if args.size < 1:
+        raise UsageError(f"--size {args.size} must be a positive number of pixels")
+    net = load_model(args.arch, "random")
+    x = torch.zeros(1, 3, args.size, args.size, dtype=net.dtype)
+    # one forward with no switches, keeping only each output's shape
+    shapes = record(net, x, list(net.layers), switches=False, reduce=lambda t: tuple(t.shape[1:])).activations
+    rows = [("layer", "module", "channels", "map", "receptive field", "stride", "padding")]
+    for name in net.layers:
+        shape = shapes[name]
+        if len(shape) == 3:
+            rf = receptive_field(net, name)
+            rows.append((name, net.qualnames[name], str(shape[0]), f"{shape[1]}x{shape[2]}", f"{rf.size[0]} px",
+                         str(rf.jump[0]), str(rf.padding[0])))
+        else:
+            rows.append((name, net.qualnames[name], str(shape[0]), "-", "whole image", "-", "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"{args.arch}, a {args.size}x{args.size} input: unit i of a map sees input pixels "
+          "i*stride - padding ... i*stride - padding + field - 1 (each axis)")
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, without the source line Python prints by default (``main`` sets it)."""
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``deconvnet`` command; returns the exit status. Warnings print as one line each while it runs."""
+    with warnings.catch_warnings():  # restores Python's own warning display afterwards
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        {"project": cmd_project, "figures": cmd_figures}[args.command](args)
+        {"project": cmd_project, "figures": cmd_figures, "layers": cmd_layers}[args.command](args)
     except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError) as err:
         print(f"deconvnet: error: {err}", file=sys.stderr)
         return 2

@@ -79,8 +79,8 @@ def test_bad_arguments_give_one_line_and_status_2(args, message, tmp_path, capsy
 
 
 def test_bad_output_suffix(tmp_path, capsys):
-    code, _, err = run(["project", "astronaut", "--weights", "random", "--out", str(tmp_path / "x.jpg")], capsys)
-    assert code == 2 and "must end in .png, .pdf or .svg" in err
+    code, _, err = run(["project", "astronaut", "--weights", "random", "--out", str(tmp_path / "x.gif")], capsys)
+    assert code == 2 and "must end in .png, .jpg, .jpeg, .pdf, .svg" in err  # .jpg is accepted (issue 12)
 
 
 def test_show_draws_on_given_axes(vgg16):

