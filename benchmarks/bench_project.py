@@ -1,6 +1,7 @@
 """Per-target cost of exact point-target projections, ours against Captum, measured side by side.
 
     .venv/bin/python benchmarks/bench_project.py [--targets 64] [--captum-targets 8] [--device cpu|cuda]
+        [--sections chain,graph] [--graph-targets 32]
 
 For point targets (random units of random channels, one image 224x224) at relu3_3, relu4_3 and relu5_3
 of VGG16, it times in one run:
@@ -10,6 +11,9 @@ of VGG16, it times in one run:
 and prints per-target times and the ratios. It also prints the achieved FLOP rate of our deconv pass
 against that of a plain forward pass, and the memory of the switches of one image, compact vs int64.
 Projections are checked equal across the three before timing.
+
+The graph section does the same for ResNet-50 (layer2, layer3, layer4) through its autograd graph: our
+``project_many`` (one forward, one backward per target) against the Captum loop, per target.
 """
 
 from __future__ import annotations
@@ -73,9 +77,48 @@ def forward_flops(net, x, layer) -> int:
     return total
 
 
+def graph_section(args, sync) -> None:
+    """ResNet-50 through its autograd graph: our batched targets (one forward, a backward each) vs a Captum loop."""
+    from captum.attr import NeuronDeconvolution
+
+    net = dn.load_model("resnet50", "random", seed=0, device=args.device)  # speed does not depend on the weights
+    deconv = dn.Deconvnet(net)
+    x = net.preprocess("astronaut", size=224, crop=224)
+    g = torch.Generator().manual_seed(1)
+    print(f"\nResNet-50 (random weights; speed only), graph engine, image 224x224, {args.graph_targets} targets per layer "
+          f"(Captum: {args.captum_targets}), median of {args.repeats}")
+    rows = []
+    for layer in ("layer2", "layer3", "layer4"):
+        shape = net.output_shapes()[layer]
+        c, h, w = shape[1], shape[2], shape[3]
+        chans = torch.randint(0, c, (args.graph_targets,), generator=g)
+        units = torch.stack([torch.randint(0, h, (args.graph_targets,), generator=g),
+                             torch.randint(0, w, (args.graph_targets,), generator=g)], 1)
+        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units)]
+        module = net.layers[layer]
+        ours = deconv.project_many(x, targets)
+        for p, t in zip(ours[:3], targets):  # equal before timed
+            ref = NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
+            ref = ref.detach() * p.activation[0]
+            assert (p.projection - ref).abs().max() <= 1e-4 * ref.abs().max().clamp(min=1e-30)
+        t_ours = timed(lambda: deconv.project_many(x, targets), args.repeats, sync)
+
+        def captum_loop():
+            for t in targets[: args.captum_targets]:
+                NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
+
+        t_captum = timed(captum_loop, args.repeats, sync)
+        rows.append((layer, t_ours / args.graph_targets, t_captum / args.captum_targets))
+    print(f"{'layer':8} {'ours batched':>13} {'Captum loop':>12}   {'vs Captum':>9}")
+    for layer, ours, captum in rows:
+        print(f"{layer:8} {ours * 1e3:10.1f} ms {captum * 1e3:9.1f} ms   {captum / ours:8.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="hed")
+    ap.add_argument("--sections", default="chain,graph", help="chain (VGG16, cropped walk) and/or graph (ResNet-50)")
+    ap.add_argument("--graph-targets", type=int, default=32, help="point targets per ResNet-50 layer for ours")
+    ap.add_argument("--weights", default="mri")
     ap.add_argument("--layers", default="relu3_3,relu4_3,relu5_3")
     ap.add_argument("--targets", type=int, default=64, help="point targets per layer for ours")
     ap.add_argument("--captum-targets", type=int, default=8, help="point targets per layer for the Captum loop")
@@ -83,13 +126,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sections = args.sections.split(",")
+    if "chain" in sections:
+        chain_section(args, sync)
+    if "graph" in sections:
+        graph_section(args, sync)
+
+
+def chain_section(args, sync) -> None:
+    """VGG16 through the chain walk: cropped and whole-map projections vs a Captum loop."""
     from captum.attr import NeuronDeconvolution
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = dn.load_vgg("vgg16", args.weights, device=args.device)
     x = net.preprocess("astronaut", size=224, crop=224)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     g = torch.Generator().manual_seed(0)
     print(net.describe())
     print(f"device {args.device}, threads {torch.get_num_threads()}, image 224x224, {args.targets} targets per layer "

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 from .core import Deconvnet, Projection, Record, Target
 from .explore import explore
 from .images import ImageReadError
-from .models import Net, WeightsError, WeightsFallbackWarning, load_alexnet, load_model, load_vgg
+from .models import Net, WeightsError, WeightsFallbackWarning, load_alexnet, load_model, load_vgg, wrap
 from .plot import show
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "load_alexnet",
     "load_model",
     "load_vgg",
+    "wrap",
     "show",
 ]

@@ -97,6 +97,7 @@ class Projection:
     weights: str
     map_size: tuple[int, int] = (1, 1)
     box: torch.Tensor | None = None
+    label: list[str] | None = None
 
     def projection_rgb(self) -> torch.Tensor:
         """The projection with its channels in RGB order (what display functions want)."""
@@ -190,6 +191,8 @@ def record(
     Hooks exist only inside this call: they are removed in ``finally``, also when the forward raised.
     """
     x = check_input(x, net)
+    if not net.is_chain:
+        return _record_graph(net, x, layers, reduce)
     depth_of = {layer: net.depth(layer) for layer in layers}
     deepest = max(depth_of.values())
     wanted = {}
@@ -257,6 +260,23 @@ def record(
                     f"layer '{layer}' of {net.describe()} computes NaN or infinite values on a finite input: "
                     "the weights are broken. Hint: check the weights file, or load another source"
                 )
+    return rec
+
+
+def _record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None) -> Record:
+    """``record`` for a graph: the target layers' outputs (or ``reduce`` of them) from one forward."""
+    from . import graph
+
+    graph.check_modules(net.model)
+    names = [net.resolve(layer) for layer in layers]
+    with hooked(net.model):
+        _, outputs = graph.forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce)
+    rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names)})
+    if reduce is None:
+        for layer, a in rec.activations.items():
+            if not torch.isfinite(a).all():
+                raise ValueError(f"layer '{layer}' of {net.describe()} computes NaN or infinite values on a finite "
+                                 "input: the weights are broken. Hint: check the weights, or load others")
     return rec
 
 
@@ -341,12 +361,15 @@ def deconv_step(
     raise ValueError(f"module '{name}' ({type(m).__name__}) has no deconvnet rule. Supported: {SUPPORTED}")
 
 
+#: the module types the chain walk has a rule for (``deconv_step``)
+CHAIN_RULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Linear, nn.AdaptiveAvgPool2d,
+               nn.AvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
+
+
 def check_supported(net: Net, depth: int) -> None:
     """Raise before any work if a module below ``depth`` has no deconvnet rule."""
-    rule_types = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Linear, nn.AdaptiveAvgPool2d,
-                  nn.AvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
     for name, m in net.stack[: depth + 1]:
-        if not isinstance(m, rule_types):
+        if not isinstance(m, CHAIN_RULES):
             raise ValueError(f"module '{name}' ({type(m).__name__}) has no deconvnet rule. Supported: {SUPPORTED}")
 
 
@@ -569,11 +592,17 @@ def _is_point(position: Position) -> bool:
     return True  # (row, col) in any sequence form; select_target has checked it
 
 
+ENGINES = ("auto", "chain", "graph")
+
+
 class Deconvnet:
-    """Zeiler & Fergus's deconvnet mirrored on a loaded ``Net``.
+    """Zeiler & Fergus's deconvnet mirrored on a model.
 
     Args:
-        net: the model (``load_vgg``, ``load_alexnet``).
+        net: a ``Net`` (``load_vgg``, ``load_alexnet``, ``load_model``) or any ``nn.Module`` (wrapped by
+            ``deconvnet.wrap``: VGG/AlexNet and ``nn.Sequential`` chains, other models as graphs).
+        engine: ``"auto"`` (default): the module-by-module walk for chains, the autograd graph
+            (``deconvnet.graph``) for the others; ``"chain"`` or ``"graph"`` to choose (they agree).
         unpool: ``"scatter_add"`` (default, the exact transpose of max-pooling) or ``"max_unpool"``
             (``F.max_unpool2d``, which overwrites where overlapping windows share a maximum).
         max_batch: most projections per deconv pass (bounds memory).
@@ -586,7 +615,18 @@ class Deconvnet:
         >>> p = deconv.project(x, layer="conv5_3", channel=441, position="max")
     """
 
-    def __init__(self, net: Net, *, unpool: str = "scatter_add", max_batch: int = 32, crop: Union[str, bool] = "auto") -> None:
+    def __init__(self, net: Net | nn.Module, *, engine: str = "auto", unpool: str = "scatter_add", max_batch: int = 32,
+                 crop: Union[str, bool] = "auto") -> None:
+        from .models import wrap
+
+        net = wrap(net)
+        if engine not in ENGINES:
+            raise ValueError(f"engine '{engine}' is not understood. Hint: one of {', '.join(ENGINES)}")
+        if engine == "chain" and not net.is_chain:
+            raise ValueError(f"{net.arch} is not a chain of modules; engine='chain' cannot walk it. Hint: engine='auto'")
+        self.engine = "chain" if engine == "auto" and net.is_chain else ("graph" if engine == "auto" else engine)
+        if self.engine == "graph" and unpool != "scatter_add":
+            raise ValueError("the graph engine unpools through the max-pool gradient (scatter_add) only")
         if unpool not in UNPOOL_MODES:
             raise ValueError(f"unpool '{unpool}' is not understood. Hint: one of {', '.join(UNPOOL_MODES)}")
         if max_batch < 1:
@@ -625,6 +665,9 @@ class Deconvnet:
         targets = [t if isinstance(t, Target) else Target(*t) for t in targets]
         if not targets:
             return []
+        targets = [Target(self.net.resolve(t.layer), t.channel, t.position) for t in targets]
+        if self.engine == "graph":
+            return self._project_graph(x, targets)
         depths = [self.net.depth(t.layer) for t in targets]
         check_supported(self.net, max(depths))
         x = check_input(x, self.net)
@@ -650,16 +693,55 @@ class Deconvnet:
                 weights=self.net.describe(),
                 map_size=tuple(rec.activations[t.layer].shape[-2:]) if rec.activations[t.layer].dim() == 4 else (1, 1),
                 box=self._boxes(t, depths[k], selected[k][3]),
+                label=self._label(rec.activations[t.layer], selected[k][1]),
             )
             for k, t in enumerate(targets)
         ]
 
-    def _boxes(self, target: Target, depth: int, position: torch.Tensor) -> torch.Tensor | None:
+    def _project_graph(self, x: torch.Tensor, targets: list[Target]) -> list[Projection]:
+        """Targets through the model's autograd graph: one forward, one backward per target."""
+        from . import graph
+
+        graph.check_modules(self.net.model)
+        x = check_input(x, self.net)
+        layers = list(dict.fromkeys(t.layer for t in targets))
+        check_memory(self.net, x.shape[0], x.shape[-2:])
+        out = []
+        with hooked(self.net.model):
+            leaf, outputs = graph.forward(self.net.model, x, {n: self.net.layers[n] for n in layers}, grad=True)
+            for layer in layers:
+                if not torch.isfinite(outputs[layer]).all():
+                    raise ValueError(f"layer '{layer}' of {self.net.describe()} computes NaN or infinite values on a "
+                                     "finite input: the weights are broken. Hint: check the weights, or load others")
+            for t in targets:
+                act = outputs[t.layer]
+                seed_map, channels, activation, position = select_target(act.detach(), t, self.net)
+                projection = graph.project(leaf, act, seed_map())
+                spatial = act.dim() == 4
+                out.append(Projection(
+                    projection=projection.detach(), activation=activation, position=position, channel=channels,
+                    layer=t.layer, target=t, input=x, preprocessing=self.net.preprocessing,
+                    weights=self.net.describe(), map_size=tuple(act.shape[-2:]) if spatial else (1, 1),
+                    box=self._boxes(t, None, position) if spatial else None,
+                    label=self._label(act, channels),
+                ))
+        return out
+
+    def _label(self, act: torch.Tensor, channels: torch.Tensor) -> list[str] | None:
+        """Class names of the projected channels, when the layer is the model's output and the weights name them."""
+        cats = self.net.categories
+        if cats is None or act.dim() != 2 or act.shape[1] != len(cats):
+            return None
+        return [cats[int(c)] for c in channels]
+
+    def _boxes(self, target: Target, depth: int | None, position: torch.Tensor) -> torch.Tensor | None:
         """(B, 4) receptive-field boxes of a point target's units; None where a target has no one box."""
-        if not _is_point(target.position) or depth >= len(self.net.features):
+        if not _is_point(target.position) or not self.net.is_spatial(target.layer):
             return None
         from .receptive import receptive_field
 
+        if not self.net.is_chain and target.layer not in self.net._receptive:
+            return None  # a graph's receptive field is measured (receptive_field), not computed on every call
         try:
             rf = receptive_field(self.net, target.layer)
         except ValueError:
@@ -670,7 +752,7 @@ class Deconvnet:
         """Whether a target takes the cropped path (see ``crop`` in the class docstring)."""
         if self.crop is False or self.unpool != "scatter_add":
             return False
-        if not _is_point(target.position) or depth >= len(self.net.features):
+        if not _is_point(target.position) or not self.net.is_spatial(target.layer):
             return False
         below = [m for _, m in self.net.stack[: depth + 1]]
         if not all(isinstance(m, CROPPABLE) for m in below):

@@ -6,6 +6,7 @@ A 100000-px input would otherwise grow until the kernel kills the process, and t
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -33,8 +34,12 @@ def forward_bytes(net: Any, batch: int, hw: Sequence[int], depth: int | None = N
     and the recorded switches and activations, once for the walk down. Shapes are found on the meta
     device, so nothing is allocated.
     """
-    depth = len(net.stack) - 1 if depth is None else depth
     item = torch.empty((), dtype=net.dtype).element_size()
+    if net.stack is None:  # a graph: its module outputs at 224 px (a probe forward, cached), scaled by area
+        shapes = net.output_shapes()
+        total = sum(math.prod(shape) for shape in shapes.values())
+        return int(2 * batch * total * item * (hw[0] * hw[1]) / 224**2)
+    depth = len(net.stack) - 1 if depth is None else depth
     x = torch.empty((batch, 3, *hw), device="meta", dtype=net.dtype)
     total = x.numel()
     try:

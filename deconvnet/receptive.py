@@ -43,9 +43,14 @@ def _pair(v) -> tuple[int, int]:
 def receptive_field(net: Net, layer: str) -> ReceptiveField:
     """The receptive field of a unit of ``layer`` (paper name), from the conv/pool modules below it.
 
+    For a graph (ResNet, GoogLeNet, ...), where paths of different lengths meet, the field is *measured*
+    (``measured_receptive_field``) and cached on the net.
+
     Raises:
         ValueError: unknown layer, or a layer above the spatial part (fc layers see the whole image).
     """
+    if not net.is_chain:
+        return measured_receptive_field(net, layer)
     depth = net.depth(layer)
     r, j, p = [1, 1], [1, 1], [0, 0]
     for name, m in net.stack[: depth + 1]:
@@ -64,3 +69,47 @@ def receptive_field(net: Net, layer: str) -> ReceptiveField:
         elif isinstance(m, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten)):
             raise ValueError(f"layer '{layer}' is past the spatial layers of {net.arch}: its units see the whole image")
     return ReceptiveField(tuple(r), tuple(j), tuple(p))
+
+
+def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> ReceptiveField:
+    """The receptive field of a graph's layer, measured on its autograd graph.
+
+    With every ReLU passing everything and every max-pool averaging its window (``deconvnet.graph``), the
+    support of a unit's gradient is the set of pixels that can reach it. The unit at the map's centre and
+    its diagonal neighbour are measured on a square input that doubles (from 256 px) until the field no
+    longer touches the border, up to ``max_side``; the size, the jump between neighbours and the padding
+    follow. Cached on the net per layer.
+
+    Raises:
+        ValueError: not a spatial layer, or a field wider than ``max_side`` px.
+    """
+    from . import graph
+    from .core import hooked
+
+    name = net.resolve(layer)
+    if name in net._receptive:
+        return net._receptive[name]
+    if not net.is_spatial(name):
+        raise ValueError(f"layer '{layer}' has no spatial map: its units see the whole image")
+    module = net.layers[name]
+    side = 256
+    while True:
+        with hooked(net.model):
+            box, (h, w) = graph.measure_box(net.model, module, (side, side), device=net.device, dtype=net.dtype)
+            if min(h, w) < 2:  # adaptive pooling: one unit whatever the input, which sees all of it
+                raise ValueError(f"layer '{layer}' has a 1x1 map: its unit sees the whole image")
+            unit = (h // 2, w // 2)
+            nxt, _ = graph.measure_box(net.model, module, (side, side), (unit[0] + 1, unit[1] + 1),
+                                       device=net.device, dtype=net.dtype)
+        inside = box[0] > 0 and box[1] > 0 and box[2] < side and box[3] < side and nxt[2] < side and nxt[3] < side
+        if inside:
+            break
+        if side >= max_side:
+            raise ValueError(f"the receptive field of '{layer}' is wider than {max_side} px")
+        side *= 2
+    size = (box[2] - box[0], box[3] - box[1])
+    jump = (nxt[0] - box[0], nxt[1] - box[1])
+    padding = (unit[0] * jump[0] - box[0], unit[1] * jump[1] - box[1])
+    rf = ReceptiveField(size, jump, padding)
+    net._receptive[name] = rf
+    return rf

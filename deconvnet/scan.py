@@ -300,12 +300,11 @@ def scan_top_k(
     Returns:
         A ``TopK``; ``save``/``TopK.load`` keep it without rescanning.
     """
-    layers = list(dict.fromkeys(layers))
     if not layers:
         raise ValueError("no layers to scan. Hint: e.g. layers=['conv5_3']")
+    layers = list(dict.fromkeys(net.resolve(layer) for layer in layers))  # module paths -> the net's names
     for layer in layers:
-        net.check_layer(layer)
-        if net.depth(layer) >= len(net.features):
+        if not net.is_spatial(layer):
             raise ValueError(f"layer '{layer}' has no spatial map to scan. Hint: use a conv, relu or pool layer")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -369,7 +368,7 @@ def scan_top_k(
         torch_save({"fingerprint": fingerprint, "next_index": next_index, "state": state, "skipped": list(skipped),
                     "args": json.dumps(args, default=str)}, checkpoint)
 
-    deepest = max(net.depth(layer) for layer in layers)
+    deepest = max(net.depth(layer) for layer in layers) if net.is_chain else None
     checked_memory = False
     try:
         with _sigterm_as_interrupt():

@@ -1,6 +1,6 @@
 """Model families and weight sources."""
 
-from ._api import ARCH_NAMES, WEIGHT_SOURCES, Net, load_alexnet, load_model, load_vgg
+from ._api import ARCH_NAMES, WEIGHT_SOURCES, Net, load_alexnet, load_model, load_vgg, wrap
 from .weights import WeightsError, WeightsFallbackWarning
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "load_alexnet",
     "load_model",
     "load_vgg",
+    "wrap",
 ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -27,17 +28,24 @@ WEIGHT_SOURCES = ("auto", "imagenet", *OFFLINE, "random", "<path to a state_dict
 
 
 class Net:
-    """A loaded model and everything the toolkit needs to know about it.
+    """A model and everything the toolkit needs to know about it: layer names, preprocessing, provenance.
+
+    Two kinds: a *chain* (VGG, AlexNet, a user's ``nn.Sequential`` of supported modules), whose forward is
+    its ``stack`` of modules in order and which the deconvnet walks down module by module (with the
+    receptive-field-cropped fast path); and a *graph* (ResNet, GoogLeNet, DenseNet, any ``nn.Module``),
+    projected through its own autograd graph (``deconvnet.graph``). Build one with ``load_vgg``,
+    ``load_alexnet``, ``load_model`` or ``wrap``.
 
     Attributes:
-        arch: ``"vgg16"``, ``"alexnet"``, ...
-        model: the module whose forward is run (the torchvision model; its ``features`` alone when the
-            weights have no classifier).
-        features: the torchvision ``features`` part.
-        classifier: the torchvision ``classifier`` part, or None for features-only weights.
-        stack: the modules in forward order, ``(qualified name, module)``; the deconvnet walks it down.
-        layers: ordered mapping from the paper's layer names (``conv5_3``) to modules.
+        arch: ``"vgg16"``, ``"alexnet"``, ``"resnet50"``, or the model's class name.
+        model: the module whose forward is run.
+        features: the spatial part of a chain (torchvision's ``features``), None for a graph.
+        classifier: the classifier part of a VGG/AlexNet, or None (features-only weights, other models).
+        stack: a chain's modules in forward order, ``(qualified name, module)``; None for a graph.
+        layers: ordered mapping from layer names to modules: the paper's names (``conv5_3``) for VGG and
+            AlexNet, module paths (``layer3.1.conv2``) for the others. Module paths work everywhere.
         preprocessing: how RGB images become model input, and back.
+        categories: class names of the outputs, when the weights say (torchvision's ``meta``).
         provenance: arch, weight source, file and sha256 of the weights.
     """
 
@@ -46,29 +54,51 @@ class Net:
         model: nn.Module,
         *,
         arch: str,
-        features: nn.Sequential,
-        classifier: nn.Sequential | None,
-        names: Mapping[str, str],
+        names: Mapping[str, str] | None,
         preprocessing: Preprocessing,
         provenance: dict[str, Any],
+        stack: list[tuple[str, nn.Module]] | None = None,
+        features: nn.Sequential | None = None,
+        classifier: nn.Sequential | None = None,
+        categories: Sequence[str] | None = None,
     ) -> None:
         self.arch = arch
-        self.model = model.eval()
+        self.model = model  # its mode is the caller's: each call runs in eval mode and restores it
         self.features = features
         self.classifier = classifier
         self.preprocessing = preprocessing
+        self.categories = list(categories) if categories else None
         self.provenance = dict(provenance, arch=arch, preprocessing=preprocessing.name)
-        stack = [(f"features.{i}", m) for i, m in enumerate(features)]
-        if classifier is not None:
-            stack.append(("avgpool", model.avgpool))
-            stack += [(f"classifier.{i}", m) for i, m in enumerate(classifier)]
-        self.stack: list[tuple[str, nn.Module]] = stack
-        by_qualname = dict(stack)
-        self.layers: OrderedDict[str, nn.Module] = OrderedDict(
-            (paper, by_qualname[q]) for paper, q in names.items() if q in by_qualname
-        )
-        self.qualnames: dict[str, str] = {p: q for p, q in names.items() if q in by_qualname}
-        self.channels: dict[str, int] = self._count_channels()
+        if stack is None and features is not None:  # torchvision's VGG/AlexNet layout, given by its parts
+            stack = [(f"features.{i}", m) for i, m in enumerate(features)]
+            if classifier is not None:
+                stack += [("avgpool", model.avgpool)] + [(f"classifier.{i}", m) for i, m in enumerate(classifier)]
+        self.stack = stack
+        self.paths: dict[str, nn.Module] = {n: m for n, m in model.named_modules() if n}
+        if stack is not None:
+            by_qualname = dict(stack)
+            names = names or {q: q for q, _ in stack}
+            self.layers: OrderedDict[str, nn.Module] = OrderedDict(
+                (paper, by_qualname[q]) for paper, q in names.items() if q in by_qualname
+            )
+            self.qualnames: dict[str, str] = {p: q for p, q in names.items() if q in by_qualname}
+        else:
+            self.layers = OrderedDict(self.paths)
+            self.qualnames = {n: n for n in self.paths}
+        self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._receptive: dict[tuple, Any] = {}
+
+    @property
+    def is_chain(self) -> bool:
+        """Whether the forward is the ``stack`` in order (the explicit, croppable walk applies)."""
+        return self.stack is not None
+
+    @property
+    def channels(self) -> dict[str, int]:
+        """Layer name -> channels (or features) of its output."""
+        if self.is_chain:
+            return self._count_channels()
+        return {name: shape[1] for name, shape in self.output_shapes().items() if len(shape) >= 2}
 
     def _count_channels(self) -> dict[str, int]:
         out, c, by_module = {}, 3, {id(m): p for p, m in self.layers.items()}
@@ -80,6 +110,46 @@ class Net:
             if id(m) in by_module:
                 out[by_module[id(m)]] = c
         return out
+
+    def output_shapes(self, hw: tuple[int, int] = (224, 224)) -> dict[str, tuple[int, ...]]:
+        """Layer name -> output shape (first call) for one (H, W) input, from a forward (cached for 224)."""
+        from ..core import hooked
+
+        if self._shapes is not None and hw == (224, 224):
+            return self._shapes
+        shapes: dict[str, tuple[int, ...]] = {}
+        names = {}
+        for name, m in self.layers.items():
+            names.setdefault(m, name)
+
+        def hook(m, inputs, output):
+            if isinstance(output, torch.Tensor) and names[m] not in shapes:
+                shapes[names[m]] = tuple(output.shape)
+
+        from ..graph import _DeconvMode, _where_tracker, check_modules
+
+        if not self.is_chain:
+            check_modules(self.model)
+        handles = []
+        with hooked(self.model), _where_tracker(self.model) as where:
+            try:
+                handles = [m.register_forward_hook(hook) for m in names]
+                # under the deconvnet mode, so that a function with no rule is refused here already
+                with torch.no_grad(), _DeconvMode(where):
+                    self.model(torch.zeros(1, 3, *hw, device=self.device, dtype=self.dtype))
+            finally:
+                for h in handles:
+                    h.remove()
+        if hw == (224, 224):
+            self._shapes = shapes
+        return shapes
+
+    def is_spatial(self, layer: str | nn.Module) -> bool:
+        """Whether a layer's output is a stack of maps (B, C, h, w), which scans and crops need."""
+        name = self.resolve(layer)
+        if self.is_chain and self.features is not None:
+            return self.depth(name) < len(self.features)
+        return len(self.output_shapes().get(name, ())) == 4
 
     # --- devices ---------------------------------------------------------------------------------------
     @property
@@ -96,17 +166,47 @@ class Net:
         return self
 
     # --- names -----------------------------------------------------------------------------------------
-    def check_layer(self, layer: str) -> nn.Module:
-        """The module of a paper layer name; a wrong name raises ``ValueError`` listing the valid ones."""
-        if layer not in self.layers:
-            raise ValueError(
-                f"unknown layer '{layer}' for {self.arch}. Hint: valid layers are {', '.join(self.layers)}"
-            )
-        return self.layers[layer]
+    def resolve(self, layer: str | nn.Module) -> str:
+        """The name a layer goes by in ``layers``, from that name, a module path or the module itself.
 
-    def depth(self, layer: str) -> int:
-        """Index in ``stack`` of a layer's module."""
+        Raises:
+            ValueError: not a layer of this net; the message lists the valid names (or the nearest ones).
+        """
+        if isinstance(layer, nn.Module):
+            for name, m in self.layers.items():
+                if m is layer:
+                    return name
+            raise ValueError(f"the {type(layer).__name__} module given is not a layer of {self.arch}"
+                             + ("" if self.is_chain else "") + ". Hint: pass one of net.model's modules or its path")
+        if not isinstance(layer, str):
+            raise TypeError(f"a layer is a name, a module path or a module, not {type(layer).__name__}")
+        if layer in self.layers:
+            return layer
+        if layer in self.paths:  # a module path of a chain with paper names ("features.28" -> "conv5_3")
+            module = self.paths[layer]
+            for name, m in self.layers.items():
+                if m is module:
+                    return name
+        raise ValueError(f"unknown layer '{layer}' for {self.arch}. Hint: {self._valid_names(layer)}")
+
+    def _valid_names(self, wrong: str) -> str:
+        names = list(self.layers)
+        if len(names) <= 60:
+            return f"valid layers are {', '.join(names)}"
+        import difflib
+
+        near = difflib.get_close_matches(wrong, names, n=8, cutoff=0.5)
+        return (f"the nearest are {', '.join(near)}; " if near else "") + f"net.layers lists all {len(names)}"
+
+    def check_layer(self, layer: str | nn.Module) -> nn.Module:
+        """The module of a layer name, module path or module; a wrong name raises ``ValueError``."""
+        return self.layers[self.resolve(layer)]
+
+    def depth(self, layer: str | nn.Module) -> int:
+        """Index in ``stack`` of a layer's module (chains only)."""
         module = self.check_layer(layer)
+        if not self.is_chain:
+            raise ValueError(f"{self.arch} is a graph, not a chain of modules: its layers have no depth in a stack")
         return next(i for i, (_, m) in enumerate(self.stack) if m is module)
 
     # --- images ----------------------------------------------------------------------------------------
@@ -193,8 +293,11 @@ def _load(
     builder, tv_weights = table.ARCHS[arch]
     offline = getattr(table, "OFFLINE", {}).get(arch, ())
     source = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+    enum = _weights_enum(arch, source)
+    if enum is not None:  # VGG16_Weights.IMAGENET1K_V1, "DEFAULT", "IMAGENET1K_FEATURES", ...
+        tv_weights, source = enum, "imagenet"
     if not isinstance(source, str):
-        raise TypeError(f"weights must be a string or path, got {type(weights).__name__}")
+        raise TypeError(f"weights must be a string, a path or a torchvision weights enum, got {type(weights).__name__}")
 
     if source == "auto":
         if cached_checkpoint(tv_weights.url).is_file() or host_reachable(tv_weights.url):
@@ -218,6 +321,7 @@ def _load(
     elif source == "imagenet":
         state, provenance = load_torchvision_weights(tv_weights, arch)
         has_classifier = _load_into(model, state, arch, provenance)
+        preprocessing = torchvision_preprocessing(tv_weights)
     elif source in OFFLINE:
         if source not in offline:
             raise WeightsError(
@@ -237,18 +341,61 @@ def _load(
     names = dict(table.feature_names(model.features))
     if has_classifier:
         names.update(vgg_table.classifier_names(model.classifier))
+    categories = tv_weights.meta.get("categories") if source == "imagenet" and has_classifier else None
+    model.eval()
     net = Net(
         model if has_classifier else model.features,
         arch=arch,
+        stack=_table_stack(model, has_classifier),
         features=model.features,
         classifier=model.classifier if has_classifier else None,
         names=names,
         preprocessing=preprocessing,
         provenance=provenance,
+        categories=categories,
     )
     if has_classifier:
-        net.provenance["categories"] = "ImageNet-1k" if source == "imagenet" else "unknown"
+        net.provenance["categories"] = "ImageNet-1k" if categories else "unknown"
     return net.to(device=device, dtype=dtype)
+
+
+def _table_stack(model: nn.Module, has_classifier: bool) -> list[tuple[str, nn.Module]]:
+    """The forward order of torchvision's VGG and AlexNet: features, then avgpool, flatten and classifier."""
+    stack = [(f"features.{i}", m) for i, m in enumerate(model.features)]
+    if has_classifier:
+        stack.append(("avgpool", model.avgpool))
+        stack += [(f"classifier.{i}", m) for i, m in enumerate(model.classifier)]
+    return stack
+
+
+def _weights_enum(arch: str, weights: Any) -> Any:
+    """A torchvision weights enum from an enum or its name (``"DEFAULT"``, ``"IMAGENET1K_V1"``); else None."""
+    from torchvision.models import WeightsEnum, get_model_weights
+
+    if isinstance(weights, WeightsEnum):
+        return weights
+    if not isinstance(weights, str) or not weights.isupper():
+        return None
+    try:
+        cls = get_model_weights(arch)
+    except (ValueError, KeyError):
+        return None
+    name = weights.split(".")[-1]
+    if name == "DEFAULT":
+        return cls.DEFAULT
+    if name in cls.__members__:
+        return cls[name]
+    raise ValueError(f"{arch} has no torchvision weights '{weights}'. Hint: one of DEFAULT, {', '.join(cls.__members__)}")
+
+
+def torchvision_preprocessing(enum: Any) -> Preprocessing:
+    """The input convention of torchvision weights, from their ``transforms()`` (mean and std)."""
+    t = enum.transforms()
+    mean, std = tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+    if mean == TORCHVISION.mean and std == TORCHVISION.std:
+        return TORCHVISION
+    return Preprocessing("RGB", 1.0, mean, std, name=f"torchvision {type(enum).__name__}.{enum.name} (RGB, [0,1], "
+                         f"mean {tuple(round(v, 4) for v in mean)}, std {tuple(round(v, 4) for v in std)})")
 
 
 def _offline_archs() -> dict[str, tuple[str, ...]]:
@@ -302,11 +449,180 @@ def load_alexnet(
     return _load("alexnet", alexnet_table, weights, seed, device, dtype)
 
 
-def load_model(arch: str, weights: str | os.PathLike = "auto", **kwargs: Any) -> Net:
-    """``load_vgg`` or ``load_alexnet`` by arch name."""
+def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> Net:
+    """Any torchvision classification model by name: ``load_vgg``/``load_alexnet`` for those (paper layer
+    names, offline weights), else the torchvision builder (``resnet50``, ``googlenet``, ``densenet121``, ...),
+    wrapped as a graph (layers are module paths).
+
+    Args:
+        weights: as ``load_vgg`` ("auto", "imagenet", a torchvision weights enum or its name, "random", a
+            state_dict path); "auto" offline gives seeded random weights, with a warning.
+
+    Raises:
+        ValueError: unknown arch (the message names the valid ones) or weights name.
+        WeightsError: the weights cannot be had or read.
+    """
     if arch == "alexnet":
-        return load_alexnet(weights, **kwargs)
-    return load_vgg(arch, weights, **kwargs)
+        return load_alexnet(weights, seed=seed, device=device, dtype=dtype)
+    if arch in vgg_table.ARCHS:
+        return load_vgg(arch, weights, seed=seed, device=device, dtype=dtype)
+    import torchvision.models as tvm
+
+    classification = tvm.list_models(module=tvm)
+    if arch not in classification:
+        import difflib
+
+        near = difflib.get_close_matches(arch, classification, n=5)
+        raise ValueError(f"unknown arch '{arch}'. Hint: a torchvision classification model"
+                         + (f", e.g. {', '.join(near)}" if near else " (torchvision.models.list_models())"))
+    builder = tvm.get_model_builder(arch)
+    enum = _weights_enum(arch, weights)
+    source = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+    if enum is None and source in ("auto", "imagenet"):
+        enum = tvm.get_model_weights(arch).DEFAULT
+        if source == "auto" and not (cached_checkpoint(enum.url).is_file() or host_reachable(enum.url)):
+            fallback_warning(arch, "not cached, and the download host cannot be reached",
+                             f"RANDOM weights (seed {seed}): there are no offline weights for {arch}")
+            enum, source = None, "random"
+    if enum is not None:
+        try:
+            model = builder(weights=enum)  # torchvision's own loading (it also sets, e.g., GoogLeNet's transform_input)
+        except Exception as err:
+            raise WeightsError(f"could not get torchvision's weights {type(enum).__name__}.{enum.name} for {arch}: "
+                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. Hint: offline, use "
+                               "weights='random' or the path of a state_dict file") from err
+        path = cached_checkpoint(enum.url)
+        from .weights import sha256_file
+
+        provenance = {"weights": "imagenet", "source": f"torchvision {type(enum).__name__}.{enum.name}",
+                      "file": path.name, "sha256": sha256_file(path) if path.is_file() else None}
+        net = wrap(model.eval(), weights=enum, name=arch)
+        net.provenance.update(provenance)
+        return net.to(device=device, dtype=dtype)
+    if source == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = builder(weights=None)
+        provenance = {"weights": "random", "source": "torchvision default initialisation", "seed": seed, "sha256": None}
+    elif isinstance(source, str) and (os.sep in source or os.path.exists(source) or source.endswith((".pth", ".pt"))):
+        model = builder(weights=None)
+        state, provenance = load_state_dict_file(source)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            msg = " ".join(str(err).split())
+            raise WeightsError(f"weights '{source}' do not fit {arch}: {msg[:400]}. Hint: a torchvision {arch} state_dict") from err
+    else:
+        raise ValueError(f"unknown weights {weights!r}. Hint: auto, imagenet, DEFAULT, random or a state_dict path")
+    net = wrap(model.eval(), name=arch)
+    net.provenance.update(provenance)
+    return net.to(device=device, dtype=dtype)
+
+
+def wrap(
+    model: nn.Module,
+    *,
+    preprocessing: Preprocessing | Any = None,
+    weights: Any = None,
+    name: str | None = None,
+    categories: Sequence[str] | None = None,
+) -> Net:
+    """Any ``nn.Module`` as a ``Net`` (``Deconvnet(model)`` calls this).
+
+    torchvision's VGG and AlexNet get their family table (the paper's layer names, the chain walk); an
+    ``nn.Sequential`` of modules the chain walk knows becomes a chain (layers named by module path);
+    everything else is a graph, projected through its own autograd graph (``deconvnet.graph``).
+
+    Args:
+        model: the model; it is put in eval mode for each call, and its mode restored.
+        preprocessing: a ``Preprocessing``, or torchvision weights whose ``transforms()`` give it; default
+            torchvision's ImageNet mean/std (assumed, and said so in the provenance).
+        weights: torchvision weights the model was built with: preprocessing, class names and provenance
+            come from them.
+        name: what figures call the model (default: its class name, or the VGG/AlexNet arch).
+        categories: class names of the outputs (default: from ``weights``).
+
+    A model wrapped with no options is wrapped once: ``Deconvnet(model)`` again finds the same ``Net``.
+    """
+    if isinstance(model, Net):
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module or a deconvnet Net, got {type(model).__name__}")
+    plain = preprocessing is None and weights is None and name is None and categories is None
+    if plain and model in _WRAPPED:  # Deconvnet(model) again: the same Net, with its measured shapes and fields
+        return _WRAPPED[model]
+    net = _wrap(model, preprocessing, weights, name, categories)
+    if plain:
+        _WRAPPED[model] = net
+    return net
+
+
+_WRAPPED: "weakref.WeakKeyDictionary[nn.Module, Net]" = weakref.WeakKeyDictionary()
+
+
+def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, categories: Sequence[str] | None) -> Net:
+    from torchvision.models import AlexNet, VGG, WeightsEnum
+
+    if weights is not None and not isinstance(weights, WeightsEnum):
+        raise TypeError(f"weights must be torchvision weights (e.g. ResNet50_Weights.DEFAULT), got {type(weights).__name__}")
+    if isinstance(preprocessing, WeightsEnum):
+        preprocessing = torchvision_preprocessing(preprocessing)
+    assumed = preprocessing is None and weights is None
+    if preprocessing is None:
+        preprocessing = torchvision_preprocessing(weights) if weights is not None else TORCHVISION
+    if categories is None and weights is not None:
+        categories = weights.meta.get("categories")
+    provenance = {
+        "weights": f"torchvision {type(weights).__name__}.{weights.name}" if weights is not None else "user model",
+        "source": "weights as built by the caller" + ("; input normalisation assumed to be torchvision's ImageNet mean/std"
+                                                      if assumed else ""),
+        "sha256": None,
+    }
+    if isinstance(model, (VGG, AlexNet)):
+        table = alexnet_table if isinstance(model, AlexNet) else vgg_table
+        n_conv = sum(isinstance(m, nn.Conv2d) for m in model.features)
+        bn = any(isinstance(m, nn.BatchNorm2d) for m in model.features)
+        arch = name or ("alexnet" if table is alexnet_table else f"vgg{n_conv + 3}" + ("_bn" if bn else ""))
+        names = dict(table.feature_names(model.features))
+        names.update(vgg_table.classifier_names(model.classifier))
+        return Net(model, arch=arch, names=names, preprocessing=preprocessing, provenance=provenance,
+                   stack=_table_stack(model, True), features=model.features, classifier=model.classifier,
+                   categories=categories)
+    arch = name or type(model).__name__
+    stack = _sequential_stack(model)
+    if stack is not None:
+        spatial = []
+        for _, m in stack:
+            if isinstance(m, (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                break
+            spatial.append(m)
+        return Net(model, arch=arch, names=None, preprocessing=preprocessing, provenance=provenance, stack=stack,
+                   features=nn.Sequential(*spatial), categories=categories)
+    return Net(model, arch=arch, names=None, preprocessing=preprocessing, provenance=provenance, categories=categories)
+
+
+def _sequential_stack(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The leaves of nested ``nn.Sequential``s in order, if the chain walk has a rule for each; else None."""
+    from ..core import CHAIN_RULES
+
+    if not isinstance(model, nn.Sequential):
+        return None
+    leaves: list[tuple[str, nn.Module]] = []
+
+    def visit(prefix: str, seq: nn.Sequential) -> bool:
+        for child_name, child in seq.named_children():
+            path = f"{prefix}{child_name}"
+            if isinstance(child, nn.Sequential):
+                if not visit(path + ".", child):
+                    return False
+            elif isinstance(child, CHAIN_RULES):
+                leaves.append((path, child))
+            else:
+                return False
+        return True
+
+    return leaves if visit("", model) and leaves else None
 
 
 ARCH_NAMES = tuple(vgg_table.ARCHS) + tuple(alexnet_table.ARCHS)

@@ -1,0 +1,318 @@
+"""The deconvnet on any model's own autograd graph: residual additions, concatenations, functional calls.
+
+The chain walk (``deconvnet.core``) mirrors a stack of modules step by step. A ResNet, GoogLeNet or DenseNet
+is no stack: its forward adds, concatenates and calls ``F.relu`` directly. Here the model's own forward
+runs under a ``TorchFunctionMode`` that sees every call, module or functional, and swaps each rectifier
+for one whose backward is the deconvnet rule (Springenberg et al. 2015; REFERENCE.md):
+
+======================================  =====================================================================
+forward                                 backward (the signal R coming down)
+======================================  =====================================================================
+``relu`` in any spelling: ``nn.ReLU``,  ``relu(R)``: the rule imposes the ReLU on the reconstruction and
+``F.relu``, ``torch.relu``,             ignores the forward input (Captum's ``Deconvolution`` sees
+``Tensor.relu_`` ...                    ``nn.ReLU`` modules only and misses the functional ones)
+max-pooling                             its own gradient: the signal goes to the switch, summed where
+                                        windows share one (the exact transpose, as the chain's unpooling)
+conv, BatchNorm (eval), linear,         their adjoints (autograd's backward of a linear map; biases drop out)
+pooling by averages, add, cat, ...
+SiLU, GELU, sigmoid, softmax, tanh,     refused before any projection, naming the module or function and
+LeakyReLU, ReLU6, LRN, LayerNorm, ...   where it is: they have no deconvnet rule
+======================================  =====================================================================
+
+A projection of targets at one layer costs one forward (shared by every target of the batch; it stops
+after the deepest target) and one backward per target, with the graph kept between them. A target is a
+module's output at its first call in the forward (a module called twice, such as the ``relu`` of a
+torchvision ``BasicBlock``, is seen at its first call; name the block itself for its output).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .memory import is_out_of_memory, memory_error
+
+
+class UnsupportedLayerError(ValueError):
+    """The model computes something the deconvnet has no rule for (the message names it and where)."""
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """``relu`` forward; backward ``relu`` of the incoming signal (the deconvnet rule)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.relu()
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
+        return r.relu()
+
+
+class _DeconvReLUInPlace(torch.autograd.Function):
+    """The in-place spelling (``relu_``, ``inplace=True``): the same rule, the tensor marked as changed."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(x)
+        return x.relu_()
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
+        return r.relu()
+
+
+_RELU = {F.relu, torch.relu, torch.Tensor.relu}
+_RELU_INPLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
+
+#: functions with no deconvnet rule -> the name in messages
+_REFUSED_FUNCTIONS: dict[Callable, str] = {
+    F.silu: "SiLU (F.silu)", F.gelu: "GELU (F.gelu)", F.hardswish: "Hardswish (F.hardswish)",
+    F.hardsigmoid: "Hardsigmoid (F.hardsigmoid)", F.elu: "ELU (F.elu)", F.selu: "SELU (F.selu)",
+    F.celu: "CELU (F.celu)", F.leaky_relu: "LeakyReLU (F.leaky_relu)", F.prelu: "PReLU (F.prelu)",
+    F.mish: "Mish (F.mish)", F.softplus: "Softplus (F.softplus)", F.relu6: "ReLU6 (F.relu6)",
+    F.hardtanh: "Hardtanh/ReLU6 (F.hardtanh)", F.glu: "GLU (F.glu)", F.logsigmoid: "F.logsigmoid",
+    F.softmax: "softmax (F.softmax)", F.log_softmax: "F.log_softmax", F.softmin: "F.softmin",
+    torch.softmax: "torch.softmax", torch.Tensor.softmax: "Tensor.softmax",
+    torch.sigmoid: "sigmoid (torch.sigmoid)", torch.Tensor.sigmoid: "sigmoid (Tensor.sigmoid)",
+    F.sigmoid: "sigmoid (F.sigmoid)", torch.tanh: "tanh (torch.tanh)", torch.Tensor.tanh: "tanh (Tensor.tanh)",
+    F.tanh: "tanh (F.tanh)", F.threshold: "F.threshold", F.local_response_norm: "local response normalisation",
+    F.layer_norm: "LayerNorm (F.layer_norm)", F.group_norm: "GroupNorm (F.group_norm)",
+    F.instance_norm: "InstanceNorm (F.instance_norm)", F.normalize: "F.normalize",
+    F.scaled_dot_product_attention: "attention (F.scaled_dot_product_attention)",
+}
+for _name in ("silu_", "hardswish_", "elu_", "leaky_relu_", "hardtanh_", "threshold_", "sigmoid_", "tanh_"):
+    for _owner in (F, torch, torch.Tensor):
+        if hasattr(_owner, _name):
+            _REFUSED_FUNCTIONS[getattr(_owner, _name)] = f"{_name} (in place)"
+
+#: modules with no deconvnet rule (found before any forward)
+REFUSED_MODULES: tuple[type, ...] = (
+    nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.Softmin,
+    nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU, nn.Mish, nn.Softplus, nn.ReLU6, nn.Hardtanh, nn.GLU,
+    nn.LogSigmoid, nn.Threshold, nn.LocalResponseNorm, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d,
+    nn.MultiheadAttention,
+)
+
+
+def check_modules(model: nn.Module) -> None:
+    """Refuse, before any work, a model with a module that has no deconvnet rule."""
+    for name, m in model.named_modules():
+        if isinstance(m, REFUSED_MODULES):
+            raise UnsupportedLayerError(
+                f"module '{name}' ({type(m).__name__}) has no deconvnet rule: the deconvnet is defined for "
+                "rectifiers (ReLU), max-pooling and linear layers. Hint: a model with ReLUs"
+            )
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
+            raise UnsupportedLayerError(f"BatchNorm '{name}' keeps no running statistics: in eval mode it is not linear")
+
+
+class _DeconvMode(TorchFunctionMode):
+    """Swaps every rectifier for the deconvnet one and refuses what has no rule (see the module docstring)."""
+
+    def __init__(self, where: Callable[[], str]) -> None:
+        super().__init__()
+        self.where = where
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU:
+            inplace = kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
+            return (_DeconvReLUInPlace if inplace else _DeconvReLU).apply(args[0])
+        if func in _RELU_INPLACE:
+            return _DeconvReLUInPlace.apply(args[0])
+        if func in _REFUSED_FUNCTIONS:
+            raise UnsupportedLayerError(
+                f"{_REFUSED_FUNCTIONS[func]}, called in {self.where()}, has no deconvnet rule: the deconvnet is "
+                "defined for rectifiers (ReLU), max-pooling and linear layers"
+            )
+        if func is F.batch_norm and (kwargs.get("training") or (len(args) > 5 and args[5])):
+            raise UnsupportedLayerError(f"batch_norm in training mode, called in {self.where()}, is not linear")
+        return func(*args, **kwargs)
+
+
+class _Stop(Exception):
+    """Raised once every target layer has given its output: nothing later is needed."""
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters without gradients for the duration: the backward computes input gradients only."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def _where_tracker(model: nn.Module) -> Iterator[Callable[[], str]]:
+    """Hooks that keep the path of the module running now, for messages."""
+    names = {m: n for n, m in model.named_modules()}
+    stack: list[str] = []
+    handles = []
+
+    def pre(m, inputs):
+        stack.append(names.get(m, type(m).__name__))
+
+    def post(m, inputs, output):
+        if stack:
+            stack.pop()
+
+    try:
+        for m in names:
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post))
+
+        def where() -> str:
+            if not stack or stack[-1] == "":
+                return f"the forward of {type(model).__name__} itself"
+            return f"module '{stack[-1]}'"
+
+        yield where
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    modules: dict[str, nn.Module],
+    *,
+    grad: bool,
+    reduce: Callable[[torch.Tensor], Any] | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Run ``model`` on ``x`` under the deconvnet mode, keeping the first output of each target module.
+
+    The caller holds ``deconvnet.core.hooked(model)`` (the model's lock, eval mode).
+
+    Args:
+        modules: target name -> module.
+        grad: build the autograd graph (projections); False for activations only (a scan).
+        reduce: keep ``reduce(output)`` instead of the output (the scan's per-map maxima).
+
+    Returns:
+        ``(x, outputs)``: the input as the graph's leaf, and name -> output (with its graph when ``grad``).
+    """
+    by_module: dict[nn.Module, list[str]] = {}
+    for name, m in modules.items():
+        by_module.setdefault(m, []).append(name)
+    outputs: dict[str, Any] = {}
+    x = x.detach().requires_grad_(grad)
+
+    def make_hook(names: list[str]) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
+            if names[0] in outputs:
+                return None  # a later call of the module: the target is its first
+            if not isinstance(output, torch.Tensor):
+                raise UnsupportedLayerError(f"module '{names[0]}' returns a {type(output).__name__}, not a tensor: "
+                                            "name a module whose output is one tensor")
+            for name in names:
+                outputs[name] = reduce(output.detach()) if reduce is not None else (output if grad else output.detach().clone())
+            if len(outputs) == len(modules):
+                raise _Stop
+            # later in-place operations (a residual ``out += identity``, an in-place ReLU) must change a copy,
+            # not the kept output, whose value and graph node are the target's
+            return output.clone() if grad else None
+
+        return hook
+
+    with ExitStack() as stack:
+        where = stack.enter_context(_where_tracker(model))
+        stack.enter_context(_frozen(model))
+        for m, names in by_module.items():
+            stack.callback(m.register_forward_hook(make_hook(names)).remove)
+        stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+        try:
+            with _DeconvMode(where):
+                model(x)
+        except _Stop:
+            pass
+        except UnsupportedLayerError:
+            raise
+        except (RuntimeError, MemoryError) as err:
+            if is_out_of_memory(err):
+                raise memory_error(err, f"running {type(model).__name__} on an input of {tuple(x.shape)}") from err
+            raise ValueError(f"the forward pass failed in {where()} for an input of {tuple(x.shape[-2:])}: "
+                             f"{str(err).splitlines()[0]}. Hint: the input may be too small") from err
+    missing = [n for n in modules if n not in outputs]
+    if missing:
+        raise ValueError(f"the forward pass of {type(model).__name__} never called {', '.join(missing)}: "
+                         "name a module that its forward uses")
+    return x, outputs
+
+
+def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """One backward from a kept target output, seeded with ``seed``; the graph is kept for the next one."""
+    (g,) = torch.autograd.grad(output, x, seed, retain_graph=True)
+    return g
+
+
+# --- receptive fields of graphs, measured ------------------------------------------------------------------
+
+class _LinearSurrogate(TorchFunctionMode):
+    """For measuring which pixels a unit can see: ReLUs pass everything, max-pools average their window.
+
+    The cone of a unit is then the support of its gradient, whatever the input (a max-pool's gradient
+    reaches one pixel per window, the average reaches the whole window, as the receptive field means).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU or func in _RELU_INPLACE:
+            return args[0]
+        if func in (F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices):
+            return _avg_like_max(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _avg_like_max(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    if dilation not in (1, (1, 1)):
+        raise UnsupportedLayerError("a dilated max-pool: its receptive field is not measured here")
+    out = F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad=True)
+    return (out, torch.zeros_like(out, dtype=torch.long)) if return_indices else out
+
+
+def measure_box(model: nn.Module, module: nn.Module, hw: Sequence[int], unit: Sequence[int] | None = None,
+                channels: int = 3, device: torch.device | None = None, dtype: torch.dtype | None = None
+                ) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """The input box a unit of ``module``'s output sees, on an (H, W) input: ``((top, left, bottom, right),
+    (h, w) of the map)``. ``unit`` defaults to the map's centre. The caller holds ``hooked(model)``.
+    """
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(m, inputs, output):
+        if "y" not in out:
+            out["y"] = output
+            raise _Stop
+
+    x = torch.randn(1, channels, *hw, device=device, dtype=dtype, requires_grad=True)
+    handle = module.register_forward_hook(hook)
+    try:
+        with _frozen(model), torch.enable_grad(), _LinearSurrogate():
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    y = out["y"]
+    h, w = y.shape[-2:]
+    r, c = unit if unit is not None else (h // 2, w // 2)
+    seed = torch.zeros_like(y)
+    seed[0, :, r, c] = 1.0
+    (g,) = torch.autograd.grad(y, x, seed)
+    support = g[0].abs().sum(0) > 0
+    rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+    if len(rows) == 0:
+        return (0, 0, 0, 0), (h, w)
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1), (h, w)
