@@ -194,16 +194,22 @@ def plot_layer_grid(
     n = len(features)
     cols = cols or min(4, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / cols)
-    height = 1.75 * rows + 1.2  # inches: rows, plus room for a two-line title and a two-line footer
-    fig = plt.figure(figsize=(3.3 * cols, height))
+    width = 3.3 * cols
+    # text wrapped to the figure's width (about 11 characters per inch at 10 pt, 17 at 6 pt), and as
+    # many lines of room as it takes: a narrow grid of two features must not cut its title off
+    title_lines = _wrap(title, max(30, int(width * 11)))
+    footer_lines = _wrap(footer, max(50, int(width * 17)))
+    top, bottom = 0.25 + 0.2 * len(title_lines), 0.1 + 0.11 * len(footer_lines)
+    height = 1.75 * rows + top + bottom
+    fig = plt.figure(figsize=(width, height))
     grid = fig.add_gridspec(rows, cols * 2, wspace=0.04, hspace=0.22, left=0.01, right=0.99,
-                            top=1 - 0.75 / height, bottom=0.38 / height)
+                            top=1 - top / height, bottom=bottom / height)
     for k, tiles in enumerate(features):
         r, c = divmod(k, cols)
         axes = [fig.add_subplot(grid[r, 2 * c]), fig.add_subplot(grid[r, 2 * c + 1])]
         plot_feature(tiles, axes, scaling)
-    fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
-    fig.text(0.5, 0.005, footer, ha="center", va="bottom", fontsize=6, color="0.3", wrap=True)
+    fig.suptitle("\n".join(title_lines), fontsize=10, y=1 - 0.08 / height, va="top")
+    fig.text(0.5, 0.04 / height, "\n".join(footer_lines), ha="center", va="bottom", fontsize=6, color="0.3")
     return fig
 
 
@@ -230,7 +236,7 @@ def write_layer_figure(
     rf = receptive_field(net, layer)
     footer = (f"{net.describe()}.  Receptive field {rf.size[0]} px, stride {rf.jump[0]}.  "
               f"Projections: {describe_scaling(scaling)}; outside the image: mid-gray / light gray.")
-    fig = plot_layer_grid(features, title="\n".join(_wrap(title, 110)), footer=footer, scaling=scaling)
+    fig = plot_layer_grid(features, title=title, footer=footer, scaling=scaling)
     # large receptive fields get more pixels per tile (up to 300 dpi), so that a 196-px projection is not
     # squeezed into 80 px: the structure of deep units is fine-grained
     save_figure(fig, out, dpi=int(min(300, max(150, 1.5 * rf.size[0]))))
