@@ -525,7 +525,11 @@ class Explorer:
         forward = f"forward {t['forward'] * 1e3:.0f} ms, " if t.get("forward") else "recorded forward reused, "
         a = float(p.activation[0])
         # the deconvnet projects the unit's activation: a unit that is not active has nothing to show
-        idle = " (not active: nothing to project; click a bright cell)" if a == 0 else ""
+        idle = ""
+        if a == 0:
+            silent = not bool(self.activation()[self.channel].any())
+            idle = (" (the whole channel is silent on this image: choose one of the strongest)" if silent
+                    else " (not active: nothing to project; click a bright cell)")
         tiles = f"top-k tiles {t['tiles'] * 1e3:.0f} ms, " if t.get("tiles", 0) > 0.001 else ""
         self._w["status"].value = (
             f"<b>{self.layer} channel {self.channel}</b>: activation {a:.4g}{idle} at {where(p)}"
@@ -549,7 +553,7 @@ class Explorer:
         w["channel"] = W.BoundedIntText(min=0, max=max(self.net.channels.values()) - 1, description="channel",
                                         layout=W.Layout(width="160px"))
         w["method"] = W.ToggleButtons(options=[(k, v) for k, v in METHODS.items()], value="deconvnet",
-                                      style={"button_width": "125px"})
+                                      style={"button_width": "140px"})
         for name in ("image", "activation", "projection", "patch", "zoom", "tiles", "tile_patches"):
             w[name] = W.Image(format="png", layout=W.Layout(object_fit="contain", margin="2px"))
         captions = {"image": "image (click a unit)", "activation": "activation map (click a unit)",
