@@ -25,6 +25,7 @@ from deconvnet.analysis import sanity as san
 from deconvnet.analysis import similarity as sim
 from deconvnet.models import vgg as vgg_table
 from deconvnet.models._api import Net
+from deconvnet.plot import scale_for_display
 from deconvnet.preprocessing import CAFFE, TORCHVISION
 
 from conftest import images, no_forward_hooks
@@ -52,7 +53,7 @@ class _Tiny(nn.Module):
 def tiny_net(classifier: bool = True, seed: int = 0) -> Net:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _Tiny()
+        model = _Tiny().eval()  # the hand-written references below call it directly: no dropout
         for m in model.modules():  # non-zero biases, so that re-initialisation visibly changes them
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(m.bias, 0.0, 0.1)
@@ -79,6 +80,25 @@ def tiny_features():
 
 def state(net):
     return {k: v.detach().clone() for k, v in net.model.state_dict().items()}
+
+
+def features_only(net: Net) -> Net:
+    """The conv part of a VGG as a features-only net (the offline weights have no classifier)."""
+    return Net(net.features, arch=net.arch, features=net.features, classifier=None,
+               names=dict(vgg_table.feature_names(net.features)), preprocessing=net.preprocessing,
+               provenance={**net.provenance, "categories": None})
+
+
+def words(fig) -> str:
+    """Every text of a figure, whitespace collapsed (captions are wrapped to the figure's width)."""
+    from matplotlib.text import Text
+
+    return " ".join(" ".join(t.get_text().split()) for t in fig.findobj(Text) if t.get_text().strip())
+
+
+def image_axes(fig):
+    """The axes that show an image (not colorbars)."""
+    return [a for a in fig.axes if a.images and not hasattr(a, "_colorbar")]
 
 
 # --- similarity measures: hand-checked cases -------------------------------------------------------------
@@ -257,10 +277,41 @@ def test_method_figure_states_the_rules_and_the_weights(tiny):
 
     x = images((1, 3, 16, 16), seed=10)
     results = [meth.compare_methods(tiny, x, t) for t in (dn.Target("relu2_1"), dn.Target("fc8"))]
-    fig, axes = plt.subplots(2, 5)
+    fig, axes = plt.subplots(2, 4)
     assert meth.plot_method_comparison(results, tiny, axes=axes) is fig
-    text = " ".join(t.get_text() for t in fig.texts)
+    text = words(fig)
     assert "R_in = R_out·[R_out > 0]" in text and "[x > 0]·[R_out > 0]" in text and tiny.describe() in text
+    plt.close(fig)
+
+
+def test_method_figure_leaves_the_captum_column_out_and_crops_a_unit_to_its_receptive_field(tiny):
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from deconvnet.receptive import receptive_field
+
+    x = images((1, 3, 16, 16), seed=10)
+    unit, whole = (meth.compare_methods(tiny, x, t) for t in (dn.Target("relu2_1", "max", (0, 1)), dn.Target("pool2", "max", "all")))
+    assert "deconvolution" in unit.maps and max(unit.deconvolution_error) <= 1e-5  # computed, checked...
+    fig = meth.plot_method_comparison([unit, whole], tiny)
+    assert "Captum" not in words(fig)  # ...and not drawn
+    assert [" ".join(a.get_title().split()) for a in fig.axes[:4]] == ["input", "deconvnet (ours)", "guided backprop",
+                                                                       "gradient (saliency)"]
+    assert len(image_axes(fig)) == 2 * 4
+    # the unit's row: its receptive field is marked on the input and the maps are cropped to it, losing nothing
+    top, left, bottom, right = receptive_field(tiny, "relu2_1").box(0, 1, (16, 16))
+    boxes = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+    assert len(boxes) == 1 and (boxes[0].get_x(), boxes[0].get_y()) == (left - 0.5, top - 0.5)
+    assert (boxes[0].get_width(), boxes[0].get_height()) == (right - left, bottom - top)
+    for j, m in enumerate(("deconvnet", "guided_backprop", "gradient"), start=1):
+        rgb = tiny.preprocessing.to_rgb_order(unit.maps[m])[0]
+        outside = rgb.clone()
+        outside[:, top:bottom, left:right] = 0
+        assert torch.all(outside == 0), m  # a unit's map is zero outside its receptive field
+        shown = fig.axes[j].images[0].get_array()
+        np.testing.assert_allclose(shown, scale_for_display(rgb[:, top:bottom, left:right], "percentile"))
+        assert fig.axes[4 + j].images[0].get_array().shape == (16, 16, 3)  # the whole map is not cropped
+    assert not [p for p in fig.axes[4].patches if isinstance(p, Rectangle)]
     plt.close(fig)
 
 
@@ -337,10 +388,75 @@ def test_sanity_curves_figure(tiny):
     results = [san.sanity_check(tiny, x, mode=m, layers=["fc8", "conv1_1"], show_progress=False) for m in san.MODES]
     fig = san.plot_sanity_curves(results)
     assert len(fig.axes) == 2 * len(sim.METRICS)
-    assert tiny.describe() in " ".join(t.get_text() for t in fig.texts)
+    assert tiny.describe() in words(fig) and "class score (logit) fc8" in words(fig)
     plt.close(fig)
     fig = san.plot_sanity_maps(results[0], tiny)
-    assert [a.get_title() for a in fig.axes[1:3]] == ["original", "fc8"]
+    assert [a.get_title() for a in fig.axes[:3]] == ["input", "original", "fc8"]
+    assert "all zero" not in words(fig)
+    plt.close(fig)
+
+
+def test_sanity_maps_wrap_into_blocks_that_fit_a_page(tiny):
+    import matplotlib.pyplot as plt
+
+    x = images((1, 3, 16, 16), seed=13)
+    r = san.sanity_check(tiny, x, mode="cascading", show_progress=False)  # fc8 .. conv1_1: 6 steps
+    fig = san.plot_sanity_maps(r, tiny, max_cols=4)
+    assert fig.get_figwidth() <= 7.0 + 1e-9
+    # the input and 6 steps in blocks of 4 columns: 2 blocks of 3 method rows, the input once, top left
+    shown = [a for a in fig.axes if a.images]
+    assert len(shown) == 1 + len(r.steps) * len(san.SANITY_METHODS)
+    assert [a.get_title() for a in fig.axes[:4]] == ["input", *r.steps[:3]]
+    assert [a.get_title() for a in fig.axes[12:16]] == r.steps[3:] + [""]
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array().max(), 1.0)  # clipped at the 99.5th percentile
+    with pytest.raises(ValueError, match="Hint"):
+        san.plot_sanity_maps(r, tiny, axes=np.array(plt.subplots(3, 4)[1]))
+    plt.close("all")
+
+
+def test_default_sanity_target_is_a_pre_activation():
+    assert san.default_target(tiny_net(True)) == dn.Target("fc8", "max", "max")  # the class score (a logit)
+    assert san.default_target(tiny_net(False)) == dn.Target("conv2_1", "max", "max")  # the last conv, before its ReLU
+
+
+@pytest.mark.slow
+def test_default_sanity_target_stays_alive_at_every_step_on_random_weights(vgg16):
+    # The strongest unit of pool5 dies when conv5_2 and conv5_3 are re-initialised (see the next test); the
+    # default target, conv5_3 before its ReLU, is linear in relu5_2: its derivative there is a row of its
+    # weights whatever they are, so gradient and guided backprop keep a signal at every step.
+    net = features_only(vgg16)
+    target = san.default_target(net)
+    assert target == dn.Target("conv5_3", "max", "max")
+    x = net.preprocess("astronaut", size=32, crop=32)
+    for mode in san.MODES:
+        r = san.sanity_check(net, x, target, mode=mode, methods=("guided_backprop", "gradient"), show_progress=False)
+        assert len(r.steps) == 1 + 13 and r.definition.startswith("conv5_3 before its ReLU")
+        for m, zero in r.zero.items():
+            assert not zero.any(), (mode, m, [s for s, z in zip(r.steps, zero[:, 0]) if z])
+    assert no_forward_hooks(net)
+
+
+def test_a_target_that_dies_under_randomisation_is_marked_and_explained(vgg16):
+    import matplotlib.pyplot as plt
+
+    net = features_only(vgg16)
+    x = net.preprocess("astronaut", size=32, crop=32)
+    r = san.sanity_check(net, x, dn.Target("pool5"), layers=["conv5_3", "conv5_2", "conv5_1"], show_progress=False)
+    # the premise: once conv5_2 and conv5_3 are re-initialised, the pool5 unit is off, and the methods that
+    # follow the forward ReLUs lose the whole signal (the deconvnet's rule ignores them)
+    ch, (row, col) = int(r.channel[0]), r.position[0].tolist()
+    dead = san.randomized(net, ["conv5_3", "conv5_2"])
+    assert dn.Deconvnet(dead).record(x, ["pool5"]).activations["pool5"][0, ch, row, col] == 0
+    for m in ("gradient", "guided_backprop"):
+        assert r.zero[m][:, 0].tolist() == [False, False, True, False], m
+    assert not r.zero["deconvnet"].any()
+    fig = san.plot_sanity_maps(r, net)
+    marked = [a for a in fig.axes if any(t.get_text() == "all zero" for t in a.texts)]
+    assert len(marked) == 2 and all(not a.images[0].get_array().any() for a in marked)
+    assert " ".join(san.ZERO_WHY.split()) in words(fig)
+    plt.close(fig)
+    fig = san.plot_sanity_curves([r])
+    assert " ".join(san.ZERO_WHY.split()) in words(fig) and "map all zero" in words(fig)
     plt.close(fig)
 
 
@@ -425,15 +541,32 @@ def test_deep_distance_and_probability_against_a_hand_forward(tiny):
                 np.testing.assert_allclose(r.probability[kind][i], p[torch.arange(2), top].numpy(), rtol=1e-4)
 
 
-def test_invariance_without_classifier_shows_a_note_instead_of_probabilities(tiny_features):
+def test_invariance_without_classifier_has_no_probability_row_and_says_so_once(tiny_features):
     import matplotlib.pyplot as plt
 
     x = images((1, 3, 16, 16), seed=16)
-    r = inv.invariance_curves(tiny_features, x, ranges={"rotation": [0, 90]}, show_progress=False)
+    r = inv.invariance_curves(tiny_features, x, ranges={"rotation": [0, 90], "scale": [0.5, 1.0]}, show_progress=False)
     assert r.probability is None and r.layers == ("pool1", "pool2")
     fig = inv.plot_invariance(r, tiny_features)
-    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
-    assert "no classifier" in texts
+    assert len(fig.axes) == 3 * 2  # examples, pool1, pool2: no placeholder row
+    assert all(a.lines or a.images for a in fig.axes)
+    assert words(fig).count("no classifier") == 1
+    for c, kind in enumerate(r.values):
+        np.testing.assert_array_equal(fig.axes[2 + c].lines[0].get_ydata(), r.distance[kind]["pool1"][:, 0])
+        np.testing.assert_array_equal(fig.axes[4 + c].lines[0].get_ydata(), r.distance[kind]["pool2"][:, 0])
+    plt.close(fig)
+
+
+def test_invariance_with_a_classifier_draws_the_probability(tiny):
+    import matplotlib.pyplot as plt
+
+    x = images((2, 3, 16, 16), seed=16)
+    r = inv.invariance_curves(tiny, x, ranges={"translation": [-2, 0, 2]}, show_progress=False)
+    fig = inv.plot_invariance(r, tiny)
+    assert len(fig.axes) == 4
+    for j in range(2):
+        np.testing.assert_array_equal(fig.axes[3].lines[j].get_ydata(), r.probability["translation"][:, j])
+    assert "not shown" not in words(fig)
     plt.close(fig)
 
 
@@ -475,13 +608,36 @@ def test_occlusion_probability_agrees_with_captum_when_windows_do_not_overlap(ti
 def test_occlusion_without_classifier_leaves_the_class_panels_out(tiny_features):
     import matplotlib.pyplot as plt
 
-    x = images((1, 3, 16, 16), seed=19)
+    x = images((2, 3, 16, 16), seed=19)
     r = occ.occlusion_maps(tiny_features, x, size=4, stride=4, show_progress=False)
     assert r.probability is None and r.top_label is None and r.captum is None
     fig = occ.plot_occlusion(r, tiny_features)
-    assert len([a for a in fig.axes if a.images]) == 3 + 0  # (a), (b), (c): nothing faked
-    notes = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert sum("not available" in t and "no classifier" in t for t in notes) == 2
+    assert len(image_axes(fig)) == 2 * 3  # (a), (b), (c) per image: nothing faked
+    assert all(a.images for a in fig.axes if not hasattr(a, "_colorbar"))  # no placeholder panel
+    text = words(fig)
+    assert text.count("left out") == 1 and text.count("no classifier") == 1
+    # (b): the change of the map's summed activation, in percent of the unoccluded value
+    for b in range(2):
+        change = 100 * (r.activation[b] - r.activation_clean[b]) / abs(r.activation_clean[b])
+        np.testing.assert_allclose(image_axes(fig)[3 * b + 1].images[0].get_array(), change)
+    plt.close(fig)
+
+
+def test_occlusion_with_a_classifier_draws_the_class_panels(tiny):
+    import matplotlib.pyplot as plt
+
+    x = images((1, 3, 16, 16), seed=19)
+    r = occ.occlusion_maps(tiny, x, size=4, stride=4, show_progress=False)
+    fig = occ.plot_occlusion(r, tiny)
+    panels = image_axes(fig)
+    assert len(panels) == 5 and "left out" not in words(fig)
+    np.testing.assert_allclose(panels[3].images[0].get_array(), r.probability[0])
+    legend = [t.get_text() for t in panels[4].get_legend().get_texts()]
+    assert legend[: len(np.unique(r.top_label))] == [f"class {v}" for v, _ in sorted(
+        zip(*np.unique(r.top_label, return_counts=True)), key=lambda vc: -vc[1])][:5]
+    plt.close(fig)
+    fig = occ.plot_occlusion(r, tiny, show_captum=True)  # Captum's per-pixel occlusion only when asked
+    assert len(image_axes(fig)) == 6
     plt.close(fig)
 
 
@@ -518,18 +674,111 @@ def test_first_layer_figure_names_the_weights(vgg16, alexnet):
     titles = [a.get_title() for a in fig.axes]
     assert "conv1_1: 64 filters 3x3, stride 1" in titles[0] and "conv1: 64 filters 11x11, stride 4" in titles[1]
     assert "RANDOM" in titles[1]
-    assert [a.get_xlabel() for a in fig.axes] == [vgg16.describe(), alexnet.describe()]
+    assert [" ".join(a.get_xlabel().split()) for a in fig.axes] == [vgg16.describe(), alexnet.describe()]
     grid = fig.axes[1].images[0].get_array()
     assert grid.shape == (1 + 8 * 12, 1 + 8 * 12, 3)
     plt.close(fig)
 
 
-# --- the figure script's entry ---------------------------------------------------------------------------
+def test_filter_figure_leaves_out_random_weights_beside_trained_ones(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
 
-def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path):
+    import deconvnet.analysis as analysis
+
+    trained = tiny_net(False, seed=5)
+    trained.provenance.update(weights="offline-test", source="a test standing in for trained weights")
+    random_alexnet = tiny_net(False, seed=4)
+    random_alexnet.arch = "alexnet"
+    kept = []
+    monkeypatch.setattr(analysis, "_save", lambda fig, path: kept.append(fig) or path)
+    analysis.figure_filters(tmp_path, trained, random_alexnet)
+    fig = kept.pop()
+    titles = [" ".join(a.get_title().split()) for a in fig.axes]
+    assert titles == ["tiny conv1_1: 6 filters 3x3, stride 1 scaled per filter", "tiny conv1_1: 6 filters 3x3, stride 1 scaled per layer"]
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), filt.filter_grid(trained.layers["conv1_1"].weight, trained.preprocessing))
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(),
+                               filt.filter_grid(trained.layers["conv1_1"].weight, trained.preprocessing, normalise="layer"))
+    text = words(fig)
+    assert text.count("alexnet (the subject of Fig. 6) is left out") == 1 and random_alexnet.describe() not in text
+    assert text.count(trained.describe()) == 1
+    plt.close(fig)
+    analysis.figure_filters(tmp_path, tiny_net(False, seed=6), random_alexnet)  # both random: both shown
+    fig = kept.pop()
+    assert len(fig.axes) == 2 and "left out" not in words(fig)
+    plt.close(fig)
+
+
+def _print_problems(fig) -> list[str]:
+    """What would not print well at a page's width (7 inches): text under 7 pt there, text outside the figure,
+    and overlapping titles, captions, legends and panel titles."""
+    from matplotlib.text import Text
+
+    problems = []
+    shrink = min(1.0, 7.0 / fig.get_figwidth())
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    for t in texts:
+        if t.get_fontsize() * shrink < 7.0 - 1e-9:
+            problems.append(f"{t.get_fontsize() * shrink:.1f} pt at 7 in: {t.get_text()[:40]!r}")
+    top_level = {id(t): t for t in [*fig.texts, fig._suptitle, fig._supxlabel] if t is not None and t.get_text().strip()}
+    titled = [a.title for a in fig.axes if a.get_title().strip() and a.get_visible()]
+    boxes = [(t.get_text()[:30], t.get_window_extent(renderer)) for t in [*top_level.values(), *titled]]
+    boxes += [("legend", lg.get_window_extent(renderer)) for lg in fig.legends]
+    page = fig.bbox
+    for name, bb in boxes:
+        if bb.x0 < page.x0 - 1 or bb.x1 > page.x1 + 1 or bb.y0 < page.y0 - 1 or bb.y1 > page.y1 + 1:
+            problems.append(f"outside the figure: {name!r}")
+    for i, (na, a) in enumerate(boxes):
+        for nb, b in boxes[i + 1 :]:
+            if a.overlaps(b) and min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1:
+                problems.append(f"overlap: {na!r} / {nb!r}")
+    return problems
+
+
+def _check_print_on_save(monkeypatch) -> dict:
+    """Make ``make_figures`` check every figure for print (``_print_problems``) before it is saved."""
+    import deconvnet.analysis as analysis
+
+    checked = {}
+    save = analysis._save
+
+    def check_then_save(fig, path):
+        checked[path.name] = (fig.get_figwidth(), _print_problems(fig))
+        return save(fig, path)
+
+    monkeypatch.setattr(analysis, "_save", check_then_save)
+    return checked
+
+
+def _assert_prints(checked: dict) -> None:
+    assert set(checked) == {"methods.png", "sanity_curves.png", "sanity_maps.png", "selectivity.png", "invariance.png",
+                            "occlusion.png", "filters.png"}
+    for name, (width, problems) in checked.items():
+        assert width <= 7.0 + 1e-9, name
+        assert not problems, (name, problems)
+
+
+def test_every_figure_of_features_only_weights_prints_at_a_page_width(tmp_path, monkeypatch):
     from deconvnet.analysis import make_figures
 
+    checked = _check_print_on_save(monkeypatch)
+    make_figures(tmp_path, tiny_net(False), quick=True, show_progress=False)
+    _assert_prints(checked)
+    assert "probability" not in json.loads((tmp_path / "occlusion.json").read_text())
+    assert "probability" not in json.loads((tmp_path / "invariance.json").read_text())["rotation"]
+    sanity = json.loads((tmp_path / "sanity.json").read_text())
+    assert sanity["target"] == "conv2_1" and sanity["target_definition"].startswith("conv2_1 before its ReLU")
+
+
+# --- the figure script's entry ---------------------------------------------------------------------------
+
+def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path, monkeypatch):
+    from deconvnet.analysis import make_figures
+
+    checked = _check_print_on_save(monkeypatch)  # and each figure prints at a page's width, text >= 7 pt
     paths = make_figures(tmp_path, tiny, quick=True, alexnet=tiny_net(False, seed=4), show_progress=False)
+    _assert_prints(checked)
     names = sorted(p.name for p in paths)
     assert names == sorted(["methods.png", "methods.json", "sanity_curves.png", "sanity_maps.png", "selectivity.png",
                             "sanity.json", "invariance.png", "invariance.json", "occlusion.png", "occlusion.json",
@@ -540,9 +789,13 @@ def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path):
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     methods = json.loads((tmp_path / "methods.json").read_text())
     assert methods["weights"] == tiny.describe()
+    # Captum's Deconvolution is not a column of the figure, but its cross-check is in the numbers, per row
+    assert "deconvolution" not in methods["shown"] and len(methods["rows"]) == 2 * 4  # 2 images x 4 targets
     assert all(row["deconvolution_vs_ours_relative_error"] <= 1e-5 for row in methods["rows"])
+    assert methods["cross_check"]["max_relative_error"] == max(r["deconvolution_vs_ours_relative_error"] for r in methods["rows"])
     sanity = json.loads((tmp_path / "sanity.json").read_text())
     assert sanity["cascading"]["steps"][0] == "original"
+    assert sanity["target"] == "fc8" and sanity["target_definition"].startswith("the class score (logit) fc8")
     assert sanity["cascading"]["mean_similarity"]["deconvnet"]["ssim"]["original"] == pytest.approx(1.0)
     assert set(sanity["selectivity"]["mean_similarity"]) == {"deconvnet", "guided_backprop", "gradient"}
     assert "probability" in json.loads((tmp_path / "invariance.json").read_text())["translation"]

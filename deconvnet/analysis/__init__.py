@@ -28,7 +28,7 @@ from ..core import Target
 from ..models import Net
 from ..io import write_json
 from ..plot import save_figure
-from ._util import jsonable, last_relu
+from ._util import DPI, jsonable, last_relu
 from .filters import filter_grid, first_conv, plot_first_layer_filters
 from .invariance import apply_transform, default_ranges, invariance_curves, plot_invariance
 from .methods import METHODS, backward_maps, compare_methods, plot_method_comparison
@@ -84,6 +84,7 @@ class FigureSettings:
     """Image sizes and loop lengths of the figures (``full()`` for the paper, ``quick()`` for tests)."""
 
     images: tuple[str, ...]
+    method_images: int  # the first images of ``images`` in the method comparison (rows: images x targets)
     size: int
     sanity_size: int
     sanity_images: int
@@ -96,11 +97,11 @@ class FigureSettings:
     def full(cls) -> "FigureSettings":
         # the randomisation test runs 3 methods x (1 + 13..16 layers) x 2 modes: at 128 px it takes minutes
         # on a CPU, at 224 px four times that, for maps whose comparison does not need the larger size
-        return cls(("chelsea", "astronaut", "coffee"), 224, 128, 2, None, 5, 13, None)
+        return cls(("chelsea", "astronaut", "coffee"), 2, 224, 128, 2, None, 5, 13, None)
 
     @classmethod
     def quick(cls) -> "FigureSettings":
-        return cls(("chelsea", "astronaut"), 64, 64, 1, 3, 1, 5, (16, 16))
+        return cls(("chelsea", "astronaut"), 2, 64, 64, 1, 3, 1, 5, (16, 16))
 
 
 def _inputs(net: Net, names: Sequence[str], size: int) -> torch.Tensor:
@@ -114,7 +115,7 @@ def _write_json(path: Path, data: dict) -> Path:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -133,8 +134,14 @@ def method_targets(net: Net) -> list[Target]:
 
 
 def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
-    """methods.png / methods.json: every method for several images and targets."""
-    x = _inputs(net, s.images, s.size)
+    """methods.png / methods.json: every method for several images and targets.
+
+    The figure shows the deconvnet, guided backprop and the gradient; Captum's Deconvolution, which
+    computes the deconvnet's rule independently, is the cross-check in methods.json (its largest difference
+    to ours, per row), not a column of identical pictures.
+    """
+    names = s.images[: s.method_images]
+    x = _inputs(net, names, s.size)
     results = [compare_methods(net, x, t) for t in method_targets(net)]
     # rows image-major: all targets of the first image, then the next
     rows = []
@@ -144,8 +151,12 @@ def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bo
                                 r.activation[b : b + 1], r.position[b : b + 1], r.deconvolution_error[b : b + 1],
                                 r.input[b : b + 1], r.weights, r.target_labels[b : b + 1]))
     fig = plot_method_comparison(rows, net)
-    numbers = {"weights": net.describe(), "images": list(s.images), "size": s.size,
-               "rows": [{"image": s.images[k // len(results)], "target": r.target_labels[0],
+    errors = [r.deconvolution_error[0] for r in rows]
+    numbers = {"weights": net.describe(), "images": list(names), "size": s.size,
+               "shown": [m for m in METHODS if m != "deconvolution"],
+               "cross_check": {"what": "Captum Deconvolution vs deconvnet (ours): max |Captum - ours| / max |ours| per row",
+                               "max_relative_error": max(errors)},
+               "rows": [{"image": names[k // len(results)], "target": " ".join(r.target_labels[0].split()),
                          "deconvolution_vs_ours_relative_error": r.deconvolution_error[0],
                          "activation": float(r.activation[0])} for k, r in enumerate(rows)]}
     return [_save(fig, out_dir / "methods.png"), _write_json(out_dir / "methods.json", numbers)]
@@ -177,6 +188,7 @@ def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: boo
     ]
     numbers = {
         "weights": net.describe(), "images": list(names), "size": s.sanity_size, "target": target.layer,
+        "target_definition": results[0].definition,
         "target_channel": results[0].channel, "target_position": results[0].position,
         **{r.mode: {"steps": r.steps, "mean_similarity": r.summary(),
                     "all_zero_maps": {m: z.sum(1) for m, z in r.zero.items()}} for r in results},
@@ -200,14 +212,26 @@ def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, show_progress: 
     """occlusion.png / occlusion.json."""
     x = _inputs(net, s.images, s.size)
     size, stride = s.occluder if s.occluder is not None else (None, None)
-    r = occlusion_maps(net, x, size=size, stride=stride, names=s.images, show_progress=show_progress)
+    # Captum's per-pixel Occlusion is a smoothed (d), not drawn: the tests check it against the grid instead
+    r = occlusion_maps(net, x, size=size, stride=stride, names=s.images, captum=False, show_progress=show_progress)
     return [_save(plot_occlusion(r, net), out_dir / "occlusion.png"), _write_json(out_dir / "occlusion.json", r.summary())]
 
 
 def figure_filters(out_dir: Path, net: Net, alexnet: Net | None = None) -> list[Path]:
-    """filters.png: the first-layer filters of ``net`` (and of AlexNet when given)."""
-    nets = [net] + ([alexnet] if alexnet is not None else [])
-    return [_save(plot_first_layer_filters(nets), out_dir / "filters.png")]
+    """filters.png: the first-layer filters of ``net`` (and of AlexNet when given).
+
+    A net with random weights beside a trained one is left out (random filters show nothing; the caption
+    says so): the trained net's filters are then shown twice, scaled per filter (their patterns) and with
+    one scale for the layer (their relative strength: weak or dead filters fade to gray).
+    """
+    trained = net.provenance.get("weights") != "random"
+    extra = [alexnet] if alexnet is not None else []
+    left_out = [n for n in extra if trained and n.provenance.get("weights") == "random"]
+    nets = [net] + ([] if left_out else extra)
+    caption = " ".join(f"{n.arch} (the subject of Fig. 6) is left out: only random weights are available for it here."
+                       for n in left_out)
+    fig = plot_first_layer_filters(nets, normalise=("filter", "layer") if len(nets) == 1 else "filter", caption=caption)
+    return [_save(fig, out_dir / "filters.png")]
 
 
 FIGURES = ("methods", "sanity", "invariance", "occlusion", "filters")

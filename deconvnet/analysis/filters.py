@@ -73,29 +73,57 @@ def filter_grid(
     return grid
 
 
-def plot_first_layer_filters(nets: Sequence[Net], *, axes=None, normalise: str = "filter"):
-    """The first-layer filters of each net side by side, titled with the layer, its size and stride and
-    the weights.
+def plot_first_layer_filters(
+    nets: Sequence[Net], *, axes=None, normalise: str | Sequence[str] = "filter", caption: str = ""
+):
+    """The first-layer filters of each net side by side (one panel per net and normalisation), titled with
+    the layer, its size and stride; the weights are named under each panel (once, below, for one net).
+
+    Args:
+        nets: the models.
+        axes: one axis per panel (nets x normalisations, net-major); None creates a figure at most 7 inches
+            wide.
+        normalise: ``"filter"``, ``"layer"`` or both (see the module docstring).
+        caption: a note for the bottom of the figure.
 
     Returns:
         The matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
+    from ._util import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title, wrap_to_width
+
+    norms = [normalise] if isinstance(normalise, str) else list(normalise)
+    for n in norms:
+        if n not in NORMALISATIONS:
+            raise ValueError(f"normalise '{n}' is not understood. Hint: one of {', '.join(NORMALISATIONS)}")
+    panels = [(net, n) for net in nets for n in norms]
+    side = min(3.4, (PRINT_WIDTH - 0.1) / len(panels))
     if axes is None:
-        fig, axes = plt.subplots(1, len(nets), figsize=(5.2 * len(nets), 6.0), squeeze=False, constrained_layout=True)
+        # room for two-line panel titles and the title above, the weights (under each panel or once) below
+        fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels) + 0.1, side + 1.25), squeeze=False,
+                                 layout="constrained")
+        fig.get_layout_engine().set(h_pad=0.06)
         axes = axes[0]
     else:
         axes = np.atleast_1d(axes)
         fig = axes[0].figure
-    for ax, net in zip(axes, nets):
+    for ax, (net, n) in zip(axes, panels):
         name, conv = first_conv(net)
-        ax.imshow(filter_grid(conv.weight, net.preprocessing, normalise=normalise), interpolation="nearest")
+        ax.imshow(filter_grid(conv.weight, net.preprocessing, normalise=n), interpolation="nearest")
         k, s = conv.kernel_size, conv.stride
         warn = "\nRANDOM weights: no learned structure to see" if net.provenance.get("weights") == "random" else ""
-        ax.set_title(f"{net.arch} {name}: {conv.out_channels} filters {k[0]}x{k[1]}, stride {s[0]}{warn}", fontsize=9)
-        ax.set_xlabel(net.describe(), fontsize=6.5, color="0.3", wrap=True)
+        scaled = f"\nscaled per {n}" if len(norms) > 1 else ""
+        ax.set_title(f"{net.arch} {name}: {conv.out_channels} filters {k[0]}x{k[1]}, stride {s[0]}{scaled}{warn}", fontsize=TEXT_PT)
+        if len(nets) > 1:
+            ax.set_xlabel(wrap_to_width(net.describe(), side - 0.1, TICK_PT), fontsize=TICK_PT, color="0.3")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"First-layer filters (Zeiler & Fergus 2014, Fig. 6); zero = gray, scaled per {normalise}", fontsize=10)
+    how = " or ".join(f"per {n}" for n in norms)
+    title(fig, f"First-layer filters (Zeiler & Fergus 2014, Fig. 6); zero = gray, scaled {how}")
+    lines = [caption] if caption else []
+    if len(nets) == 1:
+        lines.append(nets[0].describe())
+    if lines:
+        footer(fig, "\n".join(lines))
     return fig

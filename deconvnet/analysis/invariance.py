@@ -5,9 +5,9 @@ feature vectors of the original and of the transformed image is measured, and wh
 the probability of the true (or, if not given, the top) class of the original.
 
 The transforms act on the model input with its size kept. What they uncover is filled with zero in the
-model's input space, which is the mean colour of the preprocessing (ImageNet's or Caffe's mean): a
-translation shifts whole rows (exact, no interpolation); scaling and rotation use bilinear interpolation
-about the image centre. An identity transform (shift 0, scale 1, rotation by a multiple of 360 degrees)
+model's input space, which is the mean colour of the preprocessing (ImageNet's or Caffe's mean; black for
+a preprocessing that subtracts no mean): a translation shifts whole rows (exact, no interpolation); scaling
+and rotation use bilinear interpolation about the image centre. An identity transform (shift 0, scale 1, rotation by a multiple of 360 degrees)
 leaves the input unchanged, so its features are the original's, reused rather than recomputed (a
 recomputation in a batch of another size can differ in the last float bits): every distance curve is
 exactly 0 there.
@@ -24,7 +24,8 @@ import torch
 from ..core import check_input
 from ..models import Net
 from ..plot import image_array
-from ._util import classifier_line, deep_layer, forward_capture, label, note_axis, progress
+from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, classifier_line, deep_layer, fill_words, footer, forward_capture, label,
+                    progress, title)
 
 TRANSFORMS = ("translation", "scale", "rotation")
 AXIS_LABELS = {"translation": "vertical translation (pixels)", "scale": "scale (ratio)", "rotation": "rotation (degrees)"}
@@ -93,7 +94,7 @@ def default_ranges(size: int, steps: int = 13) -> dict[str, np.ndarray]:
     shift = max(1, int(round(60 * size / 224)))
     return {
         "translation": np.unique(np.round(np.linspace(-shift, shift, steps)).astype(int)),
-        "scale": np.round(np.linspace(0.6, 1.8, steps), 3),
+        "scale": np.unique(np.append(np.round(np.linspace(0.6, 1.8, steps), 3), 1.0)),
         "rotation": np.linspace(0, 360, steps),
     }
 
@@ -223,12 +224,14 @@ def invariance_curves(
 
 def plot_invariance(result: InvarianceResult, net: Net, *, axes=None, n_examples: int = 5):
     """The paper's Figure 5: one column per transform; rows: examples of the transformed first image, the
-    low-layer distance, the deep-layer distance and the probability of the class (a note without a classifier).
+    low-layer distance, the deep-layer distance and, where a classifier exists, the probability of the
+    class. Without a classifier there is no probability row; the caption says so once.
 
     Args:
         result: from ``invariance_curves``.
         net: the model (for display of the inputs).
-        axes: a (4, transforms) array of axes; None creates a figure.
+        axes: a (rows, transforms) array of axes, rows 3 (no classifier) or 4; None creates a figure
+            7 inches wide.
         n_examples: transformed examples shown in the first row.
 
     Returns:
@@ -237,55 +240,63 @@ def plot_invariance(result: InvarianceResult, net: Net, *, axes=None, n_examples
     import matplotlib.pyplot as plt
 
     kinds = list(result.values)
+    with_probs = result.probability is not None
+    nrows = 4 if with_probs else 3
     if axes is None:
-        fig, axes = plt.subplots(4, len(kinds), figsize=(4.3 * len(kinds), 11.5), squeeze=False,
-                                 gridspec_kw={"height_ratios": [0.9, 1, 1, 1]}, constrained_layout=True)
+        fig, axes = plt.subplots(nrows, len(kinds), figsize=(PRINT_WIDTH, 0.75 + 1.55 * (nrows - 1) + 1.3), squeeze=False,
+                                 gridspec_kw={"height_ratios": [0.5] + [1] * (nrows - 1)}, layout="constrained")
     else:
-        axes = np.asarray(axes).reshape(4, len(kinds))
+        axes = np.asarray(axes).reshape(nrows, len(kinds))
         fig = axes[0, 0].figure
     low, high = result.layers
     for c, kind in enumerate(kinds):
         vals = result.values[kind]
-        pick = np.unique(np.linspace(0, len(vals) - 1, min(n_examples, len(vals))).round().astype(int))
+        pick = np.linspace(0, len(vals) - 1, min(n_examples, len(vals))).round().astype(int)
+        identity = [i for i, v in enumerate(vals) if is_identity(kind, v)]
+        if identity and not any(is_identity(kind, vals[i]) for i in pick):  # show the untransformed image too
+            pick[np.argmin(np.abs(pick - identity[0]))] = identity[0]
+        pick = np.unique(pick)
         strip = [image_array(net.deprocess(result.examples[kind][i : i + 1])[0]) for i in pick]
         h = strip[0].shape[0]
-        gap = np.ones((h, max(2, h // 16), 3))
+        gap = np.ones((h, max(2, h // 12), 3))
         montage = np.concatenate(sum(([s, gap] for s in strip), [])[:-1], axis=1)
-        axes[0, c].imshow(montage)
-        axes[0, c].set_xticks([(i + 0.5) * (montage.shape[1] + gap.shape[1]) / len(pick) for i in range(len(pick))])
-        axes[0, c].set_xticklabels([f"{vals[i]:g}" for i in pick], fontsize=7)
-        axes[0, c].set_yticks([])
-        axes[0, c].set_title(f"{AXIS_LABELS[kind]}: {result.names[0]}", fontsize=9)
-        for row, layer in ((1, low), (2, high)):
+        ax = axes[0, c]
+        ax.imshow(montage)
+        ax.set_xticks([(i + 0.5) * (montage.shape[1] + gap.shape[1]) / len(pick) - gap.shape[1] / 2 for i in range(len(pick))])
+        ax.set_xticklabels([f"{vals[i]:g}" for i in pick], fontsize=TICK_PT)
+        ax.tick_params(length=0, pad=1.5)
+        ax.set_yticks([])
+        for sp in ax.spines.values():
+            sp.set_visible(False)
+        ax.set_title(AXIS_LABELS[kind].capitalize(), fontsize=TEXT_PT + 0.5)
+        rows = [(1, low, result.distance[kind][low]), (2, high, result.distance[kind][high])]
+        if with_probs:
+            rows.append((3, None, result.probability[kind]))
+        for row, layer, curves in rows:
             ax = axes[row, c]
             for j, name in enumerate(result.names):
-                ax.plot(vals, result.distance[kind][layer][:, j], "o-", ms=3, lw=1.2, label=name)
-            ax.set_xlabel(AXIS_LABELS[kind], fontsize=8)
-            ax.set_ylabel(f"Euclidean distance, {layer}", fontsize=8)
-            ax.set_title(f"{layer}: distance to the original's features", fontsize=9)
+                lab = name if layer is not None else f"{name}: {result.class_labels[j]}"
+                ax.plot(vals, curves[:, j], "o-", ms=2.5, lw=1.1, color=f"C{j}", label=lab)
             ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=7)
-        ax = axes[3, c]
-        if result.probability is None:
-            note_axis(ax, f"P(class) not shown:\n{result.classifier}\n({result.weights.split(',')[0]})")
-        else:
-            for j, name in enumerate(result.names):
-                ax.plot(vals, result.probability[kind][:, j], "o-", ms=3, lw=1.2,
-                        label=f"{name}: {result.class_labels[j]}")
-            top = float(np.max(result.probability[kind]))
-            if top > 0.2:
-                ax.set_ylim(-0.02, 1.02)
-            else:  # near-uniform probabilities (a random classifier): a 0..1 axis would show a flat line
-                ax.set_ylim(0, top * 1.15)
-            ax.set_xlabel(AXIS_LABELS[kind], fontsize=8)
-            ax.set_ylabel(f"P({result.class_source} class)", fontsize=8)
-            ax.set_title(f"probability of the {result.class_source} class" + ("" if top > 0.2 else " (axis zoomed)"), fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=7)
-    axes[1, 0].legend(fontsize=7)
-    if result.probability is not None:
-        axes[3, 0].legend(fontsize=7)
-    fig.suptitle("Invariance to vertical translation, scale and rotation (Zeiler & Fergus 2014, Fig. 5)", fontsize=11)
-    fig.supxlabel(f"Uncovered pixels filled with the preprocessing mean; distances between flattened feature vectors. "
-                  f"Class panels: {result.classifier}.\n{result.weights}", fontsize=7, color="0.3")
+            ax.tick_params(labelsize=TICK_PT, pad=1.5)
+            if row < nrows - 1:
+                ax.sharex(axes[nrows - 1, c])
+                ax.tick_params(labelbottom=False)
+            else:
+                ax.set_xlabel(AXIS_LABELS[kind], fontsize=TEXT_PT)
+            if c == 0:
+                ax.set_ylabel(f"distance, {layer}" if layer is not None else f"P({result.class_source} class)", fontsize=TEXT_PT)
+            if layer is None:
+                top = float(np.max(result.probability[kind]))
+                # near-uniform probabilities (a random classifier): a 0..1 axis would show a flat line
+                ax.set_ylim(*((-0.02, 1.02) if top > 0.2 else (0, top * 1.15)))
+    handles, labels = axes[nrows - 1 if with_probs else 1, 0].get_legend_handles_labels()
+    title(fig, "Invariance to vertical translation, scale and rotation (Zeiler & Fergus 2014, Fig. 5): Euclidean "
+               "distance between the feature vectors of the transformed and the original image",
+          legend=(handles, labels), ncol=min(len(labels), 3))
+    probs = ("Probability of the top class not shown: " + result.classifier + "." if not with_probs else
+             f"Class: {result.classifier}" + ("; probability axis zoomed where the classifier is near uniform." if
+                                               any(float(np.max(p)) <= 0.2 for p in result.probability.values()) else "."))
+    footer(fig, f"Top: the first image transformed; uncovered pixels are {fill_words(net)}. {probs}"
+                f"\n{result.weights}")
     return fig

@@ -229,56 +229,96 @@ def compare_methods(net: Net, x: torch.Tensor, target: Target, methods: Sequence
     return MethodComparison(target, maps, channel, activation, position, errors, x, net.describe(), labels)
 
 
+SHOWN_METHODS = ("deconvnet", "guided_backprop", "gradient")  # Captum's Deconvolution is a cross-check, not a picture
+
+
+def _unit_box(net: Net, r: MethodComparison, b: int) -> tuple[int, int, int, int] | None:
+    """The input box (top, left, bottom, right) seen by the row's target unit, or None (a whole map, a mask,
+    an fc unit: no single receptive field to mark)."""
+    from ..receptive import receptive_field
+
+    pos = r.target.position
+    if isinstance(pos, str) and pos == "all":
+        return None
+    if isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
+        return None
+    if net.depth(r.target.layer) >= len(net.features):
+        return None
+    row, col = (int(v) for v in r.position[b])
+    return receptive_field(net, r.target.layer).box(row, col, tuple(r.input.shape[-2:]))
+
+
 def plot_method_comparison(
     results: Sequence[MethodComparison],
     net: Net,
     *,
     axes=None,
+    methods: Sequence[str] | None = None,
     scaling: str = "percentile",
+    crop: bool = True,
 ):
-    """One row per (image, target): the input, then one column per method.
+    """One row per (image, target): the input (the target unit's receptive field marked), then one column
+    per method; for a unit, the maps are cropped to its receptive field (as Zeiler & Fergus show them:
+    outside it every map is exactly zero).
+
+    Captum's ``Deconvolution`` computes the deconvnet's rule a second time: its maps equal ours (the
+    ``deconvolution_error`` of each result says by how much), so it is a check, kept in the numbers and the
+    tests, and not drawn unless asked for in ``methods``.
 
     Args:
         results: from ``compare_methods`` (rows: each result's images in order).
         net: the model (for display of the input and the caption).
-        axes: a (rows, 1 + methods) array of axes to draw on; None creates a figure.
+        axes: a (rows, 1 + methods) array of axes to draw on; None creates a figure sized for print.
+        methods: the columns (default: those of ``SHOWN_METHODS`` that the results hold).
         scaling: display scaling of the signed maps (``deconvnet.plot.scale_for_display``); the default
             ``"percentile"`` clips the few strongest pixels so that the rest of a sparse map is visible.
+        crop: crop the maps of a unit to its receptive field.
 
     Returns:
         The matplotlib figure.
     """
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Rectangle
+
+    from ._util import TEXT_PT, tile_figure
 
     rows = [(r, b) for r in results for b in range(r.input.shape[0])]
-    methods = list(results[0].maps)
+    methods = [m for m in (methods if methods is not None else SHOWN_METHODS) if m in results[0].maps]
     ncols = 1 + len(methods)
+    boxes = [_unit_box(net, r, b) for r, b in rows]
+    suptitle = "One target, three backward rules: deconvnet, guided backprop and gradient"
+    caption = (f"{RULES_CAPTION}\nAll start from the same seed (the deconvnet's: the target's activation, all else zero); "
+               f"zero = gray ({scaling} scaling)."
+               + ((" Yellow box: the receptive field of the target unit" + ("; a unit's maps are cropped to it." if crop else "."))
+                  if any(bx is not None for bx in boxes) else "")
+               + f"\n{net.describe()}")
     if axes is None:
-        fig, axes = plt.subplots(len(rows), ncols, figsize=(2.15 * ncols, 2.25 * len(rows) + 1.0), squeeze=False)
-        fig.subplots_adjust(left=0.11, right=0.99, top=1 - 0.7 / fig.get_figheight(),
-                            bottom=0.75 / fig.get_figheight(), wspace=0.04, hspace=0.1)
+        # a page is about 9 inches high: the tiles shrink with the number of rows, never below 0.8 inch
+        tile = float(np.clip(7.2 / len(rows), 0.85, 1.3))
+        fig, axes = tile_figure(len(rows), ncols, tile, suptitle=suptitle, caption=caption, left=0.42, header=0.2)
     else:
         axes = np.asarray(axes).reshape(len(rows), ncols)
         fig = axes[0, 0].figure
-    for i, (r, b) in enumerate(rows):
+        fig.suptitle(suptitle, fontsize=9)
+        fig.supxlabel(caption, fontsize=7, color="0.25")
+    for i, ((r, b), box) in enumerate(zip(rows, boxes)):
         axes[i, 0].imshow(image_array(net.deprocess(r.input[b : b + 1])[0]), interpolation="nearest")
-        axes[i, 0].set_ylabel(r.target_labels[b], fontsize=7.5)
+        if box is not None:
+            top, left, bottom, right = box
+            axes[i, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                           ec="yellow", lw=1.0))
+        axes[i, 0].set_ylabel(r.target_labels[b], fontsize=TEXT_PT, labelpad=2)
         for j, m in enumerate(methods, start=1):
             rgb = net.preprocessing.to_rgb_order(r.maps[m][b : b + 1])[0]
+            if crop and box is not None:
+                rgb = rgb[:, box[0] : box[2], box[1] : box[3]]
             axes[i, j].imshow(scale_for_display(rgb, scaling), interpolation="nearest")
-            if m == "deconvolution" and r.deconvolution_error:
-                axes[i, j].text(0.02, 0.02, f"max rel. diff. to ours {r.deconvolution_error[b]:.0e}", transform=axes[i, j].transAxes,
-                                fontsize=6, color="k", backgroundcolor=(1, 1, 1, 0.7))
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("input", fontsize=9)
+    axes[0, 0].set_title("input", fontsize=TEXT_PT, pad=3)
     for j, m in enumerate(methods, start=1):
-        axes[0, j].set_title(METHOD_TITLES[m], fontsize=9)
-    fig.suptitle("One target, three backward rules: deconvnet, guided backprop, gradient", fontsize=10,
-                 y=1 - 0.1 / fig.get_figheight(), va="top")
-    fig.text(0.5, 0.01, f"{RULES_CAPTION}\nAll start from the same seed (the deconvnet's: the target's activations); "
-             f"maps shown with zero = gray ({scaling} scaling).\n{net.describe()}",
-             ha="center", va="bottom", fontsize=6.5, color="0.25", wrap=True)
+        words = METHOD_TITLES[m]
+        narrow = axes[0, j].get_position().width * fig.get_figwidth() * 72 < len(words) * 0.55 * TEXT_PT + 4
+        axes[0, j].set_title(words.replace(" (", "\n(") if narrow else words, fontsize=TEXT_PT, pad=3)
     return fig

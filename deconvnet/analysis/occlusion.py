@@ -1,6 +1,7 @@
 """Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7).
 
-A gray square (zero in the model's input space: the preprocessing's mean colour) is slid over the image;
+A square of zero in the model's input space (the preprocessing's mean colour; black where the preprocessing
+subtracts no mean) is slid over the image;
 for every position of the occluder this records
 
 (b) the summed activation of the layer-5 feature map that is strongest on the unoccluded image,
@@ -8,7 +9,7 @@ for every position of the occluder this records
 (e) the most probable label,
 
 and (c) is the deconv projection of that feature map's strongest unit on the unoccluded image. Panels (d)
-and (e) need a classifier; without one they are left out with a visible note. Where a classifier exists,
+and (e) need a classifier; without one they are left out and the caption says so. Where a classifier exists,
 Captum's ``Occlusion`` gives the per-pixel version of (d) (the drop in probability averaged over the
 windows covering a pixel); with the stride equal to the size it is exactly (d) expanded to pixels, which
 the tests check. Occluder positions are those of Captum: top-left corners at 0, stride, 2 stride, ... while
@@ -26,7 +27,8 @@ import torch
 from ..core import Deconvnet, Projection, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
-from ._util import blank, class_names, classifier_line, forward_capture, label, last_relu, note_axis, progress
+from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, blank, class_names, classifier_line, fill_rgb, fill_words, footer,
+                    forward_capture, label, last_relu, progress, title)
 
 
 def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +120,7 @@ def occlusion_maps(
     batch_size: int = 16,
     show_progress: bool = True,
 ) -> OcclusionResult:
-    """Slide a gray square over the images and record the paper's maps (see the module docstring).
+    """Slide a square occluder over the images and record the paper's maps (see the module docstring).
 
     Args:
         net: the model.
@@ -219,11 +221,23 @@ def _extent(result: OcclusionResult) -> tuple[float, float, float, float]:
             result.tops[-1] + half + s / 2, result.tops[0] + half - s / 2)
 
 
-def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str = "percentile", max_labels: int = 6):
+def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str = "percentile", max_labels: int = 5,
+                   show_captum: bool = False):
     """The paper's Figure 7, one row per image: (a) input with the occluder, (b) summed activation of the
-    followed map, (c) its projection, (d) P(class), (e) most probable label, and Captum's Occlusion.
+    followed map, (c) its projection and, where a classifier exists, (d) P(class) and (e) the most probable
+    label. (b) is drawn as the change from the unoccluded value, in percent (a diverging map centred on
+    zero shows where occluding lowers or raises the activation, and how much).
 
-    Without a classifier, (d) and (e) are notes and Captum's panel is left out.
+    Without a classifier (d) and (e) are left out (no placeholder panels) and the caption says so once.
+    Captum's per-pixel ``Occlusion`` of the probability is a smoothed (d), drawn only with ``show_captum``.
+
+    Args:
+        result: from ``occlusion_maps``.
+        net: the model (for display of the inputs and class names).
+        axes: a (images, panels) array of axes; None creates a figure 7 inches wide.
+        scaling: display scaling of the projection.
+        max_labels: labels named in (e); the rest are "other".
+        show_captum: add Captum's Occlusion as a last column (needs ``result.captum``).
 
     Returns:
         The matplotlib figure.
@@ -233,50 +247,56 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
 
     b = result.input.shape[0]
     with_probs = result.probability is not None
-    ncols = 6 if with_probs and result.captum is not None else 5
+    captum = show_captum and result.captum is not None
+    ncols = 3 + 2 * with_probs + captum
     if axes is None:
-        fig, axes = plt.subplots(b, ncols, figsize=(3.1 * ncols, 3.25 * b + 1.2), squeeze=False, constrained_layout=True)
+        # three panels fill a 7-inch row at about 2 inches; five or six share it at about 1.2 inches and
+        # (e) needs room below for its legend
+        legend_rows = max(min(len(np.unique(t)), max_labels) + (len(np.unique(t)) > max_labels) for t in result.top_label) if with_probs else 0
+        height = (2.35 if ncols == 3 else 1.45 + 0.14 * legend_rows) * b + 1.0
+        fig, axes = plt.subplots(b, ncols, figsize=(PRINT_WIDTH, height), squeeze=False, layout="constrained")
     else:
         axes = np.asarray(axes).reshape(b, ncols)
         fig = axes[0, 0].figure
     ext = _extent(result)
     names = class_names(net)
+    fs = TEXT_PT if ncols == 3 else TICK_PT
+
+    def heat(ax, values, cmap, vmin=None, vmax=None):
+        im = ax.imshow(values, extent=ext, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax.set_ylim(img.shape[0] - 0.5, -0.5)
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        cb.ax.tick_params(labelsize=TICK_PT, pad=1)
+        cb.ax.yaxis.get_offset_text().set_fontsize(TICK_PT)
+        blank(ax)
+
     for r in range(b):
         img = image_array(net.deprocess(result.input[r : r + 1])[0])
         ax = axes[r, 0]
         ax.imshow(img)
         mid_t, mid_l = result.tops[len(result.tops) // 2], result.lefts[len(result.lefts) // 2]
-        ax.add_patch(Rectangle((mid_l - 0.5, mid_t - 0.5), result.size, result.size, color="0.5", ec="k", lw=0.8))
-        ax.set_title(f"(a) {result.names[r]}: occluder {result.size}px,\nstride {result.stride}px ({len(result.tops)}x{len(result.lefts)} positions)", fontsize=8)
+        ax.add_patch(Rectangle((mid_l - 0.5, mid_t - 0.5), result.size, result.size, fc=fill_rgb(net), ec="w", lw=0.8))
+        ax.set_title(f"(a) {result.names[r]}", fontsize=fs)
         blank(ax)
 
-        ax = axes[r, 1]
-        im = ax.imshow(result.activation[r], extent=ext, cmap="viridis", interpolation="nearest")
-        ax.set_xlim(-0.5, img.shape[1] - 0.5)
-        ax.set_ylim(img.shape[0] - 0.5, -0.5)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-        ax.set_title(f"(b) {result.layer} map {int(result.channel[r])}: summed activation\n"
-                     f"(unoccluded {result.activation_clean[r]:.3g})", fontsize=8)
-        ax.tick_params(labelsize=6)
+        change = 100 * (result.activation[r] - result.activation_clean[r]) / (abs(result.activation_clean[r]) or 1.0)
+        top = float(np.abs(change).max()) or 1.0
+        heat(axes[r, 1], change, "RdBu_r", -top, top)
+        axes[r, 1].set_title(f"(b) {result.layer} map {int(result.channel[r])}: sum,\n% change (unoccluded {result.activation_clean[r]:.4g})",
+                             fontsize=fs)
 
         ax = axes[r, 2]
         p = result.projection
         ax.imshow(scale_for_display(net.preprocessing.to_rgb_order(p.projection[r : r + 1])[0], scaling))
         row, col = (int(v) for v in p.position[r])
-        ax.set_title(f"(c) projection of map {int(p.channel[r])},\nstrongest unit ({row}, {col})", fontsize=8)
+        ax.set_title(f"(c) projection of map {int(p.channel[r])}\nunit ({row}, {col})", fontsize=fs)
         blank(ax)
-
         if not with_probs:
-            for c, what in ((3, "(d) P(correct class)"), (4, "(e) most probable label")):
-                note_axis(axes[r, c], f"{what}\nnot available:\n{result.classifier}")
             continue
-        ax = axes[r, 3]
-        im = ax.imshow(result.probability[r], extent=ext, cmap="magma", vmin=0, interpolation="nearest")
-        ax.set_xlim(-0.5, img.shape[1] - 0.5)
-        ax.set_ylim(img.shape[0] - 0.5, -0.5)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-        ax.set_title(f"(d) P({result.class_source} class: {result.class_labels[r]})\n(unoccluded {result.probability_clean[r]:.3f})", fontsize=8)
-        ax.tick_params(labelsize=6)
+
+        heat(axes[r, 3], result.probability[r], "magma", vmin=0)
+        axes[r, 3].set_title(f"(d) P({result.class_labels[r][:14]})\n(unoccluded {result.probability_clean[r]:.3g})", fontsize=fs)
 
         ax = axes[r, 4]
         lab = result.top_label[r]
@@ -288,21 +308,28 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
         ax.imshow(index, extent=ext, cmap=cmap, vmin=-0.5, vmax=len(shown) + 0.5, interpolation="nearest")
         ax.set_xlim(-0.5, img.shape[1] - 0.5)
         ax.set_ylim(img.shape[0] - 0.5, -0.5)
-        patches = [Patch(color=cmap(k), label=(names[v] if names else f"class {v}")[:22]) for k, v in enumerate(shown)]
+        patches = [Patch(color=cmap(k), label=(names[v] if names else f"class {v}")[:18]) for k, v in enumerate(shown)]
         if len(order) > len(shown):
             patches.append(Patch(color=cmap(len(shown)), label="other"))
-        ax.legend(handles=patches, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        ax.set_title("(e) most probable label", fontsize=8)
-        ax.tick_params(labelsize=6)
+        ax.legend(handles=patches, fontsize=TICK_PT, loc="upper left", bbox_to_anchor=(-0.05, -0.02), frameon=False,
+                  handlelength=0.8, handletextpad=0.4, borderpad=0, labelspacing=0.2)
+        ax.set_title("(e) most probable\nlabel", fontsize=fs)
+        blank(ax)
 
-        if ncols == 6:
+        if captum:
             ax = axes[r, 5]
             m = np.abs(result.captum[r]).max() or 1.0
             im = ax.imshow(result.captum[r], cmap="RdBu_r", vmin=-m, vmax=m)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-            ax.set_title("Captum Occlusion: drop of P(class),\nper pixel (red: occluding hurts)", fontsize=8)
-            ax.tick_params(labelsize=6)
-    fig.suptitle(f"Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7): gray square = preprocessing mean; "
-                 f"class panels: {result.classifier}", fontsize=10)
-    fig.supxlabel(result.weights, fontsize=7, color="0.3")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=TICK_PT, pad=1)
+            ax.set_title("Captum Occlusion\n(red: occluding hurts)", fontsize=fs)
+            blank(ax)
+    title(fig, "Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7): a square occluder slides over the image")
+    n_pos = f"{len(result.tops)}x{len(result.lefts)}"
+    classes = (f"(d), (e): the {result.class_source} class of the unoccluded image; {result.classifier}."
+               if with_probs else f"The class panels of Fig. 7 (P(class), most probable label) are left out: {result.classifier}.")
+    footer(fig, f"Occluder: {result.size} px square of {fill_words(net)}, shown in (a) at one position; stride "
+                f"{result.stride} px, {n_pos} positions. {'(b) and (d)' if with_probs else '(b)'}: the value with the occluder "
+                f"at each position, drawn at its centre; (b) red: occluding raises the map's summed activation, blue: lowers "
+                f"it. (c): the map's strongest unit on the unoccluded image, projected down by the deconvnet (zero = gray). "
+                f"{classes}\n{result.weights}")
     return fig

@@ -17,6 +17,16 @@ Parameter randomisation (Adebayo et al. 2018)
     (its size or sign) therefore does not count as a change of the map. The deconvnet's own projection is
     this map times the activation.
 
+    The default target is a *pre-activation*, as Adebayo et al.'s class logit is: the top class score
+    where a classifier exists, else the strongest unit of the last convolution's output before its ReLU
+    (``conv5_3``). A pre-activation is a linear function of the layer below, so its derivative there is
+    a row of its weights, whatever the weights are: re-initialising cannot switch it off. A ReLU or pool
+    unit can die: once re-initialised weights make it negative, the gradient and guided backprop carry
+    nothing down (the deconvnet still does, its ReLU rule ignores the forward pass), and their maps are
+    all zero. The definition (layer, channel, position, unit seed) is the same at every step; only the
+    weights change. Where a map is all zero nonetheless (a target chosen by the caller), the figures say
+    so and why.
+
 Neuron selectivity (Mahendran & Vedaldi 2016)
     At one location of a layer, reverse (a) the most active channel, (b) a random other channel and (c) a
     positive random vector |randn| over all channels, and compare the three images. Mahendran & Vedaldi
@@ -39,7 +49,7 @@ from torch import nn
 from ..core import Target, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
-from ._util import blank, deep_layer, progress
+from ._util import TEXT_PT, TICK_PT, TITLE_PT, blank, progress, tile_figure, wrap_to_width
 from .methods import METHOD_TITLES, backward_maps, deconvnet_seed
 from .similarity import METRIC_LABELS, METRICS, compare_maps, normalized_abs
 
@@ -120,10 +130,12 @@ def randomisation_steps(net: Net, layer: str, mode: str = "cascading", layers: S
 # --- the test -------------------------------------------------------------------------------------------
 
 def default_target(net: Net) -> Target:
-    """The class score of the top class where a classifier exists, else the strongest unit of the last pool."""
+    """A target that randomisation cannot switch off (see the module docstring): the top class score
+    where a classifier exists, else the strongest unit of the last convolution, before its ReLU."""
     if net.classifier is not None:
         return Target(list(net.layers)[-1], "max", "max")
-    return Target(deep_layer(net), "max", "max")
+    convs = [n for n, m in net.layers.items() if isinstance(m, nn.Conv2d)]
+    return Target(max(convs, key=net.depth), "max", "max")
 
 
 def unit_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,6 +175,8 @@ class SanityResult:
             every measure is NaN there).
         target: the target; channel, position: what it resolved to on the unchanged model, per image.
         input: the model input; weights: ``net.describe()``.
+        definition: the target in words, the same at every step (``describe_target``).
+        spatial: whether the target layer has a spatial map (conv part) or not (fc layers).
     """
 
     mode: str
@@ -176,6 +190,8 @@ class SanityResult:
     position: torch.Tensor
     input: torch.Tensor
     weights: str
+    definition: str = ""
+    spatial: bool = True
 
     def summary(self) -> dict:
         """Mean over images of every score: ``{method: {metric: {step: value}}}`` (NaN where undefined)."""
@@ -245,30 +261,95 @@ def sanity_check(
                     scores[m][k][i, j] = v
     zero = {m: (v.flatten(2).abs().amax(2) == 0).numpy() for m, v in stacked.items()}
     return SanityResult(mode, [s for s, _ in steps], [list(r) for _, r in steps], scores, stacked, zero, target,
-                        channel.cpu(), position.cpu(), x, net.describe())
+                        channel.cpu(), position.cpu(), x, net.describe(), describe_target(net, target),
+                        seed_t.dim() == 4)
+
+
+def describe_target(net: Net, target: Target) -> str:
+    """What a sanity check explains, in words that hold at every step: the layer (and whether it is a
+    pre-activation), and how the channel and position were chosen on the unchanged model."""
+    layer = target.layer
+    module = net.check_layer(layer)
+    if layer == list(net.layers)[-1] and net.classifier is not None:
+        which = "the top class of the unchanged model" if target.channel == "max" else f"class {target.channel}"
+        return f"the class score (logit) {layer}, for {which}"
+    pre = " before its ReLU" if isinstance(module, (nn.Conv2d, nn.Linear)) else ""
+    ch, pos = target.channel, target.position
+    if net.depth(layer) >= len(net.features):
+        which = "the unit strongest on the unchanged model" if ch == "max" else f"unit {ch}"
+        return f"{layer}{pre}, {which}"
+    if isinstance(pos, str) and pos == "all":
+        which = "the whole map of the channel strongest on the unchanged model" if ch == "max" else f"the whole map of channel {ch}"
+    elif isinstance(pos, str):
+        which = "the unit strongest on the unchanged model" if ch == "max" else f"the strongest unit of channel {ch} on the unchanged model"
+    elif isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
+        which = ("the channel strongest on the unchanged model" if ch == "max" else f"channel {ch}") + ", weighted by a mask"
+    else:
+        which = "a given unit of " + ("the channel strongest on the unchanged model" if ch == "max" else f"channel {ch}")
+    return f"{layer}{pre}, {which}"
 
 
 def _target_words(r: SanityResult, index: int | None = None) -> str:
-    """The target in words: the layer, and the channel/position of one image (or 'fixed per image')."""
+    """The target of one image (for several images: its definition): layer, channel, position."""
     if index is None and r.input.shape[0] > 1:
-        return f"{r.target.layer} (channel and position fixed per image on the unchanged model)"
+        return r.definition
     i = index or 0
-    if not r.target.layer.startswith(("conv", "relu", "pool", "bn")):  # fc layers
-        return f"{r.target.layer} unit {int(r.channel[i])}" + (" (top class of the unchanged model)" if r.target.layer == "fc8" else "")
-    if isinstance(r.target.position, str) and r.target.position == "all":
-        return f"{r.target.layer} channel {int(r.channel[i])}, whole map"
-    if isinstance(r.target.position, str) or isinstance(r.target.position, tuple):
-        return f"{r.target.layer} channel {int(r.channel[i])} at ({int(r.position[i, 0])}, {int(r.position[i, 1])})"
-    return f"{r.target.layer} channel {int(r.channel[i])}, mask"
+    layer, ch = r.target.layer, int(r.channel[i])
+    pre = " (before its ReLU)" if "before its ReLU" in r.definition else ""
+    if "class score" in r.definition:
+        return f"the class score {layer}[{ch}]"
+    if not r.spatial:
+        return f"{layer}{pre} unit {ch}"
+    pos = r.target.position
+    if isinstance(pos, str) and pos == "all":
+        return f"{layer}{pre} channel {ch}, whole map"
+    if isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
+        return f"{layer}{pre} channel {ch}, mask"
+    return f"{layer}{pre} channel {ch} at ({int(r.position[i, 0])}, {int(r.position[i, 1])})"
+
+
+def _row_label(fig, ax, text: str) -> None:
+    """A method's name at the left of a row of tiles, broken into two lines where the row is too short."""
+    box = ax.get_position()
+    if len(text) * 0.55 * TEXT_PT / 72 > box.height * fig.get_figheight():
+        text = text.replace(" (", "\n(") if " (" in text else text.replace(" ", "\n", 1)
+    fig.text(box.x0 - 0.02 / fig.get_figwidth(), (box.y0 + box.y1) / 2, text, rotation=90, ha="right", va="center",
+             fontsize=TEXT_PT)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _unit_words(r: SanityResult, i: int) -> str:
+    """What the target resolved to for image ``i``: ``class 281``, ``channel 155 at (4, 3)``."""
+    ch = int(r.channel[i])
+    if "class score" in r.definition:
+        return f"class {ch}"
+    if not r.spatial:
+        return f"unit {ch}"
+    pos = r.target.position
+    if isinstance(pos, str) and pos == "all" or isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
+        return f"channel {ch}"
+    return f"channel {ch} at ({int(r.position[i, 0])}, {int(r.position[i, 1])})"
+
+
+STEP_WORDS = {"cascading": "cascading: the layer named and every layer above it re-initialised",
+              "independent": "independent: only the layer named re-initialised"}
+ZERO_WHY = ("All zero: the map lost the whole signal. Gradient and guided backprop pass a signal only through "
+            "ReLUs whose input is positive; with the re-initialised weights every path from the target to the "
+            "pixels meets a ReLU that is off (for a ReLU or pool target, usually the target itself). No similarity "
+            "is defined there.")
 
 
 def plot_sanity_curves(results: Sequence[SanityResult], *, axes=None, metrics: Sequence[str] = METRICS):
-    """Similarity to the original map against the randomisation step: one row per result, one column per
-    measure, one curve per method (mean over images, band: min to max over images), as Adebayo et al.
+    """Similarity to the original map against the randomisation step, as Adebayo et al.: one row per
+    measure, one column per result (e.g. cascading, independent), one curve per method (mean over images,
+    band: min to max over images). A cross below the axis marks a step where a method's map was all zero.
 
     Args:
         results: from ``sanity_check`` (e.g. the cascading and the independent test).
-        axes: a (len(results), len(metrics)) array of axes; None creates a figure.
+        axes: a (len(metrics), len(results)) array of axes; None creates a figure 7 inches wide.
         metrics: which measures to draw.
 
     Returns:
@@ -276,93 +357,144 @@ def plot_sanity_curves(results: Sequence[SanityResult], *, axes=None, metrics: S
     """
     import matplotlib.pyplot as plt
 
+    from ._util import PRINT_WIDTH, footer, title
+
     if axes is None:
-        fig, axes = plt.subplots(len(results), len(metrics), figsize=(3.6 * len(metrics), 3.3 * len(results) + 1.1),
-                                 squeeze=False, constrained_layout=True)
+        fig, axes = plt.subplots(len(metrics), len(results), figsize=(PRINT_WIDTH, 1.35 * len(metrics) + 2.2),
+                                 squeeze=False, sharex="col", layout="constrained")
     else:
-        axes = np.asarray(axes).reshape(len(results), len(metrics))
+        axes = np.asarray(axes).reshape(len(metrics), len(results))
         fig = axes[0, 0].figure
-    for row, r in zip(axes, results):
+    any_zero = False
+    for c, r in enumerate(results):
         xs = np.arange(len(r.steps))
-        for ax, k in zip(row, metrics):
+        for row, k in enumerate(metrics):
+            ax = axes[row, c]
             for m, per in r.scores.items():
                 v = per[k]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # a step where every map vanished has no mean: a gap
                     mean = np.nanmean(v, axis=1)
-                ax.plot(xs, mean, "o-", ms=3, lw=1.4, color=METHOD_COLORS.get(m), label=METHOD_TITLES[m])
+                ax.plot(xs, mean, "o-", ms=2.5, lw=1.2, color=METHOD_COLORS.get(m), label=METHOD_TITLES[m])
                 if v.shape[1] > 1 and np.isfinite(v).any():
                     with np.errstate(all="ignore"), warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # all-NaN steps stay gaps
                         ax.fill_between(xs, np.nanmin(v, 1), np.nanmax(v, 1), color=METHOD_COLORS.get(m), alpha=0.15, lw=0)
                 gone = r.zero[m].all(1)
                 if gone.any():  # the map vanished for every image: no measure exists, mark it instead of a value
-                    ax.plot(xs[gone], np.full(gone.sum(), -0.18 if k != "spearman" else -0.95), "x", ms=6, mew=1.5,
+                    any_zero = True
+                    ax.plot(xs[gone], np.full(gone.sum(), -0.18 if k != "spearman" else -0.9), "x", ms=5, mew=1.3,
                             color=METHOD_COLORS.get(m), label=f"{METHOD_TITLES[m]}: map all zero")
             ax.axhline(0, color="0.7", lw=0.6)
-            ax.set_xticks(xs)
-            ax.set_xticklabels(r.steps, rotation=60, ha="right", fontsize=7)
             ax.set_ylim(-1.05 if k == "spearman" else -0.25, 1.05)
-            ax.set_title(METRIC_LABELS[k], fontsize=9)
             ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=7)
-        row[0].set_ylabel(f"{r.mode} randomisation\nsimilarity to original", fontsize=8)
-    step_word = {"cascading": "cascading: every layer from the top down to the one named is re-initialised",
-                 "independent": "independent: only the layer named is re-initialised"}
-    handles = {}
-    for ax in axes.ravel():
+            ax.tick_params(labelsize=TICK_PT, pad=1.5)
+            ax.set_xticks(xs)
+            if row == len(metrics) - 1:
+                ax.set_xticklabels(r.steps, rotation=90, fontsize=TICK_PT)
+                ax.set_xlabel(f"last layer re-initialised ({r.mode})", fontsize=TEXT_PT)
+            else:
+                ax.tick_params(labelbottom=False)
+            if row == 0:
+                ax.set_title(f"{r.mode.capitalize()} randomisation", fontsize=TEXT_PT + 0.5)
+            if c == 0:
+                ax.set_ylabel(METRIC_LABELS[k].replace(" corr.", "\ncorr."), fontsize=TEXT_PT)
+            else:
+                ax.tick_params(labelleft=False)
+    handles: dict = {}
+    for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="outside right upper")
     r0 = results[0]
-    fig.suptitle(f"Parameter-randomisation sanity check (Adebayo et al. 2018): target {_target_words(r0)};\n"
-                 f"{r0.input.shape[0]} image(s) of {r0.input.shape[-2]}x{r0.input.shape[-1]} px, mean and min–max band",
-                 fontsize=10)
-    fig.supxlabel("; ".join(step_word[r.mode] for r in results) + ". He-normal weights, zero biases.\n"
-                  f"{r0.weights}", fontsize=7, color="0.3")
+    n, h, w = r0.input.shape[0], r0.input.shape[-2], r0.input.shape[-1]
+    title(fig, f"Parameter-randomisation test (Adebayo et al. 2018): similarity of each map to the map of the "
+               f"unchanged model; {n} image{'s' if n > 1 else ''} of {h}x{w} px, mean" + (" and min-max band" if n > 1 else ""),
+          legend=(list(handles.values()), list(handles.keys())), ncol=3)
+    units = "; ".join(_unit_words(r0, i) for i in range(n))
+    footer(fig, f"Target: {r0.definition} ({'per image: ' if n > 1 else ''}{units}), the same at every step. "
+                + _sentence("; ".join(STEP_WORDS[r.mode] for r in results)) + " (He-normal weights, zero biases). "
+                + (ZERO_WHY + " " if any_zero else "")
+                + f"\n{r0.weights}")
     return fig
 
 
-def plot_sanity_maps(result: SanityResult, net: Net, *, index: int = 0, axes=None):
-    """The maps themselves along the randomisation: one row per method, one column per step.
+def plot_sanity_maps(result: SanityResult, net: Net, *, index: int = 0, axes=None, max_cols: int = 8):
+    """The maps themselves along the randomisation, as Adebayo et al.'s Fig. 2: the input, then one column
+    per step, one row per method; the steps wrap into blocks of at most ``max_cols`` columns, so that the
+    figure fits a page.
 
-    Shown as the measures see them, |sum over colour channels|, but each map clipped at its 99.5th
-    percentile for display (a few strong pixels would otherwise leave the rest black).
+    Shown as the measures see them, |sum over colour channels|, each map clipped at its 99.5th percentile
+    for display (a few strong pixels would otherwise leave the rest black). A map that is all zero is
+    labelled so, and the caption says why.
+
+    Args:
+        result: from ``sanity_check``.
+        net: the model (for display of the input).
+        index: which image of the batch.
+        axes: a (blocks x methods, columns) array of axes with room for the input and every step; None
+            creates a figure 7 inches wide.
+        max_cols: the most tiles in a row.
 
     Returns:
         The matplotlib figure.
     """
-    import matplotlib.pyplot as plt
+    from ._util import PRINT_WIDTH
 
     methods = list(result.maps)
-    ncols = 1 + len(result.steps)
+    slots = 1 + len(result.steps)  # the input, then one map per step
+    zero_steps = {m: [s for j, s in enumerate(result.steps) if result.zero[m][j, index]] for m in methods}
+    any_zero = any(zero_steps.values())
+    suptitle = (f"{result.mode.capitalize()} randomisation (Adebayo et al. 2018), from the top layer down: "
+                f"maps of {_target_words(result, index)}")
+    caption = (f"Columns: the last layer re-initialised; {STEP_WORDS[result.mode]} (He-normal weights, zero biases). "
+               f"Target: {result.definition}; the same unit, and the same unit seed, at every step. "
+               "|map| summed over colour, each clipped at its 99.5th percentile."
+               + (f" {ZERO_WHY}" if any_zero else "") + f"\n{result.weights}")
     if axes is None:
-        fig, axes = plt.subplots(len(methods), ncols, figsize=(1.35 * ncols + 0.6, 1.45 * len(methods) + 1.2), squeeze=False)
-        fig.subplots_adjust(left=0.06, right=0.995, top=1 - 0.6 / fig.get_figheight(), bottom=0.55 / fig.get_figheight(),
-                            wspace=0.04, hspace=0.08)
+        blocks = math.ceil(slots / max_cols)
+        cols = math.ceil(slots / blocks)
+        left, wgap = 0.3, 0.04
+        tile = min(1.3, (PRINT_WIDTH - left - 0.05 - (cols - 1) * wgap) / cols)
+        gaps = [0.3 if (i + 1) % len(methods) == 0 else 0.04 for i in range(blocks * len(methods) - 1)]
+        fig, axes = tile_figure(blocks * len(methods), cols, tile, suptitle=suptitle, caption=caption, left=left,
+                                header=0.2, row_gaps=gaps, wgap=wgap)
     else:
-        axes = np.asarray(axes).reshape(len(methods), ncols)
+        axes = np.asarray(axes)
+        axes = axes.reshape(-1, axes.shape[-1]) if axes.ndim > 1 else axes.reshape(len(methods), -1)
+        cols = axes.shape[1]
+        blocks = axes.shape[0] // len(methods)
+        if blocks * cols < slots or axes.shape[0] % len(methods):
+            raise ValueError(f"{axes.shape} axes cannot hold the input and {len(result.steps)} steps for {len(methods)} "
+                             f"methods. Hint: pass (blocks x {len(methods)}, columns) axes with blocks x columns >= {slots}")
         fig = axes[0, 0].figure
+        fig.suptitle(suptitle, fontsize=TITLE_PT)
+        fig.supxlabel(wrap_to_width(caption, fig.get_figwidth() - 0.2, TICK_PT), fontsize=TICK_PT, color="0.25")
     image = image_array(net.deprocess(result.input[index : index + 1])[0])
-    for i, m in enumerate(methods):
-        axes[i, 0].imshow(image)
-        axes[i, 0].set_ylabel(METHOD_TITLES[m], fontsize=8)
-        for j, step in enumerate(result.steps, start=1):
-            a = normalized_abs(result.maps[m][j - 1, index])
-            top = np.percentile(a, 99.5) if a.any() else 1.0
-            axes[i, j].imshow(np.clip(a / (top if top > 0 else 1.0), 0, 1), cmap="gray", vmin=0, vmax=1)
-            if result.zero[m][j - 1, index]:
-                axes[i, j].text(0.5, 0.5, "map all\nzero", color="w", ha="center", va="center", fontsize=7,
-                                transform=axes[i, j].transAxes)
-            if i == 0:
-                axes[i, j].set_title(step, fontsize=7)
-        for ax in axes[i]:
+    for k in range(blocks * cols):
+        block, col = divmod(k, cols)
+        for i, m in enumerate(methods):
+            ax = axes[block * len(methods) + i, col]
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("input", fontsize=7)
-    fig.suptitle(f"{result.mode.capitalize()} randomisation, from the top down: maps of {_target_words(result, index)}\n"
-                 "(|map| summed over colour; shown clipped at its 99.5th percentile)", fontsize=9)
-    fig.text(0.5, 0.005, result.weights, ha="center", va="bottom", fontsize=6.5, color="0.3")
+            if k == 0 and i == 0:
+                ax.imshow(image)
+                ax.set_title("input", fontsize=TEXT_PT, pad=2)
+                continue
+            if k == 0 or k >= slots:  # below the input, and after the last step: nothing to show
+                ax.set_axis_off()
+                continue
+            j = k - 1
+            a = normalized_abs(result.maps[m][j, index])
+            top = np.percentile(a, 99.5) if a.any() else 1.0
+            ax.imshow(np.clip(a / (top if top > 0 else 1.0), 0, 1), cmap="gray", vmin=0, vmax=1)
+            if result.zero[m][j, index]:
+                ax.text(0.5, 0.5, "all zero", color="w", ha="center", va="center", fontsize=TEXT_PT,
+                        transform=ax.transAxes)
+            if i == 0:
+                ax.set_title(result.steps[j], fontsize=TEXT_PT, pad=2)
+    for block in range(blocks):  # method names at the left margin of every row
+        for i, m in enumerate(methods):
+            _row_label(fig, axes[block * len(methods) + i, 0], METHOD_TITLES[m])
     return fig
 
 
@@ -473,41 +605,85 @@ def neuron_selectivity(
 
 
 def plot_selectivity(result: SelectivityResult, net: Net, *, index: int = 0, axes=None, scaling: str = "percentile"):
-    """One row per method: the input, then the maps of the max channel, a random channel and a random
-    vector (first draw), each titled with its SSIM and Spearman (abs) to the max-channel map, averaged over draws.
+    """One row per method: the maps of the max channel, a random channel and a random vector, each titled
+    with its SSIM and Spearman (abs) to the max-channel map, averaged over the draws; the input (with the
+    location's receptive field) once, at the top left.
+
+    The draw shown is the first whose maps are non-zero for every method: a random channel that is
+    inactive at the location (its ReLU off) gives the gradient and guided backprop nothing to carry, their
+    map is all zero and has no similarity. The caption says how many draws that left out.
+
+    Args:
+        result: from ``neuron_selectivity``.
+        net: the model (for display of the input).
+        index: which image of the batch.
+        axes: a (methods, 4) array of axes; None creates a figure sized for print.
+        scaling: display scaling of the signed maps.
 
     Returns:
         The matplotlib figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from ..receptive import receptive_field
 
     methods = list(result.maps)
+    row_, col_ = (int(v) for v in result.position[index])
+    n = result.channels_random.shape[0]
+
+    def alive(m: str, kind: str, d: int) -> bool:
+        return bool(result.maps[m][kind][d, index].abs().max() > 0)
+
+    shown = {kind: next((d for d in range(result.maps[methods[0]][kind].shape[0]) if all(alive(m, kind, d) for m in methods)), 0)
+             for kind in SELECTIVITY_KINDS}
+    dead = {(m, kind): sum(not alive(m, kind, d) for d in range(result.maps[m][kind].shape[0]))
+            for m in methods for kind in SELECTIVITY_KINDS[1:]}
+    suptitle = (f"Neuron selectivity (Mahendran & Vedaldi 2016): {result.layer} at ({row_}, {col_}); "
+                f"similarity to the max-channel map" + (f", mean of {n} draws" if n > 1 else ""))
+    zero_note = ""
+    if any(dead.values()):
+        counts = "; ".join(f"{METHOD_TITLES[m]}, {kind}: {k} of {n}" for (m, kind), k in dead.items() if k)
+        zero_note = (" A random channel inactive at this location (ReLU off) gives gradient and guided backprop "
+                     f"nothing to carry: their map is all zero and has no similarity ({counts} draws); the means "
+                     "are over the other draws, and the draw shown is the first whose maps are all non-zero.")
+    caption = (f"Unit seeds at one location (1 on a channel, or |randn| over all channels), carried down by each "
+               f"method; zero = gray ({scaling} scaling). Yellow box: the receptive field of the location. "
+               f"\u03c1|\u00b7|: Spearman rank correlation of |map|.{zero_note}\n{result.weights}")
     if axes is None:
-        fig, axes = plt.subplots(len(methods), 4, figsize=(9.2, 2.45 * len(methods) + 1.1), squeeze=False)
-        fig.subplots_adjust(left=0.08, right=0.99, top=1 - 0.75 / fig.get_figheight(), bottom=0.6 / fig.get_figheight(),
-                            wspace=0.05, hspace=0.3)
+        fig, axes = tile_figure(len(methods), 4, 1.3, suptitle=suptitle, caption=caption, left=0.3, header=0.3,
+                                row_gaps=[0.32] * (len(methods) - 1))
     else:
         axes = np.asarray(axes).reshape(len(methods), 4)
         fig = axes[0, 0].figure
-    row_, col_ = (int(v) for v in result.position[index])
+        fig.suptitle(suptitle, fontsize=TITLE_PT)
+        fig.supxlabel(caption, fontsize=TICK_PT, color="0.25")
+    image = image_array(net.deprocess(result.input[index : index + 1])[0])
+    top, left, bottom, right = receptive_field(net, result.layer).box(row_, col_, image.shape[:2])
     for i, m in enumerate(methods):
-        axes[i, 0].imshow(image_array(net.deprocess(result.input[index : index + 1])[0]))
-        axes[i, 0].set_ylabel(METHOD_TITLES[m], fontsize=8)
-        axes[i, 0].set_title("input" if i == 0 else "", fontsize=8)
+        if i == 0:
+            axes[0, 0].imshow(image)
+            axes[0, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, ec="yellow", lw=1.0))
+            axes[0, 0].set_title("input", fontsize=TEXT_PT, pad=2)
+            blank(axes[0, 0])
+        else:
+            axes[i, 0].set_axis_off()
         for j, kind in enumerate(SELECTIVITY_KINDS, start=1):
-            rgb = net.preprocessing.to_rgb_order(result.maps[m][kind][0, index : index + 1])[0]
+            d = shown[kind]
+            rgb = net.preprocessing.to_rgb_order(result.maps[m][kind][d, index : index + 1])[0]
             axes[i, j].imshow(scale_for_display(rgb, scaling))
+            if not alive(m, kind, d):
+                axes[i, j].text(0.5, 0.5, "all zero", ha="center", va="center", fontsize=TEXT_PT, transform=axes[i, j].transAxes)
             what = {"max channel": f"max channel {int(result.channel_max[index])}",
-                    "random channel": f"random channel {int(result.channels_random[0, index])}",
+                    "random channel": f"random channel {int(result.channels_random[d, index])}",
                     "random vector": "random vector |randn|"}[kind]
             if kind != "max channel":
                 per = result.scores[m][f"max channel vs {kind}"]
-                what += f"\nSSIM {np.nanmean(per['ssim'][:, index]):.2f}, ρ|·| {np.nanmean(per['spearman_abs'][:, index]):.2f}"
-            axes[i, j].set_title(what, fontsize=7.5)
-        for ax in axes[i]:
-            blank(ax)
-    fig.suptitle(f"Neuron selectivity (Mahendran & Vedaldi 2016): {result.layer} at ({row_}, {col_}); "
-                 f"similarity to the max-channel map, mean of {result.channels_random.shape[0]} draw(s)", fontsize=9)
-    fig.text(0.5, 0.01, f"Unit seeds at one location (1 on a channel, or |randn| over all channels), carried down by each "
-             f"method; zero = gray ({scaling} scaling).\n{result.weights}", ha="center", va="bottom", fontsize=6.5, color="0.3")
+                if np.isfinite(per["ssim"][:, index]).any():
+                    what += (f"\nSSIM {np.nanmean(per['ssim'][:, index]):.2f}, "
+                             f"\u03c1|\u00b7| {np.nanmean(per['spearman_abs'][:, index]):.2f}")
+                else:
+                    what += "\nno similarity (all zero)"
+            axes[i, j].set_title(what, fontsize=TEXT_PT, pad=2)
+            blank(axes[i, j])
+        _row_label(fig, axes[i, 0], METHOD_TITLES[m])
     return fig
