@@ -339,7 +339,7 @@ class ImageFolder(Dataset):
         """Provenance: where the images came from and how they were prepared (JSON-serialisable)."""
         return {
             "kind": "folder",
-            "root": str(self.root.resolve()),
+            "root": self.root.resolve().name,  # not the absolute path: sidecars travel between machines
             "n_found": self.n_found,
             "n_images": self.n_found - len(self.skipped),
             "n_skipped": len(self.skipped),

@@ -125,13 +125,12 @@ def test_densenet121_final_functional_relu():
 
 @pytest.mark.parametrize("arch", ["vgg16", "alexnet"])
 def test_chain_and_graph_agree_at_every_layer(arch, request):
-    net = request.getfixturevalue({"vgg16": "vgg16", "alexnet": "alexnet"}[arch])
-    x = images((2, 3, 67, 71) if arch == "vgg16" else (2, 3, 99, 101), seed=5, dtype=torch.float64)
-    net64 = dn.load_vgg("vgg16", "random", seed=0, dtype=torch.float64) if arch == "vgg16" else \
-        dn.load_alexnet("random", seed=2, dtype=torch.float64)
-    chain, graph = dn.Deconvnet(net64), dn.Deconvnet(net64, engine="graph")
-    targets = [dn.Target(layer, "max", "max") for layer in net64.layers]
-    targets += [dn.Target(layer, 3, "all") for layer in net64.layers if net64.is_spatial(layer)][::3]
+    net = request.getfixturevalue(arch)
+    # float32 is enough: both engines run the same forward, so switches and ReLU masks are the same
+    x = images((1, 3, 67, 71) if arch == "vgg16" else (1, 3, 99, 101), seed=5)
+    chain, graph = dn.Deconvnet(net), dn.Deconvnet(net, engine="graph")
+    targets = [dn.Target(layer, "max", "max") for layer in net.layers]
+    targets += [dn.Target(layer, 3, "all") for layer in net.layers if net.is_spatial(layer)][::6]
     for a, b in zip(chain.project_many(x, targets), graph.project_many(x, targets)):
         assert torch.equal(a.channel, b.channel) and torch.equal(a.position, b.position), a.layer
         assert_close_to(b.projection, a.projection, f"{a.layer} {a.target.position}")

