@@ -105,7 +105,80 @@ def build_parser() -> argparse.ArgumentParser:
     l = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field (no weights needed)")
     l.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
     l.add_argument("--size", type=int, default=224, help="side of the square input, in pixels")
+
+    a = sub.add_parser("atlas", help="a static website of every channel's top-k projections (open OUT/index.html)")
+    a.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
+    a.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
+    a.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
+    a.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
+    a.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block); a rerun adds layers")
+    a.add_argument("--features", type=_features, default=None, metavar="N|all", help="channels per layer: all (default) or N (see --select)")
+    a.add_argument("--k", type=int, default=9, help="top activations per channel")
+    a.add_argument("--select", default="random", choices=("random", "strongest"), help="which N channels with --features N")
+    a.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projections (see deconvnet.plot)")
+    a.add_argument("--format", default="jpeg", choices=("jpeg", "png", "webp"), help="image file format of the tiles")
+    a.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
+    a.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
+    a.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    a.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    a.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    a.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
+    a.add_argument("--out", type=Path, default=Path("atlas"), help="the atlas folder (new, or an atlas to extend or finish)")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _features(text: str):
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of channels or all") from None
+
+
+def _load_data(args: argparse.Namespace, net):
+    """The dataset of ``--data`` (default: the offline demo collection), cut to ``--limit``; and its name."""
+    from .data import Head, load_dataset
+
+    data = None if args.data is None else str(Path(args.data).expanduser())
+    dataset = load_dataset(data, preprocessing=net.preprocessing, resize=args.resize, crop=args.crop)
+    if args.limit is not None and args.limit < len(dataset):
+        dataset = Head(dataset, args.limit)
+    return dataset, ("the offline demo collection" if data is None else f"'{data}'")
+
+
+def cmd_atlas(args: argparse.Namespace) -> None:
+    from .atlas import build_atlas, check_layers, check_out_folder
+
+    for name, value, least in (("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
+                               ("--resize", args.resize, 1), ("--workers", args.workers, 0)):
+        if value < least:
+            raise UsageError(f"{name} {value} must be at least {least}")
+    if args.features is not None and args.features < 1:
+        raise UsageError(f"--features {args.features} must be at least 1, or all")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit} must be at least 1")
+    if args.data is not None and not Path(args.data).expanduser().is_dir():
+        raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
+    check_out_folder(args.out)  # before the minutes of loading and scanning
+    if args.layers is not None:
+        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])  # before the weights load
+    net = _load_net(args)
+    layers = default_layers(net) if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
+    layers = check_layers(net, layers)
+    print(f"model: {net.describe()}")
+    dataset, name = _load_data(args, net)
+    print(f"data: {len(dataset)} images from {name}")
+    atlas = build_atlas(net, dataset, layers, args.out, k=args.k, features=args.features, select=args.select,
+                        seed=args.seed, scaling=args.scaling, image_format=args.format, batch_size=args.batch_size,
+                        num_workers=args.workers, progress=not args.quiet)
+    pages = sum(len(c) for c in atlas.channels.values())
+    print(f"atlas: {', '.join(f'{l} ({len(atlas.channels[l])} channels)' for l in atlas.layers)}; {pages} channel pages, "
+          f"{atlas.projected} projections made now")
+    print(f"size: {atlas.site_bytes / 2**20:.1f} MB in {atlas.site_files} files (and {atlas.scan_bytes / 2**20:.1f} MB of scans)")
+    print("timings: " + ", ".join(f"{step} {sec:.1f}s" for step, sec in atlas.timings.items()))
+    print(f"open {args.out / 'index.html'}")
 
 
 def cmd_project(args: argparse.Namespace) -> None:
@@ -369,7 +442,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        {"project": cmd_project, "figures": cmd_figures, "layers": cmd_layers}[args.command](args)
+        {"project": cmd_project, "figures": cmd_figures, "layers": cmd_layers, "atlas": cmd_atlas}[args.command](args)
     except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError) as err:
         print(f"deconvnet: error: {err}", file=sys.stderr)
         return 2

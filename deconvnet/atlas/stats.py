@@ -1,0 +1,259 @@
+"""Per-channel activation statistics over a dataset: the histograms of the atlas's channel pages.
+
+The scan (``deconvnet.scan``) keeps only each channel's top k; a histogram needs every activation. A
+histogram with fixed bins needs their range before the data is seen, and the scan supplies it: its top-1
+value is the channel's maximum over the dataset. So the statistics are a second pass over the dataset,
+after the scan, reducing each map inside the forward (as the scan does: no copies of large maps).
+
+Binning (documented, so that a reader can recompute it): with ``top`` the channel's maximum and ``bins``
+bins, a positive value ``v`` falls in bin ``min(floor(v / top * bins), bins - 1)`` (float64), i.e. bin
+``i`` covers ``(i top / bins, (i + 1) top / bins]`` up to rounding; values ``<= 0`` are counted apart.
+A channel whose maximum is not positive gets ``top = 1`` (all of its values are counted as ``<= 0``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..core import record
+from ..data import collate
+from ..io import torch_save
+from ..models import Net
+
+STATS_FORMAT = 1
+
+
+@dataclass
+class ChannelStats:
+    """Activation statistics of every channel of one layer over a dataset.
+
+    Attributes:
+        layer: the layer (paper name).
+        bins: histogram bins over ``(0, top]``.
+        top: (C,) float64 upper end of each channel's bins (its maximum over the dataset; 1 if not positive).
+        units: (C, bins) int64 histogram of every unit's activation (all positions of all images).
+        units_nonpos: (C,) int64 units with activation ``<= 0``.
+        n_units: units per channel (images x map height x map width).
+        image_max: (C, bins) int64 histogram of each image's strongest unit.
+        image_nonpos: (C,) int64 images whose strongest unit is ``<= 0``.
+        n_images: images counted.
+        sum, sum_sq: (C,) float64 sums of all activations and of their squares (mean, standard deviation).
+        min: (C,) float64 the smallest activation.
+    """
+
+    layer: str
+    bins: int
+    top: torch.Tensor
+    units: torch.Tensor
+    units_nonpos: torch.Tensor
+    n_units: int
+    image_max: torch.Tensor
+    image_nonpos: torch.Tensor
+    n_images: int
+    sum: torch.Tensor
+    sum_sq: torch.Tensor
+    min: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(C,) mean activation over all units."""
+        return self.sum / max(self.n_units, 1)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """(C,) standard deviation of the activations over all units (population)."""
+        return (self.sum_sq / max(self.n_units, 1) - self.mean**2).clamp(min=0).sqrt()
+
+    def edges(self, channel: int) -> list[float]:
+        """The ``bins + 1`` bin edges of one channel, ``0 ... top``."""
+        top = float(self.top[channel])
+        return [top * i / self.bins for i in range(self.bins + 1)]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically."""
+        torch_save({"format": STATS_FORMAT, **self.__dict__}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ChannelStats":
+        """Load saved statistics.
+
+        Raises:
+            ValueError: missing, unreadable or not statistics of this format.
+        """
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"cannot read channel statistics '{path}' ({type(err).__name__}). Hint: delete it and rerun") from err
+        if not isinstance(state, dict) or state.pop("format", None) != STATS_FORMAT:
+            raise ValueError(f"'{path}' is not deconvnet channel statistics (format {STATS_FORMAT}). Hint: delete it and rerun")
+        return cls(**state)
+
+
+def bin_index(v: torch.Tensor, top: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bins of positive float64 values ``v`` (..., C, n) for per-channel maxima ``top`` (C,); see the module."""
+    return (v / top[:, None] * bins).floor_().clamp_(0, bins - 1).long()
+
+
+def _histogram(v: torch.Tensor, top: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel of float64 ``v`` (..., C, n): counts (C, bins) of the positive values, and the count <= 0."""
+    c = v.shape[-2]
+    # values <= 0 go to an extra bin ``bins``: one bincount, no boolean indexing (which is slow)
+    idx = torch.where(v > 0, bin_index(v, top, bins), bins)
+    idx += torch.arange(c, device=v.device)[:, None] * (bins + 1)
+    counts = torch.bincount(idx.flatten(), minlength=c * (bins + 1)).view(c, bins + 1)
+    return counts[:, :bins], counts[:, bins]
+
+
+#: most float64 values converted at once (bounds the memory of the reduction: 8 bytes each)
+_CHUNK = 1 << 22
+
+
+def _reduce(t: torch.Tensor, top: torch.Tensor, bins: int) -> dict[str, torch.Tensor]:
+    """One batch's statistics of a (B, C, h, w) map, a few images at a time (float64 copies stay small)."""
+    b, c = t.shape[:2]
+    out = {
+        "units": torch.zeros(c, bins, dtype=torch.long), "units_nonpos": torch.zeros(c, dtype=torch.long),
+        "sum": torch.zeros(c, dtype=torch.float64), "sum_sq": torch.zeros(c, dtype=torch.float64),
+        "min": torch.full((c,), float("inf"), dtype=torch.float64),
+    }
+    top = top.to(t.device)
+    step = max(1, _CHUNK // max(t[0].numel(), 1))
+    maxima = []
+    for s in range(0, b, step):
+        v = t[s : s + step].flatten(2).double()  # (b', C, hw)
+        counts, nonpos = _histogram(v, top, bins)
+        out["units"] += counts.cpu()
+        out["units_nonpos"] += nonpos.cpu()
+        out["sum"] += v.sum((0, 2)).cpu()
+        out["sum_sq"] += v.square().sum((0, 2)).cpu()
+        out["min"] = torch.minimum(out["min"], v.amin((0, 2)).cpu())
+        maxima.append(v.amax(2))
+    counts, nonpos = _histogram(torch.cat(maxima).T, top, bins)
+    out["image_max"], out["image_nonpos"] = counts.cpu(), nonpos.cpu()
+    out["hw"] = torch.tensor(t.shape[-2:])
+    return out
+
+
+def channel_stats(
+    net: Net,
+    dataset: Dataset,
+    tops: dict[str, torch.Tensor],
+    *,
+    bins: int = 32,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 20,
+    progress: bool = True,
+) -> dict[str, ChannelStats]:
+    """Histograms and moments of every channel of some layers over ``dataset``: one forward per batch.
+
+    Args:
+        net: the model.
+        dataset: items ``(x, index)`` as for ``scan_top_k``.
+        tops: layer -> (C,) each channel's maximum over the dataset (``TopK.values[layer][:, 0]``): the
+            upper end of its bins. Values that are not positive are replaced by 1.
+        bins: histogram bins over ``(0, top]``.
+        batch_size, num_workers: of the ``DataLoader``.
+        checkpoint: file written atomically every ``checkpoint_every`` batches and on an interrupt; a
+            rerun with the same arguments resumes from it, to the same result.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        layer -> ``ChannelStats``.
+    """
+    layers = list(tops)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    tops = {l: torch.where(t.double() > 0, t.double(), torch.ones_like(t.double())) for l, t in tops.items()}
+    for layer, t in tops.items():
+        if t.shape != (net.channels[layer],):
+            raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), got {tuple(t.shape)}")
+    # the batch size is part of it: a resumed pass then sums the same batches in the same order (bitwise)
+    fingerprint = hashlib.sha256(json.dumps({
+        "model": net.provenance, "layers": layers, "bins": bins, "n": len(dataset), "batch_size": batch_size,
+        "tops": {l: hashlib.sha256(t.numpy().tobytes()).hexdigest() for l, t in tops.items()},
+    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    state: dict[str, Any] = {l: None for l in layers}
+    start, n_images = 0, 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"cannot read statistics checkpoint '{checkpoint}' ({type(err).__name__}). "
+                             "Hint: delete it and rerun") from err
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            raise ValueError(f"statistics checkpoint '{checkpoint}' belongs to other arguments. Hint: delete it")
+        state, start, n_images = saved["state"], int(saved["next_index"]), int(saved["n_images"])
+
+    def save_checkpoint() -> None:
+        torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state}, checkpoint)
+
+    order = sorted(layers, key=net.depth)  # stable: equal depths keep the order given, as record does
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=range(start, len(dataset)),
+                        num_workers=num_workers, collate_fn=collate)
+    bar = tqdm(total=len(dataset), initial=start, desc=f"statistics {','.join(layers)}", unit="img", disable=not progress)
+    next_index, done_batches = start, 0
+    try:
+        for batch in loader:
+            merged = state
+            if len(batch.index):
+                # record calls ``reduce`` once per layer, in forward order (ties: the order given), and
+                # passes only the map: the queue tells which layer's bins a map gets
+                queue = iter(order)
+                rec = record(net, batch.x, layers, switches=False,
+                             reduce=lambda t: _reduce(t, tops[(name := next(queue))], bins) | {"layer": name})
+                merged = dict(state)
+                for layer in layers:
+                    part = rec.activations[layer]
+                    if part.pop("layer") != layer:
+                        raise RuntimeError("statistics reached the layers out of order")  # a change in core.record
+                    old = state[layer]
+                    merged[layer] = part if old is None else {
+                        "units": old["units"] + part["units"], "units_nonpos": old["units_nonpos"] + part["units_nonpos"],
+                        "sum": old["sum"] + part["sum"], "sum_sq": old["sum_sq"] + part["sum_sq"],
+                        "min": torch.minimum(old["min"], part["min"]),
+                        "image_max": old["image_max"] + part["image_max"], "image_nonpos": old["image_nonpos"] + part["image_nonpos"],
+                        "hw": part["hw"],
+                    }
+            n_items = len(batch.index) + len(batch.skipped)
+            # swap in the state and the index together: an interrupt saves whole batches only
+            state, next_index, n_images = merged, next_index + n_items, n_images + len(batch.index)
+            bar.update(n_items)
+            done_batches += 1
+            if checkpoint is not None and done_batches % checkpoint_every == 0:
+                save_checkpoint()
+    except BaseException:
+        if checkpoint is not None and next_index > start:
+            save_checkpoint()
+        raise
+    finally:
+        bar.close()
+    if checkpoint is not None:
+        save_checkpoint()
+    out = {}
+    for layer in layers:
+        s = state[layer]
+        c = net.channels[layer]
+        if s is None:  # no readable image at all
+            s = {"units": torch.zeros(c, bins, dtype=torch.long), "units_nonpos": torch.zeros(c, dtype=torch.long),
+                 "sum": torch.zeros(c, dtype=torch.float64), "sum_sq": torch.zeros(c, dtype=torch.float64),
+                 "min": torch.full((c,), float("inf"), dtype=torch.float64),
+                 "image_max": torch.zeros(c, bins, dtype=torch.long), "image_nonpos": torch.zeros(c, dtype=torch.long),
+                 "hw": torch.tensor([0, 0])}
+        h, w = (int(v) for v in s["hw"])
+        out[layer] = ChannelStats(
+            layer=layer, bins=bins, top=tops[layer], units=s["units"], units_nonpos=s["units_nonpos"],
+            n_units=n_images * h * w, image_max=s["image_max"], image_nonpos=s["image_nonpos"], n_images=n_images,
+            sum=s["sum"], sum_sq=s["sum_sq"], min=s["min"],
+        )
+    return out
