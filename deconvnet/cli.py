@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Sequence
 from . import __version__
 from .images import BUNDLED_PHOTOS, ImageReadError, load_rgb
 from .models import ARCH_NAMES, WeightsError
+from .scan import Terminated
 
 
 ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters")  # deconvnet.analysis.FIGURES
@@ -42,6 +44,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # one line, not usage + message
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), or any torchvision classifier (resnet50, "
+             "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2)")
+
+
+def _arch(text: str) -> str:
+    import torchvision.models as tvm
+
+    if text in ARCH_NAMES or text in tvm.list_models(module=tvm):
+        return text
+    import difflib
+
+    near = difflib.get_close_matches(text, [*ARCH_NAMES, *tvm.list_models(module=tvm)], n=4)
+    raise argparse.ArgumentTypeError(f"unknown arch '{text}'" + (f"; did you mean {', '.join(near)}?" if near else
+                                     "; use vgg16, alexnet or a torchvision classifier name"))
 
 
 def _position(text: str):
@@ -72,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default="conv5_3", help="paper layer name (conv5_3, relu4_3, pool5, ...)")
     p.add_argument("--channel", type=_channel, default="max", help="channel number, or max: the channel holding the layer's strongest activation")
     p.add_argument("--position", type=_position, default="max", help="max (strongest unit of the map), ROW,COL, or all (the whole map)")
-    p.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
+    p.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the image as is)")
@@ -81,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help=f"output figure ({', '.join(FIGURE_SUFFIXES)})")
 
     f = sub.add_parser("figures", help="the figure grids: Figure 2 (top-k per feature map) and the other figures")
-    f.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
+    f.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     f.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
     f.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
     f.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
@@ -103,11 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help="no progress bars")
 
     l = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field (no weights needed)")
-    l.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
+    l.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     l.add_argument("--size", type=int, default=224, help="side of the square input, in pixels")
 
     a = sub.add_parser("atlas", help="a static website of every channel's top-k projections (open OUT/index.html)")
-    a.add_argument("--arch", default="vgg16", choices=ARCH_NAMES, metavar="ARCH", help=f"one of {', '.join(ARCH_NAMES)}")
+    a.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     a.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
     a.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
     a.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
@@ -181,6 +199,32 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     print(f"open {args.out / 'index.html'}")
 
 
+def check_output_file(path: Path) -> None:
+    """Before any work: ``path`` can be written as a file (its folder exists or can be made, and is writable)."""
+    if path.is_dir():
+        raise UsageError(f"--out '{path}' is a folder; give a file name, e.g. {path / 'figure.png'}")
+    check_output_folder(path.parent, "the folder of --out")
+
+
+def check_output_folder(folder: Path, what: str = "--out") -> None:
+    """Before any work: ``folder`` exists or can be made, and a file can be written in it.
+
+    Stale temporary files of writes that a kill interrupted are removed (``deconvnet.io``).
+    """
+    from .io import remove_stale_temporaries
+
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} '{folder}' is a file, not a folder. Hint: give a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UsageError(f"{what} '{folder}' cannot be written: {err.strerror or err}. "
+                         "Hint: choose a folder you can write to") from None
+    remove_stale_temporaries(folder)
+
+
 def cmd_project(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -197,6 +241,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     # before the model loads (seconds, or a download): a wrong layer, channel or image fails at once
     check_layer_names(args.arch, [args.layer], channel=args.channel)
     image = load_rgb(args.image)
+    check_output_file(args.out)
     t0 = time.perf_counter()
     net = _load_net(args)
     size = args.size or None
@@ -219,6 +264,10 @@ def _check_device(text: str) -> None:
         device = torch.device(text)
     except RuntimeError:
         raise UsageError(f"--device '{text}' is not a device. Hint: cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {text}: projections need a device that computes (cpu, cuda or mps), not {device.type}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {text}: MPS is not available here. Hint: --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {text}: CUDA is not available here. Hint: --device cpu")
 
@@ -238,7 +287,12 @@ def _load_net(args: argparse.Namespace):
 
 
 def default_layers(net) -> list[str]:
-    """The last conv of each block (VGG: conv1_2 ... conv5_3; AlexNet: conv1 ... conv5)."""
+    """The last conv of each block (VGG: conv1_2 ... conv5_3; AlexNet: conv1 ... conv5); for other models,
+    the last four top-level modules whose outputs are maps (ResNet: layer1 ... layer4)."""
+    if not net.is_chain or not any(n.startswith("conv") for n in net.layers):
+        shapes = net.output_shapes()
+        top = [n for n in net.layers if "." not in n and len(shapes.get(n, ())) == 4 and min(shapes[n][-2:]) > 1]
+        return top[-4:]
     convs = [n for n in net.layers if n.startswith("conv")]
     if "_" not in convs[0]:
         return convs
@@ -265,24 +319,34 @@ def cmd_figures(args: argparse.Namespace) -> None:
         raise UsageError(f"--limit {args.limit} must be at least 1")
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
+    check_output_folder(args.out)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
         check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])
     timings: list[tuple[str, float]] = []
     t = time.perf_counter()
     net = _load_net(args)
-    layers = default_layers(net) if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
+    layers = default_layers(net) if args.layers is None else list(dict.fromkeys(l.strip() for l in args.layers.split(",") if l.strip()))
     for layer in layers:
         net.check_layer(layer)
     print(f"model: {net.describe()}")
     timings.append(("load model", time.perf_counter() - t))
     written: list[Path] = []
+    if not net.is_chain:  # the resolution study and the analyses walk VGG/AlexNet chains
+        chain_only = [k for k in kinds if k != "top9"]
+        if chain_only and args.only != "all":
+            raise UsageError(f"--only {','.join(chain_only)}: these figures need a VGG or AlexNet; {net.arch} is a "
+                             "graph. Hint: --only top9")
+        if chain_only:
+            print(f"note: {net.arch} is not a VGG or AlexNet chain: only the top9 figures are made "
+                  f"(the resolution study and the analyses need a chain)", file=sys.stderr)
+        kinds = tuple(k for k in kinds if k == "top9")
     if "top9" in kinds:
         written += _figures_top9(args, net, layers, timings)
     if "resolution" in kinds:
         from .resolution import make_figures
 
         t = time.perf_counter()
-        written += make_figures(args.out, net, quick=args.quick)
+        written += make_figures(args.out, net, quick=args.quick, fmt=args.format)
         timings.append(("resolution figures", time.perf_counter() - t))
     analyses = [k for k in kinds if k in ANALYSES]
     if analyses:
@@ -294,18 +358,23 @@ def cmd_figures(args: argparse.Namespace) -> None:
         if "filters" in analyses and net.arch != "alexnet":  # Figure 6 shows AlexNet's conv1 too
             source = args.weights if args.weights in ("auto", "imagenet") else "random"
             if source == "random" and args.weights != "random":
-                print(f"note: the filter figure's AlexNet panel uses random weights (--weights {args.weights} has no AlexNet)", file=sys.stderr)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                alexnet = load_alexnet(source, seed=args.seed)
-            for w in caught:
-                print(f"warning: AlexNet for the filter figure: {w.message}", file=sys.stderr)
+                print(f"note: the filter figure shows {net.arch}'s filters only (--weights {args.weights} has no AlexNet)",
+                      file=sys.stderr)
+            else:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    alexnet = load_alexnet(source, seed=args.seed)
+                for w in caught:
+                    print(f"warning: AlexNet for the filter figure: {w.message}", file=sys.stderr)
         written += analysis_figures(args.out, net, quick=args.quick, alexnet=alexnet, only=analyses,
                                     show_progress=not args.quiet)
         timings.append((", ".join(analyses), time.perf_counter() - t))
     for path in written:
         print(f"wrote {path}")
     print("timings: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in timings))
+    if not written:
+        raise UsageError(f"nothing was written to '{args.out}' (see the warnings above). Hint: more images, a smaller --k, "
+                         "or other --layers")
 
 
 def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: list) -> list[Path]:
@@ -330,8 +399,12 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     ckpt = args.out / "scans" / f"scan-{args.arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if ckpt.is_file():
         print(f"scan: resuming from (or reusing) {ckpt}")
-    topk = scan_top_k(net, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.workers,
-                      checkpoint=ckpt, progress=not args.quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        topk = scan_top_k(net, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.workers,
+                          checkpoint=ckpt, progress=not args.quiet, restart_stale=True)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     timings.append(("scan", time.perf_counter() - t))
     written: list[Path] = []
     for layer in layers:
@@ -369,6 +442,20 @@ def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | Non
     from .models import alexnet as alexnet_table
     from .models import vgg as vgg_table
 
+    if arch not in ARCH_NAMES:  # any torchvision classifier: module paths, from the model built on meta
+        import torchvision.models as tvm
+
+        from .models import wrap
+
+        with torch.device("meta"):
+            model = tvm.get_model_builder(arch)(weights=None)
+        net = wrap(model, name=arch)
+        for layer in layers:
+            try:
+                net.resolve(layer)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+        return
     table = vgg_table if arch in vgg_table.ARCHS else alexnet_table
     with torch.device("meta"):
         model = table.ARCHS[arch][0](weights=None)
@@ -413,10 +500,14 @@ def cmd_layers(args: argparse.Namespace) -> None:
     rows = [("layer", "module", "channels", "map", "receptive field", "stride", "padding")]
     for name in net.layers:
         shape = shapes[name]
-        if len(shape) == 3:
+        if len(shape) == 3 and min(shape[1:]) > 1 and (net.is_chain or "." not in name):
+            # a graph's fields are measured (a forward and backward each): its top-level modules only
             rf = receptive_field(net, name)
             rows.append((name, net.qualnames[name], str(shape[0]), f"{shape[1]}x{shape[2]}", f"{rf.size[0]} px",
                          str(rf.jump[0]), str(rf.padding[0])))
+        elif len(shape) == 3 and min(shape[1:]) > 1:
+            rows.append((name, net.qualnames[name], str(shape[0]), f"{shape[1]}x{shape[2]}",
+                         "receptive_field()", "-", "-"))
         else:
             rows.append((name, net.qualnames[name], str(shape[0]), "-", "whole image", "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -442,11 +533,17 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        {"project": cmd_project, "figures": cmd_figures, "layers": cmd_layers, "atlas": cmd_atlas}[args.command](args)
-    except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError) as err:
+        {"project": cmd_project, "figures": cmd_figures, "atlas": cmd_atlas, "layers": cmd_layers}[args.command](args)
+    except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError, MemoryError) as err:
         print(f"deconvnet: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("deconvnet: interrupted", file=sys.stderr)
-        return 130
+    except OSError as err:  # unwritable or full disk, a file where a folder is needed, ...
+        where = f" '{err.filename}'" if getattr(err, "filename", None) else ""
+        print(f"deconvnet: error: cannot use{where}: {err.strerror or err}. Hint: check the path, its permissions "
+              "and the free disk space", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print("deconvnet: interrupted" + ("; the scan's progress is saved" if getattr(err, "saved", False) else ""),
+              file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     return 0

@@ -61,7 +61,7 @@ def test_project_command_on_offline_defaults(tmp_path):
         (["project", "astronaut", "--position", "1"], "'1' is not max, all or ROW,COL"),
         (["project", "nosuchphoto"], "neither a file nor a bundled photograph"),
         (["project", "/nonexistent/cat.jpg"], "image file not found: '/nonexistent/cat.jpg'"),
-        (["project", "astronaut", "--arch", "resnet50"], "invalid choice: 'resnet50'"),
+        (["project", "astronaut", "--arch", "resnet51"], "unknown arch 'resnet51'; did you mean resnet50"),
         (["project", "astronaut", "--weights", "/nonexistent/w.pth"], "weights file not found: '/nonexistent/w.pth'"),
         (["project", "astronaut", "--colour", "red"], "unrecognized arguments: --colour red"),
     ],

@@ -305,3 +305,16 @@ def test_graph_scan_and_figure2(tmp_path):
         assert t.projections.shape[-2:] == (99, 99) and t.projections.abs().amax() > 0
     out, sidecar = write_layer_figure(tiles, topk, net, tmp_path / "g.png", dataset_name="tensors")
     assert out.is_file() and sidecar.is_file()
+
+
+def test_cli_on_a_graph(tmp_path, capsys):
+    from deconvnet.cli import main
+
+    assert main(["layers", "--arch", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split()[:6] == ["layer1", "layer1", "64", "56x56", "43", "px"] for line in out.splitlines()), out
+    assert main(["project", "astronaut", "--arch", "resnet18", "--weights", "random", "--layer", "layer2",
+                 "--size", "64", "--out", str(tmp_path / "p.png")]) == 0
+    assert "layer2 channel" in capsys.readouterr().out
+    code = main(["figures", "--arch", "resnet18", "--weights", "random", "--only", "resolution", "--out", str(tmp_path)])
+    assert code == 2 and "need a VGG or AlexNet" in capsys.readouterr().err
