@@ -28,7 +28,7 @@ import torch
 
 import deconvnet as dn
 from deconvnet.analysis.quality import anisotropy, distinctness, high_frequency_share
-from deconvnet.core import record
+from deconvnet.engine import record
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "grace_hopper", "rocket", "motorcycle_left")
 LAYERS = ("relu3_3", "relu4_3", "relu5_3")

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import deconvnet as dn
-import deconvnet.core as core
+import deconvnet.engine.chain as core
+from deconvnet.engine import record
 
 
 def timed(fn, repeats: int, sync) -> float:
@@ -70,7 +71,7 @@ def forward_flops(net, x, layer) -> int:
 
     handles = [m.register_forward_hook(hook) for _, m in net.stack[: net.depth(layer) + 1] if isinstance(m, torch.nn.Conv2d)]
     try:
-        core.record(net, x, [layer])
+        record(net, x, [layer])
     finally:
         for h in handles:
             h.remove()
@@ -149,7 +150,7 @@ def chain_section(args, sync) -> None:
     rows = []
     warnings.filterwarnings("ignore")
     for layer in args.layers.split(","):
-        rec = core.record(net, x, [layer])
+        rec = record(net, x, [layer])
         c, h, w = rec.activations[layer].shape[1:]
         chans = torch.randint(0, c, (args.targets,), generator=g)
         units = torch.stack([torch.randint(0, h, (args.targets,), generator=g), torch.randint(0, w, (args.targets,), generator=g)], 1)
@@ -166,7 +167,7 @@ def chain_section(args, sync) -> None:
             assert (a.projection - b.projection).abs().max() <= 1e-4 * scale
             if a.activation[0] > 0:
                 assert (a.projection - ref).abs().max() <= 1e-4 * scale
-        t_fwd = timed(lambda: core.record(net, x, [layer]), args.repeats, sync)
+        t_fwd = timed(lambda: record(net, x, [layer]), args.repeats, sync)
         t_crop = timed(lambda: cropped.project_many(x, targets), args.repeats, sync)
         t_full = timed(lambda: full.project_many(x, targets), args.repeats, sync)
 
@@ -187,7 +188,7 @@ def chain_section(args, sync) -> None:
     for layer, per, rd, rf in rows:
         print(f"{layer:8} {per['cropped'] * 1e3:10.1f} ms {per['full'] * 1e3:7.1f} ms {per['captum'] * 1e3:6.0f} ms"
               f"   {per['captum'] / per['cropped']:8.1f}x {per['full'] / per['cropped']:8.1f}x   {rd:14.1f} {rf:15.1f}")
-    rec = core.record(net, x, ["pool5"])
+    rec = record(net, x, ["pool5"])
     compact = sum(s.nbytes for s in rec.switches.values())
     int64 = sum(s.offsets.numel() * 8 for s in rec.switches.values())
     print(f"\nswitches of one 224x224 image (pool1..pool5): compact {compact / 2**20:.2f} MiB, int64 {int64 / 2**20:.2f} MiB "

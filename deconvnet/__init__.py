@@ -9,10 +9,8 @@ Top-level names::
     explore(net, "astronaut")                    # in a notebook: pick a layer, a channel, click a unit
 """
 
-#: the one place the version is written (pyproject.toml reads it from here)
-__version__ = "0.1.0"
-
-from .core import Deconvnet, Projection, Record, Target
+from ._version import __version__
+from .engine import Deconvnet, Projection, Record, Target
 from .explore import explore
 from .images import ImageReadError
 from .models import Net, WeightsError, WeightsFallbackWarning, load_alexnet, load_model, load_vgg, wrap

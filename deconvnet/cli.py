@@ -13,7 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from ._version import __version__
+from .engine import default_layers
 from .images import BUNDLED_PHOTOS, ImageReadError, load_rgb
 from .models import ARCH_NAMES, WeightsError
 from .scan import Terminated
@@ -231,7 +232,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import Deconvnet
+    from .engine import Deconvnet
     from .plot import save_figure, show, where
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
@@ -273,7 +274,7 @@ def _check_device(text: str) -> None:
 
 
 def _load_net(args: argparse.Namespace):
-    from . import load_model
+    from .models import load_model
 
     args.device = resolve_device(args.device)
     _check_device(args.device)
@@ -284,22 +285,6 @@ def _load_net(args: argparse.Namespace):
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
     return net
-
-
-def default_layers(net) -> list[str]:
-    """The last conv of each block (VGG: conv1_2 ... conv5_3; AlexNet: conv1 ... conv5); for other models,
-    the last four top-level modules whose outputs are maps (ResNet: layer1 ... layer4)."""
-    if not net.is_chain or not any(n.startswith("conv") for n in net.layers):
-        shapes = net.output_shapes()
-        top = [n for n in net.layers if "." not in n and len(shapes.get(n, ())) == 4 and min(shapes[n][-2:]) > 1]
-        return top[-4:]
-    convs = [n for n in net.layers if n.startswith("conv")]
-    if "_" not in convs[0]:
-        return convs
-    last = {}
-    for n in convs:
-        last[n.split("_")[0]] = n
-    return list(last.values())
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -350,7 +335,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         timings.append(("resolution figures", time.perf_counter() - t))
     analyses = [k for k in kinds if k in ANALYSES]
     if analyses:
-        from . import load_alexnet
+        from .models import load_alexnet
         from .analysis import make_figures as analysis_figures
 
         t = time.perf_counter()
@@ -483,9 +468,9 @@ def cmd_layers(args: argparse.Namespace) -> None:
     """
     import torch
 
-    from . import load_model
-    from .core import record
-    from .receptive import receptive_field
+    from .models import load_model
+    from .engine import record
+    from .engine import receptive_field
 
     if args.size < 1:
         raise UsageError(f"--size {args.size} must be a positive number of pixels")

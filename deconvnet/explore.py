@@ -33,11 +33,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .core import Deconvnet, Projection, Record, Target, select_target
+from .engine import Deconvnet, Projection, ReceptiveField, Target, receptive_field, select_target
 from .images import BUNDLED_PHOTOS, ImageLike, to_rgb_pil
 from .models import Net
 from .plot import DEFAULT_SCALING, SCALINGS, crop_box, scale_for_display, where
-from .receptive import ReceptiveField, receptive_field
 from .scan import TopK
 
 #: the backward rules one toggle apart (``deconvnet.analysis.methods``): label -> method name
@@ -49,34 +48,15 @@ MAX_LISTED_ITEMS = 500
 
 
 class _CachedDeconvnet(Deconvnet):
-    """A ``Deconvnet`` that keeps the hooked forward of each (input, layers) it has recorded.
-
-    ``Deconvnet.project_many`` asks ``self.record`` for its forward; answering from this cache leaves the
-    engine's own selection and walk untouched, so a projection equals ``Deconvnet(net).project`` exactly.
-    Inputs are keyed by identity: the explorer keeps one tensor per image.
-    """
+    """A ``Deconvnet`` that keeps the recorded forward of each (input, layers) (``keep``): a click on the same
+    image and layer runs no forward, and a projection equals ``Deconvnet(net).project`` exactly."""
 
     def __init__(self, net: Net, max_records: int = 16) -> None:
-        super().__init__(net)
-        self.max_records = max_records
-        self.records: OrderedDict[tuple[int, tuple[str, ...]], tuple[torch.Tensor, Record]] = OrderedDict()
-        self.forwards = 0  # how many forwards ran (a click runs none)
-        self.forward_seconds = 0.0
+        super().__init__(net, keep=max_records)
 
-    def record(self, x: torch.Tensor, layers: Sequence[str]) -> Record:
-        key = (id(x), tuple(layers))
-        hit = self.records.get(key)
-        if hit is not None and hit[0] is x:
-            self.records.move_to_end(key)
-            return hit[1]
-        t = time.perf_counter()
-        rec = super().record(x, layers)
-        self.forwards += 1
-        self.forward_seconds += time.perf_counter() - t
-        self.records[key] = (x, rec)  # holding x keeps its id from being reused by another tensor
-        while len(self.records) > self.max_records:
-            self.records.popitem(last=False)
-        return rec
+    @property
+    def forward_seconds(self) -> float:
+        return self._engine.kept.seconds
 
 
 @contextmanager
@@ -196,7 +176,7 @@ class Explorer:
         self.net, self.topk, self.size, self.scaling, self.panel = net, topk, size, scaling, panel
         self.n_strongest, self.threads = n_strongest, threads
         self.deconv = _CachedDeconvnet(net)
-        self.spatial_layers = [l for l in net.layers if net.depth(l) < len(net.features)]
+        self.spatial_layers = self.deconv.spatial_layers()
         self.dataset = None
         self._images: OrderedDict[str, Callable[[], torch.Tensor]] = OrderedDict()
         self._inputs: OrderedDict[str, torch.Tensor] = OrderedDict()  # key -> x (one tensor per image)

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import Deconvnet, Target
+from .engine import Deconvnet, Target
 from .images import pil_to_tensor01
 from .io import write_json
 from .models.weights import sha256_file
 from .models import Net
 from .plot import DEFAULT_SCALING, SCALINGS, _blank, crop_box, describe_scaling, save_figure, scale_for_display
-from .receptive import receptive_field
+from .engine import receptive_field
 from .scan import TopK
 
 SELECTIONS = ("random", "strongest")

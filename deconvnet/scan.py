@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .core import record
+from .engine import record
 from .memory import check_memory
 from .data import collate
 from .io import torch_save

@@ -288,7 +288,7 @@ def test_method_figure_leaves_the_captum_column_out_and_crops_a_unit_to_its_rece
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from deconvnet.receptive import receptive_field
+    from deconvnet.engine import receptive_field
 
     x = images((1, 3, 16, 16), seed=10)
     unit, whole = (meth.compare_methods(tiny, x, t) for t in (dn.Target("relu2_1", "max", (0, 1)), dn.Target("pool2", "max", "all")))

@@ -21,7 +21,7 @@ from deconvnet.cli import main
 from deconvnet.data import demo_collection
 from deconvnet.figure2 import feature_tiles
 from deconvnet.plot import scale_for_display
-from deconvnet.receptive import receptive_field
+from deconvnet.engine import receptive_field
 from deconvnet.scan import TopK, scan_top_k
 
 from conftest import no_forward_hooks

@@ -134,7 +134,7 @@ def test_percentile_scaling_ignores_the_zeros_outside_the_support():
 
 
 def test_projection_box_is_the_receptive_field(vgg16):
-    from deconvnet.receptive import receptive_field
+    from deconvnet.engine import receptive_field
 
     x = images((2, 3, 96, 96), seed=3)
     deconv = dn.Deconvnet(vgg16)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from captum.attr import NeuronDeconvolution
 
 import deconvnet as dn
-from deconvnet.core import conv_transpose_like, unpool_scatter_add
+from deconvnet.engine.chain import conv_transpose_like, unpool_scatter_add
 
 from conftest import images, no_forward_hooks
 

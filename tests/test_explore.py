@@ -15,9 +15,9 @@ from PIL import Image
 
 import deconvnet as dn
 from deconvnet.analysis.methods import backward_maps, deconvnet_seed
-from deconvnet.core import record
+from deconvnet.engine import record
 from deconvnet.explore import Explorer, activation_colors, unit_at_pixel
-from deconvnet.receptive import receptive_field
+from deconvnet.engine import receptive_field
 
 from conftest import stop_server
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import deconvnet as dn
-from deconvnet.switches import PoolSwitches
+from deconvnet.engine.switches import PoolSwitches
 
 from conftest import images
 
@@ -44,11 +44,11 @@ def test_cropped_batches_across_targets_and_chunks(vgg16):
 
 def test_auto_crops_only_where_it_pays(vgg16):
     d = dn.Deconvnet(vgg16)
-    assert d._crops(dn.Target("conv3_3", 0, "max"), vgg16.depth("conv3_3"), (224, 224))
-    assert not d._crops(dn.Target("pool5", 0, "max"), vgg16.depth("pool5"), (64, 64))  # 212 px window
-    assert not d._crops(dn.Target("conv3_3", 0, "all"), vgg16.depth("conv3_3"), (224, 224))
-    assert not d._crops(dn.Target("fc6", 0, "max"), vgg16.depth("fc6"), (224, 224))
-    assert not dn.Deconvnet(vgg16, unpool="max_unpool")._crops(dn.Target("conv3_3", 0), vgg16.depth("conv3_3"), (224, 224))
+    assert d._engine.crops(dn.Target("conv3_3", 0, "max"), vgg16.depth("conv3_3"), (224, 224))
+    assert not d._engine.crops(dn.Target("pool5", 0, "max"), vgg16.depth("pool5"), (64, 64))  # 212 px window
+    assert not d._engine.crops(dn.Target("conv3_3", 0, "all"), vgg16.depth("conv3_3"), (224, 224))
+    assert not d._engine.crops(dn.Target("fc6", 0, "max"), vgg16.depth("fc6"), (224, 224))
+    assert not dn.Deconvnet(vgg16, unpool="max_unpool")._engine.crops(dn.Target("conv3_3", 0), vgg16.depth("conv3_3"), (224, 224))
     with pytest.raises(ValueError, match="crop 'yes' is not understood"):
         dn.Deconvnet(vgg16, crop="yes")
 
@@ -59,7 +59,7 @@ def test_cropped_equals_captum_on_real_sizes(vgg16):
 
     x = images((1, 3, 224, 224), seed=33)
     d = dn.Deconvnet(vgg16)
-    assert d._crops(dn.Target("relu4_3"), vgg16.depth("relu4_3"), (224, 224))
+    assert d._engine.crops(dn.Target("relu4_3"), vgg16.depth("relu4_3"), (224, 224))
     p = d.project(x, "relu4_3", "max", (3, 25))
     c, (r, col) = int(p.channel[0]), p.position[0].tolist()
     ref = NeuronDeconvolution(vgg16.model, vgg16.layers["relu4_3"]).attribute(x.clone(), neuron_selector=(c, r, col))

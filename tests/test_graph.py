@@ -12,7 +12,7 @@ from captum.attr import NeuronDeconvolution
 from torch import nn
 
 import deconvnet as dn
-from deconvnet.graph import UnsupportedLayerError
+from deconvnet.engine import UnsupportedLayerError
 
 from conftest import images, no_forward_hooks
 
@@ -286,7 +286,7 @@ def test_load_model_builds_any_torchvision_classifier():
 
 def test_graph_scan_and_figure2(tmp_path):
     from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
-    from deconvnet.receptive import receptive_field
+    from deconvnet.engine import receptive_field
     from deconvnet.scan import scan_top_k
 
     from test_scan import Tensors, brute_force

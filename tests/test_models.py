@@ -12,7 +12,7 @@ import deconvnet as dn
 from deconvnet.models import _api as api
 from deconvnet.models import weights as W
 from deconvnet.preprocessing import CAFFE, TORCHVISION
-from deconvnet.receptive import receptive_field
+from deconvnet.engine import receptive_field
 
 from conftest import images, requires_hed, requires_mri
 

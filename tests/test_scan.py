@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 import deconvnet as dn
 from deconvnet.cli import main
 from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
-from deconvnet.receptive import receptive_field
+from deconvnet.engine import receptive_field
 from deconvnet.scan import TopK, scan_top_k
 
 from conftest import images

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..core import Target
+from ..engine import Target
 from ..models import Net
 from ..io import write_json
 from ..plot import save_figure

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..core import check_input
+from ..engine import check_input
 from ..models import Net
 from ..plot import image_array
 from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, classifier_line, deep_layer, fill_words, footer, forward_capture, label,

@@ -7,14 +7,16 @@ with R the signal coming down and x the ReLU's forward input:
 ==================  =====================================  =============================================
 method              rule at a ReLU                         computed by
 ==================  =====================================  =============================================
-``deconvnet``       R_in = R_out [R_out > 0]               this toolkit (``deconvnet.core.walk_down``)
-``deconvolution``   the same rule                          Captum ``Deconvolution`` (the live cross-check)
-``guided_backprop`` R_in = R_out [x > 0] [R_out > 0]       Captum ``GuidedBackprop``
-``gradient``        R_in = R_out [x > 0]                   Captum ``Saliency(abs=False)``
+``deconvnet``       R_in = R_out [R_out > 0]               the engine, ``Deconvnet(net)``
+``guided_backprop`` R_in = R_out [x > 0] [R_out > 0]       the engine, ``Deconvnet(net, rule="guided")``
+``gradient``        R_in = R_out [x > 0]                   the engine, ``Deconvnet(net, rule="gradient")``
+``deconvolution``   the deconvnet's rule                   Captum ``Deconvolution`` (the live cross-check)
 ==================  =====================================  =============================================
 
-Captum's methods explain a scalar; here it is S(x) = <seed, layer(x)> per image, whose derivative on the
-layer is the seed, with the forward stopped right after the layer. For ``compare_methods`` the seed is the
+The three methods run through this toolkit's own engines, chain or graph, so they honour every rectifier,
+functional ones included (GoogLeNet, DenseNet, Inception v3), which Captum's module hooks miss. Captum stays
+the cross-check: it explains a scalar, here S(x) = <seed, layer(x)> per image, whose derivative on the layer
+is the seed, with the forward stopped right after the layer. For ``compare_methods`` the seed is the
 deconvnet's (Zeiler & Fergus): the target's activations, every other activation of the layer zero, so the
 deconvnet column is exactly what ``Deconvnet.project`` returns.
 """
@@ -28,7 +30,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core import Target, check_input, check_supported, record, select_target, walk_down
+from ..engine import Deconvnet, Target, check_input, record, select_target
 from ..models import Net
 from ..plot import image_array, scale_for_display
 from ._util import _Stop, label
@@ -94,7 +96,7 @@ class TargetScore(nn.Module):
 def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The deconvnet's seed for a target (Zeiler & Fergus: the target's activations, the rest zero).
 
-    Uses the engine's own target selection (``deconvnet.core.select_target``), so it means what
+    Uses the engine's own target selection (``engine.select_target``), so it means what
     ``Deconvnet.project`` means: ``channel="max"`` is the channel holding the layer's strongest activation, ``position="max"``
     that channel's strongest unit, ``"all"`` the whole map, a (row, col) or a (B, 2) integer tensor one
     unit, a float or bool (h, w) / (B, h, w) tensor a mask weighting the map.
@@ -118,32 +120,45 @@ def backward_maps(
     """Carry one seed on ``layer``'s output down to the pixels with each method's rule.
 
     Args:
-        net: the model.
+        net: the model (a chain or a graph).
         x: (B, 3, H, W) model input.
-        layer: paper name of the layer the seed sits on.
+        layer: the layer the seed sits on.
         seed: (B, ...) shaped like the layer's output.
         methods: any of ``METHODS``.
 
     Returns:
         ``{method: (B, 3, H, W) map in the model's input space}``.
     """
-    from captum.attr import Deconvolution, GuidedBackprop, Saliency
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}. Hint: choose from {', '.join(METHODS)}")
     x = check_input(x, net)
-    net.check_layer(layer)
+    layer = net.resolve(layer)
     seed = seed.to(device=x.device, dtype=x.dtype)
     out: dict[str, torch.Tensor] = {}
-    if "deconvnet" in methods:
-        depth = net.depth(layer)
-        check_supported(net, depth)
-        rec = record(net, x, [layer])
-        with torch.no_grad():
-            out["deconvnet"] = walk_down(net, rec, {depth: seed.reshape(rec.shapes[depth][1])})
-    score = TargetScore(net, layer, seed)
+    for method in methods:
+        if method in ENGINE_RULES:
+            out[method] = Deconvnet(net, rule=ENGINE_RULES[method]).project_seed(x, layer, seed)
+    if "deconvolution" in methods:
+        out["deconvolution"] = captum_maps(net, x, layer, seed, ["deconvolution"])["deconvolution"]
+    return {m: out[m] for m in methods}
+
+
+#: the methods the engine computes, and its rule for each
+ENGINE_RULES = {"deconvnet": "deconvnet", "guided_backprop": "guided", "gradient": "gradient"}
+
+
+def captum_maps(net: Net, x: torch.Tensor, layer: str, seed: torch.Tensor,
+                methods: Sequence[str] = ("deconvolution", "guided_backprop", "gradient")) -> dict[str, torch.Tensor]:
+    """Captum's ``Deconvolution``, ``GuidedBackprop`` and ``Saliency`` for the same seed: the independent
+    cross-check of the engine's rules. Captum hooks ``nn.ReLU`` modules only: on a model with functional
+    ReLUs (GoogLeNet, DenseNet) its maps are not these rules' maps."""
+    from captum.attr import Deconvolution, GuidedBackprop, Saliency
+
+    x = check_input(x, net)
+    score = TargetScore(net, net.resolve(layer), seed.to(device=x.device, dtype=x.dtype))
     captum = {"deconvolution": Deconvolution, "guided_backprop": GuidedBackprop}
+    out = {}
     with warnings.catch_warnings():
         # Captum announces, on every call, that it hooks the ReLUs (and removes the hooks) and that it set
         # requires_grad on its copy of the input: both are what is meant here
@@ -154,7 +169,7 @@ def backward_maps(
                 out[method] = captum[method](score).attribute(x.detach().clone()).detach()
             elif method == "gradient":
                 out[method] = Saliency(score).attribute(x.detach().clone(), abs=False).detach()
-    return {m: out[m] for m in methods}
+    return out
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -235,14 +250,14 @@ SHOWN_METHODS = ("deconvnet", "guided_backprop", "gradient")  # Captum's Deconvo
 def _unit_box(net: Net, r: MethodComparison, b: int) -> tuple[int, int, int, int] | None:
     """The input box (top, left, bottom, right) seen by the row's target unit, or None (a whole map, a mask,
     an fc unit: no single receptive field to mark)."""
-    from ..receptive import receptive_field
+    from ..engine import receptive_field
 
     pos = r.target.position
     if isinstance(pos, str) and pos == "all":
         return None
     if isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
         return None
-    if net.depth(r.target.layer) >= len(net.features):
+    if not net.is_spatial(r.target.layer):
         return None
     row, col = (int(v) for v in r.position[b])
     return receptive_field(net, r.target.layer).box(row, col, tuple(r.input.shape[-2:]))

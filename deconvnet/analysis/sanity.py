@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import Target, check_input
+from ..engine import Target, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
 from ._util import TEXT_PT, TICK_PT, TITLE_PT, blank, progress, tile_figure, wrap_to_width
@@ -561,7 +561,7 @@ def neuron_selectivity(
     layer = layer if layer is not None else max(pools, key=net.depth)
     x = check_input(x, net)
     _, _, _, position = deconvnet_seed(net, x, Target(layer, "max", "max"))
-    from ..core import record
+    from ..engine import record
 
     act = record(net, x, [layer]).activations[layer]
     if act.dim() != 4:
@@ -625,7 +625,7 @@ def plot_selectivity(result: SelectivityResult, net: Net, *, index: int = 0, axe
     """
     from matplotlib.patches import Rectangle
 
-    from ..receptive import receptive_field
+    from ..engine import receptive_field
 
     methods = list(result.maps)
     row_, col_ = (int(v) for v in result.position[index])

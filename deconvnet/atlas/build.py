@@ -33,12 +33,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..core import CROPPABLE, check_supported, record, walk_down_cropped
+from ..engine import Deconvnet, receptive_field
 from ..figure2 import PATCH_PAD, SELECTIONS, select_features
 from ..io import atomic_path, write_json
 from ..models import Net
 from ..plot import DEFAULT_SCALING, SCALINGS, scale_for_display
-from ..receptive import receptive_field
 from ..scan import TopK, scan_top_k
 from .stats import ChannelStats, channel_stats
 
@@ -112,8 +111,9 @@ def check_layers(net: Net, layers: Sequence[str]) -> list[str]:
         raise ValueError("no layers given. Hint: e.g. conv3_3,conv4_3,conv5_3")
     for layer in layers:
         net.check_layer(layer)
-        if net.depth(layer) >= len(net.features):
-            raise ValueError(f"layer '{layer}' has no spatial map to show. Hint: use a conv, relu or pool layer")
+        if not net.is_spatial(layer):
+            raise ValueError(f"layer '{layer}' has no spatial map to show. Hint: use a layer that outputs maps "
+                             "(`deconvnet layers --arch ...` lists them)")
     return layers
 
 
@@ -263,51 +263,34 @@ class _Paths:
         return files
 
 
-def _croppable(net: Net, depth: int) -> bool:
-    from torch import nn
-
-    below = [m for _, m in net.stack[: depth + 1]]
-    return all(isinstance(m, CROPPABLE) for m in below) and not any(
-        isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros") for m in below)
-
-
 def _walk(net: Net, x: torch.Tensor, slot: dict[int, int], jobs: list[_Job]) -> list[torch.Tensor]:
-    """Project every job on its image of the batch ``x``: one forward, deconv walks in fixed chunks.
+    """Project every job on its image of the batch ``x`` (``Deconvnet.project_units``: one forward).
 
-    Returns each job's projection cropped to its receptive-field box, (3, r, r) RGB, model input scale.
-    The chunks depend only on ``jobs`` (the whole batch's, done or not), so a resumed build computes
+    Returns each job's projection cropped to its receptive-field box, (C, r, r) in RGB order, model input
+    scale. The work depends only on ``jobs`` (the whole batch's, done or not), so a resumed build computes
     exactly what an uninterrupted one did.
     """
-    layers = sorted({j.layer for j in jobs}, key=net.depth)
+    deconv = Deconvnet(net, max_batch=WALK_BATCH)
+    layers = sorted({j.layer for j in jobs}, key=net.order)
     out: list[Optional[torch.Tensor]] = [None] * len(jobs)
-    with torch.no_grad():
-        rec = record(net, x, layers)
-        for layer in layers:
-            idx = [n for n, j in enumerate(jobs) if j.layer == layer]
-            act = rec.activations[layer]
-            dev = act.device
-            image = torch.tensor([slot[jobs[n].image] for n in idx], device=dev)
-            unit = torch.tensor([[jobs[n].row, jobs[n].col] for n in idx], device=dev)
-            channel = torch.tensor([jobs[n].channel for n in idx], device=dev)
-            value = act[image, channel, unit[:, 0], unit[:, 1]]
-            for n, v in zip(idx, value.tolist()):
-                j = jobs[n]
-                if not np.isclose(v, j.value, rtol=1e-3, atol=1e-5):
-                    raise ValueError(
-                        f"image {j.image} gives activation {v:.6g} at {layer} channel {j.channel} ({j.row}, {j.col}), "
-                        f"but the scan recorded {j.value:.6g}: was the scan made with this model and dataset?")
-            # a point target's seed: its activation in its channel, zero in every other
-            seed = value.new_zeros(len(idx), act.shape[1])
-            seed[torch.arange(len(idx), device=dev), channel] = value
-            rf = receptive_field(net, layer)
-            for s in range(0, len(idx), WALK_BATCH):
-                sl = slice(s, s + WALK_BATCH)
-                windows, origin = walk_down_cropped(net, rec, net.depth(layer), image[sl], unit[sl], seed[sl])
-                if tuple(windows.shape[-2:]) != rf.size:
-                    raise RuntimeError(f"{layer}: projection window {tuple(windows.shape[-2:])} is not the receptive field {rf.size}")
-                rgb = net.preprocessing.to_rgb_order(windows).detach().cpu()
-                for n, w in zip(idx[sl], rgb):
-                    out[n] = w
+    for layer in layers:
+        idx = [n for n, j in enumerate(jobs) if j.layer == layer]
+        image = torch.tensor([slot[jobs[n].image] for n in idx])
+        unit = torch.tensor([[jobs[n].row, jobs[n].col] for n in idx])
+        channel = torch.tensor([jobs[n].channel for n in idx])
+        windows, _, value = deconv.project_units(x, layer, image, channel, unit)
+        for n, v in zip(idx, value.tolist()):
+            j = jobs[n]
+            if not np.isclose(v, j.value, rtol=1e-3, atol=1e-5):
+                raise ValueError(
+                    f"image {j.image} gives activation {v:.6g} at {layer} channel {j.channel} ({j.row}, {j.col}), "
+                    f"but the scan recorded {j.value:.6g}: was the scan made with this model and dataset?")
+        rf = receptive_field(net, layer)
+        if tuple(windows.shape[-2:]) != rf.size:
+            raise RuntimeError(f"{layer}: projection window {tuple(windows.shape[-2:])} is not the receptive field {rf.size}")
+        rgb = net.preprocessing.to_rgb_order(windows).detach().cpu()
+        for n, w in zip(idx, rgb):
+            out[n] = w
     return out  # type: ignore[return-value]
 
 
@@ -437,15 +420,11 @@ def build_atlas(
     check_out_folder(out)
     identity = _identity(net, dataset, k, per_group, scaling, image_format, bins)
     manifest = _open_manifest(out, identity)
-    all_layers = sorted(dict.fromkeys([*manifest["layers"], *layers]), key=net.depth)
+    all_layers = sorted(dict.fromkeys([*manifest["layers"], *layers]), key=net.order)
     for layer in all_layers:
         if layer not in net.layers:  # only a hand-edited manifest gets here: the identity pins the model
             raise ValueError(f"the atlas in '{out}' lists layer '{layer}', which {net.arch} lacks")
-    check_supported(net, max(net.depth(l) for l in all_layers))
-    not_croppable = [l for l in all_layers if not _croppable(net, net.depth(l))]
-    if not_croppable:
-        raise ValueError(f"layer(s) {', '.join(not_croppable)}: the atlas projects inside receptive-field windows, "
-                         "which needs zero-padded convolutions, ReLU, max-pooling and batch norm below the layer")
+    Deconvnet(net)  # refuses, before any work, a model the engine has no rule for
     manifest["layers"] = all_layers
     write_json(manifest, out / "atlas.json")  # first: a folder being built is recognisably an atlas
     timings = {"scan": 0.0, "stats": 0.0, "project": 0.0, "write": 0.0}

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from ..io import atomic_path, write_json
 from ..models import Net
 from ..plot import describe_scaling
-from ..receptive import receptive_field
+from .._version import __version__
+from ..engine import receptive_field
 from ..scan import TopK
 from .stats import ChannelStats
 
@@ -147,7 +148,6 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                 channels: dict[str, list[int]], paths: Any, *, identity: dict[str, Any],
                 dataset_name: Optional[str], scaling: str, progress: bool = True) -> list[Path]:
     """Write the static files, the index, every channel page and each layer's ``channels.json``."""
-    from .. import __version__
 
     env = environment()
     written: list[Path] = []

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core import record
+from ..engine import record
 from ..data import collate
 from ..io import torch_save
 from ..models import Net
@@ -198,7 +198,7 @@ def channel_stats(
     def save_checkpoint() -> None:
         torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state}, checkpoint)
 
-    order = sorted(layers, key=net.depth)  # stable: equal depths keep the order given, as record does
+    order = sorted(layers, key=net.order)  # stable: equal places keep the order given, as record does
     loader = DataLoader(dataset, batch_size=batch_size, sampler=range(start, len(dataset)),
                         num_workers=num_workers, collate_fn=collate)
     bar = tqdm(total=len(dataset), initial=start, desc=f"statistics {','.join(layers)}", unit="img", disable=not progress)
@@ -216,7 +216,7 @@ def channel_stats(
                 for layer in layers:
                     part = rec.activations[layer]
                     if part.pop("layer") != layer:
-                        raise RuntimeError("statistics reached the layers out of order")  # a change in core.record
+                        raise RuntimeError("statistics reached the layers out of order")  # a change in engine.record
                     old = state[layer]
                     merged[layer] = part if old is None else {
                         "units": old["units"] + part["units"], "units_nonpos": old["units_nonpos"] + part["units_nonpos"],

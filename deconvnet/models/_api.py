@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from .. import images
+from ..memory import check_memory
 from ..preprocessing import TORCHVISION, Preprocessing
 from . import alexnet as alexnet_table
 from . import vgg as vgg_table
+from .lock import exclusive
 from .weights import (
     OFFLINE,
+    sha256_file,
     WeightsError,
     cached_checkpoint,
     fallback_warning,
@@ -26,6 +29,10 @@ from .weights import (
 
 WEIGHT_SOURCES = ("auto", "imagenet", *OFFLINE, "random", "<path to a state_dict file>")
 
+#: the module types a chain may consist of: the chain engine has a step down for each (``engine.chain``)
+CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Linear, nn.AdaptiveAvgPool2d,
+                 nn.AvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
+
 
 class Net:
     """A model and everything the toolkit needs to know about it: layer names, preprocessing, provenance.
@@ -33,7 +40,7 @@ class Net:
     Two kinds: a *chain* (VGG, AlexNet, a user's ``nn.Sequential`` of supported modules), whose forward is
     its ``stack`` of modules in order and which the deconvnet walks down module by module (with the
     receptive-field-cropped fast path); and a *graph* (ResNet, GoogLeNet, DenseNet, any ``nn.Module``),
-    projected through its own autograd graph (``deconvnet.graph``). Build one with ``load_vgg``,
+    projected through its own autograd graph (``deconvnet.engine.graph``). Build one with ``load_vgg``,
     ``load_alexnet``, ``load_model`` or ``wrap``.
 
     Attributes:
@@ -112,9 +119,8 @@ class Net:
         return out
 
     def output_shapes(self, hw: tuple[int, int] = (224, 224)) -> dict[str, tuple[int, ...]]:
-        """Layer name -> output shape (first call) for one (H, W) input, from a forward (cached for 224)."""
-        from ..core import hooked
-
+        """Layer name -> output shape (first call) for one (H, W) input, in the order the forward reaches
+        the layers, from one plain forward of a zero image (cached for 224)."""
         if self._shapes is not None and hw == (224, 224):
             return self._shapes
         shapes: dict[str, tuple[int, ...]] = {}
@@ -126,16 +132,11 @@ class Net:
             if isinstance(output, torch.Tensor) and names[m] not in shapes:
                 shapes[names[m]] = tuple(output.shape)
 
-        from ..graph import _DeconvMode, _where_tracker, check_modules
-
-        if not self.is_chain:
-            check_modules(self.model)
         handles = []
-        with hooked(self.model), _where_tracker(self.model) as where:
+        with exclusive(self.model):
             try:
                 handles = [m.register_forward_hook(hook) for m in names]
-                # under the deconvnet mode, so that a function with no rule is refused here already
-                with torch.no_grad(), _DeconvMode(where):
+                with torch.no_grad():
                     self.model(torch.zeros(1, 3, *hw, device=self.device, dtype=self.dtype))
             finally:
                 for h in handles:
@@ -143,6 +144,15 @@ class Net:
         if hw == (224, 224):
             self._shapes = shapes
         return shapes
+
+    def order(self, layer: str | nn.Module) -> int:
+        """Where a layer comes in the forward: its stack index for a chain, the order in which a graph's
+        forward first reaches it (layers it never reaches come last). Sort layers with it."""
+        name = self.resolve(layer)
+        if self.is_chain:
+            return self.depth(name)
+        reached = list(self.output_shapes())
+        return reached.index(name) if name in reached else len(reached) + list(self.layers).index(name)
 
     def is_spatial(self, layer: str | nn.Module) -> bool:
         """Whether a layer's output is a stack of maps (B, C, h, w), which scans and crops need."""
@@ -218,8 +228,6 @@ class Net:
             size: resize the shorter side to this many pixels (None: keep).
             crop: center-crop a ``crop`` x ``crop`` square (None: no crop).
         """
-        from ..memory import check_memory
-
         pil = images.load_rgb(image)
         if crop is not None and size is not None and crop > size:
             raise ValueError(f"crop {crop} is larger than the resized shorter side {size}. Hint: crop <= size")
@@ -493,8 +501,6 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. Hint: offline, use "
                                "weights='random' or the path of a state_dict file") from err
         path = cached_checkpoint(enum.url)
-        from .weights import sha256_file
-
         provenance = {"weights": "imagenet", "source": f"torchvision {type(enum).__name__}.{enum.name}",
                       "file": path.name, "sha256": sha256_file(path) if path.is_file() else None}
         net = wrap(model.eval(), weights=enum, name=arch)
@@ -532,7 +538,7 @@ def wrap(
 
     torchvision's VGG and AlexNet get their family table (the paper's layer names, the chain walk); an
     ``nn.Sequential`` of modules the chain walk knows becomes a chain (layers named by module path);
-    everything else is a graph, projected through its own autograd graph (``deconvnet.graph``).
+    everything else is a graph, projected through its own autograd graph (``deconvnet.engine.graph``).
 
     Args:
         model: the model; it is put in eval mode for each call, and its mode restored.
@@ -604,8 +610,6 @@ def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, 
 
 def _sequential_stack(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """The leaves of nested ``nn.Sequential``s in order, if the chain walk has a rule for each; else None."""
-    from ..core import CHAIN_RULES
-
     if not isinstance(model, nn.Sequential):
         return None
     leaves: list[tuple[str, nn.Module]] = []
@@ -616,7 +620,7 @@ def _sequential_stack(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
             if isinstance(child, nn.Sequential):
                 if not visit(path + ".", child):
                     return False
-            elif isinstance(child, CHAIN_RULES):
+            elif isinstance(child, CHAIN_MODULES):
                 leaves.append((path, child))
             else:
                 return False

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import images
-from ..core import record
+from ..engine import record
 from ..models import Net
 from ..plot import save_figure
 from .checkerboard import CheckerboardStudy, checkerboard_study, plot_checkerboard

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import unpool_scatter_add
+from ..engine.chain import unpool_scatter_add
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import Deconvnet, Target, record
+from ..engine import Deconvnet, Target, record
 from ..models import Net
 from ..plot import scale_for_display
-from ..receptive import receptive_field
+from ..engine import receptive_field
 
 
 @dataclass

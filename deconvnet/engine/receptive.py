@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .models import Net
+from ..models import Net
+from ..models.lock import exclusive
+from .graph import measure_box
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def receptive_field(net: Net, layer: str) -> ReceptiveField:
 def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> ReceptiveField:
     """The receptive field of a graph's layer, measured on its autograd graph.
 
-    With every ReLU passing everything and every max-pool averaging its window (``deconvnet.graph``), the
+    With every ReLU passing everything and every max-pool averaging its window (``engine.graph``), the
     support of a unit's gradient is the set of pixels that can reach it. The unit at the map's centre and
     its diagonal neighbour are measured on a square input that doubles (from 256 px) until the field no
     longer touches the border, up to ``max_side``; the size, the jump between neighbours and the padding
@@ -83,9 +85,6 @@ def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> Rece
     Raises:
         ValueError: not a spatial layer, or a field wider than ``max_side`` px.
     """
-    from . import graph
-    from .core import hooked
-
     name = net.resolve(layer)
     if name in net._receptive:
         return net._receptive[name]
@@ -94,12 +93,12 @@ def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> Rece
     module = net.layers[name]
     side = 256
     while True:
-        with hooked(net.model):
-            box, (h, w) = graph.measure_box(net.model, module, (side, side), device=net.device, dtype=net.dtype)
+        with exclusive(net.model):
+            box, (h, w) = measure_box(net.model, module, (side, side), device=net.device, dtype=net.dtype)
             if min(h, w) < 2:  # adaptive pooling: one unit whatever the input, which sees all of it
                 raise ValueError(f"layer '{layer}' has a 1x1 map: its unit sees the whole image")
             unit = (h // 2, w // 2)
-            nxt, _ = graph.measure_box(net.model, module, (side, side), (unit[0] + 1, unit[1] + 1),
+            nxt, _ = measure_box(net.model, module, (side, side), (unit[0] + 1, unit[1] + 1),
                                        device=net.device, dtype=net.dtype)
         inside = box[0] > 0 and box[1] > 0 and box[2] < side and box[3] < side and nxt[2] < side and nxt[3] < side
         if inside:

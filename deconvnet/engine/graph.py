@@ -1,6 +1,6 @@
 """The deconvnet on any model's own autograd graph: residual additions, concatenations, functional calls.
 
-The chain walk (``deconvnet.core``) mirrors a stack of modules step by step. A ResNet, GoogLeNet or DenseNet
+The chain engine (``engine.chain``) mirrors a stack of modules step by step. A ResNet, GoogLeNet or DenseNet
 is no stack: its forward adds, concatenates and calls ``F.relu`` directly. Here the model's own forward
 runs under a ``TorchFunctionMode`` that sees every call, module or functional, and swaps each rectifier
 for one whose backward is the deconvnet rule (Springenberg et al. 2015; REFERENCE.md):
@@ -10,7 +10,9 @@ forward                                 backward (the signal R coming down)
 ======================================  =====================================================================
 ``relu`` in any spelling: ``nn.ReLU``,  ``relu(R)``: the rule imposes the ReLU on the reconstruction and
 ``F.relu``, ``torch.relu``,             ignores the forward input (Captum's ``Deconvolution`` sees
-``Tensor.relu_`` ...                    ``nn.ReLU`` modules only and misses the functional ones)
+``Tensor.relu_`` ...                    ``nn.ReLU`` modules only and misses the functional ones);
+                                        ``rule="guided"``: ``relu(R) [x > 0]``; ``rule="gradient"``:
+                                        ``R [x > 0]``, autograd's own
 max-pooling                             its own gradient: the signal goes to the switch, summed where
                                         windows share one (the exact transpose, as the chain's unpooling)
 conv, BatchNorm (eval), linear,         their adjoints (autograd's backward of a linear map; biases drop out)
@@ -35,7 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .memory import is_out_of_memory, memory_error
+from ..memory import check_memory, is_out_of_memory, memory_error
+from ..models import Net
+from ..models.lock import exclusive
+from .record import Kept, check_finite, check_input
+from .targets import select_target
+from .types import Record, Target
 
 
 class UnsupportedLayerError(ValueError):
@@ -66,6 +73,42 @@ class _DeconvReLUInPlace(torch.autograd.Function):
     def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
         return r.relu()
 
+
+class _GuidedReLU(torch.autograd.Function):
+    """``relu`` forward; backward ``relu`` of the incoming signal where the forward input was positive."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x.relu()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return r.relu() * (y > 0)
+
+
+class _GuidedReLUInPlace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(x)
+        y = x.relu_()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return r.relu() * (y > 0)
+
+
+#: rule -> (out-of-place, in-place) rectifier; None: the function itself (autograd's gradient)
+_RECTIFIERS = {
+    "deconvnet": (_DeconvReLU, _DeconvReLUInPlace),
+    "guided": (_GuidedReLU, _GuidedReLUInPlace),
+    "gradient": None,
+}
 
 _RELU = {F.relu, torch.relu, torch.Tensor.relu}
 _RELU_INPLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
@@ -115,17 +158,18 @@ def check_modules(model: nn.Module) -> None:
 class _DeconvMode(TorchFunctionMode):
     """Swaps every rectifier for the deconvnet one and refuses what has no rule (see the module docstring)."""
 
-    def __init__(self, where: Callable[[], str]) -> None:
+    def __init__(self, where: Callable[[], str], rule: str = "deconvnet") -> None:
         super().__init__()
         self.where = where
+        self.rectifiers = _RECTIFIERS[rule]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELU:
+        if self.rectifiers is not None and func in _RELU:
             inplace = kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
-            return (_DeconvReLUInPlace if inplace else _DeconvReLU).apply(args[0])
-        if func in _RELU_INPLACE:
-            return _DeconvReLUInPlace.apply(args[0])
+            return self.rectifiers[1 if inplace else 0].apply(args[0])
+        if self.rectifiers is not None and func in _RELU_INPLACE:
+            return self.rectifiers[1].apply(args[0])
         if func in _REFUSED_FUNCTIONS:
             raise UnsupportedLayerError(
                 f"{_REFUSED_FUNCTIONS[func]}, called in {self.where()}, has no deconvnet rule: the deconvnet is "
@@ -190,10 +234,11 @@ def forward(
     *,
     grad: bool,
     reduce: Callable[[torch.Tensor], Any] | None = None,
+    rule: str = "deconvnet",
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Run ``model`` on ``x`` under the deconvnet mode, keeping the first output of each target module.
 
-    The caller holds ``deconvnet.core.hooked(model)`` (the model's lock, eval mode).
+    The caller holds ``models.lock.exclusive(model)`` (the model's lock, eval mode).
 
     Args:
         modules: target name -> module.
@@ -233,7 +278,7 @@ def forward(
             stack.callback(m.register_forward_hook(make_hook(names)).remove)
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
         try:
-            with _DeconvMode(where):
+            with _DeconvMode(where, rule):
                 model(x)
         except _Stop:
             pass
@@ -255,6 +300,105 @@ def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.
     """One backward from a kept target output, seeded with ``seed``; the graph is kept for the next one."""
     (g,) = torch.autograd.grad(output, x, seed, retain_graph=True)
     return g
+
+
+def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None) -> Record:
+    """The target layers' outputs (or ``reduce`` of them) from one forward of a graph."""
+    check_modules(net.model)
+    x = check_input(x, net)
+    names = [net.resolve(layer) for layer in layers]
+    with exclusive(net.model):
+        _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce)
+    rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names)})
+    if reduce is None:
+        check_finite(net, rec.activations)
+    return rec
+
+
+class GraphEngine:
+    """The engine for any model: the rule at every rectifier of the model's own autograd graph.
+
+    Targets at any layers share one forward (it stops after the deepest); each has its backward.
+    """
+
+    def __init__(self, net: Net, *, rule: str, keep: int = 0) -> None:
+        self.net, self.rule = net, rule
+        self.kept = Kept(keep)
+
+    def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The forward with its autograd graph, kept per input (``keep``): a backward keeps the graph."""
+        def run():
+            leaf, outputs = forward(self.net.model, x, {n: self.net.layers[n] for n in layers}, grad=True,
+                                    rule=self.rule)
+            check_finite(self.net, {n: outputs[n].detach() for n in layers})
+            return leaf, outputs
+
+        return self.kept.get(x, (tuple(layers),), run)
+
+    def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
+               reduce: Callable | None = None) -> Record:
+        return record_graph(self.net, x, layers, reduce)
+
+    def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
+        """Projections of resolved targets, their ``select_target`` results and the record of the layers."""
+        check_modules(self.net.model)
+        x = check_input(x, self.net)
+        layers = list(dict.fromkeys(t.layer for t in targets))
+        check_memory(self.net, x.shape[0], x.shape[-2:])
+        results, selected = [], []
+        with exclusive(self.net.model):
+            leaf, outputs = self._forward(x, layers)
+            for t in targets:
+                act = outputs[t.layer]
+                sel = select_target(act.detach(), t, self.net)
+                results.append(project(leaf, act, sel[0]()).detach())
+                selected.append(sel)
+        return results, selected, Record(activations={n: outputs[n].detach() for n in layers})
+
+    def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
+        """Any signal (B, ...) placed on ``layer``'s output, carried down the graph with the rule."""
+        check_modules(self.net.model)
+        x = check_input(x, self.net)
+        check_memory(self.net, x.shape[0], x.shape[-2:])
+        with exclusive(self.net.model):
+            leaf, outputs = self._forward(x, [layer])
+            act = outputs[layer]
+            if seed.shape != act.shape:
+                raise ValueError(f"a seed of shape {tuple(seed.shape)} does not fit layer '{layer}', whose output is "
+                                 f"{tuple(act.shape)}")
+            return project(leaf, act, seed.to(act)).detach()
+
+    def project_units(self, x: torch.Tensor, layer: str, image: torch.Tensor, channel: torch.Tensor,
+                      unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Units of one layer over a batch (unit k at ``image[k]``, ``channel[k]``, ``unit[k]``): their
+        projections (N, C, H, W) on the whole input and their activations (N,).
+
+        One forward for the batch. Images do not mix in a forward in eval mode, so one backward projects one
+        unit in each image at once: the units go down in rounds, as many as the most units of one image.
+        """
+        check_modules(self.net.model)
+        x = check_input(x, self.net)
+        check_memory(self.net, x.shape[0], x.shape[-2:])
+        out = x.new_zeros(len(image), *x.shape[1:])
+        with exclusive(self.net.model):
+            leaf, outputs = self._forward(x, [layer])
+            act = outputs[layer]
+            image, channel, unit = (t.to(act.device) for t in (image, channel, unit))
+            value = act.detach()[image, channel, unit[:, 0], unit[:, 1]]
+            rounds: list[list[int]] = []
+            seen: dict[int, int] = {}
+            for k, i in enumerate(image.tolist()):
+                r = seen.get(i, 0)
+                seen[i] = r + 1
+                if r == len(rounds):
+                    rounds.append([])
+                rounds[r].append(k)
+            for ks in rounds:
+                idx = torch.tensor(ks, device=act.device)
+                seed = torch.zeros_like(act)
+                seed[image[idx], channel[idx], unit[idx, 0], unit[idx, 1]] = value[idx]
+                out[idx] = project(leaf, act, seed).detach()[image[idx]]
+        return out, value
 
 
 # --- receptive fields of graphs, measured ------------------------------------------------------------------
@@ -286,7 +430,7 @@ def measure_box(model: nn.Module, module: nn.Module, hw: Sequence[int], unit: Se
                 channels: int = 3, device: torch.device | None = None, dtype: torch.dtype | None = None
                 ) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     """The input box a unit of ``module``'s output sees, on an (H, W) input: ``((top, left, bottom, right),
-    (h, w) of the map)``. ``unit`` defaults to the map's centre. The caller holds ``hooked(model)``.
+    (h, w) of the map)``. ``unit`` defaults to the map's centre. The caller holds ``exclusive(model)``.
     """
     out: dict[str, torch.Tensor] = {}
 

@@ -1,0 +1,266 @@
+"""``Deconvnet``: the one interface every consumer uses, with the chain and graph engines behind it as peers.
+
+What a consumer asks of a model (record a forward at the layers it needs, project targets, the receptive
+field of a layer, the layers that have spatial maps, the default layers of a figure, class names) is asked
+here; ``engine.chain`` (a stack of modules walked down step by step, with the receptive-field-cropped walk)
+and ``engine.graph`` (the rule at every rectifier of the model's own autograd graph) do the work.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..models import Net, wrap
+from .chain import UNPOOL_MODES, ChainEngine, crop
+from .graph import GraphEngine, check_modules, record_graph
+from .receptive import ReceptiveField, receptive_field
+from .record import record_chain
+from .targets import is_point
+from .types import Position, Projection, Record, Target, check_rule
+
+ENGINES = ("auto", "chain", "graph")
+
+
+def record(
+    net: Net,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    *,
+    switches: bool = True,
+    reduce: Callable[[torch.Tensor], object] | None = None,
+) -> Record:
+    """One forward up to the deepest of ``layers``, keeping their activations (or ``reduce`` of each,
+    computed inside the forward: a scan keeps per-map maxima without copies), and for a chain its shapes
+    and max-pool switches (``switches=False`` skips them)."""
+    if net.is_chain:
+        return record_chain(net, x, layers, switches=switches, reduce=reduce)
+    return record_graph(net, x, layers, reduce)
+
+
+def spatial_layers(net: Net) -> list[str]:
+    """The layers whose outputs are maps (B, C, h, w) larger than one unit, in forward order: those a scan,
+    Figure 2, the atlas and the explorer can show."""
+    if net.is_chain:
+        return [n for n in net.layers if net.is_spatial(n)]
+    shapes = net.output_shapes()
+    return [n for n in shapes if len(shapes[n]) == 4 and min(shapes[n][-2:]) > 1]
+
+
+def default_layers(net: Net) -> list[str]:
+    """The layers a figure shows when none are named.
+
+    Chains with the paper's names: the last conv of each block (VGG: conv1_2 ... conv5_3; AlexNet: conv1 ...
+    conv5). Graphs: the outputs of their stages, the composite blocks (ResNet: layer1 ... layer4; GoogLeNet:
+    the inception blocks; DenseNet: the dense blocks and transitions; Inception v3: the Mixed blocks), found
+    as the modules at the top level (or inside a top-level ``features``) that hold two or more convolutions,
+    or a convolution and a pooling, and output maps. Other chains: their last four conv layers.
+    """
+    convs = [n for n in net.layers if n.startswith("conv")]
+    if net.is_chain and convs and all(not n[4:5].isalpha() for n in convs):  # the paper's names
+        if "_" not in convs[0]:
+            return convs
+        last: dict[str, str] = {}
+        for n in convs:
+            last[n.split("_")[0]] = n
+        return list(last.values())
+    spatial = set(spatial_layers(net))
+    if net.is_chain:
+        return [n for n in net.layers if n in spatial and isinstance(net.layers[n], nn.Conv2d)][-4:]
+    top = [(n, m) for n, m in net.model.named_children()]
+    if len(top) and isinstance(getattr(net.model, "features", None), nn.Sequential):
+        top = [(f"features.{n}", m) for n, m in net.model.features.named_children()]
+    stages = []
+    for name, m in top:
+        kinds = [type(s) for s in m.modules()]
+        convs_in = sum(issubclass(k, nn.Conv2d) for k in kinds)
+        pools_in = sum(issubclass(k, (nn.MaxPool2d, nn.AvgPool2d)) for k in kinds)
+        if name in spatial and (convs_in >= 2 or (convs_in and pools_in)):
+            stages.append(name)
+    return stages or [n for n in spatial_layers(net) if "." not in n][-4:]
+
+
+class Deconvnet:
+    """Zeiler & Fergus's deconvnet mirrored on a model.
+
+    Args:
+        net: a ``Net`` (``load_vgg``, ``load_alexnet``, ``load_model``) or any ``nn.Module`` (wrapped by
+            ``deconvnet.wrap``: VGG/AlexNet and ``nn.Sequential`` chains, other models as graphs).
+        engine: ``"auto"`` (default): the module-by-module walk for chains, the autograd graph
+            (``engine.graph``) for the others; ``"chain"`` or ``"graph"`` to choose (they agree).
+        rule: the backward rule at every rectifier (``RULES``): ``"deconvnet"`` (default; Zeiler & Fergus),
+            ``"guided"`` (guided backpropagation) or ``"gradient"`` (the plain gradient, saliency).
+        unpool: ``"scatter_add"`` (default, the exact transpose of max-pooling) or ``"max_unpool"``
+            (``F.max_unpool2d``, which overwrites where overlapping windows share a maximum; chains only).
+        max_batch: most projections per deconv pass (bounds memory).
+        crop: ``"auto"`` (default): point targets of spatial layers of a chain are projected inside their
+            receptive-field windows only (equal to the full projection) when the window is smaller than
+            the image; ``True``: always; ``False``: always walk the whole maps.
+        keep: how many recorded forwards to keep, by input tensor (its identity) and layers: projecting
+            again on the same tensor runs no forward (the explorer's clicks). A graph's forward is kept
+            with its autograd graph, which costs memory. ``forwards`` counts the forwards that ran.
+
+    Example:
+        >>> deconv = Deconvnet(net)
+        >>> p = deconv.project(x, layer="conv5_3", channel=441, position="max")
+    """
+
+    def __init__(self, net: Net | nn.Module, *, engine: str = "auto", rule: str = "deconvnet",
+                 unpool: str = "scatter_add", max_batch: int = 32, crop: Union[str, bool] = "auto",
+                 keep: int = 0) -> None:
+        net = wrap(net)
+        if engine not in ENGINES:
+            raise ValueError(f"engine '{engine}' is not understood. Hint: one of {', '.join(ENGINES)}")
+        if engine == "chain" and not net.is_chain:
+            raise ValueError(f"{net.arch} is not a chain of modules; engine='chain' cannot walk it. Hint: engine='auto'")
+        self.engine = "chain" if engine == "auto" and net.is_chain else ("graph" if engine == "auto" else engine)
+        self.rule = check_rule(rule)
+        if self.engine == "graph" and unpool != "scatter_add":
+            raise ValueError("the graph engine unpools through the max-pool gradient (scatter_add) only")
+        if unpool not in UNPOOL_MODES:
+            raise ValueError(f"unpool '{unpool}' is not understood. Hint: one of {', '.join(UNPOOL_MODES)}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if crop not in ("auto", True, False):
+            raise ValueError(f"crop {crop!r} is not understood. Hint: 'auto', True or False")
+        if self.engine == "graph":
+            check_modules(net.model)
+        self.net, self.unpool, self.max_batch, self.crop = net, unpool, max_batch, crop
+        self._engine = (ChainEngine(net, rule=rule, unpool=unpool, max_batch=max_batch, crop=crop, keep=keep)
+                        if self.engine == "chain" else GraphEngine(net, rule=rule, keep=keep))
+
+    @property
+    def forwards(self) -> int:
+        """How many forwards this object has run (projections answered from ``keep`` run none)."""
+        return self._engine.kept.forwards
+
+    # --- what a consumer asks of a model ------------------------------------------------------------------
+    def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
+               reduce: Callable[[torch.Tensor], object] | None = None) -> Record:
+        """One forward up to the deepest of ``layers`` (see ``engine.record``)."""
+        return self._engine.record(x, [self.net.resolve(l) for l in layers], switches=switches, reduce=reduce)
+
+    def receptive_field(self, layer: str | nn.Module) -> ReceptiveField:
+        """The receptive field of a unit of ``layer``: computed for chains, measured once and cached for graphs."""
+        return receptive_field(self.net, self.net.resolve(layer))
+
+    def spatial_layers(self) -> list[str]:
+        """The layers with spatial maps, in forward order (``engine.spatial_layers``)."""
+        return spatial_layers(self.net)
+
+    def default_layers(self) -> list[str]:
+        """The layers a figure shows when none are named (``engine.default_layers``)."""
+        return default_layers(self.net)
+
+    @property
+    def categories(self) -> list[str] | None:
+        """Class names of the model's outputs, where the weights name them."""
+        return self.net.categories
+
+    # --- projections --------------------------------------------------------------------------------------
+    def project(
+        self, x: torch.Tensor, layer: str, channel: Union[int, str] = "max", position: Position = "max"
+    ) -> Projection:
+        """Project one target for a batch of images: every other activation of the layer set to zero.
+
+        Args:
+            x: (B, 3, H, W) model input (``net.preprocess``).
+            layer: a layer name (``"conv5_3"``, ``"layer3"``), a module path or the module.
+            channel: channel index or ``"max"``.
+            position: ``"max"``, ``(row, col)``, ``"all"`` or a mask; see ``Target``.
+
+        Returns:
+            A ``Projection``; ``projection`` is (B, 3, H, W) in the model's input space.
+        """
+        return self.project_many(x, [Target(layer, channel, position)])[0]
+
+    def project_many(self, x: torch.Tensor, targets: Sequence[Target]) -> list[Projection]:
+        """Project many targets: one forward for the batch, the passes down batched over targets.
+
+        Point targets (position ``"max"``, ``(row, col)`` or per-image units) of a chain's spatial layers
+        take the receptive-field-cropped path when ``crop`` allows; the others walk the whole maps. Equal
+        to projecting the targets one by one. Returns one ``Projection`` per target, in order.
+        """
+        targets = [t if isinstance(t, Target) else Target(*t) for t in targets]
+        if not targets:
+            return []
+        targets = [Target(self.net.resolve(t.layer), t.channel, t.position) for t in targets]
+        results, selected, rec = self._engine.project(x, targets)
+        x = x if x.device == self.net.device and x.dtype == self.net.dtype else x.to(self.net.device, self.net.dtype)
+        out = []
+        for k, t in enumerate(targets):
+            act = rec.activations[t.layer]
+            _, channels, activation, position = selected[k]
+            spatial = act.dim() == 4
+            out.append(Projection(
+                projection=results[k], activation=activation, position=position, channel=channels,
+                layer=t.layer, target=t, input=x, preprocessing=self.net.preprocessing,
+                weights=self.net.describe(), map_size=tuple(act.shape[-2:]) if spatial else (1, 1),
+                box=self._boxes(t, position) if spatial else None, label=self._label(act, channels),
+                rule=self.rule,
+            ))
+        return out
+
+    def project_seed(self, x: torch.Tensor, layer: str | nn.Module, seed: torch.Tensor) -> torch.Tensor:
+        """Carry any signal placed on ``layer``'s output (``seed``, shaped like that output) down to the
+        input with the rule: (B, C, H, W). ``project`` is this with the seed of a target; the analyses use
+        other seeds (a random positive vector over the channels, a class score)."""
+        return self._engine.project_seed(x, self.net.resolve(layer), seed)
+
+    def project_units(self, x: torch.Tensor, layer: str | nn.Module, image: torch.Tensor, channel: torch.Tensor,
+                      unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Many single units of one layer over a batch, each projected on its receptive-field box.
+
+        The atlas's and Figure 2's step: unit k is ``(channel[k], unit[k])`` of image ``image[k]`` of ``x``.
+        Chains walk down inside the windows only (``walk_down_cropped``); graphs project whole inputs, one
+        unit per image in each backward, and the boxes are cut out.
+
+        Args:
+            x: (B, C, H, W) model input.
+            image: (N,) index into ``x``; channel: (N,); unit: (N, 2) row, col in the layer's map.
+
+        Returns:
+            ``(windows, origins, activations)``: (N, C, r_h, r_w) projections on the boxes of
+            ``receptive_field(layer)`` (zero outside the image: the box is not clipped), (N, 2) the boxes'
+            top-left pixels (may be negative), (N,) the units' activations.
+        """
+        layer = self.net.resolve(layer)
+        image, channel, unit = (torch.as_tensor(t, dtype=torch.long) for t in (image, channel, unit))
+        if self.engine == "chain":
+            done = self._engine.project_units(x, layer, image, channel, unit)
+            if done is not None:
+                return done
+        engine = self._engine if self.engine == "graph" else GraphEngine(self.net, rule=self.rule)
+        full, value = engine.project_units(x, layer, image, channel, unit)
+        rf = receptive_field(self.net, layer)
+        origins = torch.stack([unit[:, 0] * rf.jump[0] - rf.padding[0], unit[:, 1] * rf.jump[1] - rf.padding[1]], 1)
+        return crop(full, origins, rf.size), origins, value
+
+    def stages(self, x: torch.Tensor, target: Target) -> list[tuple[str, torch.Tensor]]:
+        """The signal after every step down for one target of a chain: ``[(module name, tensor), ...]``.
+
+        The first entry is the seed on the layer's output; the last is the projection.
+        """
+        if self.engine != "chain":
+            raise ValueError(f"{self.net.arch} is projected through its autograd graph, which has no steps to "
+                             "show one by one. Hint: stages are for chains (VGG, AlexNet, nn.Sequential)")
+        return self._engine.stages(x, Target(self.net.resolve(target.layer), target.channel, target.position))
+
+    def _label(self, act: torch.Tensor, channels: torch.Tensor) -> list[str] | None:
+        """Class names of the projected channels, when the layer is the model's output and the weights name them."""
+        cats = self.net.categories
+        if cats is None or act.dim() != 2 or act.shape[1] != len(cats):
+            return None
+        return [cats[int(c)] for c in channels]
+
+    def _boxes(self, target: Target, position: torch.Tensor) -> torch.Tensor | None:
+        """(B, 4) receptive-field boxes of a point target's units; None where a target has no one box."""
+        if not is_point(target.position) or not self.net.is_spatial(target.layer):
+            return None
+        try:
+            rf = receptive_field(self.net, target.layer)
+        except ValueError:  # a 1x1 map after adaptive pooling, or a field wider than can be measured
+            return None
+        return torch.tensor([rf.box(int(r), int(c)) for r, c in position.tolist()], dtype=torch.long)

@@ -1,0 +1,112 @@
+"""What every engine and every consumer exchange: ``Target`` in, ``Projection`` out, ``Record`` of a forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+
+from ..preprocessing import Preprocessing
+from .switches import PoolSwitches
+
+Position = Union[str, tuple[int, int], torch.Tensor]
+
+#: the backward rules at a rectifier (Springenberg et al. 2015), with R the signal coming down and x the
+#: rectifier's forward input; every engine takes one of them
+RULES = {
+    "deconvnet": "R_in = R_out [R_out > 0] (Zeiler & Fergus: the ReLU on the reconstruction)",
+    "guided": "R_in = R_out [x > 0] [R_out > 0] (guided backpropagation)",
+    "gradient": "R_in = R_out [x > 0] (the gradient, saliency)",
+}
+
+
+def check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise ValueError(f"backward rule {rule!r} is not understood. Hint: one of {', '.join(RULES)}")
+    return rule
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to project: a layer (paper name), a channel and a position in its map.
+
+    Attributes:
+        layer: ``"conv5_3"``, ``"relu4_3"``, ``"pool5"``, ...
+        channel: a channel index, ``"max"`` (per image, the channel holding the layer's strongest
+            activation), or a (B,) tensor of one channel per image.
+        position: ``"max"`` (per image, the strongest unit of the channel's map), ``(row, col)``,
+            a (B, 2) integer tensor of one unit per image, ``"all"`` (the whole map) or a mask of shape
+            (h, w) or (B, h, w), bool or float, that weights the map.
+    """
+
+    layer: str
+    channel: Union[int, str, torch.Tensor] = "max"
+    position: Position = "max"
+
+
+@dataclass
+class Projection:
+    """The result of projecting one target for a batch of images.
+
+    Attributes:
+        projection: (B, 3, H, W) in the model's input space (channel order of the model).
+        activation: (B,) the value of the strongest projected unit (for a point target, the unit's).
+        position: (B, 2) row, col of that unit in the layer's map.
+        channel: (B,) the channel projected.
+        layer: the layer's paper name.
+        target: the ``Target`` asked for.
+        input: (B, 3, H, W) the model input that was projected.
+        preprocessing: the model's preprocessing, for display.
+        weights: one line naming model and weights (``Net.describe()``).
+        map_size: (h, w) of the layer's map ((1, 1) for a layer without one).
+        box: for a point target of a spatial layer, (B, 4) int64 ``(top, left, bottom, right)``: the
+            receptive field of the unit in input pixels (bottom/right exclusive, not clipped to the
+            image), computed for chains and measured (once, cached) for graphs; None for whole maps,
+            masks and fc layers, whose units see more than one box.
+        label: class names of the projected channels, when the layer is the classifier's output.
+        rule: the backward rule at the rectifiers (``RULES``): ``"deconvnet"`` unless asked otherwise.
+    """
+
+    projection: torch.Tensor
+    activation: torch.Tensor
+    position: torch.Tensor
+    channel: torch.Tensor
+    layer: str
+    target: Target
+    input: torch.Tensor
+    preprocessing: Preprocessing
+    weights: str
+    map_size: tuple[int, int] = (1, 1)
+    box: torch.Tensor | None = None
+    label: list[str] | None = None
+    rule: str = "deconvnet"
+
+    def projection_rgb(self) -> torch.Tensor:
+        """The projection with its channels in RGB order (what display functions want)."""
+        return self.preprocessing.to_rgb_order(self.projection)
+
+    def image_rgb(self) -> torch.Tensor:
+        """The input image as RGB in [0, 1]."""
+        return self.preprocessing.inverse(self.input)
+
+
+@dataclass
+class Record:
+    """What one hooked forward pass recorded.
+
+    Attributes:
+        shapes: stack index -> (input shape, output shape) of every module up to the deepest layer.
+        switches: stack index -> the pool's ``PoolSwitches`` (compact: the argmax as a one-byte offset
+            inside its window; ``.flat()`` gives PyTorch's int64 flat indices).
+        activations: layer name -> its output (B, C, h, w) or (B, F), a copy (in-place ReLUs overwrite).
+        masks: stack index -> where a ReLU's forward input was positive (bool, its output's shape), recorded
+            for the rules that need it (guided backpropagation, gradient); the deconvnet's rule does not.
+        depth: stack index of the deepest recorded module (chains; -1 for a graph's record).
+    """
+
+    shapes: dict[int, tuple[torch.Size, torch.Size]] = field(default_factory=dict)
+    switches: dict[int, PoolSwitches] = field(default_factory=dict)
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    depth: int = -1

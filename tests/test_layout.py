@@ -1,0 +1,114 @@
+"""The package's layout shows its architecture: no import cycle (lazy imports count), modules of a readable
+size, ``models/`` below the engine, consumers on the engine's interface only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "deconvnet"
+MAX_LINES = 700
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every module of the package that ``name`` imports, at the top or inside a function (both count)."""
+    is_package = path.name == "__init__.py"
+    here = name if is_package else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            for a in node.names:
+                if f"{mod}.{a.name}" in known:  # ``from . import graph``: the submodule
+                    out.add(f"{mod}.{a.name}")
+                elif mod in known:  # ``from .core import X``, ``from .. import __version__``: that module
+                    out.add(mod)
+    out.discard(name)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {name: _imports(name, path, known) for name, path in mods.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_cycle_finder_finds_a_lazy_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    src = "def f():\n    from . import b\n"
+    tree_imports = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+    assert tree_imports == {None}  # the finder reads function bodies too (ast.walk), as _imports does
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_models_never_import_the_engine():
+    graph = import_graph()
+    bad = {m: sorted(d for d in deps if d.startswith("deconvnet.engine"))
+           for m, deps in graph.items() if m.startswith("deconvnet.models")}
+    assert not any(bad.values()), bad
+
+
+def test_consumers_use_the_engine_interface():
+    """Scan, figures, atlas, explorer, analyses import the engine package (its facade and types), not one
+    engine's internals (``engine.chain``, ``engine.graph``)."""
+    graph = import_graph()
+    offenders = {m: sorted(d for d in deps if d in ("deconvnet.engine.chain", "deconvnet.engine.graph"))
+                 for m, deps in graph.items() if not m.startswith("deconvnet.engine")}
+    # the resolution lesson walks VGG's own layers step by step: it may use the chain engine's steps
+    offenders = {m: d for m, d in offenders.items() if d and not m.startswith("deconvnet.resolution")}
+    assert not offenders, offenders
+
+
+def test_no_module_over_700_lines():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
