@@ -478,24 +478,26 @@ def cmd_layers(args: argparse.Namespace) -> None:
     x = torch.zeros(1, 3, args.size, args.size, dtype=net.dtype)
     # one forward with no switches, keeping only each output's shape
     shapes = record(net, x, list(net.layers), switches=False, reduce=lambda t: tuple(t.shape[1:])).activations
-    rows = [("layer", "module", "channels", "map", "receptive field", "stride", "padding")]
+    defaults = set(default_layers(net))
+    rows = [("layer", "module", "channels", "map", "receptive field", "stride", "padding", "default")]
     for name in net.layers:
         shape = shapes[name]
         if len(shape) == 3 and min(shape[1:]) > 1 and (net.is_chain or "." not in name):
             # a graph's fields are measured (a forward and backward each): its top-level modules only
             rf = receptive_field(net, name)
             rows.append((name, net.qualnames[name], str(shape[0]), f"{shape[1]}x{shape[2]}", f"{rf.size[0]} px",
-                         str(rf.jump[0]), str(rf.padding[0])))
+                         str(rf.jump[0]), str(rf.padding[0]), "*" if name in defaults else ""))
         elif len(shape) == 3 and min(shape[1:]) > 1:
             rows.append((name, net.qualnames[name], str(shape[0]), f"{shape[1]}x{shape[2]}",
-                         "receptive_field()", "-", "-"))
+                         "receptive_field()", "-", "-", "*" if name in defaults else ""))
         else:
-            rows.append((name, net.qualnames[name], str(shape[0]), "-", "whole image", "-", "-"))
+            rows.append((name, net.qualnames[name], str(shape[0]), "-", "whole image", "-", "-", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"{args.arch}, a {args.size}x{args.size} input: unit i of a map sees input pixels "
           "i*stride - padding ... i*stride - padding + field - 1 (each axis)")
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    print("default: * marks the layers the figure script and the atlas show when --layers is left out")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -191,10 +191,14 @@ ALEXNET_224 = {"conv1": ("64", "55x55", 11, 4, 2), "pool1": ("64", "27x27", 19, 
 def test_layers_lists_channels_map_sizes_and_receptive_fields(arch, want, capsys, request):
     code, out, err = run(["layers", "--arch", arch, "--size", "224"], capsys)
     assert code == 0, err
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
+    assert out.splitlines()[-1].startswith("default: * marks")
     assert list(rows) == list(request.getfixturevalue(arch).layers)  # the conftest's models
     for layer, (channels, size, r, j, p) in want.items():
-        assert rows[layer][2:] == [channels, size, str(r), "px", str(j), str(p)], rows[layer]
+        assert rows[layer][2:8] == [channels, size, str(r), "px", str(j), str(p)], rows[layer]
+    defaults = [layer for layer, row in rows.items() if row[-1] == "*"]
+    assert defaults == (["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"] if arch == "vgg16"
+                        else ["conv1", "conv2", "conv3", "conv4", "conv5"])
     assert rows["fc8"][2:] == ["1000", "-", "whole", "image", "-", "-"]
 
 

@@ -302,9 +302,34 @@ def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.
     return g
 
 
+def check_graph(net: Net) -> None:
+    """Refuse, before any work, a graph with a module or a function that has no rule: the modules by type,
+    the functions by one probe forward under the rule's mode (it also measures the layers' output shapes at
+    224 px, which ``Net.output_shapes`` then answers from its cache)."""
+    check_modules(net.model)
+    if net._shapes is not None:
+        return
+    shapes: dict[str, tuple[int, ...]] = {}
+    names: dict[nn.Module, str] = {}
+    for name, m in net.layers.items():
+        names.setdefault(m, name)
+
+    def hook(m, inputs, output):
+        if isinstance(output, torch.Tensor) and names[m] not in shapes:
+            shapes[names[m]] = tuple(output.shape)
+
+    with exclusive(net.model), ExitStack() as stack:
+        where = stack.enter_context(_where_tracker(net.model))
+        for m in names:
+            stack.callback(m.register_forward_hook(hook).remove)
+        with torch.no_grad(), _DeconvMode(where):
+            net.model(torch.zeros(1, 3, 224, 224, device=net.device, dtype=net.dtype))
+    net._shapes = shapes
+
+
 def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None) -> Record:
     """The target layers' outputs (or ``reduce`` of them) from one forward of a graph."""
-    check_modules(net.model)
+    check_graph(net)
     x = check_input(x, net)
     names = [net.resolve(layer) for layer in layers]
     with exclusive(net.model):
@@ -341,7 +366,7 @@ class GraphEngine:
 
     def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
         """Projections of resolved targets, their ``select_target`` results and the record of the layers."""
-        check_modules(self.net.model)
+        check_graph(self.net)
         x = check_input(x, self.net)
         layers = list(dict.fromkeys(t.layer for t in targets))
         check_memory(self.net, x.shape[0], x.shape[-2:])
@@ -357,7 +382,7 @@ class GraphEngine:
 
     def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
         """Any signal (B, ...) placed on ``layer``'s output, carried down the graph with the rule."""
-        check_modules(self.net.model)
+        check_graph(self.net)
         x = check_input(x, self.net)
         check_memory(self.net, x.shape[0], x.shape[-2:])
         with exclusive(self.net.model):
@@ -376,7 +401,7 @@ class GraphEngine:
         One forward for the batch. Images do not mix in a forward in eval mode, so one backward projects one
         unit in each image at once: the units go down in rounds, as many as the most units of one image.
         """
-        check_modules(self.net.model)
+        check_graph(self.net)
         x = check_input(x, self.net)
         check_memory(self.net, x.shape[0], x.shape[-2:])
         out = x.new_zeros(len(image), *x.shape[1:])
