@@ -135,3 +135,16 @@ def test_command_line(tmp_path, capsys):
     code = main(["correspondence", "--boxes", str(tmp_path / "none.json"), "--out", str(out)])
     _, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "boxes file not found" in err
+
+
+def test_figures_script_makes_both_new_figures(tmp_path, capsys):
+    """figures --only evolution,correspondence (quick): Fig. 4 of the demo CNN and Fig. 8 / Table 1."""
+    code = main(["figures", "--weights", "random", "--only", "evolution,correspondence", "--quick", "--quiet",
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    for name in ("evolution.png", "evolution.png.json", "correspondence.png", "correspondence.json"):
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
+    meta = json.loads((tmp_path / "evolution.png.json").read_text())
+    assert meta["checkpoints"][0] == "init" and len(meta["training"]["accuracy"]) == 3
+    assert json.loads((tmp_path / "correspondence.json").read_text())["draws"] == 2

@@ -118,8 +118,8 @@ class FigureSettings:
 
     @classmethod
     def quick(cls) -> "FigureSettings":
-        return cls(("chelsea", "astronaut"), 2, 64, 64, 1, 3, 1, 5, (16, 16), correspondence_size=96,
-                   correspondence_draws=2, evolution_epochs=(0, 1, 3), evolution_samples=128, evolution_images=68)
+        return cls(("chelsea", "astronaut"), 2, 64, 64, 1, 3, 1, 5, (16, 16), correspondence_size=64,
+                   correspondence_draws=2, evolution_epochs=(0, 1, 3), evolution_samples=64, evolution_images=34)
 
 
 def _inputs(net: Net, names: Sequence[str], size: int) -> torch.Tensor:
