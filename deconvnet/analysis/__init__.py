@@ -10,6 +10,8 @@ One module per kind of analysis (as Captum has a folder per kind of explanation)
 ``invariance``         translation, scale, rotation (Zeiler & Fergus Fig. 5)
 ``occlusion``          occlusion sensitivity (Fig. 7)
 ``filters``            first-layer filters (Fig. 6)
+``evolution``          features across training checkpoints (Fig. 4)
+``correspondence``     occluding the same part in several images (Fig. 8, Table 1)
 =====================  ============================================================================
 
 ``make_figures`` writes every figure of these analyses (PNG) and their numbers (JSON) for the figure
@@ -29,6 +31,8 @@ from ..models import Net
 from ..io import write_json
 from ..plot import save_figure
 from ._util import DPI, jsonable, last_relu
+from .correspondence import bundled_parts, correspondence, load_parts, plot_correspondence
+from .evolution import demo_evolution, evolution, plot_evolution, train_demo
 from .filters import filter_grid, first_conv, plot_first_layer_filters
 from .invariance import apply_transform, default_ranges, invariance_curves, plot_invariance
 from .methods import METHODS, backward_maps, compare_methods, plot_method_comparison
@@ -55,6 +59,14 @@ __all__ = [
     "captum_occlusion",
     "compare_maps",
     "compare_methods",
+    "correspondence",
+    "bundled_parts",
+    "demo_evolution",
+    "evolution",
+    "load_parts",
+    "plot_correspondence",
+    "plot_evolution",
+    "train_demo",
     "default_ranges",
     "filter_grid",
     "first_conv",
@@ -92,6 +104,11 @@ class FigureSettings:
     n_random: int
     transform_steps: int
     occluder: tuple[int, int] | None  # (size, stride); None: the default for the image size
+    correspondence_size: int = 224
+    correspondence_draws: int = 5
+    evolution_epochs: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 40)
+    evolution_samples: int = 512  # training crops per epoch of the demo CNN
+    evolution_images: int | None = None  # the first n of the demo collection (None: all 374)
 
     @classmethod
     def full(cls) -> "FigureSettings":
@@ -101,7 +118,8 @@ class FigureSettings:
 
     @classmethod
     def quick(cls) -> "FigureSettings":
-        return cls(("chelsea", "astronaut"), 2, 64, 64, 1, 3, 1, 5, (16, 16))
+        return cls(("chelsea", "astronaut"), 2, 64, 64, 1, 3, 1, 5, (16, 16), correspondence_size=64,
+                   correspondence_draws=2, evolution_epochs=(0, 1, 3), evolution_samples=64, evolution_images=34)
 
 
 def _inputs(net: Net, names: Sequence[str], size: int) -> torch.Tensor:
@@ -234,7 +252,30 @@ def figure_filters(out_dir: Path, net: Net, alexnet: Net | None = None) -> list[
     return [_save(fig, out_dir / "filters.png")]
 
 
-FIGURES = ("methods", "sanity", "invariance", "occlusion", "filters")
+def figure_evolution(out_dir: Path, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+    """evolution.png (Fig. 4) and its sidecar: the demo CNN trained from scratch (checkpoints cached in
+    ``out_dir / "evolution_demo"``), whatever the figure script's model is: its training has no checkpoints."""
+    from .evolution import demo_evolution, write_evolution
+
+    result, training = demo_evolution(out_dir / "evolution_demo", epochs=s.evolution_epochs,
+                                      samples_per_epoch=s.evolution_samples, n_images=s.evolution_images,
+                                      progress=show_progress)
+    return list(write_evolution(result, out_dir / "evolution.png",
+                                extra={"training": {"config": training.config, "loss": training.loss,
+                                                    "accuracy": training.accuracy, "weight_change": training.weight_change}}))
+
+
+def figure_correspondence(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+    """correspondence.png / correspondence.json (Fig. 8, Table 1) on the bundled faces."""
+    from .correspondence import bundled_parts, correspondence, write_correspondence
+
+    parts = bundled_parts()
+    r = correspondence(net, parts.images, parts.parts, objects=parts.objects, size=s.correspondence_size,
+                       draws=s.correspondence_draws, show_progress=show_progress)
+    return list(write_correspondence(r, out_dir / "correspondence.png"))
+
+
+FIGURES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")
 
 
 def make_figures(
@@ -253,13 +294,14 @@ def make_figures(
         net: the model (a VGG; class panels appear only if it has a classifier).
         quick: small images and short loops (tests, notebooks); the figures say what they show either way.
         alexnet: also draw AlexNet's first-layer filters.
-        only: a subset of ``FIGURES`` (default: all).
+        only: a subset of ``FIGURES`` (default: all of them but ``evolution`` and ``correspondence``, the paper's
+            experiments that the figure script asks for by name: the first trains a demo CNN, whatever ``net`` is).
         show_progress: tqdm bars over the long loops.
 
     Returns:
         The paths written, in order.
     """
-    only = list(only) if only is not None else list(FIGURES)
+    only = list(only) if only is not None else [f for f in FIGURES if f not in ("evolution", "correspondence")]
     unknown = [o for o in only if o not in FIGURES]
     if unknown:
         raise ValueError(f"unknown figure(s) {unknown}. Hint: choose from {', '.join(FIGURES)}")
@@ -272,6 +314,8 @@ def make_figures(
         "invariance": lambda: figure_invariance(out_dir, net, s, show_progress),
         "occlusion": lambda: figure_occlusion(out_dir, net, s, show_progress),
         "filters": lambda: figure_filters(out_dir, net, alexnet),
+        "evolution": lambda: figure_evolution(out_dir, s, show_progress),
+        "correspondence": lambda: figure_correspondence(out_dir, net, s, show_progress),
     }
     paths: list[Path] = []
     for name in FIGURES:
