@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..core import check_input, record
+from ..engine import check_input, record
 from ..images import ImageLike, load_rgb, resized_size
 from ..models import Net
 from ..plot import image_array
