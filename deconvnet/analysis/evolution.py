@@ -36,7 +36,7 @@ from ..io import torch_save, write_json
 from ..models import Net, wrap
 from ..plot import DEFAULT_SCALING, describe_scaling, scale_for_display
 from ..preprocessing import TORCHVISION
-from ..receptive import receptive_field
+from ..engine import receptive_field
 from ..scan import TopK, scan_top_k
 from ._util import PRINT_WIDTH, TEXT_PT, TICK_PT, TITLE_PT, jsonable, text_height, wrap_to_width
 
