@@ -425,6 +425,63 @@ class GraphEngine:
                 out[idx] = project(leaf, act, seed).detach()[image[idx]]
         return out, value
 
+    def project_windows(self, x: torch.Tensor, layer: str, image: torch.Tensor, channel: torch.Tensor,
+                        unit: torch.Tensor, size: Sequence[int], jump: Sequence[int], padding: Sequence[int]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Units of one layer, each projected from the part of its image that it can see: ``(windows (N, C,
+        size), activations (N,))``, each window on the unit's receptive-field box (``size``, ``jump``,
+        ``padding``: the layer's receptive field), zero outside the image.
+
+        A unit (in eval mode) is a function of the pixels of its receptive field only, and so is every unit
+        of its cone. So each unit is computed, and projected, on a crop of its image that holds its box
+        (clipped to the image, where the model's own padding then applies as in the whole image) and starts
+        at a multiple of the layer's jump (so every layer's grid falls as in the whole image). Crops of one
+        size go as one batch, each seeded at its own unit: one forward and one backward per size, on crops
+        instead of whole images. Equal to ``project_units`` cut to the boxes (tested in float64).
+        """
+        check_graph(self.net)
+        x = check_input(x, self.net)
+        hw = x.shape[-2:]
+        image, channel, unit = (t.to(x.device) for t in (image, channel, unit))
+        n = len(image)
+        windows = x.new_zeros(n, x.shape[1], size[0], size[1])
+        value = x.new_zeros(n)
+        starts, ends, crop_at = [], [], []
+        for a in range(2):
+            top = unit[:, a] * jump[a] - padding[a]  # the boxes, unclipped
+            start = torch.where(top <= 0, torch.zeros_like(top), top - top % jump[a])
+            starts.append(start)
+            ends.append((top + size[a]).clamp(max=hw[a]))
+            crop_at.append(start - top)  # where the crop lies in the window
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k in range(n):
+            groups.setdefault((int(ends[0][k] - starts[0][k]), int(ends[1][k] - starts[1][k])), []).append(k)
+        module = {layer: self.net.layers[layer]}
+        with exclusive(self.net.model):
+            for (h, w), ks in groups.items():
+                for c in range(0, len(ks), 64):  # bounded batches of crops
+                    kk = torch.tensor(ks[c : c + 64], device=x.device)
+                    crops = torch.stack([x[int(image[k]), :, int(starts[0][k]) : int(starts[0][k]) + h,
+                                           int(starts[1][k]) : int(starts[1][k]) + w] for k in kk.tolist()])
+                    check_memory(self.net, len(kk), (h, w))
+                    leaf, outputs = forward(self.net.model, crops, module, grad=True, rule=self.rule)
+                    act = outputs[layer]
+                    check_finite(self.net, {layer: act.detach()})
+                    local = unit[kk] - torch.stack([starts[0][kk] // jump[0], starts[1][kk] // jump[1]], 1)
+                    rows = torch.arange(len(kk), device=x.device)
+                    v = act.detach()[rows, channel[kk], local[:, 0], local[:, 1]]
+                    seed = torch.zeros_like(act)
+                    seed[rows, channel[kk], local[:, 0], local[:, 1]] = v
+                    g = project(leaf, act, seed).detach()
+                    value[kk] = v
+                    for j, k in enumerate(kk.tolist()):  # the crop may start up to a jump above the box
+                        t0, l0 = int(crop_at[0][k]), int(crop_at[1][k])
+                        a0, b0 = max(t0, 0), max(l0, 0)
+                        a1, b1 = min(t0 + h, size[0]), min(l0 + w, size[1])
+                        windows[k, :, a0:a1, b0:b1] = g[j, :, a0 - t0 : a1 - t0, b0 - l0 : b1 - l0]
+                    del leaf, outputs, act, g
+        return windows, value
+
 
 # --- receptive fields of graphs, measured ------------------------------------------------------------------
 
