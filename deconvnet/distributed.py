@@ -9,9 +9,11 @@ of N, not a second code path.
 
 The pieces:
 
-* ``shard(seq)``: this rank's items, a strided slice ``seq[rank::world]``. Unlike
-  ``DistributedSampler``, it never pads the last share with repeated items: an image seen twice could
-  enter a top-k twice.
+* ``shard(seq)``: this rank's items, a strided slice ``seq[rank::world]``; ``batch_shard(n, batch_size)``:
+  the same over batches, the one-process run's batches ``rank, rank + world, ...``, so that every forward
+  sees the batch one process gives it (a convolution may round otherwise in a batch of another size).
+  Unlike ``DistributedSampler``, neither pads the last share with repeated items: an image seen twice
+  could enter a top-k twice.
 * ``all_gather(obj)``: every rank's object, in rank order (``all_gather_object``), for the merges.
 * ``on_main(fn)``: ``fn`` runs on rank 0 only (it reads or writes the output folder); its result, or the
   exception it raised, reaches every rank, so all ranks take the same branch and raise the same error.
@@ -67,6 +69,42 @@ def shard(seq: Sequence[T]) -> Sequence[T]:
     """This rank's share of ``seq``: ``seq[rank::world]`` (disjoint, no padding; a ``range`` stays a range)."""
     rank, size = world()
     return seq[rank::size]
+
+
+class BatchShard(Sequence[int]):
+    """This rank's dataset indices: batches ``rank, rank + world, ...`` of ``range(n)`` cut in batches of
+    ``batch_size`` (lazy: no list of a million indices). ``shard[start:]`` resumes at a position."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, size: int, start: int = 0) -> None:
+        self.n, self.batch_size, self.rank, self.size, self.start = n, batch_size, rank, size, start
+        batches = -(-n // batch_size)
+        mine = len(range(rank, batches, size))
+        last = rank + (mine - 1) * size  # this rank's last batch, the only one that may be short
+        self.total = 0 if mine == 0 else (mine - 1) * batch_size + min(batch_size, n - last * batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def _index(self, p: int) -> int:
+        return (self.rank + (p // self.batch_size) * self.size) * self.batch_size + p % self.batch_size
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            if i.step not in (None, 1) or i.stop is not None or (i.start or 0) < 0:
+                raise ValueError("a shard is sliced as shard[start:] only")
+            return BatchShard(self.n, self.batch_size, self.rank, self.size, self.start + (i.start or 0))
+        if not 0 <= i < len(self):
+            raise IndexError(f"position {i} out of range for a shard of {len(self)}")
+        return self._index(self.start + i)
+
+    def __iter__(self):
+        return (self._index(p) for p in range(self.start, self.total))
+
+
+def batch_shard(n: int, batch_size: int) -> BatchShard:
+    """This rank's share of ``range(n)`` as whole batches of the one-process run (see ``BatchShard``)."""
+    rank, size = world()
+    return BatchShard(n, batch_size, rank, size)
 
 
 def all_gather(obj: T) -> list[T]:

@@ -9,9 +9,9 @@ items are crops of a few photographs), the file for a folder; without it every i
 Order and ties (deterministic): higher value first; among equal values, the lower image index, then the
 lower row-major position. So the result does not depend on batch size, workers or interruptions.
 
-Inside an initialised ``torch.distributed`` process group (``torchrun``), each rank scans its strided share
-of the dataset (``deconvnet.distributed.shard``) with its own checkpoint, and the ranks' top-k states
-merge exactly (``_merge_ranks``): the result equals the one-process result, values, images, positions
+Inside an initialised ``torch.distributed`` process group (``torchrun``), each rank scans its share of
+the dataset, every ``world``-th batch (``deconvnet.distributed.batch_shard``), with its own checkpoint,
+and the ranks' top-k states merge exactly (``_merge_ranks``): the result equals the one-process result, values, images, positions
 and ties, on every rank. One process is the case of one rank.
 """
 
@@ -377,8 +377,8 @@ def scan_top_k(
     fingerprint = _fingerprint(args)
     # this rank's share and checkpoint (one process: every image, the checkpoint as given)
     rank, world = distributed.world()
-    indices = distributed.shard(range(len(dataset)))
-    ckpt_fingerprint = fingerprint if world == 1 else _fingerprint(dict(args, shard=[rank, world]))
+    indices = distributed.batch_shard(len(dataset), batch_size)
+    ckpt_fingerprint = fingerprint if world == 1 else _fingerprint(dict(args, shard=[rank, world, batch_size]))
     if checkpoint is not None:
         if rank == 0 and (line := distributed.starting_over(checkpoint, "scan")):
             warnings.warn(line, StaleScanWarning, stacklevel=2)

@@ -13,7 +13,7 @@ A channel whose maximum is not positive gets ``top = 1`` (all of its values are 
 Sums that do not depend on the order: ``sum`` and ``sum_sq`` add each image's float64 sums exactly (in
 integers, ``ExactSum``) and round once at the end. So the result is the same whatever the batches, the
 interruptions or the number of processes: under torch.distributed each rank passes over its share
-(``deconvnet.distributed.shard``) and the ranks' counts and sums add up to the one-process result, bit for bit.
+(``deconvnet.distributed.batch_shard``) and the ranks' counts and sums add up to the one-process result, bit for bit.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def channel_stats(
             raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), got {tuple(t.shape)}")
     # the batch size is part of it: a resumed pass then sums the same batches in the same order (bitwise)
     rank, world = distributed.world()
-    indices = distributed.shard(range(len(dataset)))
+    indices = distributed.batch_shard(len(dataset), batch_size)
     fingerprint = hashlib.sha256(json.dumps({
         "format": CHECKPOINT_FORMAT, "shard": None if world == 1 else [rank, world],
         "model": net.provenance, "layers": layers, "bins": bins, "n": len(dataset), "batch_size": batch_size,
