@@ -1,11 +1,17 @@
 """Command line: ``python -m deconvnet project IMAGE --layer conv5_3 --out figures/x.png``.
 
 Errors are one line naming the bad value and the fix, with exit status 2 and no traceback.
+
+``figures`` and ``atlas`` scale out with torchrun (``torchrun --nproc_per_node=N -m deconvnet atlas ...``):
+the scan, the statistics and the projections are shared between the processes (``deconvnet.distributed``),
+rank 0 alone writes and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -17,6 +23,7 @@ from ._version import __version__
 from .engine import default_layers
 from .images import BUNDLED_PHOTOS, ImageReadError, load_rgb
 from .models import ARCH_NAMES, WeightsError
+from .distributed import is_main, on_main
 from .scan import Terminated
 
 
@@ -183,7 +190,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
         raise UsageError(f"--limit {args.limit} must be at least 1")
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
-    check_out_folder(args.out)  # before the minutes of loading and scanning
+    on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     if args.layers is not None:
         check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])  # before the weights load
     net = _load_net(args)
@@ -307,7 +314,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         raise UsageError(f"--limit {args.limit} must be at least 1")
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
-    check_output_folder(args.out)
+    on_main(check_output_folder, args.out)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
         check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])
     timings: list[tuple[str, float]] = []
@@ -330,6 +337,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
         kinds = tuple(k for k in kinds if k in ANY_NET)
     if "top9" in kinds:
         written += _figures_top9(args, net, layers, timings)
+    if not is_main():  # the other ranks shared the scan; rank 0 projects, draws and writes
+        return
     if "resolution" in kinds:
         from .resolution import make_figures
 
@@ -391,6 +400,8 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
         print(f"warning: {w.message}", file=sys.stderr)
     timings.append(("scan", time.perf_counter() - t))
     written: list[Path] = []
+    if not is_main():
+        return written
     for layer in layers:
         t = time.perf_counter()
         channels = select_features(topk, layer, args.features, args.select, args.seed)
@@ -672,12 +683,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+def _torchrun(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Under torchrun (``figures``, ``atlas``): join the process group for the run; ranks other than 0
+    print nothing on stdout (rank 0 reports). Elsewhere: nothing."""
+    stack = contextlib.ExitStack()
+    if args.command not in ("figures", "atlas") or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return stack
+    from . import distributed
+
+    args.device = distributed.init_from_env(args.device)
+    stack.callback(distributed.shutdown)
+    if not distributed.is_main():
+        stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+    return stack
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        {"project": cmd_project, "figures": cmd_figures, "atlas": cmd_atlas, "layers": cmd_layers,
-         "evolution": cmd_evolution, "correspondence": cmd_correspondence}[args.command](args)
+        with _torchrun(args):
+            {"project": cmd_project, "figures": cmd_figures, "atlas": cmd_atlas, "layers": cmd_layers,
+             "evolution": cmd_evolution, "correspondence": cmd_correspondence}[args.command](args)
     except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError, MemoryError) as err:
         print(f"deconvnet: error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,11 @@ items are crops of a few photographs), the file for a folder; without it every i
 
 Order and ties (deterministic): higher value first; among equal values, the lower image index, then the
 lower row-major position. So the result does not depend on batch size, workers or interruptions.
+
+Inside an initialised ``torch.distributed`` process group (``torchrun``), each rank scans its share of
+the dataset, every ``world``-th batch (``deconvnet.distributed.batch_shard``), with its own checkpoint,
+and the ranks' top-k states merge exactly (``_merge_ranks``): the result equals the one-process result, values, images, positions
+and ties, on every rank. One process is the case of one rank.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import distributed
 from .engine import record
 from .memory import check_memory
 from .data import collate
@@ -233,9 +239,15 @@ def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
     v = torch.where(keep, v, torch.full_like(v, float("-inf")))
     img = torch.where(keep, img, torch.full_like(img, _EMPTY_IMAGE))
     old_v, old_img, old_flat = state["values"][layer], state["images"][layer], state["flat"][layer]
-    all_v = torch.cat([old_v, v], 1)
-    all_img = torch.cat([old_img, img], 1)
-    all_flat = torch.cat([old_flat, flat], 1)
+    _keep_top(state, layer, torch.cat([old_v, v], 1), torch.cat([old_img, img], 1), torch.cat([old_flat, flat], 1),
+              k, group_of, per_group)
+    state["width"][layer] = w
+    state["height"][layer] = h
+
+
+def _keep_top(state: dict, layer: str, all_v: torch.Tensor, all_img: torch.Tensor, all_flat: torch.Tensor, k: int,
+              group_of: Optional[torch.Tensor], per_group: Optional[int]) -> None:
+    """Keep in ``state`` the top k of the (C, n) entries given, under the per-group limit (the greedy choice)."""
     order = _lexsort_desc(all_v, all_img, all_flat)
     if group_of is not None and per_group is not None:
         img_sorted = all_img.gather(1, order)
@@ -249,8 +261,25 @@ def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
     state["values"][layer] = all_v.gather(1, order)
     state["images"][layer] = all_img.gather(1, order)
     state["flat"][layer] = all_flat.gather(1, order)
-    state["width"][layer] = w
-    state["height"][layer] = h
+
+
+def _merge_ranks(state: dict, skipped: list[int], layers: Sequence[str], k: int,
+                 group_of: Optional[torch.Tensor], per_group: Optional[int]) -> tuple[dict, list[int]]:
+    """Every rank's top-k state merged into one, the same on every rank (one process: the state itself).
+
+    Exact: each rank's greedy top-k holds every entry of the global top-k that lies in its share (an entry
+    has no more stronger entries of its group, nor in all, in a share than in the whole), so the greedy
+    choice over the union of the shares, in the one total order, is the one-process result.
+    """
+    states = distributed.all_gather((state, skipped))
+    merged: dict = {"values": {}, "images": {}, "flat": {}, "width": {}, "height": {}}
+    for s, _ in states:
+        merged["width"].update(s["width"])
+        merged["height"].update(s["height"])
+    for layer in layers:
+        _keep_top(merged, layer, *(torch.cat([s[key][layer] for s, _ in states], 1) for key in ("values", "images", "flat")),
+                  k, group_of, per_group)
+    return merged, sorted(i for _, part in states for i in part)
 
 
 def _group_ids(dataset: Dataset) -> Optional[torch.Tensor]:
@@ -260,6 +289,15 @@ def _group_ids(dataset: Dataset) -> Optional[torch.Tensor]:
         return None
     ids: dict[Any, int] = {}
     return torch.tensor([ids.setdefault(group(i), len(ids)) for i in range(len(dataset))], dtype=torch.long)
+
+
+def loader_options(net: Net, num_workers: int) -> dict[str, Any]:
+    """``DataLoader`` options for ``net``'s device: pinned memory on CUDA, prefetching with workers."""
+    cuda = net.device.type == "cuda"
+    options: dict[str, Any] = {"pin_memory": cuda}
+    if num_workers > 0:
+        options.update(prefetch_factor=4 if cuda else 2, persistent_workers=False)
+    return options
 
 
 def _fingerprint(args: dict) -> str:
@@ -290,15 +328,18 @@ def scan_top_k(
         per_group: most entries per channel from one group (default 1; None: no limit). The group of
             item ``i`` is ``dataset.group(i)`` where the dataset has it (the demo collection: the source
             photograph; a folder: the file), else the item itself.
-        batch_size, num_workers: of the ``DataLoader``.
+        batch_size, num_workers: of the ``DataLoader`` (on CUDA with workers: pinned memory, prefetching).
         checkpoint: file written atomically every ``checkpoint_every`` batches; a rerun with the same
-            arguments resumes from it, and the result equals that of an uninterrupted run.
+            arguments resumes from it, and the result equals that of an uninterrupted run. Under
+            torch.distributed each rank keeps its own (``deconvnet.distributed.rank_path``); a rerun with
+            another number of processes starts over, saying so in a ``StaleScanWarning``.
         progress: show a tqdm progress bar.
         restart_stale: a checkpoint made with other arguments (say, after an image file changed) is an
             error naming what changed; with True it is replaced by a new scan, with a ``StaleScanWarning``.
 
     Returns:
-        A ``TopK``; ``save``/``TopK.load`` keep it without rescanning.
+        A ``TopK``; ``save``/``TopK.load`` keep it without rescanning. Under torch.distributed, every rank
+        scans its share and returns the same merged ``TopK``.
     """
     if not layers:
         raise ValueError("no layers to scan. Hint: e.g. layers=['conv5_3']")
@@ -334,6 +375,14 @@ def scan_top_k(
         "dtype": str(net.dtype),
     }
     fingerprint = _fingerprint(args)
+    # this rank's share and checkpoint (one process: every image, the checkpoint as given)
+    rank, world = distributed.world()
+    indices = distributed.batch_shard(len(dataset), batch_size)
+    ckpt_fingerprint = fingerprint if world == 1 else _fingerprint(dict(args, shard=[rank, world, batch_size]))
+    if checkpoint is not None:
+        if rank == 0 and (line := distributed.starting_over(checkpoint, "scan")):
+            warnings.warn(line, StaleScanWarning, stacklevel=2)
+        checkpoint = distributed.rank_path(checkpoint)
     channels = {layer: net.channels[layer] for layer in layers}
     state = {
         "values": {l: torch.full((c, 0), float("-inf"), dtype=torch.float64) for l, c in channels.items()},
@@ -345,7 +394,7 @@ def scan_top_k(
     skipped: list[int] = []
     if checkpoint is not None and Path(checkpoint).is_file():
         saved = _read_state(checkpoint, "scan checkpoint")
-        if saved.get("fingerprint") != fingerprint:
+        if saved.get("fingerprint") != ckpt_fingerprint:
             changed = _what_differs(saved.get("args"), args)
             if not restart_stale:
                 raise ValueError(
@@ -355,17 +404,18 @@ def scan_top_k(
             warnings.warn(f"{changed} changed since the scan '{checkpoint}' was written: scanning again",
                           StaleScanWarning, stacklevel=2)
         else:
-            _check_checkpoint(saved, checkpoint, channels, len(dataset))
+            _check_checkpoint(saved, checkpoint, channels, len(indices))
             state, start = saved["state"], saved["next_index"]
             skipped = [int(i) for i in saved.get("skipped", [])]  # found undecodable before the interruption
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=range(start, len(dataset)),
-                        num_workers=num_workers, collate_fn=collate)
-    bar = tqdm(total=len(dataset), initial=start, desc=f"scan {','.join(layers)}", unit="img", disable=not progress)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices[start:], num_workers=num_workers,
+                        collate_fn=collate, **loader_options(net, num_workers))
+    bar = tqdm(total=len(indices), initial=start, desc=f"scan {','.join(layers)}", unit="img",
+               disable=not progress or rank != 0)
     done_batches = 0
     next_index = start
 
     def save_checkpoint() -> None:
-        torch_save({"fingerprint": fingerprint, "next_index": next_index, "state": state, "skipped": list(skipped),
+        torch_save({"fingerprint": ckpt_fingerprint, "next_index": next_index, "state": state, "skipped": list(skipped),
                     "args": json.dumps(args, default=str)}, checkpoint)
 
     deepest = max(net.depth(layer) for layer in layers) if net.is_chain else None
@@ -401,10 +451,16 @@ def scan_top_k(
         raise
     finally:
         bar.close()
-        if skipped and hasattr(dataset, "note_unreadable"):
+        if skipped and hasattr(dataset, "note_unreadable") and world == 1:
             dataset.note_unreadable(skipped)
     if checkpoint is not None:
-        save_checkpoint()
+        save_checkpoint()  # before the merge: a rank killed while others wait loses nothing of its share
+    state, skipped = _merge_ranks(state, skipped, layers, k, group_of, per_group)
+    if world > 1 and skipped and hasattr(dataset, "note_unreadable"):  # every rank's dataset learns of all
+        with warnings.catch_warnings():
+            if rank != 0:  # one warning, not one per process
+                warnings.simplefilter("ignore")
+            dataset.note_unreadable(skipped)
     if len(set(skipped)) == len(dataset):
         raise ValueError(f"none of the {len(dataset)} images could be decoded: there is nothing to show. "
                          "Hint: check the image files")
@@ -424,7 +480,7 @@ def scan_top_k(
         images[layer] = torch.where(empty, torch.full_like(img, -1), img)
         positions[layer] = torch.where(empty.unsqueeze(2), torch.full_like(pos, -1), pos)
     provenance = dict(args, fingerprint=fingerprint, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      weights=net.describe(), dataset_final=describe())
+                      weights=net.describe(), dataset_final=describe(), **distributed.describe())
     return TopK(
         layers=layers, k=k, per_group=per_group, values=values, images=images, positions=positions,
         map_size={l: (state["height"].get(l, 0), state["width"].get(l, 0)) for l in layers},
