@@ -17,6 +17,7 @@ import deconvnet as dn
 from deconvnet.analysis.methods import backward_maps, deconvnet_seed
 from deconvnet.engine import record
 from deconvnet.explore import Explorer, activation_colors, unit_at_pixel
+from deconvnet.explore.draw import TILE_GAP
 from deconvnet.engine import receptive_field
 
 from conftest import stop_server
@@ -98,16 +99,40 @@ def test_clicks_on_the_map_and_on_the_image_pick_that_unit(app):
     assert app.position == (0, 13)
 
 
-def test_strongest_channels_are_the_largest_maxima(app, vgg16):
+def _inside_brute_force(net, layer, map_size, hw):
+    """Units whose receptive-field box lies inside the image, unit by unit."""
+    rf = receptive_field(net, layer)
+    ok = torch.zeros(map_size, dtype=torch.bool)
+    for r in range(map_size[0]):
+        for c in range(map_size[1]):
+            top, left, bottom, right = rf.box(r, c)
+            ok[r, c] = top >= 0 and left >= 0 and bottom <= hw[0] and right <= hw[1]
+    return ok
+
+
+def test_strongest_channels_and_units_are_away_from_the_border(app, vgg16):
+    """The strongest list ranks channels by their largest activation among units whose receptive field lies
+    inside the image (a padding-corner unit does not make a channel 'strongest'); a new layer shows the
+    strongest such unit, and the status says where the map's maximum is when that is a border unit."""
     app.select(layer="conv3_3")
     act = record(vgg16, app.x, ["conv3_3"]).activations["conv3_3"][0]
-    peak = act.flatten(1).amax(1)
+    ok = _inside_brute_force(vgg16, "conv3_3", act.shape[-2:], app.x.shape[-2:])
+    assert 0 < int(ok.sum()) < ok.numel()
+    peak = torch.where(ok, act, torch.tensor(-float("inf"))).flatten(1).amax(1)
     got = app.strongest_channels(12)
     want = sorted(range(len(peak)), key=lambda c: (-float(peak[c]), c))[:12]
     assert [c for c, _ in got] == want
     assert [v for _, v in got] == [float(peak[c]) for c in want]
-    p = app.select(channel="max")
-    assert int(p.channel[0]) == want[0]
+    assert app.channel == want[0]  # what a new layer shows
+    r, c = app.position
+    assert ok[r, c] and act[want[0], r, c] == act[want[0]][ok].max()
+    # a unit at the corner: said to see the zero padding, with the strongest unit away from the border named
+    app.select(position=(0, 0))
+    assert app.at_border() and "At the image border" in app._w["status"].value
+    assert f"the strongest unit away from the border is ({r}, {c})" in app._w["status"].value
+    # "max" is the engine's: the map's maximum wherever it is
+    p = app.select(channel="max", position="max")
+    _same(p, dn.Deconvnet(vgg16).project(app.x, "conv3_3", "max", "max"))
 
 
 def test_the_method_toggle_shows_that_methods_map_of_the_same_seed(app, vgg16):
@@ -187,30 +212,173 @@ def test_an_upload_and_a_path_become_the_image_on_show(app, vgg16, tmp_path):
     _same(app.projection, dn.Deconvnet(vgg16).project(vgg16.preprocess(str(path), SIZE, SIZE), app.layer, app.channel, app.position))
 
 
-def test_top_k_tiles_of_a_scan(vgg16):
+@pytest.fixture(scope="module")
+def scanned(vgg16):
     from deconvnet.data import demo_collection
-    from deconvnet.figure2 import feature_tiles
     from deconvnet.scan import scan_top_k
 
     data = demo_collection(preprocessing=vgg16.preprocessing, size=64, n=17)
-    topk = scan_top_k(vgg16, data, ["conv3_3"], k=9, progress=False)
-    app = dn.explore(vgg16, data, topk, layer="conv3_3")
-    assert app.image_key == "#0 " + data.label(0)
+    return data, scan_top_k(vgg16, data, ["conv3_3"], k=9, progress=False)
+
+
+def test_top_k_tiles_of_a_scan(vgg16, scanned):
+    """The tiles are each unit's projection on its own image cropped to its box (exactly what
+    Deconvnet.project gives) and its image patch, as Figure 2's; a click on either mosaic opens the tile's
+    image at its unit, and the strongest list keeps showing the channel."""
+    from deconvnet.figure2 import feature_tiles
+
+    data, topk = scanned
+    app = dn.explore(vgg16, data, topk, layer="conv3_3", background=False)
+    assert app.image_key == "#0 astronaut: whole photo"  # an item named in words
     channel = int(topk.values["conv3_3"][:, 0].argmax())
     app.select(channel=channel)
+    got = app.tiles
+    for k in range(len(got.values)):
+        x = data[int(got.images[k])][0][None]
+        p = dn.Deconvnet(vgg16).project(x, "conv3_3", channel, tuple(got.positions[k].tolist()))
+        assert torch.equal(got.projections[k], dn.plot.crop_box(p.projection_rgb()[0], p.box[0], 0.0))
     want = feature_tiles(vgg16, data, topk, "conv3_3", [channel], progress=False)[0]
-    assert torch.equal(app.tiles.projections, want.projections) and torch.equal(app.tiles.images, want.images)
-    # a click on the fifth tile opens its image at its unit, whose activation is the scan's
+    assert torch.equal(got.images, want.images) and torch.equal(got.positions, want.positions)
+    assert got.boxes == want.boxes and torch.equal(got.patches, want.patches)
+    # feature_tiles forwards its nine images as one batch, the explorer each image alone: the rounding of
+    # the convolutions differs with the batch, nothing else
+    assert torch.allclose(got.projections, want.projections, rtol=0, atol=1e-6 * float(want.projections.abs().max()))
+    # a click on the fifth tile, on its projection and then on its patch, opens its image at its unit
     k = 4
     cols = math.ceil(math.sqrt(len(want.values)))
-    step = app._tile_px + app._tile_gap
-    p = app.click_tile((k % cols + 0.5) * step, (k // cols + 0.5) * step)
-    assert app.image_key == app._item_key(int(want.images[k]))
-    assert app.position == tuple(want.positions[k].tolist()) and app.channel == channel
-    assert torch.isclose(p.activation[0].double(), want.values[k].double(), rtol=1e-5)
+    step = app._tile_px + TILE_GAP
+    for mosaic in ("tiles", "tile_patches"):
+        app.select(image="chelsea")
+        event = app._events[["image", "activation", "tiles", "tile_patches"].index(mosaic)]
+        assert event.source is app._w[mosaic] and "click" in event.watched_events
+        p = app.click_tile((k % cols + 0.5) * step, (k // cols + 0.5) * step)
+        assert app.image_key == app._item_key(int(want.images[k]))
+        assert app.position == tuple(want.positions[k].tolist()) and app.channel == channel
+        assert torch.isclose(p.activation[0].double(), want.values[k].double(), rtol=1e-5)
+        assert app._w["strongest"].value == channel  # not blank: the channel on show stays listed
+        assert dict((v, l) for l, v in app._w["strongest"].options)[channel].startswith(f"{channel} ")
     # a layer the scan does not have: a note instead of tiles
     app.select(layer="relu4_3")
     assert app.tiles is None and "has no relu4_3" in app.tiles_message
+
+
+def test_the_tiles_come_after_the_main_view(vgg16, scanned):
+    """With background=True (the default), select draws the view and returns while the tiles of a channel
+    not seen before are computed on another thread; they are drawn when ready, and kept."""
+    import threading
+
+    data, topk = scanned
+    app = dn.explore(vgg16, data, topk, layer="conv3_3")
+    app.wait_tiles()
+    release, started = threading.Event(), threading.Event()
+    compute = app.worker.source.compute
+
+    def slow(*args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return compute(*args, **kwargs)
+
+    app.worker.source.compute = slow
+    channel = next(c for c in range(topk.values["conv3_3"].shape[0]) if (app.layer, c) not in app.worker.cache)
+    p = app.select(channel=channel)  # returns although the tiles cannot be made yet
+    assert started.wait(60) and app.projection is p and app.channel == channel
+    assert "computing" in app._w["tiles_note"].value and app._w["tiles_box"].layout.display == "none"
+    release.set()
+    app.wait_tiles()
+    assert app._shown_tiles is app.worker.cache[(app.layer, channel)] and app._w["tiles_box"].layout.display is None
+    assert app.timings["tiles"] > 0
+    app.worker.source.compute = compute
+    app.select(channel=channel, position=(1, 1))
+    app.select(channel=(channel + 1) % 8)
+    app.wait_tiles()
+    app.select(channel=channel)  # seen before: drawn with the view, from what was kept
+    assert app._shown_tiles is app.worker.cache[(app.layer, channel)] and app._w["tiles_note"].value == ""
+
+
+def test_item_names_say_what_the_crop_is():
+    from deconvnet.data import demo_collection
+    from deconvnet.explore.state import item_name
+
+    data = demo_collection(preprocessing=dn.load_vgg("vgg11", "random").preprocessing, size=32)
+    names = [item_name(data, i) for i in range(len(data))]
+    assert names[0] == "#0 astronaut: whole photo"
+    assert names[17] == "#17 astronaut: top-left crop, 75%"
+    assert names[-1].endswith(", mirrored") and "@" not in "".join(names)
+    assert len(set(names)) == len(names)
+
+
+# --- graphs (ResNet, GoogLeNet) ----------------------------------------------------------------------------
+
+GRAPH_SIZE = 96
+
+
+@pytest.fixture(scope="module", params=["resnet18", "googlenet"])
+def graph_app(request):
+    net = dn.load_model(request.param, "random")
+    return dn.explore(net, "astronaut", size=GRAPH_SIZE)
+
+
+def _one_thread(fn):
+    """The reference computed with the app's one torch thread: a graph's backward sums in an order that
+    depends on the number of threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_graph_layers_offered_default_layers_first(graph_app):
+    app, deconv = graph_app, dn.Deconvnet(graph_app.net)
+    defaults = deconv.default_layers()
+    spatial = deconv.spatial_layers()
+    assert app.layers[: len(defaults)] == defaults and len(defaults) >= 3
+    assert set(app.layers) == set(spatial) | {"fc"} and app.layers[-1] == "fc" == app.class_layer  # not an aux head
+    assert app.layer == defaults[-1]
+    stage = defaults[1]
+    got = app.layer_options(stage.upper())
+    assert got[0] == stage and got == [n for n in app.layers if stage in n]
+    # the dropdown follows the filter, and keeps the layer on show
+    app._w["layer_filter"].value = stage
+    assert [v for _, v in app._w["layer"].options] == [app.layer] + got and app._w["layer"].value == app.layer
+    app._w["layer_filter"].value = ""
+    assert len(app._w["layer"].options) == len(app.layers)
+
+
+@pytest.mark.parametrize("which, channel, position", [(0, 3, (1, 2)), (1, 5, (0, 0)), (2, 2, "max"), (-1, 1, (1, 1))])
+def test_graph_select_shows_exactly_what_project_returns(graph_app, which, channel, position):
+    app = graph_app
+    layer = app.default_layers[which]
+    p = app.select(layer=layer, channel=channel, position=position, method="deconvnet")
+    ref = _one_thread(lambda: dn.Deconvnet(app.net).project(app.x, layer, channel, position))
+    _same(p, ref)
+    assert app.pictures()["image"].shape[:2] == (224, 224)
+    rf = receptive_field(app.net, layer)
+    assert tuple(p.box[0].tolist()) == rf.box(*app.position)
+
+
+def test_graph_class_scores_by_name(graph_app):
+    app = graph_app
+    app.net.categories = [f"thing {i}" for i in range(1000)]
+    try:
+        p = app.select(layer="fc", channel="thing 7")
+        assert app.channel == 7 and app.is_class and p.label == ["thing 7"]
+        ref = _one_thread(lambda: dn.Deconvnet(app.net).project(app.x, "fc", 7))
+        assert torch.equal(p.projection, ref.projection) and torch.equal(p.activation, ref.activation)
+        scores = record(app.net, app.x, ["fc"]).activations["fc"][0]
+        top = torch.argsort(scores, descending=True)[:10].tolist()
+        assert [c for c, _ in app.strongest_channels(10)] == top
+        assert "<b>thing 7</b>" in app._w["status"].value and app._w["unit_row"].layout.display == "none"
+        # a click on the second bar of the class-score panel picks the second strongest class
+        app.click_map(5, 20 * 1 + 10)
+        assert app.channel == top[1]
+        with pytest.raises(ValueError, match="unknown class 'no such thing'"):
+            app.select(channel="no such thing")
+        app.select(layer=app.default_layers[-1])
+        assert not app.is_class and app._w["unit_row"].layout.display is None
+    finally:
+        app.net.categories = None
 
 
 # --- in a real browser ------------------------------------------------------------------------------------

@@ -364,8 +364,10 @@ class ExplorerState:
             try:
                 if channel == STRONGEST:
                     channel = self.strongest_channels(1)[0][0]
-                if position == STRONGEST:
-                    position = "max" if is_class else self.strongest_unit(int(channel))
+                if position == STRONGEST and not is_class:
+                    # the channel checked as the engine checks it, before its map is read
+                    channel = int(select_target(self._act(x, new_layer), Target(new_layer, channel), self.net)[1][0])
+                    position = self.strongest_unit(channel)
             finally:
                 self.image_key, self.layer = old
         if is_class:
