@@ -335,7 +335,7 @@ def test_graph_layers_offered_default_layers_first(graph_app):
     spatial = deconv.spatial_layers()
     assert app.layers[: len(defaults)] == defaults and len(defaults) >= 3
     assert set(app.layers) == set(spatial) | {"fc"} and app.layers[-1] == "fc" == app.class_layer  # not an aux head
-    assert app.layer == defaults[-1]
+    assert app.layer == defaults[len(defaults) // 2]  # a middle-deep stage first
     stage = defaults[1]
     got = app.layer_options(stage.upper())
     assert got[0] == stage and got == [n for n in app.layers if stage in n]
@@ -401,12 +401,24 @@ def _browser_missing() -> str | None:
     return None
 
 
+BROWSER_CASES = {
+    # arch: (the notebook's model, layer shown first, map side, cell (row, col) clicked, listed first, listed,
+    # not listed)
+    "vgg16": ("dn.load_vgg('vgg16', 'random')", "relu4_3", 14, (9, 2), ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"],
+              {"relu4_3", "pool5", "fc8 (class scores)"}, {"fc6"}),
+    "resnet18": ("dn.load_model('resnet18', 'random')", "layer3", 7, (2, 5), ["layer1", "layer2", "layer3", "layer4"],
+                 {"layer3.1.conv2", "fc (class scores)"}, {"avgpool"}),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
-def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
-    """JupyterLab on localhost, a notebook calling dn.explore run in headless Chromium: the app renders its
-    pictures and controls, and a click on the activation map shows that unit (through ipyevents and the
-    kernel). The screenshots are kept in DECONVNET_SCREENSHOTS when it names a folder."""
+@pytest.mark.parametrize("arch", list(BROWSER_CASES))
+def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
+    """JupyterLab on localhost, a notebook calling dn.explore run in headless Chromium, on a chain (VGG16) and
+    a graph (ResNet-18): the app renders its pictures and controls, no label is clipped, and a click on the
+    activation map shows that unit (through ipyevents and the kernel). The screenshots are kept in
+    DECONVNET_SCREENSHOTS when it names a folder."""
     import json
     import os
     import secrets
@@ -427,7 +439,8 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
     root.mkdir()
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
-        "import deconvnet as dn\nnet = dn.load_vgg('vgg16', 'random')\napp = dn.explore(net, 'chelsea', size=112)\napp")]
+        f"import deconvnet as dn\nnet = {BROWSER_CASES[arch][0]}\napp = dn.explore(net, 'chelsea', size=112)\napp")]
+    first, side, (row, col), defaults, listed, unlisted = BROWSER_CASES[arch][1:]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "explore.ipynb")
     # this test's own JupyterLab settings, config and data folders: nothing of the user's is read or written
@@ -436,7 +449,10 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
     for rel, value in settings.items():
         (tmp_path / "settings" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "settings" / rel).write_text(json.dumps(value))
-    env = dict(os.environ, DECONVNET_OFFLINE="1", JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+    # the kernel imports the package this test imported (a worktree's, not another installed copy)
+    package_root = os.path.dirname(os.path.dirname(dn.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+               DECONVNET_OFFLINE="1", JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
                JUPYTER_DATA_DIR=str(tmp_path / "data"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
     with socket.socket() as s:
@@ -499,21 +515,52 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
                    for s in app.find_elements(By.CSS_SELECTOR, "select")}
         assert {"image", "layer", "strongest"} <= set(selects)
         layers = [o.text for o in selects["layer"].find_elements(By.TAG_NAME, "option")]
-        assert "relu4_3" in layers and "pool5" in layers and "fc6" not in layers
-        assert selects["layer"].get_attribute("value") == "relu4_3" or "relu4_3" in selects["layer"].text
+        assert listed <= set(layers) and not unlisted & set(layers)
+        assert layers[: len(defaults)] == defaults  # the default layers come first
+        assert f"<b>{first} channel" in app.get_attribute("innerHTML")
         assert {"deconvnet", "guided backprop", "gradient"} <= {b.text for b in app.find_elements(By.TAG_NAME, "button")}
+        clipped = driver.execute_script(
+            "return [...arguments[0].querySelectorAll('label, .widget-html-content, .widget-label')]"
+            ".filter(e => e.offsetWidth > 0 && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)", app)
+        assert clipped == []  # every label shows all its words
         sizes = [driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", i) for i in imgs]
-        assert sizes[:3] == [[224, 224]] * 3  # image, activation map (14 cells of 16 px), projection
+        cell = 224 // side
+        assert sizes[:3] == [[224, 224]] * 3  # image, activation map (whole cells), projection
         driver.save_screenshot(str(tmp_path / "explorer.png"))
-        # a click at the activation map's cell (9, 2): the picture's centre is (112, 112) px, cells are 16 px
-        ActionChains(driver).move_to_element_with_offset(imgs[1], 2 * 16 + 8 - 112, 9 * 16 + 8 - 112).click().perform()
-        wait(lambda: "unit (9, 2) of the 14x14 map" in app.text, 60, "the clicked unit to be shown")
+        # a click at the centre of an activation map's cell: the picture's centre is (112, 112) px
+        ActionChains(driver).move_to_element_with_offset(imgs[1], col * cell + cell // 2 - 112,
+                                                         row * cell + cell // 2 - 112).click().perform()
+        wait(lambda: f"unit ({row}, {col}) of the {side}x{side} map" in app.text, 60, "the clicked unit to be shown")
         assert "recorded forward reused" in app.text  # the click ran no forward
         driver.save_screenshot(str(tmp_path / "explorer_clicked.png"))
         if shots:
             for name in ("explorer.png", "explorer_clicked.png"):
-                shutil.copy(tmp_path / name, shots)
+                shutil.copy(tmp_path / name, os.path.join(shots, f"{arch}_{name}"))
     finally:
         if driver is not None:
             driver.quit()
         stop_server(server, log)
+
+
+@pytest.mark.slow
+def test_notebook_says_a_weights_fallback_in_one_plain_line(tmp_path, monkeypatch):
+    """Notebook 06 offline (weights='auto' falls back): the fallback is one 'Note:' line on stdout, not a red
+    stderr box quoting source code; nothing else writes to stderr, and the explorers (VGG16 with a scan,
+    ResNet-18) are shown."""
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(__file__).parents[1] / "notebooks" / "06_explore.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for name, value in (("DECONVNET_QUICK", "1"), ("DECONVNET_OFFLINE", "1"), ("MPLBACKEND", "Agg")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PYTHONPATH", str(Path(dn.__file__).parents[1]))  # this package, in the kernel too
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert [o for o in outputs if o.get("name") == "stderr" or o.get("output_type") == "error"] == []
+    notes = [line for o in outputs if o.get("name") == "stdout" for line in o["text"].splitlines() if line.startswith("Note:")]
+    assert notes and all("weights='auto'" in n for n in notes)
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) == 2

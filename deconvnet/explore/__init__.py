@@ -60,7 +60,8 @@ def explore(
             shown. A scan of the offline demo collection finds its images by itself.
         size: images are resized (shorter side) and center-cropped to ``size`` (collection items keep
             their own size).
-        layer: the layer shown first (default ``relu4_3``, else the deepest of the default layers).
+        layer: the layer shown first (default ``relu4_3``, else the middle one of the default layers: ResNet's
+            ``layer3``).
         scaling: display scaling of projections (``deconvnet.plot``).
         panel: side of each picture, in screen pixels.
         threads: torch's intra-op threads while the app computes (one: a walk down is made of small

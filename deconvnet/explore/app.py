@@ -46,7 +46,9 @@ class Explorer(ExplorerState):
         super().__init__(net, image_or_dataset, topk, size=size, n_strongest=n_strongest, threads=threads)
         self.scaling, self.panel, self.background = scaling, panel, background
         if layer is None:
-            layer = "relu4_3" if "relu4_3" in self.layers else (self.default_layers or self.spatial_layers)[-1]
+            # a middle-deep layer, whose units see a part of the image (VGG's relu4_3; ResNet's layer3)
+            stages = self.default_layers or self.spatial_layers
+            layer = "relu4_3" if "relu4_3" in self.layers else stages[len(stages) // 2]
         layer = self._check_layer(layer)
         self.message = ""
         self.tiles_message = ""
@@ -331,7 +333,8 @@ class Explorer(ExplorerState):
         w["status"] = W.HTML()
         w["tiles_title"] = W.HTML()
         w["tiles_note"] = W.HTML()
-        w["tiles_box"] = W.VBox([w["tiles_title"], W.HBox([w["tiles"], w["tile_patches"]])])
+        w["tiles_box"] = W.VBox([w["tiles_title"], W.HBox([w["tiles"], w["tile_patches"]])],
+                                layout=W.Layout(display="none"))  # shown when there are tiles to show
         self._w = w
         self.widget = W.VBox([
             W.HBox([w["images"], w["path"], w["open"], w["upload"]]),
