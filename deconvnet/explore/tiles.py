@@ -9,6 +9,7 @@ down in one ``Deconvnet.project_units`` call (the receptive-field-cropped walk f
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -125,6 +126,7 @@ class TileWorker:
         self._wanted: Optional[tuple[str, int]] = None
         self._futures: dict[tuple[str, int], Future] = {}
         self._lock = threading.Lock()
+        self._computing = threading.Lock()  # one computation at a time: the source's kept forwards are not shared
         self._executor: Optional[ThreadPoolExecutor] = None
         self.idle = threading.Event()  # cleared while the main view is computed: the worker waits between images
         self.idle.set()
@@ -169,8 +171,6 @@ class TileWorker:
         return self.cache.get(key)
 
     def _job(self, key: tuple[str, int], done: Optional[Callable], stoppable: bool) -> None:
-        import time
-
         if key in self.cache:
             result: Optional[Result] = self.cache[key]
         else:
@@ -178,8 +178,13 @@ class TileWorker:
                 return
             t = time.perf_counter()
             try:
-                result = self._run(lambda: self.source.compute(*key, stop=lambda: stoppable and self._wanted != key,
-                                                               pause=self.idle.wait if stoppable else lambda: None))
+                with self._computing:
+                    if key in self.cache:  # made meanwhile (a wait on this thread's work, or compute())
+                        result = self.cache[key]
+                    else:
+                        result = self._run(lambda: self.source.compute(
+                            *key, stop=lambda: stoppable and self._wanted != key,
+                            pause=self.idle.wait if stoppable else lambda: None))
             except (ValueError, RuntimeError, OSError) as err:  # shown as the tiles' note: the thread has no caller
                 result = f"The tiles of {key[0]} channel {key[1]} could not be made: {err}"
             if result is None:  # superseded on the way
