@@ -135,7 +135,7 @@ def test_pip_install_gives_a_working_command(tmp_path):
     assert f"Version: {dn.__version__}" in meta and "License-Expression: MIT" in meta
     assert any(f.endswith(".dist-info/licenses/LICENSE") for f in files)
     assert "deconvnet = deconvnet.cli:main" in entry
-    assert "deconvnet/explore.py" in files and not any(f.startswith(("tests/", "notebooks/")) for f in files)
+    assert "deconvnet/explore/app.py" in files and not any(f.startswith(("tests/", "notebooks/")) for f in files)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
