@@ -28,7 +28,6 @@ from .scan import Terminated
 
 
 ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")  # analysis.FIGURES
-ANY_NET = ("top9", "evolution", "correspondence")  # figure kinds that take graphs too
 FIGURE_KINDS = ("top9", "resolution") + ANALYSES
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes (JPEG through Pillow)
 
@@ -326,15 +325,13 @@ def cmd_figures(args: argparse.Namespace) -> None:
     print(f"model: {net.describe()}")
     timings.append(("load model", time.perf_counter() - t))
     written: list[Path] = []
-    if not net.is_chain:  # the resolution study and most analyses walk VGG/AlexNet chains
-        chain_only = [k for k in kinds if k not in ANY_NET]
-        if chain_only and args.only != "all":
-            raise UsageError(f"--only {','.join(chain_only)}: these figures need a VGG or AlexNet; {net.arch} is a "
-                             "graph. Hint: --only top9")
-        if chain_only:
-            print(f"note: {net.arch} is not a VGG or AlexNet chain: only the top9 figures are made "
-                  f"(the resolution study and the analyses need a chain)", file=sys.stderr)
-        kinds = tuple(k for k in kinds if k in ANY_NET)
+    if not net.is_chain and "resolution" in kinds:  # the resolution study is VGG's: it walks a chain's stages
+        if args.only != "all":
+            raise UsageError(f"--only {args.only}: the resolution figures need a VGG or AlexNet; {net.arch} is a "
+                             f"graph. Hint: --only {','.join(k for k in kinds if k != 'resolution') or 'top9'}")
+        print(f"note: {net.arch} is not a VGG or AlexNet chain: the resolution study is left out (it walks a chain's "
+              "stages); the other figures are made", file=sys.stderr)
+        kinds = tuple(k for k in kinds if k != "resolution")
     if "top9" in kinds:
         written += _figures_top9(args, net, layers, timings)
     if not is_main():  # the other ranks shared the scan; rank 0 projects, draws and writes

@@ -26,16 +26,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..engine import Target
+from ..engine import Target, default_layers
 from ..models import Net
 from ..io import write_json
 from ..plot import save_figure
-from ._util import DPI, jsonable, last_relu
+from ._util import DPI, jsonable, last_relu, output_layer
 from .correspondence import bundled_parts, correspondence, load_parts, plot_correspondence
 from .evolution import demo_evolution, evolution, plot_evolution, train_demo
 from .filters import filter_grid, first_conv, plot_first_layer_filters
 from .invariance import apply_transform, default_ranges, invariance_curves, plot_invariance
-from .methods import METHODS, backward_maps, compare_methods, plot_method_comparison
+from .methods import METHODS, backward_maps, compare_methods, functional_relus, plot_method_comparison
 from .occlusion import captum_occlusion, occlusion_maps, plot_occlusion
 from .sanity import (
     neuron_selectivity,
@@ -70,6 +70,7 @@ __all__ = [
     "default_ranges",
     "filter_grid",
     "first_conv",
+    "functional_relus",
     "hog_pearson",
     "invariance_curves",
     "make_figures",
@@ -139,28 +140,38 @@ def _save(fig, path: Path) -> Path:
 
 
 def method_targets(net: Net) -> list[Target]:
-    """Targets for the comparison: the strongest unit of the ReLU before the middle pool (relu3_3 for VGG16)
-    and of the last conv ReLU, the whole strongest map of the last pool, and the top class score where a
-    classifier exists."""
-    pools = sorted((n for n in net.layers if n.startswith("pool")), key=net.depth)
-    middle_pool = net.depth(pools[len(pools) // 2])
-    relus = [n for n in net.layers if n.startswith("relu") and net.depth(n) < middle_pool]
-    targets = [Target(max(relus, key=net.depth)), Target(last_relu(net)), Target(pools[-1], "max", "all")]
-    if net.classifier is not None:
-        targets.append(Target(list(net.layers)[-1], "max"))
+    """Targets for the comparison: for a VGG or AlexNet, the strongest unit of the ReLU before the middle pool
+    (relu3_3 for VGG16) and of the last conv ReLU, the whole strongest map of the last pool; for a graph, the
+    strongest unit of a middle stage and of the last stage (``engine.default_layers``: ResNet ``layer3``,
+    ``layer4``) and the whole strongest map of the last stage; then the top class score where a classifier
+    exists."""
+    pools = sorted((n for n in net.layers if n.startswith("pool")), key=net.depth) if net.is_chain else []
+    if pools:
+        middle_pool = net.depth(pools[len(pools) // 2])
+        relus = [n for n in net.layers if n.startswith("relu") and net.depth(n) < middle_pool]
+        targets = [Target(max(relus, key=net.depth)), Target(last_relu(net)), Target(pools[-1], "max", "all")]
+    else:
+        stages = default_layers(net)
+        targets = [Target(stages[len(stages) // 2]), Target(stages[-1]), Target(stages[-1], "max", "all")]
+    if output_layer(net) is not None:
+        targets.append(Target(output_layer(net), "max"))
     return targets
 
 
 def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
     """methods.png / methods.json: every method for several images and targets.
 
-    The figure shows the deconvnet, guided backprop and the gradient; Captum's Deconvolution, which
-    computes the deconvnet's rule independently, is the cross-check in methods.json (its largest difference
-    to ours, per row), not a column of identical pictures.
+    The figure shows the deconvnet, guided backprop and the gradient, all from this toolkit's engine (chain or
+    graph); Captum's Deconvolution, which computes the deconvnet's rule independently, is the cross-check in
+    methods.json (its largest difference to ours, per row), not a column of identical pictures. Where the
+    model rectifies with functions (GoogLeNet, DenseNet), which Captum's hooks miss, the check is skipped
+    and methods.json says why.
     """
     names = s.images[: s.method_images]
     x = _inputs(net, names, s.size)
-    results = [compare_methods(net, x, t) for t in method_targets(net)]
+    hidden = functional_relus(net, x)  # Captum cannot see these: no cross-check where there are any
+    methods = [m for m in METHODS if m != "deconvolution" or not hidden]
+    results = [compare_methods(net, x, t, methods) for t in method_targets(net)]
     # rows image-major: all targets of the first image, then the next
     rows = []
     for b in range(x.shape[0]):
@@ -169,13 +180,16 @@ def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bo
                                 r.activation[b : b + 1], r.position[b : b + 1], r.deconvolution_error[b : b + 1],
                                 r.input[b : b + 1], r.weights, r.target_labels[b : b + 1]))
     fig = plot_method_comparison(rows, net)
-    errors = [r.deconvolution_error[0] for r in rows]
-    numbers = {"weights": net.describe(), "images": list(names), "size": s.size,
+    errors = [r.deconvolution_error[0] if r.deconvolution_error else None for r in rows]
+    check = ({"max_relative_error": max(errors)} if not hidden else
+             {"skipped": f"{hidden} rectifier calls of {net.arch}'s forward are functions (F.relu), which Captum's module "
+                         "hooks do not see: its Deconvolution is not the deconvnet here (tests/test_rules.py)"})
+    numbers = {"weights": net.describe(), "images": list(names), "size": s.size, "engine": "deconvnet.engine, every rule",
                "shown": [m for m in METHODS if m != "deconvolution"],
                "cross_check": {"what": "Captum Deconvolution vs deconvnet (ours): max |Captum - ours| / max |ours| per row",
-                               "max_relative_error": max(errors)},
+                               **check},
                "rows": [{"image": names[k // len(results)], "target": " ".join(r.target_labels[0].split()),
-                         "deconvolution_vs_ours_relative_error": r.deconvolution_error[0],
+                         "deconvolution_vs_ours_relative_error": errors[k],
                          "activation": float(r.activation[0])} for k, r in enumerate(rows)]}
     return [_save(fig, out_dir / "methods.png"), _write_json(out_dir / "methods.json", numbers)]
 
@@ -291,7 +305,8 @@ def make_figures(
 
     Args:
         out_dir: the folder (created if needed).
-        net: the model (a VGG; class panels appear only if it has a classifier).
+        net: the model, a chain (VGG, AlexNet) or a graph (ResNet, GoogLeNet, ...); class panels appear only if
+            it has a classifier.
         quick: small images and short loops (tests, notebooks); the figures say what they show either way.
         alexnet: also draw AlexNet's first-layer filters.
         only: a subset of ``FIGURES`` (default: all of them but ``evolution`` and ``correspondence``, the paper's

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..engine import default_layers, record, spatial_layers
 from ..models import Net
 
 
@@ -17,55 +18,54 @@ class _Stop(Exception):
     """Raised by a forward hook once everything a computation needs has been produced."""
 
 
+def output_layer(net: Net) -> str | None:
+    """The layer whose output is the model's class scores (B, n_classes), or None (features only).
+
+    A VGG or AlexNet: the last classifier layer (``fc8``) where the weights have one. Any other model: the last
+    layer its forward finishes, when that output is (B, F) with F > 1 (ResNet ``fc``, GoogLeNet ``fc``,
+    DenseNet ``classifier``); a model that ends on maps has none.
+    """
+    if net.is_chain and net.features is not None:
+        return list(net.layers)[-1] if net.classifier is not None else None
+    shapes = net.output_shapes()
+    if not shapes:
+        return None
+    last, shape = list(shapes.items())[-1]
+    return last if len(shape) == 2 and shape[1] > 1 else None
+
+
 def forward_capture(
     net: Net, x: torch.Tensor, layers: Sequence[str], *, logits: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """One forward of ``net.model`` that keeps copies of the outputs of ``layers``.
+    """One forward (``engine.record``) that keeps the outputs of ``layers``, and the class scores if asked.
 
     Args:
-        net: the model.
+        net: the model (a chain or a graph).
         x: (B, 3, H, W) model input.
-        layers: paper layer names whose outputs to keep (cloned: torchvision's ReLUs work in place).
-        logits: run the whole model and return its output too (needs a classifier); otherwise the forward
-            stops after the deepest layer asked for.
+        layers: layer names whose outputs to keep.
+        logits: also return the class scores, the output of ``output_layer(net)`` (needs a classifier);
+            the forward stops after the deepest layer needed.
 
     Returns:
         ``({layer: output}, logits or None)``.
     """
-    if logits and net.classifier is None:
+    scores = output_layer(net) if logits else None
+    if logits and scores is None:
         raise ValueError(f"{net.describe()} has no classifier, so there are no class scores. "
                          "Hint: load weights with a classifier (weights='imagenet' or 'random')")
-    modules = {layer: net.check_layer(layer) for layer in layers}
-    deepest = max((net.depth(layer) for layer in layers), default=-1)
-    out: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def make_hook(layer: str, stop: bool):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            out[layer] = output.detach().clone()
-            if stop:
-                raise _Stop
-
-        return hook
-
-    result = None
-    try:
-        for layer, m in modules.items():
-            stop = not logits and net.depth(layer) == deepest
-            handles.append(m.register_forward_hook(make_hook(layer, stop)))
-        with torch.no_grad():
-            result = net.model(x)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return out, (result.detach() if logits else None)
+    wanted = list(dict.fromkeys([*layers, *([scores] if logits else [])]))
+    acts = record(net, x, wanted, switches=False).activations
+    return {layer: acts[layer] for layer in layers}, (acts[scores] if logits else None)
 
 
 def class_names(net: Net) -> list[str] | None:
-    """ImageNet class names when the classifier's weights are ImageNet's, else None (classes unknown)."""
-    if net.classifier is None or net.provenance.get("categories") != "ImageNet-1k":
+    """The class names of the outputs where the weights give them (``net.categories``; ImageNet's for a VGG
+    whose classifier weights are ImageNet's), else None (classes unknown)."""
+    if output_layer(net) is None:
+        return None
+    if net.categories is not None:
+        return list(net.categories)
+    if net.provenance.get("categories") != "ImageNet-1k":
         return None
     from torchvision.models import VGG16_Weights
 
@@ -80,7 +80,7 @@ def label(net: Net, k: int) -> str:
 
 def classifier_line(net: Net) -> str:
     """What the class panels of a figure rest on, in words."""
-    if net.classifier is None:
+    if output_layer(net) is None:
         return "no classifier in these weights (features only)"
     if class_names(net) is None:
         return "classifier weights are not ImageNet's (class indices have no names)"
@@ -253,7 +253,10 @@ def jsonable(v: Any) -> Any:
 
 
 def last_relu(net: Net, block_prefix: str = "relu") -> str:
-    """The deepest ReLU of the convolutional part (the paper's "layer 5" output): relu5_3, relu5, ..."""
+    """The paper's "layer 5" output: the deepest ReLU of a chain's convolutional part (relu5_3, relu5, ...);
+    for a graph, its last stage (``engine.default_layers``: ResNet ``layer4``, GoogLeNet ``inception5b``)."""
+    if not net.is_chain or net.features is None:
+        return default_layers(net)[-1]
     spatial = len(net.features)
     names = [n for n in net.layers if n.startswith(block_prefix) and net.depth(n) < spatial]
     if not names:
@@ -261,10 +264,26 @@ def last_relu(net: Net, block_prefix: str = "relu") -> str:
     return max(names, key=net.depth)
 
 
+def low_layer(net: Net) -> str:
+    """The paper's "layer 1": the first max-pool (VGG, AlexNet ``pool1``; ResNet ``maxpool``; GoogLeNet
+    ``maxpool1``), else the first stage of ``engine.default_layers``."""
+    pools = [n for n in spatial_layers(net) if isinstance(net.layers[n], nn.MaxPool2d)]
+    return pools[0] if pools else default_layers(net)[0]
+
+
 def deep_layer(net: Net) -> str:
-    """The paper's "layer 7": fc7 where a classifier exists, else the last pooling layer."""
+    """The paper's "layer 7": fc7 where a VGG classifier exists, else the last pooling layer of a chain; for
+    a graph, the feature vector its classifier reads (ResNet and GoogLeNet ``avgpool``), else its last stage."""
     if "fc7" in net.layers:
         return "fc7"
-    pools = [n for n in net.layers if n.startswith("pool")]
-    return max(pools, key=net.depth)
-
+    if net.is_chain and net.features is not None:
+        pools = [n for n in net.layers if n.startswith("pool")]
+        return max(pools, key=net.depth)
+    scores = output_layer(net)
+    if scores is None:
+        return default_layers(net)[-1]
+    order = list(net.output_shapes())
+    skip = (nn.Dropout, nn.Identity, nn.Flatten)
+    before = [n for n in order[: order.index(scores)] if not isinstance(net.layers[n], skip)
+              and not scores.startswith(n + ".")]
+    return before[-1] if before else default_layers(net)[-1]

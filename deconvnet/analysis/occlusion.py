@@ -28,7 +28,7 @@ from ..engine import Deconvnet, Projection, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
 from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, blank, class_names, classifier_line, fill_rgb, fill_words, footer,
-                    forward_capture, label, last_relu, progress, title)
+                    forward_capture, label, last_relu, output_layer, progress, title)
 
 
 def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +143,7 @@ def occlusion_maps(
     b = x.shape[0]
     layer = layer if layer is not None else last_relu(net)
     net.check_layer(layer)
-    if net.depth(layer) >= len(net.features):
+    if not net.is_spatial(layer):
         raise ValueError(f"layer '{layer}' has no spatial map. Hint: a conv, relu or pool layer such as {last_relu(net)}")
     d_size, d_stride = default_occluder(min(x.shape[-2:]))
     size = size if size is not None else d_size
@@ -151,7 +151,7 @@ def occlusion_maps(
     tops, lefts = occluder_positions(x.shape[-2:], size, stride)
     if true_classes is not None and len(true_classes) != b:
         raise ValueError(f"{len(true_classes)} true classes for {b} images. Hint: one class index per image")
-    with_probs = net.classifier is not None
+    with_probs = output_layer(net) is not None
 
     proj = Deconvnet(net).project(x, layer, channel, "max")
     ch = proj.channel
@@ -199,7 +199,7 @@ def captum_occlusion(net: Net, x: torch.Tensor, classes: Sequence[int], size: in
     occluder windows covering each pixel (zero where no window reaches)."""
     from captum.attr import Occlusion
 
-    if net.classifier is None:
+    if output_layer(net) is None:
         raise ValueError(f"{net.describe()} has no classifier. Hint: occlusion of a class needs weights with a classifier")
 
     def prob(inp: torch.Tensor) -> torch.Tensor:
