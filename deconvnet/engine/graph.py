@@ -435,9 +435,9 @@ class GraphEngine:
         A unit (in eval mode) is a function of the pixels of its receptive field only, and so is every unit
         of its cone. So each unit is computed, and projected, on a crop of its image that holds its box
         (clipped to the image, where the model's own padding then applies as in the whole image) and starts
-        at a multiple of the layer's jump (so every layer's grid falls as in the whole image). Crops of one
-        size go as one batch, each seeded at its own unit: one forward and one backward per size, on crops
-        instead of whole images. Equal to ``project_units`` cut to the boxes (tested in float64).
+        at a multiple of the layer's jump (so every layer's grid falls as in the whole image). The crops
+        have one size (the box and its alignment slack; moved inwards at the far border), so they go as
+        batches, each crop seeded at its own unit: a forward and a backward per batch of crops. Equal to ``project_units`` cut to the boxes (tested in float64).
         """
         check_graph(self.net)
         x = check_input(x, self.net)
@@ -446,16 +446,24 @@ class GraphEngine:
         n = len(image)
         windows = x.new_zeros(n, x.shape[1], size[0], size[1])
         value = x.new_zeros(n)
-        starts, ends, crop_at = [], [], []
+        starts, sizes, crop_at = [], [], []
         for a in range(2):
             top = unit[:, a] * jump[a] - padding[a]  # the boxes, unclipped
+            # one crop size for all (a batch): the box and the slack of aligning its start, in whole jumps
+            span = min(-(-(size[a] + jump[a] - 1) // jump[a]) * jump[a], hw[a])
             start = torch.where(top <= 0, torch.zeros_like(top), top - top % jump[a])
+            end = torch.minimum(top + size[a], torch.full_like(top, hw[a]))  # the box, clipped to the image
+            if (hw[a] - span) % jump[a] == 0:  # a crop at the far border can start on the grid: same size
+                start = torch.minimum(start, torch.full_like(start, hw[a] - span))
+                length = torch.full_like(start, span)
+            else:  # else a crop that reaches the far border ends there, and is shorter
+                length = torch.where(start + span > hw[a], end - start, torch.full_like(start, span))
             starts.append(start)
-            ends.append((top + size[a]).clamp(max=hw[a]))
+            sizes.append(length)
             crop_at.append(start - top)  # where the crop lies in the window
         groups: dict[tuple[int, int], list[int]] = {}
         for k in range(n):
-            groups.setdefault((int(ends[0][k] - starts[0][k]), int(ends[1][k] - starts[1][k])), []).append(k)
+            groups.setdefault((int(sizes[0][k]), int(sizes[1][k])), []).append(k)
         module = {layer: self.net.layers[layer]}
         with exclusive(self.net.model):
             for (h, w), ks in groups.items():
