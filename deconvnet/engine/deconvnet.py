@@ -136,6 +136,11 @@ class Deconvnet:
         """How many forwards this object has run (projections answered from ``keep`` run none)."""
         return self._engine.kept.forwards
 
+    @property
+    def forward_seconds(self) -> float:
+        """How long this object's forwards took, in all (seconds)."""
+        return self._engine.kept.seconds
+
     # --- what a consumer asks of a model ------------------------------------------------------------------
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable[[torch.Tensor], object] | None = None) -> Record:

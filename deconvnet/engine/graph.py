@@ -362,6 +362,11 @@ class GraphEngine:
 
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable | None = None) -> Record:
+        if self.kept.size and reduce is None:  # the kept forward (with its graph) answers, if there is one
+            check_graph(self.net)
+            with exclusive(self.net.model):
+                _, outputs = self._forward(check_input(x, self.net), list(layers))
+            return Record(activations={n: outputs[n].detach() for n in layers})
         return record_graph(self.net, x, layers, reduce)
 
     def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:

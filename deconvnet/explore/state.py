@@ -82,9 +82,8 @@ def inside(rf: ReceptiveField, map_size: tuple[int, int], hw: tuple[int, int]) -
 
 
 def _forward_seconds(deconv: Deconvnet) -> float:
-    """Seconds the forwards of ``deconv`` took so far (its kept forwards' clock; ``Deconvnet`` counts
-    forwards publicly, ``forwards``, but keeps their time with the engine)."""
-    return deconv._engine.kept.seconds
+    """Seconds the forwards of ``deconv`` took so far."""
+    return deconv.forward_seconds
 
 
 def _is_dataset(obj: Any) -> bool:
