@@ -13,80 +13,27 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-from ._version import __version__
-from .engine import default_layers
-from .images import BUNDLED_PHOTOS, ImageReadError, load_rgb
-from .models import ARCH_NAMES, WeightsError
-from .distributed import is_main, on_main
-from .scan import Terminated
+from .._version import __version__
+from ..distributed import is_main, on_main
+from ..engine import default_layers
+from ..images import BUNDLED_PHOTOS, ImageReadError, load_rgb
+from ..models import WeightsError
+from ..scan import Terminated
+from .common import (ARCH_HELP, FIGURE_SUFFIXES, UsageError, _Parser, _arch, _channel, _features, _load_data,
+                     _load_net, _position, check_layer_names, check_output_file, check_output_folder)
+from .common import resolve_device  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
+from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
 
 
 ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")  # analysis.FIGURES
+
+
 FIGURE_KINDS = ("top9", "resolution") + ANALYSES
-FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes (JPEG through Pillow)
-
-
-class UsageError(Exception):
-    """A bad command-line value; printed as one line, exit status 2."""
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` names each option's default; nothing where there is none (None, a flag's False)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs) -> None:  # the subcommands' --help show their defaults too
-        kwargs.setdefault("formatter_class", _HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # one line, not usage + message
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), or any torchvision classifier (resnet50, "
-             "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2)")
-
-
-def _arch(text: str) -> str:
-    import torchvision.models as tvm
-
-    if text in ARCH_NAMES or text in tvm.list_models(module=tvm):
-        return text
-    import difflib
-
-    near = difflib.get_close_matches(text, [*ARCH_NAMES, *tvm.list_models(module=tvm)], n=4)
-    raise argparse.ArgumentTypeError(f"unknown arch '{text}'" + (f"; did you mean {', '.join(near)}?" if near else
-                                     "; use vgg16, alexnet or a torchvision classifier name"))
-
-
-def _position(text: str):
-    if text in ("max", "all"):
-        return text
-    try:
-        row, col = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not max, all or ROW,COL (e.g. 10,11)") from None
-    return (row, col)
-
-
-def _channel(text: str):
-    if text == "max":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a channel number or max") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,28 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _features(text: str):
-    if text == "all":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of channels or all") from None
-
-
-def _load_data(args: argparse.Namespace, net):
-    """The dataset of ``--data`` (default: the offline demo collection), cut to ``--limit``; and its name."""
-    from .data import Head, load_dataset
-
-    data = None if args.data is None else str(Path(args.data).expanduser())
-    dataset = load_dataset(data, preprocessing=net.preprocessing, resize=args.resize, crop=args.crop)
-    if args.limit is not None and args.limit < len(dataset):
-        dataset = Head(dataset, args.limit)
-    return dataset, ("the offline demo collection" if data is None else f"'{data}'")
-
-
 def cmd_atlas(args: argparse.Namespace) -> None:
-    from .atlas import build_atlas, check_layers, check_out_folder
+    from ..atlas import build_atlas, check_layers, check_out_folder
 
     for name, value, least in (("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
                                ("--resize", args.resize, 1), ("--workers", args.workers, 0)):
@@ -209,40 +136,14 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     print(f"open {args.out / 'index.html'}")
 
 
-def check_output_file(path: Path) -> None:
-    """Before any work: ``path`` can be written as a file (its folder exists or can be made, and is writable)."""
-    if path.is_dir():
-        raise UsageError(f"--out '{path}' is a folder; give a file name, e.g. {path / 'figure.png'}")
-    check_output_folder(path.parent, "the folder of --out")
-
-
-def check_output_folder(folder: Path, what: str = "--out") -> None:
-    """Before any work: ``folder`` exists or can be made, and a file can be written in it.
-
-    Stale temporary files of writes that a kill interrupted are removed (``deconvnet.io``).
-    """
-    from .io import remove_stale_temporaries
-
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{what} '{folder}' is a file, not a folder. Hint: give a folder path")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise UsageError(f"{what} '{folder}' cannot be written: {err.strerror or err}. "
-                         "Hint: choose a folder you can write to") from None
-    remove_stale_temporaries(folder)
-
-
 def cmd_project(args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .engine import Deconvnet
-    from .plot import save_figure, show, where
+    from ..engine import Deconvnet
+    from ..plot import save_figure, show, where
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
         raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
@@ -265,35 +166,6 @@ def cmd_project(args: argparse.Namespace) -> None:
     print(f"{args.layer} channel {int(p.channel[0])}, {where(p)}: activation {float(p.activation[0]):.4g}")
     print(f"model: {net.describe()}")
     print(f"wrote {args.out}  (load {t1 - t0:.1f}s, project {t2 - t1:.2f}s)")
-
-
-def _check_device(text: str) -> None:
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device '{text}' is not a device. Hint: cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {text}: projections need a device that computes (cpu, cuda or mps), not {device.type}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {text}: MPS is not available here. Hint: --device cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {text}: CUDA is not available here. Hint: --device cpu")
-
-
-def _load_net(args: argparse.Namespace):
-    from .models import load_model
-
-    args.device = resolve_device(args.device)
-    _check_device(args.device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-    return net
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -337,15 +209,15 @@ def cmd_figures(args: argparse.Namespace) -> None:
     if not is_main():  # the other ranks shared the scan; rank 0 projects, draws and writes
         return
     if "resolution" in kinds:
-        from .resolution import make_figures
+        from ..resolution import make_figures
 
         t = time.perf_counter()
         written += make_figures(args.out, net, quick=args.quick, fmt=args.format)
         timings.append(("resolution figures", time.perf_counter() - t))
     analyses = [k for k in kinds if k in ANALYSES]
     if analyses:
-        from .models import load_alexnet
-        from .analysis import make_figures as analysis_figures
+        from ..models import load_alexnet
+        from ..analysis import make_figures as analysis_figures
 
         t = time.perf_counter()
         alexnet = None
@@ -375,8 +247,8 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     import hashlib
     import json
 
-    from .figure2 import feature_tiles, select_features, write_layer_figure
-    from .scan import scan_top_k
+    from ..figure2 import feature_tiles, select_features, write_layer_figure
+    from ..scan import scan_top_k
 
     t = time.perf_counter()
     dataset, dataset_name = _load_data(args, net)
@@ -412,66 +284,6 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     return written
 
 
-def resolve_device(text: str) -> str:
-    """``auto``: CUDA when it is available, else the CPU; any other name as given (``_check_device`` checks it)."""
-    if text != "auto":
-        return text
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | None = None) -> None:
-    """Before any weights load: every layer is one of ``arch``'s paper names, and ``channel`` fits the first.
-
-    The names come from the family's table applied to the torchvision builder run on the meta device (no
-    weights, no memory: milliseconds). The classifier's names pass here; weights without a classifier
-    refuse them once loaded.
-    """
-    import torch
-    from torch import nn
-
-    from .models import alexnet as alexnet_table
-    from .models import vgg as vgg_table
-
-    if arch not in ARCH_NAMES:  # any torchvision classifier: module paths, from the model built on meta
-        import torchvision.models as tvm
-
-        from .models import wrap
-
-        with torch.device("meta"):
-            model = tvm.get_model_builder(arch)(weights=None)
-        net = wrap(model, name=arch)
-        for layer in layers:
-            try:
-                net.resolve(layer)
-            except ValueError as err:
-                raise UsageError(str(err)) from None
-        return
-    table = vgg_table if arch in vgg_table.ARCHS else alexnet_table
-    with torch.device("meta"):
-        model = table.ARCHS[arch][0](weights=None)
-    names = {**table.feature_names(model.features), **vgg_table.classifier_names(model.classifier)}
-    for layer in layers:
-        if layer not in names:
-            raise UsageError(f"unknown layer '{layer}' for {arch}. Hint: valid layers are {', '.join(names)}")
-    if not layers or not isinstance(channel, int) or isinstance(channel, bool):
-        return
-    stack = [(f"features.{i}", m) for i, m in enumerate(model.features)] + \
-            [(f"classifier.{i}", m) for i, m in enumerate(model.classifier)]
-    count = 3
-    for qualname, m in stack:  # channels of a layer: those of the last conv or linear at or below it
-        if isinstance(m, nn.Conv2d):
-            count = m.out_channels
-        elif isinstance(m, nn.Linear):
-            count = m.out_features
-        if qualname == names[layers[0]]:
-            break
-    if not 0 <= channel < count:
-        raise UsageError(f"channel {channel} is out of range for layer '{layers[0]}' of {arch}, which has {count} "
-                         f"channels. Hint: use 0..{count - 1} or 'max'")
-
-
 def cmd_layers(args: argparse.Namespace) -> None:
     """Print ``--arch``'s named layers with channels, map size and receptive field for a ``--size`` input.
 
@@ -479,9 +291,9 @@ def cmd_layers(args: argparse.Namespace) -> None:
     """
     import torch
 
-    from .models import load_model
-    from .engine import record
-    from .engine import receptive_field
+    from ..models import load_model
+    from ..engine import record
+    from ..engine import receptive_field
 
     if args.size < 1:
         raise UsageError(f"--size {args.size} must be a positive number of pixels")
@@ -511,163 +323,6 @@ def cmd_layers(args: argparse.Namespace) -> None:
     print("default: * marks the layers the figure script and the atlas show when --layers is left out")
 
 
-def _add_evolution_parser(sub) -> None:
-    e = sub.add_parser("evolution", help="Fig. 4: features across training checkpoints (default: a demo CNN trained here)")
-    e.add_argument("--checkpoints", default=None, help="comma-separated state_dict files in training order; default: "
-                   "train the offline demo CNN and use its checkpoints")
-    e.add_argument("--arch", default=None, metavar="ARCH", help=f"the checkpoints' architecture: {DEMO_ARCH_NAME} (the "
-                   "demo CNN) or " + ARCH_HELP)
-    e.add_argument("--labels", default=None, help="comma-separated column titles, one per checkpoint (default: file names)")
-    e.add_argument("--layers", default=None, help="comma-separated layers (default: relu1,relu2,relu3 for the demo, else the "
-                   "last conv of each block)")
-    e.add_argument("--features", type=int, default=4, help="feature maps per layer")
-    e.add_argument("--k", type=int, default=9, help="top activations per feature map (the overlap is measured on them)")
-    e.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps (chosen on the last checkpoint)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the feature selection and of the demo's training")
-    e.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projections")
-    e.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
-    e.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
-    e.add_argument("--crop", type=int, default=None, help="side of the center crop fed to the model (default 224; the demo CNN: 64)")
-    e.add_argument("--limit", type=int, default=None, help="scan only the first N images")
-    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    e.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
-    e.add_argument("--out", type=Path, default=Path("figures/evolution.png"), help=f"output figure ({', '.join(FIGURE_SUFFIXES)}); "
-                   "the sidecar is OUT.json, the scans (and the demo's checkpoints) go beside it")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-DEMO_ARCH_NAME = "democnn"
-
-
-def cmd_evolution(args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from .analysis.evolution import DEMO_LAYERS, DEMO_SIZE, evolution, train_demo, write_evolution
-    from .data import Head, load_dataset
-
-    if args.out.suffix.lower() not in FIGURE_SUFFIXES:
-        raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
-    for name, value, least in (("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
-                               ("--resize", args.resize, 1), ("--crop", args.crop or 1, 1)):
-        if value < least:
-            raise UsageError(f"{name} {value} must be at least {least}")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit} must be at least 1")
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
-    checkpoints = None if args.checkpoints is None else [Path(c.strip()) for c in args.checkpoints.split(",") if c.strip()]
-    if checkpoints is not None:
-        if not checkpoints:
-            raise UsageError("--checkpoints is empty. Hint: --checkpoints epoch1.pt,epoch5.pt,...")
-        missing = [str(c) for c in checkpoints if not c.is_file()]
-        if missing:
-            raise UsageError(f"--checkpoints: file not found: '{missing[0]}'. Hint: comma-separated state_dict files")
-        if args.arch is None:
-            raise UsageError(f"--checkpoints needs --arch, the architecture they are state_dicts of. Hint: --arch vgg16, "
-                             f"resnet18, ... or {DEMO_ARCH_NAME}")
-    if args.arch is not None and args.arch != DEMO_ARCH_NAME:
-        try:
-            _arch(args.arch)
-        except argparse.ArgumentTypeError as err:
-            raise UsageError(f"--arch: {err}") from None
-    labels = None if args.labels is None else [l.strip() for l in args.labels.split(",")]
-    check_output_file(args.out)
-    args.device = resolve_device(args.device)
-    _check_device(args.device)
-    t0 = time.perf_counter()
-    demo = checkpoints is None
-    arch = DEMO_ARCH_NAME if demo else args.arch
-    if demo:
-        training = train_demo(args.out.parent / "evolution_demo", seed=args.seed, progress=not args.quiet)
-        print(f"demo CNN: {'reused' if training.reused else 'trained'} in {training.folder} ({training.seconds:.0f}s); "
-              f"training accuracy per epoch {', '.join(f'{a:.2f}' for a in training.accuracy)}")
-        checkpoints = training.checkpoints
-        labels = labels or ["init" if e == 0 else f"epoch {e}" for e in training.epochs]
-    if labels is not None and len(labels) != len(checkpoints):
-        raise UsageError(f"--labels has {len(labels)} names for {len(checkpoints)} checkpoints. Hint: one per checkpoint")
-    from .analysis.evolution import load_checkpoint
-
-    labels = labels or [c.stem for c in checkpoints]
-    # the first checkpoint, loaded once: its preprocessing makes the dataset, its layers are the default
-    first = load_checkpoint(checkpoints[0], arch, device=args.device)
-    crop = args.crop or (DEMO_SIZE if arch == DEMO_ARCH_NAME else 224)
-    data = None if args.data is None else str(Path(args.data).expanduser())
-    dataset = load_dataset(data, preprocessing=first.preprocessing, resize=args.resize, crop=crop)
-    if args.limit is not None and args.limit < len(dataset):
-        dataset = Head(dataset, args.limit)
-    print(f"data: {len(dataset)} images from {'the offline demo collection' if data is None else repr(data)}")
-    layers = None if args.layers is None else list(dict.fromkeys(l.strip() for l in args.layers.split(",") if l.strip()))
-    if layers is None:
-        layers = list(DEMO_LAYERS) if arch == DEMO_ARCH_NAME else default_layers(first)
-    checkpoints = [first, *checkpoints[1:]]
-    result = evolution(checkpoints, dataset, layers, args.features, arch=arch, labels=labels, k=args.k,
-                       select=args.select, seed=args.seed, cache=args.out.parent / "scans", batch_size=args.batch_size,
-                       device=args.device, progress=not args.quiet)
-    paths = write_evolution(result, args.out, scaling=args.scaling)
-    for layer in result.layers:
-        print(f"{layer}: top-{args.k} overlap with the previous checkpoint " +
-              ", ".join(f"{a}->{b} {v:.2f}" for a, b, v in zip(result.labels, result.labels[1:], result.overlap[layer])))
-    for path in paths:
-        print(f"wrote {path}")
-    print(f"time {time.perf_counter() - t0:.1f}s")
-
-
-def _add_correspondence_parser(sub) -> None:
-    c = sub.add_parser("correspondence", help="Fig. 8 / Table 1: occlude the same part in several images, score per layer")
-    c.add_argument("--data", default=None, help="a folder of images; the names in --boxes are paths relative to it")
-    c.add_argument("--boxes", type=Path, default=None, help="a JSON of part boxes, {\"images\": {name: {part: [top, left, "
-                   "bottom, right], ..., \"object\": [...]}}} in each image's pixels; default: the bundled faces "
-                   "(deconvnet/analysis/parts.json)")
-    c.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    c.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
-    c.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random occluder positions")
-    c.add_argument("--layers", default=None, help="comma-separated layers (default: relu5_3 and relu7 with a classifier, "
-                   "else relu3_3, relu4_3, relu5_3)")
-    c.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep)")
-    c.add_argument("--draws", type=int, default=10, help="random-position draws of the control")
-    c.add_argument("--batch-size", type=int, default=8, help="occluded images per forward pass")
-    c.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
-    c.add_argument("--out", type=Path, default=Path("figures/correspondence.png"), help=f"output figure "
-                   f"({', '.join(FIGURE_SUFFIXES)}); the numbers go to the same name with .json")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def cmd_correspondence(args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from .analysis.correspondence import load_parts, write_correspondence, correspondence
-
-    if args.out.suffix.lower() not in FIGURE_SUFFIXES:
-        raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
-    for name, value, least in (("--size", args.size, 0), ("--draws", args.draws, 1), ("--batch-size", args.batch_size, 1)):
-        if value < least:
-            raise UsageError(f"{name} {value} must be at least {least}")
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise UsageError(f"--data '{args.data}' is not a folder. Hint: the folder the names in --boxes are relative to")
-    if args.data is not None and args.boxes is None:
-        raise UsageError("--data needs --boxes, the JSON of part boxes of its images. Hint: see deconvnet/analysis/parts.json")
-    parts = load_parts(args.boxes, folder=None if args.data is None else Path(args.data).expanduser())
-    for name in parts.images:  # every image readable before the model loads
-        load_rgb(name)
-    if args.layers is not None:
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])
-    check_output_file(args.out)
-    t0 = time.perf_counter()
-    net = _load_net(args)
-    print(f"model: {net.describe()}")
-    layers = None if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
-    r = correspondence(net, parts.images, parts.parts, layers, objects=parts.objects, size=args.size or None,
-                       draws=args.draws, seed=args.seed, batch_size=args.batch_size, show_progress=not args.quiet)
-    print(f"{len(r.names)} images ({', '.join(r.names)}); mean feature sign change (lower = more consistent), "
-          f"± std over image pairs (parts) or over {r.draws} draws (random):")
-    print(r.table())
-    for path in write_correspondence(r, args.out):
-        print(f"wrote {path}")
-    print(f"time {time.perf_counter() - t0:.1f}s")
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line, without the source line Python prints by default (``main`` sets it)."""
     print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
@@ -686,7 +341,7 @@ def _torchrun(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     stack = contextlib.ExitStack()
     if args.command not in ("figures", "atlas") or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return stack
-    from . import distributed
+    from .. import distributed
 
     args.device = distributed.init_from_env(args.device)
     stack.callback(distributed.shutdown)
