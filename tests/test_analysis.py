@@ -841,3 +841,25 @@ def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path, monkey
     with pytest.raises(ValueError, match="Hint"):
         make_figures(tmp_path, tiny, quick=True, only=["everything"])
     assert no_forward_hooks(tiny)
+
+
+def test_every_resolution_figure_prints_at_a_page_width(vgg16, tmp_path, monkeypatch):
+    """The 7-inch rule holds for every figure the figure script writes, the resolution study's too (its strips
+    were 19 inches wide, their footers under 4 pt once printed)."""
+    import deconvnet.resolution.figures as resfig
+
+    checked = {}
+    save = resfig.save_figure
+
+    def check_then_save(fig, path, *args, **kwargs):
+        checked[path.name] = (fig.get_figwidth(), _print_problems(fig))
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(resfig, "save_figure", check_then_save)
+    resfig.make_figures(tmp_path, vgg16, quick=True)
+    assert set(checked) == {"resolution_conv_matrix.png", "resolution_restore_photo.png", "resolution_restore_relu1_2.png",
+                            "resolution_restore_relu4_3.png", "resolution_scores.png", "resolution_checkerboard.png",
+                            "resolution_deconvnet_stages.png"}
+    for name, (width, problems) in checked.items():
+        assert width <= 7.0 + 1e-9, (name, width)
+        assert not problems, (name, problems)
