@@ -8,6 +8,7 @@ the features against a hand-written forward.
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -860,6 +861,36 @@ def test_every_resolution_figure_prints_at_a_page_width(vgg16, tmp_path, monkeyp
     assert set(checked) == {"resolution_conv_matrix.png", "resolution_restore_photo.png", "resolution_restore_relu1_2.png",
                             "resolution_restore_relu4_3.png", "resolution_scores.png", "resolution_checkerboard.png",
                             "resolution_deconvnet_stages.png"}
+    for name, (width, problems) in checked.items():
+        assert width <= 7.0 + 1e-9, (name, width)
+        assert not problems, (name, problems)
+
+
+@pytest.mark.slow
+def test_every_figure_of_the_figure_script_prints_at_a_page_width(tmp_path, monkeypatch, capsys):
+    """All of them, as the command writes them: Figure 2 grids, the resolution study and the analyses."""
+    import deconvnet.analysis as analysis
+    import deconvnet.figure2 as figure2
+    import deconvnet.resolution.figures as resfig
+    from deconvnet.cli import main
+
+    checked = {}
+
+    def checking(save):
+        def check_then_save(fig, path, *args, **kwargs):
+            checked[Path(path).name] = (fig.get_figwidth(), _print_problems(fig))
+            return save(fig, path, *args, **kwargs)
+        return check_then_save
+
+    monkeypatch.setattr(analysis, "_save", checking(analysis._save))
+    monkeypatch.setattr(resfig, "save_figure", checking(resfig.save_figure))
+    monkeypatch.setattr(figure2, "save_figure", checking(figure2.save_figure))
+    code = main(["figures", "--weights", "random", "--quick", "--quiet", "--limit", "40", "--crop", "48", "--features", "8",
+                 "--layers", "conv2_2,conv5_3", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr()
+    written = {p.name for p in tmp_path.glob("*.png")}
+    assert written == set(checked) and {"top9_vgg16_conv2_2.png", "top9_vgg16_conv5_3.png", "occlusion.png",
+                                        "resolution_restore_photo.png"} <= written
     for name, (width, problems) in checked.items():
         assert width <= 7.0 + 1e-9, (name, width)
         assert not problems, (name, problems)

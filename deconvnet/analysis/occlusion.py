@@ -34,7 +34,7 @@ from ..core import Deconvnet, Projection, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
 from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, blank, class_names, classifier_line, fill_rgb, fill_words, footer,
-                    forward_capture, label, last_relu, progress, title)
+                    forward_capture, label, last_relu, progress, text_height, title, wrap_to_width)
 
 
 def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -262,6 +262,22 @@ def _extent(result: OcclusionResult) -> tuple[float, float, float, float]:
             result.tops[-1] + half + s / 2, result.tops[0] + half - s / 2)
 
 
+def _caption(result: OcclusionResult, net: Net, with_probs: bool) -> str:
+    """The figure's footer: the occluder, what (b) follows, what the colours mean, the weights."""
+    n_pos = f"{len(result.tops)}x{len(result.lefts)}"
+    classes = (f"(d), (e): the {result.class_source} class of the unoccluded image; {result.classifier}."
+               if with_probs else f"The class panels of Fig. 7 (P(class), most probable label) are left out: {result.classifier}.")
+    chosen = {"response": "the map with the strongest response to the image (the largest rise of a unit above its "
+                          "value on a blank input)",
+              "max": "the map holding the layer's largest activation", "given": "the map given"}[result.channel_rule]
+    return (f"Occluder: {result.size} px square of {fill_words(net)}, shown in (a) at one position; stride "
+            f"{result.stride} px, {n_pos} positions. (b) follows, per image, {chosen}. "
+            f"{'(b) and (d)' if with_probs else '(b)'}: the value with the occluder "
+            f"at each position, drawn at its centre; (b) red: occluding raises the map's summed activation, blue: lowers "
+            f"it. (c): the map's strongest unit on the unoccluded image, projected down by the deconvnet (zero = gray). "
+            f"{classes}\n{result.weights}")
+
+
 def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str = "percentile", max_labels: int = 5,
                    show_captum: bool = False):
     """The paper's Figure 7, one row per image: (a) input with the occluder, (b) summed activation of the
@@ -290,11 +306,14 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
     with_probs = result.probability is not None
     captum = show_captum and result.captum is not None
     ncols = 3 + 2 * with_probs + captum
+    caption = _caption(result, net, with_probs)
     if axes is None:
         # three panels fill a 7-inch row at about 2 inches; five or six share it at about 1.2 inches and
         # (e) needs room below for its legend
         legend_rows = max(min(len(np.unique(t)), max_labels) + (len(np.unique(t)) > max_labels) for t in result.top_label) if with_probs else 0
-        height = (2.35 if ncols == 3 else 1.45 + 0.14 * legend_rows) * b + 1.0
+        # the rows, then the title and the wrapped caption (of as many lines as it takes)
+        foot = text_height(wrap_to_width(caption, PRINT_WIDTH - 0.2, TICK_PT), TICK_PT)
+        height = (2.35 if ncols == 3 else 1.45 + 0.14 * legend_rows) * b + 0.45 + foot
         fig, axes = plt.subplots(b, ncols, figsize=(PRINT_WIDTH, height), squeeze=False, layout="constrained")
     else:
         axes = np.asarray(axes).reshape(b, ncols)
@@ -367,16 +386,5 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
             ax.set_title("Captum Occlusion\n(red: occluding hurts)", fontsize=fs)
             blank(ax)
     title(fig, "Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7): a square occluder slides over the image")
-    n_pos = f"{len(result.tops)}x{len(result.lefts)}"
-    classes = (f"(d), (e): the {result.class_source} class of the unoccluded image; {result.classifier}."
-               if with_probs else f"The class panels of Fig. 7 (P(class), most probable label) are left out: {result.classifier}.")
-    chosen = {"response": "the map with the strongest response to the image (the largest rise of a unit above its "
-                          "value on a blank input)",
-              "max": "the map holding the layer's largest activation", "given": "the map given"}[result.channel_rule]
-    footer(fig, f"Occluder: {result.size} px square of {fill_words(net)}, shown in (a) at one position; stride "
-                f"{result.stride} px, {n_pos} positions. (b) follows, per image, {chosen}. "
-                f"{'(b) and (d)' if with_probs else '(b)'}: the value with the occluder "
-                f"at each position, drawn at its centre; (b) red: occluding raises the map's summed activation, blue: lowers "
-                f"it. (c): the map's strongest unit on the unoccluded image, projected down by the deconvnet (zero = gray). "
-                f"{classes}\n{result.weights}")
+    footer(fig, caption)
     return fig
