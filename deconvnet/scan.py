@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
+from .cache import ScanCache, scan_cache_dir, weights_digest
 from .engine import record
 from .memory import check_memory
 from .data import collate
@@ -77,6 +78,20 @@ class TopK:
             if i >= 0:
                 out.append((v, i, (r, c)))
         return out
+
+    def select(self, layers: Sequence[str], k: Optional[int] = None) -> "TopK":
+        """The scan of some of its layers, and of its first ``k`` entries per channel (the top-k' of a
+        top-k, k' <= k: the order is exact, so the first k' are the top k')."""
+        k = self.k if k is None else k
+        if not 1 <= k <= self.k or not set(layers) <= set(self.layers):
+            raise ValueError(f"this scan holds layers {', '.join(self.layers)} with k={self.k}; "
+                             f"asked for {', '.join(layers)} with k={k}")
+        layers = list(layers)
+        return TopK(layers=layers, k=k, per_group=self.per_group,
+                    values={l: self.values[l][:, :k] for l in layers}, images={l: self.images[l][:, :k] for l in layers},
+                    positions={l: self.positions[l][:, :k] for l in layers},
+                    map_size={l: self.map_size[l] for l in layers if l in self.map_size},
+                    provenance=dict(self.provenance, layers=layers, k=k))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file, then rename)."""
@@ -317,6 +332,7 @@ def scan_top_k(
     checkpoint_every: int = 20,
     progress: bool = True,
     restart_stale: bool = False,
+    cache: bool | str | os.PathLike = False,
 ) -> TopK:
     """Find, for every channel of ``layers``, the k strongest activations across ``dataset``.
 
@@ -336,6 +352,14 @@ def scan_top_k(
         progress: show a tqdm progress bar.
         restart_stale: a checkpoint made with other arguments (say, after an image file changed) is an
             error naming what changed; with True it is replaced by a new scan, with a ``StaleScanWarning``.
+        cache: True: look the scan up in the shared scan cache (``deconvnet.cache``: ``$DECONVNET_CACHE``,
+            else ``~/.cache/deconvnet``) and store it there, so that the figure script, the atlas and the
+            notebooks scan a dataset once; a folder: a cache there. One process only: under
+            torch.distributed the ranks scan (their per-rank checkpoints make a rerun resume). Found by the weights' digest, the
+            dataset's description, the layer, per_group and k (an entry with more entries per channel
+            serves a smaller k); layers not found are scanned (resumably: without ``checkpoint``, the
+            checkpoint lies in the cache). A dataset without ``describe()`` cannot be identified and is
+            scanned without the cache, with a warning.
 
     Returns:
         A ``TopK``; ``save``/``TopK.load`` keep it without rescanning. Under torch.distributed, every rank
@@ -375,8 +399,17 @@ def scan_top_k(
         "dtype": str(net.dtype),
     }
     fingerprint = _fingerprint(args)
-    # this rank's share and checkpoint (one process: every image, the checkpoint as given)
     rank, world = distributed.world()
+    folder = scan_cache_dir(cache) if world == 1 else None  # one process; ranks on other machines have other caches
+    if folder is not None and not hasattr(dataset, "describe"):
+        warnings.warn(f"a {type(dataset).__name__} has no describe(), so its scan cannot be found again: not cached. "
+                      "Hint: deconvnet.data's collections describe themselves", stacklevel=2)
+        folder = None
+    if folder is not None:
+        return _scan_with_cache(ScanCache(folder), net, dataset, layers, k, args, fingerprint, dict(
+            per_group=per_group, batch_size=batch_size, num_workers=num_workers, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, progress=progress, restart_stale=restart_stale))
+    # this rank's share and checkpoint (one process: every image, the checkpoint as given)
     indices = distributed.batch_shard(len(dataset), batch_size)
     ckpt_fingerprint = fingerprint if world == 1 else _fingerprint(dict(args, shard=[rank, world, batch_size]))
     if checkpoint is not None:
@@ -480,9 +513,51 @@ def scan_top_k(
         images[layer] = torch.where(empty, torch.full_like(img, -1), img)
         positions[layer] = torch.where(empty.unsqueeze(2), torch.full_like(pos, -1), pos)
     provenance = dict(args, fingerprint=fingerprint, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      weights=net.describe(), dataset_final=describe(), **distributed.describe())
+                      weights=net.describe(), dataset_final=describe(), skipped=sorted(set(skipped)), **distributed.describe())
     return TopK(
         layers=layers, k=k, per_group=per_group, values=values, images=images, positions=positions,
         map_size={l: (state["height"].get(l, 0), state["width"].get(l, 0)) for l in layers},
         provenance=provenance,
     )
+
+
+def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[str], k: int, args: dict,
+                     fingerprint: str, scan_args: dict) -> TopK:
+    """``scan_top_k`` through the cache: the layers found there are read, the others scanned and stored."""
+    # what fixes the result, less the layers and k (an entry is one layer, and serves any smaller k); the
+    # weights by their digest, not their file: the same weights anywhere, and a model changed in place is
+    # another model
+    identity = {key: v for key, v in json.loads(json.dumps(args, default=str)).items() if key not in ("model", "layers", "k")}
+    identity["weights"] = weights_digest(net.model)
+    found: dict[str, TopK] = {}
+    for layer in layers:
+        path = cache.entry(identity, layer)
+        try:
+            entry = TopK.load(path) if path.is_file() else None
+        except ValueError:
+            entry = None  # unreadable: scanned again, and replaced
+        if entry is not None and layer in entry.layers and entry.k >= k:
+            found[layer] = entry.select([layer], k)
+    from_cache = [l for l in layers if l in found]
+    missing = [l for l in layers if l not in found]
+    if missing:
+        own = scan_args["checkpoint"] is None
+        checkpoint = cache.checkpoint(identity, missing, k) if own else scan_args["checkpoint"]
+        scanned = scan_top_k(net, dataset, missing, k, **dict(scan_args, checkpoint=checkpoint, cache=False,
+                                                             restart_stale=scan_args["restart_stale"] or own))
+        for layer in missing:
+            found[layer] = scanned.select([layer])
+            found[layer].save(cache.entry(identity, layer))
+        if own:
+            Path(checkpoint).unlink(missing_ok=True)  # its layers are stored
+    elif from_cache:
+        skipped = found[layers[0]].provenance.get("skipped") or []
+        if skipped and hasattr(dataset, "note_unreadable"):
+            dataset.note_unreadable(skipped)  # as a scan would
+    first = found[layers[0]]
+    provenance = dict(first.provenance, **args, fingerprint=fingerprint, weights=net.describe(),
+                      cache={"found": from_cache, "scanned": missing})  # no folder: sidecars travel between machines
+    return TopK(layers=layers, k=k, per_group=args["per_group"],
+                values={l: found[l].values[l] for l in layers}, images={l: found[l].images[l] for l in layers},
+                positions={l: found[l].positions[l] for l in layers},
+                map_size={l: found[l].map_size[l] for l in layers}, provenance=provenance)

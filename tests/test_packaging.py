@@ -320,3 +320,47 @@ def test_run_sh_lab_serves_the_notebooks_on_localhost_with_the_projects_kernel(t
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=3)
     finally:
         stop_server(server, log)
+
+
+def _lab_command(*args: str, cwd: Path) -> list[str]:
+    """What ``./run.sh lab ARGS`` would run, from ``cwd`` (its dry run: nothing is set up or started)."""
+    done = subprocess.run([str(ROOT / "run.sh"), "lab", *args], env=dict(os.environ, DECONVNET_DRY_RUN="1"), cwd=cwd,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _lab_config(command: list[str]) -> dict:
+    """The ServerApp settings JupyterLab reads from ``command`` (exits, as the server would, on a bad one)."""
+    labapp = pytest.importorskip("jupyterlab.labapp")
+    app = labapp.LabApp()
+    app.parse_command_line(command[4:])
+    return dict(app.config["ServerApp"])
+
+
+def test_run_sh_lab_takes_the_users_root_dir_and_gives_its_own_only_without_one(tmp_path):
+    command = _lab_command(cwd=tmp_path)
+    assert command[:4] == [str(ROOT / ".venv" / "bin" / "python"), "-m", "jupyter", "lab"]
+    assert _lab_config(command) == {**({"allow_root": True} if os.getuid() == 0 else {}),
+                                    "ip": "127.0.0.1", "root_dir": str(ROOT / "notebooks")}
+    # "root_dir only accepts one value, got 2" was the answer to this, though the README says options pass as usual
+    command = _lab_command("--ServerApp.root_dir=DIR", "--no-browser", cwd=tmp_path)
+    assert [a for a in command if "root_dir" in a] == ["--ServerApp.root_dir=DIR"]
+    config = _lab_config(command)
+    assert config["root_dir"] == "DIR" and config["open_browser"] is False and config["ip"] == "127.0.0.1"
+    for given in (["--notebook-dir=x"], ["--ServerApp.notebook_dir", "x"], ["--ServerApp.root_dir", "x"]):
+        command = _lab_command(*given, cwd=tmp_path)
+        assert not any(a.startswith("--ServerApp.root_dir=") for a in command), given
+        config = _lab_config(command)
+        assert config.get("root_dir", config.get("notebook_dir")) == "x"  # notebook_dir: the old name, still read
+    assert _lab_config(_lab_command("--ip", "0.0.0.0", cwd=tmp_path))["ip"] == "0.0.0.0"
+
+
+def test_built_atlases_and_figure_scans_are_ignored_by_git():
+    import shutil
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("atlas/index.html", "atlas/scans/topk-conv5_3.pt", "figures/scans/scan.pt"):
+        done = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", path])
+        assert done.returncode == 0, f"{path} is not ignored"

@@ -507,7 +507,7 @@ def build_atlas(
     if missing:
         result = scan_top_k(net, dataset, missing, k=k, per_group=per_group, batch_size=batch_size,
                             num_workers=num_workers, checkpoint=scans / f"scan-{_hash([identity, missing])}.pt",
-                            progress=progress)
+                            progress=progress, cache=True)  # the shared scan cache: the figure script's scan serves
         for layer in missing if main else ():
             _layer_topk(result, layer).save(scans / f"topk-{layer}.pt")
     topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{l}.pt") for l in all_layers})

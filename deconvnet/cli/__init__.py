@@ -247,6 +247,7 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     import hashlib
     import json
 
+    from ..cache import scan_cache_dir
     from ..figure2 import feature_tiles, select_features, write_layer_figure
     from ..scan import scan_top_k
 
@@ -263,10 +264,16 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
         print(f"scan: resuming from (or reusing) {ckpt}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # the shared scan cache first (the atlas and the notebooks find this scan there too); the checkpoint
+        # of a scan under way stays here, where a changed image is noticed and said
         topk = scan_top_k(net, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.workers,
-                          checkpoint=ckpt, progress=not args.quiet, restart_stale=True)
+                          checkpoint=ckpt, progress=not args.quiet, restart_stale=True, cache=True)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    cached = topk.provenance.get("cache") or {}
+    for what, verb in (("found", "read from"), ("scanned", "stored in")):
+        if cached.get(what):
+            print(f"scan: {', '.join(cached[what])} {verb} the scan cache {scan_cache_dir(True)}")
     timings.append(("scan", time.perf_counter() - t))
     written: list[Path] = []
     if not is_main():
