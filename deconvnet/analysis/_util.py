@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..models import Net
+from ..models.lock import own_call, owns
 
 
 class _Stop(Exception):
@@ -42,6 +43,8 @@ def forward_capture(
 
     def make_hook(layer: str, stop: bool):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not owns(token):  # another thread's forward of the model
+                return
             out[layer] = output.detach().clone()
             if stop:
                 raise _Stop
@@ -49,17 +52,18 @@ def forward_capture(
         return hook
 
     result = None
-    try:
-        for layer, m in modules.items():
-            stop = not logits and net.depth(layer) == deepest
-            handles.append(m.register_forward_hook(make_hook(layer, stop)))
-        with torch.no_grad():
-            result = net.model(x)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    with own_call() as token:
+        try:
+            for layer, m in modules.items():
+                stop = not logits and net.depth(layer) == deepest
+                handles.append(m.register_forward_hook(make_hook(layer, stop)))
+            with torch.no_grad():
+                result = net.model(x)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
     return out, (result.detach() if logits else None)
 
 

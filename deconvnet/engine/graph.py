@@ -36,10 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
-from ..models.lock import exclusive
+from ..models.lock import exclusive, own_call, owns
+from . import ops
+from .ops import REFUSED_MODULES
 from .record import Kept, check_finite, check_input
 from .targets import select_target
 from .types import Record, Target
@@ -110,74 +113,89 @@ _RECTIFIERS = {
     "gradient": None,
 }
 
-_RELU = {F.relu, torch.relu, torch.Tensor.relu}
-_RELU_INPLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
-
-#: functions with no deconvnet rule -> the name in messages
-_REFUSED_FUNCTIONS: dict[Callable, str] = {
-    F.silu: "SiLU (F.silu)", F.gelu: "GELU (F.gelu)", F.hardswish: "Hardswish (F.hardswish)",
-    F.hardsigmoid: "Hardsigmoid (F.hardsigmoid)", F.elu: "ELU (F.elu)", F.selu: "SELU (F.selu)",
-    F.celu: "CELU (F.celu)", F.leaky_relu: "LeakyReLU (F.leaky_relu)", F.prelu: "PReLU (F.prelu)",
-    F.mish: "Mish (F.mish)", F.softplus: "Softplus (F.softplus)", F.relu6: "ReLU6 (F.relu6)",
-    F.hardtanh: "Hardtanh/ReLU6 (F.hardtanh)", F.glu: "GLU (F.glu)", F.logsigmoid: "F.logsigmoid",
-    F.softmax: "softmax (F.softmax)", F.log_softmax: "F.log_softmax", F.softmin: "F.softmin",
-    torch.softmax: "torch.softmax", torch.Tensor.softmax: "Tensor.softmax",
-    torch.sigmoid: "sigmoid (torch.sigmoid)", torch.Tensor.sigmoid: "sigmoid (Tensor.sigmoid)",
-    F.sigmoid: "sigmoid (F.sigmoid)", torch.tanh: "tanh (torch.tanh)", torch.Tensor.tanh: "tanh (Tensor.tanh)",
-    F.tanh: "tanh (F.tanh)", F.threshold: "F.threshold", F.local_response_norm: "local response normalisation",
-    F.layer_norm: "LayerNorm (F.layer_norm)", F.group_norm: "GroupNorm (F.group_norm)",
-    F.instance_norm: "InstanceNorm (F.instance_norm)", F.normalize: "F.normalize",
-    F.scaled_dot_product_attention: "attention (F.scaled_dot_product_attention)",
-}
-for _name in ("silu_", "hardswish_", "elu_", "leaky_relu_", "hardtanh_", "threshold_", "sigmoid_", "tanh_"):
-    for _owner in (F, torch, torch.Tensor):
-        if hasattr(_owner, _name):
-            _REFUSED_FUNCTIONS[getattr(_owner, _name)] = f"{_name} (in place)"
-
-#: modules with no deconvnet rule (found before any forward)
-REFUSED_MODULES: tuple[type, ...] = (
-    nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.Softmin,
-    nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU, nn.Mish, nn.Softplus, nn.ReLU6, nn.Hardtanh, nn.GLU,
-    nn.LogSigmoid, nn.Threshold, nn.LocalResponseNorm, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d,
-    nn.MultiheadAttention,
-)
+_HINT = ("Hint: the deconvnet projects models built of convolutions, linear layers, BatchNorm, ReLUs and max- or "
+         "average-pooling (VGG, AlexNet, ResNet, DenseNet, GoogLeNet); a target before this point can be projected "
+         "where the model's forward reaches it first.")
 
 
 def check_modules(model: nn.Module) -> None:
-    """Refuse, before any work, a model with a module that has no deconvnet rule."""
+    """Refuse, before any work, a model with a module that has no deconvnet rule (``ops.REFUSED_MODULES``;
+    any other is judged by the functions its forward calls, ``_DeconvMode``)."""
     for name, m in model.named_modules():
         if isinstance(m, REFUSED_MODULES):
             raise UnsupportedLayerError(
                 f"module '{name}' ({type(m).__name__}) has no deconvnet rule: the deconvnet is defined for "
-                "rectifiers (ReLU), max-pooling and linear layers. Hint: a model with ReLUs"
+                "rectifiers (ReLU), max-pooling and linear layers. Hint: project a model whose nonlinearities "
+                "are ReLUs and max-pools (VGG, AlexNet, ResNet, DenseNet, GoogLeNet)."
             )
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
-            raise UnsupportedLayerError(f"BatchNorm '{name}' keeps no running statistics: in eval mode it is not linear")
+            raise UnsupportedLayerError(f"BatchNorm '{name}' keeps no running statistics: in eval mode it is not "
+                                        "linear. Hint: build it with track_running_stats=True and train it.")
 
 
 class _DeconvMode(TorchFunctionMode):
-    """Swaps every rectifier for the deconvnet one and refuses what has no rule (see the module docstring)."""
+    """Swaps every rectifier for the rule's and refuses, by the allow-list of ``ops``, any other call on the
+    input that is not linear or a max-pool (see ``ops``).
 
-    def __init__(self, where: Callable[[], str], rule: str = "deconvnet") -> None:
+    Which tensors depend on the input is tracked call by call: the input is marked with this forward's
+    token, and so is every result of a call that had a marked argument (and the first argument of an
+    in-place call). Under ``grad``, a tensor that requires grad depends on the input as well (the
+    parameters are frozen). Calls made by this forward's own hooks run while ``paused``.
+    """
+
+    def __init__(self, where: Callable[[], str], rule: str = "deconvnet", grad: bool = False) -> None:
         super().__init__()
         self.where = where
         self.rectifiers = _RECTIFIERS[rule]
+        self.grad = grad
+        self.token = object()
+        self.paused = False
+
+    def mark(self, value: Any) -> None:
+        for t in tree_flatten(value)[0]:
+            if isinstance(t, torch.Tensor):
+                t._deconvnet_input = self.token
+
+    def dependent(self, value: Any) -> bool:
+        return any(isinstance(t, torch.Tensor) and (getattr(t, "_deconvnet_input", None) is self.token
+                                                    or (self.grad and t.requires_grad))
+                   for t in tree_flatten(value)[0])
+
+    def refuse(self, func: Callable, why: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a "
+                                     "rule for linear maps, rectifiers (ReLU) and max-pooling only. " + _HINT)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.rectifiers is not None and func in _RELU:
-            inplace = kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
-            return self.rectifiers[1 if inplace else 0].apply(args[0])
-        if self.rectifiers is not None and func in _RELU_INPLACE:
-            return self.rectifiers[1].apply(args[0])
-        if func in _REFUSED_FUNCTIONS:
-            raise UnsupportedLayerError(
-                f"{_REFUSED_FUNCTIONS[func]}, called in {self.where()}, has no deconvnet rule: the deconvnet is "
-                "defined for rectifiers (ReLU), max-pooling and linear layers"
-            )
-        if func is F.batch_norm and (kwargs.get("training") or (len(args) > 5 and args[5])):
-            raise UnsupportedLayerError(f"batch_norm in training mode, called in {self.where()}, is not linear")
-        return func(*args, **kwargs)
+        if self.paused or not self.dependent((args, kwargs)):
+            return func(*args, **kwargs)
+        rect = ops.rectifier(func, args, kwargs)
+        if rect is not None:
+            x, inplace = rect
+            out = self.rectifiers[1 if inplace else 0].apply(x) if self.rectifiers is not None else func(*args, **kwargs)
+        else:
+            why = ops.check(func, args, kwargs, self.dependent)
+            if why is not None:
+                raise self.refuse(func, why)
+            out = func(*args, **kwargs)
+            why = ops.check_cast(func, out)
+            if why is not None:
+                raise self.refuse(func, why)
+        self.mark(out)
+        if ops.is_in_place(func) and args:
+            self.mark(args[0])
+        if "out" in kwargs:
+            self.mark(kwargs["out"])
+        return out
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        """The hooks' own work (copies, reductions of kept outputs) is not the model's forward."""
+        paused, self.paused = self.paused, True
+        try:
+            yield
+        finally:
+            self.paused = paused
 
 
 class _Stop(Exception):
@@ -198,17 +216,18 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _where_tracker(model: nn.Module) -> Iterator[Callable[[], str]]:
-    """Hooks that keep the path of the module running now, for messages."""
+def _where_tracker(model: nn.Module, token: object) -> Iterator[Callable[[], str]]:
+    """Hooks that keep the path of the module running now in the call of ``token``, for messages."""
     names = {m: n for n, m in model.named_modules()}
     stack: list[str] = []
     handles = []
 
     def pre(m, inputs):
-        stack.append(names.get(m, type(m).__name__))
+        if owns(token):
+            stack.append(names.get(m, type(m).__name__))
 
     def post(m, inputs, output):
-        if stack:
+        if stack and owns(token):
             stack.pop()
 
     try:
@@ -253,16 +272,19 @@ def forward(
         by_module.setdefault(m, []).append(name)
     outputs: dict[str, Any] = {}
     x = x.detach().requires_grad_(grad)
+    mode: _DeconvMode | None = None
 
-    def make_hook(names: list[str]) -> Callable:
+    def make_hook(names: list[str], token: object) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
-            if names[0] in outputs:
-                return None  # a later call of the module: the target is its first
+            if not owns(token) or names[0] in outputs:
+                return None  # another thread's forward of the model, or a later call: the target is the first
             if not isinstance(output, torch.Tensor):
                 raise UnsupportedLayerError(f"module '{names[0]}' returns a {type(output).__name__}, not a tensor: "
                                             "name a module whose output is one tensor")
-            for name in names:
-                outputs[name] = reduce(output.detach()) if reduce is not None else (output if grad else output.detach().clone())
+            with mode.pause():
+                for name in names:
+                    outputs[name] = (reduce(output.detach()) if reduce is not None
+                                     else (output if grad else output.detach().clone()))
             if len(outputs) == len(modules):
                 raise _Stop
             # later in-place operations (a residual ``out += identity``, an in-place ReLU) must change a copy,
@@ -272,13 +294,16 @@ def forward(
         return hook
 
     with ExitStack() as stack:
-        where = stack.enter_context(_where_tracker(model))
+        token = stack.enter_context(own_call())
+        where = stack.enter_context(_where_tracker(model, token))
         stack.enter_context(_frozen(model))
         for m, names in by_module.items():
-            stack.callback(m.register_forward_hook(make_hook(names)).remove)
+            stack.callback(m.register_forward_hook(make_hook(names, token)).remove)
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+        mode = _DeconvMode(where, rule, grad)
+        mode.mark(x)
         try:
-            with _DeconvMode(where, rule):
+            with mode:
                 model(x)
         except _Stop:
             pass
@@ -287,8 +312,9 @@ def forward(
         except (RuntimeError, MemoryError) as err:
             if is_out_of_memory(err):
                 raise memory_error(err, f"running {type(model).__name__} on an input of {tuple(x.shape)}") from err
-            raise ValueError(f"the forward pass failed in {where()} for an input of {tuple(x.shape[-2:])}: "
-                             f"{str(err).splitlines()[0]}. Hint: the input may be too small") from err
+            raise ValueError(f"the forward pass failed in {where()} for an input of {tuple(x.shape)}: "
+                             f"{str(err).splitlines()[0]}. Hint: the input may be too small, or not have the "
+                             "channels the model takes") from err
     missing = [n for n in modules if n not in outputs]
     if missing:
         raise ValueError(f"the forward pass of {type(model).__name__} never called {', '.join(missing)}: "
@@ -412,7 +438,7 @@ class _LinearSurrogate(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELU or func in _RELU_INPLACE:
+        if ops.rectifier(func, args, kwargs) is not None:
             return args[0]
         if func in (F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices):
             return _avg_like_max(*args, **kwargs)
@@ -435,14 +461,14 @@ def measure_box(model: nn.Module, module: nn.Module, hw: Sequence[int], unit: Se
     out: dict[str, torch.Tensor] = {}
 
     def hook(m, inputs, output):
-        if "y" not in out:
+        if "y" not in out and owns(token):
             out["y"] = output
             raise _Stop
 
     x = torch.randn(1, channels, *hw, device=device, dtype=dtype, requires_grad=True)
     handle = module.register_forward_hook(hook)
     try:
-        with _frozen(model), torch.enable_grad(), _LinearSurrogate():
+        with own_call() as token, _frozen(model), torch.enable_grad(), _LinearSurrogate():
             try:
                 model(x)
             except _Stop:

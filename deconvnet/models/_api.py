@@ -12,26 +12,55 @@ from torch import nn
 
 from .. import images
 from ..memory import check_memory
-from ..preprocessing import TORCHVISION, Preprocessing
+from ..preprocessing import GRAYSCALE, TORCHVISION, Preprocessing
 from . import alexnet as alexnet_table
 from . import vgg as vgg_table
-from .lock import exclusive
+from .lock import exclusive, own_call, owns
 from .weights import (
     OFFLINE,
     sha256_file,
     WeightsError,
     cached_checkpoint,
+    check_downloadable,
     fallback_warning,
     host_reachable,
     load_state_dict_file,
     load_torchvision_weights,
 )
 
+#: the side of the square every image is resized and cropped to by default (``Net.preprocess``, the CLI)
+DEFAULT_SIZE = 224
+
 WEIGHT_SOURCES = ("auto", "imagenet", *OFFLINE, "random", "<path to a state_dict file>")
 
 #: the module types a chain may consist of: the chain engine has a step down for each (``engine.chain``)
 CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Linear, nn.AdaptiveAvgPool2d,
                  nn.AvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
+
+
+def _tree(model: nn.Module) -> tuple:
+    """The module tree: (path, module) pairs. Model surgery (``model.fc = nn.Linear(512, 10)``) changes it."""
+    return tuple((n, id(m)) for n, m in model.named_modules())
+
+
+def _fake_if_large(hw: Sequence[int], area: int = 512 * 512) -> Any:
+    """Fake tensors (shapes only, nothing allocated) for an input larger than ``area`` pixels; a plain
+    forward below (faster, and exact for models that look at values)."""
+    from contextlib import nullcontext
+
+    if hw[0] * hw[1] <= area:
+        return nullcontext()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The original module of a ``torch.compile``d one (hooks and modes on the compiled wrapper go through
+    dynamo; the original runs the same weights eagerly)."""
+    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
 
 
 class Net:
@@ -92,8 +121,10 @@ class Net:
         else:
             self.layers = OrderedDict(self.paths)
             self.qualnames = {n: n for n in self.paths}
-        self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._shapes: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
         self._receptive: dict[tuple, Any] = {}
+        self._probe_hw: tuple[int, int] | None = None  # the size shapes are probed at (``note_input``)
+        self._tree = _tree(model)
 
     @property
     def is_chain(self) -> bool:
@@ -118,31 +149,67 @@ class Net:
                 out[by_module[id(m)]] = c
         return out
 
-    def output_shapes(self, hw: tuple[int, int] = (224, 224)) -> dict[str, tuple[int, ...]]:
+    @property
+    def in_channels(self) -> int | None:
+        """How many channels the model's input has: those of its first convolution (for a graph, the first
+        one registered); None when it has none."""
+        modules = (m for _, m in self.stack) if self.is_chain else self.model.modules()
+        for m in modules:
+            if isinstance(m, nn.modules.conv._ConvNd):
+                return m.in_channels
+        return None
+
+    def note_input(self, hw: tuple[int, int]) -> None:
+        """The engine tells the size of each input: a model that a 224x224 input does not go through (a
+        fixed-size network, CIFAR's 32x32) is probed at the first size it is given instead."""
+        if self._probe_hw is None:
+            try:
+                self.output_shapes((224, 224))
+                self._probe_hw = (224, 224)
+            except ValueError:
+                self._probe_hw = tuple(hw)
+
+    def output_shapes(self, hw: tuple[int, int] | None = None) -> dict[str, tuple[int, ...]]:
         """Layer name -> output shape (first call) for one (H, W) input, in the order the forward reaches
-        the layers, from one plain forward of a zero image (cached for 224)."""
-        if self._shapes is not None and hw == (224, 224):
-            return self._shapes
+        the layers, from one plain forward of a zero image (cached per size).
+
+        ``hw`` defaults to 224x224, or, for a model that input does not go through, the size of the first
+        input the engine was given. Large inputs are run on fake tensors (``FakeTensorMode``): their shapes
+        come out, nothing is allocated.
+
+        Raises:
+            ValueError: the forward fails for this size (the message says the size and why).
+        """
+        self.refresh()
+        hw = tuple(int(v) for v in (hw if hw is not None else (self._probe_hw or (224, 224))))
+        if hw in self._shapes:
+            return self._shapes[hw]
         shapes: dict[str, tuple[int, ...]] = {}
         names = {}
         for name, m in self.layers.items():
             names.setdefault(m, name)
 
         def hook(m, inputs, output):
-            if isinstance(output, torch.Tensor) and names[m] not in shapes:
+            if owns(token) and isinstance(output, torch.Tensor) and names[m] not in shapes:
                 shapes[names[m]] = tuple(output.shape)
 
+        channels = self.in_channels or 3
         handles = []
-        with exclusive(self.model):
+        with exclusive(self.model), own_call() as token:
             try:
                 handles = [m.register_forward_hook(hook) for m in names]
-                with torch.no_grad():
-                    self.model(torch.zeros(1, 3, *hw, device=self.device, dtype=self.dtype))
+                with torch.no_grad(), _fake_if_large(hw):
+                    self.model(torch.zeros(1, channels, *hw, device=self.device, dtype=self.dtype))
+            except (RuntimeError, ValueError, TypeError, AssertionError, NotImplementedError, IndexError) as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                raise ValueError(f"a {hw[0]}x{hw[1]} input does not go through {self.arch}: {first}. Hint: give an "
+                                 "input of the size the model takes") from err
             finally:
                 for h in handles:
                     h.remove()
-        if hw == (224, 224):
-            self._shapes = shapes
+        if len(self._shapes) >= 16:
+            self._shapes.pop(next(iter(self._shapes)))
+        self._shapes[hw] = shapes
         return shapes
 
     def order(self, layer: str | nn.Module) -> int:
@@ -161,14 +228,48 @@ class Net:
             return self.depth(name) < len(self.features)
         return len(self.output_shapes().get(name, ())) == 4
 
+    def refresh(self) -> None:
+        """Follow model surgery: after ``model.fc = nn.Linear(512, 10)`` the layers are the modules the model
+        holds now, and the measured shapes and receptive fields are measured again."""
+        tree = _tree(self.model)
+        if tree == self._tree:
+            return
+        self._tree = tree
+        self._shapes, self._receptive, self._probe_hw = {}, {}, None
+        self.paths = {n: m for n, m in self.model.named_modules() if n}
+        if not self.is_chain:
+            self.layers = OrderedDict(self.paths)
+            self.qualnames = {n: n for n in self.paths}
+            return
+        # a chain: the stack's modules looked up again by path (torchvision's VGG/AlexNet name them from the
+        # full model, whose ``features`` may be the net's model)
+        prefix = "features." if self.classifier is None and self.features is self.model else ""
+        stack = []
+        for q, _ in self.stack:
+            module = self.paths.get(q[len(prefix):] if prefix and q.startswith(prefix) else q)
+            if not isinstance(module, CHAIN_MODULES):
+                raise ValueError(f"the module at '{q}' of {self.arch} was replaced by "
+                                 f"{type(module).__name__ if module is not None else 'nothing'}, which the chain walk "
+                                 "has no step for. Hint: wrap the changed model again, deconvnet.wrap(model)")
+            stack.append((q, module))
+        self.stack = stack
+        by_qualname = dict(stack)
+        self.layers = OrderedDict((p, by_qualname[q]) for p, q in self.qualnames.items())
+
     # --- devices ---------------------------------------------------------------------------------------
+    def _first_tensor(self) -> torch.Tensor | None:
+        t = next(iter(self.model.parameters()), None)
+        return t if t is not None else next(iter(self.model.buffers()), None)
+
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        t = self._first_tensor()
+        return t.device if t is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        t = self._first_tensor()
+        return t.dtype if t is not None and t.is_floating_point() else torch.get_default_dtype()
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Net":
         """Move the model (in place) and return self."""
@@ -182,6 +283,7 @@ class Net:
         Raises:
             ValueError: not a layer of this net; the message lists the valid names (or the nearest ones).
         """
+        self.refresh()
         if isinstance(layer, nn.Module):
             for name, m in self.layers.items():
                 if m is layer:
@@ -190,6 +292,8 @@ class Net:
                              + ("" if self.is_chain else "") + ". Hint: pass one of net.model's modules or its path")
         if not isinstance(layer, str):
             raise TypeError(f"a layer is a name, a module path or a module, not {type(layer).__name__}")
+        while layer.startswith("_orig_mod.") and layer not in self.layers:  # a path in a torch.compile'd model
+            layer = layer[len("_orig_mod."):]
         if layer in self.layers:
             return layer
         if layer in self.paths:  # a module path of a chain with paper names ("features.28" -> "conv5_3")
@@ -220,29 +324,48 @@ class Net:
         return next(i for i, (_, m) in enumerate(self.stack) if m is module)
 
     # --- images ----------------------------------------------------------------------------------------
-    def preprocess(self, image: images.ImageLike, size: int | None = None, crop: int | None = None) -> torch.Tensor:
-        """An RGB image -> model input (1, 3, H, W) on the model's device and dtype.
+    def preprocess(self, image: images.ImageLike, size: int | None = DEFAULT_SIZE,
+                   crop: int | None | str = "size") -> torch.Tensor:
+        """An RGB image -> model input (1, C, H, W) on the model's device and dtype.
+
+        The default is the command line's: the shorter side resized to 224 px and the centre 224x224 square
+        cut out, for every model. A grayscale model (``Preprocessing`` of ``channel_order="L"``, what
+        ``wrap`` gives a model whose first convolution takes one channel) gets the luma of the image.
 
         Args:
             image: path, bundled scikit-image photograph name, PIL image, HxWx3 array or (3, H, W) tensor.
             size: resize the shorter side to this many pixels (None: keep).
-            crop: center-crop a ``crop`` x ``crop`` square (None: no crop).
+            crop: center-crop a ``crop`` x ``crop`` square; ``"size"`` (default): a square of side ``size``
+                (none when ``size`` is None); None: no crop.
+
+        Raises:
+            ValueError: the model takes neither 1 nor 3 channels (build its input tensor yourself), a crop
+                larger than the size.
+            MemoryError: the resized image or the forward would not fit in memory (nothing is allocated).
         """
+        if crop == "size":
+            crop = size
+        channels = self.in_channels
+        if channels is not None and channels != self.preprocessing.channels:
+            raise ValueError(f"{self.arch} takes {channels}-channel inputs, and its preprocessing "
+                             f"({self.preprocessing.name}) makes {self.preprocessing.channels}. Hint: "
+                             + ("wrap the model with a 1- or 3-channel Preprocessing" if channels in (1, 3) else
+                                f"build the (B, {channels}, H, W) input tensor yourself"))
         pil = images.load_rgb(image)
         if crop is not None and size is not None and crop > size:
             raise ValueError(f"crop {crop} is larger than the resized shorter side {size}. Hint: crop <= size")
         # refuse a size whose resizing or forward pass cannot fit in memory before allocating either
         resized_w, resized_h = images.resized_size(pil.size, size)
-        check_memory(self, 1, (resized_h, resized_w) if crop is None else (crop, crop))
         if 3 * resized_w * resized_h > 2**31:  # the resized RGB image alone would take over 2 GiB
             raise MemoryError(f"resizing the image to {resized_w}x{resized_h} px needs "
                               f"{3 * resized_w * resized_h / 2**30:.0f} GiB. Hint: use a smaller size (e.g. 224)")
+        check_memory(self, 1, (resized_h, resized_w) if crop is None else (crop, crop))
         pil = images.resize_center_crop(pil, size, crop)
         x = images.pil_to_tensor01(pil).unsqueeze(0).to(device=self.device, dtype=self.dtype)
         return self.preprocessing.forward(x)
 
     def deprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Model input (B, 3, H, W) -> RGB in [0, 1] for display."""
+        """Model input (B, C, H, W) -> RGB in [0, 1] for display (grayscale: three equal channels)."""
         return self.preprocessing.inverse(x)
 
     def describe(self) -> str:
@@ -494,6 +617,7 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
                              f"RANDOM weights (seed {seed}): there are no offline weights for {arch}")
             enum, source = None, "random"
     if enum is not None:
+        check_downloadable(enum.url, arch)
         try:
             model = builder(weights=enum)  # torchvision's own loading (it also sets, e.g., GoogLeNet's transform_input)
         except Exception as err:
@@ -549,15 +673,23 @@ def wrap(
         name: what figures call the model (default: its class name, or the VGG/AlexNet arch).
         categories: class names of the outputs (default: from ``weights``).
 
-    A model wrapped with no options is wrapped once: ``Deconvnet(model)`` again finds the same ``Net``.
+    A model wrapped with no options is wrapped once: ``Deconvnet(model)`` again finds the same ``Net``, which
+    follows later changes of the module tree (``Net.refresh``). A ``torch.compile``d model is projected
+    through its original module, with the same weights. A model whose first convolution takes one channel
+    gets grayscale preprocessing (``preprocessing.GRAYSCALE``) unless told otherwise.
     """
     if isinstance(model, Net):
+        model.refresh()
         return model
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module or a deconvnet Net, got {type(model).__name__}")
+    model = unwrap_compiled(model)  # layer names with or without "_orig_mod." (``Net.resolve``)
     plain = preprocessing is None and weights is None and name is None and categories is None
     if plain and model in _WRAPPED:  # Deconvnet(model) again: the same Net, with its measured shapes and fields
-        return _WRAPPED[model]
+        net = _WRAPPED[model]
+        if net._tree == _tree(model) or not net.is_chain:  # a graph follows surgery itself (``Net.refresh``)
+            net.refresh()
+            return net
     net = _wrap(model, preprocessing, weights, name, categories)
     if plain:
         _WRAPPED[model] = net
@@ -576,12 +708,14 @@ def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, 
         preprocessing = torchvision_preprocessing(preprocessing)
     assumed = preprocessing is None and weights is None
     if preprocessing is None:
-        preprocessing = torchvision_preprocessing(weights) if weights is not None else TORCHVISION
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+        gray = first_conv is not None and first_conv.in_channels == 1
+        preprocessing = torchvision_preprocessing(weights) if weights is not None else (GRAYSCALE if gray else TORCHVISION)
     if categories is None and weights is not None:
         categories = weights.meta.get("categories")
     provenance = {
         "weights": f"torchvision {type(weights).__name__}.{weights.name}" if weights is not None else "user model",
-        "source": "weights as built by the caller" + ("; input normalisation assumed to be torchvision's ImageNet mean/std"
+        "source": "weights as built by the caller" + (f"; input normalisation assumed: {preprocessing.name}"
                                                       if assumed else ""),
         "sha256": None,
     }
