@@ -193,8 +193,9 @@ def rectifier(func: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, 
     return None
 
 
-def is_max_pool(func: Callable) -> bool:
-    return func in MAX_POOLS
+def is_constant(func: Callable) -> bool:
+    """Whether the call's result is no function of the input's values (a query, a new tensor of its shape)."""
+    return func in QUERIES or func in CONSTANTS
 
 
 def is_in_place(func: Callable) -> bool:
