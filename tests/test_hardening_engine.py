@@ -547,5 +547,5 @@ def test_torchvision_weights_by_name_are_not_downloaded_offline(monkeypatch, tmp
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     for arch in ("resnet18", "vgg11"):
-        with pytest.raises(WeightsError, match=r"DECONVNET_OFFLINE is set and torchvision's weights for .* are not cached"):
+        with pytest.raises(WeightsError, match=r"DECONVNET_OFFLINE is set and torchvision's ImageNet weights for .* are not cached"):
             dn.load_model(arch, "DEFAULT")

@@ -84,9 +84,9 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
 def check_downloadable(url: str, arch: str) -> None:
     """Under ``DECONVNET_OFFLINE``, refuse at once weights that are not in torch.hub's cache (no download try)."""
     if os.environ.get("DECONVNET_OFFLINE") and not cached_checkpoint(url).is_file():
-        raise WeightsError(f"DECONVNET_OFFLINE is set and torchvision's weights for {arch} are not cached "
-                           f"({cached_checkpoint(url)}). Hint: unset DECONVNET_OFFLINE to download them, or use "
-                           "weights='random' or the path of a state_dict file")
+        raise WeightsError(f"DECONVNET_OFFLINE is set and torchvision's ImageNet weights for {arch} are not cached "
+                           f"({cached_checkpoint(url)}). Hint: unset DECONVNET_OFFLINE to download them; offline, use "
+                           "weights='mri' or 'hed' (vgg16 only), the path of a state_dict file, or weights='random'")
 
 
 def load_torchvision_weights(weights_enum: Any, arch: str) -> tuple[dict, dict]:
