@@ -10,21 +10,26 @@ forward                                 backward (the signal R coming down)
 ======================================  =====================================================================
 ``relu`` in any spelling: ``nn.ReLU``,  ``relu(R)``: the rule imposes the ReLU on the reconstruction and
 ``F.relu``, ``torch.relu``,             ignores the forward input (Captum's ``Deconvolution`` sees
-``Tensor.relu_`` ...                    ``nn.ReLU`` modules only and misses the functional ones);
-                                        ``rule="guided"``: ``relu(R) [x > 0]``; ``rule="gradient"``:
+``Tensor.relu_``, ``clamp(min=0)``,     ``nn.ReLU`` modules only and misses the functional ones);
+``clamp_min(0)``, ``threshold(0, 0)``   ``rule="guided"``: ``relu(R) [x > 0]``; ``rule="gradient"``:
                                         ``R [x > 0]``, autograd's own
-max-pooling                             its own gradient: the signal goes to the switch, summed where
-                                        windows share one (the exact transpose, as the chain's unpooling)
+max-pooling (also adaptive, and a max  its own gradient: the signal goes to the switch, summed where
+along dimensions)                       windows share one (the exact transpose, as the chain's unpooling)
 conv, BatchNorm (eval), linear,         their adjoints (autograd's backward of a linear map; biases drop out)
 pooling by averages, add, cat, ...
-SiLU, GELU, sigmoid, softmax, tanh,     refused before any projection, naming the module or function and
-LeakyReLU, ReLU6, LRN, LayerNorm, ...   where it is: they have no deconvnet rule
+anything else: SiLU, GELU, sigmoid,     refused before any projection, naming the function and the module
+exp, abs, softmax, LayerNorm, a         it is called in: there is no deconvnet rule for it. ``engine.ops``
+product of two input-dependent          holds the allow-list: every call on the input must be on it
+tensors, ...
 ======================================  =====================================================================
 
 A projection of targets at one layer costs one forward (shared by every target of the batch; it stops
 after the deepest target) and one backward per target, with the graph kept between them. A target is a
 module's output at its first call in the forward (a module called twice, such as the ``relu`` of a
 torchvision ``BasicBlock``, is seen at its first call; name the block itself for its output).
+
+The hooks of a forward act only for it (``models.lock.own_call``): a plain forward of the same model in
+another thread runs untouched.
 """
 
 from __future__ import annotations
