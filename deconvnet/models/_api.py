@@ -356,16 +356,18 @@ def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, 
     if isinstance(preprocessing, WeightsEnum):
         preprocessing = torchvision_preprocessing(preprocessing)
     assumed = preprocessing is None and weights is None
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    channels = first_conv.in_channels if first_conv is not None else 3
     if preprocessing is None:
-        first_conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-        gray = first_conv is not None and first_conv.in_channels == 1
+        gray = channels == 1
         preprocessing = torchvision_preprocessing(weights) if weights is not None else (GRAYSCALE if gray else TORCHVISION)
     if categories is None and weights is not None:
         categories = weights.meta.get("categories")
     provenance = {
         "weights": f"torchvision {type(weights).__name__}.{weights.name}" if weights is not None else "user model",
-        "source": "weights as built by the caller" + (f"; input normalisation assumed: {preprocessing.name}"
-                                                      if assumed else ""),
+        "source": "weights as built by the caller" + (
+            "" if not assumed else f"; input normalisation assumed: {preprocessing.name}" if channels in (1, 3)
+            else f"; {channels} input channels: inputs are built by the caller, not from images"),
         "sha256": None,
     }
     if isinstance(model, (VGG, AlexNet)):
