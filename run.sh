@@ -5,10 +5,14 @@
 #   ./run.sh lab    JupyterLab on notebooks/, with this project's kernel, on localhost only
 #   ./run.sh venv   only the set-up
 # Each creates .venv in the repo root from requirements.lock (pinned) when it is missing or out of date.
+#   DECONVNET_DRY_RUN=1 prints the command (one argument a line) instead of setting up and running it.
 set -euo pipefail
+caller=$PWD  # the user's paths in extra arguments are relative to where they typed the command
 cd "$(dirname "$0")"
+here=$PWD
 
 ensure_venv() {
+    [ -n "${DECONVNET_DRY_RUN:-}" ] && return
     local want
     want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
     if [ -x .venv/bin/python ] && [ "$(cat .venv/.deconvnet-installed 2>/dev/null)" = "$want" ]; then
@@ -21,6 +25,24 @@ ensure_venv() {
     .venv/bin/python -m pip install --quiet --no-deps -r requirements.lock
     .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
     echo "$want" > .venv/.deconvnet-installed
+}
+
+run() {
+    if [ -n "${DECONVNET_DRY_RUN:-}" ]; then
+        printf '%s\n' "$@"
+        exit 0
+    fi
+    exec "$@"
+}
+
+# given PATTERN ARGS...: whether one of ARGS sets an option matching PATTERN (--name=value or --name value)
+given() {
+    local pattern=$1 arg
+    shift
+    for arg in "$@"; do
+        [[ $arg =~ ^--($pattern)(=|$) ]] && return 0
+    done
+    return 1
 }
 
 cmd=${1:-}
@@ -41,17 +63,28 @@ case "$cmd" in
         # could otherwise run code as you), but the browser is opened with it and the URL printed below
         # carries it, so there is no login prompt. Settings for this .venv only (its overrides.json): open
         # notebooks with their kernel without asking, and no question about news feeds on first start.
-        mkdir -p .venv/share/jupyter/lab/settings
-        cat > .venv/share/jupyter/lab/settings/overrides.json <<'JSON'
+        if [ -z "${DECONVNET_DRY_RUN:-}" ]; then
+            mkdir -p .venv/share/jupyter/lab/settings
+            cat > .venv/share/jupyter/lab/settings/overrides.json <<'JSON'
 {
   "@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": true},
   "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}
 }
 JSON
-        root=()
-        [ "$(id -u)" = 0 ] && root=(--ServerApp.allow_root=True)  # containers often run as root
-        exec .venv/bin/python -m jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks \
-            --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate "${root[@]}" "$@"
+        fi
+        # Each default only where the user sets no value of their own: traitlets refuses an option given
+        # twice ("root_dir only accepts one value, got 2"). The server runs in the user's directory, so a
+        # relative --ServerApp.root_dir is relative to where they typed the command.
+        opts=()
+        given '(ServerApp\.)?ip' "$@" || opts+=(--ServerApp.ip=127.0.0.1)
+        given 'ServerApp\.root_dir|ServerApp\.notebook_dir|NotebookApp\.notebook_dir|notebook-dir' "$@" \
+            || opts+=("--ServerApp.root_dir=$here/notebooks")
+        given 'LabApp\.news_url' "$@" || opts+=(--LabApp.news_url=None)
+        given 'LabApp\.check_for_updates_class' "$@" || opts+=(--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate)
+        # containers often run as root
+        [ "$(id -u)" = 0 ] && ! given '(ServerApp\.)?allow_root|allow-root' "$@" && opts+=(--ServerApp.allow_root=True)
+        cd "$caller"
+        run "$here/.venv/bin/python" -m jupyter lab "${opts[@]}" "$@"
         ;;
     venv)
         ensure_venv

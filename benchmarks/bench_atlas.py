@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_atlas.py                       # conv3_3 and conv5_3, offline weights
     .venv/bin/python benchmarks/bench_atlas.py --layers conv3_3 --limit 64 --out /tmp/atlas-bench
+    .venv/bin/python benchmarks/bench_atlas.py --arch resnet50 --weights random --layers layer2,layer3 \
+        --compare vgg16:mri:conv3_3 --limit 64 --features 64   # a graph beside VGG, one run
 
 Each layer gets an atlas of its own, built from nothing in a fresh folder on the offline demo collection
 (374 crops of 17 photographs), so that each line is the cost of that layer alone. "project" is the
@@ -54,41 +56,52 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N images of the demo collection")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--format", default="jpeg", choices=("jpeg", "png", "webp"))
+    parser.add_argument("--features", type=int, default=None, help="only the first N channels of each layer (default: all)")
+    parser.add_argument("--compare", default=None, metavar="ARCH:WEIGHTS:LAYERS",
+                        help="also measure another model in the same run (layers separated by +), e.g. vgg16:mri:conv3_3")
     parser.add_argument("--out", type=Path, default=None, help="keep the atlases here (default: a temporary folder)")
     args = parser.parse_args()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = dn.load_model(args.arch, args.weights)
-    dataset = demo_collection(preprocessing=net.preprocessing)
-    if args.limit:
-        dataset = Head(dataset, args.limit)
+    runs = [(args.arch, args.weights, [l.strip() for l in args.layers.split(",") if l.strip()])]
+    if args.compare:
+        arch, weights, layers = args.compare.split(":")
+        runs.append((arch, weights, layers.split("+")))
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-atlas-"))
-    print(f"model: {net.describe()}")
-    print(f"data: {len(dataset)} images of the demo collection, 224 px; batch {args.batch_size}; images as {args.format}")
+    features = list(range(args.features)) if args.features else None
+    print(f"data: the demo collection{f', first {args.limit} images' if args.limit else ''}, 224 px; batch "
+          f"{args.batch_size}; images as {args.format}; {f'channels 0..{args.features - 1}' if features else 'every channel'}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (shared machine: timings vary by about 20%)")
     print()
-    header = f"{'layer':8} {'channels':>8} {'proj':>6} {'scan s':>7} {'stats s':>7} {'project s':>9} {'write s':>7} {'total s':>7} {'project/scan':>12} {'site MB':>8} {'files':>6}"
+    header = f"{'model':9} {'layer':8} {'channels':>8} {'proj':>6} {'scan s':>7} {'stats s':>7} {'project s':>9} {'write s':>7} {'total s':>7} {'project/scan':>12} {'site MB':>8} {'files':>6}"
     rows, details = [], []
-    for layer in [l.strip() for l in args.layers.split(",") if l.strip()]:
-        out = root / f"{args.arch}_{layer}"
-        if out.exists():
-            if not (out / "atlas.json").is_file():
-                sys.exit(f"{out} exists and is not an atlas; refusing to delete it")
-            shutil.rmtree(out)  # the benchmark's own earlier atlas: measure from nothing
-        t = time.perf_counter()
-        atlas = build_atlas(net, dataset, [layer], out, k=9, batch_size=args.batch_size, image_format=args.format,
-                            progress=False)
-        total = time.perf_counter() - t
-        tm = atlas.timings
-        rows.append(f"{layer:8} {len(atlas.channels[layer]):>8} {atlas.projected:>6} {tm['scan']:>7.1f} {tm['stats']:>7.1f} "
-                    f"{tm['project']:>9.1f} {tm['write']:>7.1f} {total:>7.1f} {tm['project'] / tm['scan']:>11.2f}x "
-                    f"{atlas.site_bytes / 2**20:>8.1f} {atlas.site_files:>6}")
-        kinds = sizes_by_kind(out)
-        details.append(f"{layer}: " + ", ".join(f"{k} {b / 2**20:.2f} MB ({n} files)" for k, (b, n) in kinds.items()))
-        print(header if len(rows) == 1 else "", end="\n" if len(rows) == 1 else "")
-        print(rows[-1], flush=True)
+    for arch, weights, layers in runs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = dn.load_model(arch, weights)
+        print(f"model: {net.describe()}")
+        dataset = demo_collection(preprocessing=net.preprocessing)
+        if args.limit:
+            dataset = Head(dataset, args.limit)
+        for layer in layers:
+            out = root / f"{arch}_{layer}"
+            if out.exists():
+                if not (out / "atlas.json").is_file():
+                    sys.exit(f"{out} exists and is not an atlas; refusing to delete it")
+                shutil.rmtree(out)  # the benchmark's own earlier atlas: measure from nothing
+            t = time.perf_counter()
+            atlas = build_atlas(net, dataset, [layer], out, k=9, features=features, batch_size=args.batch_size,
+                                image_format=args.format, progress=False)
+            total = time.perf_counter() - t
+            tm = atlas.timings
+            rows.append(f"{arch:9} {layer:8} {len(atlas.channels[layer]):>8} {atlas.projected:>6} {tm['scan']:>7.1f} "
+                        f"{tm['stats']:>7.1f} {tm['project']:>9.1f} {tm['write']:>7.1f} {total:>7.1f} "
+                        f"{tm['project'] / tm['scan']:>11.2f}x {atlas.site_bytes / 2**20:>8.1f} {atlas.site_files:>6}")
+            kinds = sizes_by_kind(out)
+            details.append(f"{arch} {layer}: " + ", ".join(f"{k} {b / 2**20:.2f} MB ({n} files)" for k, (b, n) in kinds.items()))
+            if len(rows) == 1:
+                print(header)
+            print(rows[-1], flush=True)
     print()
     for d in details:
         print(d)

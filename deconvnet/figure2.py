@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .engine import Deconvnet, Target
+from .plot import PRINT_WIDTH, TICK_PT, TITLE_PT, text_height, wrap_to_width
 from .images import pil_to_tensor01
 from .io import write_json
 from .models.weights import sha256_file
@@ -170,7 +171,7 @@ def plot_feature(tiles: FeatureTiles, axes: Sequence, scaling: str = DEFAULT_SCA
     for ax in axes[:2]:
         _blank(ax)
     if title:
-        axes[0].set_title(f"ch {tiles.channel}  (max {float(tiles.values[0]):.3g})", fontsize=7, loc="left", pad=2)
+        axes[0].set_title(f"ch {tiles.channel}  (max {float(tiles.values[0]):.3g})", fontsize=TICK_PT, loc="left", pad=2)
     return axes[0].figure
 
 
@@ -192,24 +193,25 @@ def plot_layer_grid(
     if scaling not in SCALINGS:
         raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
     n = len(features)
-    cols = cols or min(4, max(1, math.ceil(math.sqrt(n))))
+    cols = cols or min(3, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / cols)
-    width = 3.3 * cols
-    # text wrapped to the figure's width (about 11 characters per inch at 10 pt, 17 at 6 pt), and as
-    # many lines of room as it takes: a narrow grid of two features must not cut its title off
-    title_lines = _wrap(title, max(30, int(width * 11)))
-    footer_lines = _wrap(footer, max(50, int(width * 17)))
-    top, bottom = 0.25 + 0.2 * len(title_lines), 0.1 + 0.11 * len(footer_lines)
-    height = 1.75 * rows + top + bottom
+    # printed at a page's width (7 in), text of at least 7 pt: each feature's two mosaics share 7/cols in
+    width, margin, pair_gap, label = PRINT_WIDTH, 0.05, 0.12, 0.16
+    side = (width - 2 * margin - (cols - 1) * pair_gap) / cols / 2 - 0.02
+    head = wrap_to_width(title, width - 0.2, TITLE_PT)
+    foot = wrap_to_width(footer, width - 0.2, TICK_PT)
+    top, bottom = text_height(head, TITLE_PT) + 0.08, text_height(foot, TICK_PT) + 0.06
+    height = top + rows * (side + label) + bottom
     fig = plt.figure(figsize=(width, height))
-    grid = fig.add_gridspec(rows, cols * 2, wspace=0.04, hspace=0.22, left=0.01, right=0.99,
-                            top=1 - top / height, bottom=bottom / height)
     for k, tiles in enumerate(features):
         r, c = divmod(k, cols)
-        axes = [fig.add_subplot(grid[r, 2 * c]), fig.add_subplot(grid[r, 2 * c + 1])]
+        y = height - top - r * (side + label) - label - side
+        x = margin + c * (2 * side + 0.04 + pair_gap)
+        axes = [fig.add_axes([x / width, y / height, side / width, side / height]),
+                fig.add_axes([(x + side + 0.04) / width, y / height, side / width, side / height])]
         plot_feature(tiles, axes, scaling)
-    fig.suptitle("\n".join(title_lines), fontsize=10, y=1 - 0.08 / height, va="top")
-    fig.text(0.5, 0.04 / height, "\n".join(footer_lines), ha="center", va="bottom", fontsize=6, color="0.3")
+    fig.text(0.5, 1 - 0.05 / height, head, ha="center", va="top", fontsize=TITLE_PT)
+    fig.text(0.5, 0.04 / height, foot, ha="center", va="bottom", fontsize=TICK_PT, color="0.25")
     return fig
 
 
@@ -237,9 +239,11 @@ def write_layer_figure(
     footer = (f"{net.describe()}.  Receptive field {rf.size[0]} px, stride {rf.jump[0]}.  "
               f"Projections: {describe_scaling(scaling)}; outside the image: mid-gray / light gray.")
     fig = plot_layer_grid(features, title=title, footer=footer, scaling=scaling)
-    # large receptive fields get more pixels per tile (up to 300 dpi), so that a 196-px projection is not
-    # squeezed into 80 px: the structure of deep units is fine-grained
-    save_figure(fig, out, dpi=int(min(300, max(150, 1.5 * rf.size[0]))))
+    # a tile gets about as many pixels as the receptive field has (200 to 450 dpi), so that a 196-px
+    # projection is not squeezed into 80 px: the structure of deep units is fine-grained
+    mosaic_in = fig.axes[0].get_position().width * fig.get_figwidth()
+    tile_in = mosaic_in / math.ceil(math.sqrt(len(features[0].values)))
+    save_figure(fig, out, dpi=int(min(450, max(200, rf.size[0] / tile_in))))
     plt.close(fig)
     sidecar = out.with_name(out.name + ".json")  # named after the figure file: a PNG and an SVG keep their own
     meta = {
@@ -265,9 +269,3 @@ def write_layer_figure(
     }
     write_json(meta, sidecar)
     return out, sidecar
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width)

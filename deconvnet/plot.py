@@ -15,6 +15,9 @@ documented choice, one default everywhere (``show``, the ``project`` command, Fi
 
 from __future__ import annotations
 
+import math
+import re
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -181,3 +184,60 @@ def save_figure(fig, path, dpi: int = 150) -> None:
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+
+
+# --- print layout ---------------------------------------------------------------------------------------
+# The figures are drawn at the size they are printed (a page's text width, about 7 inches, or less), so
+# that a font size set here is the size on paper: nothing below 7 pt.
+
+PRINT_WIDTH = 7.0  # inches: a page's text width
+DPI = 200  # saved resolution: a 224 px map drawn 1.1 inches wide keeps its pixels
+TEXT_PT = 7.5  # panel titles, labels, legends, annotations
+TICK_PT = 7.0  # tick labels, colorbars, footers: the smallest text of any figure
+TITLE_PT = 9.0  # the figure's title
+
+
+def wrap_to_width(text: str, width_in: float, fontsize: float) -> str:
+    """Wrap each line of ``text`` so that it fits ``width_in`` inches at ``fontsize`` points (an average
+    character of DejaVu Sans is about 0.55 em wide); a formula (``R_in = R_out·[x > 0]``) is not broken."""
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    glue = "\x00"
+
+    def protect(line: str) -> str:  # spaces inside [...] and around "=" do not break
+        line = re.sub(r"\[[^\]]*\]", lambda m: m.group().replace(" ", glue), line)
+        return line.replace(" = ", f"{glue}={glue}")
+
+    return "\n".join(textwrap.fill(protect(line), chars).replace(glue, " ") for line in text.splitlines())
+
+
+def footer(fig, text: str, *, fontsize: float = TICK_PT) -> None:
+    """The figure's caption at its bottom edge, wrapped to the figure's width (as ``supxlabel``, so that
+    constrained layout makes room for it)."""
+    fig.supxlabel(wrap_to_width(text, fig.get_figwidth() - 0.2, fontsize), fontsize=fontsize, color="0.25")
+
+
+def title(fig, text: str, *, fontsize: float = TITLE_PT, legend: tuple[list, list] | None = None, ncol: int = 3) -> None:
+    """The figure's title, wrapped to its width, and under it a legend of the whole figure.
+
+    For a constrained layout both are put in a band at the top that the layout leaves free (matplotlib
+    stacks an "outside" legend on top of a suptitle otherwise).
+    """
+    text = wrap_to_width(text, fig.get_figwidth() - 0.2, fontsize)
+    if legend is None:
+        fig.suptitle(text, fontsize=fontsize)
+        return
+    height = fig.get_figheight()
+    head = text_height(text, fontsize) + 0.05
+    rows = math.ceil(len(legend[1]) / ncol)
+    band = head + rows * TEXT_PT * 1.5 / 72 + 0.08
+    fig.text(0.5, 1 - 0.05 / height, text, ha="center", va="top", fontsize=fontsize)
+    fig.legend(*legend, loc="upper center", bbox_to_anchor=(0.5, 1 - head / height), ncol=ncol, fontsize=TEXT_PT,
+               frameon=False, borderaxespad=0.2, columnspacing=1.5)
+    engine = fig.get_layout_engine()
+    if engine is not None and hasattr(engine, "set"):
+        engine.set(rect=(0, 0, 1, 1 - band / height))
+
+
+def text_height(text: str, fontsize: float) -> float:
+    """Inches taken by ``text`` (its lines at matplotlib's default line spacing, with a little air)."""
+    return (text.count("\n") + 1) * fontsize * 1.25 / 72 + 0.06

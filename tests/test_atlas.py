@@ -320,10 +320,12 @@ class Interrupting(torch.utils.data.Dataset):
         return getattr(self.__dict__["data"], name)
 
 
-def test_an_interrupted_build_resumes_to_the_same_files(net, tmp_path):
+def test_an_interrupted_build_resumes_to_the_same_files(net, tmp_path, monkeypatch):
     data = demo_collection(preprocessing=net.preprocessing, size=64, n=12)
     kwargs = dict(features=[0, 5, 7], batch_size=4, progress=False)  # jpeg: the default format
+    monkeypatch.setenv("DECONVNET_CACHE", str(tmp_path / "ref-cache"))  # else the build below finds its scan there
     ref = build_atlas(net, data, ["conv3_1"], tmp_path / "ref", **kwargs)
+    monkeypatch.setenv("DECONVNET_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "resumed"
     wrapped = Interrupting(data)
     scans = out / "scans"

@@ -17,6 +17,7 @@ import deconvnet as dn
 from deconvnet.analysis.methods import backward_maps, deconvnet_seed
 from deconvnet.engine import record
 from deconvnet.explore import Explorer, activation_colors, unit_at_pixel
+from deconvnet.explore.draw import TILE_GAP
 from deconvnet.engine import receptive_field
 
 from conftest import stop_server
@@ -98,16 +99,40 @@ def test_clicks_on_the_map_and_on_the_image_pick_that_unit(app):
     assert app.position == (0, 13)
 
 
-def test_strongest_channels_are_the_largest_maxima(app, vgg16):
+def _inside_brute_force(net, layer, map_size, hw):
+    """Units whose receptive-field box lies inside the image, unit by unit."""
+    rf = receptive_field(net, layer)
+    ok = torch.zeros(map_size, dtype=torch.bool)
+    for r in range(map_size[0]):
+        for c in range(map_size[1]):
+            top, left, bottom, right = rf.box(r, c)
+            ok[r, c] = top >= 0 and left >= 0 and bottom <= hw[0] and right <= hw[1]
+    return ok
+
+
+def test_strongest_channels_and_units_are_away_from_the_border(app, vgg16):
+    """The strongest list ranks channels by their largest activation among units whose receptive field lies
+    inside the image (a padding-corner unit does not make a channel 'strongest'); a new layer shows the
+    strongest such unit, and the status says where the map's maximum is when that is a border unit."""
     app.select(layer="conv3_3")
     act = record(vgg16, app.x, ["conv3_3"]).activations["conv3_3"][0]
-    peak = act.flatten(1).amax(1)
+    ok = _inside_brute_force(vgg16, "conv3_3", act.shape[-2:], app.x.shape[-2:])
+    assert 0 < int(ok.sum()) < ok.numel()
+    peak = torch.where(ok, act, torch.tensor(-float("inf"))).flatten(1).amax(1)
     got = app.strongest_channels(12)
     want = sorted(range(len(peak)), key=lambda c: (-float(peak[c]), c))[:12]
     assert [c for c, _ in got] == want
     assert [v for _, v in got] == [float(peak[c]) for c in want]
-    p = app.select(channel="max")
-    assert int(p.channel[0]) == want[0]
+    assert app.channel == want[0]  # what a new layer shows
+    r, c = app.position
+    assert ok[r, c] and act[want[0], r, c] == act[want[0]][ok].max()
+    # a unit at the corner: said to see the zero padding, with the strongest unit away from the border named
+    app.select(position=(0, 0))
+    assert app.at_border() and "At the image border" in app._w["status"].value
+    assert f"the strongest unit away from the border is ({r}, {c})" in app._w["status"].value
+    # "max" is the engine's: the map's maximum wherever it is
+    p = app.select(channel="max", position="max")
+    _same(p, dn.Deconvnet(vgg16).project(app.x, "conv3_3", "max", "max"))
 
 
 def test_the_method_toggle_shows_that_methods_map_of_the_same_seed(app, vgg16):
@@ -187,30 +212,173 @@ def test_an_upload_and_a_path_become_the_image_on_show(app, vgg16, tmp_path):
     _same(app.projection, dn.Deconvnet(vgg16).project(vgg16.preprocess(str(path), SIZE, SIZE), app.layer, app.channel, app.position))
 
 
-def test_top_k_tiles_of_a_scan(vgg16):
+@pytest.fixture(scope="module")
+def scanned(vgg16):
     from deconvnet.data import demo_collection
-    from deconvnet.figure2 import feature_tiles
     from deconvnet.scan import scan_top_k
 
     data = demo_collection(preprocessing=vgg16.preprocessing, size=64, n=17)
-    topk = scan_top_k(vgg16, data, ["conv3_3"], k=9, progress=False)
-    app = dn.explore(vgg16, data, topk, layer="conv3_3")
-    assert app.image_key == "#0 " + data.label(0)
+    return data, scan_top_k(vgg16, data, ["conv3_3"], k=9, progress=False)
+
+
+def test_top_k_tiles_of_a_scan(vgg16, scanned):
+    """The tiles are each unit's projection on its own image cropped to its box (exactly what
+    Deconvnet.project gives) and its image patch, as Figure 2's; a click on either mosaic opens the tile's
+    image at its unit, and the strongest list keeps showing the channel."""
+    from deconvnet.figure2 import feature_tiles
+
+    data, topk = scanned
+    app = dn.explore(vgg16, data, topk, layer="conv3_3", background=False)
+    assert app.image_key == "#0 astronaut: whole photo"  # an item named in words
     channel = int(topk.values["conv3_3"][:, 0].argmax())
     app.select(channel=channel)
+    got = app.tiles
+    for k in range(len(got.values)):
+        x = data[int(got.images[k])][0][None]
+        p = dn.Deconvnet(vgg16).project(x, "conv3_3", channel, tuple(got.positions[k].tolist()))
+        assert torch.equal(got.projections[k], dn.plot.crop_box(p.projection_rgb()[0], p.box[0], 0.0))
     want = feature_tiles(vgg16, data, topk, "conv3_3", [channel], progress=False)[0]
-    assert torch.equal(app.tiles.projections, want.projections) and torch.equal(app.tiles.images, want.images)
-    # a click on the fifth tile opens its image at its unit, whose activation is the scan's
+    assert torch.equal(got.images, want.images) and torch.equal(got.positions, want.positions)
+    assert got.boxes == want.boxes and torch.equal(got.patches, want.patches)
+    # feature_tiles forwards its nine images as one batch, the explorer each image alone: the rounding of
+    # the convolutions differs with the batch, nothing else
+    assert torch.allclose(got.projections, want.projections, rtol=0, atol=1e-6 * float(want.projections.abs().max()))
+    # a click on the fifth tile, on its projection and then on its patch, opens its image at its unit
     k = 4
     cols = math.ceil(math.sqrt(len(want.values)))
-    step = app._tile_px + app._tile_gap
-    p = app.click_tile((k % cols + 0.5) * step, (k // cols + 0.5) * step)
-    assert app.image_key == app._item_key(int(want.images[k]))
-    assert app.position == tuple(want.positions[k].tolist()) and app.channel == channel
-    assert torch.isclose(p.activation[0].double(), want.values[k].double(), rtol=1e-5)
+    step = app._tile_px + TILE_GAP
+    for mosaic in ("tiles", "tile_patches"):
+        app.select(image="chelsea")
+        event = app._events[["image", "activation", "tiles", "tile_patches"].index(mosaic)]
+        assert event.source is app._w[mosaic] and "click" in event.watched_events
+        p = app.click_tile((k % cols + 0.5) * step, (k // cols + 0.5) * step)
+        assert app.image_key == app._item_key(int(want.images[k]))
+        assert app.position == tuple(want.positions[k].tolist()) and app.channel == channel
+        assert torch.isclose(p.activation[0].double(), want.values[k].double(), rtol=1e-5)
+        assert app._w["strongest"].value == channel  # not blank: the channel on show stays listed
+        assert dict((v, l) for l, v in app._w["strongest"].options)[channel].startswith(f"{channel} ")
     # a layer the scan does not have: a note instead of tiles
     app.select(layer="relu4_3")
     assert app.tiles is None and "has no relu4_3" in app.tiles_message
+
+
+def test_the_tiles_come_after_the_main_view(vgg16, scanned):
+    """With background=True (the default), select draws the view and returns while the tiles of a channel
+    not seen before are computed on another thread; they are drawn when ready, and kept."""
+    import threading
+
+    data, topk = scanned
+    app = dn.explore(vgg16, data, topk, layer="conv3_3")
+    app.wait_tiles()
+    release, started = threading.Event(), threading.Event()
+    compute = app.worker.source.compute
+
+    def slow(*args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return compute(*args, **kwargs)
+
+    app.worker.source.compute = slow
+    channel = next(c for c in range(topk.values["conv3_3"].shape[0]) if (app.layer, c) not in app.worker.cache)
+    p = app.select(channel=channel)  # returns although the tiles cannot be made yet
+    assert started.wait(60) and app.projection is p and app.channel == channel
+    assert "computing" in app._w["tiles_note"].value and app._w["tiles_box"].layout.display == "none"
+    release.set()
+    app.wait_tiles()
+    assert app._shown_tiles is app.worker.cache[(app.layer, channel)] and app._w["tiles_box"].layout.display is None
+    assert app.timings["tiles"] > 0
+    app.worker.source.compute = compute
+    app.select(channel=channel, position=(1, 1))
+    app.select(channel=(channel + 1) % 8)
+    app.wait_tiles()
+    app.select(channel=channel)  # seen before: drawn with the view, from what was kept
+    assert app._shown_tiles is app.worker.cache[(app.layer, channel)] and app._w["tiles_note"].value == ""
+
+
+def test_item_names_say_what_the_crop_is():
+    from deconvnet.data import demo_collection
+    from deconvnet.explore.state import item_name
+
+    data = demo_collection(preprocessing=dn.load_vgg("vgg11", "random").preprocessing, size=32)
+    names = [item_name(data, i) for i in range(len(data))]
+    assert names[0] == "#0 astronaut: whole photo"
+    assert names[17] == "#17 astronaut: top-left crop, 75%"
+    assert names[-1].endswith(", mirrored") and "@" not in "".join(names)
+    assert len(set(names)) == len(names)
+
+
+# --- graphs (ResNet, GoogLeNet) ----------------------------------------------------------------------------
+
+GRAPH_SIZE = 96
+
+
+@pytest.fixture(scope="module", params=["resnet18", "googlenet"])
+def graph_app(request):
+    net = dn.load_model(request.param, "random")
+    return dn.explore(net, "astronaut", size=GRAPH_SIZE)
+
+
+def _one_thread(fn):
+    """The reference computed with the app's one torch thread: a graph's backward sums in an order that
+    depends on the number of threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_graph_layers_offered_default_layers_first(graph_app):
+    app, deconv = graph_app, dn.Deconvnet(graph_app.net)
+    defaults = deconv.default_layers()
+    spatial = deconv.spatial_layers()
+    assert app.layers[: len(defaults)] == defaults and len(defaults) >= 3
+    assert set(app.layers) == set(spatial) | {"fc"} and app.layers[-1] == "fc" == app.class_layer  # not an aux head
+    assert app.layer == defaults[len(defaults) // 2]  # a middle-deep stage first
+    stage = defaults[1]
+    got = app.layer_options(stage.upper())
+    assert got[0] == stage and got == [n for n in app.layers if stage in n]
+    # the dropdown follows the filter, and keeps the layer on show
+    app._w["layer_filter"].value = stage
+    assert [v for _, v in app._w["layer"].options] == [app.layer] + got and app._w["layer"].value == app.layer
+    app._w["layer_filter"].value = ""
+    assert len(app._w["layer"].options) == len(app.layers)
+
+
+@pytest.mark.parametrize("which, channel, position", [(0, 3, (1, 2)), (1, 5, (0, 0)), (2, 2, "max"), (-1, 1, (1, 1))])
+def test_graph_select_shows_exactly_what_project_returns(graph_app, which, channel, position):
+    app = graph_app
+    layer = app.default_layers[which]
+    p = app.select(layer=layer, channel=channel, position=position, method="deconvnet")
+    ref = _one_thread(lambda: dn.Deconvnet(app.net).project(app.x, layer, channel, position))
+    _same(p, ref)
+    assert app.pictures()["image"].shape[:2] == (224, 224)
+    rf = receptive_field(app.net, layer)
+    assert tuple(p.box[0].tolist()) == rf.box(*app.position)
+
+
+def test_graph_class_scores_by_name(graph_app):
+    app = graph_app
+    app.net.categories = [f"thing {i}" for i in range(1000)]
+    try:
+        p = app.select(layer="fc", channel="thing 7")
+        assert app.channel == 7 and app.is_class and p.label == ["thing 7"]
+        ref = _one_thread(lambda: dn.Deconvnet(app.net).project(app.x, "fc", 7))
+        assert torch.equal(p.projection, ref.projection) and torch.equal(p.activation, ref.activation)
+        scores = record(app.net, app.x, ["fc"]).activations["fc"][0]
+        top = torch.argsort(scores, descending=True)[:10].tolist()
+        assert [c for c, _ in app.strongest_channels(10)] == top
+        assert "<b>thing 7</b>" in app._w["status"].value and app._w["unit_row"].layout.display == "none"
+        # a click on the second bar of the class-score panel picks the second strongest class
+        app.click_map(5, 20 * 1 + 10)
+        assert app.channel == top[1]
+        with pytest.raises(ValueError, match="unknown class 'no such thing'"):
+            app.select(channel="no such thing")
+        app.select(layer=app.default_layers[-1])
+        assert not app.is_class and app._w["unit_row"].layout.display is None
+    finally:
+        app.net.categories = None
 
 
 # --- in a real browser ------------------------------------------------------------------------------------
@@ -233,12 +401,24 @@ def _browser_missing() -> str | None:
     return None
 
 
+BROWSER_CASES = {
+    # arch: (the notebook's model, layer shown first, map side, cell (row, col) clicked, listed first, listed,
+    # not listed)
+    "vgg16": ("dn.load_vgg('vgg16', 'random')", "relu4_3", 14, (9, 2), ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"],
+              {"relu4_3", "pool5", "fc8 (class scores)"}, {"fc6"}),
+    "resnet18": ("dn.load_model('resnet18', 'random')", "layer3", 7, (2, 5), ["layer1", "layer2", "layer3", "layer4"],
+                 {"layer3.1.conv2", "fc (class scores)"}, {"avgpool"}),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
-def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
-    """JupyterLab on localhost, a notebook calling dn.explore run in headless Chromium: the app renders its
-    pictures and controls, and a click on the activation map shows that unit (through ipyevents and the
-    kernel). The screenshots are kept in DECONVNET_SCREENSHOTS when it names a folder."""
+@pytest.mark.parametrize("arch", list(BROWSER_CASES))
+def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
+    """JupyterLab on localhost, a notebook calling dn.explore run in headless Chromium, on a chain (VGG16) and
+    a graph (ResNet-18): the app renders its pictures and controls, no label is clipped, and a click on the
+    activation map shows that unit (through ipyevents and the kernel). The screenshots are kept in
+    DECONVNET_SCREENSHOTS when it names a folder."""
     import json
     import os
     import secrets
@@ -259,7 +439,8 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
     root.mkdir()
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
-        "import deconvnet as dn\nnet = dn.load_vgg('vgg16', 'random')\napp = dn.explore(net, 'chelsea', size=112)\napp")]
+        f"import deconvnet as dn\nnet = {BROWSER_CASES[arch][0]}\napp = dn.explore(net, 'chelsea', size=112)\napp")]
+    first, side, (row, col), defaults, listed, unlisted = BROWSER_CASES[arch][1:]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "explore.ipynb")
     # this test's own JupyterLab settings, config and data folders: nothing of the user's is read or written
@@ -268,7 +449,10 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
     for rel, value in settings.items():
         (tmp_path / "settings" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "settings" / rel).write_text(json.dumps(value))
-    env = dict(os.environ, DECONVNET_OFFLINE="1", JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+    # the kernel imports the package this test imported (a worktree's, not another installed copy)
+    package_root = os.path.dirname(os.path.dirname(dn.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+               DECONVNET_OFFLINE="1", JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
                JUPYTER_DATA_DIR=str(tmp_path / "data"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
     with socket.socket() as s:
@@ -331,21 +515,52 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path):
                    for s in app.find_elements(By.CSS_SELECTOR, "select")}
         assert {"image", "layer", "strongest"} <= set(selects)
         layers = [o.text for o in selects["layer"].find_elements(By.TAG_NAME, "option")]
-        assert "relu4_3" in layers and "pool5" in layers and "fc6" not in layers
-        assert selects["layer"].get_attribute("value") == "relu4_3" or "relu4_3" in selects["layer"].text
+        assert listed <= set(layers) and not unlisted & set(layers)
+        assert layers[: len(defaults)] == defaults  # the default layers come first
+        assert f"<b>{first} channel" in app.get_attribute("innerHTML")
         assert {"deconvnet", "guided backprop", "gradient"} <= {b.text for b in app.find_elements(By.TAG_NAME, "button")}
+        clipped = driver.execute_script(
+            "return [...arguments[0].querySelectorAll('label, .widget-html-content, .widget-label')]"
+            ".filter(e => e.offsetWidth > 0 && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)", app)
+        assert clipped == []  # every label shows all its words
         sizes = [driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", i) for i in imgs]
-        assert sizes[:3] == [[224, 224]] * 3  # image, activation map (14 cells of 16 px), projection
+        cell = 224 // side
+        assert sizes[:3] == [[224, 224]] * 3  # image, activation map (whole cells), projection
         driver.save_screenshot(str(tmp_path / "explorer.png"))
-        # a click at the activation map's cell (9, 2): the picture's centre is (112, 112) px, cells are 16 px
-        ActionChains(driver).move_to_element_with_offset(imgs[1], 2 * 16 + 8 - 112, 9 * 16 + 8 - 112).click().perform()
-        wait(lambda: "unit (9, 2) of the 14x14 map" in app.text, 60, "the clicked unit to be shown")
+        # a click at the centre of an activation map's cell: the picture's centre is (112, 112) px
+        ActionChains(driver).move_to_element_with_offset(imgs[1], col * cell + cell // 2 - 112,
+                                                         row * cell + cell // 2 - 112).click().perform()
+        wait(lambda: f"unit ({row}, {col}) of the {side}x{side} map" in app.text, 60, "the clicked unit to be shown")
         assert "recorded forward reused" in app.text  # the click ran no forward
         driver.save_screenshot(str(tmp_path / "explorer_clicked.png"))
         if shots:
             for name in ("explorer.png", "explorer_clicked.png"):
-                shutil.copy(tmp_path / name, shots)
+                shutil.copy(tmp_path / name, os.path.join(shots, f"{arch}_{name}"))
     finally:
         if driver is not None:
             driver.quit()
         stop_server(server, log)
+
+
+@pytest.mark.slow
+def test_notebook_says_a_weights_fallback_in_one_plain_line(tmp_path, monkeypatch):
+    """Notebook 06 offline (weights='auto' falls back): the fallback is one 'Note:' line on stdout, not a red
+    stderr box quoting source code; nothing else writes to stderr, and the explorers (VGG16 with a scan,
+    ResNet-18) are shown."""
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(__file__).parents[1] / "notebooks" / "06_explore.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for name, value in (("DECONVNET_QUICK", "1"), ("DECONVNET_OFFLINE", "1"), ("MPLBACKEND", "Agg")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PYTHONPATH", str(Path(dn.__file__).parents[1]))  # this package, in the kernel too
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert [o for o in outputs if o.get("name") == "stderr" or o.get("output_type") == "error"] == []
+    notes = [line for o in outputs if o.get("name") == "stdout" for line in o["text"].splitlines() if line.startswith("Note:")]
+    assert notes and all("weights='auto'" in n for n in notes)
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) == 2

@@ -162,7 +162,9 @@ def test_many_targets_in_one_forward_equal_one_by_one(resnet18):
     deconv = dn.Deconvnet(resnet18)
     targets = [dn.Target("layer3", c) for c in range(0, 40, 5)] + [dn.Target("layer2.0.conv1", 3, (2, 3)),
                                                                   dn.Target("layer4", 1, "all")]
-    deconv.project_many(x, targets)  # the first call measures the map sizes and the receptive fields (forwards)
+    deconv.project(x, "layer1", 0)  # the first call measures the model's map sizes once (a forward at 224 px)
+    for layer in ("layer3", "layer2.0.conv1"):  # and each layer's receptive field, once (for the boxes)
+        deconv.receptive_field(layer)
     calls = {"n": 0}
     handle = resnet18.conv1.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
     try:

@@ -135,7 +135,7 @@ def test_pip_install_gives_a_working_command(tmp_path):
     assert f"Version: {dn.__version__}" in meta and "License-Expression: MIT" in meta
     assert any(f.endswith(".dist-info/licenses/LICENSE") for f in files)
     assert "deconvnet = deconvnet.cli:main" in entry
-    assert "deconvnet/explore.py" in files and not any(f.startswith(("tests/", "notebooks/")) for f in files)
+    assert "deconvnet/explore/app.py" in files and not any(f.startswith(("tests/", "notebooks/")) for f in files)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
@@ -191,10 +191,14 @@ ALEXNET_224 = {"conv1": ("64", "55x55", 11, 4, 2), "pool1": ("64", "27x27", 19, 
 def test_layers_lists_channels_map_sizes_and_receptive_fields(arch, want, capsys, request):
     code, out, err = run(["layers", "--arch", arch, "--size", "224"], capsys)
     assert code == 0, err
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
+    assert out.splitlines()[-1].startswith("default: * marks")
     assert list(rows) == list(request.getfixturevalue(arch).layers)  # the conftest's models
     for layer, (channels, size, r, j, p) in want.items():
-        assert rows[layer][2:] == [channels, size, str(r), "px", str(j), str(p)], rows[layer]
+        assert rows[layer][2:8] == [channels, size, str(r), "px", str(j), str(p)], rows[layer]
+    defaults = [layer for layer, row in rows.items() if row[-1] == "*"]
+    assert defaults == (["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"] if arch == "vgg16"
+                        else ["conv1", "conv2", "conv3", "conv4", "conv5"])
     assert rows["fc8"][2:] == ["1000", "-", "whole", "image", "-", "-"]
 
 
@@ -316,3 +320,47 @@ def test_run_sh_lab_serves_the_notebooks_on_localhost_with_the_projects_kernel(t
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=3)
     finally:
         stop_server(server, log)
+
+
+def _lab_command(*args: str, cwd: Path) -> list[str]:
+    """What ``./run.sh lab ARGS`` would run, from ``cwd`` (its dry run: nothing is set up or started)."""
+    done = subprocess.run([str(ROOT / "run.sh"), "lab", *args], env=dict(os.environ, DECONVNET_DRY_RUN="1"), cwd=cwd,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _lab_config(command: list[str]) -> dict:
+    """The ServerApp settings JupyterLab reads from ``command`` (exits, as the server would, on a bad one)."""
+    labapp = pytest.importorskip("jupyterlab.labapp")
+    app = labapp.LabApp()
+    app.parse_command_line(command[4:])
+    return dict(app.config["ServerApp"])
+
+
+def test_run_sh_lab_takes_the_users_root_dir_and_gives_its_own_only_without_one(tmp_path):
+    command = _lab_command(cwd=tmp_path)
+    assert command[:4] == [str(ROOT / ".venv" / "bin" / "python"), "-m", "jupyter", "lab"]
+    assert _lab_config(command) == {**({"allow_root": True} if os.getuid() == 0 else {}),
+                                    "ip": "127.0.0.1", "root_dir": str(ROOT / "notebooks")}
+    # "root_dir only accepts one value, got 2" was the answer to this, though the README says options pass as usual
+    command = _lab_command("--ServerApp.root_dir=DIR", "--no-browser", cwd=tmp_path)
+    assert [a for a in command if "root_dir" in a] == ["--ServerApp.root_dir=DIR"]
+    config = _lab_config(command)
+    assert config["root_dir"] == "DIR" and config["open_browser"] is False and config["ip"] == "127.0.0.1"
+    for given in (["--notebook-dir=x"], ["--ServerApp.notebook_dir", "x"], ["--ServerApp.root_dir", "x"]):
+        command = _lab_command(*given, cwd=tmp_path)
+        assert not any(a.startswith("--ServerApp.root_dir=") for a in command), given
+        config = _lab_config(command)
+        assert config.get("root_dir", config.get("notebook_dir")) == "x"  # notebook_dir: the old name, still read
+    assert _lab_config(_lab_command("--ip", "0.0.0.0", cwd=tmp_path))["ip"] == "0.0.0.0"
+
+
+def test_built_atlases_and_figure_scans_are_ignored_by_git():
+    import shutil
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("atlas/index.html", "atlas/scans/topk-conv5_3.pt", "figures/scans/scan.pt"):
+        done = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", path])
+        assert done.returncode == 0, f"{path} is not ignored"

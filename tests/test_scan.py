@@ -297,7 +297,8 @@ def test_figures_script_on_the_demo_collection(tmp_path, capsys):
     # a rerun reuses the finished scan
     code = main(["figures", "--weights", "random", "--layers", "conv2_2,relu4_1", "--features", "2", "--k", "4",
                  "--limit", "20", "--crop", "64", "--out", str(tmp_path), "--quiet", "--only", "top9"])
-    assert code == 0 and "reusing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 0 and "conv2_2, relu4_1 read from the scan cache" in out, out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -364,3 +365,111 @@ def test_figures_script_bad_device(device, message, tmp_path, capsys):
     code = main(["figures", "--weights", "random", "--device", device, "--out", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+# --- the shared scan cache --------------------------------------------------------------------------------
+
+class Described(Tensors):
+    """Tensors that describe themselves by their content (as deconvnet.data's collections do by their files and
+    transform), so that the scan cache can tell one collection from another."""
+
+    def describe(self):
+        import hashlib
+
+        return {"kind": "tensors", "n_images": len(self.x), "digest": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()}
+
+
+def assert_same_scan(a: TopK, b: TopK) -> None:
+    assert a.layers == b.layers and a.k == b.k and a.per_group == b.per_group and a.map_size == b.map_size
+    for layer in a.layers:
+        for part in ("values", "images", "positions"):
+            assert torch.equal(getattr(a, part)[layer], getattr(b, part)[layer]), (layer, part)
+
+
+def test_scan_cache_serves_the_same_scan_and_misses_any_other(small, tmp_path):
+    import copy
+
+    net, ds = small
+    ds = Described(ds.x)
+    unread = Described(ds.x, fail_at=0)  # reading any item is a KeyboardInterrupt: a scan served from the cache reads none
+    cache = tmp_path / "cache"
+    layers = ["conv2_1", "pool3"]
+    first = scan_top_k(net, ds, layers, k=4, batch_size=5, progress=False, cache=cache)
+    assert first.provenance["cache"] == {"found": [], "scanned": layers}
+    assert len(list(cache.glob("topk-*.pt"))) == 2 and not list(cache.glob("partial-*.pt"))  # one entry per layer
+    plain = scan_top_k(net, ds, layers, k=4, batch_size=5, progress=False)
+    assert_same_scan(first, plain)
+
+    again = scan_top_k(net, unread, layers, k=4, batch_size=3, progress=False, cache=cache)
+    assert again.provenance["cache"]["found"] == layers and again.provenance["cache"]["scanned"] == []
+    assert_same_scan(again, plain)
+    # some of the layers, and a smaller k: the same entries serve them, equal to scanning anew
+    sub = scan_top_k(net, unread, ["pool3"], k=2, progress=False, cache=cache)
+    assert_same_scan(sub, scan_top_k(net, ds, ["pool3"], k=2, progress=False))
+    # a layer more: only that one is scanned
+    more = scan_top_k(net, ds, ["conv2_1", "conv3_1"], k=4, progress=False, cache=cache)
+    assert more.provenance["cache"]["found"] == ["conv2_1"] and more.provenance["cache"]["scanned"] == ["conv3_1"]
+    assert_same_scan(more, scan_top_k(net, ds, ["conv2_1", "conv3_1"], k=4, progress=False))
+
+    # anything else is another scan: a larger k, another per-group limit, other images, other weights (the same
+    # provenance, a weight changed in place)
+    changed = copy.deepcopy(net)
+    with torch.no_grad():
+        changed.layers["conv1_1"].weight[0, 0, 0, 0] += 1.0
+    misses = [dict(net=net, data=unread, k=5, per_group=1), dict(net=net, data=unread, k=4, per_group=None),
+              dict(net=net, data=Described(ds.x.flip(0), fail_at=0), k=4, per_group=1),
+              dict(net=changed, data=unread, k=4, per_group=1)]
+    assert changed.provenance == net.provenance
+    for miss in misses:
+        with pytest.raises(KeyboardInterrupt):
+            scan_top_k(miss["net"], miss["data"], ["pool3"], k=miss["k"], per_group=miss["per_group"], progress=False, cache=cache)
+    # a larger k replaces the entry, which then serves both
+    scan_top_k(net, ds, ["pool3"], k=6, progress=False, cache=cache)
+    assert_same_scan(scan_top_k(net, unread, ["pool3"], k=4, progress=False, cache=cache), plain.select(["pool3"]))
+
+
+def test_scan_cache_folder_and_unidentifiable_datasets(small, tmp_path, monkeypatch):
+    from deconvnet.cache import default_cache_dir, scan_cache_dir
+
+    monkeypatch.setenv("DECONVNET_CACHE", str(tmp_path / "shared"))
+    assert scan_cache_dir(True) == tmp_path / "shared" / "scans" and scan_cache_dir(False) is None
+    monkeypatch.delenv("DECONVNET_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "deconvnet"
+    monkeypatch.setenv("DECONVNET_CACHE", str(tmp_path / "shared"))
+
+    net, ds = small
+
+    class Anonymous(Dataset):  # no describe(): nothing tells its images from others of the same length
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            return ds[i]
+
+    with pytest.warns(UserWarning, match="not cached"):
+        topk = scan_top_k(net, Anonymous(), ["conv2_1"], k=2, progress=False, cache=True)
+    assert "cache" not in topk.provenance and not (tmp_path / "shared").exists()
+    scan_top_k(net, Described(ds.x), ["conv2_1"], k=2, progress=False, cache=True)
+    assert len(list((tmp_path / "shared" / "scans").glob("topk-*.pt"))) == 1
+
+
+def test_the_figure_scripts_scan_serves_a_notebook(tmp_path, capsys):
+    """The figure script and a notebook scanning the same collection with the same model: the second reads it."""
+    from deconvnet.data import Head, demo_collection
+
+    args = ["figures", "--weights", "random", "--layers", "conv2_2,relu4_1", "--features", "1", "--k", "3",
+            "--limit", "12", "--crop", "48", "--out", str(tmp_path / "figs"), "--quiet", "--only", "top9"]
+    assert main(args) == 0
+    assert "conv2_2, relu4_1 stored in the scan cache" in capsys.readouterr().out
+    net = dn.load_model("vgg16", "random", seed=0)  # what the script loaded, loaded again
+    data = Head(demo_collection(preprocessing=net.preprocessing, size=48), 12)
+
+    class Unread(Head):
+        def __getitem__(self, i):
+            raise AssertionError("an item was read: the scan was not served from the cache")
+
+    served = scan_top_k(net, Unread(demo_collection(preprocessing=net.preprocessing, size=48), 12), ["relu4_1"], k=3,
+                        progress=False, cache=True)
+    assert served.provenance["cache"] == {"found": ["relu4_1"], "scanned": []}
+    assert_same_scan(served, scan_top_k(net, data, ["relu4_1"], k=3, progress=False))

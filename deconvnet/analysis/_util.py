@@ -10,66 +10,62 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..engine import default_layers, record, spatial_layers
 from ..models import Net
-from ..models.lock import own_call, owns
 
 
 class _Stop(Exception):
     """Raised by a forward hook once everything a computation needs has been produced."""
 
 
+def output_layer(net: Net) -> str | None:
+    """The layer whose output is the model's class scores (B, n_classes), or None (features only).
+
+    A VGG or AlexNet: the last classifier layer (``fc8``) where the weights have one. Any other model: the last
+    layer its forward finishes, when that output is (B, F) with F > 1 (ResNet ``fc``, GoogLeNet ``fc``,
+    DenseNet ``classifier``); a model that ends on maps has none.
+    """
+    if net.is_chain and net.features is not None:
+        return list(net.layers)[-1] if net.classifier is not None else None
+    shapes = net.output_shapes()
+    if not shapes:
+        return None
+    last, shape = list(shapes.items())[-1]
+    return last if len(shape) == 2 and shape[1] > 1 else None
+
+
 def forward_capture(
     net: Net, x: torch.Tensor, layers: Sequence[str], *, logits: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """One forward of ``net.model`` that keeps copies of the outputs of ``layers``.
+    """One forward (``engine.record``) that keeps the outputs of ``layers``, and the class scores if asked.
 
     Args:
-        net: the model.
+        net: the model (a chain or a graph).
         x: (B, 3, H, W) model input.
-        layers: paper layer names whose outputs to keep (cloned: torchvision's ReLUs work in place).
-        logits: run the whole model and return its output too (needs a classifier); otherwise the forward
-            stops after the deepest layer asked for.
+        layers: layer names whose outputs to keep.
+        logits: also return the class scores, the output of ``output_layer(net)`` (needs a classifier);
+            the forward stops after the deepest layer needed.
 
     Returns:
         ``({layer: output}, logits or None)``.
     """
-    if logits and net.classifier is None:
+    scores = output_layer(net) if logits else None
+    if logits and scores is None:
         raise ValueError(f"{net.describe()} has no classifier, so there are no class scores. "
                          "Hint: load weights with a classifier (weights='imagenet' or 'random')")
-    modules = {layer: net.check_layer(layer) for layer in layers}
-    deepest = max((net.depth(layer) for layer in layers), default=-1)
-    out: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def make_hook(layer: str, stop: bool):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not owns(token):  # another thread's forward of the model
-                return
-            out[layer] = output.detach().clone()
-            if stop:
-                raise _Stop
-
-        return hook
-
-    result = None
-    with own_call() as token:
-        try:
-            for layer, m in modules.items():
-                stop = not logits and net.depth(layer) == deepest
-                handles.append(m.register_forward_hook(make_hook(layer, stop)))
-            with torch.no_grad():
-                result = net.model(x)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-    return out, (result.detach() if logits else None)
+    wanted = list(dict.fromkeys([*layers, *([scores] if logits else [])]))
+    acts = record(net, x, wanted, switches=False).activations
+    return {layer: acts[layer] for layer in layers}, (acts[scores] if logits else None)
 
 
 def class_names(net: Net) -> list[str] | None:
-    """ImageNet class names when the classifier's weights are ImageNet's, else None (classes unknown)."""
-    if net.classifier is None or net.provenance.get("categories") != "ImageNet-1k":
+    """The class names of the outputs where the weights give them (``net.categories``; ImageNet's for a VGG
+    whose classifier weights are ImageNet's), else None (classes unknown)."""
+    if output_layer(net) is None:
+        return None
+    if net.categories is not None:
+        return list(net.categories)
+    if net.provenance.get("categories") != "ImageNet-1k":
         return None
     from torchvision.models import VGG16_Weights
 
@@ -84,7 +80,7 @@ def label(net: Net, k: int) -> str:
 
 def classifier_line(net: Net) -> str:
     """What the class panels of a figure rest on, in words."""
-    if net.classifier is None:
+    if output_layer(net) is None:
         return "no classifier in these weights (features only)"
     if class_names(net) is None:
         return "classifier weights are not ImageNet's (class indices have no names)"
@@ -105,61 +101,8 @@ def fill_words(net: Net) -> str:
     return "zero in the model's input space (the preprocessing's mean colour)"
 
 
-# --- print layout ---------------------------------------------------------------------------------------
-# The figures are drawn at the size they are printed (a page's text width, about 7 inches, or less), so
-# that a font size set here is the size on paper: nothing below 7 pt.
-
-PRINT_WIDTH = 7.0  # inches: a page's text width
-DPI = 200  # saved resolution: a 224 px map drawn 1.1 inches wide keeps its pixels
-TEXT_PT = 7.5  # panel titles, labels, legends, annotations
-TICK_PT = 7.0  # tick labels, colorbars, footers: the smallest text of any figure
-TITLE_PT = 9.0  # the figure's title
-
-
-def wrap_to_width(text: str, width_in: float, fontsize: float) -> str:
-    """Wrap each line of ``text`` so that it fits ``width_in`` inches at ``fontsize`` points (an average
-    character of DejaVu Sans is about 0.55 em wide); a formula (``R_in = R_out·[x > 0]``) is not broken."""
-    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
-    glue = "\x00"
-
-    def protect(line: str) -> str:  # spaces inside [...] and around "=" do not break
-        line = re.sub(r"\[[^\]]*\]", lambda m: m.group().replace(" ", glue), line)
-        return line.replace(" = ", f"{glue}={glue}")
-
-    return "\n".join(textwrap.fill(protect(line), chars).replace(glue, " ") for line in text.splitlines())
-
-
-def footer(fig, text: str, *, fontsize: float = TICK_PT) -> None:
-    """The figure's caption at its bottom edge, wrapped to the figure's width (as ``supxlabel``, so that
-    constrained layout makes room for it)."""
-    fig.supxlabel(wrap_to_width(text, fig.get_figwidth() - 0.2, fontsize), fontsize=fontsize, color="0.25")
-
-
-def title(fig, text: str, *, fontsize: float = TITLE_PT, legend: tuple[list, list] | None = None, ncol: int = 3) -> None:
-    """The figure's title, wrapped to its width, and under it a legend of the whole figure.
-
-    For a constrained layout both are put in a band at the top that the layout leaves free (matplotlib
-    stacks an "outside" legend on top of a suptitle otherwise).
-    """
-    text = wrap_to_width(text, fig.get_figwidth() - 0.2, fontsize)
-    if legend is None:
-        fig.suptitle(text, fontsize=fontsize)
-        return
-    height = fig.get_figheight()
-    head = text_height(text, fontsize) + 0.05
-    rows = math.ceil(len(legend[1]) / ncol)
-    band = head + rows * TEXT_PT * 1.5 / 72 + 0.08
-    fig.text(0.5, 1 - 0.05 / height, text, ha="center", va="top", fontsize=fontsize)
-    fig.legend(*legend, loc="upper center", bbox_to_anchor=(0.5, 1 - head / height), ncol=ncol, fontsize=TEXT_PT,
-               frameon=False, borderaxespad=0.2, columnspacing=1.5)
-    engine = fig.get_layout_engine()
-    if engine is not None and hasattr(engine, "set"):
-        engine.set(rect=(0, 0, 1, 1 - band / height))
-
-
-def text_height(text: str, fontsize: float) -> float:
-    """Inches taken by ``text`` (its lines at matplotlib's default line spacing, with a little air)."""
-    return (text.count("\n") + 1) * fontsize * 1.25 / 72 + 0.06
+# the print layout (``deconvnet.plot``): every figure at most a page's width, no text below 7 pt
+from ..plot import DPI, PRINT_WIDTH, TEXT_PT, TICK_PT, TITLE_PT, footer, text_height, title, wrap_to_width  # noqa: E402,F401
 
 
 def tile_figure(
@@ -257,7 +200,10 @@ def jsonable(v: Any) -> Any:
 
 
 def last_relu(net: Net, block_prefix: str = "relu") -> str:
-    """The deepest ReLU of the convolutional part (the paper's "layer 5" output): relu5_3, relu5, ..."""
+    """The paper's "layer 5" output: the deepest ReLU of a chain's convolutional part (relu5_3, relu5, ...);
+    for a graph, its last stage (``engine.default_layers``: ResNet ``layer4``, GoogLeNet ``inception5b``)."""
+    if not net.is_chain or net.features is None:
+        return default_layers(net)[-1]
     spatial = len(net.features)
     names = [n for n in net.layers if n.startswith(block_prefix) and net.depth(n) < spatial]
     if not names:
@@ -265,10 +211,26 @@ def last_relu(net: Net, block_prefix: str = "relu") -> str:
     return max(names, key=net.depth)
 
 
+def low_layer(net: Net) -> str:
+    """The paper's "layer 1": the first max-pool (VGG, AlexNet ``pool1``; ResNet ``maxpool``; GoogLeNet
+    ``maxpool1``), else the first stage of ``engine.default_layers``."""
+    pools = [n for n in spatial_layers(net) if isinstance(net.layers[n], nn.MaxPool2d)]
+    return pools[0] if pools else default_layers(net)[0]
+
+
 def deep_layer(net: Net) -> str:
-    """The paper's "layer 7": fc7 where a classifier exists, else the last pooling layer."""
+    """The paper's "layer 7": fc7 where a VGG classifier exists, else the last pooling layer of a chain; for
+    a graph, the feature vector its classifier reads (ResNet and GoogLeNet ``avgpool``), else its last stage."""
     if "fc7" in net.layers:
         return "fc7"
-    pools = [n for n in net.layers if n.startswith("pool")]
-    return max(pools, key=net.depth)
-
+    if net.is_chain and net.features is not None:
+        pools = [n for n in net.layers if n.startswith("pool")]
+        return max(pools, key=net.depth)
+    scores = output_layer(net)
+    if scores is None:
+        return default_layers(net)[-1]
+    order = list(net.output_shapes())
+    skip = (nn.Dropout, nn.Identity, nn.Flatten)
+    before = [n for n in order[: order.index(scores)] if not isinstance(net.layers[n], skip)
+              and not scores.startswith(n + ".")]
+    return before[-1] if before else default_layers(net)[-1]

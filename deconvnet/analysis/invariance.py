@@ -25,7 +25,8 @@ from ..engine import check_input
 from ..models import Net
 from ..plot import image_array
 from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, classifier_line, deep_layer, fill_words, footer, forward_capture, label,
-                    progress, title)
+                    output_layer, progress, title)
+from ._util import low_layer as first_pool
 
 TRANSFORMS = ("translation", "scale", "rotation")
 AXIS_LABELS = {"translation": "vertical translation (pixels)", "scale": "scale (ratio)", "rotation": "rotation (degrees)"}
@@ -146,7 +147,7 @@ def invariance_curves(
     x: torch.Tensor,
     *,
     ranges: Mapping[str, Sequence[float]] | None = None,
-    low_layer: str = "pool1",
+    low_layer: str | None = None,
     high_layer: str | None = None,
     true_classes: Sequence[int] | None = None,
     names: Sequence[str] | None = None,
@@ -160,8 +161,9 @@ def invariance_curves(
         x: (B, 3, H, W) model input.
         ranges: transform -> values (default ``default_ranges`` for the image size); any subset of
             ``TRANSFORMS``.
-        low_layer: the low layer (the paper's layer 1).
-        high_layer: the deep layer (default fc7 where a classifier exists, else the last pool).
+        low_layer: the low layer (default: the paper's layer 1, the first max-pool: ``pool1``, ResNet ``maxpool``).
+        high_layer: the deep layer (default fc7 where a VGG classifier exists, else the last pool; for a graph the
+            feature vector its classifier reads, ResNet ``avgpool``).
         true_classes: the true class of each image; None follows the top class of the original.
         names: a name per image, for the legend.
         batch_size: transformed images per forward pass.
@@ -173,7 +175,7 @@ def invariance_curves(
     x = check_input(x, net)
     b = x.shape[0]
     high_layer = high_layer if high_layer is not None else deep_layer(net)
-    layers = (low_layer, high_layer)
+    layers = (low_layer if low_layer is not None else first_pool(net), high_layer)
     for layer in layers:
         net.check_layer(layer)
     ranges = dict(ranges) if ranges is not None else default_ranges(x.shape[-1])
@@ -182,7 +184,7 @@ def invariance_curves(
         raise ValueError(f"unknown transform(s) {unknown}. Hint: use {', '.join(TRANSFORMS)}")
     if true_classes is not None and len(true_classes) != b:
         raise ValueError(f"{len(true_classes)} true classes for {b} images. Hint: one class index per image")
-    with_probs = net.classifier is not None
+    with_probs = output_layer(net) is not None
     names = list(names) if names is not None else [f"image {i}" for i in range(b)]
 
     base, logits = forward_capture(net, x, layers, logits=with_probs)

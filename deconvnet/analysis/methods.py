@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Deconvnet, Target, check_input, record, select_target
 from ..models import Net
 from ..models.lock import own_call, owns
 from ..plot import image_array, scale_for_display
-from ._util import _Stop, label
+from ._util import _Stop, label, output_layer
 
 METHODS = ("deconvnet", "deconvolution", "guided_backprop", "gradient")
 METHOD_TITLES = {
@@ -175,6 +176,42 @@ def captum_maps(net: Net, x: torch.Tensor, layer: str, seed: torch.Tensor,
     return out
 
 
+def functional_relus(net: Net, x: torch.Tensor) -> int:
+    """How many rectifier calls of one forward on ``x`` happen outside an ``nn.ReLU`` module (``F.relu`` in
+    GoogLeNet's ``BasicConv2d``, DenseNet's last ReLU). Captum's module hooks miss them: where there are any,
+    Captum's Deconvolution is not the deconvnet and cannot be its cross-check."""
+    from torch.overrides import TorchFunctionMode
+
+    from ..models.lock import exclusive
+
+    relus = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+    depth, count = [0], [0]
+
+    class Count(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            count[0] += func in relus and depth[0] == 0
+            return func(*args, **(kwargs or {}))
+
+    def enter(*_):
+        depth[0] += 1
+
+    def leave(*_):
+        depth[0] -= 1
+
+    handles = []
+    with exclusive(net.model):
+        try:
+            for m in net.model.modules():
+                if isinstance(m, nn.ReLU):
+                    handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+            with torch.no_grad(), Count():
+                net.model(check_input(x, net))
+        finally:
+            for h in handles:
+                h.remove()
+    return int(count[0])
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b| (0 when both are zero)."""
     scale = b.abs().max()
@@ -211,7 +248,7 @@ class MethodComparison:
 
 def _target_label(net: Net, target: Target, channel: int, position: Sequence[int], spatial: bool) -> str:
     if not spatial:
-        if target.layer == list(net.layers)[-1] and net.classifier is not None:
+        if target.layer == output_layer(net):
             return f"class score {target.layer}[{channel}]\n({label(net, channel)})"
         return f"{target.layer} unit {channel}"
     pos = target.position

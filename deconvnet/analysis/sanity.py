@@ -46,10 +46,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import Target, check_input
+from ..engine import Target, check_input, default_layers
 from ..models import Net
 from ..plot import image_array, scale_for_display
-from ._util import TEXT_PT, TICK_PT, TITLE_PT, blank, progress, tile_figure, wrap_to_width
+from ._util import TEXT_PT, TICK_PT, TITLE_PT, blank, output_layer, progress, tile_figure, wrap_to_width
 from .methods import METHOD_TITLES, backward_maps, deconvnet_seed
 from .similarity import METRIC_LABELS, METRICS, compare_maps, normalized_abs
 
@@ -61,9 +61,11 @@ METHOD_COLORS = {"deconvnet": "C3", "guided_backprop": "C0", "gradient": "C2", "
 # --- randomising layers -------------------------------------------------------------------------------
 
 def parametrised_layers(net: Net, up_to: str | None = None) -> list[str]:
-    """Paper names of the Conv2d and Linear layers, in forward order, up to ``up_to`` (included)."""
-    limit = net.depth(up_to) if up_to is not None else len(net.stack)
-    return [n for n, m in net.layers.items() if isinstance(m, (nn.Conv2d, nn.Linear)) and net.depth(n) <= limit]
+    """Names of the Conv2d and Linear layers in forward order (``Net.order``; for a graph, the order its forward
+    first reaches them), up to ``up_to`` (included). In a graph a branch reached earlier than ``up_to`` need
+    not feed it: randomising it leaves the map unchanged (the default targets are fed by every layer)."""
+    names = sorted((n for n, m in net.layers.items() if isinstance(m, (nn.Conv2d, nn.Linear))), key=net.order)
+    return names if up_to is None else [n for n in names if net.order(n) <= net.order(up_to)]
 
 
 def _reinitialise_(net: Net, layers: Sequence[str], seed: int) -> None:
@@ -132,10 +134,10 @@ def randomisation_steps(net: Net, layer: str, mode: str = "cascading", layers: S
 def default_target(net: Net) -> Target:
     """A target that randomisation cannot switch off (see the module docstring): the top class score
     where a classifier exists, else the strongest unit of the last convolution, before its ReLU."""
-    if net.classifier is not None:
-        return Target(list(net.layers)[-1], "max", "max")
+    if output_layer(net) is not None:
+        return Target(output_layer(net), "max", "max")
     convs = [n for n, m in net.layers.items() if isinstance(m, nn.Conv2d)]
-    return Target(max(convs, key=net.depth), "max", "max")
+    return Target(max(convs, key=net.order), "max", "max")
 
 
 def unit_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -270,12 +272,12 @@ def describe_target(net: Net, target: Target) -> str:
     pre-activation), and how the channel and position were chosen on the unchanged model."""
     layer = target.layer
     module = net.check_layer(layer)
-    if layer == list(net.layers)[-1] and net.classifier is not None:
+    if layer == output_layer(net):
         which = "the top class of the unchanged model" if target.channel == "max" else f"class {target.channel}"
         return f"the class score (logit) {layer}, for {which}"
     pre = " before its ReLU" if isinstance(module, (nn.Conv2d, nn.Linear)) else ""
     ch, pos = target.channel, target.position
-    if net.depth(layer) >= len(net.features):
+    if not net.is_spatial(layer):
         which = "the unit strongest on the unchanged model" if ch == "max" else f"unit {ch}"
         return f"{layer}{pre}, {which}"
     if isinstance(pos, str) and pos == "all":
@@ -549,7 +551,7 @@ def neuron_selectivity(
     Args:
         net: the model.
         x: (B, 3, H, W) model input.
-        layer: a spatial layer (default: the last pooling layer, ``pool5``).
+        layer: a spatial layer (default: a chain's last pooling layer, ``pool5``; a graph's last stage, ``layer4``).
         methods: any of ``deconvnet.analysis.methods.METHODS``.
         n_random: draws of the random channel and of the random vector.
         seed: the random draws.
@@ -557,8 +559,8 @@ def neuron_selectivity(
     Returns:
         A ``SelectivityResult`` whose ``scores`` compare every pair of the three kinds.
     """
-    pools = [n for n in net.layers if n.startswith("pool")]
-    layer = layer if layer is not None else max(pools, key=net.depth)
+    pools = [n for n in net.layers if n.startswith("pool")] if net.is_chain else []
+    layer = layer if layer is not None else (max(pools, key=net.depth) if pools else default_layers(net)[-1])
     x = check_input(x, net)
     _, _, _, position = deconvnet_seed(net, x, Target(layer, "max", "max"))
     from ..engine import record

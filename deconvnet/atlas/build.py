@@ -15,11 +15,18 @@ Layout of the output folder (every file written atomically)::
 What a rerun does: a finished scan (``scans/topk-<layer>.pt``) and finished statistics are reused; a
 scan or a statistics pass that was interrupted resumes from its checkpoint; projections whose tile files
 exist are not redone; new layers (and new channels) are added to the atlas; the pages are rendered anew.
+
+Under torch.distributed (``torchrun ... -m deconvnet atlas``, or a script's own process group) the scan,
+the statistics and the projections are shared between the ranks (``deconvnet.distributed``); rank 0
+alone reads and writes the folder: it decides what is missing, receives the other ranks' encoded tiles
+and writes every file, so the atlas is the one a single process builds, and the machines need not share
+a disk (each rank keeps its scan checkpoints in its own ``OUT/scans``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -33,6 +40,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..engine import Deconvnet, receptive_field
 from ..figure2 import PATCH_PAD, SELECTIONS, select_features
 from ..io import atomic_path, write_json
@@ -192,11 +200,17 @@ def _check_topk(topk: TopK, net: Net, dataset: Any, k: int, per_group: Optional[
         raise ValueError(f"the scan given was made with another {', '.join(problems)}. Hint: leave topk out to scan anew")
 
 
-def _save_image(array: np.ndarray, path: Path, image_format: str) -> None:
-    """(H, W, 3) uint8 -> an image file, atomically."""
+def _encode(array: np.ndarray, image_format: str) -> bytes:
+    """(H, W, 3) uint8 -> the bytes of an image file."""
     _, pil_format, options = IMAGE_FORMATS[image_format]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=pil_format, **options)
+    return buffer.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format=pil_format, **options)
+        tmp.write_bytes(data)
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:
@@ -294,53 +308,101 @@ def _walk(net: Net, x: torch.Tensor, slot: dict[int, int], jobs: list[_Job]) -> 
     return out  # type: ignore[return-value]
 
 
+def _plan(paths: _Paths, batches: list[tuple[list[int], list[_Job]]]) -> list[tuple[int, list[int], list[int]]]:
+    """Per batch with work left: (its number, the indices of its pending jobs, its images without a file)."""
+    work = []
+    for b, (images, batch) in enumerate(batches):
+        pending = [n for n, j in enumerate(batch) if not all(p.is_file() for p in paths.outputs(j))]
+        missing = [i for i in images if not (paths.out / paths.image(i)).is_file()]
+        if pending or missing:
+            work.append((b, pending, missing))
+    return work
+
+
+def _project_batch(net: Net, dataset: Any, paths: _Paths, images: list[int], batch: list[_Job], pending: list[int],
+                   missing: list[int], rfs: dict, margin: int, scaling: str,
+                   image_format: str) -> tuple[list[tuple[str, bytes]], float, float]:
+    """One batch's missing files, encoded: ([(relative path, bytes)], project s, encode s)."""
+    t0 = time.perf_counter()
+    if pending:
+        items = [dataset[i] for i in images]
+        if any(x is None for x, _ in items):
+            raise ValueError(f"an image of the scan can no longer be read (one of {images}). Hint: rescan")
+        x = torch.stack([x for x, _ in items])
+        windows = _walk(net, x, {i: b for b, i in enumerate(images)}, batch)
+    t_project = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    files: list[tuple[str, bytes]] = []
+    rgb = {i: dataset.rgb(i) for i in images}
+    for i in missing:
+        files.append((paths.image(i), _encode(np.asarray(rgb[i]), image_format)))
+    if pending:
+        patches = {i: _Patches(rgb[i], margin) for i in images}
+        for n in pending:
+            j, w = batch[n], windows[n]
+            pair = _pair(w, patches[j.image].crop(rfs[j.layer].box(j.row, j.col)), scaling)
+            files.append((paths.tile(j.layer, j.channel, j.rank), _encode(pair, image_format)))
+            if j.rank == 0:
+                files.append((paths.thumb(j.layer, j.channel), _encode(_thumb(pair), image_format)))
+    return files, t_project, time.perf_counter() - t0
+
+
 def _project(net: Net, dataset: Any, paths: _Paths, jobs: list[_Job], *, scaling: str, image_format: str,
              batch_size: int, progress: bool) -> tuple[int, float, float]:
-    """Make the missing tiles, thumbnails and images; returns (projections made, project s, write s)."""
+    """Make the missing tiles, thumbnails and images; returns (projections made, project s, write s).
+
+    Rank 0 finds the batches with work left; the ranks take them in turn (batch ``r * world + rank`` of
+    round ``r``), and rank 0 writes what each round made: an interrupted build loses at most a round.
+    """
     by_image: dict[int, list[_Job]] = {}
     for j in jobs:
         by_image.setdefault(j.image, []).append(j)
     # the batches are fixed by the whole job list, so an interrupted run resumes with the same batches
     plan = sorted(by_image)
-    made, t_project, t_write = 0, 0.0, 0.0
+    batches = [(plan[s : s + batch_size], [j for i in plan[s : s + batch_size] for j in by_image[i]])
+               for s in range(0, len(plan), batch_size)]
+    work = distributed.on_main(_plan, paths, batches)
+    rank, world = distributed.world()
+    t_project, t_write = 0.0, 0.0
     rfs = {layer: receptive_field(net, layer) for layer in {j.layer for j in jobs}}
     margin = max((max(rf.size) for rf in rfs.values()), default=0)  # every box lies within one size of the image
-    bar = tqdm(total=len(jobs), desc="project", unit="proj", disable=not progress)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - sum(len(batches[b][1]) for b, _, _ in work), desc="project",
+               unit="proj", disable=not progress or rank != 0)
     try:
-        for s in range(0, len(plan), batch_size):
-            images = plan[s : s + batch_size]
-            batch = [j for i in images for j in by_image[i]]
-            pending = [j for j in batch if not all(p.is_file() for p in paths.outputs(j))]
-            missing = [i for i in images if not (paths.out / paths.image(i)).is_file()]
-            if pending:
-                t0 = time.perf_counter()
-                items = [dataset[i] for i in images]
-                if any(x is None for x, _ in items):
-                    raise ValueError(f"an image of the scan can no longer be read (one of {images}). Hint: rescan")
-                x = torch.stack([x for x, _ in items])
-                windows = _walk(net, x, {i: b for b, i in enumerate(images)}, batch)
-                t_project += time.perf_counter() - t0
+        for r in range(0, len(work), world):
+            files: list[tuple[str, bytes]] = []
+            if r + rank < len(work):
+                b, pending, missing = work[r + rank]
+                files, tp, te = _project_batch(net, dataset, paths, *batches[b], pending, missing, rfs, margin,
+                                               scaling, image_format)
+                t_project, t_write = t_project + tp, t_write + te
             t0 = time.perf_counter()
-            rgb = {i: dataset.rgb(i) for i in images} if pending or missing else {}
-            for i in missing:
-                _save_image(np.asarray(rgb[i]), paths.out / paths.image(i), image_format)
-            if pending:
-                patches = {i: _Patches(rgb[i], margin) for i in images}
-                todo = set(pending)
-                for j, w in zip(batch, windows):
-                    if j not in todo:
-                        continue
-                    box = rfs[j.layer].box(j.row, j.col)
-                    pair = _pair(w, patches[j.image].crop(box), scaling)
-                    _save_image(pair, paths.out / paths.tile(j.layer, j.channel, j.rank), image_format)
-                    if j.rank == 0:
-                        _save_image(_thumb(pair), paths.out / paths.thumb(j.layer, j.channel), image_format)
-                made += len(pending)
+            shares = distributed.gather_to_main(files)
+            if shares is not None:
+                for share in shares:
+                    for rel, data in share:
+                        _write(paths.out / rel, data)
             t_write += time.perf_counter() - t0
-            bar.update(len(batch))
+            bar.update(sum(len(batches[b][1]) for b, _, _ in work[r : r + world]))
     finally:
         bar.close()
-    return made, t_project, t_write
+    return sum(len(pending) for _, pending, _ in work), t_project, t_write
+
+
+def _start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0: the folder can hold this atlas; its manifest (a new one for a new atlas)."""
+    check_out_folder(out)
+    return _open_manifest(out, identity)
+
+
+def _missing(scans: Path, kind: str, layers: list[str]) -> list[str]:
+    """Rank 0: the layers without a finished ``kind`` file (``topk``, ``stats``)."""
+    return [l for l in layers if not (scans / f"{kind}-{l}.pt").is_file()]
+
+
+def _sizes(out: Path, scans: Path) -> tuple[int, int, int]:
+    site_bytes, site_files = _folder_size(out, exclude=scans)
+    return site_bytes, site_files, _folder_size(scans)[0] if scans.is_dir() else 0
 
 
 def _folder_size(folder: Path, exclude: Optional[Path] = None) -> tuple[int, int]:
@@ -417,48 +479,50 @@ def build_atlas(
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     out = Path(out)
-    check_out_folder(out)
     identity = _identity(net, dataset, k, per_group, scaling, image_format, bins)
-    manifest = _open_manifest(out, identity)
+    main = distributed.is_main()  # rank 0 reads and writes the folder; one process is rank 0
+    manifest = distributed.on_main(_start, out, identity)
     all_layers = sorted(dict.fromkeys([*manifest["layers"], *layers]), key=net.order)
     for layer in all_layers:
         if layer not in net.layers:  # only a hand-edited manifest gets here: the identity pins the model
             raise ValueError(f"the atlas in '{out}' lists layer '{layer}', which {net.arch} lacks")
     Deconvnet(net)  # refuses, before any work, a model the engine has no rule for
     manifest["layers"] = all_layers
-    write_json(manifest, out / "atlas.json")  # first: a folder being built is recognisably an atlas
+    manifest["built_by"] = distributed.describe()  # how many processes, which backend (this run)
+    if main:
+        write_json(manifest, out / "atlas.json")  # first: a folder being built is recognisably an atlas
     timings = {"scan": 0.0, "stats": 0.0, "project": 0.0, "write": 0.0}
     scans = out / "scans"
 
     # 1. the scan: one pass for every layer that has no finished scan yet
     t = time.perf_counter()
-    missing = [l for l in all_layers if not (scans / f"topk-{l}.pt").is_file()]
+    missing = distributed.on_main(_missing, scans, "topk", all_layers)
     if topk is not None:
         given = [l for l in missing if l in topk.layers]
         if given:
             _check_topk(topk, net, dataset, k, per_group)
-            for layer in given:
+            for layer in given if main else ():
                 _layer_topk(topk, layer).save(scans / f"topk-{layer}.pt")
             missing = [l for l in missing if l not in given]
     if missing:
         result = scan_top_k(net, dataset, missing, k=k, per_group=per_group, batch_size=batch_size,
                             num_workers=num_workers, checkpoint=scans / f"scan-{_hash([identity, missing])}.pt",
-                            progress=progress)
-        for layer in missing:
+                            progress=progress, cache=True)  # the shared scan cache: the figure script's scan serves
+        for layer in missing if main else ():
             _layer_topk(result, layer).save(scans / f"topk-{layer}.pt")
-    topks = {l: TopK.load(scans / f"topk-{l}.pt") for l in all_layers}
+    topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{l}.pt") for l in all_layers})
     timings["scan"] = time.perf_counter() - t
 
     # 2. activation statistics (histograms): one more pass, for the layers without them
     t = time.perf_counter()
-    missing = [l for l in all_layers if not (scans / f"stats-{l}.pt").is_file()]
+    missing = distributed.on_main(_missing, scans, "stats", all_layers)
     if missing:
         tops = {l: topks[l].values[l][:, 0] for l in missing}
         result = channel_stats(net, dataset, tops, bins=bins, batch_size=batch_size, num_workers=num_workers,
                                checkpoint=scans / f"stats-{_hash([identity, missing])}.pt", progress=progress)
-        for layer in missing:
+        for layer in missing if main else ():
             result[layer].save(scans / f"stats-{layer}.pt")
-    stats = {l: ChannelStats.load(scans / f"stats-{l}.pt") for l in all_layers}
+    stats = distributed.on_main(lambda: {l: ChannelStats.load(scans / f"stats-{l}.pt") for l in all_layers})
     timings["stats"] = time.perf_counter() - t
 
     # 3. which channels get pages: those of earlier runs, and those asked for now
@@ -479,7 +543,8 @@ def build_atlas(
             have |= set(want)
         channels[layer] = sorted(have)
     manifest["channels"] = channels
-    write_json(manifest, out / "atlas.json")
+    if main:
+        write_json(manifest, out / "atlas.json")
 
     # 4. projections: every top-k entry of those channels, grouped by image (one forward per image batch)
     paths = _Paths(out, image_format)
@@ -492,10 +557,10 @@ def build_atlas(
 
     # 5. pages: rendered anew every run (cheap), so that they list every layer and channel
     t = time.perf_counter()
-    render_site(out, net, dataset, topks, stats, channels, paths, identity=identity,
-                dataset_name=dataset_name, scaling=scaling, progress=progress)
+    if main:
+        render_site(out, net, dataset, topks, stats, channels, paths, identity=identity,
+                    dataset_name=dataset_name, scaling=scaling, progress=progress, processes=distributed.describe())
     timings["write"] = t_write + time.perf_counter() - t
-    site_bytes, site_files = _folder_size(out, exclude=scans)
-    scan_bytes, _ = _folder_size(scans) if scans.is_dir() else (0, 0)
+    site_bytes, site_files, scan_bytes = distributed.on_main(_sizes, out, scans)
     return Atlas(out=out, layers=all_layers, channels=channels, timings=timings, projected=made,
                  site_bytes=site_bytes, site_files=site_files, scan_bytes=scan_bytes)

@@ -146,8 +146,12 @@ def _weights_note(net: Net) -> Optional[str]:
 
 def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats: dict[str, ChannelStats],
                 channels: dict[str, list[int]], paths: Any, *, identity: dict[str, Any],
-                dataset_name: Optional[str], scaling: str, progress: bool = True) -> list[Path]:
-    """Write the static files, the index, every channel page and each layer's ``channels.json``."""
+                dataset_name: Optional[str], scaling: str, progress: bool = True,
+                processes: Optional[dict[str, Any]] = None) -> list[Path]:
+    """Write the static files, the index, every channel page and each layer's ``channels.json``.
+
+    ``processes`` (``deconvnet.distributed.describe()``) is how the build ran, for the index's provenance.
+    """
 
     env = environment()
     written: list[Path] = []
@@ -257,6 +261,9 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         ("Top-k", f"{identity['k']} per channel, at most {identity['per_group']} per source image"
                   if identity["per_group"] else f"{identity['k']} per channel"),
         ("Scan fingerprint", str(first.get("fingerprint", ""))),
+        *([("Built by", f"{processes['processes']} process(es)" + (f", torch.distributed {processes['backend']}"
+                                                                   if processes.get("backend") else ""))]
+          if processes else []),
         ("Projections", f"deconvnet (Zeiler & Fergus 2014), cropped to the receptive field; {describe_scaling(scaling)}"),
     ]
     html = env.get_template("index.html").render(

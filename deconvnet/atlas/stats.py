@@ -9,6 +9,11 @@ Binning (documented, so that a reader can recompute it): with ``top`` the channe
 bins, a positive value ``v`` falls in bin ``min(floor(v / top * bins), bins - 1)`` (float64), i.e. bin
 ``i`` covers ``(i top / bins, (i + 1) top / bins]`` up to rounding; values ``<= 0`` are counted apart.
 A channel whose maximum is not positive gets ``top = 1`` (all of its values are counted as ``<= 0``).
+
+Sums that do not depend on the order: ``sum`` and ``sum_sq`` add each image's float64 sums exactly (in
+integers, ``ExactSum``) and round once at the end. So the result is the same whatever the batches, the
+interruptions or the number of processes: under torch.distributed each rank passes over its share
+(``deconvnet.distributed.batch_shard``) and the ranks' counts and sums add up to the one-process result, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,12 +30,74 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..engine import record
 from ..data import collate
 from ..io import torch_save
+from ..scan import loader_options
 from ..models import Net
 
 STATS_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: exact sums (1 summed floats batch by batch)
+
+
+class ExactSum:
+    """Exact sums of float64 values per channel, in int64 limbs: the order of the additions does not matter.
+
+    A finite float64 ``x`` is ``M * 2**(e - 53)`` with an integer ``|M| < 2**53`` (``torch.frexp``); ``M`` is
+    added, in three 24-bit pieces, to 32-bit limbs of one fixed-point number per channel whose lowest bit
+    is ``2**-OFFSET`` (below the smallest subnormal). Each limb takes at most ``2**32`` per addition, so
+    ``2**31`` additions per limb cannot overflow int64. ``value()`` rounds the exact sum once (Python's
+    integer division is correctly rounded). Non-finite values are summed apart (inf and NaN propagate
+    whatever the order).
+    """
+
+    OFFSET = 1126  # 1074 (smallest subnormal) + 52: every finite float64 is an integer times 2**-OFFSET
+    LIMBS = 70  # 70 * 32 bits > OFFSET + 1024 + room for the carries
+
+    @staticmethod
+    def zeros(channels: int) -> dict[str, torch.Tensor]:
+        return {"limbs": torch.zeros(channels, ExactSum.LIMBS, dtype=torch.long),
+                "nonfinite": torch.zeros(channels, dtype=torch.float64)}
+
+    @staticmethod
+    def add(acc: dict[str, torch.Tensor], x: torch.Tensor) -> None:
+        """Add every row of ``x`` (n, C) float64 to the channels' sums, in place."""
+        x = x.detach().to("cpu", torch.float64)
+        finite = torch.isfinite(x)
+        acc["nonfinite"] += torch.where(finite, torch.zeros_like(x), x).sum(0)
+        x = torch.where(finite, x, torch.zeros_like(x))
+        mantissa, exponent = torch.frexp(x)
+        m = (mantissa * 2.0**53).long()  # exact: |mantissa| < 1, 53 bits
+        sign, m = m.sign(), m.abs()
+        bit = exponent.long() - 53 + ExactSum.OFFSET  # position of m's lowest bit
+        c = x.shape[1]
+        rows = torch.arange(c).expand_as(m) * ExactSum.LIMBS
+        flat = acc["limbs"].view(-1)
+        for piece in range(3):
+            part = (m >> (24 * piece)) & 0xFFFFFF
+            at = bit + 24 * piece
+            shifted = part << (at % 32)  # < 2**55
+            limb = at // 32
+            flat.index_add_(0, (rows + limb).flatten(), (sign * (shifted & 0xFFFFFFFF)).flatten())
+            flat.index_add_(0, (rows + limb + 1).flatten(), (sign * (shifted >> 32)).flatten())
+
+    @staticmethod
+    def merge(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"limbs": a["limbs"] + b["limbs"], "nonfinite": a["nonfinite"] + b["nonfinite"]}
+
+    @staticmethod
+    def value(acc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(C,) float64: each channel's exact sum, correctly rounded."""
+        out = []
+        for limbs, bad in zip(acc["limbs"].tolist(), acc["nonfinite"].tolist()):
+            total = sum(v << (32 * j) for j, v in enumerate(limbs))
+            try:
+                exact = total / (1 << ExactSum.OFFSET)
+            except OverflowError:
+                exact = float("inf") if total > 0 else float("-inf")
+            out.append(exact + bad)
+        return torch.tensor(out, dtype=torch.float64)
 
 
 @dataclass
@@ -122,7 +190,7 @@ def _reduce(t: torch.Tensor, top: torch.Tensor, bins: int) -> dict[str, torch.Te
     b, c = t.shape[:2]
     out = {
         "units": torch.zeros(c, bins, dtype=torch.long), "units_nonpos": torch.zeros(c, dtype=torch.long),
-        "sum": torch.zeros(c, dtype=torch.float64), "sum_sq": torch.zeros(c, dtype=torch.float64),
+        "sum": ExactSum.zeros(c), "sum_sq": ExactSum.zeros(c),
         "min": torch.full((c,), float("inf"), dtype=torch.float64),
     }
     top = top.to(t.device)
@@ -133,14 +201,28 @@ def _reduce(t: torch.Tensor, top: torch.Tensor, bins: int) -> dict[str, torch.Te
         counts, nonpos = _histogram(v, top, bins)
         out["units"] += counts.cpu()
         out["units_nonpos"] += nonpos.cpu()
-        out["sum"] += v.sum((0, 2)).cpu()
-        out["sum_sq"] += v.square().sum((0, 2)).cpu()
+        # each image's own sums (the same whatever batch it is in), added exactly
+        ExactSum.add(out["sum"], v.sum(2))
+        ExactSum.add(out["sum_sq"], v.square().sum(2))
         out["min"] = torch.minimum(out["min"], v.amin((0, 2)).cpu())
         maxima.append(v.amax(2))
     counts, nonpos = _histogram(torch.cat(maxima).T, top, bins)
     out["image_max"], out["image_nonpos"] = counts.cpu(), nonpos.cpu()
     out["hw"] = torch.tensor(t.shape[-2:])
     return out
+
+
+def _add(old: dict | None, part: dict | None) -> dict | None:
+    """Two partial statistics of one layer added (either may be None: no image yet)."""
+    if old is None or part is None:
+        return part if old is None else old
+    return {
+        "units": old["units"] + part["units"], "units_nonpos": old["units_nonpos"] + part["units_nonpos"],
+        "sum": ExactSum.merge(old["sum"], part["sum"]), "sum_sq": ExactSum.merge(old["sum_sq"], part["sum_sq"]),
+        "min": torch.minimum(old["min"], part["min"]),
+        "image_max": old["image_max"] + part["image_max"], "image_nonpos": old["image_nonpos"] + part["image_nonpos"],
+        "hw": part["hw"],
+    }
 
 
 def channel_stats(
@@ -165,11 +247,13 @@ def channel_stats(
         bins: histogram bins over ``(0, top]``.
         batch_size, num_workers: of the ``DataLoader``.
         checkpoint: file written atomically every ``checkpoint_every`` batches and on an interrupt; a
-            rerun with the same arguments resumes from it, to the same result.
+            rerun with the same arguments resumes from it, to the same result. Under torch.distributed,
+            one per rank (``deconvnet.distributed.rank_path``).
         progress: show a tqdm progress bar.
 
     Returns:
-        layer -> ``ChannelStats``.
+        layer -> ``ChannelStats``; under torch.distributed every rank passes over its share and returns
+        the merged statistics, equal to one process's.
     """
     layers = list(tops)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
@@ -179,12 +263,19 @@ def channel_stats(
         if t.shape != (net.channels[layer],):
             raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), got {tuple(t.shape)}")
     # the batch size is part of it: a resumed pass then sums the same batches in the same order (bitwise)
+    rank, world = distributed.world()
+    indices = distributed.batch_shard(len(dataset), batch_size)
     fingerprint = hashlib.sha256(json.dumps({
+        "format": CHECKPOINT_FORMAT, "shard": None if world == 1 else [rank, world],
         "model": net.provenance, "layers": layers, "bins": bins, "n": len(dataset), "batch_size": batch_size,
         "tops": {l: hashlib.sha256(t.numpy().tobytes()).hexdigest() for l, t in tops.items()},
     }, sort_keys=True, default=str).encode()).hexdigest()[:16]
     state: dict[str, Any] = {l: None for l in layers}
     start, n_images = 0, 0
+    if checkpoint is not None:
+        if rank == 0 and (line := distributed.starting_over(checkpoint, "statistics")):
+            warnings.warn(line, UserWarning, stacklevel=2)
+        checkpoint = distributed.rank_path(checkpoint)
     if checkpoint is not None and Path(checkpoint).is_file():
         try:
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -199,9 +290,10 @@ def channel_stats(
         torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state}, checkpoint)
 
     order = sorted(layers, key=net.order)  # stable: equal places keep the order given, as record does
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=range(start, len(dataset)),
-                        num_workers=num_workers, collate_fn=collate)
-    bar = tqdm(total=len(dataset), initial=start, desc=f"statistics {','.join(layers)}", unit="img", disable=not progress)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices[start:], num_workers=num_workers,
+                        collate_fn=collate, **loader_options(net, num_workers))
+    bar = tqdm(total=len(indices), initial=start, desc=f"statistics {','.join(layers)}", unit="img",
+               disable=not progress or rank != 0)
     next_index, done_batches = start, 0
     try:
         for batch in loader:
@@ -218,13 +310,7 @@ def channel_stats(
                     if part.pop("layer") != layer:
                         raise RuntimeError("statistics reached the layers out of order")  # a change in engine.record
                     old = state[layer]
-                    merged[layer] = part if old is None else {
-                        "units": old["units"] + part["units"], "units_nonpos": old["units_nonpos"] + part["units_nonpos"],
-                        "sum": old["sum"] + part["sum"], "sum_sq": old["sum_sq"] + part["sum_sq"],
-                        "min": torch.minimum(old["min"], part["min"]),
-                        "image_max": old["image_max"] + part["image_max"], "image_nonpos": old["image_nonpos"] + part["image_nonpos"],
-                        "hw": part["hw"],
-                    }
+                    merged[layer] = _add(old, part)
             n_items = len(batch.index) + len(batch.skipped)
             # swap in the state and the index together: an interrupt saves whole batches only
             state, next_index, n_images = merged, next_index + n_items, n_images + len(batch.index)
@@ -239,14 +325,19 @@ def channel_stats(
     finally:
         bar.close()
     if checkpoint is not None:
-        save_checkpoint()
+        save_checkpoint()  # before the merge: a rank killed while others wait loses nothing of its share
+    shares = distributed.all_gather((state, n_images))  # one process: its own
+    state = {l: None for l in layers}
+    for part, _ in shares:
+        state = {l: _add(state[l], part[l]) for l in layers}
+    n_images = sum(n for _, n in shares)
     out = {}
     for layer in layers:
         s = state[layer]
         c = net.channels[layer]
         if s is None:  # no readable image at all
             s = {"units": torch.zeros(c, bins, dtype=torch.long), "units_nonpos": torch.zeros(c, dtype=torch.long),
-                 "sum": torch.zeros(c, dtype=torch.float64), "sum_sq": torch.zeros(c, dtype=torch.float64),
+                 "sum": ExactSum.zeros(c), "sum_sq": ExactSum.zeros(c),
                  "min": torch.full((c,), float("inf"), dtype=torch.float64),
                  "image_max": torch.zeros(c, bins, dtype=torch.long), "image_nonpos": torch.zeros(c, dtype=torch.long),
                  "hw": torch.tensor([0, 0])}
@@ -254,6 +345,6 @@ def channel_stats(
         out[layer] = ChannelStats(
             layer=layer, bins=bins, top=tops[layer], units=s["units"], units_nonpos=s["units_nonpos"],
             n_units=n_images * h * w, image_max=s["image_max"], image_nonpos=s["image_nonpos"], n_images=n_images,
-            sum=s["sum"], sum_sq=s["sum_sq"], min=s["min"],
+            sum=ExactSum.value(s["sum"]), sum_sq=ExactSum.value(s["sum_sq"]), min=s["min"],
         )
     return out

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..models import Net, wrap
 from .chain import UNPOOL_MODES, ChainEngine, crop
-from .graph import GraphEngine, check_modules, record_graph
+from .graph import GraphEngine, check_graph, check_modules, record_graph
 from .receptive import ReceptiveField, receptive_field
 from .record import record_chain
 from .targets import is_point
@@ -136,6 +136,11 @@ class Deconvnet:
         """How many forwards this object has run (projections answered from ``keep`` run none)."""
         return self._engine.kept.forwards
 
+    @property
+    def forward_seconds(self) -> float:
+        """How long this object's forwards took, in all (seconds)."""
+        return self._engine.kept.seconds
+
     # --- what a consumer asks of a model ------------------------------------------------------------------
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable[[torch.Tensor], object] | None = None) -> Record:
@@ -214,8 +219,10 @@ class Deconvnet:
         """Many single units of one layer over a batch, each projected on its receptive-field box.
 
         The atlas's and Figure 2's step: unit k is ``(channel[k], unit[k])`` of image ``image[k]`` of ``x``.
-        Chains walk down inside the windows only (``walk_down_cropped``); graphs project whole inputs, one
-        unit per image in each backward, and the boxes are cut out.
+        Chains walk down inside the windows only (``walk_down_cropped``). Graphs compute each unit on the
+        crop of its image that it sees, a batch of crops at a time (``GraphEngine.project_windows``), or,
+        where the field covers most of the image, project whole inputs, one unit per image in each
+        backward, and cut the boxes out.
 
         Args:
             x: (B, C, H, W) model input.
@@ -233,9 +240,12 @@ class Deconvnet:
             if done is not None:
                 return done
         engine = self._engine if self.engine == "graph" else GraphEngine(self.net, rule=self.rule)
-        full, value = engine.project_units(x, layer, image, channel, unit)
         rf = receptive_field(self.net, layer)
         origins = torch.stack([unit[:, 0] * rf.jump[0] - rf.padding[0], unit[:, 1] * rf.jump[1] - rf.padding[1]], 1)
+        if 2 * rf.size[0] * rf.size[1] <= x.shape[-2] * x.shape[-1]:  # each unit from the crop it sees
+            windows, value = engine.project_windows(x, layer, image, channel, unit, rf.size, rf.jump, rf.padding)
+            return windows, origins, value
+        full, value = engine.project_units(x, layer, image, channel, unit)  # fields near the image's size
         return crop(full, origins, rf.size), origins, value
 
     def stages(self, x: torch.Tensor, target: Target) -> list[tuple[str, torch.Tensor]]:

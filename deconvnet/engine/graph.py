@@ -34,6 +34,7 @@ another thread runs untouched.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -335,10 +336,53 @@ def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.
     return g
 
 
+_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def check_graph(net: Net, hw: Sequence[int]) -> None:
+    """Refuse, before any work, a graph with a module or a function that has no rule: the modules by type,
+    the functions by one probe forward under the rule's mode (no autograd graph), once per model and module
+    tree. The probe runs at 224 px, or at the input's size ``hw`` for a model of a fixed input size that 224
+    px does not go through; its layers' output shapes fill ``Net.output_shapes``'s cache."""
+    check_modules(net.model)
+    net.refresh()
+    if _CHECKED.get(net.model) == net._tree or net.device.type == "meta":  # meta: check_input refuses it
+        return
+    for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
+        shapes: dict[str, tuple[int, ...]] = {}
+        names: dict[nn.Module, str] = {}
+        for name, m in net.layers.items():
+            names.setdefault(m, name)
+
+        def hook(m, inputs, output):
+            if owns(token) and isinstance(output, torch.Tensor) and names[m] not in shapes:
+                shapes[names[m]] = tuple(output.shape)
+
+        x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype)
+        try:
+            with exclusive(net.model), ExitStack() as stack:
+                token = stack.enter_context(own_call())
+                where = stack.enter_context(_where_tracker(net.model, token))
+                for m in names:
+                    stack.callback(m.register_forward_hook(hook).remove)
+                mode = _DeconvMode(where)
+                mode.mark(x)
+                with torch.no_grad(), mode:
+                    net.model(x)
+        except UnsupportedLayerError:
+            raise
+        except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+            continue  # this size does not go through the model
+        net.remember_shapes(size, shapes)
+        _CHECKED[net.model] = net._tree
+        return
+    # neither size goes through: the forward of the call says why, in its own words
+
+
 def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None) -> Record:
     """The target layers' outputs (or ``reduce`` of them) from one forward of a graph."""
-    check_modules(net.model)
     x = check_input(x, net)
+    check_graph(net, x.shape[-2:])
     names = [net.resolve(layer) for layer in layers]
     with exclusive(net.model):
         _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce)
@@ -370,12 +414,18 @@ class GraphEngine:
 
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable | None = None) -> Record:
+        if self.kept.size and reduce is None:  # the kept forward (with its graph) answers, if there is one
+            x = check_input(x, self.net)
+            check_graph(self.net, x.shape[-2:])
+            with exclusive(self.net.model):
+                _, outputs = self._forward(x, list(layers))
+            return Record(activations={n: outputs[n].detach() for n in layers})
         return record_graph(self.net, x, layers, reduce)
 
     def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
         """Projections of resolved targets, their ``select_target`` results and the record of the layers."""
-        check_modules(self.net.model)
         x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:])
         layers = list(dict.fromkeys(t.layer for t in targets))
         check_memory(self.net, x.shape[0], x.shape[-2:])
         results, selected = [], []
@@ -390,8 +440,8 @@ class GraphEngine:
 
     def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
         """Any signal (B, ...) placed on ``layer``'s output, carried down the graph with the rule."""
-        check_modules(self.net.model)
         x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:])
         check_memory(self.net, x.shape[0], x.shape[-2:])
         with exclusive(self.net.model):
             leaf, outputs = self._forward(x, [layer])
@@ -409,8 +459,8 @@ class GraphEngine:
         One forward for the batch. Images do not mix in a forward in eval mode, so one backward projects one
         unit in each image at once: the units go down in rounds, as many as the most units of one image.
         """
-        check_modules(self.net.model)
         x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:])
         check_memory(self.net, x.shape[0], x.shape[-2:])
         out = x.new_zeros(len(image), *x.shape[1:])
         with exclusive(self.net.model):
@@ -432,6 +482,71 @@ class GraphEngine:
                 seed[image[idx], channel[idx], unit[idx, 0], unit[idx, 1]] = value[idx]
                 out[idx] = project(leaf, act, seed).detach()[image[idx]]
         return out, value
+
+    def project_windows(self, x: torch.Tensor, layer: str, image: torch.Tensor, channel: torch.Tensor,
+                        unit: torch.Tensor, size: Sequence[int], jump: Sequence[int], padding: Sequence[int]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Units of one layer, each projected from the part of its image that it can see: ``(windows (N, C,
+        size), activations (N,))``, each window on the unit's receptive-field box (``size``, ``jump``,
+        ``padding``: the layer's receptive field), zero outside the image.
+
+        A unit (in eval mode) is a function of the pixels of its receptive field only, and so is every unit
+        of its cone. So each unit is computed, and projected, on a crop of its image that holds its box
+        (clipped to the image, where the model's own padding then applies as in the whole image) and starts
+        at a multiple of the layer's jump (so every layer's grid falls as in the whole image). The crops
+        have one size (the box and its alignment slack; moved inwards at the far border), so they go as
+        batches, each crop seeded at its own unit: a forward and a backward per batch of crops. Equal to ``project_units`` cut to the boxes (tested in float64).
+        """
+        x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:])
+        hw = x.shape[-2:]
+        image, channel, unit = (t.to(x.device) for t in (image, channel, unit))
+        n = len(image)
+        windows = x.new_zeros(n, x.shape[1], size[0], size[1])
+        value = x.new_zeros(n)
+        starts, sizes, crop_at = [], [], []
+        for a in range(2):
+            top = unit[:, a] * jump[a] - padding[a]  # the boxes, unclipped
+            # one crop size for all (a batch): the box and the slack of aligning its start, in whole jumps
+            span = min(-(-(size[a] + jump[a] - 1) // jump[a]) * jump[a], hw[a])
+            start = torch.where(top <= 0, torch.zeros_like(top), top - top % jump[a])
+            end = torch.minimum(top + size[a], torch.full_like(top, hw[a]))  # the box, clipped to the image
+            if (hw[a] - span) % jump[a] == 0:  # a crop at the far border can start on the grid: same size
+                start = torch.minimum(start, torch.full_like(start, hw[a] - span))
+                length = torch.full_like(start, span)
+            else:  # else a crop that reaches the far border ends there, and is shorter
+                length = torch.where(start + span > hw[a], end - start, torch.full_like(start, span))
+            starts.append(start)
+            sizes.append(length)
+            crop_at.append(start - top)  # where the crop lies in the window
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k in range(n):
+            groups.setdefault((int(sizes[0][k]), int(sizes[1][k])), []).append(k)
+        module = {layer: self.net.layers[layer]}
+        with exclusive(self.net.model):
+            for (h, w), ks in groups.items():
+                for c in range(0, len(ks), 64):  # bounded batches of crops
+                    kk = torch.tensor(ks[c : c + 64], device=x.device)
+                    crops = torch.stack([x[int(image[k]), :, int(starts[0][k]) : int(starts[0][k]) + h,
+                                           int(starts[1][k]) : int(starts[1][k]) + w] for k in kk.tolist()])
+                    check_memory(self.net, len(kk), (h, w))
+                    leaf, outputs = forward(self.net.model, crops, module, grad=True, rule=self.rule)
+                    act = outputs[layer]
+                    check_finite(self.net, {layer: act.detach()})
+                    local = unit[kk] - torch.stack([starts[0][kk] // jump[0], starts[1][kk] // jump[1]], 1)
+                    rows = torch.arange(len(kk), device=x.device)
+                    v = act.detach()[rows, channel[kk], local[:, 0], local[:, 1]]
+                    seed = torch.zeros_like(act)
+                    seed[rows, channel[kk], local[:, 0], local[:, 1]] = v
+                    g = project(leaf, act, seed).detach()
+                    value[kk] = v
+                    for j, k in enumerate(kk.tolist()):  # the crop may start up to a jump above the box
+                        t0, l0 = int(crop_at[0][k]), int(crop_at[1][k])
+                        a0, b0 = max(t0, 0), max(l0, 0)
+                        a1, b1 = min(t0 + h, size[0]), min(l0 + w, size[1])
+                        windows[k, :, a0:a1, b0:b1] = g[j, :, a0 - t0 : a1 - t0, b0 - l0 : b1 - l0]
+                    del leaf, outputs, act, g
+        return windows, value
 
 
 # --- receptive fields of graphs, measured ------------------------------------------------------------------

@@ -51,7 +51,6 @@ def check_input(x: torch.Tensor, net: Net) -> torch.Tensor:
         raise ValueError("the input is on the meta device, which holds no values. Hint: x = net.preprocess(image)")
     if not torch.isfinite(x).all():
         raise ValueError("the input contains NaN or infinite values")
-    net.note_input(tuple(x.shape[-2:]))
     return x.to(device=net.device, dtype=net.dtype)
 
 

@@ -107,7 +107,7 @@ class Net:
             self.qualnames = {n: n for n in self.paths}
         self._shapes: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
         self._receptive: dict[tuple, Any] = {}
-        self._probe_hw: tuple[int, int] | None = None  # the size shapes are probed at (``note_input``)
+        self._probe_hw: tuple[int, int] | None = None  # the size shapes are probed at (``remember_shapes``)
         self._tree = _tree(model)
 
     @property
@@ -143,15 +143,13 @@ class Net:
                 return m.in_channels
         return None
 
-    def note_input(self, hw: tuple[int, int]) -> None:
-        """The engine tells the size of each input: a model that a 224x224 input does not go through (a
-        fixed-size network, CIFAR's 32x32) is probed at the first size it is given instead."""
+    def remember_shapes(self, hw: tuple[int, int], shapes: dict[str, tuple[int, ...]]) -> None:
+        """The engine's probe forward (under its mode) measured the layers' output shapes for an (H, W) input:
+        ``output_shapes`` answers from them, and a model that 224 px does not go through (a fixed-size
+        network, CIFAR's 32x32) is probed at this size from now on."""
+        self._shapes[tuple(hw)] = shapes
         if self._probe_hw is None:
-            try:
-                self.output_shapes((224, 224))
-                self._probe_hw = (224, 224)
-            except ValueError:
-                self._probe_hw = tuple(hw)
+            self._probe_hw = tuple(hw)
 
     def output_shapes(self, hw: tuple[int, int] | None = None) -> dict[str, tuple[int, ...]]:
         """Layer name -> output shape (first call) for one (H, W) input, in the order the forward reaches

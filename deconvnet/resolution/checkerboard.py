@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title
 from .restore import fit_restorer, max_pool_2x2, psnr
 
 
@@ -241,14 +242,12 @@ def plot_checkerboard(study: CheckerboardStudy, axes=None, *, zoom: int = 32):
     import matplotlib.pyplot as plt
 
     if axes is None:
-        fig = plt.figure(figsize=(14, 10.5), layout="constrained")
-        gs = fig.add_gridspec(3, 4, width_ratios=[1, 1, 1, 1.6])
+        # printed at a page's width: the 3x3 images above, the original beside the measure below
+        fig = plt.figure(figsize=(PRINT_WIDTH, 9.8), layout="constrained")
+        top_fig, bottom_fig = fig.subfigures(2, 1, height_ratios=[6.4, 3.3], hspace=0.01)
         axes = np.empty((3, 4), dtype=object)
-        for r in range(3):
-            for c in range(3):
-                axes[r, c] = fig.add_subplot(gs[r, c])
-        axes[0, 3] = fig.add_subplot(gs[0, 3])
-        axes[1, 3] = fig.add_subplot(gs[1:, 3])
+        axes[:, :3] = top_fig.subplots(3, 3)
+        axes[0, 3], axes[1, 3] = bottom_fig.subplots(1, 2, width_ratios=[1, 2.9])
     else:
         axes = np.asarray(axes, dtype=object)
         fig = axes[0, 0].figure
@@ -271,20 +270,20 @@ def plot_checkerboard(study: CheckerboardStudy, axes=None, *, zoom: int = 32):
         ax.imshow(pattern, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
         e_const = checkerboard_energy(study.constant[d.key], 2, 2)
         values = f"{inner.min():.3g}" if np.ptp(inner) == 0 else f"{inner.min():.3g} to {inner.max():.3g}"
-        ax.set_title(f"{d.label}\ninterior values {values}, energy {e_const:.2f}", fontsize=8.5)
-        for r, init, what in ((1, "uniform", "uniform kernel"), (2, "trained", f"trained from random init, {study.steps} steps")):
+        ax.set_title(f"{d.label}\ninterior {values}\nenergy {e_const:.2f}", fontsize=TEXT_PT)
+        for r, init in ((1, "uniform"), (2, "trained")):
             row = row_of(d.key, init)
             axes[r, col].imshow(rgb(study.outputs[(d.key, init)]), interpolation="nearest")
-            axes[r, col].set_title(f"{what}:\nenergy {row['energy']:.2g}, PSNR {row['psnr_db']:.1f} dB", fontsize=8.5)
+            axes[r, col].set_title(f"energy {row['energy']:.2g}, PSNR {row['psnr_db']:.1f} dB", fontsize=TEXT_PT)
         for r in range(3):
             axes[r, col].set_xticks([])
             axes[r, col].set_yticks([])
-    axes[0, 0].set_ylabel(f"constant input, uniform kernel\n(gray scale 0 to {vmax:.2f})", fontsize=9)
-    axes[1, 0].set_ylabel(f"{study.signal}, {zoom}x{zoom} centre", fontsize=9)
-    axes[2, 0].set_ylabel(f"{study.signal}, {zoom}x{zoom} centre", fontsize=9)
+    axes[0, 0].set_ylabel(f"constant input,\nuniform kernel (gray\nscale 0 to {vmax:.2f})", fontsize=TEXT_PT)
+    axes[1, 0].set_ylabel(f"{study.signal}, uniform\nkernel ({zoom}x{zoom} centre)", fontsize=TEXT_PT)
+    axes[2, 0].set_ylabel(f"{study.signal}, trained from\nrandom init, {study.steps} steps", fontsize=TEXT_PT)
     ax = axes[0, 3]
     ax.imshow(rgb(study.original), interpolation="nearest")
-    ax.set_title(f"original {study.signal}, same window\nenergy {study.rows[0]['energy']:.2g} (baseline)", fontsize=8.5)
+    ax.set_title(f"original {study.signal},\nsame window: energy\n{study.rows[0]['energy']:.2g} (baseline)", fontsize=TEXT_PT)
     ax.set_xticks([])
     ax.set_yticks([])
     ax = axes[1, 3]
@@ -304,20 +303,21 @@ def plot_checkerboard(study: CheckerboardStudy, axes=None, *, zoom: int = 32):
             ax.errorbar(vals, ys, xerr=[lo, hi], fmt="none", ecolor="k", lw=0.8, capsize=2)
         for y, r in zip(ys, rs):
             right = max(r["energy"], r.get("energy_max") or 0, floor)  # right of the bar and its range line
-            ax.text(right * 1.4, y, f"{r['energy']:.2g}", va="center", fontsize=7.5)
+            ax.text(right * 1.4, y, f"{r['energy']:.2g}", va="center", fontsize=TICK_PT)
     ax.axvline(max(study.rows[0]["energy"], floor), color="k", ls="--", lw=0.8,
                label=f"the original photograph ({study.rows[0]['energy']:.2g})")
     ax.set_xscale("log")
     ax.set_xlim(floor, 10)
     ax.set_yticks(np.arange(len(DESIGNS)))
-    ax.set_yticklabels([d.label for d in DESIGNS], fontsize=8)
+    ax.set_yticklabels([d.label for d in DESIGNS], fontsize=TICK_PT)
+    ax.tick_params(labelsize=TICK_PT)
     ax.invert_yaxis()
-    ax.set_xlabel("checkerboard energy: fraction of the non-constant energy in the\nstride-2 periodic pattern "
-                  f"({study.border} px border left out; log scale)", fontsize=8)
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
-    ax.set_title(f"the measure on {study.signal} after 2x2 max-pooling", fontsize=9)
-    fig.suptitle("Checkerboard artifacts: the uneven overlap of a transposed convolution whose kernel size is not "
-                 "divisible by its stride", fontsize=11)
-    fig.supxlabel(f"no network weights: depthwise layers; trained on {study.trained_on} "
-                  f"(MSE, Adam, {study.steps} steps)", fontsize=7.5, color="0.3")
+    ax.set_xlabel("checkerboard energy: share of the non-constant energy in the stride-2\nperiodic pattern "
+                  f"({study.border} px border left out; log scale)", fontsize=TEXT_PT)
+    ax.legend(fontsize=TICK_PT, loc="upper center", bbox_to_anchor=(0.35, -0.3), ncol=2, frameon=False,
+              borderaxespad=0, labelspacing=0.25, handlelength=1.2, columnspacing=1.0)
+    ax.set_title(f"the measure on {study.signal} after 2x2 max-pooling", fontsize=TEXT_PT)
+    title(fig, "Checkerboard artifacts: the uneven overlap of a transposed convolution whose kernel size is not "
+               "divisible by its stride")
+    footer(fig, f"No network weights: depthwise layers; trained on {study.trained_on} (MSE, Adam, {study.steps} steps).")
     return fig

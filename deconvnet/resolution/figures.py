@@ -10,6 +10,7 @@ import torch
 from .. import images
 from ..engine import record
 from ..models import Net
+from ..plot import DPI
 from ..plot import save_figure
 from .checkerboard import CheckerboardStudy, checkerboard_study, plot_checkerboard
 from .matrix import conv_matrix_example, plot_conv_matrix
@@ -125,7 +126,7 @@ def make_figures(out_dir: Path, net: Net, *, quick: bool = False, fmt: str = "pn
 
     def save(fig, name: str) -> None:
         path = out_dir / f"{name}.{fmt}"
-        save_figure(fig, path)
+        save_figure(fig, path, dpi=DPI)  # the analyses' resolution: a 224 px map drawn 1.1 in wide keeps its pixels
         plt.close(fig)
         written.append(path)
 

@@ -15,6 +15,8 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 import torch
 
+from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title
+
 from .sizes import conv_output_size
 
 IntPair = Union[int, tuple[int, int]]
@@ -178,7 +180,7 @@ def conv_matrix_example(
 
 
 def _heatmap(ax, a: torch.Tensor, title: str, *, cmap: str = "Blues", fmt: str = "{:g}", labels: bool = True,
-             fontsize: float = 8) -> None:
+             fontsize: float = TEXT_PT, tick_every: int = 1) -> None:
     arr = a.detach().cpu().double().numpy()
     lim = float(abs(arr).max()) or 1.0
     ax.imshow(arr, cmap=cmap, vmin=-lim if cmap in ("RdBu_r", "coolwarm") else 0, vmax=lim, interpolation="nearest")
@@ -187,10 +189,10 @@ def _heatmap(ax, a: torch.Tensor, title: str, *, cmap: str = "Blues", fmt: str =
             strong = abs(val) > 0.6 * lim
             ax.text(c, r, fmt.format(val), ha="center", va="center", fontsize=fontsize,
                     color="white" if strong else "black")
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks(range(arr.shape[1]))
-    ax.set_yticks(range(arr.shape[0]))
-    ax.tick_params(labelsize=6, length=0)
+    ax.set_title(title, fontsize=TEXT_PT)
+    ax.set_xticks(range(0, arr.shape[1], tick_every))
+    ax.set_yticks(range(0, arr.shape[0], tick_every))
+    ax.tick_params(labelsize=TICK_PT, length=0, pad=1.5)
 
 
 #: keys of the axes ``plot_conv_matrix`` draws on
@@ -210,10 +212,11 @@ def plot_conv_matrix(example: ConvMatrixExample, axes: Mapping[str, object] | No
     import matplotlib.pyplot as plt
 
     if axes is None:
-        fig = plt.figure(figsize=(13, 7.2), layout="constrained")
+        # printed at a page's width: the small panels four to a row, C (4x16) on a row of its own
+        fig = plt.figure(figsize=(PRINT_WIDTH, 7.6), layout="constrained")
         axes = fig.subplot_mosaic(
-            [["x", "kernel", "C", "C", "C", "y"], ["back", "spread", "fan_out", "CtC", "CtC", "CtC"]],
-            height_ratios=[1, 1.3],
+            [["x", "kernel", "y", "spread"], ["C", "C", "C", "C"], ["back", "fan_out", "CtC", "."]],
+            height_ratios=[1, 1.05, 1],
         )
     missing = [k for k in CONV_MATRIX_PANELS if k not in axes]
     if missing:
@@ -222,21 +225,22 @@ def plot_conv_matrix(example: ConvMatrixExample, axes: Mapping[str, object] | No
     e = example
     _heatmap(axes["x"], e.x, "input x (4x4)")
     _heatmap(axes["kernel"], e.kernel, "kernel w (3x3)", cmap="Greens")
-    _heatmap(axes["C"], e.matrix, "$C$ (4x16): row = output unit, column = input pixel", cmap="Greens", fontsize=7)
-    axes["C"].set_xlabel("input pixel index (row-major)", fontsize=8)
-    axes["C"].set_ylabel("output unit", fontsize=8)
-    _heatmap(axes["y"], e.y, r"$y = C\,\mathrm{vec}(x)$, shown 2x2", cmap="Oranges")
-    _heatmap(axes["back"], e.back, rf"$C^\top C\,\mathrm{{vec}}(x) \neq x$" "\n" f"relative error {e.relative_error:.3g}\n"
-             f"({e.best_scaled_error:.2f} at the best scale)", cmap="Purples", fontsize=6.5)
-    _heatmap(axes["spread"], e.spread, rf"$C^\top$ of a one-hot at output {e.unit}:" "\none value to "
+    _heatmap(axes["C"], e.matrix, "$C$ (4x16): row = output unit, column = input pixel", cmap="Greens")
+    axes["C"].set_xlabel("input pixel index (row-major)", fontsize=TEXT_PT)
+    axes["C"].set_ylabel("output unit", fontsize=TEXT_PT)
+    _heatmap(axes["y"], e.y, r"$y = C\,\mathrm{vec}(x)$," "\nshown 2x2", cmap="Oranges")
+    _heatmap(axes["back"], e.back, rf"$C^\top C\,\mathrm{{vec}}(x) \neq x$:" "\n" f"relative error {e.relative_error:.3g}\n"
+             f"({e.best_scaled_error:.2f} at the best scale)", cmap="Purples", fontsize=TICK_PT)
+    _heatmap(axes["spread"], e.spread, rf"$C^\top$ of a one-hot" "\n" f"at output {e.unit}: one\nvalue to "
              f"{int((e.spread != 0).sum())} pixels", cmap="Greens")
-    _heatmap(axes["fan_out"], e.fan_out, "outputs fed by each pixel\n(nonzeros per column of $C$)", cmap="Greys", fmt="{:.0f}")
+    _heatmap(axes["fan_out"], e.fan_out, "outputs fed by each\npixel (nonzeros per\ncolumn of $C$)", cmap="Greys",
+             fmt="{:.0f}")
     ctc = e.matrix.T @ e.matrix
-    _heatmap(axes["CtC"], ctc, rf"$C^\top C$ (16x16): rank {e.rank} of 16, not the identity", cmap="Purples", labels=False)
-    axes["CtC"].set_xlabel("input pixel index", fontsize=8)
-    axes["CtC"].set_ylabel("input pixel index", fontsize=8)
-    fig.suptitle("A 3x3 convolution over a 4x4 input (no padding, stride 1) as a matrix $C$; the transposed "
-                 r"convolution is $C^\top$: it restores the size (16), not the values", fontsize=11)
-    fig.supxlabel("no network weights: a fixed integer kernel; conv_matrix is checked against "
-                  "torch.nn.functional.conv2d / conv_transpose2d in the tests", fontsize=7, color="0.3")
+    _heatmap(axes["CtC"], ctc, rf"$C^\top C$ (16x16): rank" "\n" f"{e.rank} of 16, not the identity", cmap="Purples",
+             labels=False, tick_every=5)
+    axes["CtC"].set_xlabel("input pixel index", fontsize=TEXT_PT)
+    title(fig, "A 3x3 convolution over a 4x4 input (no padding, stride 1) as a matrix $C$; the transposed "
+               r"convolution is $C^\top$: it restores the size (16), not the values")
+    footer(fig, "No network weights: a fixed integer kernel. conv_matrix is checked against "
+                "torch.nn.functional.conv2d / conv_transpose2d in the tests.")
     return fig

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.chain import unpool_scatter_add
+from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title, wrap_to_width
 
 
 @dataclass(frozen=True)
@@ -587,8 +588,14 @@ def plot_restorations(comparison: Comparison, axes=None, *, channel: int | None 
         channel = None
     elif channel is None:
         channel = int(cmp_.original.double().pow(2).flatten(1).sum(1).argmax())
+    heads = None
     if axes is None:
-        fig, axes = plt.subplots(2, 9, figsize=(19, 5.0), layout="constrained")
+        # printed at a page's width: the nine panels as a 3x3 grid, each the whole map beside its zoomed window
+        fig = plt.figure(figsize=(PRINT_WIDTH, 5.3), layout="constrained")
+        subs = fig.subfigures(3, 3, wspace=0.02, hspace=0.01).ravel()
+        pairs = [sub.subplots(1, 2, gridspec_kw={"wspace": 0.04}) for sub in subs]
+        axes = np.array([[a for a, _ in pairs], [z for _, z in pairs]], dtype=object)
+        heads = list(subs)
     else:
         fig = np.asarray(axes).flat[0].figure
     axes = np.asarray(axes)
@@ -601,14 +608,14 @@ def plot_restorations(comparison: Comparison, axes=None, *, channel: int | None 
     ref = cmp_.original if rgb else cmp_.original[channel]
     lims = (0.0, 1.0) if rgb else (float(ref.min()), float(ref.max()))
     kw = {} if rgb else {"cmap": "magma", "vmin": lims[0], "vmax": lims[1]}
-    panels = [("original", cmp_.original, None), (f"max-pooled 2x2\n({h // 2}x{w // 2})", cmp_.pooled, None)]
+    panels = [(f"original ({h}x{w})", cmp_.original, None), (f"max-pooled 2x2 ({h // 2}x{w // 2})", cmp_.pooled, None)]
     for r in cmp_.restorations.values():
         if r.psnr_db is not None:
             score = f"PSNR {r.psnr_db:.2f} dB, corr {r.correlation:.3f}"
         else:
             score = f"corr {r.correlation:.3f}, MSE {r.mse:.3g}"
-        panels.append((f"({'abcdefg'[len(panels) - 2]}) {r.label}", r.restored, score))
-    for col, (title, t, score) in enumerate(panels):
+        panels.append((f"({'abcdefg'[len(panels) - 2]}) {' '.join(r.label.split())}", r.restored, score))
+    for col, (head, t, score) in enumerate(panels):
         img = _display(t, channel)
         scale = 2 if t.shape[-1] * 2 == w else 1  # the pooled map is half size: zoom on its half window
         ax_full, ax_zoom = axes[0, col], axes[1, col]
@@ -617,21 +624,21 @@ def plot_restorations(comparison: Comparison, axes=None, *, channel: int | None 
                                             fill=False, edgecolor="cyan", linewidth=1))
         zt, zl, zs = top // scale, left // scale, zoom // scale
         ax_zoom.imshow(img[zt : zt + zs, zl : zl + zs], interpolation="nearest", **kw)
-        ax_full.set_title(title, fontsize=9)
-        if score:
-            ax_zoom.set_xlabel(score, fontsize=8)
+        if heads is not None:  # the title and the score span the pair
+            heads[col].suptitle(head, fontsize=TEXT_PT)
+            heads[col].supxlabel(score or " ", fontsize=TICK_PT)
+        else:
+            ax_full.set_title(head, fontsize=TEXT_PT)
+            if score:
+                ax_zoom.set_xlabel(score, fontsize=TICK_PT)
         for ax in (ax_full, ax_zoom):
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_ylabel(f"{h}x{w}", fontsize=9)
-    axes[1, 0].set_ylabel(f"zoom {zoom}x{zoom}\nat ({top}, {left})", fontsize=9)
     what = "" if rgb else f", channel {channel} of {cmp_.original.shape[0]}"
-    fig.suptitle(f"Restoring the resolution of {cmp_.signal}{what} after 2x2 max-pooling", fontsize=12)
-    fig.supxlabel(
-        f"{cmp_.weights}.  Trained layers: {cmp_.steps} Adam steps, fitted on {cmp_.trained_on}; "
-        "(f) starts from (e), (g) from (b).  Scores against the original, unclamped outputs.",
-        fontsize=7.5, color="0.3",
-    )
+    title(fig, f"Restoring the resolution of {cmp_.signal}{what} after 2x2 max-pooling")
+    footer(fig, f"Each panel: the whole map and, right, its cyan window ({zoom}x{zoom} px at row {top}, column "
+                f"{left}) enlarged. Trained layers: {cmp_.steps} Adam steps, fitted on {cmp_.trained_on}; (f) starts "
+                f"from (e), (g) from (b). Scores against the original, unclamped outputs.\n{cmp_.weights}")
     return fig
 
 
@@ -649,7 +656,9 @@ def plot_scores(comparisons: Sequence[Comparison], axes=None):
 
     n = len(comparisons)
     if axes is None:
-        fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1.2, 3.9), layout="constrained", squeeze=False)
+        # printed at a page's width: one row of bar charts, the method names once, on the left
+        fig, axes = plt.subplots(1, n, figsize=(PRINT_WIDTH, 3.3), layout="constrained", squeeze=False,
+                                 gridspec_kw={"width_ratios": [1.6] + [1] * (n - 1)})
         axes = axes[0]
     else:
         fig = np.asarray(axes).flat[0].figure
@@ -665,16 +674,15 @@ def plot_scores(comparisons: Sequence[Comparison], axes=None):
         ys = np.arange(len(rs))[::-1]
         ax.barh(ys, vals, color=[colors.get(r.method, "gray") for r in rs])
         for y, v in zip(ys, vals):
-            ax.text(v, y, f" {v:.2f}" if use_psnr else f" {v:.3f}", va="center", fontsize=7)
+            ax.text(v, y, f" {v:.1f}" if use_psnr else f" {v:.2f}", va="center", fontsize=TICK_PT)
         ax.set_yticks(ys)
-        ax.set_yticklabels([f"({'abcdefg'[k]}) " + r.label.replace("\n", " ") for k, r in enumerate(rs)]
-                           if i == 0 else [f"({'abcdefg'[k]})" for k in range(len(rs))], fontsize=8)
-        ax.set_xlabel("PSNR (dB), higher is better" if use_psnr else "correlation with the original", fontsize=8)
+        ax.set_yticklabels([f"({'abcdefg'[k]}) " + " ".join(r.label.split()) for k, r in enumerate(rs)]
+                           if i == 0 else [f"({'abcdefg'[k]})" for k in range(len(rs))], fontsize=TICK_PT)
+        ax.set_xlabel("PSNR (dB), higher\nis better" if use_psnr else "correlation with\nthe original", fontsize=TEXT_PT)
         lo = min(vals)
-        ax.set_xlim(min(0, lo) if not use_psnr else max(0, lo - 3), max(vals) * (1.12 if use_psnr else 1.15))
-        ax.set_title(c.signal, fontsize=9)
-        ax.tick_params(labelsize=7)
-    fig.suptitle("Restoring resolution after 2x2 max-pooling: scores", fontsize=11)
-    notes = sorted({c.weights for c in comparisons})
-    fig.supxlabel("; ".join(notes), fontsize=6.5, color="0.3")
+        ax.set_xlim(min(0, lo) if not use_psnr else max(0, lo - 3), max(vals) * 1.25 if use_psnr else 1.4)
+        ax.set_title(wrap_to_width(c.signal, 1.3, TEXT_PT), fontsize=TEXT_PT)
+        ax.tick_params(labelsize=TICK_PT)
+    title(fig, "Restoring resolution after 2x2 max-pooling: scores")
+    footer(fig, "\n".join(sorted({c.weights for c in comparisons})))
     return fig

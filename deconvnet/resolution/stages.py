@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..engine import Deconvnet, Target, record
+from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title
 from ..models import Net
 from ..plot import scale_for_display
 from ..engine import receptive_field
@@ -153,7 +154,8 @@ def plot_stages(trace: StageTrace, axes=None, *, columns: int = 7):
     n = len(trace.stages) + 3
     if axes is None:
         rows = -(-(n - 1) // columns) + 1
-        fig = plt.figure(figsize=(2.6 * columns, 2.75 * rows), layout="constrained")
+        # printed at a page's width: panels of about an inch, the nonzero plot below them
+        fig = plt.figure(figsize=(PRINT_WIDTH, 1.45 * (rows - 1) + 2.6), layout="constrained")
         gs = fig.add_gridspec(rows, columns, height_ratios=[1] * (rows - 1) + [0.8])
         axes = [fig.add_subplot(gs[i // columns, i % columns]) for i in range(n - 1)]
         axes.append(fig.add_subplot(gs[rows - 1, :]))
@@ -165,7 +167,7 @@ def plot_stages(trace: StageTrace, axes=None, *, columns: int = 7):
     last = trace.stages[-1]
     t, l, b, r = last.box
     axes[0].imshow(trace.image_rgb.permute(1, 2, 0).double().numpy()[t:b, l:r], interpolation="nearest")
-    axes[0].set_title(f"input, receptive field\n{b - t}x{r - l} px", fontsize=8.5)
+    axes[0].set_title(f"input, its\nreceptive field\n{b - t}x{r - l} px", fontsize=TICK_PT)
     for ax, s in zip(axes[1:], trace.stages):
         t, l, b, r = s.box
         inside = s.signal[:, t:b, l:r].double()
@@ -174,12 +176,12 @@ def plot_stages(trace: StageTrace, axes=None, *, columns: int = 7):
         lim = float(np.abs(a).max()) or 1.0
         ax.imshow(a, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         h = s.signal.shape[-2]
-        ax.set_title(f"{s.label}  ({h}x{h})\nchannel {ch}; nonzero {100 * s.nonzero:.2g}%", fontsize=8.5,
+        ax.set_title(f"{s.label}\n{h}x{h}, ch. {ch}\nnonzero {100 * s.nonzero:.2g}%", fontsize=TICK_PT,
                      color={"unpool": "tab:red", "transposed conv": "tab:blue"}.get(s.kind, "black"))
     p_ax = axes[len(trace.stages) + 1]
     t, l, b, r = last.box
     p_ax.imshow(scale_for_display(trace.projection_rgb[:, t:b, l:r]), interpolation="nearest")
-    p_ax.set_title("projection (RGB,\npercentile scaling)", fontsize=8.5)
+    p_ax.set_title("projection\n(RGB, percentile\nscaling)", fontsize=TICK_PT)
     for ax in axes[: len(trace.stages) + 2]:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -191,15 +193,15 @@ def plot_stages(trace: StageTrace, axes=None, *, columns: int = 7):
         idx = [i for i, s in enumerate(trace.stages) if s.kind == kind]
         ax.scatter(xs[idx], [vals[i] for i in idx], color=color, label=kind, zorder=3)
     ax.set_xticks(xs)
-    ax.set_xticklabels([s.label for s in trace.stages], fontsize=7.5, rotation=25, ha="right")
-    ax.set_ylabel("nonzero inside the\nreceptive field (%)", fontsize=8)
+    ax.set_xticklabels([s.label for s in trace.stages], fontsize=TICK_PT, rotation=30, ha="right")
+    ax.tick_params(labelsize=TICK_PT)
+    ax.set_ylabel("nonzero inside the\nreceptive field (%)", fontsize=TEXT_PT)
     ax.set_yscale("log")
     ax.set_ylim(min(vals) / 2, 150)
-    ax.legend(fontsize=7.5, loc="lower right")
+    ax.legend(fontsize=TICK_PT, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.suptitle(f"The deconvnet restoring resolution: {trace.layer} channel {trace.channel} at "
-                 f"{trace.position}, projected down. Unpooling (red) makes the maps sparse, transposed "
-                 "convolution (blue) densifies them", fontsize=10)
-    fig.supxlabel(f"{trace.weights}. Maps: the strongest channel inside the receptive field, white = 0",
-                  fontsize=7.5, color="0.3")
+    title(fig, f"The deconvnet restoring resolution: {trace.layer} channel {trace.channel} at "
+               f"{trace.position}, projected down. Unpooling (red) makes the maps sparse, transposed "
+               "convolution (blue) densifies them")
+    footer(fig, f"Maps: the strongest channel inside the receptive field, white = 0.\n{trace.weights}")
     return fig

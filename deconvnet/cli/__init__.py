@@ -1,85 +1,39 @@
 """Command line: ``python -m deconvnet project IMAGE --layer conv5_3 --out figures/x.png``.
 
 Errors are one line naming the bad value and the fix, with exit status 2 and no traceback.
+
+``figures`` and ``atlas`` scale out with torchrun (``torchrun --nproc_per_node=N -m deconvnet atlas ...``):
+the scan, the statistics and the projections are shared between the processes (``deconvnet.distributed``),
+rank 0 alone writes and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-from ._version import __version__
-from .engine import default_layers
-from .images import BUNDLED_PHOTOS, ImageReadError, load_rgb
-from .models import ARCH_NAMES, WeightsError
-from .scan import Terminated
+from .._version import __version__
+from ..distributed import is_main, on_main
+from ..engine import default_layers
+from ..images import BUNDLED_PHOTOS, ImageReadError, load_rgb
+from ..models import WeightsError
+from ..scan import Terminated
+from .common import (ARCH_HELP, FIGURE_SUFFIXES, UsageError, _Parser, _arch, _channel, _features, _load_data,
+                     _load_net, _position, check_layer_names, check_output_file, check_output_folder)
+from .common import resolve_device  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
+from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
 
 
-ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters")  # deconvnet.analysis.FIGURES
+ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")  # analysis.FIGURES
+
+
 FIGURE_KINDS = ("top9", "resolution") + ANALYSES
-FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes (JPEG through Pillow)
-
-
-class UsageError(Exception):
-    """A bad command-line value; printed as one line, exit status 2."""
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` names each option's default; nothing where there is none (None, a flag's False)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs) -> None:  # the subcommands' --help show their defaults too
-        kwargs.setdefault("formatter_class", _HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # one line, not usage + message
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), or any torchvision classifier (resnet50, "
-             "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2)")
-
-
-def _arch(text: str) -> str:
-    import torchvision.models as tvm
-
-    if text in ARCH_NAMES or text in tvm.list_models(module=tvm):
-        return text
-    import difflib
-
-    near = difflib.get_close_matches(text, [*ARCH_NAMES, *tvm.list_models(module=tvm)], n=4)
-    raise argparse.ArgumentTypeError(f"unknown arch '{text}'" + (f"; did you mean {', '.join(near)}?" if near else
-                                     "; use vgg16, alexnet or a torchvision classifier name"))
-
-
-def _position(text: str):
-    if text in ("max", "all"):
-        return text
-    try:
-        row, col = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not max, all or ROW,COL (e.g. 10,11)") from None
-    return (row, col)
-
-
-def _channel(text: str):
-    if text == "max":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a channel number or max") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,33 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
     a.add_argument("--out", type=Path, default=Path("atlas"), help="the atlas folder (new, or an atlas to extend or finish)")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_evolution_parser(sub)
+    _add_correspondence_parser(sub)
     return parser
-
-
-def _features(text: str):
-    if text == "all":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of channels or all") from None
-
-
-def _load_data(args: argparse.Namespace, net):
-    """The dataset of ``--data`` (default: the offline demo collection), cut to ``--limit``; and its name."""
-    from .data import Head, load_dataset
-
-    data = None if args.data is None else str(Path(args.data).expanduser())
-    dataset = load_dataset(data, preprocessing=net.preprocessing, resize=args.resize, crop=args.crop)
-    if args.limit is not None and args.limit < len(dataset):
-        dataset = Head(dataset, args.limit)
-    return dataset, ("the offline demo collection" if data is None else f"'{data}'")
 
 
 def check_image_sizes(args: argparse.Namespace) -> None:
     """Before anything loads: an image resized to ``--resize`` (its float copy at least a square of that side)
     fits in memory."""
-    from .memory import check_bytes
+    from ..memory import check_bytes
 
     check_bytes(4 * 3 * args.resize * args.resize, f"an image resized to --resize {args.resize} px")
     check_bytes(4 * 3 * args.crop * args.crop * args.batch_size,
@@ -179,13 +115,13 @@ def check_image_sizes(args: argparse.Namespace) -> None:
 
 def check_forward_fits(net, args: argparse.Namespace) -> None:
     """Once the model is loaded, before any image: a batch of ``--crop`` images goes through it in memory."""
-    from .memory import check_memory
+    from ..memory import check_memory
 
     check_memory(net, args.batch_size, (args.crop, args.crop))
 
 
 def cmd_atlas(args: argparse.Namespace) -> None:
-    from .atlas import build_atlas, check_layers, check_out_folder
+    from ..atlas import build_atlas, check_layers, check_out_folder
 
     for name, value, least in (("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
                                ("--resize", args.resize, 1), ("--workers", args.workers, 0)):
@@ -197,7 +133,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
         raise UsageError(f"--limit {args.limit} must be at least 1")
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
-    check_out_folder(args.out)  # before the minutes of loading and scanning
+    on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     check_image_sizes(args)
     if args.layers is not None:
         check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])  # before the weights load
@@ -219,40 +155,14 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     print(f"open {args.out / 'index.html'}")
 
 
-def check_output_file(path: Path) -> None:
-    """Before any work: ``path`` can be written as a file (its folder exists or can be made, and is writable)."""
-    if path.is_dir():
-        raise UsageError(f"--out '{path}' is a folder; give a file name, e.g. {path / 'figure.png'}")
-    check_output_folder(path.parent, "the folder of --out")
-
-
-def check_output_folder(folder: Path, what: str = "--out") -> None:
-    """Before any work: ``folder`` exists or can be made, and a file can be written in it.
-
-    Stale temporary files of writes that a kill interrupted are removed (``deconvnet.io``).
-    """
-    from .io import remove_stale_temporaries
-
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{what} '{folder}' is a file, not a folder. Hint: give a folder path")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise UsageError(f"{what} '{folder}' cannot be written: {err.strerror or err}. "
-                         "Hint: choose a folder you can write to") from None
-    remove_stale_temporaries(folder)
-
-
 def cmd_project(args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .engine import Deconvnet
-    from .plot import save_figure, show, where
+    from ..engine import Deconvnet
+    from ..plot import save_figure, show, where
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
         raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
@@ -277,35 +187,6 @@ def cmd_project(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}  (load {t1 - t0:.1f}s, project {t2 - t1:.2f}s)")
 
 
-def _check_device(text: str) -> None:
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device '{text}' is not a device. Hint: cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {text}: projections need a device that computes (cpu, cuda or mps), not {device.type}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {text}: MPS is not available here. Hint: --device cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {text}: CUDA is not available here. Hint: --device cpu")
-
-
-def _load_net(args: argparse.Namespace):
-    from .models import load_model
-
-    args.device = resolve_device(args.device)
-    _check_device(args.device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-    return net
-
-
 def cmd_figures(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -323,7 +204,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         raise UsageError(f"--limit {args.limit} must be at least 1")
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
-    check_output_folder(args.out)
+    on_main(check_output_folder, args.out)
     check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
         check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])
@@ -337,27 +218,27 @@ def cmd_figures(args: argparse.Namespace) -> None:
     print(f"model: {net.describe()}")
     timings.append(("load model", time.perf_counter() - t))
     written: list[Path] = []
-    if not net.is_chain:  # the resolution study and the analyses walk VGG/AlexNet chains
-        chain_only = [k for k in kinds if k != "top9"]
-        if chain_only and args.only != "all":
-            raise UsageError(f"--only {','.join(chain_only)}: these figures need a VGG or AlexNet; {net.arch} is a "
-                             "graph. Hint: --only top9")
-        if chain_only:
-            print(f"note: {net.arch} is not a VGG or AlexNet chain: only the top9 figures are made "
-                  f"(the resolution study and the analyses need a chain)", file=sys.stderr)
-        kinds = tuple(k for k in kinds if k == "top9")
+    if not net.is_chain and "resolution" in kinds:  # the resolution study is VGG's: it walks a chain's stages
+        if args.only != "all":
+            raise UsageError(f"--only {args.only}: the resolution figures need a VGG or AlexNet; {net.arch} is a "
+                             f"graph. Hint: --only {','.join(k for k in kinds if k != 'resolution') or 'top9'}")
+        print(f"note: {net.arch} is not a VGG or AlexNet chain: the resolution study is left out (it walks a chain's "
+              "stages); the other figures are made", file=sys.stderr)
+        kinds = tuple(k for k in kinds if k != "resolution")
     if "top9" in kinds:
         written += _figures_top9(args, net, layers, timings)
+    if not is_main():  # the other ranks shared the scan; rank 0 projects, draws and writes
+        return
     if "resolution" in kinds:
-        from .resolution import make_figures
+        from ..resolution import make_figures
 
         t = time.perf_counter()
         written += make_figures(args.out, net, quick=args.quick, fmt=args.format)
         timings.append(("resolution figures", time.perf_counter() - t))
     analyses = [k for k in kinds if k in ANALYSES]
     if analyses:
-        from .models import load_alexnet
-        from .analysis import make_figures as analysis_figures
+        from ..models import load_alexnet
+        from ..analysis import make_figures as analysis_figures
 
         t = time.perf_counter()
         alexnet = None
@@ -387,8 +268,9 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     import hashlib
     import json
 
-    from .figure2 import feature_tiles, select_features, write_layer_figure
-    from .scan import scan_top_k
+    from ..cache import scan_cache_dir
+    from ..figure2 import feature_tiles, select_features, write_layer_figure
+    from ..scan import scan_top_k
 
     t = time.perf_counter()
     dataset, dataset_name = _load_data(args, net)
@@ -403,12 +285,20 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
         print(f"scan: resuming from (or reusing) {ckpt}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # the shared scan cache first (the atlas and the notebooks find this scan there too); the checkpoint
+        # of a scan under way stays here, where a changed image is noticed and said
         topk = scan_top_k(net, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.workers,
-                          checkpoint=ckpt, progress=not args.quiet, restart_stale=True)
+                          checkpoint=ckpt, progress=not args.quiet, restart_stale=True, cache=True)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    cached = topk.provenance.get("cache") or {}
+    for what, verb in (("found", "read from"), ("scanned", "stored in")):
+        if cached.get(what):
+            print(f"scan: {', '.join(cached[what])} {verb} the scan cache {scan_cache_dir(True)}")
     timings.append(("scan", time.perf_counter() - t))
     written: list[Path] = []
+    if not is_main():
+        return written
     for layer in layers:
         t = time.perf_counter()
         channels = select_features(topk, layer, args.features, args.select, args.seed)
@@ -422,66 +312,6 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     return written
 
 
-def resolve_device(text: str) -> str:
-    """``auto``: CUDA when it is available, else the CPU; any other name as given (``_check_device`` checks it)."""
-    if text != "auto":
-        return text
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | None = None) -> None:
-    """Before any weights load: every layer is one of ``arch``'s paper names, and ``channel`` fits the first.
-
-    The names come from the family's table applied to the torchvision builder run on the meta device (no
-    weights, no memory: milliseconds). The classifier's names pass here; weights without a classifier
-    refuse them once loaded.
-    """
-    import torch
-    from torch import nn
-
-    from .models import alexnet as alexnet_table
-    from .models import vgg as vgg_table
-
-    if arch not in ARCH_NAMES:  # any torchvision classifier: module paths, from the model built on meta
-        import torchvision.models as tvm
-
-        from .models import wrap
-
-        with torch.device("meta"):
-            model = tvm.get_model_builder(arch)(weights=None)
-        net = wrap(model, name=arch)
-        for layer in layers:
-            try:
-                net.resolve(layer)
-            except ValueError as err:
-                raise UsageError(str(err)) from None
-        return
-    table = vgg_table if arch in vgg_table.ARCHS else alexnet_table
-    with torch.device("meta"):
-        model = table.ARCHS[arch][0](weights=None)
-    names = {**table.feature_names(model.features), **vgg_table.classifier_names(model.classifier)}
-    for layer in layers:
-        if layer not in names:
-            raise UsageError(f"unknown layer '{layer}' for {arch}. Hint: valid layers are {', '.join(names)}")
-    if not layers or not isinstance(channel, int) or isinstance(channel, bool):
-        return
-    stack = [(f"features.{i}", m) for i, m in enumerate(model.features)] + \
-            [(f"classifier.{i}", m) for i, m in enumerate(model.classifier)]
-    count = 3
-    for qualname, m in stack:  # channels of a layer: those of the last conv or linear at or below it
-        if isinstance(m, nn.Conv2d):
-            count = m.out_channels
-        elif isinstance(m, nn.Linear):
-            count = m.out_features
-        if qualname == names[layers[0]]:
-            break
-    if not 0 <= channel < count:
-        raise UsageError(f"channel {channel} is out of range for layer '{layers[0]}' of {arch}, which has {count} "
-                         f"channels. Hint: use 0..{count - 1} or 'max'")
-
-
 def cmd_layers(args: argparse.Namespace) -> None:
     """Print ``--arch``'s named layers with channels, map size and receptive field for a ``--size`` input.
 
@@ -489,11 +319,11 @@ def cmd_layers(args: argparse.Namespace) -> None:
     """
     import torch
 
-    from .models import load_model
-    from .engine import record
-    from .engine import receptive_field
+    from ..models import load_model
+    from ..engine import record
+    from ..engine import receptive_field
 
-    from .memory import check_bytes, check_memory
+    from ..memory import check_bytes, check_memory
 
     if args.size < 1:
         raise UsageError(f"--size {args.size} must be a positive number of pixels")
@@ -503,24 +333,26 @@ def cmd_layers(args: argparse.Namespace) -> None:
     x = torch.zeros(1, net.in_channels or 3, args.size, args.size, dtype=net.dtype)
     # one forward with no switches, keeping only each output's shape
     shapes = record(net, x, list(net.layers), switches=False, reduce=lambda t: tuple(t.shape[1:])).activations
-    rows = [("layer", "module", "channels", "map", "receptive field", "stride", "padding")]
+    defaults = set(default_layers(net))
+    rows = [("layer", "module", "channels", "map", "receptive field", "stride", "padding", "default")]
     for name in net.layers:
         shape = shapes[name]
         if len(shape) == 3 and min(shape[1:]) > 1 and (net.is_chain or "." not in name):
             # a graph's fields are measured (a forward and backward each): its top-level modules only
             rf = receptive_field(net, name)
             rows.append((name, net.qualnames[name], str(shape[0]), f"{shape[1]}x{shape[2]}", f"{rf.size[0]} px",
-                         str(rf.jump[0]), str(rf.padding[0])))
+                         str(rf.jump[0]), str(rf.padding[0]), "*" if name in defaults else ""))
         elif len(shape) == 3 and min(shape[1:]) > 1:
             rows.append((name, net.qualnames[name], str(shape[0]), f"{shape[1]}x{shape[2]}",
-                         "receptive_field()", "-", "-"))
+                         "receptive_field()", "-", "-", "*" if name in defaults else ""))
         else:
-            rows.append((name, net.qualnames[name], str(shape[0]), "-", "whole image", "-", "-"))
+            rows.append((name, net.qualnames[name], str(shape[0]), "-", "whole image", "-", "-", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"{args.arch}, a {args.size}x{args.size} input: unit i of a map sees input pixels "
           "i*stride - padding ... i*stride - padding + field - 1 (each axis)")
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    print("default: * marks the layers the figure script and the atlas show when --layers is left out")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -535,11 +367,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+def _torchrun(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Under torchrun (``figures``, ``atlas``): join the process group for the run; ranks other than 0
+    print nothing on stdout (rank 0 reports). Elsewhere: nothing."""
+    stack = contextlib.ExitStack()
+    if args.command not in ("figures", "atlas") or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return stack
+    from .. import distributed
+
+    args.device = distributed.init_from_env(args.device)
+    stack.callback(distributed.shutdown)
+    if not distributed.is_main():
+        stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+    return stack
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        {"project": cmd_project, "figures": cmd_figures, "atlas": cmd_atlas, "layers": cmd_layers}[args.command](args)
+        with _torchrun(args):
+            {"project": cmd_project, "figures": cmd_figures, "atlas": cmd_atlas, "layers": cmd_layers,
+             "evolution": cmd_evolution, "correspondence": cmd_correspondence}[args.command](args)
     except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError, MemoryError) as err:
         print(f"deconvnet: error: {err}", file=sys.stderr)
         return 2

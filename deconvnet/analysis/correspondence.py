@@ -1,0 +1,472 @@
+"""Correspondence analysis (Zeiler & Fergus 2014, Fig. 8 and Table 1).
+
+The same object part (left eye, right eye, nose) is occluded in several images of one kind of object, and
+at each layer l the change of the feature vector, eps_i = x_i - x~_i (original minus occluded), is compared
+between images by the sign of each feature:
+
+    Delta_l = sum over i != j of H(sign(eps_i), sign(eps_j)),   H the Hamming distance.
+
+Lower means that occluding the part changes the representation more consistently across images: the
+layer puts the parts of different images in correspondence. Random occluder positions are the control.
+
+Choices (the paper leaves them open):
+
+* Normalisation. The paper's Table 1 gives values near 0.07 under the heading "mean feature sign change",
+  so its H is read here as a fraction: H = (number of features whose signs differ) / D, D the length of the
+  feature vector, averaged over the pairs (the paper's sum divided by n(n-1)). That makes layers of
+  different sizes comparable. ``sign`` is three-valued (-1, 0, +1): a ReLU feature that is zero with and
+  without the occluder has eps = 0, and two such zeros agree. The un-normalised sum of the formula is
+  reported too (``delta``).
+* Spread. The table's "±" is the standard deviation over the n(n-1)/2 image pairs for a part, and over
+  the random draws for the control (each draw is one score over all pairs).
+* The control: in each image, an occluder of the same size as the part's box, at a uniformly random
+  position inside the object's region ("random parts of the object"; the whole image when no region is
+  given), seeded, in ``draws`` draws.
+* The occluder is zero in the model's input space (the preprocessing's mean colour), as in Fig. 7 here.
+* Layers: the paper's layers 5 and 7 are taken as ``relu5_3`` and ``relu7`` for VGG16 (``relu5`` and
+  ``relu7`` for AlexNet). Weights without a classifier have no layer 7: then the last ReLUs of the last
+  three conv blocks (``relu3_3``, ``relu4_3``, ``relu5_3``), so that the trend with depth is still seen.
+
+Boxes are ``(top, left, bottom, right)``, bottom and right exclusive, in the pixels of the images as given
+(a file or bundled photograph as it loads); ``correspondence`` maps them through the same resize and centre
+crop as the images. The hand-set boxes of the bundled faces are in ``parts.json`` (``bundled_parts``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..engine import check_input, record
+from ..images import ImageLike, load_rgb, resized_size
+from ..models import Net
+from ..plot import image_array
+from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, TITLE_PT, blank, fill_words, jsonable, last_relu, progress,
+                    text_height, wrap_to_width)
+
+Box = tuple[int, int, int, int]
+PARTS_FILE = Path(__file__).with_name("parts.json")
+OBJECT = "object"  # the key of a JSON of boxes that gives the region of the random control, not a part
+
+
+# --- the score ---------------------------------------------------------------------------------------------
+
+def pairwise_sign_distance(eps: torch.Tensor) -> torch.Tensor:
+    """(n, D) differences -> (n, n) float64: the fraction of the D features whose signs (-1, 0, +1) differ."""
+    if eps.dim() != 2 or eps.shape[0] < 2 or eps.shape[1] < 1:
+        raise ValueError(f"expected (n >= 2 images, D >= 1 features) differences, got shape {tuple(eps.shape)}")
+    s = torch.sign(eps)
+    return (s[:, None, :] != s[None, :, :]).double().mean(2)
+
+
+def delta(eps: torch.Tensor) -> float:
+    """The paper's Delta_l: the sum over i != j of the Hamming distance of sign(eps_i) and sign(eps_j) (counts)."""
+    d = pairwise_sign_distance(eps) * eps.shape[1]
+    return float(d.sum() - d.diagonal().sum())
+
+
+def mean_sign_change(eps: torch.Tensor) -> tuple[float, float]:
+    """The normalised score: mean over the image pairs of H / D (= ``delta / (n (n - 1) D)``) and its standard
+    deviation over the n(n-1)/2 unordered pairs."""
+    d = pairwise_sign_distance(eps)
+    i, j = torch.triu_indices(d.shape[0], d.shape[0], 1)
+    v = d[i, j]
+    return float(v.mean()), float(v.std(unbiased=False))
+
+
+# --- boxes ------------------------------------------------------------------------------------------------
+
+@dataclass
+class PartBoxes:
+    """Images and their part boxes, as read from a JSON file (``load_parts``).
+
+    Attributes:
+        images: image names (bundled photographs) or file paths.
+        parts: part name -> one box per image, in the image's own pixels.
+        objects: per image, the region of the random control (None: the whole image).
+    """
+
+    images: list[str]
+    parts: dict[str, list[Box]]
+    objects: list[Box | None]
+
+
+def _check_box(box: Any, what: str) -> Box:
+    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                                     for v in box)):
+        raise ValueError(f"{what}: {box!r} is not a box. Hint: [top, left, bottom, right] in pixels, integers")
+    t, l, b, r = (int(v) for v in box)
+    if not (0 <= t < b and 0 <= l < r):
+        raise ValueError(f"{what}: box {[t, l, b, r]} is empty or negative. Hint: [top, left, bottom, right] with "
+                         "top < bottom and left < right (bottom and right exclusive)")
+    return t, l, b, r
+
+
+def load_parts(path: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> PartBoxes:
+    """Read a JSON of part boxes: ``{"images": {name: {part: [top, left, bottom, right], ..., "object": [...]}}}``.
+
+    Args:
+        path: the JSON file (default: ``parts.json``, the bundled faces).
+        folder: where the images named in the file are (a name is then a path relative to it); None: names are
+            bundled photographs or paths.
+
+    Every image must have the same parts; ``object`` (optional) is the region of the random control.
+    """
+    path = PARTS_FILE if path is None else Path(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"boxes file not found: '{path}'. Hint: a JSON file like {PARTS_FILE.name} of the package")
+    try:
+        spec = json.loads(Path(path).read_text())
+    except ValueError as err:
+        raise ValueError(f"boxes file '{path}' is not valid JSON ({err}). Hint: see {PARTS_FILE} for the format") from None
+    entries = spec.get("images") if isinstance(spec, dict) else None
+    if not isinstance(entries, dict) or len(entries) < 2:
+        raise ValueError(f"boxes file '{path}' needs an 'images' object with at least 2 images, each "
+                         "{{part: [top, left, bottom, right]}}. Hint: see the package's parts.json")
+    names = list(entries)
+    part_names = [p for p in entries[names[0]] if p != OBJECT]
+    if not part_names:
+        raise ValueError(f"boxes file '{path}': image '{names[0]}' has no part boxes")
+    parts: dict[str, list[Box]] = {p: [] for p in part_names}
+    objects: list[Box | None] = []
+    for name in names:
+        boxes = entries[name]
+        have = [p for p in boxes if p != OBJECT]
+        if sorted(have) != sorted(part_names):
+            raise ValueError(f"boxes file '{path}': image '{name}' has parts {sorted(have)}, but '{names[0]}' has "
+                             f"{sorted(part_names)}. Hint: every image needs the same parts")
+        for p in part_names:
+            parts[p].append(_check_box(boxes[p], f"'{name}' {p}"))
+        objects.append(_check_box(boxes[OBJECT], f"'{name}' {OBJECT}") if OBJECT in boxes else None)
+    if folder is not None:
+        missing = [n for n in names if not (Path(folder) / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"boxes file '{path}' names image(s) not in '{folder}': {', '.join(missing[:5])}. "
+                                    "Hint: names are file paths relative to the folder")
+        names = [str(Path(folder) / n) for n in names]
+    return PartBoxes(names, parts, objects)
+
+
+def bundled_parts() -> PartBoxes:
+    """The offline set: astronaut, grace_hopper (human faces) and chelsea (a cat), with hand-set boxes of the
+    left eye, right eye (the subject's own) and nose, and the face as the region of the random control."""
+    return load_parts(PARTS_FILE)
+
+
+def map_box(box: Box, wh: tuple[int, int], size: int | None) -> Box:
+    """A box in an image of ``wh`` (width, height) pixels, after resizing the shorter side to ``size`` and a
+    centre crop of ``size`` x ``size`` (``net.preprocess(image, size=size, crop=size)``); clipped to the crop."""
+    if size is None:
+        return box
+    w, h = wh
+    nw, nh = resized_size(wh, size)
+    sx, sy = nw / w, nh / h
+    left0, top0 = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    t, l, b, r = box
+    t, b = (min(max(int(round(v * sy)) - top0, 0), size) for v in (t, b))
+    l, r = (min(max(int(round(v * sx)) - left0, 0), size) for v in (l, r))
+    return t, l, b, r
+
+
+def _random_box(hw: tuple[int, int], region: Box, image_hw: tuple[int, int], g: torch.Generator) -> Box:
+    """A box of ``hw`` at a uniformly random position inside ``region`` (the whole image if it does not fit)."""
+    h, w = hw
+    t0, l0, b0, r0 = region
+    if b0 - t0 < h or r0 - l0 < w:
+        t0, l0, b0, r0 = 0, 0, *image_hw
+    top = t0 + int(torch.randint(b0 - t0 - h + 1, (1,), generator=g))
+    left = l0 + int(torch.randint(r0 - l0 - w + 1, (1,), generator=g))
+    return top, left, top + h, left + w
+
+
+# --- the experiment ---------------------------------------------------------------------------------------
+
+def default_layers(net: Net) -> list[str]:
+    """The paper's layers 5 and 7 (``relu5_3``/``relu5`` and ``relu7``) where a classifier exists; without one,
+    the last ReLU of each of the last three conv blocks. Graphs: the last two top-level modules with maps."""
+    if not net.is_chain:
+        shapes = net.output_shapes()
+        top = [n for n in net.layers if "." not in n and len(shapes.get(n, ())) == 4]
+        return top[-2:]
+    five = last_relu(net)
+    if net.classifier is not None and "relu7" in net.layers:
+        return [five, "relu7"]
+    relus = [n for n in net.layers if n.startswith("relu") and net.depth(n) < len(net.features)]
+    last_of_block: dict[str, str] = {}
+    for n in relus:
+        last_of_block[n.split("_")[0]] = n
+    return list(last_of_block.values())[-3:]
+
+
+@dataclass
+class CorrespondenceResult:
+    """Table 1 and Fig. 8's data.
+
+    Attributes:
+        names, parts, layers: the images, parts and layers.
+        boxes: part -> one box per image, in model-input pixels.
+        random_boxes: part -> one list per draw of a box per image.
+        score: part -> layer -> (mean sign change over pairs, its std over pairs).
+        random: part -> layer -> (mean over draws of the draws' scores, std over draws).
+        delta: part -> layer -> the paper's un-normalised sum (counts).
+        random_delta: part -> layer -> mean over draws of the un-normalised sum.
+        dims: layer -> D, the length of its feature vector.
+        input: (n, 3, H, W) the unoccluded model input; weights: ``net.describe()``; fill: the occluder in words.
+    """
+
+    names: list[str]
+    parts: list[str]
+    layers: list[str]
+    boxes: dict[str, list[Box]]
+    random_boxes: dict[str, list[list[Box]]]
+    score: dict[str, dict[str, tuple[float, float]]]
+    random: dict[str, dict[str, tuple[float, float]]]
+    delta: dict[str, dict[str, float]]
+    random_delta: dict[str, dict[str, float]]
+    dims: dict[str, int]
+    input: torch.Tensor
+    weights: str
+    fill: str
+    draws: int
+    seed: int
+    size: int | None
+    preprocessing: Any = field(repr=False, default=None)
+
+    def table(self) -> str:
+        """Table 1 as text: a row per part, per layer the mean sign change ± std and its random control."""
+        head = f"{'part':10s}" + "".join(f"  {l + ' part':>17s}  {l + ' random':>17s}" for l in self.layers)
+        rows = [head]
+        for p in self.parts:
+            cells = "".join(f"  {self.score[p][l][0]:9.4f} ± {self.score[p][l][1]:.4f}"
+                            f"  {self.random[p][l][0]:9.4f} ± {self.random[p][l][1]:.4f}" for l in self.layers)
+            rows.append(f"{p:10s}{cells}")
+        return "\n".join(rows)
+
+    def summary(self) -> dict:
+        """Every number, JSON-ready."""
+        return jsonable({
+            "what": "Zeiler & Fergus Table 1: mean feature sign change (normalised Hamming distance of sign(eps_i), "
+                    "sign(eps_j), eps = features(original) - features(occluded), averaged over image pairs i != j); "
+                    "lower = more consistent",
+            "normalisation": "H / D per pair (D = feature-vector length), mean over the n(n-1) ordered pairs; std over "
+                             "the n(n-1)/2 unordered pairs (parts) or over the draws (random)",
+            "images": self.names, "n_images": len(self.names), "parts": self.parts, "layers": self.layers,
+            "dims": self.dims, "size": self.size, "draws": self.draws, "seed": self.seed, "occluder": self.fill,
+            "weights": self.weights,
+            "boxes_model_input": self.boxes, "random_boxes_model_input": self.random_boxes,
+            "table": {p: {l: {"mean": self.score[p][l][0], "std": self.score[p][l][1],
+                              "random_mean": self.random[p][l][0], "random_std": self.random[p][l][1],
+                              "delta_sum": self.delta[p][l], "random_delta_sum": self.random_delta[p][l]}
+                          for l in self.layers} for p in self.parts},
+        })
+
+
+def _inputs(net: Net, images: Sequence[ImageLike] | torch.Tensor, size: int | None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Model inputs of the images, and each image's original (width, height)."""
+    if isinstance(images, torch.Tensor):
+        x = check_input(images, net)
+        return x, [(x.shape[-1], x.shape[-2])] * x.shape[0]
+    pils = [load_rgb(img) for img in images]
+    xs = [net.preprocess(p, size=size, crop=size) for p in pils]
+    shapes = {tuple(x.shape[-2:]) for x in xs}
+    if len(shapes) > 1:
+        raise ValueError(f"the images have different sizes {sorted(shapes)} after preprocessing. Hint: give size=224")
+    return torch.cat(xs), [p.size for p in pils]
+
+
+def correspondence(
+    net: Net,
+    images: Sequence[ImageLike] | torch.Tensor,
+    parts: Mapping[str, Sequence[Box]],
+    layers: Sequence[str] | None = None,
+    *,
+    objects: Sequence[Box | None] | None = None,
+    size: int | None = 224,
+    draws: int = 10,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+    batch_size: int = 8,
+    show_progress: bool = True,
+) -> CorrespondenceResult:
+    """Occlude the same part in every image and score, per layer, how consistently the features change.
+
+    Args:
+        net: the model (chain or graph).
+        images: image-likes (files, bundled photograph names, PIL images, arrays), resized and centre-cropped to
+            ``size`` (None: as they are), or a (n, 3, H, W) model-input tensor.
+        parts: part name -> one box ``(top, left, bottom, right)`` per image, in the pixels of the images as
+            given (mapped through the resize and crop).
+        layers: default ``default_layers(net)``.
+        objects: per image, the region of the random control in the same pixels (None: the whole image).
+        size: resize the shorter side and centre-crop to this side.
+        draws: random-position draws of the control.
+        seed: of the random positions.
+        names: a name per image (default: the image names when they are strings).
+        batch_size: occluded images per forward.
+        show_progress: a tqdm bar over the forwards.
+
+    Returns:
+        A ``CorrespondenceResult``; ``table()`` prints Table 1, ``plot_correspondence`` draws Fig. 8's panels.
+    """
+    n = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+    if n < 2:
+        raise ValueError(f"correspondence compares images: {n} given. Hint: at least 2 images of one kind of object")
+    if not parts:
+        raise ValueError("no parts. Hint: parts={'left_eye': [box per image], ...}")
+    if draws < 1:
+        raise ValueError(f"draws={draws}: the random control needs at least 1 draw")
+    for p, boxes in parts.items():
+        if len(boxes) != n:
+            raise ValueError(f"part '{p}' has {len(boxes)} boxes for {n} images. Hint: one box per image, in order")
+    if objects is not None and len(objects) != n:
+        raise ValueError(f"{len(objects)} object regions for {n} images. Hint: one per image, or None")
+    layers = list(dict.fromkeys(net.resolve(l) for l in (layers or default_layers(net))))
+    x, wh = _inputs(net, images, size)
+    hw = tuple(x.shape[-2:])
+    side = None if isinstance(images, torch.Tensor) else size
+    boxes = {p: [map_box(_check_box(b, f"image {i} {p}"), wh[i], side) for i, b in enumerate(bs)] for p, bs in parts.items()}
+    for p, bs in boxes.items():
+        for i, b in enumerate(bs):
+            if b[0] >= b[2] or b[1] >= b[3]:
+                raise ValueError(f"part '{p}' of image {i} lies outside the {hw[1]}x{hw[0]} input after the resize and "
+                                 "crop. Hint: check the box, or give size=None")
+    regions = [(0, 0, *hw) if objects is None or objects[i] is None else map_box(_check_box(objects[i], f"image {i} object"),
+                                                                                  wh[i], side) for i in range(n)]
+    g = torch.Generator().manual_seed(seed)
+    random_boxes = {p: [[_random_box((b[2] - b[0], b[3] - b[1]), regions[i], hw, g) for i, b in enumerate(boxes[p])]
+                        for _ in range(draws)] for p in boxes}
+    # every occluded input: (key, image, box)
+    jobs = [(("part", p), i, b) for p, bs in boxes.items() for i, b in enumerate(bs)]
+    jobs += [(("random", p, d), i, b) for p, ds in random_boxes.items() for d, bs in enumerate(ds) for i, b in enumerate(bs)]
+    clean = {l: a.flatten(1).double().cpu() for l, a in record(net, x, layers, switches=False).activations.items()}
+    feats: dict[tuple, dict[str, list]] = {}
+    chunks = [jobs[s : s + batch_size] for s in range(0, len(jobs), batch_size)]
+    for chunk in progress(chunks, enabled=show_progress, desc="correspondence"):
+        xs = x[[i for _, i, _ in chunk]].clone()
+        for k, (_, _, (t, l, b, r)) in enumerate(chunk):
+            xs[k, :, t:b, l:r] = 0.0  # zero in the model's input space: the preprocessing's mean colour
+        acts = record(net, xs, layers, switches=False).activations
+        for k, (key, i, _) in enumerate(chunk):
+            feats.setdefault(key, {l: [None] * n for l in layers})
+            for l in layers:
+                feats[key][l][i] = acts[l][k].flatten().double().cpu()
+
+    def eps(key, l) -> torch.Tensor:
+        return clean[l] - torch.stack(feats[key][l])
+
+    score = {p: {l: mean_sign_change(eps(("part", p), l)) for l in layers} for p in boxes}
+    dl = {p: {l: delta(eps(("part", p), l)) for l in layers} for p in boxes}
+    random, random_delta = {}, {}
+    for p in boxes:
+        random[p], random_delta[p] = {}, {}
+        for l in layers:
+            per_draw = np.array([mean_sign_change(eps(("random", p, d), l))[0] for d in range(draws)])
+            random[p][l] = (float(per_draw.mean()), float(per_draw.std()))
+            random_delta[p][l] = float(np.mean([delta(eps(("random", p, d), l)) for d in range(draws)]))
+    if names is None:
+        names = ([Path(str(i)).stem for i in images] if not isinstance(images, torch.Tensor)
+                 and all(isinstance(i, (str, os.PathLike)) for i in images) else [f"image {i}" for i in range(n)])
+    return CorrespondenceResult(list(names), list(boxes), layers, boxes, random_boxes, score, random, dl, random_delta,
+                                {l: int(clean[l].shape[1]) for l in layers}, x.detach().cpu(), net.describe(),
+                                fill_words(net), draws, seed, side, net.preprocessing)
+
+
+# --- drawing ----------------------------------------------------------------------------------------------
+
+PART_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WIDTH):
+    """Fig. 8 and Table 1: the images with each part's occluder (and one draw of the random control), and a
+    bar chart per layer of the mean feature sign change of each part beside its random control.
+
+    Returns:
+        A new matplotlib figure, ``width`` inches wide.
+    """
+    import matplotlib.patches as mpatches
+    import matplotlib.pyplot as plt
+
+    n, parts = len(result.names), result.parts
+    rows = parts + ["random"]
+    label_w, grid_w = 0.62, min(3.0, 0.95 * n)
+    tile = (grid_w - 0.04 * (n - 1)) / n
+    chart_l = label_w + grid_w + 0.55
+    chart_w = width - chart_l - 0.1
+    title = (f"Correspondence (Zeiler & Fergus Table 1): occluding the same part in {n} images; lower = the features "
+             f"change more consistently")
+    caption = (f"Left: the images as the model sees them ({result.size or 'original'} px), each part occluded by "
+               f"{result.fill}; the last row is one of {result.draws} draws of the control: the same box at a random "
+               f"position in the face. Right: mean feature sign change, the normalised Hamming distance of sign(x_i - x~_i) "
+               f"between images (fraction of the D features whose signs differ), averaged over the {n * (n - 1)} ordered "
+               f"pairs; error bars: std over pairs (parts) or over draws (random). Only {n} images: the spread is large. "
+               f"Weights: {result.weights}.")
+    head = wrap_to_width(title, width - 0.2, TITLE_PT)
+    foot = wrap_to_width(caption, width - 0.2, TICK_PT)
+    top = text_height(head, TITLE_PT) + 0.06 + TEXT_PT * 1.5 / 72
+    bottom = text_height(foot, TICK_PT) + 0.1
+    body = len(rows) * tile + (len(rows) - 1) * 0.04
+    height = top + max(body, 2.2) + bottom
+    fig = plt.figure(figsize=(width, height))
+    fig.text(0.5, 1 - 0.05 / height, head, ha="center", va="top", fontsize=TITLE_PT)
+    fig.text(0.5, 0.04 / height, foot, ha="center", va="bottom", fontsize=TICK_PT, color="0.25")
+    rgb = result.preprocessing.inverse(result.input).clamp(0, 1) if result.preprocessing is not None else result.input
+    y = height - top
+    for j, name in enumerate(result.names):
+        fig.text((label_w + j * (tile + 0.04) + tile / 2) / width, (y + 0.03) / height, name, ha="center",
+                 va="bottom", fontsize=TEXT_PT)
+    for r, row in enumerate(rows):
+        y -= tile
+        fig.text((label_w - 0.05) / width, (y + tile / 2) / height, row.replace("_", " "), ha="right", va="center",
+                 fontsize=TEXT_PT)
+        for j in range(n):
+            box = result.random_boxes[parts[0]][0][j] if row == "random" else result.boxes[row][j]
+            img = rgb[j].clone()
+            fill = result.preprocessing.inverse(torch.zeros(1, 3, 1, 1))[0, :, 0, 0].clamp(0, 1) \
+                if result.preprocessing is not None else torch.zeros(3)
+            t, l, b, rr = box
+            img[:, t:b, l:rr] = fill.view(3, 1, 1)
+            ax = fig.add_axes([(label_w + j * (tile + 0.04)) / width, y / height, tile / width, tile / height])
+            ax.imshow(image_array(img), interpolation="antialiased")
+            colour = "0.5" if row == "random" else PART_COLOURS[parts.index(row) % len(PART_COLOURS)]
+            ax.add_patch(mpatches.Rectangle((l - 0.5, t - 0.5), rr - l, b - t, fill=False, edgecolor=colour, lw=1.2))
+            blank(ax)
+        y -= 0.04
+    ax = fig.add_axes([chart_l / width, (bottom + 0.35) / height, chart_w / width, (height - top - bottom - 0.35) / height])
+    layers = result.layers
+    group = len(parts) * 2
+    bw = 0.8 / group
+    for k, p in enumerate(parts):
+        colour = PART_COLOURS[k % len(PART_COLOURS)]
+        for m, (values, hatch, alpha) in enumerate(((result.score[p], None, 1.0), (result.random[p], "///", 0.35))):
+            xs = np.arange(len(layers)) - 0.4 + bw * (2 * k + m + 0.5)
+            ax.bar(xs, [values[l][0] for l in layers], bw, yerr=[values[l][1] for l in layers], color=colour,
+                   alpha=alpha, hatch=hatch, edgecolor=colour, lw=0.5, error_kw={"lw": 0.6, "capsize": 1.5},
+                   label=f"{p.replace('_', ' ')}" + (" (random)" if m else ""))
+    ax.set_xticks(np.arange(len(layers)), [f"{l}\nD={result.dims[l]}" for l in layers], fontsize=TICK_PT)
+    ax.tick_params(axis="y", labelsize=TICK_PT)
+    ax.set_ylabel("mean feature sign change", fontsize=TEXT_PT)
+    ax.legend(fontsize=TICK_PT, ncol=2, frameon=False, loc="upper left", handlelength=1.2, columnspacing=0.8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+    for s in ("top", "right"):
+        ax.spines[s].set_visible(False)
+    return fig
+
+
+def write_correspondence(result: CorrespondenceResult, out: str | os.PathLike, *, dpi: int = 200) -> tuple[Path, Path]:
+    """Save the figure (PNG/PDF/SVG by suffix) and ``<stem>.json`` (every number) beside it."""
+    import matplotlib.pyplot as plt
+
+    from ..io import write_json
+    from ..plot import save_figure
+
+    out = Path(out)
+    fig = plot_correspondence(result)
+    save_figure(fig, out, dpi=dpi)
+    plt.close(fig)
+    return out, write_json(result.summary(), out.with_suffix(".json"))

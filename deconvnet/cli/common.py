@@ -1,0 +1,208 @@
+"""What every command shares: the one-line usage error, argument types, output checks, loading a model and
+a dataset from the command's options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from ..models import ARCH_NAMES
+
+
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes (JPEG through Pillow)
+
+
+class UsageError(Exception):
+    """A bad command-line value; printed as one line, exit status 2."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` names each option's default; nothing where there is none (None, a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:  # the subcommands' --help show their defaults too
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), or any torchvision classifier (resnet50, "
+             "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2)")
+
+
+def _arch(text: str) -> str:
+    import torchvision.models as tvm
+
+    if text in ARCH_NAMES or text in tvm.list_models(module=tvm):
+        return text
+    import difflib
+
+    near = difflib.get_close_matches(text, [*ARCH_NAMES, *tvm.list_models(module=tvm)], n=4)
+    raise argparse.ArgumentTypeError(f"unknown arch '{text}'" + (f"; did you mean {', '.join(near)}?" if near else
+                                     "; use vgg16, alexnet or a torchvision classifier name"))
+
+
+def _position(text: str):
+    if text in ("max", "all"):
+        return text
+    try:
+        row, col = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not max, all or ROW,COL (e.g. 10,11)") from None
+    return (row, col)
+
+
+def _channel(text: str):
+    if text == "max":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a channel number or max") from None
+
+
+def _features(text: str):
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of channels or all") from None
+
+
+def _load_data(args: argparse.Namespace, net):
+    """The dataset of ``--data`` (default: the offline demo collection), cut to ``--limit``; and its name."""
+    from ..data import Head, load_dataset
+
+    data = None if args.data is None else str(Path(args.data).expanduser())
+    dataset = load_dataset(data, preprocessing=net.preprocessing, resize=args.resize, crop=args.crop)
+    if args.limit is not None and args.limit < len(dataset):
+        dataset = Head(dataset, args.limit)
+    return dataset, ("the offline demo collection" if data is None else f"'{data}'")
+
+
+def check_output_file(path: Path) -> None:
+    """Before any work: ``path`` can be written as a file (its folder exists or can be made, and is writable)."""
+    if path.is_dir():
+        raise UsageError(f"--out '{path}' is a folder; give a file name, e.g. {path / 'figure.png'}")
+    check_output_folder(path.parent, "the folder of --out")
+
+
+def check_output_folder(folder: Path, what: str = "--out") -> None:
+    """Before any work: ``folder`` exists or can be made, and a file can be written in it.
+
+    Stale temporary files of writes that a kill interrupted are removed (``deconvnet.io``).
+    """
+    from ..io import remove_stale_temporaries
+
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} '{folder}' is a file, not a folder. Hint: give a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UsageError(f"{what} '{folder}' cannot be written: {err.strerror or err}. "
+                         "Hint: choose a folder you can write to") from None
+    remove_stale_temporaries(folder)
+
+
+def _check_device(text: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device '{text}' is not a device. Hint: cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {text}: projections need a device that computes (cpu, cuda or mps), not {device.type}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {text}: MPS is not available here. Hint: --device cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: CUDA is not available here. Hint: --device cpu")
+
+
+def _load_net(args: argparse.Namespace):
+    from ..models import load_model
+
+    args.device = resolve_device(args.device)
+    _check_device(args.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    return net
+
+
+def resolve_device(text: str) -> str:
+    """``auto``: CUDA when it is available, else the CPU; any other name as given (``_check_device`` checks it)."""
+    if text != "auto":
+        return text
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | None = None) -> None:
+    """Before any weights load: every layer is one of ``arch``'s paper names, and ``channel`` fits the first.
+
+    The names come from the family's table applied to the torchvision builder run on the meta device (no
+    weights, no memory: milliseconds). The classifier's names pass here; weights without a classifier
+    refuse them once loaded.
+    """
+    import torch
+    from torch import nn
+
+    from ..models import alexnet as alexnet_table
+    from ..models import vgg as vgg_table
+
+    if arch not in ARCH_NAMES:  # any torchvision classifier: module paths, from the model built on meta
+        import torchvision.models as tvm
+
+        from ..models import wrap
+
+        with torch.device("meta"):
+            model = tvm.get_model_builder(arch)(weights=None)
+        net = wrap(model, name=arch)
+        for layer in layers:
+            try:
+                net.resolve(layer)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+        return
+    table = vgg_table if arch in vgg_table.ARCHS else alexnet_table
+    with torch.device("meta"):
+        model = table.ARCHS[arch][0](weights=None)
+    names = {**table.feature_names(model.features), **vgg_table.classifier_names(model.classifier)}
+    for layer in layers:
+        if layer not in names:
+            raise UsageError(f"unknown layer '{layer}' for {arch}. Hint: valid layers are {', '.join(names)}")
+    if not layers or not isinstance(channel, int) or isinstance(channel, bool):
+        return
+    stack = [(f"features.{i}", m) for i, m in enumerate(model.features)] + \
+            [(f"classifier.{i}", m) for i, m in enumerate(model.classifier)]
+    count = 3
+    for qualname, m in stack:  # channels of a layer: those of the last conv or linear at or below it
+        if isinstance(m, nn.Conv2d):
+            count = m.out_channels
+        elif isinstance(m, nn.Linear):
+            count = m.out_features
+        if qualname == names[layers[0]]:
+            break
+    if not 0 <= channel < count:
+        raise UsageError(f"channel {channel} is out of range for layer '{layers[0]}' of {arch}, which has {count} "
+                         f"channels. Hint: use 0..{count - 1} or 'max'")

@@ -1,0 +1,199 @@
+"""The top-k tiles of a channel from a scan (``TopK``): computed from the scan's entries, kept per
+(layer, channel), and, in the app, computed on a background thread after the main view is drawn.
+
+Each tile image's recorded forward is kept (``Deconvnet(net, keep=...)``, by the image's tensor), so
+another channel whose tiles share images runs no forward for them; a tile image's units of one channel go
+down in one ``Deconvnet.project_units`` call (the receptive-field-cropped walk for chains).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Union
+
+import torch
+
+from ..engine import Deconvnet
+from ..figure2 import PATCH_PAD, FeatureTiles
+from ..images import pil_to_tensor01
+from ..models import Net
+from ..plot import crop_box
+from ..scan import TopK
+
+Result = Union[FeatureTiles, str]  # the tiles, or why there are none
+
+
+class TileSource:
+    """Computes the tiles of one channel of a scan over its dataset.
+
+    Args:
+        net: the model the scan was made with.
+        dataset: the scanned collection (``deconvnet.data``); None: tiles cannot be made (a note says why).
+        topk: the scan.
+        keep: how many tile images' recorded forwards to keep (a graph keeps its autograd graph: fewer).
+    """
+
+    def __init__(self, net: Net, dataset: Any, topk: TopK, *, keep: Optional[int] = None) -> None:
+        self.net, self.dataset, self.topk = net, dataset, topk
+        self.keep = keep if keep is not None else (32 if net.is_chain else 8)
+        self.deconv = Deconvnet(net, keep=self.keep)
+        self._inputs: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def note(self, layer: str, channel: int) -> Optional[str]:
+        """Why ``(layer, channel)`` has no tiles, or None when it has."""
+        if layer not in self.topk.layers:
+            return f"The scan has no {layer} (it has {', '.join(self.topk.layers)})."
+        if self.dataset is None:
+            return "The top-9 tiles need the scanned dataset: explore(net, dataset, topk)."
+        if not self.topk.entries(layer, channel):
+            return f"The scan kept no activation of {layer} channel {channel}."
+        return None
+
+    def _input(self, i: int) -> torch.Tensor:
+        """Dataset item ``i`` as a (1, 3, H, W) model input, the same tensor each time (``keep`` keys on it)."""
+        if i not in self._inputs:
+            x = self.dataset[i][0]
+            if x is None:
+                raise ValueError(f"dataset item {i} cannot be read")
+            self._inputs[i] = x.unsqueeze(0).to(device=self.net.device, dtype=self.net.dtype)
+        self._inputs.move_to_end(i)
+        while len(self._inputs) > max(self.keep, 1):
+            self._inputs.popitem(last=False)
+        return self._inputs[i]
+
+    def compute(self, layer: str, channel: int, stop: Callable[[], bool] = lambda: False,
+                pause: Callable[[], None] = lambda: None) -> Optional[Result]:
+        """The tiles of ``(layer, channel)`` (``FeatureTiles``, as ``figure2.feature_tiles`` makes them), or
+        a sentence saying why there are none; None when ``stop()`` became true on the way. Between images,
+        ``pause()`` is called first (the app's worker waits there while the main view is computed)."""
+        note = self.note(layer, channel)
+        if note is not None:
+            return note
+        entries = self.topk.entries(layer, channel)
+        rf = self.deconv.receptive_field(layer)
+        by_image: dict[int, list[int]] = {}
+        for k, (_, i, _) in enumerate(entries):
+            by_image.setdefault(i, []).append(k)
+        n = len(entries)
+        projections: list[Optional[torch.Tensor]] = [None] * n
+        patches: list[Optional[torch.Tensor]] = [None] * n
+        for i, ks in by_image.items():
+            pause()
+            if stop():
+                return None
+            units = torch.tensor([entries[k][2] for k in ks], dtype=torch.long)
+            windows, _, values = self.deconv.project_units(
+                self._input(i), layer, torch.zeros(len(ks), dtype=torch.long), torch.full((len(ks),), channel), units)
+            windows = self.net.preprocessing.to_rgb_order(windows).detach().cpu()
+            rgb = pil_to_tensor01(self.dataset.rgb(i))
+            for j, k in enumerate(ks):
+                v, _, (r, c) = entries[k]
+                if not torch.isclose(values[j].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3, atol=1e-5):
+                    return (f"image {i} gives activation {float(values[j]):.6g} at {layer} channel {channel} ({r}, {c}), "
+                            f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?")
+                projections[k] = windows[j]
+                patches[k] = crop_box(rgb, rf.box(r, c), PATCH_PAD)
+        label = (lambda i: self.dataset.label(i)) if hasattr(self.dataset, "label") else str
+        return FeatureTiles(
+            layer=layer, channel=channel,
+            values=torch.tensor([e[0] for e in entries]),
+            images=torch.tensor([e[1] for e in entries]),
+            positions=torch.tensor([e[2] for e in entries]),
+            boxes=[rf.box(*e[2]) for e in entries],
+            projections=torch.stack(projections),  # type: ignore[arg-type]
+            patches=torch.stack(patches),  # type: ignore[arg-type]
+            labels=[label(e[1]) for e in entries],
+            sources=[str(self.dataset.group(e[1])) if hasattr(self.dataset, "group") else label(e[1]) for e in entries],
+        )
+
+
+class TileWorker:
+    """Tiles computed one request at a time on a background thread, kept per (layer, channel).
+
+    A request made while another is computing supersedes it: the older one stops at its next image (what
+    its images recorded stays kept). ``done(key, result)`` is called on the worker thread when a request
+    finishes; ``wait`` blocks until one has.
+    """
+
+    def __init__(self, source: TileSource, run: Callable[[Callable[[], Any]], Any] = lambda f: f()) -> None:
+        self.source, self._run = source, run
+        self.cache: dict[tuple[str, int], Result] = {}
+        self.seconds: dict[tuple[str, int], float] = {}
+        self._wanted: Optional[tuple[str, int]] = None
+        self._futures: dict[tuple[str, int], Future] = {}
+        self._lock = threading.Lock()
+        self._computing = threading.Lock()  # one computation at a time: the source's kept forwards are not shared
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self.idle = threading.Event()  # cleared while the main view is computed: the worker waits between images
+        self.idle.set()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """The main view is being computed inside: the worker starts no image meanwhile (the two would share
+        the cores and the model's lock; the view comes first)."""
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.idle.set()
+
+    def cached(self, key: tuple[str, int]) -> Optional[Result]:
+        return self.cache.get(key)
+
+    def compute(self, key: tuple[str, int]) -> Result:
+        """The tiles of ``key`` now, on this thread (kept)."""
+        if key not in self.cache:
+            self._job(key, None, stoppable=False)
+        return self.cache[key]
+
+    def request(self, key: tuple[str, int], done: Callable[[tuple[str, int], Result], None]) -> Future:
+        """Compute the tiles of ``key`` on the worker thread (the newest request wins)."""
+        with self._lock:
+            self._wanted = key
+            future = self._futures.get(key)
+            if future is not None and not future.done():
+                return future
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deconvnet-tiles")
+            future = self._executor.submit(self._job, key, done, True)
+            self._futures[key] = future
+            return future
+
+    def wait(self, key: tuple[str, int], timeout: Optional[float] = None) -> Optional[Result]:
+        """The tiles of ``key`` once its request finished (None if it was superseded or never made)."""
+        future = self._futures.get(key)
+        if future is not None:
+            future.result(timeout)
+        return self.cache.get(key)
+
+    def _job(self, key: tuple[str, int], done: Optional[Callable], stoppable: bool) -> None:
+        if key in self.cache:
+            result: Optional[Result] = self.cache[key]
+        else:
+            if stoppable and self._wanted != key:
+                return
+            t = time.perf_counter()
+            try:
+                with self._computing:
+                    if key in self.cache:  # made meanwhile (a wait on this thread's work, or compute())
+                        result = self.cache[key]
+                    else:
+                        result = self._run(lambda: self.source.compute(
+                            *key, stop=lambda: stoppable and self._wanted != key,
+                            pause=self.idle.wait if stoppable else lambda: None))
+            except (ValueError, RuntimeError, OSError) as err:  # shown as the tiles' note: the thread has no caller
+                result = f"The tiles of {key[0]} channel {key[1]} could not be made: {err}"
+            if result is None:  # superseded on the way
+                return
+            self.cache[key] = result
+            self.seconds[key] = time.perf_counter() - t
+        if done is not None:
+            done(key, result)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,258 @@
+"""Scale-out on torch.distributed: 2 CPU processes (gloo, under torchrun) give what one process gives.
+
+Every multi-process run is a subprocess of ``python -m torch.distributed.run --standalone`` on the CPU; the
+one-process references run as subprocesses too, with the same one thread per process (``OMP_NUM_THREADS=1``,
+what torchrun gives each of its processes), so that the forwards are bitwise alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deconvnet as dn
+from deconvnet import distributed
+from deconvnet.atlas.stats import ExactSum
+from deconvnet.data import demo_collection
+from deconvnet.scan import StaleScanWarning, TopK, scan_top_k
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DECONVNET_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def run(args: list[str], nproc: int | None, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``args`` (a script and its arguments, or ``-m deconvnet ...``) in ``nproc`` processes under torchrun,
+    or in one plain process (``nproc=None``)."""
+    launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run([sys.executable, *launcher, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """24 small distinct images, two of them identical (ties broken by the lower index), in subfolders."""
+    root = tmp_path_factory.mktemp("images")
+    g = np.random.default_rng(7)
+    for i in range(24):
+        a = g.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+        if i == 17:
+            a = np.asarray(Image.open(root / "a" / "img02.png"))
+        (root / "ab"[i % 2]).mkdir(exist_ok=True)
+        Image.fromarray(a).save(root / "ab"[i % 2] / f"img{i:02d}.png")
+    return root
+
+
+def tree(out: Path) -> dict[str, bytes]:
+    """Every file of an output folder but scans/ (working data) and the records of the run itself: the
+    scan date, and how many processes built it (the provenance, which must differ)."""
+    files = {}
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out)
+        if not p.is_file() or rel.parts[0] == "scans":
+            continue
+        content = p.read_bytes()
+        if p.suffix == ".html":
+            content = re.sub(rb'<time datetime="[^"]*">[^<]*</time>', b"<time></time>", content)
+            content = re.sub(rb"<dt>Built by</dt>\s*<dd>[^<]*</dd>", b"", content)
+        if p.suffix == ".json":
+            meta = json.loads(content)
+            for d in (meta, meta.get("provenance", {})):
+                for key in ("date", "processes", "backend", "built_by"):
+                    d.pop(key, None)
+            content = json.dumps(meta, sort_keys=True).encode()
+        files[rel.as_posix()] = content
+    return files
+
+
+# --- the pieces, in one process -------------------------------------------------------------------------
+
+def test_one_process_is_rank_0_of_1():
+    assert distributed.world() == (0, 1) and distributed.is_main() and distributed.backend() is None
+    assert distributed.shard(range(10)) == range(10)
+    assert distributed.all_gather({"a": 1}) == [{"a": 1}]
+    assert distributed.on_main(lambda x: x + 1, 1) == 2
+    assert distributed.rank_path("s/scan.pt") == Path("s/scan.pt")
+
+
+def test_exact_sums_do_not_depend_on_the_order():
+    """Against Python's exactly rounded ``math.fsum``, in any order and split in any shares."""
+    import math
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 4, generator=g, dtype=torch.float64) * torch.tensor([1e-30, 1.0, 1e12, 1e200], dtype=torch.float64)
+    x[5] = x[6].neg()  # cancellation
+    whole = ExactSum.zeros(4)
+    ExactSum.add(whole, x)
+    parts = [ExactSum.zeros(4) for _ in range(3)]
+    perm = torch.randperm(300, generator=g)
+    for n, rows in enumerate(perm.chunk(3)):
+        ExactSum.add(parts[n], x[rows])
+    merged = ExactSum.merge(ExactSum.merge(parts[2], parts[0]), parts[1])
+    expected = torch.tensor([math.fsum(x[:, c].tolist()) for c in range(4)], dtype=torch.float64)
+    assert torch.equal(ExactSum.value(whole), expected) and torch.equal(ExactSum.value(merged), expected)
+
+
+def test_another_number_of_processes_starts_over_in_one_line(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    data = demo_collection(preprocessing=net.preprocessing, size=32, n=6)
+    ckpt = tmp_path / "scan.pt"
+    (tmp_path / "scan.rank1-of-2.pt").write_bytes(b"from a run of 2 processes")
+    with pytest.warns(StaleScanWarning) as caught:
+        topk = scan_top_k(net, data, ["conv2_1"], k=3, checkpoint=ckpt, progress=False)
+    (message,) = [str(w.message) for w in caught]
+    assert "\n" not in message and "2 process(es)" in message and "this run has 1" in message and "starts over" in message
+    assert ckpt.is_file() and topk.provenance["processes"] == 1 and topk.provenance["backend"] is None
+
+
+# --- 2 processes against 1 ------------------------------------------------------------------------------
+
+API_SCRIPT = """
+import sys, torch, torch.distributed as dist
+import deconvnet as dn
+from deconvnet.atlas import channel_stats
+from deconvnet.data import demo_collection
+from deconvnet.scan import scan_top_k
+
+if len(sys.argv) > 2:
+    dist.init_process_group("gloo")  # the few lines a script of one's own adds
+net = dn.load_vgg("vgg11", "random", seed=3)
+data = demo_collection(preprocessing=net.preprocessing, size=40, n=34)  # 17 photos: groups span the ranks
+out = {}
+for per_group in (1, 2, None):
+    topk = scan_top_k(net, data, ["conv2_1", "conv3_1"], k=6, per_group=per_group, batch_size=4, progress=False)
+    out[str(per_group)] = (topk.values, topk.images, topk.positions, topk.provenance["processes"])
+stats = channel_stats(net, data, {"conv3_1": topk.values["conv3_1"][:, 0]}, bins=8, batch_size=4, progress=False)
+out["stats"] = dict(stats["conv3_1"].__dict__)
+if not dist.is_initialized() or dist.get_rank() == 0:
+    torch.save(out, sys.argv[1])
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+def test_scan_and_statistics_in_two_processes_equal_one(tmp_path):
+    """scan_top_k and channel_stats inside a process group: the same values, images, positions and ties
+    (per-group limits whose groups span the ranks), and the same statistics bit for bit."""
+    script = tmp_path / "api.py"
+    script.write_text(API_SCRIPT)
+    one = run([str(script), str(tmp_path / "one.pt")], None, tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run([str(script), str(tmp_path / "two.pt"), "dist"], 2, tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for per_group in ("1", "2", "None"):
+        (va, ia, pa, na), (vb, ib, pb, nb) = a[per_group], b[per_group]
+        assert (na, nb) == (1, 2)
+        for layer in va:
+            assert torch.equal(va[layer], vb[layer]) and torch.equal(ia[layer], ib[layer]), (per_group, layer)
+            assert torch.equal(pa[layer], pb[layer]), (per_group, layer)
+    for key, value in a["stats"].items():
+        other = b["stats"][key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+
+
+def test_figures_and_atlas_commands_in_two_processes_equal_one(folder, tmp_path):
+    common = ["--arch", "vgg11", "--weights", "random", "--data", str(folder), "--resize", "40", "--crop", "40",
+              "--k", "4", "--batch-size", "5", "--quiet"]
+    for name, nproc in (("one", None), ("two", 2)):
+        r = run(["-m", "deconvnet", "figures", "--only", "top9", "--layers", "conv2_1,conv3_1", "--features", "3",
+                 "--out", str(tmp_path / name / "figures"), *common], nproc, tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = run(["-m", "deconvnet", "atlas", "--layers", "conv3_1", "--features", "5", "--format", "png",
+                 "--out", str(tmp_path / name / "atlas"), *common], nproc, tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stdout.count("open ") == 1  # rank 0 alone reports
+    for part in ("figures", "atlas"):
+        one, two = tree(tmp_path / "one" / part), tree(tmp_path / "two" / part)
+        assert sorted(one) == sorted(two) and len(one) > 3
+        assert [name for name in one if one[name] != two[name]] == []
+    sidecar = json.loads((tmp_path / "two" / "figures" / "top4_vgg11_conv3_1.png.json").read_text())
+    assert sidecar["provenance"]["processes"] == 2 and sidecar["provenance"]["backend"] == "gloo"
+    assert json.loads((tmp_path / "two" / "atlas" / "atlas.json").read_text())["built_by"] == {"processes": 2, "backend": "gloo"}
+    assert "2 process(es), torch.distributed gloo" in (tmp_path / "two" / "atlas" / "index.html").read_text()
+    # each rank kept its own scan checkpoint
+    assert len(list((tmp_path / "two" / "atlas" / "scans").glob("scan-*.rank*-of-2.pt"))) == 2
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+import torch.distributed as dist
+import deconvnet as dn
+from deconvnet.atlas import build_atlas
+from deconvnet.data import ImageFolder
+
+class Dying(ImageFolder):
+    '''Rank 1 is killed (SIGKILL: nothing of its own is saved then) at its 7th image, on the first run only.'''
+    reads = 0
+    def __getitem__(self, i):
+        if os.environ.get("RANK") == "1":
+            Dying.reads += 1
+            marker = Path(sys.argv[2])
+            if Dying.reads == 7 and not marker.exists():
+                marker.write_text("killed")
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(i)
+
+if "RANK" in os.environ:
+    dist.init_process_group("gloo")
+net = dn.load_vgg("vgg11", "random", seed=3)
+data = Dying(sys.argv[3], preprocessing=net.preprocessing, resize=40, crop=40)
+build_atlas(net, data, ["conv2_1"], sys.argv[1], features=4, k=4, batch_size=2, image_format="png", progress=False)
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+def test_a_killed_rank_resumes_to_the_same_atlas(folder, tmp_path):
+    """Rank 1 killed in the scan: torchrun stops rank 0 (SIGTERM), the rerun resumes from both ranks'
+    checkpoints and builds the atlas one process builds."""
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    marker = tmp_path / "killed"
+    ref = run([str(script), str(tmp_path / "ref"), str(tmp_path / "never"), str(folder)], None, tmp_path)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    first = run([str(script), str(tmp_path / "out"), str(marker), str(folder)], 2, tmp_path)
+    assert first.returncode != 0 and marker.is_file()
+    # a SIGKILL saves nothing of rank 1's share; rank 0 saved its own (at the end of its share, or on
+    # torchrun's SIGTERM), and no page was written
+    assert list((tmp_path / "out" / "scans").glob("scan-*.rank0-of-2.pt"))
+    assert not (tmp_path / "out" / "index.html").exists()
+    second = run([str(script), str(tmp_path / "out"), str(marker), str(folder)], 2, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    one, two = tree(tmp_path / "ref"), tree(tmp_path / "out")
+    assert sorted(one) == sorted(two) and [name for name in one if one[name] != two[name]] == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU scan runs where one is")
+def test_scan_on_cuda_equals_the_cpu():
+    """The scan and the cropped walk on the GPU: the same images and positions as on the CPU (values to
+    float32 round-off: other kernels)."""
+    cpu = dn.load_vgg("vgg11", "random", seed=3)
+    gpu = dn.load_vgg("vgg11", "random", seed=3, device="cuda")
+    data = demo_collection(preprocessing=cpu.preprocessing, size=64, n=20)
+    a = scan_top_k(cpu, data, ["conv3_1"], k=4, progress=False)
+    b = scan_top_k(gpu, data, ["conv3_1"], k=4, progress=False)
+    assert torch.allclose(a.values["conv3_1"], b.values["conv3_1"], rtol=1e-4, atol=1e-5)
+    same = (a.images["conv3_1"] == b.images["conv3_1"]).float().mean()
+    assert same > 0.95  # near-ties may swap under other kernels' round-off
+    x = torch.stack([data[i][0] for i in range(4)])
+    wa = dn.Deconvnet(cpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]), torch.tensor([[3, 3]] * 4))
+    wb = dn.Deconvnet(gpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]), torch.tensor([[3, 3]] * 4))
+    assert torch.allclose(wa[0], wb[0].cpu(), rtol=1e-3, atol=1e-5)
