@@ -35,12 +35,16 @@ def forward_bytes(net: Any, batch: int, hw: Sequence[int], depth: int | None = N
     device, so nothing is allocated.
     """
     item = torch.empty((), dtype=net.dtype).element_size()
-    if net.stack is None:  # a graph: its module outputs at 224 px (a probe forward, cached), scaled by area
-        shapes = net.output_shapes()
-        total = sum(math.prod(shape) for shape in shapes.values())
-        return int(2 * batch * total * item * (hw[0] * hw[1]) / 224**2)
+    if net.stack is None:  # a graph: its module outputs for this very input size (a probe forward, cached;
+        # on fake tensors for large sizes, so nothing is allocated)
+        try:
+            shapes = net.output_shapes(tuple(hw))
+        except ValueError:
+            return 0  # the input does not go through the model: the forward says why in its own words
+        total = sum(math.prod(shape) for shape in shapes.values()) + (net.in_channels or 3) * hw[0] * hw[1]
+        return int(2 * batch * total * item)
     depth = len(net.stack) - 1 if depth is None else depth
-    x = torch.empty((batch, 3, *hw), device="meta", dtype=net.dtype)
+    x = torch.empty((batch, net.in_channels or 3, *hw), device="meta", dtype=net.dtype)
     total = x.numel()
     try:
         for _, m in net.stack[: depth + 1]:
@@ -58,6 +62,31 @@ def forward_bytes(net: Any, batch: int, hw: Sequence[int], depth: int | None = N
     return 2 * total * item
 
 
+def available_memory() -> int:
+    """Bytes this process can still allocate on the CPU: the system's available memory, or less under an
+    address-space limit (``ulimit -v``)."""
+    import psutil
+
+    have = psutil.virtual_memory().available
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            have = min(have, max(0, limit - psutil.Process().memory_info().vms))
+    except (ImportError, OSError, ValueError):  # no such limit on this platform
+        pass
+    return have
+
+
+def check_bytes(need: int, what: str) -> None:
+    """Refuse, before allocating, ``need`` bytes on the CPU for ``what`` when they are not available."""
+    have = available_memory()
+    if need > have:
+        raise MemoryError(f"{what} needs about {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available "
+                          "on this machine. Hint: use a smaller size (e.g. --size 224) or fewer images per batch")
+
+
 def check_memory(net: Any, batch: int, hw: Sequence[int], depth: int | None = None) -> None:
     """Refuse, before allocating anything, an input whose forward and projection cannot fit in memory.
 
@@ -71,10 +100,7 @@ def check_memory(net: Any, batch: int, hw: Sequence[int], depth: int | None = No
         have = torch.cuda.mem_get_info(net.device)[0]
         where = f"free on {net.device}"
     else:
-        import psutil
-
-        have = psutil.virtual_memory().available
-        where = "available on this machine"
+        have, where = available_memory(), "available on this machine"
     if need > have:
         raise MemoryError(
             f"an input of {batch} x {hw[0]}x{hw[1]} px needs about {need / 2**30:.1f} GiB for {net.arch}'s forward "

@@ -99,6 +99,28 @@ def where(p, index: int = 0) -> str:
     return text
 
 
+def display_channels(p, index: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The image (3, H, W) in [0, 1] and the projection (3, H, W) of a ``Projection`` as drawn, and a note.
+
+    An RGB model's are its own; a grayscale model's single channel is drawn in gray (the note says so). A
+    model of other channels (C != 1, 3) has no colour image: the input is drawn as the mean of its channels
+    and the projection as the sum of its C channels (each pixel's total signal), in gray, and the note says so.
+    """
+    x, proj = p.input[index].detach().cpu(), p.projection_rgb()[index].detach().cpu()
+    c = x.shape[0]
+    if c == p.preprocessing.channels:
+        image = p.image_rgb()[index].detach().cpu()
+        note = "" if c == 3 else "grayscale model: input and projection in gray"
+    else:
+        m = x.mean(0, keepdim=True)
+        lo, hi = float(m.min()), float(m.max())
+        image = ((m - lo) / (hi - lo) if hi > lo else torch.full_like(m, 0.5)).expand(3, -1, -1)
+        note = f"{c}-channel model: input drawn as the mean of its {c} channels, projection as their sum, in gray"
+    if proj.shape[0] != 3:
+        proj = proj.sum(0, keepdim=True).expand(3, -1, -1)
+    return image, proj, note
+
+
 def show(p, index: int = 0, axes: Sequence | None = None, scaling: str = DEFAULT_SCALING, title: bool = True,
          zoom: bool = True):
     """Draw an image beside its projection; for a unit, its receptive field and a zoom on it.
@@ -127,8 +149,7 @@ def show(p, index: int = 0, axes: Sequence | None = None, scaling: str = DEFAULT
         fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 4.2 if title else 3.4), layout="constrained")
     else:
         fig = axes[0].figure
-    image = p.image_rgb()[index].detach().cpu()
-    proj = p.projection_rgb()[index].detach().cpu()
+    image, proj, note = display_channels(p, index)
     axes[0].imshow(image_array(image), interpolation="nearest")
     axes[1].imshow(scale_for_display(proj, scaling), interpolation="nearest")
     if box is not None:
@@ -149,7 +170,8 @@ def show(p, index: int = 0, axes: Sequence | None = None, scaling: str = DEFAULT
                      f"{where(p, index)}", fontsize=10)
         import textwrap
 
-        footer = textwrap.fill(f"{p.weights}. Projection: {describe_scaling(scaling)}.", 40 * n)
+        footer = textwrap.fill(f"{p.weights}. Projection: {describe_scaling(scaling)}." + (f" {note}." if note else ""),
+                               40 * n)
         fig.supxlabel(footer, fontsize=7.5, color="0.3")
     return fig
 

@@ -2,7 +2,7 @@
 
 Callers always pass ordinary RGB images; a model's ``Preprocessing`` turns them into what its weights
 expect (torchvision: RGB in [0, 1], normalised by mean/std; Caffe-style weights: BGR, 0-255, mean
-subtracted) and back.
+subtracted; grayscale models: one luma channel) and back.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+#: ITU-R 601-2 luma weights of R, G, B (PIL's ``convert("L")``)
+LUMA = (0.299, 0.587, 0.114)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -24,7 +26,8 @@ class Preprocessing:
     order the weights expect (``"RGB"`` or ``"BGR"``) and ``mean``/``std`` are given in that order.
 
     Attributes:
-        channel_order: ``"RGB"`` or ``"BGR"``: the order of the model's input channels.
+        channel_order: ``"RGB"`` or ``"BGR"``: the order of the model's input channels; ``"L"``: one
+            grayscale channel (ITU-R 601 luma of the RGB image, as PIL's ``convert("L")``).
         scale: 1.0 for inputs in [0, 1], 255.0 for Caffe-style 0-255 inputs.
         mean: per-channel mean subtracted after scaling, in ``channel_order``.
         std: per-channel divisor applied after the mean, in ``channel_order``.
@@ -33,36 +36,55 @@ class Preprocessing:
 
     channel_order: str
     scale: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     name: str
 
+    def __post_init__(self) -> None:
+        channels = 1 if self.channel_order == "L" else 3
+        if self.channel_order not in ("RGB", "BGR", "L") or len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"a {self.channel_order} preprocessing takes {channels} means and stds, got {self.mean} "
+                             f"and {self.std}. Hint: channel_order 'RGB', 'BGR' (3 values) or 'L' (1 value)")
+
+    @property
+    def channels(self) -> int:
+        """How many channels the model input has: 3, or 1 for grayscale."""
+        return len(self.mean)
+
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
         return mean, std
 
     def to_model_order(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Reorder the channels (dim 1) of an RGB tensor into the model's channel order."""
+        """Reorder the channels (dim 1) of an RGB tensor into the model's channel order (grayscale: luma)."""
+        if self.channel_order == "L":
+            return (rgb * rgb.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
         return rgb.flip(1) if self.channel_order == "BGR" else rgb
 
     def to_rgb_order(self, t: torch.Tensor) -> torch.Tensor:
         """Reorder the channels (dim 1) of a tensor in the model's channel order into RGB.
 
         Use this for projections: they live in the model's input space, and only the channel order needs
-        undoing before they are displayed (their scaling is a display choice, see ``deconvnet.plot``).
+        undoing before they are displayed (their scaling is a display choice, see ``deconvnet.plot``). A
+        grayscale tensor keeps its one channel (displays draw it in gray).
         """
         return t.flip(1) if self.channel_order == "BGR" else t
 
     def forward(self, rgb01: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> model input."""
+        """(B, 3, H, W) RGB in [0, 1] -> model input (B, channels, H, W)."""
         mean, std = self._stats(rgb01)
         return (self.to_model_order(rgb01) * self.scale - mean) / std
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
-        """Model input (B, 3, H, W) -> RGB in [0, 1] (clamped), for display."""
+        """Model input (B, channels, H, W) -> RGB in [0, 1] (clamped), for display (grayscale: three equal
+        channels)."""
+        if x.shape[1] != self.channels:
+            raise ValueError(f"this preprocessing makes {self.channels}-channel inputs, not {x.shape[1]}: "
+                             "an input of other channels has no colour image to show")
         mean, std = self._stats(x)
-        return self.to_rgb_order((x * std + mean) / self.scale).clamp(0.0, 1.0)
+        rgb = self.to_rgb_order((x * std + mean) / self.scale).clamp(0.0, 1.0)
+        return rgb.expand(-1, 3, -1, -1) if self.channels == 1 else rgb
 
 
 TORCHVISION = Preprocessing(
@@ -92,3 +114,11 @@ MRI = Preprocessing(
 channel order of the ImageNet VGG16 they descend from. Their first-layer kernels match the (BGR) HED
 kernels at 0.26 relative difference in that order and 0.58 with the input channels swapped; the grey
 MRI images of the fine-tuning could not change which channel means which colour."""
+
+GRAYSCALE = Preprocessing(
+    channel_order="L",
+    scale=1.0,
+    mean=(0.0,),
+    std=(1.0,),
+    name="grayscale (luma), [0,1], no mean (assumed for a 1-channel model)",
+)

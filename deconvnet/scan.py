@@ -339,7 +339,9 @@ def scan_top_k(
     Args:
         net: the model.
         dataset: items ``(x, index)`` (``deconvnet.data``); indices must be the dataset positions.
-        layers: paper layer names with spatial maps (``conv1_2``, ``relu3_3``, ``pool5``, ...).
+        layers: layers with spatial maps: the paper's names for VGG and AlexNet (``conv1_2``, ``relu3_3``,
+            ``pool5``, ...), module paths for any model (``layer3``, ``features.denseblock2``,
+            ``inception4a``; ``Deconvnet(net).spatial_layers()`` lists them).
         k: entries per channel (the paper shows 9).
         per_group: most entries per channel from one group (default 1; None: no limit). The group of
             item ``i`` is ``dataset.group(i)`` where the dataset has it (the demo collection: the source

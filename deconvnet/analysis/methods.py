@@ -33,6 +33,7 @@ from torch import nn
 
 from ..engine import Deconvnet, Target, check_input, record, select_target
 from ..models import Net
+from ..models.lock import own_call, owns
 from ..plot import image_array, scale_for_display
 from ._util import _Stop, label, output_layer
 
@@ -80,12 +81,14 @@ class TargetScore(nn.Module):
         captured: dict[str, torch.Tensor] = {}
 
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            captured["out"] = output
-            raise _Stop
+            if owns(token):  # not another thread's forward of the model
+                captured["out"] = output
+                raise _Stop
 
         handle = self._module.register_forward_hook(hook)
         try:
-            self.model(x)
+            with own_call() as token:
+                self.model(x)
         except _Stop:
             pass
         finally:

@@ -103,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_image_sizes(args: argparse.Namespace) -> None:
+    """Before anything loads: an image resized to ``--resize`` (its float copy at least a square of that side)
+    fits in memory."""
+    from ..memory import check_bytes
+
+    check_bytes(4 * 3 * args.resize * args.resize, f"an image resized to --resize {args.resize} px")
+    check_bytes(4 * 3 * args.crop * args.crop * args.batch_size,
+                f"a batch of {args.batch_size} images of --crop {args.crop} px")
+
+
+def check_forward_fits(net, args: argparse.Namespace) -> None:
+    """Once the model is loaded, before any image: a batch of ``--crop`` images goes through it in memory."""
+    from ..memory import check_memory
+
+    check_memory(net, args.batch_size, (args.crop, args.crop))
+
+
 def cmd_atlas(args: argparse.Namespace) -> None:
     from ..atlas import build_atlas, check_layers, check_out_folder
 
@@ -117,9 +134,11 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
     on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
+    check_image_sizes(args)
     if args.layers is not None:
         check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])  # before the weights load
     net = _load_net(args)
+    check_forward_fits(net, args)
     layers = default_layers(net) if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
     layers = check_layers(net, layers)
     print(f"model: {net.describe()}")
@@ -186,11 +205,13 @@ def cmd_figures(args: argparse.Namespace) -> None:
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
     on_main(check_output_folder, args.out)
+    check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
         check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])
     timings: list[tuple[str, float]] = []
     t = time.perf_counter()
     net = _load_net(args)
+    check_forward_fits(net, args)
     layers = default_layers(net) if args.layers is None else list(dict.fromkeys(l.strip() for l in args.layers.split(",") if l.strip()))
     for layer in layers:
         net.check_layer(layer)
@@ -302,10 +323,14 @@ def cmd_layers(args: argparse.Namespace) -> None:
     from ..engine import record
     from ..engine import receptive_field
 
+    from ..memory import check_bytes, check_memory
+
     if args.size < 1:
         raise UsageError(f"--size {args.size} must be a positive number of pixels")
+    check_bytes(4 * 3 * args.size * args.size, f"an input of {args.size}x{args.size} px")
     net = load_model(args.arch, "random")
-    x = torch.zeros(1, 3, args.size, args.size, dtype=net.dtype)
+    check_memory(net, 1, (args.size, args.size))  # shapes only (meta or fake tensors): nothing allocated
+    x = torch.zeros(1, net.in_channels or 3, args.size, args.size, dtype=net.dtype)
     # one forward with no switches, keeping only each output's shape
     shapes = record(net, x, list(net.layers), switches=False, reduce=lambda t: tuple(t.shape[1:])).activations
     defaults = set(default_layers(net))

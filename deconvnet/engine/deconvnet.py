@@ -171,13 +171,13 @@ class Deconvnet:
         """Project one target for a batch of images: every other activation of the layer set to zero.
 
         Args:
-            x: (B, 3, H, W) model input (``net.preprocess``).
+            x: (B, C, H, W) model input (``net.preprocess``; C = 3 for RGB models, 1 for grayscale, any).
             layer: a layer name (``"conv5_3"``, ``"layer3"``), a module path or the module.
             channel: channel index or ``"max"``.
             position: ``"max"``, ``(row, col)``, ``"all"`` or a mask; see ``Target``.
 
         Returns:
-            A ``Projection``; ``projection`` is (B, 3, H, W) in the model's input space.
+            A ``Projection``; ``projection`` is (B, C, H, W) in the model's input space.
         """
         return self.project_many(x, [Target(layer, channel, position)])[0]
 

@@ -10,25 +10,31 @@ forward                                 backward (the signal R coming down)
 ======================================  =====================================================================
 ``relu`` in any spelling: ``nn.ReLU``,  ``relu(R)``: the rule imposes the ReLU on the reconstruction and
 ``F.relu``, ``torch.relu``,             ignores the forward input (Captum's ``Deconvolution`` sees
-``Tensor.relu_`` ...                    ``nn.ReLU`` modules only and misses the functional ones);
-                                        ``rule="guided"``: ``relu(R) [x > 0]``; ``rule="gradient"``:
+``Tensor.relu_``, ``clamp(min=0)``,     ``nn.ReLU`` modules only and misses the functional ones);
+``clamp_min(0)``, ``threshold(0, 0)``   ``rule="guided"``: ``relu(R) [x > 0]``; ``rule="gradient"``:
                                         ``R [x > 0]``, autograd's own
-max-pooling                             its own gradient: the signal goes to the switch, summed where
-                                        windows share one (the exact transpose, as the chain's unpooling)
+max-pooling (also adaptive, and a max  its own gradient: the signal goes to the switch, summed where
+along dimensions)                       windows share one (the exact transpose, as the chain's unpooling)
 conv, BatchNorm (eval), linear,         their adjoints (autograd's backward of a linear map; biases drop out)
 pooling by averages, add, cat, ...
-SiLU, GELU, sigmoid, softmax, tanh,     refused before any projection, naming the module or function and
-LeakyReLU, ReLU6, LRN, LayerNorm, ...   where it is: they have no deconvnet rule
+anything else: SiLU, GELU, sigmoid,     refused before any projection, naming the function and the module
+exp, abs, softmax, LayerNorm, a         it is called in: there is no deconvnet rule for it. ``engine.ops``
+product of two input-dependent          holds the allow-list: every call on the input must be on it
+tensors, ...
 ======================================  =====================================================================
 
 A projection of targets at one layer costs one forward (shared by every target of the batch; it stops
 after the deepest target) and one backward per target, with the graph kept between them. A target is a
 module's output at its first call in the forward (a module called twice, such as the ``relu`` of a
 torchvision ``BasicBlock``, is seen at its first call; name the block itself for its output).
+
+The hooks of a forward act only for it (``models.lock.own_call``): a plain forward of the same model in
+another thread runs untouched.
 """
 
 from __future__ import annotations
 
+import weakref
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -36,10 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
-from ..models.lock import exclusive
+from ..models.lock import exclusive, own_call, owns
+from . import ops
+from .ops import REFUSED_MODULES
 from .record import Kept, check_finite, check_input
 from .targets import select_target
 from .types import Record, Target
@@ -110,74 +119,91 @@ _RECTIFIERS = {
     "gradient": None,
 }
 
-_RELU = {F.relu, torch.relu, torch.Tensor.relu}
-_RELU_INPLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
-
-#: functions with no deconvnet rule -> the name in messages
-_REFUSED_FUNCTIONS: dict[Callable, str] = {
-    F.silu: "SiLU (F.silu)", F.gelu: "GELU (F.gelu)", F.hardswish: "Hardswish (F.hardswish)",
-    F.hardsigmoid: "Hardsigmoid (F.hardsigmoid)", F.elu: "ELU (F.elu)", F.selu: "SELU (F.selu)",
-    F.celu: "CELU (F.celu)", F.leaky_relu: "LeakyReLU (F.leaky_relu)", F.prelu: "PReLU (F.prelu)",
-    F.mish: "Mish (F.mish)", F.softplus: "Softplus (F.softplus)", F.relu6: "ReLU6 (F.relu6)",
-    F.hardtanh: "Hardtanh/ReLU6 (F.hardtanh)", F.glu: "GLU (F.glu)", F.logsigmoid: "F.logsigmoid",
-    F.softmax: "softmax (F.softmax)", F.log_softmax: "F.log_softmax", F.softmin: "F.softmin",
-    torch.softmax: "torch.softmax", torch.Tensor.softmax: "Tensor.softmax",
-    torch.sigmoid: "sigmoid (torch.sigmoid)", torch.Tensor.sigmoid: "sigmoid (Tensor.sigmoid)",
-    F.sigmoid: "sigmoid (F.sigmoid)", torch.tanh: "tanh (torch.tanh)", torch.Tensor.tanh: "tanh (Tensor.tanh)",
-    F.tanh: "tanh (F.tanh)", F.threshold: "F.threshold", F.local_response_norm: "local response normalisation",
-    F.layer_norm: "LayerNorm (F.layer_norm)", F.group_norm: "GroupNorm (F.group_norm)",
-    F.instance_norm: "InstanceNorm (F.instance_norm)", F.normalize: "F.normalize",
-    F.scaled_dot_product_attention: "attention (F.scaled_dot_product_attention)",
-}
-for _name in ("silu_", "hardswish_", "elu_", "leaky_relu_", "hardtanh_", "threshold_", "sigmoid_", "tanh_"):
-    for _owner in (F, torch, torch.Tensor):
-        if hasattr(_owner, _name):
-            _REFUSED_FUNCTIONS[getattr(_owner, _name)] = f"{_name} (in place)"
-
-#: modules with no deconvnet rule (found before any forward)
-REFUSED_MODULES: tuple[type, ...] = (
-    nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.Softmin,
-    nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU, nn.Mish, nn.Softplus, nn.ReLU6, nn.Hardtanh, nn.GLU,
-    nn.LogSigmoid, nn.Threshold, nn.LocalResponseNorm, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d,
-    nn.MultiheadAttention,
-)
+_HINT = ("Hint: the deconvnet projects models built of convolutions, linear layers, BatchNorm, ReLUs and max- or "
+         "average-pooling (VGG, AlexNet, ResNet, DenseNet, GoogLeNet); a target before this point can be projected "
+         "where the model's forward reaches it first.")
 
 
 def check_modules(model: nn.Module) -> None:
-    """Refuse, before any work, a model with a module that has no deconvnet rule."""
+    """Refuse, before any work, a model with a module that has no deconvnet rule (``ops.REFUSED_MODULES``;
+    any other is judged by the functions its forward calls, ``_DeconvMode``)."""
     for name, m in model.named_modules():
         if isinstance(m, REFUSED_MODULES):
             raise UnsupportedLayerError(
                 f"module '{name}' ({type(m).__name__}) has no deconvnet rule: the deconvnet is defined for "
-                "rectifiers (ReLU), max-pooling and linear layers. Hint: a model with ReLUs"
+                "rectifiers (ReLU), max-pooling and linear layers. Hint: project a model whose nonlinearities "
+                "are ReLUs and max-pools (VGG, AlexNet, ResNet, DenseNet, GoogLeNet)."
             )
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
-            raise UnsupportedLayerError(f"BatchNorm '{name}' keeps no running statistics: in eval mode it is not linear")
+            raise UnsupportedLayerError(f"BatchNorm '{name}' keeps no running statistics: in eval mode it is not "
+                                        "linear. Hint: build it with track_running_stats=True and train it.")
 
 
 class _DeconvMode(TorchFunctionMode):
-    """Swaps every rectifier for the deconvnet one and refuses what has no rule (see the module docstring)."""
+    """Swaps every rectifier for the rule's and refuses, by the allow-list of ``ops``, any other call on the
+    input that is not linear or a max-pool (see ``ops``).
 
-    def __init__(self, where: Callable[[], str], rule: str = "deconvnet") -> None:
+    Which tensors depend on the input is tracked call by call: the input is marked with this forward's
+    token, and so is every result of a call that had a marked argument (and the first argument of an
+    in-place call). Under ``grad``, a tensor that requires grad depends on the input as well (the
+    parameters are frozen). Calls made by this forward's own hooks run while ``paused``.
+    """
+
+    def __init__(self, where: Callable[[], str], rule: str = "deconvnet", grad: bool = False) -> None:
         super().__init__()
         self.where = where
         self.rectifiers = _RECTIFIERS[rule]
+        self.grad = grad
+        self.token = object()
+        self.paused = False
+
+    def mark(self, value: Any) -> None:
+        for t in tree_flatten(value)[0]:
+            if isinstance(t, torch.Tensor):
+                t._deconvnet_input = self.token
+
+    def dependent(self, value: Any) -> bool:
+        return any(isinstance(t, torch.Tensor) and (getattr(t, "_deconvnet_input", None) is self.token
+                                                    or (self.grad and t.requires_grad))
+                   for t in tree_flatten(value)[0])
+
+    def refuse(self, func: Callable, why: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a "
+                                     "rule for linear maps, rectifiers (ReLU) and max-pooling only. " + _HINT)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.rectifiers is not None and func in _RELU:
-            inplace = kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
-            return self.rectifiers[1 if inplace else 0].apply(args[0])
-        if self.rectifiers is not None and func in _RELU_INPLACE:
-            return self.rectifiers[1].apply(args[0])
-        if func in _REFUSED_FUNCTIONS:
-            raise UnsupportedLayerError(
-                f"{_REFUSED_FUNCTIONS[func]}, called in {self.where()}, has no deconvnet rule: the deconvnet is "
-                "defined for rectifiers (ReLU), max-pooling and linear layers"
-            )
-        if func is F.batch_norm and (kwargs.get("training") or (len(args) > 5 and args[5])):
-            raise UnsupportedLayerError(f"batch_norm in training mode, called in {self.where()}, is not linear")
-        return func(*args, **kwargs)
+        if self.paused or not self.dependent((args, kwargs)):
+            return func(*args, **kwargs)
+        rect = ops.rectifier(func, args, kwargs)
+        if rect is not None:
+            x, inplace = rect
+            out = self.rectifiers[1 if inplace else 0].apply(x) if self.rectifiers is not None else func(*args, **kwargs)
+        else:
+            why = ops.check(func, args, kwargs, self.dependent)
+            if why is not None:
+                raise self.refuse(func, why)
+            out = func(*args, **kwargs)
+            if ops.is_constant(func):  # a shape, or a new tensor of the input's shape: not its values
+                return out
+            why = ops.check_cast(func, out)
+            if why is not None:
+                raise self.refuse(func, why)
+        self.mark(out)
+        if ops.is_in_place(func) and args:
+            self.mark(args[0])
+        if "out" in kwargs:
+            self.mark(kwargs["out"])
+        return out
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        """The hooks' own work (copies, reductions of kept outputs) is not the model's forward."""
+        paused, self.paused = self.paused, True
+        try:
+            yield
+        finally:
+            self.paused = paused
 
 
 class _Stop(Exception):
@@ -198,17 +224,18 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _where_tracker(model: nn.Module) -> Iterator[Callable[[], str]]:
-    """Hooks that keep the path of the module running now, for messages."""
+def _where_tracker(model: nn.Module, token: object) -> Iterator[Callable[[], str]]:
+    """Hooks that keep the path of the module running now in the call of ``token``, for messages."""
     names = {m: n for n, m in model.named_modules()}
     stack: list[str] = []
     handles = []
 
     def pre(m, inputs):
-        stack.append(names.get(m, type(m).__name__))
+        if owns(token):
+            stack.append(names.get(m, type(m).__name__))
 
     def post(m, inputs, output):
-        if stack:
+        if stack and owns(token):
             stack.pop()
 
     try:
@@ -253,16 +280,19 @@ def forward(
         by_module.setdefault(m, []).append(name)
     outputs: dict[str, Any] = {}
     x = x.detach().requires_grad_(grad)
+    mode: _DeconvMode | None = None
 
-    def make_hook(names: list[str]) -> Callable:
+    def make_hook(names: list[str], token: object) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
-            if names[0] in outputs:
-                return None  # a later call of the module: the target is its first
+            if not owns(token) or names[0] in outputs:
+                return None  # another thread's forward of the model, or a later call: the target is the first
             if not isinstance(output, torch.Tensor):
                 raise UnsupportedLayerError(f"module '{names[0]}' returns a {type(output).__name__}, not a tensor: "
                                             "name a module whose output is one tensor")
-            for name in names:
-                outputs[name] = reduce(output.detach()) if reduce is not None else (output if grad else output.detach().clone())
+            with mode.pause():
+                for name in names:
+                    outputs[name] = (reduce(output.detach()) if reduce is not None
+                                     else (output if grad else output.detach().clone()))
             if len(outputs) == len(modules):
                 raise _Stop
             # later in-place operations (a residual ``out += identity``, an in-place ReLU) must change a copy,
@@ -272,13 +302,16 @@ def forward(
         return hook
 
     with ExitStack() as stack:
-        where = stack.enter_context(_where_tracker(model))
+        token = stack.enter_context(own_call())
+        where = stack.enter_context(_where_tracker(model, token))
         stack.enter_context(_frozen(model))
         for m, names in by_module.items():
-            stack.callback(m.register_forward_hook(make_hook(names)).remove)
+            stack.callback(m.register_forward_hook(make_hook(names, token)).remove)
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+        mode = _DeconvMode(where, rule, grad)
+        mode.mark(x)
         try:
-            with _DeconvMode(where, rule):
+            with mode:
                 model(x)
         except _Stop:
             pass
@@ -287,8 +320,9 @@ def forward(
         except (RuntimeError, MemoryError) as err:
             if is_out_of_memory(err):
                 raise memory_error(err, f"running {type(model).__name__} on an input of {tuple(x.shape)}") from err
-            raise ValueError(f"the forward pass failed in {where()} for an input of {tuple(x.shape[-2:])}: "
-                             f"{str(err).splitlines()[0]}. Hint: the input may be too small") from err
+            raise ValueError(f"the forward pass failed in {where()} for an input of {tuple(x.shape)}: "
+                             f"{str(err).splitlines()[0]}. Hint: the input may be too small, or not have the "
+                             "channels the model takes") from err
     missing = [n for n in modules if n not in outputs]
     if missing:
         raise ValueError(f"the forward pass of {type(model).__name__} never called {', '.join(missing)}: "
@@ -302,35 +336,53 @@ def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.
     return g
 
 
-def check_graph(net: Net) -> None:
+_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def check_graph(net: Net, hw: Sequence[int]) -> None:
     """Refuse, before any work, a graph with a module or a function that has no rule: the modules by type,
-    the functions by one probe forward under the rule's mode (it also measures the layers' output shapes at
-    224 px, which ``Net.output_shapes`` then answers from its cache)."""
+    the functions by one probe forward under the rule's mode (no autograd graph), once per model and module
+    tree. The probe runs at 224 px, or at the input's size ``hw`` for a model of a fixed input size that 224
+    px does not go through; its layers' output shapes fill ``Net.output_shapes``'s cache."""
     check_modules(net.model)
-    if net._shapes is not None:
+    net.refresh()
+    if _CHECKED.get(net.model) == net._tree or net.device.type == "meta":  # meta: check_input refuses it
         return
-    shapes: dict[str, tuple[int, ...]] = {}
-    names: dict[nn.Module, str] = {}
-    for name, m in net.layers.items():
-        names.setdefault(m, name)
+    for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
+        shapes: dict[str, tuple[int, ...]] = {}
+        names: dict[nn.Module, str] = {}
+        for name, m in net.layers.items():
+            names.setdefault(m, name)
 
-    def hook(m, inputs, output):
-        if isinstance(output, torch.Tensor) and names[m] not in shapes:
-            shapes[names[m]] = tuple(output.shape)
+        def hook(m, inputs, output):
+            if owns(token) and isinstance(output, torch.Tensor) and names[m] not in shapes:
+                shapes[names[m]] = tuple(output.shape)
 
-    with exclusive(net.model), ExitStack() as stack:
-        where = stack.enter_context(_where_tracker(net.model))
-        for m in names:
-            stack.callback(m.register_forward_hook(hook).remove)
-        with torch.no_grad(), _DeconvMode(where):
-            net.model(torch.zeros(1, 3, 224, 224, device=net.device, dtype=net.dtype))
-    net._shapes = shapes
+        x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype)
+        try:
+            with exclusive(net.model), ExitStack() as stack:
+                token = stack.enter_context(own_call())
+                where = stack.enter_context(_where_tracker(net.model, token))
+                for m in names:
+                    stack.callback(m.register_forward_hook(hook).remove)
+                mode = _DeconvMode(where)
+                mode.mark(x)
+                with torch.no_grad(), mode:
+                    net.model(x)
+        except UnsupportedLayerError:
+            raise
+        except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+            continue  # this size does not go through the model
+        net.remember_shapes(size, shapes)
+        _CHECKED[net.model] = net._tree
+        return
+    # neither size goes through: the forward of the call says why, in its own words
 
 
 def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None) -> Record:
     """The target layers' outputs (or ``reduce`` of them) from one forward of a graph."""
-    check_graph(net)
     x = check_input(x, net)
+    check_graph(net, x.shape[-2:])
     names = [net.resolve(layer) for layer in layers]
     with exclusive(net.model):
         _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce)
@@ -363,16 +415,17 @@ class GraphEngine:
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable | None = None) -> Record:
         if self.kept.size and reduce is None:  # the kept forward (with its graph) answers, if there is one
-            check_graph(self.net)
+            x = check_input(x, self.net)
+            check_graph(self.net, x.shape[-2:])
             with exclusive(self.net.model):
-                _, outputs = self._forward(check_input(x, self.net), list(layers))
+                _, outputs = self._forward(x, list(layers))
             return Record(activations={n: outputs[n].detach() for n in layers})
         return record_graph(self.net, x, layers, reduce)
 
     def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
         """Projections of resolved targets, their ``select_target`` results and the record of the layers."""
-        check_graph(self.net)
         x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:])
         layers = list(dict.fromkeys(t.layer for t in targets))
         check_memory(self.net, x.shape[0], x.shape[-2:])
         results, selected = [], []
@@ -387,8 +440,8 @@ class GraphEngine:
 
     def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
         """Any signal (B, ...) placed on ``layer``'s output, carried down the graph with the rule."""
-        check_graph(self.net)
         x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:])
         check_memory(self.net, x.shape[0], x.shape[-2:])
         with exclusive(self.net.model):
             leaf, outputs = self._forward(x, [layer])
@@ -406,8 +459,8 @@ class GraphEngine:
         One forward for the batch. Images do not mix in a forward in eval mode, so one backward projects one
         unit in each image at once: the units go down in rounds, as many as the most units of one image.
         """
-        check_graph(self.net)
         x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:])
         check_memory(self.net, x.shape[0], x.shape[-2:])
         out = x.new_zeros(len(image), *x.shape[1:])
         with exclusive(self.net.model):
@@ -444,8 +497,8 @@ class GraphEngine:
         have one size (the box and its alignment slack; moved inwards at the far border), so they go as
         batches, each crop seeded at its own unit: a forward and a backward per batch of crops. Equal to ``project_units`` cut to the boxes (tested in float64).
         """
-        check_graph(self.net)
         x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:])
         hw = x.shape[-2:]
         image, channel, unit = (t.to(x.device) for t in (image, channel, unit))
         n = len(image)
@@ -507,7 +560,7 @@ class _LinearSurrogate(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELU or func in _RELU_INPLACE:
+        if ops.rectifier(func, args, kwargs) is not None:
             return args[0]
         if func in (F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices):
             return _avg_like_max(*args, **kwargs)
@@ -530,14 +583,14 @@ def measure_box(model: nn.Module, module: nn.Module, hw: Sequence[int], unit: Se
     out: dict[str, torch.Tensor] = {}
 
     def hook(m, inputs, output):
-        if "y" not in out:
+        if "y" not in out and owns(token):
             out["y"] = output
             raise _Stop
 
     x = torch.randn(1, channels, *hw, device=device, dtype=dtype, requires_grad=True)
     handle = module.register_forward_hook(hook)
     try:
-        with _frozen(model), torch.enable_grad(), _LinearSurrogate():
+        with own_call() as token, _frozen(model), torch.enable_grad(), _LinearSurrogate():
             try:
                 model(x)
             except _Stop:

@@ -94,12 +94,13 @@ def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> Rece
     side = 256
     while True:
         with exclusive(net.model):
-            box, (h, w) = measure_box(net.model, module, (side, side), device=net.device, dtype=net.dtype)
+            box, (h, w) = measure_box(net.model, module, (side, side), channels=net.in_channels or 3,
+                                      device=net.device, dtype=net.dtype)
             if min(h, w) < 2:  # adaptive pooling: one unit whatever the input, which sees all of it
                 raise ValueError(f"layer '{layer}' has a 1x1 map: its unit sees the whole image")
             unit = (h // 2, w // 2)
             nxt, _ = measure_box(net.model, module, (side, side), (unit[0] + 1, unit[1] + 1),
-                                       device=net.device, dtype=net.dtype)
+                                 channels=net.in_channels or 3, device=net.device, dtype=net.dtype)
         inside = box[0] > 0 and box[1] > 0 and box[2] < side and box[3] < side and nxt[2] < side and nxt[3] < side
         if inside:
             break

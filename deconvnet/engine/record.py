@@ -18,7 +18,7 @@ from torch import nn
 
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
-from ..models.lock import exclusive
+from ..models.lock import exclusive, own_call, owns
 from .switches import PoolSwitches
 from .types import Record
 
@@ -28,16 +28,27 @@ class _StopForward(Exception):
 
 
 def check_input(x: torch.Tensor, net: Net) -> torch.Tensor:
-    """Validate a model input batch and move it to the model's device and dtype."""
+    """Validate a model input batch (B, C, H, W) and move it to the model's device and dtype.
+
+    C is what the model takes: 3 for RGB models, 1 for grayscale ones, any other for others (a chain's
+    first convolution says how many; a graph's forward says so if it does not fit).
+    """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a tensor (B, 3, H, W), got {type(x).__name__}. Hint: x = net.preprocess(image)")
-    if x.dim() != 4 or x.shape[1] != 3:
+        raise TypeError(f"expected a tensor (B, C, H, W), got {type(x).__name__}. Hint: x = net.preprocess(image)")
+    if net.device.type == "meta":
+        raise ValueError(f"{net.arch} is on the meta device, which holds no weights to compute with. Hint: load its "
+                         "weights first, e.g. model.to_empty(device='cpu') and then model.load_state_dict(state)")
+    channels = net.in_channels
+    if x.dim() != 4 or x.shape[1] < 1 or (net.is_chain and channels is not None and x.shape[1] != channels):
+        c = channels if channels is not None else "C"
         raise ValueError(
-            f"expected an input of shape (B, 3, H, W), got {tuple(x.shape)}. Hint: x = net.preprocess(image)"
-            + (", or x.unsqueeze(0) for a single (3, H, W) image" if x.dim() == 3 else "")
+            f"expected an input of shape (B, {c}, H, W), got {tuple(x.shape)}. Hint: x = net.preprocess(image)"
+            + (f", or x.unsqueeze(0) for a single ({c}, H, W) image" if x.dim() == 3 else "")
         )
     if not x.is_floating_point():
         raise ValueError(f"expected a floating-point input, got {x.dtype}. Hint: x = net.preprocess(image)")
+    if x.device.type == "meta":
+        raise ValueError("the input is on the meta device, which holds no values. Hint: x = net.preprocess(image)")
     if not torch.isfinite(x).all():
         raise ValueError("the input contains NaN or infinite values")
     return x.to(device=net.device, dtype=net.dtype)
@@ -74,6 +85,8 @@ def record_chain(
 
     def make_hook(i: int, m: nn.Module) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not owns(token):  # another thread's forward of the model: not ours to record or stop
+                return
             inp = inputs[0]
             indices = None
             if isinstance(output, tuple):  # MaxPool2d(return_indices=True)
@@ -102,7 +115,7 @@ def record_chain(
     if reduce is None:  # a scan (reduce) checks its batch size itself, once
         check_memory(net, x.shape[0], x.shape[-2:], deepest)
     handles = []
-    with exclusive(net.model):
+    with exclusive(net.model), own_call() as token:
         try:
             for i, (_, m) in enumerate(net.stack[: deepest + 1]):
                 handles.append(m.register_forward_hook(make_hook(i, m)))

@@ -50,13 +50,13 @@ class Projection:
     """The result of projecting one target for a batch of images.
 
     Attributes:
-        projection: (B, 3, H, W) in the model's input space (channel order of the model).
+        projection: (B, C, H, W) in the model's input space (channel order of the model).
         activation: (B,) the value of the strongest projected unit (for a point target, the unit's).
         position: (B, 2) row, col of that unit in the layer's map.
         channel: (B,) the channel projected.
         layer: the layer's paper name.
         target: the ``Target`` asked for.
-        input: (B, 3, H, W) the model input that was projected.
+        input: (B, C, H, W) the model input that was projected.
         preprocessing: the model's preprocessing, for display.
         weights: one line naming model and weights (``Net.describe()``).
         map_size: (h, w) of the layer's map ((1, 1) for a layer without one).

@@ -1,26 +1,24 @@
-"""``Net``: a torchvision model with what is specific to it (layer names, preprocessing, provenance)."""
+"""Loading models (``load_vgg``, ``load_alexnet``, ``load_model``) and wrapping any ``nn.Module`` as a ``Net``."""
 
 from __future__ import annotations
 
 import os
 import weakref
-from collections import OrderedDict
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from .. import images
-from ..memory import check_memory
-from ..preprocessing import TORCHVISION, Preprocessing
+from ..preprocessing import GRAYSCALE, TORCHVISION, Preprocessing
 from . import alexnet as alexnet_table
 from . import vgg as vgg_table
-from .lock import exclusive
+from .net import CHAIN_MODULES, DEFAULT_SIZE, Net, _tree, unwrap_compiled  # noqa: F401 (re-exported)
 from .weights import (
     OFFLINE,
     sha256_file,
     WeightsError,
     cached_checkpoint,
+    check_downloadable,
     fallback_warning,
     host_reachable,
     load_state_dict_file,
@@ -28,232 +26,6 @@ from .weights import (
 )
 
 WEIGHT_SOURCES = ("auto", "imagenet", *OFFLINE, "random", "<path to a state_dict file>")
-
-#: the module types a chain may consist of: the chain engine has a step down for each (``engine.chain``)
-CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Linear, nn.AdaptiveAvgPool2d,
-                 nn.AvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
-
-
-class Net:
-    """A model and everything the toolkit needs to know about it: layer names, preprocessing, provenance.
-
-    Two kinds: a *chain* (VGG, AlexNet, a user's ``nn.Sequential`` of supported modules), whose forward is
-    its ``stack`` of modules in order and which the deconvnet walks down module by module (with the
-    receptive-field-cropped fast path); and a *graph* (ResNet, GoogLeNet, DenseNet, any ``nn.Module``),
-    projected through its own autograd graph (``deconvnet.engine.graph``). Build one with ``load_vgg``,
-    ``load_alexnet``, ``load_model`` or ``wrap``.
-
-    Attributes:
-        arch: ``"vgg16"``, ``"alexnet"``, ``"resnet50"``, or the model's class name.
-        model: the module whose forward is run.
-        features: the spatial part of a chain (torchvision's ``features``), None for a graph.
-        classifier: the classifier part of a VGG/AlexNet, or None (features-only weights, other models).
-        stack: a chain's modules in forward order, ``(qualified name, module)``; None for a graph.
-        layers: ordered mapping from layer names to modules: the paper's names (``conv5_3``) for VGG and
-            AlexNet, module paths (``layer3.1.conv2``) for the others. Module paths work everywhere.
-        preprocessing: how RGB images become model input, and back.
-        categories: class names of the outputs, when the weights say (torchvision's ``meta``).
-        provenance: arch, weight source, file and sha256 of the weights.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        arch: str,
-        names: Mapping[str, str] | None,
-        preprocessing: Preprocessing,
-        provenance: dict[str, Any],
-        stack: list[tuple[str, nn.Module]] | None = None,
-        features: nn.Sequential | None = None,
-        classifier: nn.Sequential | None = None,
-        categories: Sequence[str] | None = None,
-    ) -> None:
-        self.arch = arch
-        self.model = model  # its mode is the caller's: each call runs in eval mode and restores it
-        self.features = features
-        self.classifier = classifier
-        self.preprocessing = preprocessing
-        self.categories = list(categories) if categories else None
-        self.provenance = dict(provenance, arch=arch, preprocessing=preprocessing.name)
-        if stack is None and features is not None:  # torchvision's VGG/AlexNet layout, given by its parts
-            stack = [(f"features.{i}", m) for i, m in enumerate(features)]
-            if classifier is not None:
-                stack += [("avgpool", model.avgpool)] + [(f"classifier.{i}", m) for i, m in enumerate(classifier)]
-        self.stack = stack
-        self.paths: dict[str, nn.Module] = {n: m for n, m in model.named_modules() if n}
-        if stack is not None:
-            by_qualname = dict(stack)
-            names = names or {q: q for q, _ in stack}
-            self.layers: OrderedDict[str, nn.Module] = OrderedDict(
-                (paper, by_qualname[q]) for paper, q in names.items() if q in by_qualname
-            )
-            self.qualnames: dict[str, str] = {p: q for p, q in names.items() if q in by_qualname}
-        else:
-            self.layers = OrderedDict(self.paths)
-            self.qualnames = {n: n for n in self.paths}
-        self._shapes: dict[str, tuple[int, ...]] | None = None
-        self._receptive: dict[tuple, Any] = {}
-
-    @property
-    def is_chain(self) -> bool:
-        """Whether the forward is the ``stack`` in order (the explicit, croppable walk applies)."""
-        return self.stack is not None
-
-    @property
-    def channels(self) -> dict[str, int]:
-        """Layer name -> channels (or features) of its output."""
-        if self.is_chain:
-            return self._count_channels()
-        return {name: shape[1] for name, shape in self.output_shapes().items() if len(shape) >= 2}
-
-    def _count_channels(self) -> dict[str, int]:
-        out, c, by_module = {}, 3, {id(m): p for p, m in self.layers.items()}
-        for _, m in self.stack:
-            if isinstance(m, nn.Conv2d):
-                c = m.out_channels
-            elif isinstance(m, nn.Linear):
-                c = m.out_features
-            if id(m) in by_module:
-                out[by_module[id(m)]] = c
-        return out
-
-    def output_shapes(self, hw: tuple[int, int] = (224, 224)) -> dict[str, tuple[int, ...]]:
-        """Layer name -> output shape (first call) for one (H, W) input, in the order the forward reaches
-        the layers, from one plain forward of a zero image (cached for 224)."""
-        if self._shapes is not None and hw == (224, 224):
-            return self._shapes
-        shapes: dict[str, tuple[int, ...]] = {}
-        names = {}
-        for name, m in self.layers.items():
-            names.setdefault(m, name)
-
-        def hook(m, inputs, output):
-            if isinstance(output, torch.Tensor) and names[m] not in shapes:
-                shapes[names[m]] = tuple(output.shape)
-
-        handles = []
-        with exclusive(self.model):
-            try:
-                handles = [m.register_forward_hook(hook) for m in names]
-                with torch.no_grad():
-                    self.model(torch.zeros(1, 3, *hw, device=self.device, dtype=self.dtype))
-            finally:
-                for h in handles:
-                    h.remove()
-        if hw == (224, 224):
-            self._shapes = shapes
-        return shapes
-
-    def order(self, layer: str | nn.Module) -> int:
-        """Where a layer comes in the forward: its stack index for a chain, the order in which a graph's
-        forward first reaches it (layers it never reaches come last). Sort layers with it."""
-        name = self.resolve(layer)
-        if self.is_chain:
-            return self.depth(name)
-        reached = list(self.output_shapes())
-        return reached.index(name) if name in reached else len(reached) + list(self.layers).index(name)
-
-    def is_spatial(self, layer: str | nn.Module) -> bool:
-        """Whether a layer's output is a stack of maps (B, C, h, w), which scans and crops need."""
-        name = self.resolve(layer)
-        if self.is_chain and self.features is not None:
-            return self.depth(name) < len(self.features)
-        return len(self.output_shapes().get(name, ())) == 4
-
-    # --- devices ---------------------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Net":
-        """Move the model (in place) and return self."""
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    # --- names -----------------------------------------------------------------------------------------
-    def resolve(self, layer: str | nn.Module) -> str:
-        """The name a layer goes by in ``layers``, from that name, a module path or the module itself.
-
-        Raises:
-            ValueError: not a layer of this net; the message lists the valid names (or the nearest ones).
-        """
-        if isinstance(layer, nn.Module):
-            for name, m in self.layers.items():
-                if m is layer:
-                    return name
-            raise ValueError(f"the {type(layer).__name__} module given is not a layer of {self.arch}"
-                             + ("" if self.is_chain else "") + ". Hint: pass one of net.model's modules or its path")
-        if not isinstance(layer, str):
-            raise TypeError(f"a layer is a name, a module path or a module, not {type(layer).__name__}")
-        if layer in self.layers:
-            return layer
-        if layer in self.paths:  # a module path of a chain with paper names ("features.28" -> "conv5_3")
-            module = self.paths[layer]
-            for name, m in self.layers.items():
-                if m is module:
-                    return name
-        raise ValueError(f"unknown layer '{layer}' for {self.arch}. Hint: {self._valid_names(layer)}")
-
-    def _valid_names(self, wrong: str) -> str:
-        names = list(self.layers)
-        if len(names) <= 60:
-            return f"valid layers are {', '.join(names)}"
-        import difflib
-
-        near = difflib.get_close_matches(wrong, names, n=8, cutoff=0.5)
-        return (f"the nearest are {', '.join(near)}; " if near else "") + f"net.layers lists all {len(names)}"
-
-    def check_layer(self, layer: str | nn.Module) -> nn.Module:
-        """The module of a layer name, module path or module; a wrong name raises ``ValueError``."""
-        return self.layers[self.resolve(layer)]
-
-    def depth(self, layer: str | nn.Module) -> int:
-        """Index in ``stack`` of a layer's module (chains only)."""
-        module = self.check_layer(layer)
-        if not self.is_chain:
-            raise ValueError(f"{self.arch} is a graph, not a chain of modules: its layers have no depth in a stack")
-        return next(i for i, (_, m) in enumerate(self.stack) if m is module)
-
-    # --- images ----------------------------------------------------------------------------------------
-    def preprocess(self, image: images.ImageLike, size: int | None = None, crop: int | None = None) -> torch.Tensor:
-        """An RGB image -> model input (1, 3, H, W) on the model's device and dtype.
-
-        Args:
-            image: path, bundled scikit-image photograph name, PIL image, HxWx3 array or (3, H, W) tensor.
-            size: resize the shorter side to this many pixels (None: keep).
-            crop: center-crop a ``crop`` x ``crop`` square (None: no crop).
-        """
-        pil = images.load_rgb(image)
-        if crop is not None and size is not None and crop > size:
-            raise ValueError(f"crop {crop} is larger than the resized shorter side {size}. Hint: crop <= size")
-        # refuse a size whose resizing or forward pass cannot fit in memory before allocating either
-        resized_w, resized_h = images.resized_size(pil.size, size)
-        check_memory(self, 1, (resized_h, resized_w) if crop is None else (crop, crop))
-        if 3 * resized_w * resized_h > 2**31:  # the resized RGB image alone would take over 2 GiB
-            raise MemoryError(f"resizing the image to {resized_w}x{resized_h} px needs "
-                              f"{3 * resized_w * resized_h / 2**30:.0f} GiB. Hint: use a smaller size (e.g. 224)")
-        pil = images.resize_center_crop(pil, size, crop)
-        x = images.pil_to_tensor01(pil).unsqueeze(0).to(device=self.device, dtype=self.dtype)
-        return self.preprocessing.forward(x)
-
-    def deprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Model input (B, 3, H, W) -> RGB in [0, 1] for display."""
-        return self.preprocessing.inverse(x)
-
-    def describe(self) -> str:
-        """One line naming the model and the weights that made a figure."""
-        p = self.provenance
-        sha = f", sha256 {p['sha256'][:12]}" if p.get("sha256") else ""
-        seed = f", seed {p['seed']}" if "seed" in p else ""
-        return f"{self.arch}, weights: {p['weights']} ({p['source']}{seed}{sha})"
-
-    def __repr__(self) -> str:
-        return f"Net({self.describe()}; {len(self.layers)} named layers)"
 
 
 # --- loaders --------------------------------------------------------------------------------------------
@@ -494,6 +266,7 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
                              f"RANDOM weights (seed {seed}): there are no offline weights for {arch}")
             enum, source = None, "random"
     if enum is not None:
+        check_downloadable(enum.url, arch)
         try:
             model = builder(weights=enum)  # torchvision's own loading (it also sets, e.g., GoogLeNet's transform_input)
         except Exception as err:
@@ -549,15 +322,23 @@ def wrap(
         name: what figures call the model (default: its class name, or the VGG/AlexNet arch).
         categories: class names of the outputs (default: from ``weights``).
 
-    A model wrapped with no options is wrapped once: ``Deconvnet(model)`` again finds the same ``Net``.
+    A model wrapped with no options is wrapped once: ``Deconvnet(model)`` again finds the same ``Net``, which
+    follows later changes of the module tree (``Net.refresh``). A ``torch.compile``d model is projected
+    through its original module, with the same weights. A model whose first convolution takes one channel
+    gets grayscale preprocessing (``preprocessing.GRAYSCALE``) unless told otherwise.
     """
     if isinstance(model, Net):
+        model.refresh()
         return model
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module or a deconvnet Net, got {type(model).__name__}")
+    model = unwrap_compiled(model)  # layer names with or without "_orig_mod." (``Net.resolve``)
     plain = preprocessing is None and weights is None and name is None and categories is None
     if plain and model in _WRAPPED:  # Deconvnet(model) again: the same Net, with its measured shapes and fields
-        return _WRAPPED[model]
+        net = _WRAPPED[model]
+        if net._tree == _tree(model) or not net.is_chain:  # a graph follows surgery itself (``Net.refresh``)
+            net.refresh()
+            return net
     net = _wrap(model, preprocessing, weights, name, categories)
     if plain:
         _WRAPPED[model] = net
@@ -575,14 +356,18 @@ def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, 
     if isinstance(preprocessing, WeightsEnum):
         preprocessing = torchvision_preprocessing(preprocessing)
     assumed = preprocessing is None and weights is None
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    channels = first_conv.in_channels if first_conv is not None else 3
     if preprocessing is None:
-        preprocessing = torchvision_preprocessing(weights) if weights is not None else TORCHVISION
+        gray = channels == 1
+        preprocessing = torchvision_preprocessing(weights) if weights is not None else (GRAYSCALE if gray else TORCHVISION)
     if categories is None and weights is not None:
         categories = weights.meta.get("categories")
     provenance = {
         "weights": f"torchvision {type(weights).__name__}.{weights.name}" if weights is not None else "user model",
-        "source": "weights as built by the caller" + ("; input normalisation assumed to be torchvision's ImageNet mean/std"
-                                                      if assumed else ""),
+        "source": "weights as built by the caller" + (
+            "" if not assumed else f"; input normalisation assumed: {preprocessing.name}" if channels in (1, 3)
+            else f"; {channels} input channels: inputs are built by the caller, not from images"),
         "sha256": None,
     }
     if isinstance(model, (VGG, AlexNet)):

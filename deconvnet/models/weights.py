@@ -81,9 +81,18 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def check_downloadable(url: str, arch: str) -> None:
+    """Under ``DECONVNET_OFFLINE``, refuse at once weights that are not in torch.hub's cache (no download try)."""
+    if os.environ.get("DECONVNET_OFFLINE") and not cached_checkpoint(url).is_file():
+        raise WeightsError(f"DECONVNET_OFFLINE is set and torchvision's ImageNet weights for {arch} are not cached "
+                           f"({cached_checkpoint(url)}). Hint: unset DECONVNET_OFFLINE to download them; offline, use "
+                           "weights='mri' or 'hed' (vgg16 only), the path of a state_dict file, or weights='random'")
+
+
 def load_torchvision_weights(weights_enum: Any, arch: str) -> tuple[dict, dict]:
     """Download (or read from torch.hub's cache) torchvision's pretrained weights."""
     url = weights_enum.url
+    check_downloadable(url, arch)
     try:
         state = torch.hub.load_state_dict_from_url(url, progress=True, map_location="cpu", check_hash=True)
     except Exception as err:  # URLError, HTTPError, hash mismatch, truncated file...

@@ -1,0 +1,291 @@
+"""What the graph engine lets a forward compute on the input: an allow-list, so that a projection is exact or refused.
+
+The deconvnet (and guided backpropagation) is defined for networks built of three kinds of step: maps that are
+linear in the signal (convolutions, fully connected layers, BatchNorm in eval mode, sums, concatenations,
+reshapes, paddings, average pooling, ...), rectifiers (ReLU) and max-pooling. The graph engine runs a model's
+own forward under a ``TorchFunctionMode`` (``engine.graph``) that sees every torch function call. A call whose
+tensor arguments do not depend on the input (shapes, parameters, constants) passes as it is. A call on the
+input, or on anything computed from it, must be one of:
+
+=====================  ===================================================================================
+kind                   functions (every spelling: ``F.x``, ``torch.x``, ``Tensor.x``, operators, in place)
+=====================  ===================================================================================
+linear                 add, sub, neg, sum, mean, cat, stack, views and reshapes, indexing, padding,
+                       interpolation, clone, casts between floating types, ...: linear (affine) in all
+                       their tensor arguments together
+linear in one          conv, linear, BatchNorm in eval mode, average pooling, dropout in eval mode,
+argument               division by a constant, ``where`` with a constant condition, ...: linear in the
+                       input argument, the others (weights, divisor, index, mask) must not depend on it
+product                mul, matmul, einsum, ...: linear when at most one factor depends on the input; the
+                       product of two input-dependent tensors (a gate, an attention) is refused
+rectifier              ``relu`` in every spelling, and ``clamp(min=0)``, ``clamp_min(0)``, ``clip(0)``,
+                       ``threshold(0, 0)``: the rule's ReLU
+max-pool               ``max_pool1d/2d/3d``, ``adaptive_max_pool1d/2d/3d``, and a max taken along
+                       dimensions (``amax``, ``max(dim)``, ``max()``): the signal goes to the maximum
+                       (the switch), autograd's own backward (``amax`` shares it among equal maxima)
+query                  ``size``, ``dim``, ``shape``, ``numel``, ``len``, ...: no tensor comes out
+=====================  ===================================================================================
+
+Everything else (``exp``, ``sigmoid``, ``abs``, ``square``, ``softmax``, normalisations that divide by a
+statistic of the input, an elementwise maximum of two tensors, comparisons, ``detach``, ``.item()``) is
+refused, naming the function and the module it is called in.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+T = torch.Tensor
+
+
+def _get(owner: Any, names: str) -> set:
+    """The functions of ``owner`` with these names (those this torch version has)."""
+    return {getattr(owner, n) for n in names.split() if hasattr(owner, n)}
+
+
+def _everywhere(names: str) -> set:
+    """A function under the same name in ``F``, ``torch`` and as a ``Tensor`` method."""
+    return _get(F, names) | _get(torch, names) | _get(T, names)
+
+
+def _properties(names: str) -> set:
+    return {getattr(T, n).__get__ for n in names.split() if hasattr(T, n)}
+
+
+#: no tensor of the input's values comes out (shapes, flags): always allowed
+QUERIES = (
+    _get(T, "size dim ndimension numel nelement stride is_contiguous is_floating_point is_complex element_size "
+            "get_device data_ptr storage_offset __len__ __format__ __repr__ __hash__ is_nonzero")
+    | _properties("shape ndim dtype device is_cuda layout requires_grad is_leaf grad_fn names is_sparse "
+                  "is_quantized is_meta is_mkldnn itemsize nbytes is_cpu")
+    | _get(torch, "_assert is_tensor is_floating_point numel")
+)
+
+#: new tensors that share the input's shape, not its values (their results do not depend on the input)
+CONSTANTS = _get(T, "new_zeros new_ones new_empty new_full new_tensor") | _get(
+    torch, "zeros_like ones_like empty_like full_like rand_like randn_like")
+
+#: linear (affine) in all their tensor arguments together
+LINEAR = (
+    _everywhere("add add_ __add__ __radd__ __iadd__ sub sub_ subtract __sub__ __rsub__ __isub__ neg neg_ "
+                "negative __neg__ positive __pos__ sum mean cumsum trace diagonal diag diag_embed tril triu "
+                "view view_as reshape reshape_as flatten unflatten permute transpose transpose_ swapaxes swapdims "
+                "movedim moveaxis t squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as broadcast_to repeat "
+                "tile narrow select split split_with_sizes chunk unbind tensor_split hsplit vsplit flip fliplr "
+                "flipud roll rot90 contiguous clone cat concat concatenate stack hstack vstack dstack "
+                "column_stack copy_ zero_ pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle")
+    | _properties("T mT H mH")
+)
+
+#: linear in the first (input) argument; the others are weights, sizes, divisors, indices, masks
+LINEAR_IN_INPUT = (
+    _everywhere("conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear "
+                "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
+                "pad interpolate upsample upsample_nearest upsample_bilinear grid_sample fold unfold "
+                "div div_ divide true_divide __truediv__ __itruediv__ __div__ index_select gather masked_fill "
+                "masked_fill_ take_along_dim repeat_interleave")
+    | {T.__getitem__}
+)
+
+#: functions linear in their input only in eval mode, checked call by call (``_mode_check``)
+EVAL_ONLY = {F.batch_norm, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+             F.feature_alpha_dropout, torch.dropout, torch.alpha_dropout, torch.feature_dropout,
+             torch.feature_alpha_dropout}
+
+#: linear when at most one of their tensor arguments depends on the input
+PRODUCTS = _everywhere("mul mul_ multiply __mul__ __rmul__ __imul__ matmul __matmul__ __rmatmul__ mm bmm mv "
+                       "dot outer einsum tensordot kron inner")
+
+#: ``__setitem__(self, index, value)``: linear in self and value, the index must not depend on the input
+SETITEM = {T.__setitem__}
+#: ``where(condition, x, y)``: linear in x and y when the condition does not depend on the input
+WHERE = _get(torch, "where") | _get(T, "where")
+
+#: conversions: linear between floating types (checked on the result)
+CASTS = _get(T, "to float double half bfloat16 type type_as cpu cuda")
+
+MAX_POOLS = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.max_pool1d_with_indices, F.max_pool2d_with_indices,
+    F.max_pool3d_with_indices, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices, F.adaptive_max_pool3d_with_indices,
+} | _get(torch, "max_pool1d max_pool2d max_pool3d adaptive_max_pool1d max_pool1d_with_indices")
+#: a max along dimensions: a max-pool whose window is those dimensions (``max`` of two tensors is refused)
+MAX_REDUCTIONS = _get(torch, "amax max") | _get(T, "amax max")
+
+_RELU = {F.relu, torch.relu, T.relu}
+_RELU_INPLACE = {F.relu_, torch.relu_, T.relu_}
+_CLAMPS = _get(torch, "clamp clip") | _get(T, "clamp clip")
+_CLAMPS_INPLACE = _get(torch, "clamp_ clip_") | _get(T, "clamp_ clip_")
+_CLAMP_MIN = _get(torch, "clamp_min") | _get(T, "clamp_min")
+_CLAMP_MIN_INPLACE = _get(torch, "clamp_min_") | _get(T, "clamp_min_")
+_THRESHOLD = {F.threshold, torch.threshold}
+_THRESHOLD_INPLACE = _get(F, "threshold_") | _get(torch, "threshold_")
+
+#: functions known to have no deconvnet rule -> the name messages use (the allow-list refuses them anyway)
+KNOWN_NONLINEAR: dict[Callable, str] = {
+    F.silu: "SiLU (F.silu)", F.gelu: "GELU (F.gelu)", F.hardswish: "Hardswish (F.hardswish)",
+    F.hardsigmoid: "Hardsigmoid (F.hardsigmoid)", F.elu: "ELU (F.elu)", F.selu: "SELU (F.selu)",
+    F.celu: "CELU (F.celu)", F.leaky_relu: "LeakyReLU (F.leaky_relu)", F.prelu: "PReLU (F.prelu)",
+    F.mish: "Mish (F.mish)", F.softplus: "Softplus (F.softplus)", F.relu6: "ReLU6 (F.relu6)",
+    F.hardtanh: "Hardtanh/ReLU6 (F.hardtanh)", F.glu: "GLU (F.glu)", F.rrelu: "RReLU (F.rrelu)",
+    F.softsign: "Softsign (F.softsign)", F.hardshrink: "Hardshrink (F.hardshrink)",
+    F.softshrink: "Softshrink (F.softshrink)", F.tanhshrink: "Tanhshrink (F.tanhshrink)",
+    F.softmax: "softmax (F.softmax)", F.log_softmax: "F.log_softmax", F.softmin: "F.softmin",
+    torch.sigmoid: "sigmoid (torch.sigmoid)", T.sigmoid: "sigmoid (Tensor.sigmoid)", F.sigmoid: "sigmoid (F.sigmoid)",
+    torch.tanh: "tanh (torch.tanh)", T.tanh: "tanh (Tensor.tanh)", F.tanh: "tanh (F.tanh)",
+    F.local_response_norm: "local response normalisation (F.local_response_norm)",
+    F.layer_norm: "LayerNorm (F.layer_norm)", F.group_norm: "GroupNorm (F.group_norm)",
+    F.instance_norm: "InstanceNorm (F.instance_norm)", F.normalize: "F.normalize",
+    F.scaled_dot_product_attention: "attention (F.scaled_dot_product_attention)",
+    F.multi_head_attention_forward: "attention (F.multi_head_attention_forward)",
+    **({F.rms_norm: "RMSNorm (F.rms_norm)"} if hasattr(F, "rms_norm") else {}),
+}
+
+#: modules with no deconvnet rule, refused before any forward (``check_modules``); the allow-list catches
+#: any other module by the functions its forward calls
+REFUSED_MODULES: tuple[type, ...] = tuple(
+    getattr(nn, n) for n in (
+        "SiLU GELU Hardswish Hardsigmoid Sigmoid Tanh Softmax LogSoftmax Softmin Softmax2d ELU SELU CELU LeakyReLU "
+        "PReLU RReLU Mish Softplus Softsign Softshrink Hardshrink Tanhshrink ReLU6 Hardtanh GLU LogSigmoid "
+        "LocalResponseNorm LayerNorm GroupNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d RMSNorm "
+        "MultiheadAttention Transformer TransformerEncoderLayer TransformerDecoderLayer"
+    ).split() if hasattr(nn, n)
+)
+
+
+def _is_zero(v: Any) -> bool:
+    return isinstance(v, numbers.Number) and not isinstance(v, bool) and v == 0
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def rectifier(func: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, bool] | None:
+    """``(input, in_place)`` when the call is a ReLU in any spelling, else None.
+
+    ``relu``; ``clamp``/``clip`` with min 0 and no max; ``clamp_min`` with 0; ``threshold`` with threshold
+    and value 0 (``x if x > 0 else 0``): each is ``max(x, 0)``, and gets the rule's ReLU.
+    """
+    if func in _RELU:
+        return args[0], bool(_arg(args, kwargs, 1, "inplace", False)) if func is F.relu else False
+    if func in _RELU_INPLACE:
+        return args[0], True
+    if func in _CLAMPS or func in _CLAMPS_INPLACE:
+        if _is_zero(_arg(args, kwargs, 1, "min")) and _arg(args, kwargs, 2, "max") is None:
+            return args[0], func in _CLAMPS_INPLACE
+        return None
+    if func in _CLAMP_MIN or func in _CLAMP_MIN_INPLACE:
+        if _is_zero(_arg(args, kwargs, 1, "min")):
+            return args[0], func in _CLAMP_MIN_INPLACE
+        return None
+    if func in _THRESHOLD or func in _THRESHOLD_INPLACE:
+        if _is_zero(_arg(args, kwargs, 1, "threshold")) and _is_zero(_arg(args, kwargs, 2, "value")):
+            inplace = func in _THRESHOLD_INPLACE or bool(_arg(args, kwargs, 3, "inplace", False))
+            return args[0], inplace
+    return None
+
+
+def is_constant(func: Callable) -> bool:
+    """Whether the call's result is no function of the input's values (a query, a new tensor of its shape)."""
+    return func in QUERIES or func in CONSTANTS
+
+
+def is_in_place(func: Callable) -> bool:
+    """Whether a call changes its first argument (whose values then depend on what was written)."""
+    name = getattr(func, "__name__", "")
+    return (name.endswith("_") and not name.endswith("__")) or name in (
+        "__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__")
+
+
+_NAMES: dict[Any, str] = {}
+
+
+def describe(func: Callable) -> str:
+    """A function's name as a user spells it: ``F.softsign``, ``torch.exp``, ``Tensor.clamp``."""
+    if func in KNOWN_NONLINEAR:
+        return KNOWN_NONLINEAR[func]
+    name = getattr(func, "__name__", None) or repr(func)
+    if name == "__get__" and hasattr(getattr(func, "__self__", None), "__name__"):
+        return f"Tensor.{func.__self__.__name__}"
+    if not _NAMES:
+        for prefix, owner in (("torch.special", torch.special), ("torch", torch), ("F", F), ("Tensor", T)):
+            for n in dir(owner):
+                if n.startswith("_") and not n.startswith("__"):
+                    continue
+                try:
+                    _NAMES[getattr(owner, n)] = f"{prefix}.{n}"
+                except TypeError:  # not hashable
+                    pass
+    try:
+        if func in _NAMES:
+            return _NAMES[func]
+    except TypeError:
+        pass
+    module = getattr(func, "__module__", None)
+    return f"{module}.{name}" if module else name
+
+
+def check(func: Callable, args: tuple, kwargs: dict, dependent: Callable[[Any], bool]) -> str | None:
+    """Why a call on input-dependent tensors has no deconvnet rule, or None when it is allowed.
+
+    ``dependent(value)`` says whether a value (a tensor, or a list or tuple holding some) depends on the
+    input. Rectifiers are handled before (``rectifier``).
+    """
+    if func in QUERIES or func in CONSTANTS or func in LINEAR or func in CASTS:
+        return None
+    if func in LINEAR_IN_INPUT or func in EVAL_ONLY or func in MAX_POOLS:
+        if any(dependent(a) for a in args[1:]) or any(dependent(v) for k, v in kwargs.items() if k != "input"):
+            return ("is linear in its input only, and here another of its arguments (a weight, a divisor, an index, "
+                    "a mask) depends on the input too")
+        if func is F.batch_norm:
+            if _arg(args, kwargs, 5, "training", False):
+                return "runs in training mode (normalising by the batch's own statistics): it is not linear"
+            if _arg(args, kwargs, 1, "running_mean") is None:
+                return "keeps no running statistics: it normalises by the batch's own statistics, not linearly"
+        elif func in EVAL_ONLY and _arg(args, kwargs, 2, "training" if func is not torch.dropout else "train",
+                                        func in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)):
+            return "runs in training mode (a random mask)"
+        return None
+    if func in PRODUCTS:
+        tensors = [a for a in args if not isinstance(a, str)] + list(kwargs.values())
+        if func is torch.einsum and len(args) == 2 and isinstance(args[1], (list, tuple)):
+            tensors = list(args[1])
+        if sum(dependent(a) for a in tensors) > 1:
+            return ("multiplies two tensors that both depend on the input (a gate, an attention, a square): "
+                    "a product is not linear")
+        return None
+    if func in SETITEM:
+        return "writes at positions that depend on the input" if dependent(args[1]) else None
+    if func in WHERE:
+        if len(args) + len(kwargs) < 3:
+            return "finds positions from the input's values"
+        if dependent(_arg(args, kwargs, 0, "condition")):
+            return "chooses between values by a condition on the input: it is not linear"
+        return None
+    if func in MAX_REDUCTIONS:
+        if any(isinstance(a, torch.Tensor) for a in args[1:]) or isinstance(kwargs.get("other"), torch.Tensor):
+            return ("takes the elementwise maximum of two tensors, which is not a max-pool (the deconvnet's "
+                    "rectifier is relu, or clamp(min=0))")
+        return None
+    if func in _CLAMPS or func in _CLAMPS_INPLACE or func in _CLAMP_MIN or func in _CLAMP_MIN_INPLACE:
+        return "clamps at bounds other than min=0 (which is a ReLU): it is not linear"
+    if func in _THRESHOLD or func in _THRESHOLD_INPLACE:
+        return "thresholds at values other than threshold=0, value=0 (which is a ReLU): it is not linear"
+    if func in KNOWN_NONLINEAR:
+        return "has no deconvnet rule"
+    return "is not known to be linear, a rectifier or a max-pool"
+
+
+def check_cast(func: Callable, out: Any) -> str | None:
+    """A cast of the input to a non-floating type (bool, int) is not linear."""
+    if func in CASTS and isinstance(out, torch.Tensor) and not (out.is_floating_point() or out.is_complex()):
+        return f"converts the input to {out.dtype}, which is not linear"
+    return None
