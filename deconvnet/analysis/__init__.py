@@ -267,11 +267,13 @@ def figure_filters(out_dir: Path, net: Net, alexnet: Net | None = None) -> list[
 
 
 def figure_evolution(out_dir: Path, s: FigureSettings, show_progress: bool = True) -> list[Path]:
-    """evolution.png (Fig. 4) and its sidecar: the demo CNN trained from scratch (checkpoints cached in
-    ``out_dir / "evolution_demo"``), whatever the figure script's model is: its training has no checkpoints."""
+    """evolution.png (Fig. 4) and its sidecar: the demo CNN trained from scratch (checkpoints and their scans
+    kept in the cache, ``deconvnet.cache.default_cache_dir() / "evolution_demo"``), whatever the figure
+    script's model is: its training has no checkpoints."""
+    from ..cache import default_cache_dir
     from .evolution import demo_evolution, write_evolution
 
-    result, training = demo_evolution(out_dir / "evolution_demo", epochs=s.evolution_epochs,
+    result, training = demo_evolution(default_cache_dir() / "evolution_demo", epochs=s.evolution_epochs,
                                       samples_per_epoch=s.evolution_samples, n_images=s.evolution_images,
                                       progress=show_progress)
     return list(write_evolution(result, out_dir / "evolution.png",

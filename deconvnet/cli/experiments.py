@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..cache import default_cache_dir
 from ..engine import default_layers
 from ..images import load_rgb
 from .common import ARCH_HELP, FIGURE_SUFFIXES, UsageError, _arch, _check_device, _load_net, check_layer_names, \
@@ -80,7 +81,7 @@ def cmd_evolution(args: argparse.Namespace) -> None:
     demo = checkpoints is None
     arch = DEMO_ARCH_NAME if demo else args.arch
     if demo:
-        training = train_demo(args.out.parent / "evolution_demo", seed=args.seed, progress=not args.quiet)
+        training = train_demo(default_cache_dir() / "evolution_demo", seed=args.seed, progress=not args.quiet)
         print(f"demo CNN: {'reused' if training.reused else 'trained'} in {training.folder} ({training.seconds:.0f}s); "
               f"training accuracy per epoch {', '.join(f'{a:.2f}' for a in training.accuracy)}")
         checkpoints = training.checkpoints
