@@ -871,6 +871,7 @@ def test_every_figure_of_the_figure_script_prints_at_a_page_width(tmp_path, monk
     """All of them, as the command writes them: Figure 2 grids, the resolution study and the analyses."""
     import deconvnet.analysis as analysis
     import deconvnet.figure2 as figure2
+    import deconvnet.plot as plot
     import deconvnet.resolution.figures as resfig
     from deconvnet.cli import main
 
@@ -885,6 +886,7 @@ def test_every_figure_of_the_figure_script_prints_at_a_page_width(tmp_path, monk
     monkeypatch.setattr(analysis, "_save", checking(analysis._save))
     monkeypatch.setattr(resfig, "save_figure", checking(resfig.save_figure))
     monkeypatch.setattr(figure2, "save_figure", checking(figure2.save_figure))
+    monkeypatch.setattr(plot, "save_figure", checking(plot.save_figure))  # evolution, correspondence: at call time
     code = main(["figures", "--weights", "random", "--quick", "--quiet", "--limit", "40", "--crop", "48", "--features", "8",
                  "--layers", "conv2_2,conv5_3", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr()

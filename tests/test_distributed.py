@@ -60,7 +60,8 @@ def folder(tmp_path_factory) -> Path:
 
 def tree(out: Path) -> dict[str, bytes]:
     """Every file of an output folder but scans/ (working data) and the records of the run itself: the
-    scan date, and how many processes built it (the provenance, which must differ)."""
+    scan date, how many processes built it (the provenance, which must differ), and whether the scan was
+    stored in the shared scan cache (one process only: under torchrun the ranks scan)."""
     files = {}
     for p in sorted(out.rglob("*")):
         rel = p.relative_to(out)
@@ -73,7 +74,7 @@ def tree(out: Path) -> dict[str, bytes]:
         if p.suffix == ".json":
             meta = json.loads(content)
             for d in (meta, meta.get("provenance", {})):
-                for key in ("date", "processes", "backend", "built_by"):
+                for key in ("date", "processes", "backend", "built_by", "cache"):
                     d.pop(key, None)
             content = json.dumps(meta, sort_keys=True).encode()
         files[rel.as_posix()] = content
