@@ -24,8 +24,9 @@ from ..engine import default_layers
 from ..images import BUNDLED_PHOTOS, ImageReadError, load_rgb
 from ..models import WeightsError
 from ..scan import Terminated
-from .common import (ARCH_HELP, FIGURE_SUFFIXES, UsageError, _Parser, _arch, _channel, _features, _load_data,
-                     _load_net, _position, check_layer_names, check_output_file, check_output_folder)
+from .common import (ARCH_HELP, FIGURE_SUFFIXES, UsageError, _Parser, _arch, _channel, _features, _load_data, _load_net,
+                     _position, check_counts, check_data_options, check_layer_names, check_output_file,
+                     check_output_folder)
 from .common import resolve_device  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
 from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
 
@@ -123,16 +124,11 @@ def check_forward_fits(net, args: argparse.Namespace) -> None:
 def cmd_atlas(args: argparse.Namespace) -> None:
     from ..atlas import build_atlas, check_layers, check_out_folder
 
-    for name, value, least in (("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
-                               ("--resize", args.resize, 1), ("--workers", args.workers, 0)):
-        if value < least:
-            raise UsageError(f"{name} {value} must be at least {least}")
+    check_counts(("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
+                 ("--resize", args.resize, 1), ("--workers", args.workers, 0))
     if args.features is not None and args.features < 1:
         raise UsageError(f"--features {args.features} must be at least 1, or all")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit} must be at least 1")
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
+    check_data_options(args)
     on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     check_image_sizes(args)
     if args.layers is not None:
@@ -196,14 +192,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
     unknown = [k for k in kinds if k not in FIGURE_KINDS]
     if unknown or not kinds:
         raise UsageError(f"--only {args.only}: unknown figure kind {', '.join(unknown) or '(none)'}; use {', '.join(FIGURE_KINDS)} or all")
-    for name, value, least in (("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
-                               ("--crop", args.crop, 1), ("--resize", args.resize, 1), ("--workers", args.workers, 0)):
-        if value < least:
-            raise UsageError(f"{name} {value} must be at least {least}")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit} must be at least 1")
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
+    check_counts(("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
+                 ("--crop", args.crop, 1), ("--resize", args.resize, 1), ("--workers", args.workers, 0))
+    check_data_options(args)
     on_main(check_output_folder, args.out)
     check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once

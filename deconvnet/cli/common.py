@@ -206,3 +206,19 @@ def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | Non
     if not 0 <= channel < count:
         raise UsageError(f"channel {channel} is out of range for layer '{layers[0]}' of {arch}, which has {count} "
                          f"channels. Hint: use 0..{count - 1} or 'max'")
+
+
+def check_counts(*limits: tuple[str, int, int]) -> None:
+    """Each ``(option, value, least)``: a value below its least is one usage error naming both."""
+    for name, value, least in limits:
+        if value < least:
+            raise UsageError(f"{name} {value} must be at least {least}")
+
+
+def check_data_options(args: argparse.Namespace) -> None:
+    """The data options every command that reads a collection shares: ``--limit`` and ``--data``."""
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit} must be at least 1")
+    if args.data is not None and not Path(args.data).expanduser().is_dir():
+        raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out "
+                         "for the offline demo collection")

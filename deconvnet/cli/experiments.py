@@ -9,8 +9,8 @@ from pathlib import Path
 from ..cache import default_cache_dir
 from ..engine import default_layers
 from ..images import load_rgb
-from .common import ARCH_HELP, FIGURE_SUFFIXES, UsageError, _arch, _check_device, _load_net, check_layer_names, \
-    check_output_file, resolve_device
+from .common import (ARCH_HELP, FIGURE_SUFFIXES, UsageError, _arch, _check_device, _load_net, check_counts,
+                     check_data_options, check_layer_names, check_output_file, resolve_device)
 
 
 def _add_evolution_parser(sub) -> None:
@@ -50,14 +50,9 @@ def cmd_evolution(args: argparse.Namespace) -> None:
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
         raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
-    for name, value, least in (("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
-                               ("--resize", args.resize, 1), ("--crop", args.crop or 1, 1)):
-        if value < least:
-            raise UsageError(f"{name} {value} must be at least {least}")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit} must be at least 1")
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out for the offline demo collection")
+    check_counts(("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
+                 ("--resize", args.resize, 1), ("--crop", args.crop or 1, 1))
+    check_data_options(args)
     checkpoints = None if args.checkpoints is None else [Path(c.strip()) for c in args.checkpoints.split(",") if c.strip()]
     if checkpoints is not None:
         if not checkpoints:
@@ -143,9 +138,7 @@ def cmd_correspondence(args: argparse.Namespace) -> None:
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
         raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
-    for name, value, least in (("--size", args.size, 0), ("--draws", args.draws, 1), ("--batch-size", args.batch_size, 1)):
-        if value < least:
-            raise UsageError(f"{name} {value} must be at least {least}")
+    check_counts(("--size", args.size, 0), ("--draws", args.draws, 1), ("--batch-size", args.batch_size, 1))
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data '{args.data}' is not a folder. Hint: the folder the names in --boxes are relative to")
     if args.data is not None and args.boxes is None:
