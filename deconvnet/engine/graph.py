@@ -574,11 +574,13 @@ def _avg_like_max(input, kernel_size, stride=None, padding=0, dilation=1, ceil_m
     return (out, torch.zeros_like(out, dtype=torch.long)) if return_indices else out
 
 
-def measure_box(model: nn.Module, module: nn.Module, hw: Sequence[int], unit: Sequence[int] | None = None,
-                channels: int = 3, device: torch.device | None = None, dtype: torch.dtype | None = None
-                ) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
-    """The input box a unit of ``module``'s output sees, on an (H, W) input: ``((top, left, bottom, right),
-    (h, w) of the map)``. ``unit`` defaults to the map's centre. The caller holds ``exclusive(model)``.
+def measure_boxes(model: nn.Module, module: nn.Module, hw: Sequence[int], channels: int = 3,
+                  device: torch.device | None = None, dtype: torch.dtype | None = None
+                  ) -> tuple[list[tuple[int, int, int, int]], tuple[int, int]]:
+    """The input boxes that two units of ``module``'s output see on an (H, W) input, the map's centre unit
+    ``((h - 1) // 2, (w - 1) // 2)`` and its diagonal neighbour: ``([(top, left, bottom, right)] * 2, (h, w)
+    of the map)``. One forward and one backward of two copies of one random input, each seeded at one unit
+    (images do not mix). The caller holds ``exclusive(model)``.
     """
     out: dict[str, torch.Tensor] = {}
 
@@ -587,7 +589,7 @@ def measure_box(model: nn.Module, module: nn.Module, hw: Sequence[int], unit: Se
             out["y"] = output
             raise _Stop
 
-    x = torch.randn(1, channels, *hw, device=device, dtype=dtype, requires_grad=True)
+    x = torch.randn(1, channels, *hw, device=device, dtype=dtype).expand(2, -1, -1, -1).clone().requires_grad_(True)
     handle = module.register_forward_hook(hook)
     try:
         with own_call() as token, _frozen(model), torch.enable_grad(), _LinearSurrogate():
@@ -599,12 +601,16 @@ def measure_box(model: nn.Module, module: nn.Module, hw: Sequence[int], unit: Se
         handle.remove()
     y = out["y"]
     h, w = y.shape[-2:]
-    r, c = unit if unit is not None else (h // 2, w // 2)
+    r, c = (h - 1) // 2, (w - 1) // 2
     seed = torch.zeros_like(y)
     seed[0, :, r, c] = 1.0
+    if h > 1 and w > 1:
+        seed[1, :, r + 1, c + 1] = 1.0
     (g,) = torch.autograd.grad(y, x, seed)
-    support = g[0].abs().sum(0) > 0
-    rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
-    if len(rows) == 0:
-        return (0, 0, 0, 0), (h, w)
-    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1), (h, w)
+    boxes = []
+    for k in range(2):
+        support = g[k].abs().sum(0) > 0
+        rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+        boxes.append((0, 0, 0, 0) if len(rows) == 0 else
+                     (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
+    return boxes, (h, w)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..models import Net
 from ..models.lock import exclusive
-from .graph import measure_box
+from .graph import measure_boxes
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,10 @@ def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> Rece
 
     With every ReLU passing everything and every max-pool averaging its window (``engine.graph``), the
     support of a unit's gradient is the set of pixels that can reach it. The unit at the map's centre and
-    its diagonal neighbour are measured on a square input that doubles (from 256 px) until the field no
-    longer touches the border, up to ``max_side``; the size, the jump between neighbours and the padding
-    follow. Cached on the net per layer.
+    its diagonal neighbour are measured (one backward for both) along each axis on a strip 128 px across
+    whose length doubles (from 256 px) until the field no longer touches its ends, up to ``max_side``; the
+    size, the jump between neighbours and the padding follow. Cached on the net per layer: the geometry
+    of convolutions and pools does not depend on the input's size.
 
     Raises:
         ValueError: not a spatial layer, or a field wider than ``max_side`` px.
@@ -93,14 +94,19 @@ def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> Rece
     module = net.layers[name]
     side = 256
     while True:
+        # the field along the rows does not depend on the width (kernels and windows are rectangles), so
+        # each axis is measured on a strip, long along it and 128 px across: cheaper than a square
+        across = min(side, 128)
         with exclusive(net.model):
-            box, (h, w) = measure_box(net.model, module, (side, side), channels=net.in_channels or 3,
-                                      device=net.device, dtype=net.dtype)
-            if min(h, w) < 2:  # adaptive pooling: one unit whatever the input, which sees all of it
-                raise ValueError(f"layer '{layer}' has a 1x1 map: its unit sees the whole image")
-            unit = (h // 2, w // 2)
-            nxt, _ = measure_box(net.model, module, (side, side), (unit[0] + 1, unit[1] + 1),
-                                 channels=net.in_channels or 3, device=net.device, dtype=net.dtype)
+            (rbox, rnxt), (h, _) = measure_boxes(net.model, module, (side, across), channels=net.in_channels or 3,
+                                                 device=net.device, dtype=net.dtype)
+            (cbox, cnxt), (_, w) = measure_boxes(net.model, module, (across, side), channels=net.in_channels or 3,
+                                                 device=net.device, dtype=net.dtype)
+        if min(h, w) < 2:  # adaptive pooling: one unit whatever the input, which sees all of it
+            raise ValueError(f"layer '{layer}' has a 1x1 map: its unit sees the whole image")
+        unit = ((h - 1) // 2, (w - 1) // 2)
+        box = (rbox[0], cbox[1], rbox[2], cbox[3])
+        nxt = (rnxt[0], cnxt[1], rnxt[2], cnxt[3])
         inside = box[0] > 0 and box[1] > 0 and box[2] < side and box[3] < side and nxt[2] < side and nxt[3] < side
         if inside:
             break
