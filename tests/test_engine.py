@@ -286,6 +286,21 @@ def test_cuda_equals_cpu():
     assert (a - b.cpu()).abs().max() <= 1e-4 * a.abs().max()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_engine_on_cuda_equals_cpu():
+    """The graph engine and its units from crops (the atlas's step) on the GPU, against the CPU."""
+    cpu = dn.load_model("resnet18", "random", seed=0)
+    gpu = dn.load_model("resnet18", "random", seed=0, device="cuda")
+    x = images((2, 3, 96, 96), seed=13)
+    a = dn.Deconvnet(cpu).project(x, "layer2", 5).projection
+    b = dn.Deconvnet(gpu).project(x.cuda(), "layer2", 5).projection
+    assert b.is_cuda and (a - b.cpu()).abs().max() <= 1e-4 * a.abs().max()
+    units = (torch.tensor([0, 1, 1]), torch.tensor([3, 5, 7]), torch.tensor([[0, 0], [5, 6], [11, 11]]))
+    wa, oa, va = dn.Deconvnet(cpu).project_units(x, "layer1", *units)
+    wb, ob, vb = dn.Deconvnet(gpu).project_units(x.cuda(), "layer1", *units)
+    assert torch.equal(oa, ob.cpu()) and (wa - wb.cpu()).abs().max() <= 1e-4 * wa.abs().max()
+
+
 def test_no_hook_survives_success_or_error(vgg16):
     x = images((1, 3, 64, 64), seed=12)
     deconv = dn.Deconvnet(vgg16)
