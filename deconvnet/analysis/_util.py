@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
-import textwrap
 from typing import Any, Iterable, Sequence
 
 import torch

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..models import Net, wrap
 from .chain import UNPOOL_MODES, ChainEngine, crop
-from .graph import GraphEngine, check_graph, check_modules, record_graph
+from .graph import GraphEngine, check_modules, record_graph
 from .receptive import ReceptiveField, receptive_field
 from .record import record_chain
 from .targets import is_point

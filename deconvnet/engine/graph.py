@@ -495,7 +495,8 @@ class GraphEngine:
         (clipped to the image, where the model's own padding then applies as in the whole image) and starts
         at a multiple of the layer's jump (so every layer's grid falls as in the whole image). The crops
         have one size (the box and its alignment slack; moved inwards at the far border), so they go as
-        batches, each crop seeded at its own unit: a forward and a backward per batch of crops. Equal to ``project_units`` cut to the boxes (tested in float64).
+        batches, each crop seeded at its own unit: a forward and a backward per batch of crops. Equal to
+        ``project_units`` cut to the boxes (tested in float64).
         """
         x = check_input(x, self.net)
         check_graph(self.net, x.shape[-2:])
@@ -525,11 +526,11 @@ class GraphEngine:
         module = {layer: self.net.layers[layer]}
         with exclusive(self.net.model):
             for (h, w), ks in groups.items():
+                check_memory(self.net, min(len(ks), 64), (h, w))  # the largest batch of these crops
                 for c in range(0, len(ks), 64):  # bounded batches of crops
                     kk = torch.tensor(ks[c : c + 64], device=x.device)
                     crops = torch.stack([x[int(image[k]), :, int(starts[0][k]) : int(starts[0][k]) + h,
                                            int(starts[1][k]) : int(starts[1][k]) + w] for k in kk.tolist()])
-                    check_memory(self.net, len(kk), (h, w))
                     leaf, outputs = forward(self.net.model, crops, module, grad=True, rule=self.rule)
                     act = outputs[layer]
                     check_finite(self.net, {layer: act.detach()})
