@@ -139,3 +139,20 @@ def test_atlas_command_on_a_graph(tmp_path, capsys):
     assert code == 0, captured.err
     assert "layer2 (2 channels)" in captured.out
     assert len(list((out / "layer2").glob("*.html"))) == 2
+
+
+@pytest.mark.parametrize("name, layer", [("vgg16", "conv3_1"), ("resnet18", "layer2")])
+def test_units_and_seeds_out_of_range_are_one_clear_error(name, layer, vgg16, resnet18):
+    deconv = dn.Deconvnet({"vgg16": vgg16, "resnet18": resnet18}[name])
+    x = torch.randn(1, 3, 64, 64)
+    c, h, w = deconv.record(x, [layer]).activations[layer].shape[1:]
+    for args, message in [(([0], [c], [[0, 0]]), f"channel {c} is out of range for layer '{layer}'.*0..{c - 1}"),
+                          (([1], [0], [[0, 0]]), "image 1 is out of range.*images run 0..0"),
+                          (([0], [0], [[h, 0]]), f"row {h} is out of range.*rows run 0..{h - 1}"),
+                          (([0], [0], [[0, -1]]), "column -1 is out of range"),
+                          (([0, 0], [0], [[0, 0]]), r"must be \(N,\), \(N,\) and \(N, 2\)")]:
+        with pytest.raises(ValueError, match=message):
+            deconv.project_units(x, layer, *args)
+    with pytest.raises(ValueError, match=rf"a seed of shape \(1, 2, 3, 3\) does not fit layer '{layer}', whose output "
+                                         rf"for this input is \(1, {c}, {h}, {w}\)"):
+        deconv.project_seed(x, layer, torch.zeros(1, 2, 3, 3))

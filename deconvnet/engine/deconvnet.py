@@ -17,7 +17,7 @@ from ..models import Net, wrap
 from .chain import UNPOOL_MODES, ChainEngine, crop
 from .graph import GraphEngine, check_modules, record_graph
 from .receptive import ReceptiveField, receptive_field
-from .record import record_chain
+from .record import check_input, record_chain
 from .targets import is_point
 from .types import Position, Projection, Record, Target, check_rule
 
@@ -212,7 +212,18 @@ class Deconvnet:
         """Carry any signal placed on ``layer``'s output (``seed``, shaped like that output) down to the
         input with the rule: (B, C, H, W). ``project`` is this with the seed of a target; the analyses use
         other seeds (a random positive vector over the channels, a class score)."""
-        return self._engine.project_seed(x, self.net.resolve(layer), seed)
+        layer = self.net.resolve(layer)
+        shape = (x.shape[0], *self._output_shape(x, layer)[1:])
+        if tuple(seed.shape) != shape:
+            raise ValueError(f"a seed of shape {tuple(seed.shape)} does not fit layer '{layer}', whose output for this "
+                             f"input is {shape}. Hint: a tensor shaped like record(x, [layer]).activations[layer]")
+        return self._engine.project_seed(x, layer, seed)
+
+    def _output_shape(self, x: torch.Tensor, layer: str) -> tuple[int, ...]:
+        """A layer's output shape (for one image) at the input's size (``Net.output_shapes``, cached per size)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            check_input(x, self.net)  # its one-line message
+        return self.net.output_shapes(tuple(x.shape[-2:]))[layer]
 
     def project_units(self, x: torch.Tensor, layer: str | nn.Module, image: torch.Tensor, channel: torch.Tensor,
                       unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -234,7 +245,18 @@ class Deconvnet:
             top-left pixels (may be negative), (N,) the units' activations.
         """
         layer = self.net.resolve(layer)
-        image, channel, unit = (torch.as_tensor(t, dtype=torch.long) for t in (image, channel, unit))
+        image, channel, unit = (torch.as_tensor(t, dtype=torch.long).cpu() for t in (image, channel, unit))
+        _, c, h, w = self._output_shape(x, layer)
+        n = len(image)
+        if channel.shape != (n,) or unit.shape != (n, 2):
+            raise ValueError(f"image, channel and unit must be (N,), (N,) and (N, 2), got {tuple(image.shape)}, "
+                             f"{tuple(channel.shape)} and {tuple(unit.shape)}")
+        for what, values, size in (("image", image, x.shape[0]), ("channel", channel, c), ("row", unit[:, 0], h),
+                                   ("column", unit[:, 1], w)):
+            bad = values[(values < 0) | (values >= size)]
+            if len(bad):
+                raise ValueError(f"{what} {int(bad[0])} is out of range for layer '{layer}' on this input: "
+                                 f"{what}s run 0..{size - 1}")
         if self.engine == "chain":
             done = self._engine.project_units(x, layer, image, channel, unit)
             if done is not None:
