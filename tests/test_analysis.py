@@ -264,6 +264,10 @@ def test_a_mask_target_seeds_the_masked_map(tiny):
 def test_hooks_are_removed_when_an_attribution_fails(tiny):
     x = images((1, 3, 16, 16), seed=9)
     with pytest.raises(RuntimeError):  # a seed that does not fit the layer fails inside Captum's call
+        meth.captum_maps(tiny, x, "relu2_1", torch.ones(1, 3, 2, 2), methods=("guided_backprop",))
+    assert no_forward_hooks(tiny)
+    # the engine refuses it before any hook is placed, in one line
+    with pytest.raises(ValueError, match="a seed of shape \\(1, 3, 2, 2\\) does not fit layer 'relu2_1'"):
         meth.backward_maps(tiny, x, "relu2_1", torch.ones(1, 3, 2, 2), methods=("guided_backprop",))
     assert no_forward_hooks(tiny)
 
