@@ -3,6 +3,7 @@
 #   ./run.sh main   the main job: the figure script on offline defaults
 #   ./run.sh test   the test suite
 #   ./run.sh lab    JupyterLab on notebooks/, with this project's kernel, on localhost only
+#   ./run.sh docs   the documentation site, offline, into docs/_build/html (open docs/_build/html/index.html)
 #   ./run.sh venv   only the set-up
 # Each creates .venv in the repo root from requirements.lock (pinned) when it is missing or out of date.
 #   DECONVNET_DRY_RUN=1 prints the command (one argument a line) instead of setting up and running it.
@@ -86,11 +87,18 @@ JSON
         cd "$caller"
         run "$here/.venv/bin/python" -m jupyter lab "${opts[@]}" "$@"
         ;;
+    docs)
+        ensure_venv
+        # Warnings are errors (-W), all of them reported (--keep-going); -q prints only those. The pages of the
+        # API, the command line and the tutorials are generated from the code (docs/_ext/deconvnet_docs.py).
+        export DECONVNET_OFFLINE=1 MPLBACKEND=Agg
+        run .venv/bin/python -m sphinx -W --keep-going -q -b html docs docs/_build/html "$@"
+        ;;
     venv)
         ensure_venv
         ;;
     *)
-        echo "usage: ./run.sh main|test|lab|venv [extra arguments]" >&2
+        echo "usage: ./run.sh main|test|lab|docs|venv [extra arguments]" >&2
         exit 2
         ;;
 esac
