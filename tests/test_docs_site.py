@@ -134,7 +134,7 @@ def test_in_a_browser(browser, site, tmp_path):
     browser.save_screenshot(str(shots / "docs_tutorial.png"))
 
     _load(browser, (site / "reference" / "api" / "Deconvnet.html").as_uri())
-    body = browser.find_element(By.TAG_NAME, "main").text
+    body = browser.find_element(By.TAG_NAME, "article").text
     assert "project_many" in body and "project" in body
     browser.save_screenshot(str(shots / "docs_api_deconvnet.png"))
 

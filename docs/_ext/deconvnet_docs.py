@@ -75,11 +75,11 @@ def api_pages(docs: Path) -> None:
     for name in deconvnet.__all__:
         obj = getattr(deconvnet, name)
         if inspect.isclass(obj) and issubclass(obj, BaseException):
-            body = f"```{{autoexception}} deconvnet.{name}\n```"
+            body = f"```{{eval-rst}}\n.. autoexception:: deconvnet.{name}\n```"
         elif inspect.isclass(obj):
-            body = f"```{{autoclass}} deconvnet.{name}\n:members:\n:show-inheritance:\n```"
+            body = f"```{{eval-rst}}\n.. autoclass:: deconvnet.{name}\n   :members:\n   :show-inheritance:\n```"
         elif callable(obj):
-            body = f"```{{autofunction}} deconvnet.{name}\n```"
+            body = f"```{{eval-rst}}\n.. autofunction:: deconvnet.{name}\n```"
         else:  # a constant such as __version__
             body = f"`deconvnet.{name}` = `{obj!r}`"
         page = f"{name}.md"
