@@ -111,7 +111,8 @@ def _argument_rows(parser: argparse.ArgumentParser) -> list[str]:
                 name += " " + (action.metavar or action.dest.upper())
         else:
             name = action.metavar or action.dest
-        default = "" if action.default in (None, argparse.SUPPRESS) or action.required else repr(action.default)
+        default = "" if action.default in (None, argparse.SUPPRESS) or action.required else (
+            str(action.default) if isinstance(action.default, (str, os.PathLike)) else repr(action.default))
         if action.default is False and action.nargs == 0:
             default = ""
         help_text = (action.help or "").replace("%(default)s", str(action.default)).replace("%%", "%")
