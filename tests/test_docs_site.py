@@ -147,3 +147,13 @@ def test_in_a_browser(browser, site, tmp_path):
     assert any("Deconvnet.html" in h for h in hits), hits
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     browser.save_screenshot(str(shots / "docs_search.png"))
+
+
+def test_run_sh_docs_builds_offline_with_warnings_as_errors():
+    """``./run.sh docs``, as a dry run (nothing is set up or started): Sphinx, warnings as errors, into
+    docs/_build/html."""
+    done = subprocess.run([str(ROOT / "run.sh"), "docs"], env=dict(os.environ, DECONVNET_DRY_RUN="1"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [".venv/bin/python", "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+                                   "docs", "docs/_build/html"]
