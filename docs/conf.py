@@ -16,7 +16,7 @@ sys.path.insert(0, str(HERE.parent))  # the package of this checkout, installed 
 os.environ.setdefault("DECONVNET_OFFLINE", "1")  # the build never downloads
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import deconvnet  # noqa: E402
+import deconvnet
 
 project = "deconvnet"
 author = "the deconvnet authors"
