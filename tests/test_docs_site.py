@@ -133,6 +133,13 @@ def test_in_a_browser(browser, site, tmp_path):
     assert n >= 2  # the main job's top-9 figures
     browser.save_screenshot(str(shots / "docs_tutorial.png"))
 
+    # a page with formulas: MathJax is served from the site itself and typesets them
+    _load(browser, (site / "tutorials" / "03_restoring_resolution.html").as_uri())
+    deadline = time.time() + 30
+    while time.time() < deadline and not browser.find_elements(By.CSS_SELECTOR, "mjx-container"):
+        time.sleep(0.2)
+    assert browser.find_elements(By.CSS_SELECTOR, "mjx-container"), "no formula typeset"
+
     _load(browser, (site / "reference" / "api" / "Deconvnet.html").as_uri())
     body = browser.find_element(By.TAG_NAME, "article").text
     assert "project_many" in body and "project" in body
