@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
     add_user_model_options(f)
     f.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
-    f.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
+    f.add_argument("--data", default=None, help="a folder of images (recursive): the scan of top9, and the first few "
+                   "images of methods, sanity, invariance and occlusion; default: the offline demo collection and the "
+                   "bundled photographs")
+    f.add_argument("--boxes", type=Path, default=None, help="with --data: a JSON of part boxes of its images for the "
+                   "correspondence (as the correspondence command's); default: the bundled faces")
     f.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block)")
     f.add_argument("--features", type=int, default=8, help="feature maps shown per layer")
     f.add_argument("--k", type=int, default=9, help="top activations per feature map")
@@ -203,6 +207,10 @@ def cmd_figures(args: argparse.Namespace) -> None:
     check_counts(("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
                  ("--crop", args.crop, 1), ("--resize", args.resize, 1), ("--workers", args.workers, 0))
     check_data_options(args)
+    if args.boxes is not None and args.data is None:
+        raise UsageError("--boxes needs --data, the folder its image names are relative to")
+    if args.boxes is not None and not args.boxes.is_file():
+        raise UsageError(f"--boxes '{args.boxes}' is not a file. Hint: a JSON of part boxes (see deconvnet/analysis/parts.json)")
     on_main(check_output_folder, args.out)
     check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
@@ -253,7 +261,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
                 for w in caught:
                     print(f"warning: AlexNet for the filter figure: {w.message}", file=sys.stderr)
         written += analysis_figures(args.out, net, quick=args.quick, alexnet=alexnet, only=analyses,
-                                    show_progress=not args.quiet)
+                                    show_progress=not args.quiet, data=args.data, boxes=args.boxes)
         timings.append((", ".join(analyses), time.perf_counter() - t))
     for path in written:
         print(f"wrote {path}")
