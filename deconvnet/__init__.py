@@ -15,6 +15,8 @@ The names are imported when first used (PEP 562), and so are the subpackages (``
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -22,7 +24,6 @@ from ._version import __version__
 #: top-level name -> the module that defines it
 _NAMES = {
     "Deconvnet": ".engine", "Projection": ".engine", "Record": ".engine", "Target": ".engine",
-    "explore": ".explore",
     "ImageReadError": ".images",
     "Net": ".models", "WeightsError": ".models", "WeightsFallbackWarning": ".models", "load_alexnet": ".models",
     "load_model": ".models", "load_user_model": ".models", "load_vgg": ".models", "wrap": ".models",
@@ -33,7 +34,7 @@ _NAMES = {
 _SUBMODULES = ("analysis", "atlas", "cache", "data", "distributed", "engine", "explore", "figure2", "images", "io",
                "memory", "models", "plot", "preprocessing", "resolution", "scan")
 
-__all__ = ["__version__", *sorted(_NAMES)]
+__all__ = ["__version__", *sorted([*_NAMES, "explore"])]
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from .engine import Deconvnet, Projection, Record, Target  # noqa: F401
@@ -56,4 +57,22 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_NAMES, *_SUBMODULES})
+    return sorted({*globals(), *_NAMES, *_SUBMODULES, "explore"})
+
+
+class _Package(types.ModuleType):
+    """``deconvnet.explore`` is the function, as when it was imported eagerly: importing the subpackage
+    ``deconvnet.explore`` binds the module to the package's attribute, which this setter declines."""
+
+    @property
+    def explore(self) -> Any:
+        from .explore import explore
+
+        return explore
+
+    @explore.setter
+    def explore(self, value: Any) -> None:
+        pass  # the import system's binding of the subpackage; the module stays in sys.modules
+
+
+sys.modules[__name__].__class__ = _Package

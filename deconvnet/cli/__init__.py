@@ -277,7 +277,7 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
 
     from ..cache import scan_cache_dir
     from ..distributed import is_main
-    from ..figure2 import feature_tiles, select_features, write_layer_figure
+    from ..figure2 import make_figure2
     from ..scan import scan_top_k
 
     t = time.perf_counter()
@@ -307,15 +307,11 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     written: list[Path] = []
     if not is_main():
         return written
-    for layer in layers:
+    for layer in layers:  # what deconvnet.figure2.make_figure2 does from Python, a layer at a time
         t = time.perf_counter()
-        channels = select_features(topk, layer, args.features, args.select, args.seed)
-        if not channels:
-            print(f"warning: {layer}: no feature map has {args.k} positive activations; no figure", file=sys.stderr)
-            continue
-        tiles = feature_tiles(net, dataset, topk, layer, channels, batch_size=args.batch_size, progress=not args.quiet)
-        out = args.out / f"top{args.k}_{net.arch}_{layer}.{args.format}"
-        written += write_layer_figure(tiles, topk, net, out, dataset_name=dataset_name, scaling=args.scaling, selection=args.select)
+        written += make_figure2(net, [layer], args.out, dataset=dataset, topk=topk, k=args.k, features=args.features,
+                                select=args.select, seed=args.seed, scaling=args.scaling, fmt=args.format,
+                                dataset_name=dataset_name, batch_size=args.batch_size, progress=not args.quiet)
         timings.append((f"project and draw {layer}", time.perf_counter() - t))
     return written
 
