@@ -12,7 +12,7 @@ from typing import Sequence
 
 #: ``deconvnet.models.ARCH_NAMES`` (the families with the paper's layer names), written out so that ``--help``
 #: and argument errors need no torch (tests/test_cli.py checks the two agree)
-ARCH_NAMES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "alexnet")
+ARCH_NAMES = ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "alexnet")
 
 
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes (JPEG through Pillow)
