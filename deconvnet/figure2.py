@@ -214,6 +214,16 @@ def plot_layer_grid(
     return fig
 
 
+#: what a scan's provenance says about the run rather than the result: left out of the sidecars, so that the
+#: same command on the same versions writes the same bytes (a rerun leaves a clone's figures/ unchanged)
+RUN_SPECIFIC = ("date", "cache")
+
+
+def reproducible(provenance: dict) -> dict:
+    """A scan's provenance less ``RUN_SPECIFIC`` (when it ran, whether the scan cache answered)."""
+    return {k: v for k, v in provenance.items() if k not in RUN_SPECIFIC}
+
+
 def write_layer_figure(
     features: Sequence[FeatureTiles],
     topk: TopK,
@@ -253,7 +263,7 @@ def write_layer_figure(
         "selection": selection,
         "scaling": scaling,
         "receptive_field": {"size": rf.size, "jump": rf.jump, "padding": rf.padding},
-        "provenance": topk.provenance,
+        "provenance": reproducible(topk.provenance),
         "features": [
             {
                 "channel": t.channel,
@@ -268,3 +278,67 @@ def write_layer_figure(
     }
     write_json(meta, sidecar)
     return out, sidecar
+
+
+def make_figure2(
+    net: Net,
+    layers: Sequence[str],
+    out_dir: str | os.PathLike = "figures",
+    *,
+    dataset: Any = None,
+    topk: TopK | None = None,
+    k: int = 9,
+    features: int = 8,
+    select: str = "random",
+    seed: int = 0,
+    scaling: str = DEFAULT_SCALING,
+    fmt: str = "png",
+    dataset_name: str | None = None,
+    batch_size: int = 16,
+    cache: bool = True,
+    progress: bool = True,
+) -> list[Path]:
+    """Figure 2 as the command line writes it (``deconvnet figures --only top9``): for each layer, the figure
+    at full resolution, ``top{k}_{arch}_{layer}.{fmt}``, and its JSON sidecar, in ``out_dir``.
+
+    Args:
+        net: the model.
+        layers: the layers, one figure each.
+        out_dir: the folder (made if needed).
+        dataset: the images (``deconvnet.data.load_dataset(folder, preprocessing=net.preprocessing)``);
+            default: the offline demo collection.
+        topk: a scan of ``dataset`` holding ``layers`` (default: scanned now, through the scan cache).
+        k, features, select, seed, scaling: as the command's ``--k``, ``--features``, ``--select``,
+            ``--seed``, ``--scaling``.
+        fmt: ``png``, ``pdf`` or ``svg``.
+        dataset_name: how the title names the images (default: the dataset's description).
+        batch_size, cache, progress: of the scan and the projections.
+
+    Returns:
+        The paths written (figure, sidecar, ...); a layer none of whose maps has ``k`` positive
+        activations is left out, with a warning.
+    """
+    import warnings
+
+    from .data import load_dataset
+    from .scan import scan_top_k
+
+    if dataset is None:
+        dataset = load_dataset(None, preprocessing=net.preprocessing)
+        dataset_name = dataset_name or "the offline demo collection"
+    if dataset_name is None:
+        described = dataset.describe() if hasattr(dataset, "describe") else {}
+        dataset_name = str(described.get("root") or described.get("kind") or type(dataset).__name__)
+    if topk is None:
+        topk = scan_top_k(net, dataset, list(layers), k=k, batch_size=batch_size, progress=progress, cache=cache)
+    written: list[Path] = []
+    for layer in layers:
+        channels = select_features(topk, layer, features, select, seed)
+        if not channels:
+            warnings.warn(f"{layer}: no feature map has {k} positive activations; no figure", stacklevel=2)
+            continue
+        tiles = feature_tiles(net, dataset, topk, layer, channels, batch_size=batch_size, progress=progress)
+        out = Path(out_dir) / f"top{k}_{net.arch}_{layer}.{fmt}"
+        written += write_layer_figure(tiles, topk, net, out, dataset_name=dataset_name, scaling=scaling,
+                                      selection=select)
+    return written

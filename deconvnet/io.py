@@ -72,8 +72,12 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save``, atomically."""
+    """``torch.save``, atomically; the same object gives the same bytes (reproducible sha256s).
+
+    Saved through an open file: ``torch.save`` given a path names the records inside its zip archive after
+    the file, and the temporary file's name is random (given a file object, it names them ``archive``).
+    """
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)

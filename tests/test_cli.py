@@ -161,3 +161,59 @@ def test_figures_script_other_kinds(tmp_path, capsys):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     assert oct((tmp_path / "filters.png").stat().st_mode & 0o777) != "0o600"  # ordinary permissions
     assert "timings:" in out
+
+
+def test_help_and_argument_errors_import_no_torch():
+    """``--help`` and a mistyped option come back before torch, torchvision, captum or matplotlib are imported
+    (benchmarks/bench_cli_startup.py times them against ``python -c "import torch"``)."""
+    heavy = ("torch", "torchvision", "captum", "matplotlib")
+    probe = ("import sys, runpy; sys.argv = ['deconvnet', *{args!r}]\n"
+             "try:\n    runpy.run_module('deconvnet', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "print('LOADED', [m for m in {heavy!r} if m in sys.modules], 'CODE', code)")
+    for args, code in ((["--help"], 0), (["figures", "--help"], 0), (["project", "x", "--layers", "a", "--out", "a.png"], 2)):
+        r = subprocess.run([sys.executable, "-c", probe.format(args=args, heavy=heavy)], capture_output=True, text=True,
+                           timeout=120)
+        assert f"LOADED [] CODE {code}" in r.stdout, (args, r.stdout[-300:], r.stderr[-300:])
+    r = subprocess.run([sys.executable, "-m", "deconvnet", "project", "x", "--layers", "a", "--out", "a.png"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "did you mean --layer?" in r.stderr and "usage: python -m deconvnet" not in r.stderr
+
+
+def test_usage_names_the_program_as_it_was_run(monkeypatch):
+    from deconvnet.cli import build_parser
+
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/deconvnet", "--help"])
+    assert build_parser().format_usage().startswith("usage: deconvnet ")
+    monkeypatch.setattr(sys, "argv", ["/x/deconvnet/__main__.py", "--help"])
+    assert build_parser().format_usage().startswith("usage: python -m deconvnet ")
+
+
+def test_the_names_the_cli_knows_without_torch_are_the_packages():
+    from deconvnet.cli import PHOTO_EXAMPLES, common
+    from deconvnet.images import BUNDLED_PHOTOS
+    from deconvnet.models import ARCH_NAMES
+
+    assert common.ARCH_NAMES == ARCH_NAMES and set(PHOTO_EXAMPLES) <= set(BUNDLED_PHOTOS)
+
+
+def test_the_figure_script_writes_the_same_bytes_twice(tmp_path):
+    """Two runs of the figure script on a small setting, each with a fresh cache (the demo CNN trained anew,
+    the scans made anew): every figure and sidecar is byte-identical, so a rerun of the main job leaves a
+    clone's figures/ unchanged."""
+    import os
+
+    outs = []
+    for run_ in ("one", "two"):
+        out = tmp_path / run_
+        env = dict(os.environ, DECONVNET_CACHE=str(tmp_path / f"cache-{run_}"))
+        r = subprocess.run([sys.executable, "-m", "deconvnet", "figures", "--arch", "vgg11", "--weights", "random",
+                            "--only", "top9,methods,evolution", "--quick", "--limit", "6", "--layers", "conv2_1",
+                            "--features", "2", "--k", "2", "--resize", "40", "--crop", "32", "--quiet", "--out", str(out)],
+                           capture_output=True, text=True, env=env, timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(out)
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file() and "scans" not in p.parts)
+    assert {f.suffix for f in files} >= {".png", ".json"} and len(files) >= 5
+    differ = [str(f) for f in files if (outs[0] / f).read_bytes() != (outs[1] / f).read_bytes()]
+    assert not differ, differ

@@ -135,6 +135,25 @@ def test_strongest_channels_and_units_are_away_from_the_border(app, vgg16):
     _same(p, dn.Deconvnet(vgg16).project(app.x, "conv3_3", "max", "max"))
 
 
+def test_the_border_maximum_line_is_said_of_the_apps_choice_only(app):
+    """"The strongest unit away from the border; the map's maximum ... is a border unit" explains why the app
+    chose the unit on show; after a click on another unit it is not left standing."""
+    line = "The strongest unit away from the border;"
+    shown = []
+    for layer in [n for n in app.net.layers if n.startswith(("conv", "relu"))]:
+        app.select(layer=layer)
+        if line in app._w["status"].value:
+            shown.append(layer)
+            break
+    assert shown, "no layer of the test image has its maximum at the border: the line is never said"
+    inside = app.inside()
+    r, c = next((int(i), int(j)) for i, j in torch.nonzero(inside) if (int(i), int(j)) != app.position)
+    app.select(position=(r, c))  # what a click does
+    assert app.position == (r, c) and line not in app._w["status"].value
+    app.select(position="strongest")  # the app's choice again: said again
+    assert line in app._w["status"].value
+
+
 def test_the_method_toggle_shows_that_methods_map_of_the_same_seed(app, vgg16):
     app.select(layer="relu4_3", channel=9, position=(4, 6), method="deconvnet")
     seed = deconvnet_seed(vgg16, app.x, dn.Target("relu4_3", 9, (4, 6)))[0]

@@ -20,6 +20,8 @@ script; each ``figure_*`` function writes one analysis.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -110,6 +112,38 @@ class FigureSettings:
     evolution_epochs: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 40)
     evolution_samples: int = 512  # training crops per epoch of the demo CNN
     evolution_images: int | None = None  # the first n of the demo collection (None: all 374)
+    folder: str | None = None  # ``images`` are paths relative to this folder (None: bundled photographs or paths)
+    boxes: str | None = None  # the part boxes (JSON) of the correspondence experiment (None: the bundled faces)
+
+    def on_folder(self, folder: str | os.PathLike, boxes: str | os.PathLike | None = None) -> "FigureSettings":
+        """These settings on a folder of one's own: its first images (as many as ``images`` holds, in path
+        order, readable ones only) for methods, sanity, invariance and occlusion; with ``boxes`` (a JSON of
+        part boxes of images of the folder, ``analysis.load_parts``) for the correspondence too.
+
+        Raises:
+            ValueError: the folder holds no readable image.
+        """
+        from ..data import _find_images
+        from ..images import ImageReadError, load_rgb
+
+        root = Path(folder).expanduser()
+        names: list[str] = []
+        for path in _find_images(root):
+            try:
+                load_rgb(str(path))
+            except ImageReadError:
+                continue
+            names.append(path.relative_to(root).as_posix())
+            if len(names) == len(self.images):
+                break
+        if not names:
+            raise ValueError(f"'{folder}' holds no readable image. Hint: a folder of .jpg or .png files")
+        return dataclasses.replace(self, images=tuple(names), folder=str(root),
+                                   boxes=None if boxes is None else str(boxes))
+
+    def paths(self, names: Sequence[str]) -> list[str]:
+        """Where the images ``names`` (some of ``images``) are read from."""
+        return [n if self.folder is None else str(Path(self.folder) / n) for n in names]
 
     @classmethod
     def full(cls) -> "FigureSettings":
@@ -123,8 +157,8 @@ class FigureSettings:
                    correspondence_draws=2, evolution_epochs=(0, 1, 3), evolution_samples=64, evolution_images=34)
 
 
-def _inputs(net: Net, names: Sequence[str], size: int) -> torch.Tensor:
-    return torch.cat([net.preprocess(n, size=size, crop=size) for n in names])
+def _inputs(net: Net, names: Sequence[str], size: int, s: FigureSettings | None = None) -> torch.Tensor:
+    return torch.cat([net.preprocess(n, size=size, crop=size) for n in (s.paths(names) if s else names)])
 
 
 def _write_json(path: Path, data: dict) -> Path:
@@ -152,7 +186,9 @@ def method_targets(net: Net) -> list[Target]:
         targets = [Target(max(relus, key=net.depth)), Target(last_relu(net)), Target(pools[-1], "max", "all")]
     else:
         stages = default_layers(net)
-        targets = [Target(stages[len(stages) // 2]), Target(stages[-1]), Target(stages[-1], "max", "all")]
+        middle = stages[len(stages) // 2] if len(stages) // 2 < len(stages) - 1 else stages[-2] if len(stages) > 1 else None
+        # a two-stage model: its first and last stage (never the same target twice); one stage: that one
+        targets = ([Target(middle)] if middle else []) + [Target(stages[-1]), Target(stages[-1], "max", "all")]
     if output_layer(net) is not None:
         targets.append(Target(output_layer(net), "max"))
     return targets
@@ -168,7 +204,7 @@ def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bo
     and methods.json says why.
     """
     names = s.images[: s.method_images]
-    x = _inputs(net, names, s.size)
+    x = _inputs(net, names, s.size, s)
     hidden = functional_relus(net, x)  # Captum cannot see these: no cross-check where there are any
     methods = [m for m in METHODS if m != "deconvolution" or not hidden]
     results = [compare_methods(net, x, t, methods) for t in method_targets(net)]
@@ -207,7 +243,7 @@ def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: boo
     from .sanity import default_target
 
     names = s.images[: s.sanity_images]
-    x = _inputs(net, names, s.sanity_size)
+    x = _inputs(net, names, s.sanity_size, s)
     target = default_target(net)
     layers = _sanity_layers(net, target, s.sanity_steps)
     results = [sanity_check(net, x, target, mode=mode, layers=layers, show_progress=show_progress)
@@ -233,7 +269,7 @@ def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: boo
 
 def figure_invariance(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
     """invariance.png / invariance.json."""
-    x = _inputs(net, s.images, s.size)
+    x = _inputs(net, s.images, s.size, s)
     r = invariance_curves(net, x, ranges=default_ranges(s.size, s.transform_steps), names=s.images, show_progress=show_progress)
     numbers = {"weights": net.describe(), "images": list(s.images), "size": s.size, "layers": r.layers,
                "classifier": r.classifier, "classes": r.classes, "class_labels": r.class_labels, **r.summary()}
@@ -242,7 +278,7 @@ def figure_invariance(out_dir: Path, net: Net, s: FigureSettings, show_progress:
 
 def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
     """occlusion.png / occlusion.json."""
-    x = _inputs(net, s.images, s.size)
+    x = _inputs(net, s.images, s.size, s)
     size, stride = s.occluder if s.occluder is not None else (None, None)
     # Captum's per-pixel Occlusion is a smoothed (d), not drawn: the tests check it against the grid instead
     r = occlusion_maps(net, x, size=size, stride=stride, names=s.images, captum=False, show_progress=show_progress)
@@ -282,10 +318,11 @@ def figure_evolution(out_dir: Path, s: FigureSettings, show_progress: bool = Tru
 
 
 def figure_correspondence(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
-    """correspondence.png / correspondence.json (Fig. 8, Table 1) on the bundled faces."""
-    from .correspondence import bundled_parts, correspondence, write_correspondence
+    """correspondence.png / correspondence.json (Fig. 8, Table 1) on the bundled faces, or on the images and
+    part boxes of ``s.boxes`` (``FigureSettings.on_folder``)."""
+    from .correspondence import bundled_parts, correspondence, load_parts, write_correspondence
 
-    parts = bundled_parts()
+    parts = bundled_parts() if s.boxes is None else load_parts(s.boxes, folder=s.folder)
     r = correspondence(net, parts.images, parts.parts, objects=parts.objects, size=s.correspondence_size,
                        draws=s.correspondence_draws, show_progress=show_progress)
     return list(write_correspondence(r, out_dir / "correspondence.png"))
@@ -302,6 +339,8 @@ def make_figures(
     alexnet: Net | None = None,
     only: Sequence[str] | None = None,
     show_progress: bool = True,
+    data: str | os.PathLike | None = None,
+    boxes: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Write the figures (PNG) and numbers (JSON) of the analyses into ``out_dir``.
 
@@ -314,6 +353,10 @@ def make_figures(
         only: a subset of ``FIGURES`` (default: all of them but ``evolution`` and ``correspondence``, the paper's
             experiments that the figure script asks for by name: the first trains a demo CNN, whatever ``net`` is).
         show_progress: tqdm bars over the long loops.
+        data: a folder of one's own images for methods, sanity, invariance and occlusion (its first few,
+            ``FigureSettings.on_folder``; default: the bundled photographs).
+        boxes: with ``data``, a JSON of part boxes of its images for the correspondence (default: the bundled
+            faces).
 
     Returns:
         The paths written, in order.
@@ -325,6 +368,10 @@ def make_figures(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     s = FigureSettings.quick() if quick else FigureSettings.full()
+    if data is not None:
+        s = s.on_folder(data, boxes)
+    elif boxes is not None:
+        raise ValueError("boxes needs data, the folder its image names are relative to")
     makers: dict[str, Callable[[], list[Path]]] = {
         "methods": lambda: figure_methods(out_dir, net, s, show_progress),
         "sanity": lambda: figure_sanity(out_dir, net, s, show_progress),

@@ -377,7 +377,7 @@ class EvolutionResult:
             "overlap_definition": "per channel, Jaccard |A n B| / |A u B| of the top-k sets of (image, row, col) at two "
                                   "successive checkpoints, averaged over every channel of the layer; 1: unchanged",
             "overlap": self.overlap, "overlap_images": self.overlap_images, "overlap_shown": self.overlap_shown,
-            "features": features, "timings_s": self.timings, "note": self.note,
+            "features": features, "note": self.note,  # no timings: the same run writes the same bytes
         })
 
 

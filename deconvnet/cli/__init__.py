@@ -18,17 +18,17 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+# torch, torchvision, captum and matplotlib are imported by the commands that need them, when they run:
+# ``--help`` and argument errors come back at once (benchmarks/bench_cli_startup.py)
 from .._version import __version__
-from ..distributed import is_main, on_main
-from ..engine import default_layers
-from ..images import BUNDLED_PHOTOS, ImageReadError, load_rgb
-from ..models import WeightsError
-from ..scan import Terminated
-from .common import (ARCH_HELP, FIGURE_SUFFIXES, UsageError, _Parser, _arch, _channel, _features, _load_data, _load_net,
-                     _position, check_counts, check_data_options, check_layer_names, check_output_file,
-                     check_output_folder)
+from .common import (ARCH_HELP, FIGURE_SUFFIXES, USER_WEIGHTS_HELP, UsageError, _Parser, _arch, _channel, _features,
+                     _load_data, _load_net, _position, add_user_model_options, check_arch, check_counts,
+                     check_data_options, check_layer_names, check_output_file, check_output_folder, program_name)
 from .common import resolve_device  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
 from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
+
+#: the photographs ``project`` takes by name (``deconvnet.images.BUNDLED_PHOTOS``; test_cli checks they agree)
+PHOTO_EXAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
 
 
 ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")  # analysis.FIGURES
@@ -38,16 +38,17 @@ FIGURE_KINDS = ("top9", "resolution") + ANALYSES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m deconvnet", description="Zeiler & Fergus deconvnet visualisations.")
+    parser = _Parser(prog=program_name(), description="Zeiler & Fergus deconvnet visualisations.")
     parser.add_argument("--version", action="version", version=f"deconvnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("project", help="project one unit or feature map of an image back to pixel space")
-    p.add_argument("image", help=f"an image file, or a bundled photograph: {', '.join(BUNDLED_PHOTOS)}")
+    p.add_argument("image", help=f"an image file, or a bundled photograph: {', '.join(PHOTO_EXAMPLES)}, ...")
     p.add_argument("--layer", default="conv5_3", help="paper layer name (conv5_3, relu4_3, pool5, ...)")
     p.add_argument("--channel", type=_channel, default="max", help="channel number, or max: the channel holding the layer's strongest activation")
     p.add_argument("--position", type=_position, default="max", help="max (strongest unit of the map), ROW,COL, or all (the whole map)")
     p.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    p.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
+    p.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
+    add_user_model_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the image as is)")
     p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projection (see deconvnet.plot)")
@@ -56,9 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("figures", help="the figure grids: Figure 2 (top-k per feature map) and the other figures")
     f.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    f.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
+    f.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
+    add_user_model_options(f)
     f.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
-    f.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
+    f.add_argument("--data", default=None, help="a folder of images (recursive): the scan of top9, and the first few "
+                   "images of methods, sanity, invariance and occlusion; default: the offline demo collection and the "
+                   "bundled photographs")
+    f.add_argument("--boxes", type=Path, default=None, help="with --data: a JSON of part boxes of its images for the "
+                   "correspondence (as the correspondence command's); default: the bundled faces")
     f.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block)")
     f.add_argument("--features", type=int, default=8, help="feature maps shown per layer")
     f.add_argument("--k", type=int, default=9, help="top activations per feature map")
@@ -82,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("atlas", help="a static website of every channel's top-k projections (open OUT/index.html)")
     a.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    a.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
+    a.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
+    add_user_model_options(a)
     a.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
     a.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
     a.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block); a rerun adds layers")
@@ -123,6 +130,8 @@ def check_forward_fits(net, args: argparse.Namespace) -> None:
 
 def cmd_atlas(args: argparse.Namespace) -> None:
     from ..atlas import build_atlas, check_layers, check_out_folder
+    from ..distributed import on_main
+    from ..engine import default_layers
 
     check_counts(("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
                  ("--resize", args.resize, 1), ("--workers", args.workers, 0))
@@ -132,7 +141,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     check_image_sizes(args)
     if args.layers is not None:
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])  # before the weights load
+        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()], arch_kwargs=args.arch_kwargs)  # before the weights load
     net = _load_net(args)
     check_forward_fits(net, args)
     layers = default_layers(net) if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
@@ -158,6 +167,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     from ..engine import Deconvnet
+    from ..images import load_rgb
     from ..plot import save_figure, show, where
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
@@ -165,7 +175,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     if args.size < 0:
         raise UsageError(f"--size {args.size} must be 0 (keep) or a positive number of pixels")
     # before the model loads (seconds, or a download): a wrong layer, channel or image fails at once
-    check_layer_names(args.arch, [args.layer], channel=args.channel)
+    check_layer_names(args.arch, [args.layer], channel=args.channel, arch_kwargs=args.arch_kwargs)
     image = load_rgb(args.image)
     check_output_file(args.out)
     t0 = time.perf_counter()
@@ -187,6 +197,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    from ..distributed import is_main, on_main
+    from ..engine import default_layers
 
     kinds = FIGURE_KINDS if args.only == "all" else tuple(k.strip() for k in args.only.split(",") if k.strip())
     unknown = [k for k in kinds if k not in FIGURE_KINDS]
@@ -195,10 +207,14 @@ def cmd_figures(args: argparse.Namespace) -> None:
     check_counts(("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
                  ("--crop", args.crop, 1), ("--resize", args.resize, 1), ("--workers", args.workers, 0))
     check_data_options(args)
+    if args.boxes is not None and args.data is None:
+        raise UsageError("--boxes needs --data, the folder its image names are relative to")
+    if args.boxes is not None and not args.boxes.is_file():
+        raise UsageError(f"--boxes '{args.boxes}' is not a file. Hint: a JSON of part boxes (see deconvnet/analysis/parts.json)")
     on_main(check_output_folder, args.out)
     check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])
+        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()], arch_kwargs=args.arch_kwargs)
     timings: list[tuple[str, float]] = []
     t = time.perf_counter()
     net = _load_net(args)
@@ -245,7 +261,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
                 for w in caught:
                     print(f"warning: AlexNet for the filter figure: {w.message}", file=sys.stderr)
         written += analysis_figures(args.out, net, quick=args.quick, alexnet=alexnet, only=analyses,
-                                    show_progress=not args.quiet)
+                                    show_progress=not args.quiet, data=args.data, boxes=args.boxes)
         timings.append((", ".join(analyses), time.perf_counter() - t))
     for path in written:
         print(f"wrote {path}")
@@ -260,7 +276,8 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     import json
 
     from ..cache import scan_cache_dir
-    from ..figure2 import feature_tiles, select_features, write_layer_figure
+    from ..distributed import is_main
+    from ..figure2 import make_figure2
     from ..scan import scan_top_k
 
     t = time.perf_counter()
@@ -271,7 +288,7 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     t = time.perf_counter()
     key = json.dumps([net.provenance.get("sha256"), net.provenance["weights"], args.arch, args.seed, data,
                       args.resize, args.crop, args.limit, layers, args.k], default=str)
-    ckpt = args.out / "scans" / f"scan-{args.arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    ckpt = args.out / "scans" / f"scan-{net.arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if ckpt.is_file():
         print(f"scan: resuming from (or reusing) {ckpt}")
     with warnings.catch_warnings(record=True) as caught:
@@ -290,15 +307,11 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
     written: list[Path] = []
     if not is_main():
         return written
-    for layer in layers:
+    for layer in layers:  # what deconvnet.figure2.make_figure2 does from Python, a layer at a time
         t = time.perf_counter()
-        channels = select_features(topk, layer, args.features, args.select, args.seed)
-        if not channels:
-            print(f"warning: {layer}: no feature map has {args.k} positive activations; no figure", file=sys.stderr)
-            continue
-        tiles = feature_tiles(net, dataset, topk, layer, channels, batch_size=args.batch_size, progress=not args.quiet)
-        out = args.out / f"top{args.k}_{args.arch}_{layer}.{args.format}"
-        written += write_layer_figure(tiles, topk, net, out, dataset_name=dataset_name, scaling=args.scaling, selection=args.select)
+        written += make_figure2(net, [layer], args.out, dataset=dataset, topk=topk, k=args.k, features=args.features,
+                                select=args.select, seed=args.seed, scaling=args.scaling, fmt=args.format,
+                                dataset_name=dataset_name, batch_size=args.batch_size, progress=not args.quiet)
         timings.append((f"project and draw {layer}", time.perf_counter() - t))
     return written
 
@@ -310,9 +323,8 @@ def cmd_layers(args: argparse.Namespace) -> None:
     """
     import torch
 
+    from ..engine import default_layers, receptive_field, record
     from ..models import load_model
-    from ..engine import record
-    from ..engine import receptive_field
 
     from ..memory import check_bytes, check_memory
 
@@ -373,17 +385,30 @@ def _torchrun(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     return stack
 
 
+def _errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a command reports as one line: bad values, unreadable files, weights that cannot be had
+    (the toolkit's own classes only where their modules were imported: ``--help`` imports none)."""
+    own = [getattr(sys.modules.get(module), name, None) for module, name in
+           (("deconvnet.models.weights", "WeightsError"), ("deconvnet.images", "ImageReadError"))]
+    return (UsageError, ValueError, TypeError, FileNotFoundError, MemoryError, *(c for c in own if c is not None))
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "arch", None) is not None and args.command != "evolution":  # evolution: also democnn
+            args.arch = check_arch(args.arch)
         with _torchrun(args):
             {"project": cmd_project, "figures": cmd_figures, "atlas": cmd_atlas, "layers": cmd_layers,
              "evolution": cmd_evolution, "correspondence": cmd_correspondence}[args.command](args)
-    except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError, MemoryError) as err:
-        print(f"deconvnet: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # unwritable or full disk, a file where a folder is needed, ...
+    except Exception as err:
+        if not isinstance(err, _errors()) and not isinstance(err, OSError):
+            raise
+        if isinstance(err, _errors()):
+            print(f"deconvnet: error: {err}", file=sys.stderr)
+            return 2
+        # an OSError: unwritable or full disk, a file where a folder is needed, ...
         where = f" '{err.filename}'" if getattr(err, "filename", None) else ""
         print(f"deconvnet: error: cannot use{where}: {err.strerror or err}. Hint: check the path, its permissions "
               "and the free disk space", file=sys.stderr)
@@ -391,5 +416,6 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt as err:
         print("deconvnet: interrupted" + ("; the scan's progress is saved" if getattr(err, "saved", False) else ""),
               file=sys.stderr)
-        return 143 if isinstance(err, Terminated) else 130
+        terminated = getattr(sys.modules.get("deconvnet.scan"), "Terminated", ())
+        return 143 if terminated and isinstance(err, terminated) else 130
     return 0

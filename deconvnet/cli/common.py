@@ -10,7 +10,9 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from ..models import ARCH_NAMES
+#: ``deconvnet.models.ARCH_NAMES`` (the families with the paper's layer names), written out so that ``--help``
+#: and argument errors need no torch (tests/test_cli.py checks the two agree)
+ARCH_NAMES = ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "alexnet")
 
 
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes (JPEG through Pillow)
@@ -37,21 +39,83 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
         raise UsageError(f"{message} (see {self.prog} --help)")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, with a "did you mean" for each unknown option (``--layers`` to ``project``: ``--layer``)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            import difflib
 
-ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), or any torchvision classifier (resnet50, "
-             "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2)")
+            parser: argparse.ArgumentParser = self
+            for action in self._actions:  # the command's own parser knows its options
+                if isinstance(action, argparse._SubParsersAction) and getattr(parsed, action.dest, None) in action.choices:
+                    parser = action.choices[getattr(parsed, action.dest)]
+            options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            hints = []
+            for extra in extras:
+                near = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1) if extra.startswith("--") else []
+                if near:
+                    hints.append(f"{extra}: did you mean {near[0]}?")
+            parser.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({'; '.join(hints)})" if hints else ""))
+        return parsed
+
+
+def program_name() -> str:
+    """How the user ran the command: ``deconvnet`` (the installed script) or ``python -m deconvnet``."""
+    import os
+
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m deconvnet" if name in ("", "__main__.py", "-c") or name.endswith(".py") else name
+
+
+ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), any torchvision classifier (resnet50, "
+             "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2), or your own model by "
+             "import path, module.path:ClassName (a class or a function returning an nn.Module, imported from the "
+             "working directory; see --arch-kwargs, --weights FILE and --preprocessing)")
+
+USER_WEIGHTS_HELP = ("auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path (the only file "
+                     "source of a model given by import path)")
+
+
+def _is_import_path(text: str) -> bool:
+    return ":" in text and text.split(":", 1)[0] not in ("timm",)  # the full check is deconvnet.models.user's
 
 
 def _arch(text: str) -> str:
+    """``--arch`` at parse time: the names known without torch pass, others are checked by ``check_arch``
+    once the arguments are read (so that ``--help`` and other argument errors need no torch)."""
+    return text
+
+
+def check_arch(text: str) -> str:
+    """``text`` is a known arch, a torchvision classifier or an import path; else one line naming the fix."""
+    if text in ARCH_NAMES or _is_import_path(text):
+        if ":" in text:
+            from ..models.user import is_import_path
+
+            if not is_import_path(text):
+                raise UsageError(f"--arch '{text}' is not an import path. Hint: module.path:ClassName, e.g. "
+                                 "mypkg.models:TinyResNet")
+        return text
     import torchvision.models as tvm
 
-    if text in ARCH_NAMES or text in tvm.list_models(module=tvm):
+    if text in tvm.list_models(module=tvm):
         return text
     import difflib
 
     near = difflib.get_close_matches(text, [*ARCH_NAMES, *tvm.list_models(module=tvm)], n=4)
-    raise argparse.ArgumentTypeError(f"unknown arch '{text}'" + (f"; did you mean {', '.join(near)}?" if near else
-                                     "; use vgg16, alexnet or a torchvision classifier name"))
+    raise UsageError(f"--arch: unknown arch '{text}'" + (f"; did you mean {', '.join(near)}?" if near else
+                     "; use vgg16, alexnet or a torchvision classifier name") +
+                     " Your own model: --arch module.path:ClassName (imported from the working directory) with "
+                     "--weights FILE")
+
+
+def add_user_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--arch-kwargs`` and ``--preprocessing``, for a model given by import path."""
+    parser.add_argument("--arch-kwargs", default=None, metavar="JSON", help="keyword arguments for the class or "
+                        "function of an --arch given by import path, as a JSON object, e.g. '{\"width\": 32}'")
+    parser.add_argument("--preprocessing", default=None, metavar="NAME", help="the input convention of an --arch "
+                        "given by import path: torchvision (default: ImageNet mean/std), caffe, mri, grayscale, or "
+                        "ORDER:MEANS:STDS for inputs in [0, 1], e.g. RGB:0.5,0.5,0.5:0.25,0.25,0.25")
 
 
 def _position(text: str):
@@ -135,13 +199,24 @@ def _check_device(text: str) -> None:
 
 
 def _load_net(args: argparse.Namespace):
-    from ..models import load_model
+    from ..models import load_model, load_user_model
 
     args.device = resolve_device(args.device)
     _check_device(args.device)
+    user = _is_import_path(args.arch)
+    kwargs, preprocessing = getattr(args, "arch_kwargs", None), getattr(args, "preprocessing", None)
+    if not user and (kwargs or preprocessing):
+        raise UsageError(f"--{'arch-kwargs' if kwargs else 'preprocessing'} is for a model given by import path; "
+                         f"{args.arch} brings its own. Hint: --arch module.path:ClassName, or leave it out")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
+        if user:
+            from ..models.user import parse_kwargs
+
+            net = load_user_model(args.arch, args.weights, kwargs=parse_kwargs(kwargs), preprocessing=preprocessing,
+                                  seed=args.seed, device=args.device)
+        else:
+            net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
@@ -157,7 +232,32 @@ def resolve_device(text: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | None = None) -> None:
+def _check_user_layers(arch: str, layers: Sequence[str], arch_kwargs: str | None) -> None:
+    """A model given by import path: its layer names (module paths), from the model built on the meta device
+    where its code allows (else the names are checked once it is loaded)."""
+    import torch
+
+    from ..models import wrap
+    from ..models.user import build_user_model, parse_kwargs
+
+    kwargs = parse_kwargs(arch_kwargs)
+    try:
+        with torch.device("meta"):
+            model, _ = build_user_model(arch, None, kwargs=kwargs)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as err:
+        if isinstance(err, ValueError) and ("import" in str(err) or "attribute" in str(err)):
+            raise UsageError(f"--arch: {err}") from None
+        return  # its code does what meta tensors cannot: checked once loaded
+    net = wrap(model, name=arch)
+    for layer in layers:
+        try:
+            net.resolve(layer)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
+def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | None = None,
+                      arch_kwargs: str | None = None) -> None:
     """Before any weights load: every layer is one of ``arch``'s paper names, and ``channel`` fits the first.
 
     The names come from the family's table applied to the torchvision builder run on the meta device (no
@@ -170,6 +270,8 @@ def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | Non
     from ..models import alexnet as alexnet_table
     from ..models import vgg as vgg_table
 
+    if _is_import_path(arch):
+        return _check_user_layers(arch, layers, arch_kwargs)
     if arch not in ARCH_NAMES:  # any torchvision classifier: module paths, from the model built on meta
         import torchvision.models as tvm
 
@@ -219,6 +321,19 @@ def check_data_options(args: argparse.Namespace) -> None:
     """The data options every command that reads a collection shares: ``--limit`` and ``--data``."""
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit} must be at least 1")
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise UsageError(f"--data '{args.data}' is not a folder. Hint: give a folder of images, or leave --data out "
+    check_data_folder(args.data)
+
+
+def check_data_folder(data: str | None) -> None:
+    """Before the weights load: ``--data`` is a folder that holds at least one image file."""
+    if data is None:
+        return
+    folder = Path(data).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"--data '{data}' is not a folder. Hint: give a folder of images, or leave --data out "
                          "for the offline demo collection")
+    from ..data import IMAGE_EXTENSIONS, _find_images
+
+    if not _find_images(folder):
+        raise UsageError(f"--data '{data}' holds no images (none of {', '.join(IMAGE_EXTENSIONS)}, in any subfolder). "
+                         "Hint: the folder of your images, or leave --data out for the offline demo collection")

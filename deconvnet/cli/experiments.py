@@ -6,11 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from ..cache import default_cache_dir
-from ..engine import default_layers
-from ..images import load_rgb
-from .common import (ARCH_HELP, FIGURE_SUFFIXES, UsageError, _arch, _check_device, _load_net, check_counts,
-                     check_data_options, check_layer_names, check_output_file, resolve_device)
+from .common import (ARCH_HELP, FIGURE_SUFFIXES, USER_WEIGHTS_HELP, UsageError, _arch, _check_device, _load_net,
+                     add_user_model_options, check_arch, check_counts, check_data_folder, check_data_options,
+                     check_layer_names, check_output_file, resolve_device)
 
 
 def _add_evolution_parser(sub) -> None:
@@ -46,7 +44,9 @@ def cmd_evolution(args: argparse.Namespace) -> None:
 
     matplotlib.use("Agg")
     from ..analysis.evolution import DEMO_LAYERS, DEMO_SIZE, evolution, train_demo, write_evolution
+    from ..cache import default_cache_dir
     from ..data import Head, load_dataset
+    from ..engine import default_layers
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
         raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
@@ -64,10 +64,7 @@ def cmd_evolution(args: argparse.Namespace) -> None:
             raise UsageError(f"--checkpoints needs --arch, the architecture they are state_dicts of. Hint: --arch vgg16, "
                              f"resnet18, ... or {DEMO_ARCH_NAME}")
     if args.arch is not None and args.arch != DEMO_ARCH_NAME:
-        try:
-            _arch(args.arch)
-        except argparse.ArgumentTypeError as err:
-            raise UsageError(f"--arch: {err}") from None
+        check_arch(args.arch)
     labels = None if args.labels is None else [l.strip() for l in args.labels.split(",")]
     check_output_file(args.out)
     args.device = resolve_device(args.device)
@@ -117,7 +114,8 @@ def _add_correspondence_parser(sub) -> None:
                    "bottom, right], ..., \"object\": [...]}}} in each image's pixels; default: the bundled faces "
                    "(deconvnet/analysis/parts.json)")
     c.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    c.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
+    c.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
+    add_user_model_options(c)
     c.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random occluder positions")
     c.add_argument("--layers", default=None, help="comma-separated layers (default: relu5_3 and relu7 with a classifier, "
                    "else relu3_3, relu4_3, relu5_3)")
@@ -135,19 +133,19 @@ def cmd_correspondence(args: argparse.Namespace) -> None:
 
     matplotlib.use("Agg")
     from ..analysis.correspondence import load_parts, write_correspondence, correspondence
+    from ..images import load_rgb
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
         raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
     check_counts(("--size", args.size, 0), ("--draws", args.draws, 1), ("--batch-size", args.batch_size, 1))
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise UsageError(f"--data '{args.data}' is not a folder. Hint: the folder the names in --boxes are relative to")
+    check_data_folder(args.data)
     if args.data is not None and args.boxes is None:
         raise UsageError("--data needs --boxes, the JSON of part boxes of its images. Hint: see deconvnet/analysis/parts.json")
     parts = load_parts(args.boxes, folder=None if args.data is None else Path(args.data).expanduser())
     for name in parts.images:  # every image readable before the model loads
         load_rgb(name)
     if args.layers is not None:
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()])
+        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()], arch_kwargs=args.arch_kwargs)
     check_output_file(args.out)
     t0 = time.perf_counter()
     net = _load_net(args)

@@ -294,7 +294,8 @@ class Explorer(ExplorerState):
             return note + "."
         k = int(act.flatten().argmax())
         r, c = divmod(k, act.shape[1])
-        if (r, c) != self.position and mask is not None and not bool(mask[r, c]) and float(act[r, c]) > float(act[self.position]):
+        # said of the app's own choice only: after a click the unit on show is the user's (no stale line)
+        if getattr(self, "picked_strongest", False) and (r, c) != self.position and mask is not None and not bool(mask[r, c]) and float(act[r, c]) > float(act[self.position]):
             return (f"<br>The strongest unit away from the border; the map's maximum, {float(act[r, c]):.4g} at "
                     f"({r}, {c}), is a border unit whose receptive field reaches into the zero padding.")
         return ""

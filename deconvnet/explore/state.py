@@ -355,6 +355,7 @@ class ExplorerState:
             changed = key != self.image_key or new_layer != self.layer or channel != self.channel
             position = STRONGEST if changed or self.projection is None else self.position
         x = self._input(key)
+        picked = position == STRONGEST  # the unit is the app's choice, not a click's
         forward_before = _forward_seconds(self.deconv)
         t1 = time.perf_counter()
         if channel == STRONGEST or position == STRONGEST:  # resolved on this image's record, as the app shows it
@@ -380,6 +381,7 @@ class ExplorerState:
         self.image_key, self.layer, self.method, self.projection = key, new_layer, method, p
         self.channel = int(p.channel[0])
         self.position = tuple(int(v) for v in p.position[0])
+        self.picked_strongest = picked and not is_class
         t2 = time.perf_counter()
         self.timings = {"forward": forward_s, "project": t2 - t1 - forward_s, "total": t2 - t0}
         return p

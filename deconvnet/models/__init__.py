@@ -1,6 +1,6 @@
 """Model families and weight sources."""
 
-from ._api import ARCH_NAMES, CHAIN_MODULES, WEIGHT_SOURCES, Net, load_alexnet, load_model, load_vgg, wrap
+from ._api import ARCH_NAMES, CHAIN_MODULES, WEIGHT_SOURCES, Net, load_alexnet, load_model, load_user_model, load_vgg, wrap
 from .weights import WeightsError, WeightsFallbackWarning
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "WeightsFallbackWarning",
     "load_alexnet",
     "load_model",
+    "load_user_model",
     "load_vgg",
     "wrap",
 ]

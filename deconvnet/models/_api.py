@@ -13,6 +13,7 @@ from ..preprocessing import GRAYSCALE, TORCHVISION, Preprocessing
 from . import alexnet as alexnet_table
 from . import vgg as vgg_table
 from .net import CHAIN_MODULES, DEFAULT_SIZE, Net, _tree, unwrap_compiled  # noqa: F401 (re-exported)
+from .user import build_user_model, is_import_path, parse_preprocessing
 from .weights import (
     OFFLINE,
     sha256_file,
@@ -243,6 +244,8 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
         ValueError: unknown arch (the message names the valid ones) or weights name.
         WeightsError: the weights cannot be had or read.
     """
+    if is_import_path(arch):  # a user's own model: "mypkg.models:TinyResNet" (``deconvnet.models.user``)
+        return load_user_model(arch, None if weights == "auto" else weights, seed=seed, device=device, dtype=dtype)
     if arch == "alexnet":
         return load_alexnet(weights, seed=seed, device=device, dtype=dtype)
     if arch in vgg_table.ARCHS:
@@ -255,7 +258,8 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
 
         near = difflib.get_close_matches(arch, classification, n=5)
         raise ValueError(f"unknown arch '{arch}'. Hint: a torchvision classification model"
-                         + (f", e.g. {', '.join(near)}" if near else " (torchvision.models.list_models())"))
+                         + (f", e.g. {', '.join(near)}" if near else " (torchvision.models.list_models())")
+                         + ", or your own model by import path, module.path:ClassName")
     builder = tvm.get_model_builder(arch)
     enum = _weights_enum(arch, weights)
     source = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
@@ -295,6 +299,42 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
     else:
         raise ValueError(f"unknown weights {weights!r}. Hint: auto, imagenet, DEFAULT, random or a state_dict path")
     net = wrap(model.eval(), name=arch)
+    net.provenance.update(provenance)
+    return net.to(device=device, dtype=dtype)
+
+
+def load_user_model(
+    spec: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    preprocessing: Preprocessing | str | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Net:
+    """A user's own model by import path (``"mypkg.models:TinyResNet"``), with its ``state_dict`` file.
+
+    Args:
+        spec: ``module.path:Attribute``, imported with the working directory first on ``sys.path``: an
+            ``nn.Module`` class, a function returning one, or an instance.
+        weights: a ``state_dict`` file (read with ``weights_only=True``, loaded strictly); None, ``"auto"``
+            or ``"random"``: the weights as the code initialises them, under ``seed``.
+        kwargs: keyword arguments for the class or factory.
+        preprocessing: the input convention: a ``Preprocessing`` or a name (``torchvision``, ``caffe``,
+            ``mri``, ``grayscale``, or ``RGB:MEANS:STDS``); default torchvision's ImageNet mean/std.
+        seed, device, dtype: as ``load_model``.
+
+    Returns:
+        The wrapped model; its provenance names the import path, the weights file and its sha256, and the
+        preprocessing.
+
+    Raises:
+        ValueError: the path cannot be resolved, or does not give an ``nn.Module``.
+        WeightsError: the weights file cannot be read, or its keys do not fit (one line naming them).
+    """
+    model, provenance = build_user_model(spec, weights, kwargs=kwargs, seed=seed)
+    net = wrap(model, preprocessing=parse_preprocessing(preprocessing), name=spec.split(":", 1)[1])
     net.provenance.update(provenance)
     return net.to(device=device, dtype=dtype)
 

@@ -350,11 +350,14 @@ class Net:
         return self.preprocessing.inverse(x)
 
     def describe(self) -> str:
-        """One line naming the model and the weights that made a figure."""
+        """One line naming the model, the weights that made a figure (their file and sha256 when a file was
+        read) and the input preprocessing."""
         p = self.provenance
+        name = str(p.get("file") or "").replace("\\", "/").rsplit("/", 1)[-1]
+        file = f", file {name}" if name and name not in str(p["source"]) else ""
         sha = f", sha256 {p['sha256'][:12]}" if p.get("sha256") else ""
         seed = f", seed {p['seed']}" if "seed" in p else ""
-        return f"{self.arch}, weights: {p['weights']} ({p['source']}{seed}{sha})"
+        return f"{self.arch}, weights: {p['weights']} ({p['source']}{seed}{file}{sha}); input: {p['preprocessing']}"
 
     def __repr__(self) -> str:
         return f"Net({self.describe()}; {len(self.layers)} named layers)"
