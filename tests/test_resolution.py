@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import images
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -39,9 +40,7 @@ from deconvnet.resolution import (
     write_table,
 )
 from deconvnet.resolution.figures import feature_maps, photo_tensor
-from deconvnet.resolution.restore import _quadratic_mse
-
-from conftest import images
+from deconvnet.resolution.fit import _quadratic_mse
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -151,7 +150,8 @@ def test_conv_matrix_example_numbers():
     spread = torch.zeros(4, 4, dtype=torch.float64)
     spread[:3, :3] = e.kernel
     assert torch.equal(e.spread, spread)
-    assert torch.equal(e.fan_out, torch.tensor([[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]], dtype=torch.float64))
+    fan_out = [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
+    assert torch.equal(e.fan_out, torch.tensor(fan_out, dtype=torch.float64))
 
 
 @settings(max_examples=60, deadline=None)
@@ -160,7 +160,9 @@ def test_conv_matrix_example_numbers():
     kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
     ph=st.integers(0, 2), pw=st.integers(0, 2), dh=st.integers(1, 2), dw=st.integers(1, 2), seed=st.integers(0, 10**6),
 )
-def test_conv_matrix_is_conv2d_and_its_transpose_is_conv_transpose2d(c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, dh, dw, seed):
+def test_conv_matrix_is_conv2d_and_its_transpose_is_conv_transpose2d(
+    c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, dh, dw, seed
+):
     assume(h + 2 * ph >= dh * (kh - 1) + 1 and w + 2 * pw >= dw * (kw - 1) + 1)
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(c_out, c_in, kh, kw, generator=g, dtype=torch.float64)
@@ -235,7 +237,9 @@ def test_odd_sizes_are_refused_with_a_hint():
 
 # --- training --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make", [lambda c: bilinear_transposed_conv(c, bias=True), resize_conv], ids=["tconv", "resize_conv"])
+@pytest.mark.parametrize(
+    "make", [lambda c: bilinear_transposed_conv(c, bias=True), resize_conv], ids=["tconv", "resize_conv"]
+)
 def test_the_quadratic_is_the_layers_mse_with_its_gradient(make):
     """The exact quadratic fit_restorer trains on, against autograd through the real layer."""
     g = torch.Generator().manual_seed(7)
@@ -290,7 +294,8 @@ def mse_of_unpooling_by_loops(x):
 def small_photo_comparison():
     x = photo_tensor("astronaut", 64)
     train = torch.stack([photo_tensor("chelsea", 64), photo_tensor("coffee", 64)])
-    return x, compare_restorations(x, signal="astronaut", train=train, trained_on="chelsea, coffee", steps=200, peak=1.0)
+    return x, compare_restorations(x, signal="astronaut", train=train, trained_on="chelsea, coffee", steps=200,
+                                   peak=1.0)
 
 
 def test_comparison_table_is_data_and_its_scores_are_right(small_photo_comparison):
@@ -302,7 +307,8 @@ def test_comparison_table_is_data_and_its_scores_are_right(small_photo_compariso
         err = ((restored.double() - x.double()) ** 2).mean().item()
         assert r["mse"] == pytest.approx(err, rel=1e-9)
         assert r["psnr_db"] == pytest.approx(10 * math.log10(1 / err), rel=1e-9)
-        assert r["correlation"] == pytest.approx(np.corrcoef(restored.double().ravel(), x.double().ravel())[0, 1], rel=1e-9)
+        pearson = np.corrcoef(restored.double().ravel(), x.double().ravel())[0, 1]
+        assert r["correlation"] == pytest.approx(pearson, rel=1e-9)
 
 
 def test_unpooling_puts_back_exactly_the_maxima(small_photo_comparison):
@@ -433,7 +439,8 @@ def test_checkerboard_study_orders_the_designs():
     assert e("tconv_k3s2", "uniform") > 0.1
     assert study.rows[0]["design"] == "original" and study.rows[0]["energy"] < 1e-3
     inits = {(r["design"], r["init"]) for r in study.rows[1:]}
-    assert inits == {(d, i) for d in ("tconv_k3s2", "tconv_k4s2", "resize_conv") for i in ("uniform", "random", "trained")}
+    designs, init_kinds = ("tconv_k3s2", "tconv_k4s2", "resize_conv"), ("uniform", "random", "trained")
+    assert inits == {(d, i) for d in designs for i in init_kinds}
 
 
 # --- the deconvnet's stages -------------------------------------------------------------------------------
@@ -454,7 +461,7 @@ def test_deconvnet_stages_unpool_sparsely_and_filter_densely(vgg16):
             assert s.nonzero <= 0.25
             assert trace.stages[k + 1].nonzero > s.nonzero  # the transposed convolution densifies
     top, left, bottom, right = trace.stages[-1].box
-    assert 0 <= top and 0 <= left and bottom <= 64 and right <= 64 and bottom - top == 16  # pool2's field
+    assert top >= 0 and left >= 0 and bottom <= 64 and right <= 64 and bottom - top == 16  # pool2's field
 
 
 # --- figures ----------------------------------------------------------------------------------------------

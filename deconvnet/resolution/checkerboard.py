@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title
-from .restore import fit_restorer, max_pool_2x2, psnr
+from .fit import fit_restorer
+from .metrics import psnr
+from .restorers import max_pool_2x2
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,8 @@ class CheckerboardStudy:
 
     Attributes:
         rows: the table: dicts with design, label, init, energy (mean over seeds for ``random``, with
-            energy_sd, energy_min, energy_max), psnr_db, seeds; the first row is the original signal's own energy (the baseline).
+            energy_sd, energy_min, energy_max), psnr_db, seeds; the first row is the original signal's own energy
+            (the baseline).
         constant: design key -> (H, W) output of the uniform layer on a constant input (the overlap
             pattern itself).
         outputs: (design key, init) -> (C, H, W) the restored signal (``random``: the first seed).
@@ -225,6 +228,44 @@ def checkerboard_study(
                              trained_on=trained_on, steps=steps, border=border)
 
 
+def _row_of(study: CheckerboardStudy, design: str, init: str) -> dict:
+    return next(r for r in study.rows if r["design"] == design and r["init"] == init)
+
+
+def _plot_energy_bars(ax, study: CheckerboardStudy) -> None:
+    """The measure as a bar chart: each design's energy per initialisation, the original's as a line."""
+    width = 0.26
+    colors = {"uniform": "0.6", "random": "tab:orange", "trained": "tab:blue"}
+    floor = 1e-7
+    for k, init in enumerate(INITS):
+        rs = [_row_of(study, d.key, init) for d in DESIGNS]
+        ys = np.arange(len(DESIGNS)) + (k - 1) * width
+        vals = [max(r["energy"], floor) for r in rs]
+        label = f"random init (mean of {rs[0]['seeds']} seeds; line: range)" if init == "random" else (
+            "uniform kernel" if init == "uniform" else f"trained from random init ({study.steps} steps)")
+        ax.barh(ys, vals, width, color=colors[init], label=label)
+        if init == "random":
+            lo = [v - max(r["energy_min"], floor) for v, r in zip(vals, rs, strict=True)]
+            hi = [max(r["energy_max"], floor) - v for v, r in zip(vals, rs, strict=True)]
+            ax.errorbar(vals, ys, xerr=[lo, hi], fmt="none", ecolor="k", lw=0.8, capsize=2)
+        for y, r in zip(ys, rs, strict=True):
+            right = max(r["energy"], r.get("energy_max") or 0, floor)  # right of the bar and its range line
+            ax.text(right * 1.4, y, f"{r['energy']:.2g}", va="center", fontsize=TICK_PT)
+    ax.axvline(max(study.rows[0]["energy"], floor), color="k", ls="--", lw=0.8,
+               label=f"the original photograph ({study.rows[0]['energy']:.2g})")
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 10)
+    ax.set_yticks(np.arange(len(DESIGNS)))
+    ax.set_yticklabels([d.label for d in DESIGNS], fontsize=TICK_PT)
+    ax.tick_params(labelsize=TICK_PT)
+    ax.invert_yaxis()
+    ax.set_xlabel("checkerboard energy: share of the non-constant energy in the stride-2\nperiodic pattern "
+                  f"({study.border} px border left out; log scale)", fontsize=TEXT_PT)
+    ax.legend(fontsize=TICK_PT, loc="upper center", bbox_to_anchor=(0.35, -0.3), ncol=2, frameon=False,
+              borderaxespad=0, labelspacing=0.25, handlelength=1.2, columnspacing=1.0)
+    ax.set_title(f"the measure on {study.signal} after 2x2 max-pooling", fontsize=TEXT_PT)
+
+
 def plot_checkerboard(study: CheckerboardStudy, axes=None, *, zoom: int = 32):
     """Draw the overlap patterns, the uniform and the trained layers on the signal (zoomed), and the measure.
 
@@ -259,9 +300,6 @@ def plot_checkerboard(study: CheckerboardStudy, axes=None, *, zoom: int = 32):
     def rgb(t: torch.Tensor) -> np.ndarray:
         return t.double().clamp(0, 1).permute(1, 2, 0).numpy()[box]
 
-    def row_of(design: str, init: str) -> dict:
-        return next(r for r in study.rows if r["design"] == design and r["init"] == init)
-
     vmax = max(float(p.max()) for p in study.constant.values())
     for col, d in enumerate(DESIGNS):
         pattern = study.constant[d.key].numpy()
@@ -272,7 +310,7 @@ def plot_checkerboard(study: CheckerboardStudy, axes=None, *, zoom: int = 32):
         values = f"{inner.min():.3g}" if np.ptp(inner) == 0 else f"{inner.min():.3g} to {inner.max():.3g}"
         ax.set_title(f"{d.label}\ninterior {values}\nenergy {e_const:.2f}", fontsize=TEXT_PT)
         for r, init in ((1, "uniform"), (2, "trained")):
-            row = row_of(d.key, init)
+            row = _row_of(study, d.key, init)
             axes[r, col].imshow(rgb(study.outputs[(d.key, init)]), interpolation="nearest")
             axes[r, col].set_title(f"energy {row['energy']:.2g}, PSNR {row['psnr_db']:.1f} dB", fontsize=TEXT_PT)
         for r in range(3):
@@ -283,41 +321,13 @@ def plot_checkerboard(study: CheckerboardStudy, axes=None, *, zoom: int = 32):
     axes[2, 0].set_ylabel(f"{study.signal}, trained from\nrandom init, {study.steps} steps", fontsize=TEXT_PT)
     ax = axes[0, 3]
     ax.imshow(rgb(study.original), interpolation="nearest")
-    ax.set_title(f"original {study.signal},\nsame window: energy\n{study.rows[0]['energy']:.2g} (baseline)", fontsize=TEXT_PT)
+    ax.set_title(f"original {study.signal},\nsame window: energy\n{study.rows[0]['energy']:.2g} (baseline)",
+                 fontsize=TEXT_PT)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax = axes[1, 3]
-    width = 0.26
-    colors = {"uniform": "0.6", "random": "tab:orange", "trained": "tab:blue"}
-    floor = 1e-7
-    for k, init in enumerate(INITS):
-        rs = [row_of(d.key, init) for d in DESIGNS]
-        ys = np.arange(len(DESIGNS)) + (k - 1) * width
-        vals = [max(r["energy"], floor) for r in rs]
-        label = f"random init (mean of {rs[0]['seeds']} seeds; line: range)" if init == "random" else (
-            "uniform kernel" if init == "uniform" else f"trained from random init ({study.steps} steps)")
-        ax.barh(ys, vals, width, color=colors[init], label=label)
-        if init == "random":
-            lo = [v - max(r["energy_min"], floor) for v, r in zip(vals, rs)]
-            hi = [max(r["energy_max"], floor) - v for v, r in zip(vals, rs)]
-            ax.errorbar(vals, ys, xerr=[lo, hi], fmt="none", ecolor="k", lw=0.8, capsize=2)
-        for y, r in zip(ys, rs):
-            right = max(r["energy"], r.get("energy_max") or 0, floor)  # right of the bar and its range line
-            ax.text(right * 1.4, y, f"{r['energy']:.2g}", va="center", fontsize=TICK_PT)
-    ax.axvline(max(study.rows[0]["energy"], floor), color="k", ls="--", lw=0.8,
-               label=f"the original photograph ({study.rows[0]['energy']:.2g})")
-    ax.set_xscale("log")
-    ax.set_xlim(floor, 10)
-    ax.set_yticks(np.arange(len(DESIGNS)))
-    ax.set_yticklabels([d.label for d in DESIGNS], fontsize=TICK_PT)
-    ax.tick_params(labelsize=TICK_PT)
-    ax.invert_yaxis()
-    ax.set_xlabel("checkerboard energy: share of the non-constant energy in the stride-2\nperiodic pattern "
-                  f"({study.border} px border left out; log scale)", fontsize=TEXT_PT)
-    ax.legend(fontsize=TICK_PT, loc="upper center", bbox_to_anchor=(0.35, -0.3), ncol=2, frameon=False,
-              borderaxespad=0, labelspacing=0.25, handlelength=1.2, columnspacing=1.0)
-    ax.set_title(f"the measure on {study.signal} after 2x2 max-pooling", fontsize=TEXT_PT)
+    _plot_energy_bars(axes[1, 3], study)
     title(fig, "Checkerboard artifacts: the uneven overlap of a transposed convolution whose kernel size is not "
                "divisible by its stride")
-    footer(fig, f"No network weights: depthwise layers; trained on {study.trained_on} (MSE, Adam, {study.steps} steps).")
+    footer(fig, f"No network weights: depthwise layers; trained on {study.trained_on} "
+                f"(MSE, Adam, {study.steps} steps).")
     return fig

@@ -10,12 +10,13 @@ import torch
 from .. import images
 from ..engine import record
 from ..models import Net
-from ..plot import DPI
-from ..plot import save_figure
+from ..plot import DPI, save_figure
 from .checkerboard import CheckerboardStudy, checkerboard_study, plot_checkerboard
+from .compare import Comparison, compare_restorations, random_crops
 from .matrix import conv_matrix_example, plot_conv_matrix
-from .restore import Comparison, compare_restorations, plot_restorations, plot_scores, random_crops, write_table
+from .plots import plot_restorations, plot_scores
 from .stages import deconvnet_stages, plot_stages
+from .tables import write_table
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def make_figures(out_dir: Path, net: Net, *, quick: bool = False, fmt: str = "pn
     save(plot_conv_matrix(conv_matrix_example()), "resolution_conv_matrix")
     comparisons = run_comparisons(net, s)
     save(plot_restorations(comparisons[0]), "resolution_restore_photo")
-    for layer, c in zip(s.layers, comparisons[1:]):
+    for layer, c in zip(s.layers, comparisons[1:], strict=True):
         save(plot_restorations(c), f"resolution_restore_{layer}")
     save(plot_scores(comparisons), "resolution_scores")
     written += write_table([r for c in comparisons for r in c.rows()], out_dir / "resolution_comparison")

@@ -9,17 +9,16 @@ value goes back to as many input positions as the kernel has taps ("one value to
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title
-
 from .sizes import conv_output_size
 
-IntPair = Union[int, tuple[int, int]]
+IntPair = int | tuple[int, int]
 
 #: Largest dense matrix ``conv_matrix`` builds: it is for small examples and tests.
 MAX_MATRIX_ENTRIES = 50_000_000
@@ -150,7 +149,8 @@ def conv_matrix_example(
     k = torch.arange(1, 10, dtype=torch.float64).view(3, 3) if kernel is None else kernel.double()
     if k.shape != (3, 3):
         raise ValueError(f"kernel must be 3x3, got {tuple(k.shape)}. Hint: the example is a 3x3 kernel over 4x4")
-    xx = torch.tensor([[3, 0, 1, 2], [1, 4, 2, 0], [0, 2, 5, 1], [2, 1, 0, 3]], dtype=torch.float64) if x is None else x.double()
+    default_x = [[3, 0, 1, 2], [1, 4, 2, 0], [0, 2, 5, 1], [2, 1, 0, 3]]
+    xx = torch.tensor(default_x, dtype=torch.float64) if x is None else x.double()
     if xx.shape != (4, 4):
         raise ValueError(f"x must be 4x4, got {tuple(xx.shape)}")
     if not (0 <= unit[0] < 2 and 0 <= unit[1] < 2):
@@ -229,7 +229,8 @@ def plot_conv_matrix(example: ConvMatrixExample, axes: Mapping[str, object] | No
     axes["C"].set_xlabel("input pixel index (row-major)", fontsize=TEXT_PT)
     axes["C"].set_ylabel("output unit", fontsize=TEXT_PT)
     _heatmap(axes["y"], e.y, r"$y = C\,\mathrm{vec}(x)$," "\nshown 2x2", cmap="Oranges")
-    _heatmap(axes["back"], e.back, rf"$C^\top C\,\mathrm{{vec}}(x) \neq x$:" "\n" f"relative error {e.relative_error:.3g}\n"
+    _heatmap(axes["back"], e.back, rf"$C^\top C\,\mathrm{{vec}}(x) \neq x$:" "\n"
+             f"relative error {e.relative_error:.3g}\n"
              f"({e.best_scaled_error:.2f} at the best scale)", cmap="Purples", fontsize=TICK_PT)
     _heatmap(axes["spread"], e.spread, rf"$C^\top$ of a one-hot" "\n" f"at output {e.unit}: one\nvalue to "
              f"{int((e.spread != 0).sum())} pixels", cmap="Greens")

@@ -1,10 +1,15 @@
 """Size arithmetic of convolution and transposed convolution, with PyTorch's own validation rules.
 
-Along one axis, for input size ``n``, kernel ``k``, stride ``s``, padding ``p``, dilation ``d``
-(REFERENCE.md, "PyTorch facts"):
+Along one axis, for input size ``n``, kernel ``k``, stride ``s``, padding ``p`` and dilation ``d``, the
+dilated kernel spans ``d(k - 1) + 1`` inputs, and:
 
-- ``Conv2d``:           ``out = floor((n + 2p - d(k - 1) - 1) / s) + 1``
-- ``ConvTranspose2d``:  ``out = (n - 1) s - 2p + d(k - 1) + output_padding + 1``
+- ``Conv2d`` (and ``MaxPool2d``) slides that span over the padded input ``n + 2p`` in steps of ``s``, so
+  ``out = floor((n + 2p - d(k - 1) - 1) / s) + 1``. (``MaxPool2d(ceil_mode=True)`` rounds up instead and
+  drops a last window that would start in the right padding; the functions here model ``Conv2d``.)
+- ``ConvTranspose2d`` runs that map backwards: each of the ``n`` inputs is spread ``s`` apart, the span is
+  laid over each, and ``p`` is trimmed from either side, so
+  ``out = (n - 1) s - 2p + d(k - 1) + output_padding + 1``. A stride-``s`` convolution maps up to ``s``
+  input sizes to the same output size; ``output_padding`` picks one of them.
 
 A configuration that PyTorch rejects raises ``ValueError`` here, with the rule that it breaks:
 non-positive sizes, kernels, strides or dilations; negative padding; a padded input smaller than the

@@ -10,17 +10,14 @@ these steps, and the fraction of nonzero values inside the projected unit's rece
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..engine import Deconvnet, Target, record
-from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title
+from ..engine import Deconvnet, Target, receptive_field, record
 from ..models import Net
-from ..plot import scale_for_display
-from ..engine import receptive_field
+from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, scale_for_display, title
 
 
 @dataclass
@@ -63,7 +60,7 @@ class StageTrace:
     weights: str
 
 
-def deconvnet_stages(net: Net, x: torch.Tensor, layer: str = "pool3", channel: Union[int, str] = "max") -> StageTrace:
+def deconvnet_stages(net: Net, x: torch.Tensor, layer: str = "pool3", channel: int | str = "max") -> StageTrace:
     """Project one unit of ``layer`` and keep the signal after every unpool and transposed convolution.
 
     The unit is the strongest of ``channel`` (``"max"``: of any channel) among the units whose receptive
@@ -89,8 +86,8 @@ def deconvnet_stages(net: Net, x: torch.Tensor, layer: str = "pool3", channel: U
     inside = torch.zeros(act.shape[-2:], dtype=torch.bool)
     for i in range(act.shape[-2]):
         for j in range(act.shape[-1]):
-            t, l, b, r = rf.box(i, j)
-            inside[i, j] = t >= 0 and l >= 0 and b <= h_in and r <= w_in
+            y0, x0, y1, x1 = rf.box(i, j)
+            inside[i, j] = y0 >= 0 and x0 >= 0 and y1 <= h_in and x1 <= w_in
     if not inside.any():
         inside[:] = True
     if channel == "max":
@@ -163,14 +160,15 @@ def plot_stages(trace: StageTrace, axes=None, *, columns: int = 7):
         axes = list(np.asarray(axes, dtype=object).flat)
         fig = axes[0].figure
     if len(axes) < n:
-        raise ValueError(f"need {n} axes (input, {len(trace.stages)} stages, projection, nonzero plot), got {len(axes)}")
+        raise ValueError(f"need {n} axes (input, {len(trace.stages)} stages, projection, nonzero plot), "
+                         f"got {len(axes)}")
     last = trace.stages[-1]
-    t, l, b, r = last.box
-    axes[0].imshow(trace.image_rgb.permute(1, 2, 0).double().numpy()[t:b, l:r], interpolation="nearest")
-    axes[0].set_title(f"input, its\nreceptive field\n{b - t}x{r - l} px", fontsize=TICK_PT)
-    for ax, s in zip(axes[1:], trace.stages):
-        t, l, b, r = s.box
-        inside = s.signal[:, t:b, l:r].double()
+    top, left, bottom, right = last.box
+    axes[0].imshow(trace.image_rgb.permute(1, 2, 0).double().numpy()[top:bottom, left:right], interpolation="nearest")
+    axes[0].set_title(f"input, its\nreceptive field\n{bottom - top}x{right - left} px", fontsize=TICK_PT)
+    for ax, s in zip(axes[1:], trace.stages, strict=False):  # axes[1:] goes on past the stages
+        top, left, bottom, right = s.box
+        inside = s.signal[:, top:bottom, left:right].double()
         ch = int(inside.pow(2).flatten(1).sum(1).argmax())
         a = inside[ch].numpy()
         lim = float(np.abs(a).max()) or 1.0
@@ -179,8 +177,8 @@ def plot_stages(trace: StageTrace, axes=None, *, columns: int = 7):
         ax.set_title(f"{s.label}\n{h}x{h}, ch. {ch}\nnonzero {100 * s.nonzero:.2g}%", fontsize=TICK_PT,
                      color={"unpool": "tab:red", "transposed conv": "tab:blue"}.get(s.kind, "black"))
     p_ax = axes[len(trace.stages) + 1]
-    t, l, b, r = last.box
-    p_ax.imshow(scale_for_display(trace.projection_rgb[:, t:b, l:r]), interpolation="nearest")
+    top, left, bottom, right = last.box
+    p_ax.imshow(scale_for_display(trace.projection_rgb[:, top:bottom, left:right]), interpolation="nearest")
     p_ax.set_title("projection\n(RGB, percentile\nscaling)", fontsize=TICK_PT)
     for ax in axes[: len(trace.stages) + 2]:
         ax.set_xticks([])
