@@ -74,8 +74,6 @@ def default_layers(net: Net) -> list[str]:
         top = [(f"features.{n}", m) for n, m in net.model.features.named_children()]
     if net.stages:  # the family names its stages (timm's feature_info)
         return [n for n in net.stages if n in spatial] or list(net.stages)
-    if len(top) == 2 and isinstance(top[1][1], nn.Sequential) and len(top[1][1]) > 2:  # RegNet: stem, trunk
-        top = [top[0]] + [(f"{top[1][0]}.{n}", m) for n, m in top[1][1].named_children()]
     stages = []
     for name, m in top:
         kinds = [type(s) for s in m.modules()]
@@ -83,6 +81,10 @@ def default_layers(net: Net) -> list[str]:
         pools_in = sum(issubclass(k, (nn.MaxPool2d, nn.AvgPool2d)) for k in kinds)
         if name in spatial and (convs_in >= 2 or (convs_in and pools_in)):
             stages.append(name)
+    if len(stages) == 1 and isinstance(net.layers.get(stages[0]), nn.Sequential):  # RegNet: one trunk of stages
+        inner = [f"{stages[0]}.{n}" for n, _ in net.layers[stages[0]].named_children()]
+        if len(inner) > 1 and all(n in spatial for n in inner):
+            return inner
     return stages or [n for n in spatial_layers(net) if "." not in n][-4:]
 
 
