@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), or any torchvision classifier (resnet50, "
+ARCH_HELP = (f"timm:NAME (any timm model), {', '.join(ARCH_NAMES)} (the paper's layer names), or any torchvision classifier (resnet50, "
              "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2)")
 
 
@@ -46,6 +46,15 @@ def _arch(text: str) -> str:
     import torchvision.models as tvm
 
     if text in ARCH_NAMES or text in tvm.list_models(module=tvm):
+        return text
+    if text.startswith("timm:"):
+        from ..models.timm import load_timm
+
+        try:
+            load_timm(text, "bad", seed=0, wrap=None)
+        except ValueError as err:
+            if "unknown timm model" in str(err):
+                raise argparse.ArgumentTypeError(str(err)) from None
         return text
     import difflib
 
@@ -142,6 +151,7 @@ def _load_net(args: argparse.Namespace):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
+    net.extend = bool(getattr(args, "extend", False))
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
@@ -170,6 +180,8 @@ def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | Non
     from ..models import alexnet as alexnet_table
     from ..models import vgg as vgg_table
 
+    if arch.startswith("timm:"):  # module paths, checked once the model is built
+        return
     if arch not in ARCH_NAMES:  # any torchvision classifier: module paths, from the model built on meta
         import torchvision.models as tvm
 
