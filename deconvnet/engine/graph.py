@@ -377,7 +377,8 @@ def check_graph(net: Net, hw: Sequence[int], *, rule: str = "deconvnet", extend:
     and pages name)."""
     check_modules(net.model, extend=extend, rule=rule)
     net.refresh()
-    key = (net._tree, extend and not rules.get(rule).autograd)
+    autograd = rules.get(rule).autograd
+    key = (net._tree, extend and not autograd, autograd)
     if _CHECKED.get(net.model) == key or net.device.type == "meta":  # meta: check_input refuses it
         return
     for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
@@ -397,7 +398,7 @@ def check_graph(net: Net, hw: Sequence[int], *, rule: str = "deconvnet", extend:
                 where = stack.enter_context(_where_tracker(net.model, token))
                 for m in names:
                     stack.callback(m.register_forward_hook(hook).remove)
-                mode = _DeconvMode(where, "deconvnet", extend=key[1])
+                mode = _DeconvMode(where, rule, extend=key[1])
                 mode.mark(x)
                 with torch.no_grad(), mode:
                     net.model(x)
