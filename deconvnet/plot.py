@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .engine.rules import RULES
+
 SCALINGS = ("percentile", "symmetric", "minmax")
 DEFAULT_SCALING = "percentile"
 #: the percentile of |v| over the support that maps to black/white in ``"percentile"`` scaling
@@ -193,6 +195,10 @@ def save_figure(fig, path, dpi: int = 150) -> None:
 PRINT_WIDTH = 7.0  # inches: a page's text width
 DPI = 200  # saved resolution: a 224 px map drawn 1.1 inches wide keeps its pixels
 TEXT_PT = 7.5  # panel titles, labels, legends, annotations
+#: a method's colour in plots: the engine's rules by their analysis names (``engine.rules``), and Captum's
+#: Deconvolution (the cross-check)
+METHOD_COLORS = {**{r.key: r.color for r in RULES.values()}, "deconvolution": "C1"}
+
 TICK_PT = 7.0  # tick labels, colorbars, footers: the smallest text of any figure
 TITLE_PT = 9.0  # the figure's title
 

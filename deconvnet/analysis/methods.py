@@ -32,24 +32,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Deconvnet, Target, check_input, record, select_target
+from ..engine.rules import RULES as RULE_REGISTRY
+from ..engine.rules import find as find_rule
 from ..models import Net
 from ..models.lock import own_call, owns
 from ..plot import image_array, scale_for_display
 from ._util import _Stop, label, output_layer
 
-METHODS = ("deconvnet", "deconvolution", "guided_backprop", "gradient")
+#: the engine's rules (``engine.rules``, by their analysis names) and Captum's Deconvolution, the cross-check
+METHODS = ("deconvnet", "deconvolution", *(r.key for r in RULE_REGISTRY.values() if r.name != "deconvnet"))
 METHOD_TITLES = {
+    **{r.key: r.title for r in RULE_REGISTRY.values()},
     "deconvnet": "deconvnet (ours)",
     "deconvolution": "Captum Deconvolution",
-    "guided_backprop": "guided backprop",
     "gradient": "gradient (saliency)",
 }
-RULES = {
-    "deconvnet": "R_in = R_out [R_out > 0]",
-    "deconvolution": "R_in = R_out [R_out > 0]",
-    "guided_backprop": "R_in = R_out [x > 0] [R_out > 0]",
-    "gradient": "R_in = R_out [x > 0]",
-}
+RULES = {**{r.key: r.formula.split(" (")[0] for r in RULE_REGISTRY.values()},
+         "deconvolution": RULE_REGISTRY["deconvnet"].formula.split(" (")[0]}
 RULES_CAPTION = (
     "Backward rule at each ReLU (R: signal coming down, x: forward input of the ReLU): "
     "deconvnet  R_in = R_out·[R_out > 0];   guided backprop  R_in = R_out·[x > 0]·[R_out > 0];   "
@@ -133,7 +132,7 @@ def backward_maps(
     Returns:
         ``{method: (B, 3, H, W) map in the model's input space}``.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and find_rule(m) is None]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}. Hint: choose from {', '.join(METHODS)}")
     x = check_input(x, net)
@@ -141,15 +140,12 @@ def backward_maps(
     seed = seed.to(device=x.device, dtype=x.dtype)
     out: dict[str, torch.Tensor] = {}
     for method in methods:
-        if method in ENGINE_RULES:
-            out[method] = Deconvnet(net, rule=ENGINE_RULES[method]).project_seed(x, layer, seed)
+        rule = find_rule(method)
+        if rule is not None:
+            out[method] = Deconvnet(net, rule=rule.name).project_seed(x, layer, seed)
     if "deconvolution" in methods:
         out["deconvolution"] = captum_maps(net, x, layer, seed, ["deconvolution"])["deconvolution"]
     return {m: out[m] for m in methods}
-
-
-#: the methods the engine computes, and its rule for each
-ENGINE_RULES = {"deconvnet": "deconvnet", "guided_backprop": "guided", "gradient": "gradient"}
 
 
 def captum_maps(net: Net, x: torch.Tensor, layer: str, seed: torch.Tensor,

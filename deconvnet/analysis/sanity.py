@@ -48,14 +48,13 @@ from torch import nn
 
 from ..engine import Target, check_input, default_layers
 from ..models import Net
-from ..plot import image_array, scale_for_display
+from ..plot import METHOD_COLORS, image_array, scale_for_display
 from ._util import TEXT_PT, TICK_PT, TITLE_PT, blank, output_layer, progress, tile_figure, wrap_to_width
 from .methods import METHOD_TITLES, backward_maps, deconvnet_seed
 from .similarity import METRIC_LABELS, METRICS, compare_maps, normalized_abs
 
 SANITY_METHODS = ("deconvnet", "guided_backprop", "gradient")
 MODES = ("cascading", "independent")
-METHOD_COLORS = {"deconvnet": "C3", "guided_backprop": "C0", "gradient": "C2", "deconvolution": "C1"}
 
 
 # --- randomising layers -------------------------------------------------------------------------------

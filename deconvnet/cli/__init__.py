@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
     add_user_model_options(p)
+    p.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held constant; docs/explanation/declared-rules.md)")
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the image as is)")
     p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projection (see deconvnet.plot)")
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     f.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
     add_user_model_options(f)
+    f.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held constant; docs/explanation/declared-rules.md)")
     f.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
     f.add_argument("--data", default=None, help="a folder of images (recursive): the scan of top9, and the first few "
                    "images of methods, sanity, invariance and occlusion; default: the offline demo collection and the "
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     a.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
     add_user_model_options(a)
+    a.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held constant; docs/explanation/declared-rules.md)")
     a.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
     a.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
     a.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block); a rerun adds layers")
@@ -332,6 +335,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
         raise UsageError(f"--size {args.size} must be a positive number of pixels")
     check_bytes(4 * 3 * args.size * args.size, f"an input of {args.size}x{args.size} px")
     net = load_model(args.arch, "random")
+    net.extend = True  # shapes only: a model of the declared rules lists its layers too
     check_memory(net, 1, (args.size, args.size))  # shapes only (meta or fake tensors): nothing allocated
     x = torch.zeros(1, net.in_channels or 3, args.size, args.size, dtype=net.dtype)
     # one forward with no switches, keeping only each output's shape

@@ -67,7 +67,7 @@ def program_name() -> str:
     return "python -m deconvnet" if name in ("", "__main__.py", "-c") or name.endswith(".py") else name
 
 
-ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), any torchvision classifier (resnet50, "
+ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), timm:NAME (any timm model), any torchvision classifier (resnet50, "
              "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2), or your own model by "
              "import path, module.path:ClassName (a class or a function returning an nn.Module, imported from the "
              "working directory; see --arch-kwargs, --weights FILE and --preprocessing)")
@@ -99,6 +99,15 @@ def check_arch(text: str) -> str:
     import torchvision.models as tvm
 
     if text in tvm.list_models(module=tvm):
+        return text
+    if text.startswith("timm:"):
+        from ..models.timm import load_timm
+
+        try:
+            load_timm(text, "bad", seed=0, wrap=None)
+        except ValueError as err:
+            if "unknown timm model" in str(err):
+                raise UsageError(f"--arch: {err}") from None
         return text
     import difflib
 
@@ -217,6 +226,7 @@ def _load_net(args: argparse.Namespace):
                                   seed=args.seed, device=args.device)
         else:
             net = load_model(args.arch, args.weights, seed=args.seed, device=args.device)
+    net.extend = bool(getattr(args, "extend", False))
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
@@ -270,6 +280,8 @@ def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | Non
     from ..models import alexnet as alexnet_table
     from ..models import vgg as vgg_table
 
+    if arch.startswith("timm:"):  # module paths, checked once the model is built
+        return
     if _is_import_path(arch):
         return _check_user_layers(arch, layers, arch_kwargs)
     if arch not in ARCH_NAMES:  # any torchvision classifier: module paths, from the model built on meta

@@ -34,6 +34,7 @@ def _add_evolution_parser(sub) -> None:
     e.add_argument("--out", type=Path, default=Path("figures/evolution.png"), help=f"output figure ({', '.join(FIGURE_SUFFIXES)}); "
                    "the sidecar is OUT.json, the scans (and the demo's checkpoints) go beside it")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held constant; docs/explanation/declared-rules.md)")
 
 
 DEMO_ARCH_NAME = "democnn"
@@ -95,6 +96,10 @@ def cmd_evolution(args: argparse.Namespace) -> None:
     if layers is None:
         layers = list(DEMO_LAYERS) if arch == DEMO_ARCH_NAME else default_layers(first)
     checkpoints = [first, *checkpoints[1:]]
+    if args.extend:  # every checkpoint projected with the declared rules
+        checkpoints = [first, *(load_checkpoint(c, arch, device=args.device) for c in checkpoints[1:])]
+        for net in checkpoints:
+            net.extend = True
     result = evolution(checkpoints, dataset, layers, args.features, arch=arch, labels=labels, k=args.k,
                        select=args.select, seed=args.seed, cache=args.out.parent / "scans", batch_size=args.batch_size,
                        device=args.device, progress=not args.quiet)
@@ -116,6 +121,7 @@ def _add_correspondence_parser(sub) -> None:
     c.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     c.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
     add_user_model_options(c)
+    c.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held constant; docs/explanation/declared-rules.md)")
     c.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random occluder positions")
     c.add_argument("--layers", default=None, help="comma-separated layers (default: relu5_3 and relu7 with a classifier, "
                    "else relu3_3, relu4_3, relu5_3)")

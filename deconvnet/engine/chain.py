@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import CHAIN_MODULES, Net
+from . import rules
 from .receptive import receptive_field
 from .record import Kept, check_input, record_chain
 from .switches import PoolSwitches
@@ -107,11 +108,11 @@ def deconv_step(
     if isinstance(m, nn.Conv2d):
         return conv_transpose_like(m, r, in_shape[-2:])
     if isinstance(m, nn.ReLU):
-        if rule == "deconvnet":
-            return F.relu(r)
-        reps = n // mask.shape[0]
-        mask = mask if reps == 1 else mask.repeat(reps, *([1] * (mask.dim() - 1)))
-        return (F.relu(r) if rule == "guided" else r) * mask
+        at = rules.get(rule)
+        if at.needs_mask:
+            reps = n // mask.shape[0]
+            mask = mask if reps == 1 else mask.repeat(reps, *([1] * (mask.dim() - 1)))
+        return at.at_rectifier(r, mask)
     if isinstance(m, nn.MaxPool2d):
         flat = switches.flat()
         reps = n // flat.shape[0]
@@ -328,7 +329,7 @@ class ChainEngine:
         depths = [self.net.depth(t.layer) for t in targets]
         check_supported(self.net, max(depths))
         x = check_input(x, self.net)
-        rec = self.record(x, sorted({t.layer for t in targets}), masks=self.rule != "deconvnet")
+        rec = self.record(x, sorted({t.layer for t in targets}), masks=rules.get(self.rule).needs_mask)
         selected = [select_target(rec.activations[t.layer], t, self.net) for t in targets]
         b, hw = x.shape[0], x.shape[-2:]
         results: list[torch.Tensor | None] = [None] * len(targets)
@@ -343,7 +344,7 @@ class ChainEngine:
         """Any signal (B, ...) placed on ``layer``'s output, walked down the whole maps with the rule."""
         depth = self.net.depth(layer)
         check_supported(self.net, depth)
-        rec = self.record(x, [layer], masks=self.rule != "deconvnet")
+        rec = self.record(x, [layer], masks=rules.get(self.rule).needs_mask)
         with torch.no_grad():
             return walk_down(self.net, rec, {depth: seed.to(rec.activations[layer]).reshape(rec.shapes[depth][1])},
                              unpool=self.unpool, rule=self.rule)
@@ -431,7 +432,7 @@ class ChainEngine:
         """The signal after every step down for one target: ``[(module name, tensor), ...]``."""
         depth = self.net.depth(target.layer)
         check_supported(self.net, depth)
-        rec = self.record(x, [target.layer], masks=self.rule != "deconvnet")
+        rec = self.record(x, [target.layer], masks=rules.get(self.rule).needs_mask)
         seed = select_target(rec.activations[target.layer], target, self.net)[0]()
         out = [(target.layer, seed)]
         with torch.no_grad():

@@ -37,7 +37,7 @@ def record(
     and max-pool switches (``switches=False`` skips them)."""
     if net.is_chain:
         return record_chain(net, x, layers, switches=switches, reduce=reduce)
-    return record_graph(net, x, layers, reduce)
+    return record_graph(net, x, layers, reduce, extend=getattr(net, "extend", False))
 
 
 def spatial_layers(net: Net) -> list[str]:
@@ -72,6 +72,8 @@ def default_layers(net: Net) -> list[str]:
     top = [(n, m) for n, m in net.model.named_children()]
     if len(top) and isinstance(getattr(net.model, "features", None), nn.Sequential):
         top = [(f"features.{n}", m) for n, m in net.model.features.named_children()]
+    if net.stages:  # the family names its stages (timm's feature_info)
+        return [n for n in net.stages if n in spatial] or list(net.stages)
     stages = []
     for name, m in top:
         kinds = [type(s) for s in m.modules()]
@@ -79,6 +81,10 @@ def default_layers(net: Net) -> list[str]:
         pools_in = sum(issubclass(k, (nn.MaxPool2d, nn.AvgPool2d)) for k in kinds)
         if name in spatial and (convs_in >= 2 or (convs_in and pools_in)):
             stages.append(name)
+    if len(stages) == 1 and isinstance(net.layers.get(stages[0]), nn.Sequential):  # RegNet: one trunk of stages
+        inner = [f"{stages[0]}.{n}" for n, _ in net.layers[stages[0]].named_children()]
+        if len(inner) > 1 and all(n in spatial for n in inner):
+            return inner
     return stages or [n for n in spatial_layers(net) if "." not in n][-4:]
 
 
@@ -101,6 +107,12 @@ class Deconvnet:
         keep: how many recorded forwards to keep, by input tensor (its identity) and layers: projecting
             again on the same tensor runs no forward (the explorer's clicks). A graph's forward is kept
             with its autograd graph, which costs memory. ``forwards`` counts the forwards that ran.
+        extend: project, with the declared rules (``engine.rules``; docs/explanation/declared-rules.md),
+            what the paper has no rule for: ReLU-like activations (SiLU, GELU, Hardswish, ...) taken as a
+            ReLU, gates (sigmoid, hardsigmoid, softmax factors of a product) and normalisers' divisors
+            (LayerNorm, GroupNorm, ...) held constant; each projection names those it took
+            (``Projection.declared``). ``None`` (default): the net's own setting (``net.extend``, which the
+            command line's ``--extend`` sets), else False: exact or refused.
 
     Example:
         >>> deconv = Deconvnet(net)
@@ -109,14 +121,16 @@ class Deconvnet:
 
     def __init__(self, net: Net | nn.Module, *, engine: str = "auto", rule: str = "deconvnet",
                  unpool: str = "scatter_add", max_batch: int = 32, crop: Union[str, bool] = "auto",
-                 keep: int = 0) -> None:
+                 keep: int = 0, extend: bool | None = None) -> None:
         net = wrap(net)
+        extend = bool(getattr(net, "extend", False) if extend is None else extend)
         if engine not in ENGINES:
             raise ValueError(f"engine '{engine}' is not understood. Hint: one of {', '.join(ENGINES)}")
         if engine == "chain" and not net.is_chain:
             raise ValueError(f"{net.arch} is not a chain of modules; engine='chain' cannot walk it. Hint: engine='auto'")
         self.engine = "chain" if engine == "auto" and net.is_chain else ("graph" if engine == "auto" else engine)
-        self.rule = check_rule(rule)
+        self.rule = rule = check_rule(rule)
+        self.extend = extend
         if self.engine == "graph" and unpool != "scatter_add":
             raise ValueError("the graph engine unpools through the max-pool gradient (scatter_add) only")
         if unpool not in UNPOOL_MODES:
@@ -126,10 +140,10 @@ class Deconvnet:
         if crop not in ("auto", True, False):
             raise ValueError(f"crop {crop!r} is not understood. Hint: 'auto', True or False")
         if self.engine == "graph":
-            check_modules(net.model)
+            check_modules(net.model, extend=extend, rule=rule)
         self.net, self.unpool, self.max_batch, self.crop = net, unpool, max_batch, crop
         self._engine = (ChainEngine(net, rule=rule, unpool=unpool, max_batch=max_batch, crop=crop, keep=keep)
-                        if self.engine == "chain" else GraphEngine(net, rule=rule, keep=keep))
+                        if self.engine == "chain" else GraphEngine(net, rule=rule, keep=keep, extend=extend))
 
     @property
     def forwards(self) -> int:
@@ -204,7 +218,7 @@ class Deconvnet:
                 layer=t.layer, target=t, input=x, preprocessing=self.net.preprocessing,
                 weights=self.net.describe(), map_size=tuple(act.shape[-2:]) if spatial else (1, 1),
                 box=self._boxes(t, position) if spatial else None, label=self._label(act, channels),
-                rule=self.rule,
+                rule=self.rule, declared=dict(rec.declared.get(t.layer, {})),
             ))
         return out
 
@@ -261,7 +275,7 @@ class Deconvnet:
             done = self._engine.project_units(x, layer, image, channel, unit)
             if done is not None:
                 return done
-        engine = self._engine if self.engine == "graph" else GraphEngine(self.net, rule=self.rule)
+        engine = self._engine if self.engine == "graph" else GraphEngine(self.net, rule=self.rule, extend=self.extend)
         rf = receptive_field(self.net, layer)
         origins = torch.stack([unit[:, 0] * rf.jump[0] - rf.padding[0], unit[:, 1] * rf.jump[1] - rf.padding[1]], 1)
         if 2 * rf.size[0] * rf.size[1] <= x.shape[-2] * x.shape[-1]:  # each unit from the crop it sees

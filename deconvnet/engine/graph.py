@@ -47,7 +47,7 @@ from torch.utils._pytree import tree_flatten
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
 from ..models.lock import exclusive, own_call, owns
-from . import ops
+from . import ops, rules
 from .ops import REFUSED_MODULES
 from .record import Kept, check_finite, check_input
 from .targets import select_target
@@ -58,81 +58,31 @@ class UnsupportedLayerError(ValueError):
     """The model computes something the deconvnet has no rule for (the message names it and where)."""
 
 
-class _DeconvReLU(torch.autograd.Function):
-    """``relu`` forward; backward ``relu`` of the incoming signal (the deconvnet rule)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.relu()
-
-    @staticmethod
-    def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
-        return r.relu()
-
-
-class _DeconvReLUInPlace(torch.autograd.Function):
-    """The in-place spelling (``relu_``, ``inplace=True``): the same rule, the tensor marked as changed."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.mark_dirty(x)
-        return x.relu_()
-
-    @staticmethod
-    def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
-        return r.relu()
-
-
-class _GuidedReLU(torch.autograd.Function):
-    """``relu`` forward; backward ``relu`` of the incoming signal where the forward input was positive."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = x.relu()
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return r.relu() * (y > 0)
-
-
-class _GuidedReLUInPlace(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.mark_dirty(x)
-        y = x.relu_()
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, r: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return r.relu() * (y > 0)
-
-
-#: rule -> (out-of-place, in-place) rectifier; None: the function itself (autograd's gradient)
-_RECTIFIERS = {
-    "deconvnet": (_DeconvReLU, _DeconvReLUInPlace),
-    "guided": (_GuidedReLU, _GuidedReLUInPlace),
-    "gradient": None,
-}
-
 _HINT = ("Hint: the deconvnet projects models built of convolutions, linear layers, BatchNorm, ReLUs and max- or "
          "average-pooling (VGG, AlexNet, ResNet, DenseNet, GoogLeNet); a target before this point can be projected "
          "where the model's forward reaches it first.")
 
 
-def check_modules(model: nn.Module) -> None:
+def check_modules(model: nn.Module, *, extend: bool = False, rule: str = "deconvnet") -> None:
     """Refuse, before any work, a model with a module that has no deconvnet rule (``ops.REFUSED_MODULES``;
-    any other is judged by the functions its forward calls, ``_DeconvMode``)."""
+    any other is judged by the functions its forward calls, ``_DeconvMode``). With ``extend``, the modules
+    of the declared rules (``ops.EXTENDED_MODULES``) pass, to be judged by their functions too; timm's
+    memory-efficient activations are refused by name with and without it (``ops.opaque_module``). The
+    gradient rule is plain autograd and takes any module."""
+    if rules.get(rule).autograd:
+        return
     for name, m in model.named_modules():
-        if isinstance(m, REFUSED_MODULES):
+        opaque = ops.opaque_module(m)
+        if opaque is not None:
+            raise UnsupportedLayerError(f"module '{name}' ({type(m).__name__}) {opaque}")
+        if isinstance(m, REFUSED_MODULES) and not (extend and isinstance(m, ops.EXTENDED_MODULES)):
+            hint = ("Hint: extend=True (--extend) projects it with the declared rules: "
+                    f"{ops.extended_rule(m)}." if isinstance(m, ops.EXTENDED_MODULES) else
+                    "Hint: project a model whose nonlinearities are ReLUs and max-pools (VGG, AlexNet, ResNet, "
+                    "DenseNet, GoogLeNet).")
             raise UnsupportedLayerError(
                 f"module '{name}' ({type(m).__name__}) has no deconvnet rule: the deconvnet is defined for "
-                "rectifiers (ReLU), max-pooling and linear layers. Hint: project a model whose nonlinearities "
-                "are ReLUs and max-pools (VGG, AlexNet, ResNet, DenseNet, GoogLeNet)."
+                f"rectifiers (ReLU), max-pooling and linear layers. {hint}"
             )
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
             raise UnsupportedLayerError(f"BatchNorm '{name}' keeps no running statistics: in eval mode it is not "
@@ -149,13 +99,17 @@ class _DeconvMode(TorchFunctionMode):
     parameters are frozen). Calls made by this forward's own hooks run while ``paused``.
     """
 
-    def __init__(self, where: Callable[[], str], rule: str = "deconvnet", grad: bool = False) -> None:
+    def __init__(self, where: Callable[[], str], rule: str = "deconvnet", grad: bool = False,
+                 extend: bool = False) -> None:
         super().__init__()
         self.where = where
-        self.rectifiers = _RECTIFIERS[rule]
+        self.rule = rules.get(rule)
         self.grad = grad
+        self.extend = extend
         self.token = object()
         self.paused = False
+        #: declared rule -> how many calls it took so far in this forward (``rules.DECLARED``)
+        self.counts: dict[str, int] = {}
 
     def mark(self, value: Any) -> None:
         for t in tree_flatten(value)[0]:
@@ -167,22 +121,43 @@ class _DeconvMode(TorchFunctionMode):
                                                     or (self.grad and t.requires_grad))
                    for t in tree_flatten(value)[0])
 
-    def refuse(self, func: Callable, why: str) -> UnsupportedLayerError:
+    def gates(self, value: Any) -> list[str]:
+        """The gates (held-constant outputs of a sigmoid, hardsigmoid or softmax) among ``value``'s tensors."""
+        return [t._deconvnet_gate[1] for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)
+                and getattr(t, "_deconvnet_gate", (None,))[0] is self.token]
+
+    def count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def refuse(self, func: Callable, why: str, args: tuple = (), kwargs: dict | None = None) -> UnsupportedLayerError:
+        declared = None if self.extend else ops.has_declared_rule(func, args, kwargs or {})
+        hint = (f"Hint: extend=True (--extend) projects it with the declared rules: {declared}." if declared
+                else _HINT)
         return UnsupportedLayerError(f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a "
-                                     "rule for linear maps, rectifiers (ReLU) and max-pooling only. " + _HINT)
+                                     "rule for linear maps, rectifiers (ReLU) and max-pooling only. " + hint)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.paused or not self.dependent((args, kwargs)):
+        if self.paused or self.rule.autograd:  # the gradient is plain autograd: any differentiable forward
             return func(*args, **kwargs)
+        gates = self.gates((args, kwargs)) if self.extend else []
+        if not gates and not self.dependent((args, kwargs)):
+            return func(*args, **kwargs)
+        if gates:
+            return self._gated(func, args, kwargs, gates)
         rect = ops.rectifier(func, args, kwargs)
+        declared = self._declared(func, args, kwargs) if rect is None and self.extend else None
         if rect is not None:
             x, inplace = rect
-            out = self.rectifiers[1 if inplace else 0].apply(x) if self.rectifiers is not None else func(*args, **kwargs)
+            out = rules.Rectify.apply(x, self.rule, torch.relu, inplace)
+        elif declared is not None:
+            if getattr(declared, "_deconvnet_gate", None) is not None:
+                return declared  # a gate: a constant, not the signal
+            out = declared
         else:
             why = ops.check(func, args, kwargs, self.dependent)
             if why is not None:
-                raise self.refuse(func, why)
+                raise self.refuse(func, why, args, kwargs)
             out = func(*args, **kwargs)
             if ops.is_constant(func):  # a shape, or a new tensor of the input's shape: not its values
                 return out
@@ -195,6 +170,53 @@ class _DeconvMode(TorchFunctionMode):
         if "out" in kwargs:
             self.mark(kwargs["out"])
         return out
+
+    def _declared(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """The call under its declared rule (``engine.rules``), counted; None when none applies. A gate's
+        output is held constant (detached) and marked as a gate, not as dependent on the input."""
+        act = rules.activation(func, args, kwargs)
+        if act is not None:
+            name, x, inplace = act
+            if self.dependent((args[1:], {k: v for k, v in kwargs.items() if k != "input"})):
+                raise self.refuse(func, "takes a parameter that depends on the input")
+            self.count(name)
+            rest = {k: v for k, v in kwargs.items() if k != "inplace"}
+            return rules.Rectify.apply(x, self.rule, lambda t: func(t.clone(), *args[1:], **rest), inplace)
+        gate = rules.gate(func)
+        if gate is not None:
+            if func in rules.GATES_INPLACE or kwargs.get("inplace") or (len(args) > 1 and args[1] is True):
+                raise self.refuse(func, "computes a gate in place; the declared rule holds an out-of-place gate "
+                                  "constant")
+            out = func(*args, **kwargs).detach()
+            out._deconvnet_gate = (self.token, gate)
+            return out
+        norm = rules.norm(func, args, kwargs)
+        if norm is not None:
+            if self.dependent((args[1:], {k: v for k, v in kwargs.items() if k != "input"})):
+                raise self.refuse(func, "normalises with weights that depend on the input")
+            self.count(norm[0])
+            return norm[1]
+        return None
+
+    def _gated(self, func: Callable, args: tuple, kwargs: dict, gates: list[str]) -> Any:
+        """A call on a gate: a product with the signal (the gate held constant, counted), or a view, cast or
+        product of gates alone (still a gate); anything else is refused."""
+        signal = self.dependent((args, kwargs))
+        if signal and func in rules.GATE_PRODUCTS and len(gates) == 1:
+            out = func(*args, **kwargs)
+            self.count(gates[0])
+            self.mark(out)
+            if ops.is_in_place(func) and args:
+                self.mark(args[0])
+            return out
+        if not signal and (func in rules.GATE_PRODUCTS or func in ops.LINEAR or func in ops.CASTS
+                           or ops.is_constant(func)):
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and not ops.is_constant(func):
+                out._deconvnet_gate = (self.token, gates[0])
+            return out
+        raise self.refuse(func, "uses the output of a gate (a sigmoid, hardsigmoid or softmax) other than as one "
+                          "factor of a product with the signal, which is where the declared rule holds it constant")
 
     @contextmanager
     def pause(self) -> Iterator[None]:
@@ -262,6 +284,8 @@ def forward(
     grad: bool,
     reduce: Callable[[torch.Tensor], Any] | None = None,
     rule: str = "deconvnet",
+    extend: bool = False,
+    declared: dict[str, dict[str, int]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Run ``model`` on ``x`` under the deconvnet mode, keeping the first output of each target module.
 
@@ -271,6 +295,9 @@ def forward(
         modules: target name -> module.
         grad: build the autograd graph (projections); False for activations only (a scan).
         reduce: keep ``reduce(output)`` instead of the output (the scan's per-map maxima).
+        rule, extend: as ``Deconvnet``.
+        declared: filled with target name -> the declared rules (``engine.rules``) the forward applied
+            before that target's output, with their counts.
 
     Returns:
         ``(x, outputs)``: the input as the graph's leaf, and name -> output (with its graph when ``grad``).
@@ -293,6 +320,8 @@ def forward(
                 for name in names:
                     outputs[name] = (reduce(output.detach()) if reduce is not None
                                      else (output if grad else output.detach().clone()))
+                    if declared is not None:
+                        declared[name] = dict(mode.counts)
             if len(outputs) == len(modules):
                 raise _Stop
             # later in-place operations (a residual ``out += identity``, an in-place ReLU) must change a copy,
@@ -308,7 +337,7 @@ def forward(
         for m, names in by_module.items():
             stack.callback(m.register_forward_hook(make_hook(names, token)).remove)
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
-        mode = _DeconvMode(where, rule, grad)
+        mode = _DeconvMode(where, rule, grad, extend)
         mode.mark(x)
         try:
             with mode:
@@ -339,14 +368,18 @@ def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def check_graph(net: Net, hw: Sequence[int]) -> None:
+def check_graph(net: Net, hw: Sequence[int], *, rule: str = "deconvnet", extend: bool = False) -> None:
     """Refuse, before any work, a graph with a module or a function that has no rule: the modules by type,
     the functions by one probe forward under the rule's mode (no autograd graph), once per model and module
     tree. The probe runs at 224 px, or at the input's size ``hw`` for a model of a fixed input size that 224
-    px does not go through; its layers' output shapes fill ``Net.output_shapes``'s cache."""
-    check_modules(net.model)
+    px does not go through; its layers' output shapes fill ``Net.output_shapes``'s cache. With ``extend``,
+    ``Net.declared`` is set to the declared rules the whole forward takes, with their counts (what figures
+    and pages name)."""
+    check_modules(net.model, extend=extend, rule=rule)
     net.refresh()
-    if _CHECKED.get(net.model) == net._tree or net.device.type == "meta":  # meta: check_input refuses it
+    autograd = rules.get(rule).autograd
+    key = (net._tree, extend and not autograd, autograd)
+    if _CHECKED.get(net.model) == key or net.device.type == "meta":  # meta: check_input refuses it
         return
     for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
         shapes: dict[str, tuple[int, ...]] = {}
@@ -365,7 +398,7 @@ def check_graph(net: Net, hw: Sequence[int]) -> None:
                 where = stack.enter_context(_where_tracker(net.model, token))
                 for m in names:
                     stack.callback(m.register_forward_hook(hook).remove)
-                mode = _DeconvMode(where)
+                mode = _DeconvMode(where, rule, extend=key[1])
                 mode.mark(x)
                 with torch.no_grad(), mode:
                     net.model(x)
@@ -374,19 +407,25 @@ def check_graph(net: Net, hw: Sequence[int]) -> None:
         except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
             continue  # this size does not go through the model
         net.remember_shapes(size, shapes)
-        _CHECKED[net.model] = net._tree
+        if key[1]:
+            net.declared = dict(mode.counts)
+        _CHECKED[net.model] = key
         return
     # neither size goes through: the forward of the call says why, in its own words
 
 
-def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None) -> Record:
+def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None, *,
+                 rule: str = "deconvnet", extend: bool = False) -> Record:
     """The target layers' outputs (or ``reduce`` of them) from one forward of a graph."""
     x = check_input(x, net)
-    check_graph(net, x.shape[-2:])
+    check_graph(net, x.shape[-2:], rule=rule, extend=extend)
     names = [net.resolve(layer) for layer in layers]
+    declared: dict[str, dict[str, int]] = {}
     with exclusive(net.model):
-        _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce)
-    rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names)})
+        _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce, rule=rule,
+                             extend=extend, declared=declared)
+    rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names)},
+                 declared={layer: declared.get(n, {}) for layer, n in zip(layers, names)})
     if reduce is None:
         check_finite(net, rec.activations)
     return rec
@@ -398,53 +437,60 @@ class GraphEngine:
     Targets at any layers share one forward (it stops after the deepest); each has its backward.
     """
 
-    def __init__(self, net: Net, *, rule: str, keep: int = 0) -> None:
-        self.net, self.rule = net, rule
+    def __init__(self, net: Net, *, rule: str, keep: int = 0, extend: bool = False) -> None:
+        self.net, self.rule, self.extend = net, rule, extend
         self.kept = Kept(keep)
 
-    def _forward(self, x: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The forward with its autograd graph, kept per input (``keep``): a backward keeps the graph."""
+    def _forward(self, x: torch.Tensor, layers: Sequence[str]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, dict[str, int]]]:
+        """The forward with its autograd graph, kept per input (``keep``): a backward keeps the graph. Also
+        the declared rules taken before each layer's output (``forward``)."""
         def run():
+            declared: dict[str, dict[str, int]] = {}
             leaf, outputs = forward(self.net.model, x, {n: self.net.layers[n] for n in layers}, grad=True,
-                                    rule=self.rule)
+                                    rule=self.rule, extend=self.extend, declared=declared)
             check_finite(self.net, {n: outputs[n].detach() for n in layers})
-            return leaf, outputs
+            return leaf, outputs, declared
 
         return self.kept.get(x, (tuple(layers),), run)
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(x, self.net)
+        check_graph(self.net, x.shape[-2:], rule=self.rule, extend=self.extend)
+        return x
 
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable | None = None) -> Record:
         if self.kept.size and reduce is None:  # the kept forward (with its graph) answers, if there is one
-            x = check_input(x, self.net)
-            check_graph(self.net, x.shape[-2:])
+            x = self._check(x)
             with exclusive(self.net.model):
-                _, outputs = self._forward(x, list(layers))
-            return Record(activations={n: outputs[n].detach() for n in layers})
-        return record_graph(self.net, x, layers, reduce)
+                _, outputs, declared = self._forward(x, list(layers))
+            return Record(activations={n: outputs[n].detach() for n in layers},
+                          declared={n: declared.get(n, {}) for n in layers})
+        return record_graph(self.net, x, layers, reduce, rule=self.rule, extend=self.extend)
 
     def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
         """Projections of resolved targets, their ``select_target`` results and the record of the layers."""
-        x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:])
+        x = self._check(x)
         layers = list(dict.fromkeys(t.layer for t in targets))
         check_memory(self.net, x.shape[0], x.shape[-2:])
         results, selected = [], []
         with exclusive(self.net.model):
-            leaf, outputs = self._forward(x, layers)
+            leaf, outputs, declared = self._forward(x, layers)
             for t in targets:
                 act = outputs[t.layer]
                 sel = select_target(act.detach(), t, self.net)
                 results.append(project(leaf, act, sel[0]()).detach())
                 selected.append(sel)
-        return results, selected, Record(activations={n: outputs[n].detach() for n in layers})
+        return results, selected, Record(activations={n: outputs[n].detach() for n in layers},
+                                         declared={n: declared.get(n, {}) for n in layers})
 
     def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
         """Any signal (B, ...) placed on ``layer``'s output, carried down the graph with the rule."""
-        x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:])
+        x = self._check(x)
         check_memory(self.net, x.shape[0], x.shape[-2:])
         with exclusive(self.net.model):
-            leaf, outputs = self._forward(x, [layer])
+            leaf, outputs, _ = self._forward(x, [layer])
             act = outputs[layer]
             if seed.shape != act.shape:
                 raise ValueError(f"a seed of shape {tuple(seed.shape)} does not fit layer '{layer}', whose output is "
@@ -459,12 +505,11 @@ class GraphEngine:
         One forward for the batch. Images do not mix in a forward in eval mode, so one backward projects one
         unit in each image at once: the units go down in rounds, as many as the most units of one image.
         """
-        x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:])
+        x = self._check(x)
         check_memory(self.net, x.shape[0], x.shape[-2:])
         out = x.new_zeros(len(image), *x.shape[1:])
         with exclusive(self.net.model):
-            leaf, outputs = self._forward(x, [layer])
+            leaf, outputs, _ = self._forward(x, [layer])
             act = outputs[layer]
             image, channel, unit = (t.to(act.device) for t in (image, channel, unit))
             value = act.detach()[image, channel, unit[:, 0], unit[:, 1]]
@@ -498,8 +543,7 @@ class GraphEngine:
         batches, each crop seeded at its own unit: a forward and a backward per batch of crops. Equal to
         ``project_units`` cut to the boxes (tested in float64).
         """
-        x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:])
+        x = self._check(x)
         hw = x.shape[-2:]
         image, channel, unit = (t.to(x.device) for t in (image, channel, unit))
         n = len(image)
@@ -531,7 +575,8 @@ class GraphEngine:
                     kk = torch.tensor(ks[c : c + 64], device=x.device)
                     crops = torch.stack([x[int(image[k]), :, int(starts[0][k]) : int(starts[0][k]) + h,
                                            int(starts[1][k]) : int(starts[1][k]) + w] for k in kk.tolist()])
-                    leaf, outputs = forward(self.net.model, crops, module, grad=True, rule=self.rule)
+                    leaf, outputs = forward(self.net.model, crops, module, grad=True, rule=self.rule,
+                                            extend=self.extend)
                     act = outputs[layer]
                     check_finite(self.net, {layer: act.detach()})
                     local = unit[kk] - torch.stack([starts[0][kk] // jump[0], starts[1][kk] // jump[1]], 1)
@@ -561,8 +606,13 @@ class _LinearSurrogate(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if ops.rectifier(func, args, kwargs) is not None:
+        if ops.rectifier(func, args, kwargs) is not None or rules.activation(func, args, kwargs) is not None:
             return args[0]
+        if rules.gate(func) is not None:  # held constant: the cone does not run through a gate
+            return func(*args, **kwargs).detach()
+        norm = rules.norm(func, args, kwargs)
+        if norm is not None:  # nor through a normaliser's divisor
+            return norm[1]
         if func in (F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices):
             return _avg_like_max(*args, **kwargs)
         return func(*args, **kwargs)

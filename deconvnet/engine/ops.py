@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import rules
+
 T = torch.Tensor
 
 
@@ -288,4 +290,57 @@ def check_cast(func: Callable, out: Any) -> str | None:
     """A cast of the input to a non-floating type (bool, int) is not linear."""
     if func in CASTS and isinstance(out, torch.Tensor) and not (out.is_floating_point() or out.is_complex()):
         return f"converts the input to {out.dtype}, which is not linear"
+    return None
+
+
+# --- what extend=True adds (the declared rules of ``engine.rules``) -------------------------------------------
+
+#: modules of ``REFUSED_MODULES`` that ``extend=True`` lets through (their functions get the declared rules),
+#: each with the rule that a refusal without the opt-in names
+EXTENDED_MODULES_RULE: dict[str, str] = {
+    **{n: f"{n} as ReLU" for n in "SiLU GELU Hardswish Mish ELU CELU SELU LeakyReLU PReLU Softplus ReLU6".split()},
+    "Hardtanh": "Hardtanh(min 0) as ReLU (only with min_val=0)",
+    "Sigmoid": "sigmoid gate held constant (only as a factor of a product with the signal)",
+    "Hardsigmoid": "hardsigmoid gate held constant (only as a factor of a product with the signal)",
+    "Softmax": "softmax gate held constant (only as a factor of a product with the signal)",
+    "LayerNorm": "LayerNorm divisor held constant", "GroupNorm": "GroupNorm divisor held constant",
+    **{f"InstanceNorm{d}d": "InstanceNorm divisor held constant" for d in (1, 2, 3)},
+}
+EXTENDED_MODULES: tuple[type, ...] = tuple(getattr(nn, n) for n in EXTENDED_MODULES_RULE if hasattr(nn, n))
+
+def extended_rule(m: nn.Module) -> str:
+    """The declared rule of a module of ``EXTENDED_MODULES`` (a subclass, such as torchvision's LayerNorm2d,
+    takes its base's)."""
+    for k in type(m).__mro__:
+        if k.__module__.startswith("torch.nn") and k.__name__ in EXTENDED_MODULES_RULE:
+            return EXTENDED_MODULES_RULE[k.__name__]
+    return "none"
+
+
+#: timm's memory-efficient activations: custom autograd Functions whose forward the graph engine does not see
+#: whole (``timm.layers.activations_me``), refused by name with the plain module to build instead
+TIMM_OPAQUE = {"SwishMe": "SiLU", "MishMe": "Mish", "HardSigmoidMe": "Hardsigmoid", "HardSwishMe": "Hardswish",
+               "HardMishMe": "HardMish", "SwishAuto": "SiLU", "MishAuto": "Mish"}
+
+
+def opaque_module(m: nn.Module) -> str | None:
+    """Why a module's forward cannot be projected by any rule (it hides its computation in a custom autograd
+    Function whose backward is not the rule's), or None."""
+    name = type(m).__name__
+    if type(m).__module__.startswith("timm.") and name in TIMM_OPAQUE:
+        return (f"is timm's memory-efficient {TIMM_OPAQUE[name]}, a custom autograd Function with its own backward, "
+                "which no rule can replace. Hint: build the model with timm.layers.set_layer_config(exportable=True) "
+                f"(or act_layer='{TIMM_OPAQUE[name].lower()}'), which uses the plain activation")
+    return None
+
+
+def has_declared_rule(func: Callable, args: tuple, kwargs: dict) -> str | None:
+    """The declared rule ``extend=True`` would apply to this call (for the refusal's hint), or None."""
+    act = rules.activation(func, args, kwargs)
+    if act is not None:
+        return act[0]
+    if rules.gate(func):
+        return f"{rules.gate(func)} (only as a factor of a product with the signal)"
+    if func in rules.NORMS:
+        return rules.NORMS[func][0]
     return None

@@ -8,23 +8,18 @@ from typing import Union
 import torch
 
 from ..preprocessing import Preprocessing
+from . import rules
 from .switches import PoolSwitches
 
 Position = Union[str, tuple[int, int], torch.Tensor]
 
-#: the backward rules at a rectifier (Springenberg et al. 2015), with R the signal coming down and x the
-#: rectifier's forward input; every engine takes one of them
-RULES = {
-    "deconvnet": "R_in = R_out [R_out > 0] (Zeiler & Fergus: the ReLU on the reconstruction)",
-    "guided": "R_in = R_out [x > 0] [R_out > 0] (guided backpropagation)",
-    "gradient": "R_in = R_out [x > 0] (the gradient, saliency)",
-}
+#: the backward rules at a rectifier (Springenberg et al. 2015): name -> the rule in words (``engine.rules``)
+RULES = {r.name: r.formula for r in rules.RULES.values()}
 
 
 def check_rule(rule: str) -> str:
-    if rule not in RULES:
-        raise ValueError(f"backward rule {rule!r} is not understood. Hint: one of {', '.join(RULES)}")
-    return rule
+    """The rule's name (``"guided"`` for ``"guided_backprop"`` too); a ValueError naming the rules if none."""
+    return rules.get(rule).name
 
 
 @dataclass(frozen=True)
@@ -66,6 +61,8 @@ class Projection:
             masks and fc layers, whose units see more than one box.
         label: class names of the projected channels, when the layer is the classifier's output.
         rule: the backward rule at the rectifiers (``RULES``): ``"deconvnet"`` unless asked otherwise.
+        declared: the declared rules of ``extend=True`` (``engine.rules``) that the forward took before the
+            layer's output, with their counts (``{"GELU as ReLU": 18, ...}``); empty where none was needed.
     """
 
     projection: torch.Tensor
@@ -81,6 +78,7 @@ class Projection:
     box: torch.Tensor | None = None
     label: list[str] | None = None
     rule: str = "deconvnet"
+    declared: dict[str, int] = field(default_factory=dict)
 
     def projection_rgb(self) -> torch.Tensor:
         """The projection with its channels in RGB order (what display functions want)."""
@@ -103,6 +101,8 @@ class Record:
         masks: stack index -> where a ReLU's forward input was positive (bool, its output's shape), recorded
             for the rules that need it (guided backpropagation, gradient); the deconvnet's rule does not.
         depth: stack index of the deepest recorded module (chains; -1 for a graph's record).
+        declared: layer -> the declared rules (``engine.rules``) the forward took before its output, counted
+            (graphs with ``extend=True``; empty otherwise).
     """
 
     shapes: dict[int, tuple[torch.Size, torch.Size]] = field(default_factory=dict)
@@ -110,3 +110,4 @@ class Record:
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
     depth: int = -1
+    declared: dict[str, dict[str, int]] = field(default_factory=dict)

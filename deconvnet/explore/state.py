@@ -23,13 +23,15 @@ import torch
 from torch import nn
 
 from ..engine import Deconvnet, Projection, ReceptiveField, Target, select_target
+from ..engine.rules import RULES
+from ..engine.rules import find as find_rule
 from ..images import BUNDLED_PHOTOS, ImageLike
 from ..models import Net
 from ..scan import TopK
 from .tiles import Result, TileSource, TileWorker
 
-#: the backward rules one toggle apart (``deconvnet.analysis.methods``): label -> method name
-METHODS = {"deconvnet": "deconvnet", "guided backprop": "guided_backprop", "gradient": "gradient"}
+#: the backward rules one toggle apart (``engine.rules``): label -> method name
+METHODS = {r.title: r.key for r in RULES.values()}
 #: most dataset items offered in the image list (any index can still be chosen with ``select(image=i)``)
 MAX_LISTED_ITEMS = 500
 #: a change of image, layer or channel shows this unit unless one is named: the strongest away from the border
@@ -343,7 +345,8 @@ class ExplorerState:
         key = self.image_key if image is None else self._resolve_image(image)
         new_layer = self.layer if layer is None else self._check_layer(layer)
         if method is not None:
-            method = METHODS.get(method, method)
+            rule = find_rule(method)
+            method = rule.key if rule is not None else method
             if method not in METHODS.values():
                 raise ValueError(f"unknown method '{method}'. Hint: one of {', '.join(METHODS.values())}")
         is_class = new_layer == self.class_layer

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..preprocessing import GRAYSCALE, TORCHVISION, Preprocessing
 from . import alexnet as alexnet_table
+from . import timm as timm_family
 from . import vgg as vgg_table
 from .net import CHAIN_MODULES, DEFAULT_SIZE, Net, _tree, unwrap_compiled  # noqa: F401 (re-exported)
 from .user import build_user_model, is_import_path, parse_preprocessing
@@ -234,7 +235,9 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
                dtype: torch.dtype | None = None) -> Net:
     """Any torchvision classification model by name: ``load_vgg``/``load_alexnet`` for those (paper layer
     names, offline weights), else the torchvision builder (``resnet50``, ``googlenet``, ``densenet121``, ...),
-    wrapped as a graph (layers are module paths).
+    wrapped as a graph (layers are module paths); ``"timm:NAME"`` for any timm model (``models.timm``:
+    ``"random"`` weights offline, timm's pretrained weights online; its ``feature_info`` stages are the
+    default layers).
 
     Args:
         weights: as ``load_vgg`` ("auto", "imagenet", a torchvision weights enum or its name, "random", a
@@ -244,6 +247,10 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
         ValueError: unknown arch (the message names the valid ones) or weights name.
         WeightsError: the weights cannot be had or read.
     """
+    if isinstance(arch, str) and arch.startswith(timm_family.PREFIX):  # any timm model by name
+        net, provenance = timm_family.load_timm(arch, weights, seed=seed, wrap=wrap)
+        net.provenance.update(provenance)
+        return net.to(device=device, dtype=dtype)
     if is_import_path(arch):  # a user's own model: "mypkg.models:TinyResNet" (``deconvnet.models.user``)
         return load_user_model(arch, None if weights == "auto" else weights, seed=seed, device=device, dtype=dtype)
     if arch == "alexnet":

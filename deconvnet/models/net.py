@@ -67,6 +67,10 @@ class Net:
         preprocessing: how RGB images become model input, and back.
         categories: class names of the outputs, when the weights say (torchvision's ``meta``).
         provenance: arch, weight source, file and sha256 of the weights.
+        extend: whether ``Deconvnet(net)`` takes the declared rules by default (``--extend``).
+        declared: the declared rules the engine found the model's forward takes under ``extend``, with their
+            counts (set by the engine's check); ``describe`` names them.
+        stages: the default layers where the model's family names them (timm's ``feature_info``), else None.
     """
 
     def __init__(
@@ -109,6 +113,9 @@ class Net:
         self._receptive: dict[tuple, Any] = {}
         self._probe_hw: tuple[int, int] | None = None  # the size shapes are probed at (``remember_shapes``)
         self._tree = _tree(model)
+        self.extend = False
+        self.declared: dict[str, int] = {}
+        self.stages: list[str] | None = None
 
     @property
     def is_chain(self) -> bool:
@@ -357,7 +364,10 @@ class Net:
         file = f", file {name}" if name and name not in str(p["source"]) else ""
         sha = f", sha256 {p['sha256'][:12]}" if p.get("sha256") else ""
         seed = f", seed {p['seed']}" if "seed" in p else ""
-        return f"{self.arch}, weights: {p['weights']} ({p['source']}{seed}{file}{sha}); input: {p['preprocessing']}"
+        line = f"{self.arch}, weights: {p['weights']} ({p['source']}{seed}{file}{sha}); input: {p['preprocessing']}"
+        if self.declared:  # the engine's summary (``engine.rules.summary``), in the words every figure uses
+            line += "; declared rules: " + ", ".join(f"{k} ({v})" for k, v in sorted(self.declared.items()))
+        return line
 
     def __repr__(self) -> str:
         return f"Net({self.describe()}; {len(self.layers)} named layers)"
