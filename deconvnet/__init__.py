@@ -7,6 +7,7 @@ Top-level names::
     p = Deconvnet(net).project(x, layer="conv5_3", channel="max")
     show(p)
     explore(net, "astronaut")                    # in a notebook: pick a layer, a channel, click a unit
+    s = synthesize(net, "conv4_3", [0, 1])       # what those channels respond to most (Olah et al. 2017)
 """
 
 from ._version import __version__
@@ -15,6 +16,7 @@ from .explore import explore
 from .images import ImageReadError
 from .models import Net, WeightsError, WeightsFallbackWarning, load_alexnet, load_model, load_vgg, wrap
 from .plot import show
+from .synthesis import Synthesis, synthesize
 
 __all__ = [
     "Deconvnet",
@@ -22,6 +24,7 @@ __all__ = [
     "Net",
     "Projection",
     "Record",
+    "Synthesis",
     "Target",
     "WeightsError",
     "WeightsFallbackWarning",
@@ -32,4 +35,5 @@ __all__ = [
     "load_vgg",
     "wrap",
     "show",
+    "synthesize",
 ]

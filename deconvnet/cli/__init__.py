@@ -29,6 +29,7 @@ from .common import (ARCH_HELP, FIGURE_SUFFIXES, UsageError, _Parser, _arch, _ch
                      check_output_folder)
 from .common import resolve_device  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
 from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
+from .synthesis import add_synthesis_parser, cmd_synthesize
 
 
 ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")  # analysis.FIGURES
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_evolution_parser(sub)
     _add_correspondence_parser(sub)
+    add_synthesis_parser(sub)
     return parser
 
 
@@ -379,7 +381,8 @@ def _main(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
         with _torchrun(args):
             {"project": cmd_project, "figures": cmd_figures, "atlas": cmd_atlas, "layers": cmd_layers,
-             "evolution": cmd_evolution, "correspondence": cmd_correspondence}[args.command](args)
+             "evolution": cmd_evolution, "correspondence": cmd_correspondence,
+             "synthesize": cmd_synthesize}[args.command](args)
     except (UsageError, ValueError, TypeError, WeightsError, ImageReadError, FileNotFoundError, MemoryError) as err:
         print(f"deconvnet: error: {err}", file=sys.stderr)
         return 2
