@@ -134,3 +134,43 @@ def _dataset_max(args: argparse.Namespace, net, layer: str) -> tuple[list[float]
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     return [float(v) for v in topk.values[layer][:, 0]], f"{name} ({len(dataset)} images)"
+
+
+#: channels per layer in ``figures --only synthesis`` (at most ``--features``)
+FIGURE_CHANNELS = 4
+
+
+def figures_synthesis(args: argparse.Namespace, net, layers: list[str], timings: list, scan) -> list[Path]:
+    """``figures --only synthesis``: per layer, a few channels' synthesised images beside their top-k tiles.
+
+    The channels are ``figure2.select_features``'s (``--select``, ``--seed``); ``--quick``: 64 steps at 64 px,
+    else 256 steps at 128 px.
+    """
+    from ..distributed import is_main
+    from ..figure2 import feature_tiles, select_features
+    from ..synthesis import synthesize
+    from ..synthesis.figure import write_synthesis_figure
+
+    topk, dataset, dataset_name = scan(args, net, layers, timings)
+    if not is_main():
+        return []
+    steps, size = (64, 64) if args.quick else (256, 128)
+    rows = []
+    for layer in layers:
+        t = time.perf_counter()
+        channels = select_features(topk, layer, min(args.features, FIGURE_CHANNELS), args.select, args.seed)
+        if not channels:
+            print(f"warning: {layer}: no feature map has {args.k} positive activations; left out of the synthesis "
+                  "figure", file=sys.stderr)
+            continue
+        tiles = feature_tiles(net, dataset, topk, layer, channels, batch_size=args.batch_size, progress=not args.quiet)
+        synth = synthesize(net, layer, channels, steps=steps, size=size, seed=args.seed, progress=not args.quiet)
+        if synth.interrupted:
+            raise KeyboardInterrupt
+        rows.append((synth, tiles))
+        timings.append((f"synthesise {layer}", time.perf_counter() - t))
+    if not rows:
+        return []
+    out = args.out / f"synthesis_{args.arch}.{args.format}"
+    return list(write_synthesis_figure(rows, out, arch=args.arch, dataset_name=dataset_name,
+                                       n_images=topk.provenance.get("n", len(dataset)), scaling=args.scaling))
