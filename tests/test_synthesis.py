@@ -196,3 +196,48 @@ def test_cli_bad_channel_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "channel 128 is out of range" in r.stderr
     r = run_cli("synthesize", "--weights", "random", "--channels", "a-b", "--out", str(tmp_path))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a list of channels" in r.stderr
+
+
+# --- the atlas and the explorer ------------------------------------------------------------------------------
+
+def test_atlas_pages_show_the_synthesised_image_kept_across_rebuilds(tmp_path, monkeypatch):
+    from deconvnet.atlas import build_atlas
+    from deconvnet.atlas import synthesis as atlas_synthesis
+
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    data = demo_collection(preprocessing=net.preprocessing, size=64, n=6)
+    settings = {"steps": 4, "size": 32}
+    out = tmp_path / "site"
+    build_atlas(net, data, ["conv3_1"], out, features=[1, 5], k=2, progress=False, synthesize=settings)
+    ref = dn.synthesize(net, "conv3_1", [1, 5], steps=4, size=32, progress=False)
+    for i, c in enumerate([1, 5]):
+        rec = json.loads((out / "conv3_1" / "synth" / f"{c}.json").read_text())
+        assert rec["peak"] == pytest.approx(float(ref.peaks[i]), rel=1e-5) and rec["settings"]["steps"] == 4
+        page = (out / "conv3_1" / f"{c}.html").read_text()
+        assert 'id="synthesis"' in page and f'src="synth/{c}.png"' in page and f'data-peak="{rec["peak"]}"' in page
+        assert "Olah et al. 2017" in page and "random" in page  # the recipe and the weights on the page
+        channels = json.loads((out / "conv3_1" / "channels.json").read_text())["channels"]
+        assert next(r for r in channels if r["channel"] == c)["synthesis"]["peak"] == rec["peak"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rebuild synthesised again")
+
+    monkeypatch.setattr(atlas_synthesis, "synthesize", refuse)
+    build_atlas(net, data, ["conv3_1"], out, features=[1, 5], k=2, progress=False, synthesize=settings)
+    assert 'id="synthesis"' in (out / "conv3_1" / "1.html").read_text()
+    assert no_forward_hooks(net)
+
+
+def test_explorer_shows_what_the_unit_wants(vgg16):
+    pytest.importorskip("ipywidgets")
+    app = dn.explore(vgg16, "chelsea", size=64, layer="conv2_2", background=False, wants={"steps": 3, "size": 24})
+    got = app.wants
+    ref = dn.synthesize(vgg16, "conv2_2", [app.channel], steps=3, size=24, progress=False)
+    assert got.channels == [app.channel] and torch.equal(got.images, ref.images)
+    assert "wants" in app._w["wants_title"].value and app._w["wants"].layout.display is None
+    app2 = dn.explore(vgg16, "chelsea", size=64, layer="conv2_2", wants={"steps": 3, "size": 24})  # in the background
+    app2.select(channel=4)
+    assert app2.wants.channels == [4]
+    app2.wants_worker.wait((app2.layer, 4), 60)
+    assert "channel 4 wants" in app2._w["wants_title"].value
+    assert no_forward_hooks(vgg16)

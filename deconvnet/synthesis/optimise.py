@@ -8,7 +8,7 @@ no backward rule is changed (the deconvnet's rules are for projections, not for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -147,6 +147,7 @@ def synthesize(
     decorrelate: bool = True,
     fft: bool = True,
     progress: bool = True,
+    before_step: Optional[Callable[[], bool]] = None,
 ) -> Synthesis:
     """Synthesise, for each channel, the image that excites it most, by gradient ascent from noise.
 
@@ -170,6 +171,8 @@ def synthesize(
         decorrelate, fft: the colour decorrelation and the Fourier parameterisation (False: plain pixels,
             for comparison).
         progress: a tqdm progress bar.
+        before_step: called before every step; True stops the optimisation there, as Ctrl-C does (the
+            explorer's background thread: a newer request supersedes this one).
 
     Returns:
         A ``Synthesis``: the images (C, 3, H, W) in [0, 1], their activations and the settings.
@@ -205,6 +208,8 @@ def synthesize(
                 p.requires_grad_(False)  # the backward computes the image's gradient only
             try:
                 for _ in range(steps):
+                    if before_step is not None and before_step():
+                        raise KeyboardInterrupt
                     x = net.preprocessing.forward(transform(image.images(), g))
                     value = _objective(layer_output(net, x, layer), target, objective)
                     optimiser.zero_grad()
