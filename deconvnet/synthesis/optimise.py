@@ -66,7 +66,7 @@ class Synthesis:
         done = f"{s['steps_done']} of {s['steps']} steps (interrupted)" if s.get("interrupted") else f"{s['steps']} steps"
         return (f"Feature visualisation (Olah et al. 2017): {s['objective']} objective, {done}, Adam lr {s['lr']:g}, "
                 f"{s['size']} px, seed {s['seed']}; {s['parameterisation']}; transforms: {s['transforms_text']}. "
-                f"{self.weights}")
+                f"{self.weights}.")
 
     def record(self, index: int) -> dict[str, Any]:
         """What a sidecar keeps of image ``index`` (JSON-serialisable)."""
