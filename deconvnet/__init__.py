@@ -7,6 +7,7 @@ Top-level names::
     p = Deconvnet(net).project(x, layer="conv5_3", channel="max")
     show(p)
     explore(net, "astronaut")                    # in a notebook: pick a layer, a channel, click a unit
+    s = synthesize(net, "conv4_3", [0, 1])       # what those channels respond to most (Olah et al. 2017)
 
 The names are imported when first used (PEP 562), and so are the subpackages (``deconvnet.analysis`` after
 ``import deconvnet``): the command line reads its arguments before torch is imported.
@@ -28,11 +29,12 @@ _NAMES = {
     "Net": ".models", "WeightsError": ".models", "WeightsFallbackWarning": ".models", "load_alexnet": ".models",
     "load_model": ".models", "load_user_model": ".models", "load_vgg": ".models", "wrap": ".models",
     "show": ".plot",
+    "Synthesis": ".synthesis", "synthesize": ".synthesis",
 }
 
 #: the subpackages and modules a user reaches as attributes (``dn.analysis.bundled_parts()``)
 _SUBMODULES = ("analysis", "atlas", "cache", "data", "distributed", "engine", "explore", "figure2", "images", "io",
-               "memory", "models", "plot", "preprocessing", "resolution", "scan")
+               "memory", "models", "plot", "preprocessing", "resolution", "scan", "synthesis")
 
 __all__ = ["__version__", *sorted([*_NAMES, "explore"])]
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from .models import (Net, WeightsError, WeightsFallbackWarning, load_alexnet, load_model,  # noqa: F401
                          load_user_model, load_vgg, wrap)
     from .plot import show  # noqa: F401
+    from .synthesis import Synthesis, synthesize  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

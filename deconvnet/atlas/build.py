@@ -435,6 +435,7 @@ def build_atlas(
     topk: Optional[TopK] = None,
     dataset_name: Optional[str] = None,
     progress: bool = True,
+    synthesize: Union[bool, dict[str, Any]] = False,
 ) -> Atlas:
     """Build (or extend, or finish) a static website of every channel's top-k projections.
 
@@ -455,6 +456,9 @@ def build_atlas(
         topk: a finished scan to use for the layers it holds (must be of this model, dataset, k).
         dataset_name: how the pages name the data (default: from ``dataset.describe()``).
         progress: tqdm progress bars for every step.
+        synthesize: True (or settings such as ``{"steps": 256}``): each channel page also shows the image
+            synthesised to excite the channel most (``deconvnet.synthesis``; ``atlas.synthesis``), kept in
+            ``OUT/<layer>/synth/`` so that a rebuild does not redo it. Rank 0 makes them.
 
     Returns:
         An ``Atlas``: the folder, its layers and channels, timings and sizes.
@@ -555,11 +559,22 @@ def build_atlas(
                                         batch_size=batch_size, progress=progress)
     timings["project"] = t_project
 
+    # 4b. synthesised images (atlas --synthesize), kept per channel like the tiles
+    synthesis = None
+    if synthesize and main:
+        from .synthesis import synthesize_atlas
+
+        t = time.perf_counter()
+        synthesis, _ = synthesize_atlas(net, out, channels, synthesize if isinstance(synthesize, dict) else None,
+                                        progress=progress)
+        timings["synthesize"] = time.perf_counter() - t
+
     # 5. pages: rendered anew every run (cheap), so that they list every layer and channel
     t = time.perf_counter()
     if main:
         render_site(out, net, dataset, topks, stats, channels, paths, identity=identity,
-                    dataset_name=dataset_name, scaling=scaling, progress=progress, processes=distributed.describe())
+                    dataset_name=dataset_name, scaling=scaling, progress=progress, processes=distributed.describe(),
+                    synthesis=synthesis)
     timings["write"] = t_write + time.perf_counter() - t
     site_bytes, site_files, scan_bytes = distributed.on_main(_sizes, out, scans)
     return Atlas(out=out, layers=all_layers, channels=channels, timings=timings, projected=made,

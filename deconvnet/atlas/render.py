@@ -147,10 +147,12 @@ def _weights_note(net: Net) -> Optional[str]:
 def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats: dict[str, ChannelStats],
                 channels: dict[str, list[int]], paths: Any, *, identity: dict[str, Any],
                 dataset_name: Optional[str], scaling: str, progress: bool = True,
-                processes: Optional[dict[str, Any]] = None) -> list[Path]:
+                processes: Optional[dict[str, Any]] = None,
+                synthesis: Optional[dict[str, dict[int, dict[str, Any]]]] = None) -> list[Path]:
     """Write the static files, the index, every channel page and each layer's ``channels.json``.
 
-    ``processes`` (``deconvnet.distributed.describe()``) is how the build ran, for the index's provenance.
+    ``processes`` (``deconvnet.distributed.describe()``) is how the build ran, for the index's provenance;
+    ``synthesis`` (``atlas.synthesis.synthesize_atlas``): layer -> channel -> the synthesised image's record.
     """
 
     env = environment()
@@ -227,8 +229,9 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                                     what="images", marks=[e["activation"] for e in shown])
             prev_c = chans[pos - 1] if pos > 0 else None
             next_c = chans[pos + 1] if pos + 1 < len(chans) else None
+            synth = (synthesis or {}).get(layer, {}).get(c)
             html = env.get_template("channel.html").render(
-                **common, root="../", title=f"{layer} channel {c} · {net.arch} atlas", layer=info, channel=c,
+                **common, root="../", synth=synth, title=f"{layer} channel {c} · {net.arch} atlas", layer=info, channel=c,
                 entries=shown, summary=summary, hist_units=hist_units, hist_images=hist_images,
                 prev=prev_c, next=next_c, tile_side=side, pair_w=pair_w, enlarged=enlarged,
                 cols=max(1, math.ceil(math.sqrt(len(shown)))),  # 3x3 for the top 9, as the paper's Figure 2
@@ -242,7 +245,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                               "image_max": st.image_max[c].tolist(), "image_nonpos": int(st.image_nonpos[c])},
                 "entries": [{key: e[key] for key in ("rank", "activation", "image", "label", "source", "row", "col", "box")}
                             | {"tile": f"{layer}/{e['tile']}", "image_file": paths.image(e["image"])} for e in shown],
-            })
+            } | ({"synthesis": {k: synth[k] for k in ("activation", "peak", "settings", "recipe", "image")}} if synth else {}))
             bar.update(1)
         write_json({"layer": layer, "arch": net.arch, "weights": net.describe(), "k": identity["k"],
                     "receptive_field": {"size": rf.size, "jump": rf.jump, "padding": rf.padding},

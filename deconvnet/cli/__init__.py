@@ -26,6 +26,7 @@ from .common import (ARCH_HELP, FIGURE_SUFFIXES, USER_WEIGHTS_HELP, UsageError, 
                      check_data_options, check_layer_names, check_output_file, check_output_folder, program_name)
 from .common import resolve_device  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
 from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
+from .synthesis import add_synthesis_parser, cmd_synthesize
 
 #: the photographs ``project`` takes by name (``deconvnet.images.BUNDLED_PHOTOS``; test_cli checks they agree)
 PHOTO_EXAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -34,7 +35,7 @@ PHOTO_EXAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
 ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")  # analysis.FIGURES
 
 
-FIGURE_KINDS = ("top9", "resolution") + ANALYSES
+FIGURE_KINDS = ("top9", "resolution") + ANALYSES + ("synthesis",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
     a.add_argument("--out", type=Path, default=Path("atlas"), help="the atlas folder (new, or an atlas to extend or finish)")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--synthesize", action="store_true", help="also show on each channel page the image synthesised to excite it most (kept: a rebuild does not redo it)")
+    a.add_argument("--synthesize-steps", type=int, default=512, help="optimisation steps of --synthesize (128 px images)")
     _add_evolution_parser(sub)
     _add_correspondence_parser(sub)
+    add_synthesis_parser(sub)
     return parser
 
 
@@ -137,7 +141,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     from ..engine import default_layers
 
     check_counts(("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
-                 ("--resize", args.resize, 1), ("--workers", args.workers, 0))
+                 ("--resize", args.resize, 1), ("--workers", args.workers, 0), ("--synthesize-steps", args.synthesize_steps, 1))
     if args.features is not None and args.features < 1:
         raise UsageError(f"--features {args.features} must be at least 1, or all")
     check_data_options(args)
@@ -154,7 +158,8 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     print(f"data: {len(dataset)} images from {name}")
     atlas = build_atlas(net, dataset, layers, args.out, k=args.k, features=args.features, select=args.select,
                         seed=args.seed, scaling=args.scaling, image_format=args.format, batch_size=args.batch_size,
-                        num_workers=args.workers, progress=not args.quiet)
+                        num_workers=args.workers, progress=not args.quiet,
+                        synthesize={"steps": args.synthesize_steps, "seed": args.seed} if args.synthesize else False)
     pages = sum(len(c) for c in atlas.channels.values())
     print(f"atlas: {', '.join(f'{l} ({len(atlas.channels[l])} channels)' for l in atlas.layers)}; {pages} channel pages, "
           f"{atlas.projected} projections made now")
@@ -237,6 +242,10 @@ def cmd_figures(args: argparse.Namespace) -> None:
         kinds = tuple(k for k in kinds if k != "resolution")
     if "top9" in kinds:
         written += _figures_top9(args, net, layers, timings)
+    if "synthesis" in kinds:  # what a unit wants beside its top-9 (deconvnet.synthesis)
+        from .synthesis import figures_synthesis
+
+        written += figures_synthesis(args, net, layers, timings, _figure_scan)
     if not is_main():  # the other ranks shared the scan; rank 0 projects, draws and writes
         return
     if "resolution" in kinds:
@@ -274,7 +283,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
                          "or other --layers")
 
 
-def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: list) -> list[Path]:
+def _figure_scan(args: argparse.Namespace, net, layers: list[str], timings: list):
+    """The figure script's scan of ``--data`` (the shared scan cache first): ``(topk, dataset, its name)``."""
     import hashlib
     import json
 
@@ -307,6 +317,13 @@ def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: lis
         if cached.get(what):
             print(f"scan: {', '.join(cached[what])} {verb} the scan cache {scan_cache_dir(True)}")
     timings.append(("scan", time.perf_counter() - t))
+    return topk, dataset, dataset_name
+
+
+def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: list) -> list[Path]:
+    from ..figure2 import feature_tiles, select_features, write_layer_figure
+
+    topk, dataset, dataset_name = _figure_scan(args, net, layers, timings)
     written: list[Path] = []
     if not is_main():
         return written
@@ -405,7 +422,8 @@ def _main(argv: Sequence[str] | None) -> int:
             args.arch = check_arch(args.arch)
         with _torchrun(args):
             {"project": cmd_project, "figures": cmd_figures, "atlas": cmd_atlas, "layers": cmd_layers,
-             "evolution": cmd_evolution, "correspondence": cmd_correspondence}[args.command](args)
+             "evolution": cmd_evolution, "correspondence": cmd_correspondence,
+             "synthesize": cmd_synthesize}[args.command](args)
     except Exception as err:
         if not isinstance(err, _errors()) and not isinstance(err, OSError):
             raise

@@ -47,6 +47,7 @@ def explore(
     panel: int = 224,
     threads: Optional[int] = 1,
     background: bool = True,
+    wants: Any = False,
 ) -> Explorer:
     """An interactive explorer of ``net`` for a notebook cell (ipywidgets; clicks with ipyevents).
 
@@ -68,9 +69,12 @@ def explore(
             convolutions, and on busy shared cores more threads wait on each other); None: torch's setting.
         background: compute a channel's top-k tiles on a background thread after the main view is drawn
             (False: before ``select`` returns).
+        wants: True (or ``synthesize`` settings, e.g. ``{"steps": 256, "size": 128}``): a "what this unit
+            wants" panel, the image synthesised to excite the channel on show (``deconvnet.synthesis``; default
+            128 steps at 96 px), computed on a background thread like the tiles and kept per channel.
 
     Returns:
         An ``Explorer``: show it as the last expression of a cell; drive it with ``select``.
     """
     return Explorer(net, image_or_dataset, topk, size=size, layer=layer, scaling=scaling, panel=panel,
-                    threads=threads, background=background)
+                    threads=threads, background=background, wants=wants)

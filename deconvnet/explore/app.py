@@ -7,6 +7,7 @@ ipyevents, for clicks) are imported only when an app is made, so ``import deconv
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import threading
 import time
@@ -21,7 +22,8 @@ from ..plot import DEFAULT_SCALING, SCALINGS, where
 from ..scan import TopK
 from . import draw
 from .state import METHODS, ExplorerState, unit_at_pixel
-from .tiles import Result
+from .tiles import Result, TileWorker
+from .wants import WantsSource
 
 #: classes listed on the class-score panel
 N_CLASSES = 10
@@ -40,7 +42,8 @@ class Explorer(ExplorerState):
 
     def __init__(self, net: Net, image_or_dataset: Any = None, topk: Optional[TopK] = None, *, size: int = 224,
                  layer: Optional[str] = None, scaling: str = DEFAULT_SCALING, panel: int = 224, n_strongest: int = 12,
-                 threads: Optional[int] = 1, background: bool = True) -> None:
+                 threads: Optional[int] = 1, background: bool = True,
+                 wants: Union[bool, dict[str, Any]] = False) -> None:
         if scaling not in SCALINGS:
             raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
         super().__init__(net, image_or_dataset, topk, size=size, n_strongest=n_strongest, threads=threads)
@@ -56,6 +59,9 @@ class Explorer(ExplorerState):
         self._tile_px = 0
         self._syncing = False
         self._draw_lock = threading.RLock()
+        # "what this unit wants": the channel's synthesised image, on its own background thread like the tiles
+        self.wants_worker = (TileWorker(WantsSource(net, wants if isinstance(wants, dict) else None),
+                                        run=self._computing) if wants else None)
         self._build_widgets()
         self.select(image=self.image_key, layer=layer)
 
@@ -85,13 +91,17 @@ class Explorer(ExplorerState):
             ValueError: an unknown image, layer, class or method, or a channel or position out of range;
                 nothing on show changes then.
         """
-        with self.worker.busy() if self.worker is not None else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            for worker in (self.worker, self.wants_worker):
+                if worker is not None:
+                    stack.enter_context(worker.busy())
             p = self.compute(image, layer, channel, position, method)
             t = time.perf_counter()
             self._render()
             self.timings["render"] = time.perf_counter() - t
             self.timings["total"] += self.timings["render"]
         self._update_tiles()
+        self._update_wants()
         self._show_status()
         return p
 
@@ -220,6 +230,57 @@ class Explorer(ExplorerState):
         if self.worker is not None:
             self.worker.wait(self.tile_key, timeout)
 
+    # --- what this unit wants (a synthesised image), after the main view ------------------------------------
+    def _update_wants(self) -> None:
+        if self.wants_worker is None:
+            return
+        key = self.tile_key
+        w = self._w
+        if self.is_class and not self.net.channels.get(self.layer):
+            return
+        got = self.wants_worker.cached(key)
+        if got is None and not self.background:
+            got = self.wants_worker.compute(key)
+        if got is not None:
+            self._draw_wants(key, got)
+            return
+        with self._draw_lock:
+            steps = self.wants_worker.source.settings["steps"]
+            w["wants_title"].value = (f"<b>what {html.escape(key[0])} channel {key[1]} wants</b>: "
+                                      f"<i>synthesising ({steps} steps) ...</i>")
+            w["wants"].layout.display = "none"
+        self.wants_worker.request(key, self._draw_wants)
+
+    def _draw_wants(self, key: tuple[str, int], result: Any) -> None:
+        w = self._w
+        with self._draw_lock:
+            if key != self.tile_key:
+                return
+            if isinstance(result, str):
+                w["wants_title"].value = f"<i>{html.escape(result)}</i>"
+                w["wants"].layout.display = "none"
+                return
+            w["wants"].value = draw.png(draw.resize(result.images[0].permute(1, 2, 0).double().numpy(),
+                                                    (self.panel, self.panel), nearest=False))
+            w["wants"].layout.display = None
+            dataset_max = None
+            if self.topk is not None and key[0] in self.topk.layers and self.topk.entries(*key):
+                dataset_max = self.topk.entries(*key)[0][0]
+            beside = f", the strongest in the scan {dataset_max:.4g}" if dataset_max is not None else ""
+            w["wants_title"].value = (
+                f"<b>what {html.escape(key[0])} channel {key[1]} wants</b>: the image synthesised to excite it most; "
+                f"its strongest unit {float(result.peaks[0]):.4g} (mean {float(result.activations[0]):.4g}){beside}"
+                f"<br><span style='color:#666'>{html.escape(result.recipe())}</span>")
+
+    @property
+    def wants(self) -> Any:
+        """The ``Synthesis`` of the channel on show (waited for when it is computing), or None without
+        ``wants``."""
+        if self.wants_worker is None:
+            return None
+        got = self.wants_worker.wait(self.tile_key) or self.wants_worker.compute(self.tile_key)
+        return None if isinstance(got, str) else got
+
     # --- controls and status ---------------------------------------------------------------------------
     def _layer_options(self) -> list[tuple[str, str]]:
         names = self.layer_options(self._w["layer_filter"].value)
@@ -336,13 +397,17 @@ class Explorer(ExplorerState):
         w["tiles_note"] = W.HTML()
         w["tiles_box"] = W.VBox([w["tiles_title"], W.HBox([w["tiles"], w["tile_patches"]])],
                                 layout=W.Layout(display="none"))  # shown when there are tiles to show
+        w["wants"] = W.Image(format="png", layout=W.Layout(object_fit="contain", margin="2px", display="none"))
+        w["wants_title"] = W.HTML()
+        w["wants_box"] = W.VBox([w["wants_title"], w["wants"]],
+                                layout=W.Layout(display=None if self.wants_worker is not None else "none"))
         self._w = w
         self.widget = W.VBox([
             W.HBox([w["images"], w["path"], w["open"], w["upload"]]),
             W.HBox([w["layer_filter"], w["layer"], w["strongest"], w["channel"], w["class"]]),
             # the label sizes itself to its words (a fixed width clipped them)
             W.HBox([W.HTML("backward rule&nbsp;", layout=W.Layout(margin="0 8px 0 0")), w["method"]]),
-            panels, w["status"], w["tiles_box"], w["tiles_note"],
+            panels, w["status"], w["tiles_box"], w["tiles_note"], w["wants_box"],
         ])
         self.widget.add_class("deconvnet-explorer")
 
