@@ -46,7 +46,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
-from ..models.lock import exclusive, own_call, owns
+from ..models.lock import eval_view, exclusive, original, own_call, owns
 from . import ops
 from .ops import REFUSED_MODULES
 from .record import Kept, check_finite, check_input
@@ -125,28 +125,36 @@ _HINT = ("Hint: the deconvnet projects models built of convolutions, linear laye
 
 
 def check_modules(model: nn.Module) -> None:
-    """Refuse, before any work, a model with a module that has no deconvnet rule (``ops.REFUSED_MODULES``;
-    any other is judged by the functions its forward calls, ``_DeconvMode``)."""
+    """Refuse, before any work, a model holding TorchScript (its forward is out of the allow-list's sight, and
+    its modules take no hooks). Any other module is judged on the path to the target by the functions its
+    forward calls (``_DeconvMode``); a module with no rule off that path (a multi-label head's Sigmoid after
+    the target) is no obstacle."""
     for name, m in model.named_modules():
-        if isinstance(m, REFUSED_MODULES):
+        if isinstance(m, torch.jit.ScriptModule):
             raise UnsupportedLayerError(
-                f"module '{name}' ({type(m).__name__}) has no deconvnet rule: the deconvnet is defined for "
-                "rectifiers (ReLU), max-pooling and linear layers. Hint: project a model whose nonlinearities "
-                "are ReLUs and max-pools (VGG, AlexNet, ResNet, DenseNet, GoogLeNet)."
-            )
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
-            raise UnsupportedLayerError(f"BatchNorm '{name}' keeps no running statistics: in eval mode it is not "
-                                        "linear. Hint: build it with track_running_stats=True and train it.")
+                f"module '{name or type(model).__name__}' is a TorchScript {type(m).__name__}, whose forward the "
+                "deconvnet cannot follow call by call (it runs outside Python, takes no hooks and has no rule "
+                "checked). Hint: pass the original nn.Module, before torch.jit.script or torch.jit.trace.")
+
+
+def _tag(t: torch.Tensor, name: str, token: object) -> Any:
+    """A value this forward attached to tensor ``t`` (``_DeconvMode``), or None."""
+    tagged = getattr(t, name, None)
+    return tagged[1] if tagged is not None and tagged[0] is token else None
 
 
 class _DeconvMode(TorchFunctionMode):
-    """Swaps every rectifier for the rule's and refuses, by the allow-list of ``ops``, any other call on the
-    input that is not linear or a max-pool (see ``ops``).
+    """Swaps every rectifier for the rule's and judges, by the allow-list of ``ops``, every other call on the
+    input: one that is not linear or a max-pool taints its result with the reason (``refused``).
 
     Which tensors depend on the input is tracked call by call: the input is marked with this forward's
     token, and so is every result of a call that had a marked argument (and the first argument of an
-    in-place call). Under ``grad``, a tensor that requires grad depends on the input as well (the
-    parameters are frozen). Calls made by this forward's own hooks run while ``paused``.
+    in-place call). A taint travels the same way; a target whose output carries one is refused with it
+    (``forward``), so that only calls on the path from the input to the target count. Under ``grad`` a
+    tensor that requires grad and is not marked came from code the mode did not see (TorchScript), and a
+    call made with gradients off (``no_grad``, a custom autograd Function's forward) would drop its path:
+    both taint. The dimensions along which input-dependent tensors were joined are tracked (``joined``):
+    a max along one is no max-pool. Calls made by this forward's own hooks run while ``paused``.
     """
 
     def __init__(self, where: Callable[[], str], rule: str = "deconvnet", grad: bool = False) -> None:
@@ -157,43 +165,77 @@ class _DeconvMode(TorchFunctionMode):
         self.token = object()
         self.paused = False
 
-    def mark(self, value: Any) -> None:
+    def mark(self, value: Any, refused: str | None = None, joined: Any = None) -> None:
         for t in tree_flatten(value)[0]:
             if isinstance(t, torch.Tensor):
                 t._deconvnet_input = self.token
+                if refused is not None:
+                    t._deconvnet_refused = (self.token, refused)
+                t._deconvnet_joined = (self.token, joined)
+
+    def marked(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and getattr(t, "_deconvnet_input", None) is self.token
 
     def dependent(self, value: Any) -> bool:
-        return any(isinstance(t, torch.Tensor) and (getattr(t, "_deconvnet_input", None) is self.token
-                                                    or (self.grad and t.requires_grad))
+        return any(self.marked(t) or (self.grad and isinstance(t, torch.Tensor) and t.requires_grad)
                    for t in tree_flatten(value)[0])
 
-    def refuse(self, func: Callable, why: str) -> UnsupportedLayerError:
-        return UnsupportedLayerError(f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a "
-                                     "rule for linear maps, rectifiers (ReLU) and max-pooling only. " + _HINT)
+    def refused(self, value: Any) -> str | None:
+        """The reason a value (a tensor, or a structure of some) is refused, if it carries one."""
+        for t in tree_flatten(value)[0]:
+            if isinstance(t, torch.Tensor):
+                if self.marked(t) and _tag(t, "_deconvnet_refused", self.token) is not None:
+                    return _tag(t, "_deconvnet_refused", self.token)
+        return None
+
+    def joined(self, t: Any) -> Any:
+        return _tag(t, "_deconvnet_joined", self.token) if isinstance(t, torch.Tensor) else None
+
+    def refuse(self, func: Callable, why: str) -> str:
+        module = getattr(self.where, "module", lambda: None)()
+        if isinstance(module, REFUSED_MODULES):
+            return (f"module '{self.where.name()}' ({type(module).__name__}) has no deconvnet rule ({ops.describe(func)} "
+                    f"{why}): the deconvnet has a rule for linear maps, rectifiers (ReLU) and max-pooling only. " + _HINT)
+        return (f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a rule for linear maps, "
+                "rectifiers (ReLU) and max-pooling only. " + _HINT)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.paused or not self.dependent((args, kwargs)):
             return func(*args, **kwargs)
+        leaves = tree_flatten((args, kwargs))[0]
+        refused = self.refused(leaves)
+        hidden = [t for t in leaves if isinstance(t, torch.Tensor) and not self.marked(t)
+                  and self.grad and t.requires_grad]
+        if refused is None and hidden:
+            refused = self.refuse(func, ops.unseen(hidden[0]))
+        if refused is None and self.grad and not torch.is_grad_enabled():
+            refused = self.refuse(func, ops.outside_backward(func))
         rect = ops.rectifier(func, args, kwargs)
-        if rect is not None:
+        if refused is None and rect is None:
+            why = (ops.check(func, args, kwargs, self.dependent) or ops.check_spelling(func, args, kwargs, self.dependent)
+                   or ops.max_over_joined(func, args, kwargs, self.joined))
+            refused = self.refuse(func, why) if why is not None else None
+        if rect is not None and refused is None:
             x, inplace = rect
             out = self.rectifiers[1 if inplace else 0].apply(x) if self.rectifiers is not None else func(*args, **kwargs)
         else:
-            why = ops.check(func, args, kwargs, self.dependent)
-            if why is not None:
-                raise self.refuse(func, why)
             out = func(*args, **kwargs)
-            if ops.is_constant(func):  # a shape, or a new tensor of the input's shape: not its values
-                return out
-            why = ops.check_cast(func, out)
-            if why is not None:
-                raise self.refuse(func, why)
-        self.mark(out)
+        if not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
+            if refused is not None and not ops.is_constant(func):  # a value leaves torch (item, bool): no taint
+                raise UnsupportedLayerError(refused)
+            return out
+        if refused is None and ops.is_constant(func):  # a shape, or a new tensor of the input's shape: not its values
+            return out
+        why = ops.check_cast(func, out) if refused is None else None
+        refused = self.refuse(func, why) if why is not None else refused
+        first = next(t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+        joined = ops.joined_after(func, args, kwargs, first, self.joined)
+        self.mark(out, refused, joined)
         if ops.is_in_place(func) and args:
-            self.mark(args[0])
+            self.mark(args[0], refused, joined)
         if "out" in kwargs:
-            self.mark(kwargs["out"])
+            self.mark(kwargs["out"], refused, joined)
         return out
 
     @contextmanager
@@ -210,44 +252,41 @@ class _Stop(Exception):
     """Raised once every target layer has given its output: nothing later is needed."""
 
 
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Parameters without gradients for the duration: the backward computes input gradients only."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+class _Where:
+    """Where the forward is now, for messages: the path of the module running and the module itself."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.stack = model, []
+
+    def name(self) -> str:
+        return self.stack[-1][0] if self.stack else ""
+
+    def module(self) -> nn.Module | None:
+        return self.stack[-1][1] if self.stack else None
+
+    def __call__(self) -> str:
+        return f"module '{self.name()}'" if self.name() else f"the forward of {type(self.model).__name__} itself"
 
 
 @contextmanager
-def _where_tracker(model: nn.Module, token: object) -> Iterator[Callable[[], str]]:
+def _where_tracker(model: nn.Module, token: object) -> Iterator[_Where]:
     """Hooks that keep the path of the module running now in the call of ``token``, for messages."""
     names = {m: n for n, m in model.named_modules()}
-    stack: list[str] = []
+    where = _Where(model)
     handles = []
 
     def pre(m, inputs):
         if owns(token):
-            stack.append(names.get(m, type(m).__name__))
+            where.stack.append((names.get(m, type(m).__name__), m))
 
     def post(m, inputs, output):
-        if stack and owns(token):
-            stack.pop()
+        if where.stack and owns(token):
+            where.stack.pop()
 
     try:
         for m in names:
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post))
-
-        def where() -> str:
-            if not stack or stack[-1] == "":
-                return f"the forward of {type(model).__name__} itself"
-            return f"module '{stack[-1]}'"
-
         yield where
     finally:
         for h in handles:
@@ -265,7 +304,9 @@ def forward(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Run ``model`` on ``x`` under the deconvnet mode, keeping the first output of each target module.
 
-    The caller holds ``models.lock.exclusive(model)`` (the model's lock, eval mode).
+    The caller holds ``models.lock.exclusive(model)`` (the model's lock); the forward runs the model's eval-mode
+    view (``models.lock.eval_view``), which leaves the user's modules as they are. A target whose output
+    depends on a call with no rule is refused with it; a call off the path to the targets does not matter.
 
     Args:
         modules: target name -> module.
@@ -289,6 +330,10 @@ def forward(
             if not isinstance(output, torch.Tensor):
                 raise UnsupportedLayerError(f"module '{names[0]}' returns a {type(output).__name__}, not a tensor: "
                                             "name a module whose output is one tensor")
+            why = mode.refused(output) or (ops.unseen(output) if grad and output.requires_grad
+                                           and not mode.marked(output) else None)
+            if why is not None:
+                raise UnsupportedLayerError(why if "Hint:" in why else f"layer '{names[0]}' {why}. " + _HINT)
             with mode.pause():
                 for name in names:
                     outputs[name] = (reduce(output.detach()) if reduce is not None
@@ -297,14 +342,19 @@ def forward(
                 raise _Stop
             # later in-place operations (a residual ``out += identity``, an in-place ReLU) must change a copy,
             # not the kept output, whose value and graph node are the target's
-            return output.clone() if grad else None
+            if not grad:
+                return None
+            with mode.pause():
+                copy = output.clone()
+            mode.mark(copy, None, mode.joined(output))
+            return copy
 
         return hook
 
+    model = eval_view(model)
     with ExitStack() as stack:
         token = stack.enter_context(own_call())
         where = stack.enter_context(_where_tracker(model, token))
-        stack.enter_context(_frozen(model))
         for m, names in by_module.items():
             stack.callback(m.register_forward_hook(make_hook(names, token)).remove)
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
@@ -332,58 +382,81 @@ def forward(
 
 def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """One backward from a kept target output, seeded with ``seed``; the graph is kept for the next one."""
-    (g,) = torch.autograd.grad(output, x, seed, retain_graph=True)
+    try:
+        (g,) = torch.autograd.grad(output, x, seed, retain_graph=True)
+    except RuntimeError as err:
+        if "modified by an inplace operation" not in str(err):
+            raise
+        raise ValueError("the model's weights changed during the projection (another thread trains the model?): "
+                         "the projection would mix two models. Hint: project a copy, copy.deepcopy(model), or "
+                         "between training steps") from err
     return g
 
 
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def check_graph(net: Net, hw: Sequence[int]) -> None:
-    """Refuse, before any work, a graph with a module or a function that has no rule: the modules by type,
-    the functions by one probe forward under the rule's mode (no autograd graph), once per model and module
-    tree. The probe runs at 224 px, or at the input's size ``hw`` for a model of a fixed input size that 224
-    px does not go through; its layers' output shapes fill ``Net.output_shapes``'s cache."""
+def check_graph(net: Net, hw: Sequence[int], layers: Sequence[str] = ()) -> None:
+    """Refuse, before any work, a target layer whose output depends on a call with no rule: TorchScript by
+    module type, the functions by one probe forward under the rule's mode, once per model and module tree
+    (with gradients, so that no_grad branches, custom autograd Functions and TorchScript functions show).
+    Calls off the path to ``layers`` do not matter. The probe runs at 224 px, or at the input's size ``hw``
+    for a model of a fixed input size that 224 px does not go through; its layers' output shapes fill
+    ``Net.output_shapes``'s cache."""
     check_modules(net.model)
     net.refresh()
-    if _CHECKED.get(net.model) == net._tree or net.device.type == "meta":  # meta: check_input refuses it
-        return
+    checked = _CHECKED.get(net.model)
+    if (checked is None or checked[0] != net._tree) and net.device.type != "meta":  # meta: check_input refuses it
+        checked = _probe(net, hw)
+    refused = [checked[1][n] for n in layers if checked is not None and checked[1].get(n)]
+    if refused:
+        raise UnsupportedLayerError(refused[0])
+
+
+def _probe(net: Net, hw: Sequence[int]) -> tuple | None:
+    """One forward of a zero input under the mode: (module tree, layer -> why its output is refused)."""
     for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
         shapes: dict[str, tuple[int, ...]] = {}
+        refused: dict[str, str] = {}
         names: dict[nn.Module, str] = {}
         for name, m in net.layers.items():
             names.setdefault(m, name)
 
         def hook(m, inputs, output):
-            if owns(token) and isinstance(output, torch.Tensor) and names[m] not in shapes:
-                shapes[names[m]] = tuple(output.shape)
+            name = names[original(m)]
+            if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
+                shapes[name] = tuple(output.shape)
+                why = mode.refused(output) or (ops.unseen(output) if output.requires_grad and not mode.marked(output)
+                                               else None)
+                if why is not None:
+                    refused[name] = why if "Hint:" in why else f"layer '{name}' {why}. " + _HINT
 
-        x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype)
+        x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype, requires_grad=True)
         try:
-            with exclusive(net.model), ExitStack() as stack:
+            with exclusive(net.model) as model, ExitStack() as stack:
                 token = stack.enter_context(own_call())
-                where = stack.enter_context(_where_tracker(net.model, token))
+                where = stack.enter_context(_where_tracker(model, token))
                 for m in names:
                     stack.callback(m.register_forward_hook(hook).remove)
-                mode = _DeconvMode(where)
+                mode = _DeconvMode(where, grad=True)
                 mode.mark(x)
-                with torch.no_grad(), mode:
-                    net.model(x)
+                with torch.enable_grad(), mode:
+                    model(x)
         except UnsupportedLayerError:
             raise
         except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
             continue  # this size does not go through the model
         net.remember_shapes(size, shapes)
-        _CHECKED[net.model] = net._tree
-        return
-    # neither size goes through: the forward of the call says why, in its own words
+        _CHECKED[net.model] = (net._tree, refused)
+        return _CHECKED[net.model]
+    return None  # neither size goes through: the forward of the call says why, in its own words
 
 
 def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None) -> Record:
     """The target layers' outputs (or ``reduce`` of them) from one forward of a graph."""
     x = check_input(x, net)
-    check_graph(net, x.shape[-2:])
     names = [net.resolve(layer) for layer in layers]
+    check_graph(net, x.shape[-2:], names)
     with exclusive(net.model):
         _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce)
     rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names)})
@@ -416,7 +489,7 @@ class GraphEngine:
                reduce: Callable | None = None) -> Record:
         if self.kept.size and reduce is None:  # the kept forward (with its graph) answers, if there is one
             x = check_input(x, self.net)
-            check_graph(self.net, x.shape[-2:])
+            check_graph(self.net, x.shape[-2:], layers)
             with exclusive(self.net.model):
                 _, outputs = self._forward(x, list(layers))
             return Record(activations={n: outputs[n].detach() for n in layers})
@@ -425,8 +498,8 @@ class GraphEngine:
     def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
         """Projections of resolved targets, their ``select_target`` results and the record of the layers."""
         x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:])
         layers = list(dict.fromkeys(t.layer for t in targets))
+        check_graph(self.net, x.shape[-2:], layers)
         check_memory(self.net, x.shape[0], x.shape[-2:])
         results, selected = [], []
         with exclusive(self.net.model):
@@ -441,7 +514,7 @@ class GraphEngine:
     def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
         """Any signal (B, ...) placed on ``layer``'s output, carried down the graph with the rule."""
         x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:])
+        check_graph(self.net, x.shape[-2:], [layer])
         check_memory(self.net, x.shape[0], x.shape[-2:])
         with exclusive(self.net.model):
             leaf, outputs = self._forward(x, [layer])
@@ -460,7 +533,7 @@ class GraphEngine:
         unit in each image at once: the units go down in rounds, as many as the most units of one image.
         """
         x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:])
+        check_graph(self.net, x.shape[-2:], [layer])
         check_memory(self.net, x.shape[0], x.shape[-2:])
         out = x.new_zeros(len(image), *x.shape[1:])
         with exclusive(self.net.model):
@@ -499,7 +572,7 @@ class GraphEngine:
         ``project_units`` cut to the boxes (tested in float64).
         """
         x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:])
+        check_graph(self.net, x.shape[-2:], [layer])
         hw = x.shape[-2:]
         image, channel, unit = (t.to(x.device) for t in (image, channel, unit))
         n = len(image)
@@ -593,9 +666,9 @@ def measure_boxes(model: nn.Module, module: nn.Module, hw: Sequence[int], channe
     x = torch.randn(1, channels, *hw, device=device, dtype=dtype).expand(2, -1, -1, -1).clone().requires_grad_(True)
     handle = module.register_forward_hook(hook)
     try:
-        with own_call() as token, _frozen(model), torch.enable_grad(), _LinearSurrogate():
+        with own_call() as token, torch.enable_grad(), _LinearSurrogate():
             try:
-                model(x)
+                eval_view(model)(x)  # the weights detached, the user's modules untouched (``models.lock``)
             except _Stop:
                 pass
     finally:
