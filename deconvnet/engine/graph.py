@@ -48,7 +48,7 @@ from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
 from ..models.lock import eval_view, exclusive, original, own_call, owns
 from . import ops
-from .ops import REFUSED_MODULES
+from .ops import ALL, REFUSED_MODULES
 from .record import Kept, check_finite, check_input
 from .targets import select_target
 from .types import Record, Target
@@ -194,8 +194,9 @@ class _DeconvMode(TorchFunctionMode):
     def refuse(self, func: Callable, why: str) -> str:
         module = getattr(self.where, "module", lambda: None)()
         if isinstance(module, REFUSED_MODULES):
-            return (f"module '{self.where.name()}' ({type(module).__name__}) has no deconvnet rule ({ops.describe(func)} "
-                    f"{why}): the deconvnet has a rule for linear maps, rectifiers (ReLU) and max-pooling only. " + _HINT)
+            return (f"module '{self.where.name()}' ({type(module).__name__}) has no deconvnet rule: {ops.describe(func)}, "
+                    f"called in module '{self.where.name()}', {why}; the deconvnet has a rule for linear maps, rectifiers "
+                    "(ReLU) and max-pooling only. " + _HINT)
         return (f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a rule for linear maps, "
                 "rectifiers (ReLU) and max-pooling only. " + _HINT)
 
@@ -220,10 +221,17 @@ class _DeconvMode(TorchFunctionMode):
             x, inplace = rect
             out = self.rectifiers[1 if inplace else 0].apply(x) if self.rectifiers is not None else func(*args, **kwargs)
         else:
-            out = func(*args, **kwargs)
+            try:
+                out = func(*args, **kwargs)
+            except Exception as err:
+                if refused is None:
+                    raise
+                raise UnsupportedLayerError(refused) from err  # a call with no rule that fails: refused
         if not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
             if refused is not None and not ops.is_constant(func):  # a value leaves torch (item, bool): no taint
                 raise UnsupportedLayerError(refused)
+            if ops.is_in_place(func) and args:  # __setitem__: the written tensor depends on the input now
+                self.mark(args[0], None, ALL if any(self.joined(t) is not None for t in leaves) else None)
             return out
         if refused is None and ops.is_constant(func):  # a shape, or a new tensor of the input's shape: not its values
             return out
