@@ -175,7 +175,7 @@ def check_faithful(net: Net, depth: int) -> None:
 
         def on_walk(m: nn.Module) -> bool:  # the module is walked, or holds one that is
             if id(m) not in holds:
-                holds[id(m)] = id(m) in walked or any([on_walk(c) for c in m.children()])
+                holds[id(m)] = id(m) in walked or any(on_walk(c) for c in m.children())
             return holds[id(m)]
 
         for name, m in net.model.named_modules():

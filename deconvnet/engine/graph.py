@@ -52,6 +52,7 @@ from .ops import ALL, REFUSED_MODULES
 from .record import Kept, check_finite, check_input
 from .targets import select_target
 from .types import Record, Target
+from .where import where_tracker as _where_tracker
 
 
 class UnsupportedLayerError(ValueError):
@@ -258,47 +259,6 @@ class _DeconvMode(TorchFunctionMode):
 
 class _Stop(Exception):
     """Raised once every target layer has given its output: nothing later is needed."""
-
-
-class _Where:
-    """Where the forward is now, for messages: the path of the module running and the module itself."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.stack = model, []
-
-    def name(self) -> str:
-        return self.stack[-1][0] if self.stack else ""
-
-    def module(self) -> nn.Module | None:
-        return self.stack[-1][1] if self.stack else None
-
-    def __call__(self) -> str:
-        return f"module '{self.name()}'" if self.name() else f"the forward of {type(self.model).__name__} itself"
-
-
-@contextmanager
-def _where_tracker(model: nn.Module, token: object) -> Iterator[_Where]:
-    """Hooks that keep the path of the module running now in the call of ``token``, for messages."""
-    names = {m: n for n, m in model.named_modules()}
-    where = _Where(model)
-    handles = []
-
-    def pre(m, inputs):
-        if owns(token):
-            where.stack.append((names.get(m, type(m).__name__), m))
-
-    def post(m, inputs, output):
-        if where.stack and owns(token):
-            where.stack.pop()
-
-    try:
-        for m in names:
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post))
-        yield where
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def forward(
