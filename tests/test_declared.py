@@ -150,36 +150,40 @@ def test_resnet18_is_bit_identical_with_and_without_extend():
 
 
 def test_what_has_no_declared_rule_stays_refused_with_extend():
+    # the call with no rule lies on the path to the target ("out"); only the path counts, so the conv before
+    # it still projects
     class Exp(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
+            self.conv, self.out = nn.Conv2d(3, 4, 3), nn.Identity()
 
         def forward(self, x):
-            return self.conv(x).exp()
+            return self.out(self.conv(x).exp())
 
     class Square(nn.Module):  # a product of two input-dependent tensors, neither a gate
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
+            self.conv, self.out = nn.Conv2d(3, 4, 3), nn.Identity()
 
         def forward(self, x):
             y = self.conv(x)
-            return y * y
+            return self.out(y * y)
 
     class GateAdded(nn.Module):  # a sigmoid used other than as a factor of a product
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
+            self.conv, self.out = nn.Conv2d(3, 4, 3), nn.Identity()
 
         def forward(self, x):
             y = self.conv(x)
-            return y + torch.sigmoid(y)
+            return self.out(y + torch.sigmoid(y))
 
     x = torch.randn(1, 3, 16, 16)
     for model, what in ((Exp(), "exp"), (Square(), "multiplies two tensors"), (GateAdded(), "gate")):
         with pytest.raises(UnsupportedLayerError, match=what):
-            dn.Deconvnet(model, extend=True).project(x, "conv", 0)
+            dn.Deconvnet(model, extend=True).project(x, "out", 0)
+        p = dn.Deconvnet(model, extend=True).project(x, "conv", 0)
+        assert p.projection.abs().sum() > 0
 
 
 def test_functional_spellings_and_gate_products_are_declared():

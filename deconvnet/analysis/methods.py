@@ -195,13 +195,13 @@ def functional_relus(net: Net, x: torch.Tensor) -> int:
         depth[0] -= 1
 
     handles = []
-    with exclusive(net.model):
+    with exclusive(net.model) as model:
         try:
             for m in net.model.modules():
                 if isinstance(m, nn.ReLU):
                     handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
             with torch.no_grad(), Count():
-                net.model(check_input(x, net))
+                model(check_input(x, net))
         finally:
             for h in handles:
                 h.remove()

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..models import CHAIN_MODULES, Net
 from . import rules
+from ..models.lock import model_lock
 from .receptive import receptive_field
 from .record import Kept, check_input, record_chain
 from .switches import PoolSwitches
@@ -141,10 +142,61 @@ CHAIN_RULES = CHAIN_MODULES
 
 
 def check_supported(net: Net, depth: int) -> None:
-    """Raise before any work if a module below ``depth`` has no deconvnet rule."""
+    """Raise before any work if a module below ``depth`` has no deconvnet rule, or the walk cannot trust it
+    (``check_faithful``)."""
     for name, m in net.stack[: depth + 1]:
         if not isinstance(m, CHAIN_RULES):
             raise ValueError(f"module '{name}' ({type(m).__name__}) has no deconvnet rule. Supported: {SUPPORTED}")
+    check_faithful(net, depth)
+
+
+_GRAPH_HINT = "Hint: Deconvnet(model, engine='graph') follows the forward call by call, and refuses what has no rule"
+
+
+#: methods a subclass may redefine without changing what its forward computes
+_HARMLESS = {"__init__", "__repr__", "extra_repr", "reset_parameters", "__setstate__", "_load_from_state_dict"}
+
+
+def check_faithful(net: Net, depth: int) -> None:
+    """Refuse, before any work, a chain whose forward up to stack index ``depth`` is not what the walk steps
+    down by module type: a module of a subclass with its own ``forward`` (an ``nn.ReLU`` whose forward is a
+    sigmoid), or a user's forward hook or pre-hook (on a module of the walk, on a container holding one, or
+    a global one), which may change what flows. The check runs under the model's lock, so the hooks of
+    another call of the engine (which holds it while they exist) are not taken for the user's."""
+    from torch.nn.modules import module as module_globals
+
+    with model_lock(net.model):
+        for kind, hooks in (("forward hook", module_globals._global_forward_hooks),
+                            ("forward pre-hook", module_globals._global_forward_pre_hooks)):
+            if hooks:
+                raise ValueError(f"a global {kind} is registered (torch.nn.modules.module.register_module_{kind.replace(' ', '_').replace('-', '_')}): "
+                                 f"the chain walk cannot see what it changes. {_GRAPH_HINT}")
+        walked = {id(m) for _, m in net.stack[: depth + 1]}
+        holds: dict[int, bool] = {}
+
+        def on_walk(m: nn.Module) -> bool:  # the module is walked, or holds one that is
+            if id(m) not in holds:
+                holds[id(m)] = id(m) in walked or any(on_walk(c) for c in m.children())
+            return holds[id(m)]
+
+        for name, m in net.model.named_modules():
+            if not on_walk(m):
+                continue
+            for kind, hooks in (("forward hook", m._forward_hooks), ("forward pre-hook", m._forward_pre_hooks)):
+                if hooks:
+                    hook = next(iter(hooks.values()))
+                    raise ValueError(f"module '{name or type(net.model).__name__}' ({type(m).__name__}) has a {kind} "
+                                     f"({getattr(hook, '__qualname__', type(hook).__name__)}): the chain walk cannot "
+                                     f"see what it changes. Hint: remove it (handle.remove()), or "
+                                     f"{_GRAPH_HINT[6:]}")
+        for name, m in net.stack[: depth + 1]:
+            base = next(b for b in CHAIN_RULES if isinstance(m, b))
+            own = [k for cls in type(m).__mro__[: type(m).__mro__.index(base)] for k, v in vars(cls).items()
+                   if callable(v) and hasattr(base, k) and k not in _HARMLESS]
+            if own:
+                raise ValueError(f"module '{name}' ({type(m).__name__}) is a {base.__name__} with its own {own[0]}: "
+                                 f"the chain walk steps down as for {base.__name__}, which may not mirror it. "
+                                 f"{_GRAPH_HINT}")
 
 
 def walk_down(

@@ -46,12 +46,13 @@ from torch.utils._pytree import tree_flatten
 
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
-from ..models.lock import exclusive, own_call, owns
+from ..models.lock import eval_view, exclusive, original, own_call, owns
 from . import ops, rules
-from .ops import REFUSED_MODULES
+from .ops import ALL, REFUSED_MODULES
 from .record import Kept, check_finite, check_input
 from .targets import select_target
 from .types import Record, Target
+from .where import where_tracker as _where_tracker
 
 
 class UnsupportedLayerError(ValueError):
@@ -64,39 +65,42 @@ _HINT = ("Hint: the deconvnet projects models built of convolutions, linear laye
 
 
 def check_modules(model: nn.Module, *, extend: bool = False, rule: str = "deconvnet") -> None:
-    """Refuse, before any work, a model with a module that has no deconvnet rule (``ops.REFUSED_MODULES``;
-    any other is judged by the functions its forward calls, ``_DeconvMode``). With ``extend``, the modules
-    of the declared rules (``ops.EXTENDED_MODULES``) pass, to be judged by their functions too; timm's
-    memory-efficient activations are refused by name with and without it (``ops.opaque_module``). The
-    gradient rule is plain autograd and takes any module."""
-    if rules.get(rule).autograd:
-        return
+    """Refuse, before any work, a model holding TorchScript (its forward is out of the allow-list's sight, and
+    its modules take no hooks) and timm's memory-efficient activations (``ops.opaque_module``: custom autograd
+    Functions whose backward no rule can replace; refused by name with and without ``extend``). Any other
+    module is judged on the path to the target by the functions its forward calls (``_DeconvMode``); a module
+    with no rule off that path (a multi-label head's Sigmoid after the target) is no obstacle. The gradient
+    rule is plain autograd and takes any module but TorchScript."""
+    autograd = rules.get(rule).autograd
     for name, m in model.named_modules():
-        opaque = ops.opaque_module(m)
+        if isinstance(m, torch.jit.ScriptModule):
+            raise UnsupportedLayerError(
+                f"module '{name or type(model).__name__}' is a TorchScript {type(m).__name__}, whose forward the "
+                "deconvnet cannot follow call by call (it runs outside Python, takes no hooks and has no rule "
+                "checked). Hint: pass the original nn.Module, before torch.jit.script or torch.jit.trace.")
+        opaque = None if autograd else ops.opaque_module(m)
         if opaque is not None:
             raise UnsupportedLayerError(f"module '{name}' ({type(m).__name__}) {opaque}")
-        if isinstance(m, REFUSED_MODULES) and not (extend and isinstance(m, ops.EXTENDED_MODULES)):
-            hint = ("Hint: extend=True (--extend) projects it with the declared rules: "
-                    f"{ops.extended_rule(m)}." if isinstance(m, ops.EXTENDED_MODULES) else
-                    "Hint: project a model whose nonlinearities are ReLUs and max-pools (VGG, AlexNet, ResNet, "
-                    "DenseNet, GoogLeNet).")
-            raise UnsupportedLayerError(
-                f"module '{name}' ({type(m).__name__}) has no deconvnet rule: the deconvnet is defined for "
-                f"rectifiers (ReLU), max-pooling and linear layers. {hint}"
-            )
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
-            raise UnsupportedLayerError(f"BatchNorm '{name}' keeps no running statistics: in eval mode it is not "
-                                        "linear. Hint: build it with track_running_stats=True and train it.")
+
+
+def _tag(t: torch.Tensor, name: str, token: object) -> Any:
+    """A value this forward attached to tensor ``t`` (``_DeconvMode``), or None."""
+    tagged = getattr(t, name, None)
+    return tagged[1] if tagged is not None and tagged[0] is token else None
 
 
 class _DeconvMode(TorchFunctionMode):
-    """Swaps every rectifier for the rule's and refuses, by the allow-list of ``ops``, any other call on the
-    input that is not linear or a max-pool (see ``ops``).
+    """Swaps every rectifier for the rule's and judges, by the allow-list of ``ops``, every other call on the
+    input: one that is not linear or a max-pool taints its result with the reason (``refused``).
 
     Which tensors depend on the input is tracked call by call: the input is marked with this forward's
     token, and so is every result of a call that had a marked argument (and the first argument of an
-    in-place call). Under ``grad``, a tensor that requires grad depends on the input as well (the
-    parameters are frozen). Calls made by this forward's own hooks run while ``paused``.
+    in-place call). A taint travels the same way; a target whose output carries one is refused with it
+    (``forward``), so that only calls on the path from the input to the target count. Under ``grad`` a
+    tensor that requires grad and is not marked came from code the mode did not see (TorchScript), and a
+    call made with gradients off (``no_grad``, a custom autograd Function's forward) would drop its path:
+    both taint. The dimensions along which input-dependent tensors were joined are tracked (``joined``):
+    a max along one is no max-pool. Calls made by this forward's own hooks run while ``paused``.
     """
 
     def __init__(self, where: Callable[[], str], rule: str = "deconvnet", grad: bool = False,
@@ -111,14 +115,19 @@ class _DeconvMode(TorchFunctionMode):
         #: declared rule -> how many calls it took so far in this forward (``rules.DECLARED``)
         self.counts: dict[str, int] = {}
 
-    def mark(self, value: Any) -> None:
+    def mark(self, value: Any, refused: str | None = None, joined: Any = None) -> None:
         for t in tree_flatten(value)[0]:
             if isinstance(t, torch.Tensor):
                 t._deconvnet_input = self.token
+                if refused is not None:
+                    t._deconvnet_refused = (self.token, refused)
+                t._deconvnet_joined = (self.token, joined)
+
+    def marked(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and getattr(t, "_deconvnet_input", None) is self.token
 
     def dependent(self, value: Any) -> bool:
-        return any(isinstance(t, torch.Tensor) and (getattr(t, "_deconvnet_input", None) is self.token
-                                                    or (self.grad and t.requires_grad))
+        return any(self.marked(t) or (self.grad and isinstance(t, torch.Tensor) and t.requires_grad)
                    for t in tree_flatten(value)[0])
 
     def gates(self, value: Any) -> list[str]:
@@ -129,12 +138,31 @@ class _DeconvMode(TorchFunctionMode):
     def count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def refuse(self, func: Callable, why: str, args: tuple = (), kwargs: dict | None = None) -> UnsupportedLayerError:
+    def refused(self, value: Any) -> str | None:
+        """The reason a value (a tensor, or a structure of some) is refused, if it carries one."""
+        for t in tree_flatten(value)[0]:
+            if isinstance(t, torch.Tensor):
+                if self.marked(t) and _tag(t, "_deconvnet_refused", self.token) is not None:
+                    return _tag(t, "_deconvnet_refused", self.token)
+        return None
+
+    def joined(self, t: Any) -> Any:
+        return _tag(t, "_deconvnet_joined", self.token) if isinstance(t, torch.Tensor) else None
+
+    def refuse(self, func: Callable, why: str, args: tuple = (), kwargs: dict | None = None) -> str:
+        """The refusal of a call, as the taint its results carry: the call, where it ran, why, and a hint
+        (the opt-in of the declared rules where one applies)."""
+        module = getattr(self.where, "module", lambda: None)()
         declared = None if self.extend else ops.has_declared_rule(func, args, kwargs or {})
-        hint = (f"Hint: extend=True (--extend) projects it with the declared rules: {declared}." if declared
-                else _HINT)
-        return UnsupportedLayerError(f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a "
-                                     "rule for linear maps, rectifiers (ReLU) and max-pooling only. " + hint)
+        if declared is None and not self.extend and isinstance(module, ops.EXTENDED_MODULES):
+            declared = ops.extended_rule(module)
+        hint = f"Hint: extend=True (--extend) projects it with the declared rules: {declared}." if declared else _HINT
+        if isinstance(module, REFUSED_MODULES):
+            return (f"module '{self.where.name()}' ({type(module).__name__}) has no deconvnet rule: "
+                    f"{ops.describe(func)}, called in module '{self.where.name()}', {why}; the deconvnet has a rule "
+                    "for linear maps, rectifiers (ReLU) and max-pooling only. " + hint)
+        return (f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a rule for linear maps, "
+                "rectifiers (ReLU) and max-pooling only. " + hint)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -143,32 +171,53 @@ class _DeconvMode(TorchFunctionMode):
         gates = self.gates((args, kwargs)) if self.extend else []
         if not gates and not self.dependent((args, kwargs)):
             return func(*args, **kwargs)
-        if gates:
+        leaves = tree_flatten((args, kwargs))[0]
+        refused = self.refused(leaves)
+        hidden = [t for t in leaves if isinstance(t, torch.Tensor) and not self.marked(t)
+                  and self.grad and t.requires_grad]
+        if refused is None and hidden:
+            refused = self.refuse(func, ops.unseen(hidden[0]))
+        if refused is None and self.grad and not torch.is_grad_enabled():
+            refused = self.refuse(func, ops.outside_backward(func))
+        if gates and refused is None:
             return self._gated(func, args, kwargs, gates)
         rect = ops.rectifier(func, args, kwargs)
-        declared = self._declared(func, args, kwargs) if rect is None and self.extend else None
-        if rect is not None:
+        declared = self._declared(func, args, kwargs) if rect is None and self.extend and refused is None else None
+        if declared is not None and getattr(declared, "_deconvnet_gate", None) is not None:
+            return declared  # a gate: a constant, not the signal
+        if refused is None and rect is None and declared is None:
+            why = (ops.check(func, args, kwargs, self.dependent) or ops.check_spelling(func, args, kwargs, self.dependent)
+                   or ops.max_over_joined(func, args, kwargs, self.joined))
+            refused = self.refuse(func, why, args, kwargs) if why is not None else None
+        if rect is not None and refused is None:
             x, inplace = rect
             out = rules.Rectify.apply(x, self.rule, torch.relu, inplace)
         elif declared is not None:
-            if getattr(declared, "_deconvnet_gate", None) is not None:
-                return declared  # a gate: a constant, not the signal
             out = declared
         else:
-            why = ops.check(func, args, kwargs, self.dependent)
-            if why is not None:
-                raise self.refuse(func, why, args, kwargs)
-            out = func(*args, **kwargs)
-            if ops.is_constant(func):  # a shape, or a new tensor of the input's shape: not its values
-                return out
-            why = ops.check_cast(func, out)
-            if why is not None:
-                raise self.refuse(func, why)
-        self.mark(out)
+            try:
+                out = func(*args, **kwargs)
+            except Exception as err:
+                if refused is None:
+                    raise
+                raise UnsupportedLayerError(refused) from err  # a call with no rule that fails: refused
+        if not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
+            if refused is not None and not ops.is_constant(func):  # a value leaves torch (item, bool): no taint
+                raise UnsupportedLayerError(refused)
+            if ops.is_in_place(func) and args:  # __setitem__: the written tensor depends on the input now
+                self.mark(args[0], None, ALL if any(self.joined(t) is not None for t in leaves) else None)
+            return out
+        if refused is None and ops.is_constant(func):  # a shape, or a new tensor of the input's shape: not its values
+            return out
+        why = ops.check_cast(func, out) if refused is None else None
+        refused = self.refuse(func, why) if why is not None else refused
+        first = next(t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+        joined = ops.joined_after(func, args, kwargs, first, self.joined)
+        self.mark(out, refused, joined)
         if ops.is_in_place(func) and args:
-            self.mark(args[0])
+            self.mark(args[0], refused, joined)
         if "out" in kwargs:
-            self.mark(kwargs["out"])
+            self.mark(kwargs["out"], refused, joined)
         return out
 
     def _declared(self, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -178,22 +227,22 @@ class _DeconvMode(TorchFunctionMode):
         if act is not None:
             name, x, inplace = act
             if self.dependent((args[1:], {k: v for k, v in kwargs.items() if k != "input"})):
-                raise self.refuse(func, "takes a parameter that depends on the input")
+                raise UnsupportedLayerError(self.refuse(func, "takes a parameter that depends on the input"))
             self.count(name)
             rest = {k: v for k, v in kwargs.items() if k != "inplace"}
             return rules.Rectify.apply(x, self.rule, lambda t: func(t.clone(), *args[1:], **rest), inplace)
         gate = rules.gate(func)
         if gate is not None:
             if func in rules.GATES_INPLACE or kwargs.get("inplace") or (len(args) > 1 and args[1] is True):
-                raise self.refuse(func, "computes a gate in place; the declared rule holds an out-of-place gate "
-                                  "constant")
+                raise UnsupportedLayerError(self.refuse(func, "computes a gate in place; the declared rule holds an out-of-place gate "
+                                  "constant"))
             out = func(*args, **kwargs).detach()
             out._deconvnet_gate = (self.token, gate)
             return out
         norm = rules.norm(func, args, kwargs)
         if norm is not None:
             if self.dependent((args[1:], {k: v for k, v in kwargs.items() if k != "input"})):
-                raise self.refuse(func, "normalises with weights that depend on the input")
+                raise UnsupportedLayerError(self.refuse(func, "normalises with weights that depend on the input"))
             self.count(norm[0])
             return norm[1]
         return None
@@ -215,8 +264,16 @@ class _DeconvMode(TorchFunctionMode):
             if isinstance(out, torch.Tensor) and not ops.is_constant(func):
                 out._deconvnet_gate = (self.token, gates[0])
             return out
-        raise self.refuse(func, "uses the output of a gate (a sigmoid, hardsigmoid or softmax) other than as one "
-                          "factor of a product with the signal, which is where the declared rule holds it constant")
+        refused = self.refuse(func, "uses the output of a gate (a sigmoid, hardsigmoid or softmax) other than as "
+                              "one factor of a product with the signal, which is where the declared rule holds it "
+                              "constant", args, kwargs)
+        out = func(*args, **kwargs)
+        if not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
+            raise UnsupportedLayerError(refused)
+        self.mark(out, refused)  # a taint: refused where a target's output depends on it (only the path counts)
+        if ops.is_in_place(func) and args:
+            self.mark(args[0], refused)
+        return out
 
     @contextmanager
     def pause(self) -> Iterator[None]:
@@ -232,50 +289,6 @@ class _Stop(Exception):
     """Raised once every target layer has given its output: nothing later is needed."""
 
 
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Parameters without gradients for the duration: the backward computes input gradients only."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-@contextmanager
-def _where_tracker(model: nn.Module, token: object) -> Iterator[Callable[[], str]]:
-    """Hooks that keep the path of the module running now in the call of ``token``, for messages."""
-    names = {m: n for n, m in model.named_modules()}
-    stack: list[str] = []
-    handles = []
-
-    def pre(m, inputs):
-        if owns(token):
-            stack.append(names.get(m, type(m).__name__))
-
-    def post(m, inputs, output):
-        if stack and owns(token):
-            stack.pop()
-
-    try:
-        for m in names:
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post))
-
-        def where() -> str:
-            if not stack or stack[-1] == "":
-                return f"the forward of {type(model).__name__} itself"
-            return f"module '{stack[-1]}'"
-
-        yield where
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def forward(
     model: nn.Module,
     x: torch.Tensor,
@@ -289,7 +302,9 @@ def forward(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Run ``model`` on ``x`` under the deconvnet mode, keeping the first output of each target module.
 
-    The caller holds ``models.lock.exclusive(model)`` (the model's lock, eval mode).
+    The caller holds ``models.lock.exclusive(model)`` (the model's lock); the forward runs the model's eval-mode
+    view (``models.lock.eval_view``), which leaves the user's modules as they are. A target whose output
+    depends on a call with no rule is refused with it; a call off the path to the targets does not matter.
 
     Args:
         modules: target name -> module.
@@ -316,6 +331,10 @@ def forward(
             if not isinstance(output, torch.Tensor):
                 raise UnsupportedLayerError(f"module '{names[0]}' returns a {type(output).__name__}, not a tensor: "
                                             "name a module whose output is one tensor")
+            why = mode.refused(output) or (ops.unseen(output) if grad and output.requires_grad and not
+                                           mode.rule.autograd and not mode.marked(output) else None)
+            if why is not None:
+                raise UnsupportedLayerError(why if "Hint:" in why else f"layer '{names[0]}' {why}. " + _HINT)
             with mode.pause():
                 for name in names:
                     outputs[name] = (reduce(output.detach()) if reduce is not None
@@ -326,14 +345,19 @@ def forward(
                 raise _Stop
             # later in-place operations (a residual ``out += identity``, an in-place ReLU) must change a copy,
             # not the kept output, whose value and graph node are the target's
-            return output.clone() if grad else None
+            if not grad:
+                return None
+            with mode.pause():
+                copy = output.clone()
+            mode.mark(copy, None, mode.joined(output))
+            return copy
 
         return hook
 
+    model = eval_view(model)
     with ExitStack() as stack:
         token = stack.enter_context(own_call())
         where = stack.enter_context(_where_tracker(model, token))
-        stack.enter_context(_frozen(model))
         for m, names in by_module.items():
             stack.callback(m.register_forward_hook(make_hook(names, token)).remove)
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
@@ -361,47 +385,70 @@ def forward(
 
 def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """One backward from a kept target output, seeded with ``seed``; the graph is kept for the next one."""
-    (g,) = torch.autograd.grad(output, x, seed, retain_graph=True)
+    try:
+        (g,) = torch.autograd.grad(output, x, seed, retain_graph=True)
+    except RuntimeError as err:
+        if "modified by an inplace operation" not in str(err):
+            raise
+        raise ValueError("the model's weights changed during the projection (another thread trains the model?): "
+                         "the projection would mix two models. Hint: project a copy, copy.deepcopy(model), or "
+                         "between training steps") from err
     return g
 
 
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def check_graph(net: Net, hw: Sequence[int], *, rule: str = "deconvnet", extend: bool = False) -> None:
-    """Refuse, before any work, a graph with a module or a function that has no rule: the modules by type,
-    the functions by one probe forward under the rule's mode (no autograd graph), once per model and module
-    tree. The probe runs at 224 px, or at the input's size ``hw`` for a model of a fixed input size that 224
-    px does not go through; its layers' output shapes fill ``Net.output_shapes``'s cache. With ``extend``,
-    ``Net.declared`` is set to the declared rules the whole forward takes, with their counts (what figures
-    and pages name)."""
+def check_graph(net: Net, hw: Sequence[int], layers: Sequence[str] = (), *, rule: str = "deconvnet",
+                extend: bool = False) -> None:
+    """Refuse, before any work, a target layer whose output depends on a call with no rule: TorchScript and
+    timm's opaque activations by module type, the functions by one probe forward under the rule's mode, once
+    per model, module tree and rule set (with gradients, so that no_grad branches, custom autograd Functions
+    and TorchScript functions show). Calls off the path to ``layers`` do not matter. The probe runs at 224 px,
+    or at the input's size ``hw`` for a model of a fixed input size that 224 px does not go through; its
+    layers' output shapes fill ``Net.output_shapes``'s cache. With ``extend``, ``Net.declared`` is set to the
+    declared rules the whole forward takes, with their counts (what figures and pages name)."""
     check_modules(net.model, extend=extend, rule=rule)
     net.refresh()
     autograd = rules.get(rule).autograd
     key = (net._tree, extend and not autograd, autograd)
-    if _CHECKED.get(net.model) == key or net.device.type == "meta":  # meta: check_input refuses it
-        return
+    checked = _CHECKED.get(net.model)
+    if (checked is None or checked[0] != key) and net.device.type != "meta":  # meta: check_input refuses it
+        checked = _probe(net, hw, key, rule)
+    refused = [checked[1][n] for n in layers if checked is not None and checked[1].get(n)]
+    if refused:
+        raise UnsupportedLayerError(refused[0])
+
+
+def _probe(net: Net, hw: Sequence[int], key: tuple, rule: str) -> tuple | None:
+    """One forward of a zero input under the mode: (``key``, layer -> why its output is refused)."""
     for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
         shapes: dict[str, tuple[int, ...]] = {}
+        refused: dict[str, str] = {}
         names: dict[nn.Module, str] = {}
         for name, m in net.layers.items():
             names.setdefault(m, name)
 
         def hook(m, inputs, output):
-            if owns(token) and isinstance(output, torch.Tensor) and names[m] not in shapes:
-                shapes[names[m]] = tuple(output.shape)
+            name = names[original(m)]
+            if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
+                shapes[name] = tuple(output.shape)
+                why = mode.refused(output) or (ops.unseen(output) if output.requires_grad and not
+                                               mode.rule.autograd and not mode.marked(output) else None)
+                if why is not None:
+                    refused[name] = why if "Hint:" in why else f"layer '{name}' {why}. " + _HINT
 
-        x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype)
+        x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype, requires_grad=True)
         try:
-            with exclusive(net.model), ExitStack() as stack:
+            with exclusive(net.model) as model, ExitStack() as stack:
                 token = stack.enter_context(own_call())
-                where = stack.enter_context(_where_tracker(net.model, token))
+                where = stack.enter_context(_where_tracker(model, token))
                 for m in names:
                     stack.callback(m.register_forward_hook(hook).remove)
-                mode = _DeconvMode(where, rule, extend=key[1])
+                mode = _DeconvMode(where, rule, grad=True, extend=key[1])
                 mode.mark(x)
-                with torch.no_grad(), mode:
-                    net.model(x)
+                with torch.enable_grad(), mode:
+                    model(x)
         except UnsupportedLayerError:
             raise
         except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
@@ -409,17 +456,17 @@ def check_graph(net: Net, hw: Sequence[int], *, rule: str = "deconvnet", extend:
         net.remember_shapes(size, shapes)
         if key[1]:
             net.declared = dict(mode.counts)
-        _CHECKED[net.model] = key
-        return
-    # neither size goes through: the forward of the call says why, in its own words
+        _CHECKED[net.model] = (key, refused)
+        return _CHECKED[net.model]
+    return None  # neither size goes through: the forward of the call says why, in its own words
 
 
 def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None, *,
                  rule: str = "deconvnet", extend: bool = False) -> Record:
     """The target layers' outputs (or ``reduce`` of them) from one forward of a graph."""
     x = check_input(x, net)
-    check_graph(net, x.shape[-2:], rule=rule, extend=extend)
     names = [net.resolve(layer) for layer in layers]
+    check_graph(net, x.shape[-2:], names, rule=rule, extend=extend)
     declared: dict[str, dict[str, int]] = {}
     with exclusive(net.model):
         _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce, rule=rule,
@@ -454,15 +501,15 @@ class GraphEngine:
 
         return self.kept.get(x, (tuple(layers),), run)
 
-    def _check(self, x: torch.Tensor) -> torch.Tensor:
+    def _check(self, x: torch.Tensor, layers: Sequence[str]) -> torch.Tensor:
         x = check_input(x, self.net)
-        check_graph(self.net, x.shape[-2:], rule=self.rule, extend=self.extend)
+        check_graph(self.net, x.shape[-2:], layers, rule=self.rule, extend=self.extend)
         return x
 
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable | None = None) -> Record:
         if self.kept.size and reduce is None:  # the kept forward (with its graph) answers, if there is one
-            x = self._check(x)
+            x = self._check(x, layers)
             with exclusive(self.net.model):
                 _, outputs, declared = self._forward(x, list(layers))
             return Record(activations={n: outputs[n].detach() for n in layers},
@@ -471,8 +518,9 @@ class GraphEngine:
 
     def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
         """Projections of resolved targets, their ``select_target`` results and the record of the layers."""
-        x = self._check(x)
+        x = check_input(x, self.net)
         layers = list(dict.fromkeys(t.layer for t in targets))
+        check_graph(self.net, x.shape[-2:], layers, rule=self.rule, extend=self.extend)
         check_memory(self.net, x.shape[0], x.shape[-2:])
         results, selected = [], []
         with exclusive(self.net.model):
@@ -487,7 +535,7 @@ class GraphEngine:
 
     def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
         """Any signal (B, ...) placed on ``layer``'s output, carried down the graph with the rule."""
-        x = self._check(x)
+        x = self._check(x, [layer])
         check_memory(self.net, x.shape[0], x.shape[-2:])
         with exclusive(self.net.model):
             leaf, outputs, _ = self._forward(x, [layer])
@@ -505,7 +553,7 @@ class GraphEngine:
         One forward for the batch. Images do not mix in a forward in eval mode, so one backward projects one
         unit in each image at once: the units go down in rounds, as many as the most units of one image.
         """
-        x = self._check(x)
+        x = self._check(x, [layer])
         check_memory(self.net, x.shape[0], x.shape[-2:])
         out = x.new_zeros(len(image), *x.shape[1:])
         with exclusive(self.net.model):
@@ -543,7 +591,7 @@ class GraphEngine:
         batches, each crop seeded at its own unit: a forward and a backward per batch of crops. Equal to
         ``project_units`` cut to the boxes (tested in float64).
         """
-        x = self._check(x)
+        x = self._check(x, [layer])
         hw = x.shape[-2:]
         image, channel, unit = (t.to(x.device) for t in (image, channel, unit))
         n = len(image)
@@ -643,9 +691,9 @@ def measure_boxes(model: nn.Module, module: nn.Module, hw: Sequence[int], channe
     x = torch.randn(1, channels, *hw, device=device, dtype=dtype).expand(2, -1, -1, -1).clone().requires_grad_(True)
     handle = module.register_forward_hook(hook)
     try:
-        with own_call() as token, _frozen(model), torch.enable_grad(), _LinearSurrogate():
+        with own_call() as token, torch.enable_grad(), _LinearSurrogate():
             try:
-                model(x)
+                eval_view(model)(x)  # the weights detached, the user's modules untouched (``models.lock``)
             except _Stop:
                 pass
     finally:

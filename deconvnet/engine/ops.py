@@ -28,17 +28,23 @@ query                  ``size``, ``dim``, ``shape``, ``numel``, ``len``, ...: no
 
 Everything else (``exp``, ``sigmoid``, ``abs``, ``square``, ``softmax``, normalisations that divide by a
 statistic of the input, an elementwise maximum of two tensors, comparisons, ``detach``, ``.item()``) is
-refused, naming the function and the module it is called in.
+refused, naming the function and the module it is called in. So are the spellings that look linear and are
+not: a division that rounds (``rounding_mode="floor"`` or ``"trunc"``), a new tensor made of the input's
+values (``x.new_tensor(x)``: a copy without its path), and a maximum taken along a dimension that stacks or
+concatenates tensors (``stack([x, zeros_like(x)]).amax(0)`` is a ReLU, ``stack([x - a, a - x]).amax(0)``
+an absolute value: neither is a max-pool). Only calls on the path from the input to the target count.
 """
 
 from __future__ import annotations
 
 import numbers
+import sys
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from . import rules
 
@@ -344,3 +350,146 @@ def has_declared_rule(func: Callable, args: tuple, kwargs: dict) -> str | None:
     if func in rules.NORMS:
         return rules.NORMS[func][0]
     return None
+
+
+# --- spellings that look linear and are not ----------------------------------------------------------------
+
+_DIVS = _everywhere("div div_ divide")
+
+
+def check_spelling(func: Callable, args: tuple, kwargs: dict, dependent: Callable[[Any], bool]) -> str | None:
+    """Why a call on the list is not linear all the same (rounding division, a copy of the input's values)."""
+    if func in _DIVS and _arg(args, kwargs, 2, "rounding_mode") is not None:
+        return (f"divides with rounding_mode={_arg(args, kwargs, 2, 'rounding_mode')!r}, which rounds: it is not "
+                "linear")
+    if func in CONSTANTS and (any(dependent(a) for a in args[1:]) or any(dependent(v) for v in kwargs.values())):
+        return ("makes a new tensor of the input's values, a copy without their path to the input (as detach "
+                "does): the projection would lose that path")
+    return None
+
+
+# --- joins: a max along a stacked dimension is no max-pool ----------------------------------------------------
+
+#: every dimension (a join whose dimensions are not followed any more)
+ALL = "all"
+_STACKS = _everywhere("stack")
+_CATS = _everywhere("cat concat concatenate")
+_JOINS = _everywhere("hstack vstack dstack column_stack")
+_PADS = {F.pad} | _get(torch, "constant_pad_nd")
+#: maps whose output mixes every input position (a new map: no join survives them), when not grouped
+_FRESH = _everywhere("conv1d conv2d conv3d linear")
+#: maps that keep the meaning of each dimension (rows stay rows, channels channels), whatever the sizes
+_SAME_LAYOUT = _everywhere(
+    "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
+    "interpolate upsample upsample_nearest upsample_bilinear pad conv_transpose1d conv_transpose2d "
+    "conv_transpose3d narrow") | MAX_POOLS | EVAL_ONLY | _PADS | _get(T, "__getitem__")
+
+Joined = Any  # a frozenset of dimensions, ALL, or None
+
+
+def _union(a: Joined, b: Joined) -> Joined:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return ALL if ALL in (a, b) else a | b
+
+
+def joined_after(func: Callable, args: tuple, kwargs: dict, out: torch.Tensor,
+                 joined: Callable[[Any], Joined]) -> Joined:
+    """The dimensions of ``out`` along which input-dependent tensors were joined (stacked, concatenated,
+    padded with a constant), from those of the call's arguments (``joined(tensor)``)."""
+    if func in _STACKS or func in _CATS:
+        tensors = [t for t in _arg(args, kwargs, 0, "tensors", ()) if isinstance(t, torch.Tensor)]
+        d = _arg(args, kwargs, 1, "dim", 0)
+        if len([t for t in tensors if t.numel()]) < 2 or not isinstance(d, int):
+            return ALL if any(joined(t) is not None for t in tensors) else None
+        d %= out.dim()
+        result: Joined = frozenset({d})
+        for t in tensors:
+            j = joined(t)
+            if j is not None:
+                result = _union(result, j if j == ALL or func in _CATS else frozenset(k + (k >= d) for k in j))
+        return result
+    if func in _JOINS:
+        return ALL
+    tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    if func in _PADS and tensors:
+        pad = _arg(args, kwargs, 1, "pad", ())
+        mode = _arg(args, kwargs, 2, "mode", "constant")
+        value = _arg(args, kwargs, 3, "value", 0.0)
+        if mode == "constant" and not (isinstance(value, float) and value == float("-inf")):
+            padded = frozenset(out.dim() - 1 - i // 2 for i, p in enumerate(pad) if p)
+            return _union(joined(tensors[0]), padded or None)
+    result = None
+    for t in tensors:
+        j = joined(t)
+        if j is None:
+            continue
+        if func in _FRESH and _arg(args, kwargs, 6, "groups", 1) == 1:
+            continue  # every output unit mixes every input channel: a new map
+        if j != ALL and (tuple(t.shape) == tuple(out.shape) or (func in _SAME_LAYOUT and t.dim() == out.dim())):
+            result = _union(result, j)
+        else:
+            result = ALL
+    return result
+
+
+def max_over_joined(func: Callable, args: tuple, kwargs: dict, joined: Callable[[Any], Joined]) -> str | None:
+    """Why a max (a reduction or a max-pool) is no max-pool: it runs along a joined dimension."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    j = joined(args[0])
+    if j is None:
+        return None
+    n = args[0].dim()
+    if func in MAX_REDUCTIONS:
+        dim = _arg(args, kwargs, 1, "dim", None)
+        dims = range(n) if dim is None or dim == () or dim == [] else ([dim] if isinstance(dim, int) else dim)
+    elif func in MAX_POOLS:
+        name = getattr(func, "__name__", "")
+        k = 3 if "3d" in name else 1 if "1d" in name else 2
+        dims = range(n - k, n)
+    else:
+        return None
+    if j == ALL or any(int(d) % max(n, 1) in j for d in dims):
+        return ("takes a maximum along a dimension on which tensors were stacked, concatenated or padded "
+                "(stack([x, zeros_like(x)]).amax(0) is a ReLU, stack([x - a, a - x]).amax(0) an absolute "
+                "value): it is no max-pool of one map")
+    return None
+
+
+# --- what the mode cannot see: custom autograd Functions, TorchScript, no_grad ------------------------------
+
+def autograd_function() -> type | None:
+    """The custom ``torch.autograd.Function`` whose forward is running now (its ``ctx`` is on the call stack),
+    or None."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "forward" and code.co_argcount:
+            ctx = frame.f_locals.get(code.co_varnames[0])
+            if isinstance(ctx, torch.autograd.function.FunctionCtx):
+                return getattr(type(ctx), "_forward_cls", type(ctx))
+        frame = frame.f_back
+    return None
+
+
+def outside_backward(func: Callable) -> str:
+    """Why a call that depends on the input runs with gradients off in a forward that needs them."""
+    fn = autograd_function()
+    if fn is not None and fn.__name__ == "CheckpointFunction":
+        return ("runs inside torch.utils.checkpoint(use_reentrant=True), whose backward runs the forward again "
+                "outside the rule. Hint: use_reentrant=False, or no checkpoint (the deconvnet runs one forward)")
+    if fn is not None:
+        return (f"runs inside the custom autograd Function {fn.__module__}.{fn.__qualname__}, whose backward is "
+                "its own, not the rule's: it has no deconvnet rule")
+    return ("runs under torch.no_grad() (or inference_mode): its result leaves the backward, and with it a path "
+            "from the input to the target")
+
+
+def unseen(t: torch.Tensor) -> str:
+    """Why a tensor that depends on the input (it requires grad) came from a computation the mode did not see."""
+    node = type(t.grad_fn).__name__ if t.grad_fn is not None else "none"
+    return (f"takes a tensor computed by code the allow-list cannot see (a torch.jit.script function or ScriptModule, a C++ "
+            f"extension; its autograd node is {node}): there is no telling whether it is linear")

@@ -97,10 +97,10 @@ def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> Rece
         # the field along the rows does not depend on the width (kernels and windows are rectangles), so
         # each axis is measured on a strip, long along it and 128 px across: cheaper than a square
         across = min(side, 128)
-        with exclusive(net.model):
-            (rbox, rnxt), (h, _) = measure_boxes(net.model, module, (side, across), channels=net.in_channels or 3,
+        with exclusive(net.model) as model:
+            (rbox, rnxt), (h, _) = measure_boxes(model, module, (side, across), channels=net.in_channels or 3,
                                                  device=net.device, dtype=net.dtype)
-            (cbox, cnxt), (_, w) = measure_boxes(net.model, module, (across, side), channels=net.in_channels or 3,
+            (cbox, cnxt), (_, w) = measure_boxes(model, module, (across, side), channels=net.in_channels or 3,
                                                  device=net.device, dtype=net.dtype)
         if min(h, w) < 2:  # adaptive pooling: one unit whatever the input, which sees all of it
             raise ValueError(f"layer '{layer}' has a 1x1 map: its unit sees the whole image")

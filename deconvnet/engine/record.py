@@ -3,7 +3,7 @@
 ``record_chain`` runs the model's own forward (torchvision's in-place ReLUs included) with hooks that keep,
 for every module up to the deepest requested layer, its input/output shapes and, for max-pools, the switches
 (argmax positions). The forward stops right after the deepest requested layer. Hooks exist only inside the
-call (removed in ``finally``), and the model is used exclusively and in eval mode (``models.lock``).
+call (removed in ``finally``), and the model is used exclusively, through an eval-mode view of it (``models.lock``).
 """
 
 from __future__ import annotations
@@ -115,12 +115,12 @@ def record_chain(
     if reduce is None:  # a scan (reduce) checks its batch size itself, once
         check_memory(net, x.shape[0], x.shape[-2:], deepest)
     handles = []
-    with exclusive(net.model), own_call() as token:
+    with exclusive(net.model) as model, own_call() as token:
         try:
             for i, (_, m) in enumerate(net.stack[: deepest + 1]):
                 handles.append(m.register_forward_hook(make_hook(i, m)))
             with torch.no_grad():
-                net.model(x)
+                model(x)  # the eval-mode view (``models.lock``)
         except _StopForward:
             pass
         except (RuntimeError, MemoryError) as err:

@@ -12,7 +12,7 @@ from torch import nn
 from .. import images
 from ..memory import check_memory
 from ..preprocessing import Preprocessing
-from .lock import exclusive, own_call, owns
+from .lock import exclusive, original, own_call, owns
 
 #: the side of the square every image is resized and cropped to by default (``Net.preprocess``, the CLI)
 DEFAULT_SIZE = 224
@@ -87,7 +87,7 @@ class Net:
         categories: Sequence[str] | None = None,
     ) -> None:
         self.arch = arch
-        self.model = model  # its mode is the caller's: each call runs in eval mode and restores it
+        self.model = model  # its mode is the caller's: each call runs an eval-mode view of it (``models.lock``)
         self.features = features
         self.classifier = classifier
         self.preprocessing = preprocessing
@@ -178,17 +178,18 @@ class Net:
         for name, m in self.layers.items():
             names.setdefault(m, name)
 
-        def hook(m, inputs, output):
-            if owns(token) and isinstance(output, torch.Tensor) and names[m] not in shapes:
-                shapes[names[m]] = tuple(output.shape)
+        def hook(m, inputs, output):  # m is the module's eval-mode view (``models.lock``)
+            name = names[original(m)]
+            if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
+                shapes[name] = tuple(output.shape)
 
         channels = self.in_channels or 3
         handles = []
-        with exclusive(self.model), own_call() as token:
+        with exclusive(self.model) as model, own_call() as token:
             try:
                 handles = [m.register_forward_hook(hook) for m in names]
                 with torch.no_grad(), _fake_if_large(hw):
-                    self.model(torch.zeros(1, channels, *hw, device=self.device, dtype=self.dtype))
+                    model(torch.zeros(1, channels, *hw, device=self.device, dtype=self.dtype))
             except (RuntimeError, ValueError, TypeError, AssertionError, NotImplementedError, IndexError) as err:
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
                 raise ValueError(f"a {hw[0]}x{hw[1]} input does not go through {self.arch}: {first}. Hint: give an "
