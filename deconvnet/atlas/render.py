@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -32,8 +32,9 @@ HIST_W, HIST_H, HIST_LEFT, HIST_RIGHT, HIST_TOP, HIST_BOTTOM = 380, 170, 48, 10,
 
 
 def environment() -> Environment:
-    """The Jinja2 environment of the atlas templates (HTML autoescaped, undefined names are errors)."""
-    env = Environment(loader=PackageLoader("deconvnet.atlas", "templates"), autoescape=select_autoescape(["html"]),
+    """The Jinja2 environment of the atlas templates: every value autoescaped (whatever the template's name:
+    the rule of ``deconvnet.html``), undefined names are errors."""
+    env = Environment(loader=PackageLoader("deconvnet.atlas", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["num"] = lambda v: f"{v:.4g}"
     env.filters["ranges"] = ranges
