@@ -67,3 +67,47 @@ def test_escape_is_the_one_rule():
     assert escape(HOSTILE) == "&lt;img src=x onerror=alert(document.domain)&gt;.png"
     assert escape("a \"b\" & 'c'") == "a &quot;b&quot; &amp; &#x27;c&#x27;"
     assert escape(3) == "3"
+
+
+# --- 1 and 11. the atlas: escaped pages, every file inside --out --------------------------------------------------
+def test_atlas_pages_escape_names_and_layers_named_as_paths_stay_inside_out(tmp_path):
+    from collections import OrderedDict
+
+    from deconvnet.atlas import build_atlas
+    from deconvnet.atlas.build import layer_folder
+    from deconvnet.data import ImageFolder
+
+    outside = tmp_path / "outside"
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict([("c1", nn.Conv2d(3, 3, 3, padding=1)), (str(outside), nn.ReLU()),
+                                       ("a/b", nn.MaxPool2d(2))]))
+    net = dn.wrap(model)
+    net.provenance["weights"] = HOSTILE
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        _photo(i, (36, 36)).save(folder / (HOSTILE if i == 0 else f"{i}.png"))
+    data = ImageFolder(folder, preprocessing=net.preprocessing, resize=32, crop=32)
+    out = tmp_path / "atlas"
+    build_atlas(net, data, [str(outside), "a/b"], out, k=2, progress=False)
+    assert not outside.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["atlas", "images"]
+    written = [p.resolve() for p in out.rglob("*")]
+    assert written and all(out.resolve() in p.parents for p in written)
+    pages = [p.read_text() for p in out.rglob("*.html")]
+    assert len(pages) == 1 + 3 + 3  # the index, a page per channel of both layers
+    assert all("<img src=x" not in page for page in pages)
+    assert any("&lt;img src=x onerror=alert(document.domain)&gt;.png" in page for page in pages)
+    # the pages link what was written
+    index = (out / "index.html").read_text()
+    for layer in (str(outside), "a/b"):
+        assert (out / layer_folder(layer) / "channels.json").is_file() and f'href="{layer_folder(layer)}/0.html"' in index
+
+
+def test_layer_folders_are_one_plain_component():
+    from deconvnet.atlas.build import layer_folder
+
+    assert [layer_folder(n) for n in ("conv5_3", "features.28", "layer3")] == ["conv5_3", "features.28", "layer3"]
+    names = ["/abs/path", "..", "../x", "a/b", "a b", ".hidden", "", "a\\b"]
+    folders = [layer_folder(n) for n in names]
+    assert len(set(folders)) == len(names)
+    assert all("/" not in f and "\\" not in f and ".." not in f and not f.startswith(".") and f for f in folders)

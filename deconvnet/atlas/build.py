@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -252,23 +253,42 @@ def _thumb(pair: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(pair).resize((width, THUMB_HEIGHT), Image.LANCZOS))
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def layer_folder(layer: str) -> str:
+    """The folder (and file-name part) of a layer inside the atlas: one path component, never outside ``out``.
+
+    A plain name (``conv5_3``, ``features.28``, ``layer3``) is kept as it is; any other module name (one with
+    ``/``, ``..``, spaces, or an absolute path) becomes its plain characters and a digest of the name, so
+    two layers never share a folder.
+    """
+    if _PLAIN_NAME.fullmatch(layer) and ".." not in layer:
+        return layer
+    plain = re.sub(r"[^A-Za-z0-9_-]+", "_", layer).strip("_")[:40] or "layer"
+    return f"{plain}-{hashlib.sha256(layer.encode()).hexdigest()[:8]}"
+
+
 class _Paths:
     """Where the atlas keeps each file (relative paths are what the pages link)."""
 
     def __init__(self, out: Path, image_format: str) -> None:
         self.out, self.ext = out, IMAGE_FORMATS[image_format][0]
 
+    def folder(self, layer: str) -> str:
+        return layer_folder(layer)
+
     def tile(self, layer: str, channel: int, rank: int) -> str:
-        return f"{layer}/tiles/{channel}_{rank}{self.ext}"
+        return f"{layer_folder(layer)}/tiles/{channel}_{rank}{self.ext}"
 
     def thumb(self, layer: str, channel: int) -> str:
-        return f"{layer}/thumbs/{channel}{self.ext}"
+        return f"{layer_folder(layer)}/thumbs/{channel}{self.ext}"
 
     def image(self, index: int) -> str:
         return f"images/{index}{self.ext}"
 
     def page(self, layer: str, channel: int) -> str:
-        return f"{layer}/{channel}.html"
+        return f"{layer_folder(layer)}/{channel}.html"
 
     def outputs(self, job: _Job) -> list[Path]:
         files = [self.out / self.tile(job.layer, job.channel, job.rank)]
@@ -397,7 +417,7 @@ def _start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 def _missing(scans: Path, kind: str, layers: list[str]) -> list[str]:
     """Rank 0: the layers without a finished ``kind`` file (``topk``, ``stats``)."""
-    return [l for l in layers if not (scans / f"{kind}-{l}.pt").is_file()]
+    return [l for l in layers if not (scans / f"{kind}-{layer_folder(l)}.pt").is_file()]
 
 
 def _sizes(out: Path, scans: Path) -> tuple[int, int, int]:
@@ -502,15 +522,15 @@ def build_atlas(
         if given:
             _check_topk(topk, net, dataset, k, per_group)
             for layer in given if main else ():
-                _layer_topk(topk, layer).save(scans / f"topk-{layer}.pt")
+                _layer_topk(topk, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
             missing = [l for l in missing if l not in given]
     if missing:
         result = scan_top_k(net, dataset, missing, k=k, per_group=per_group, batch_size=batch_size,
                             num_workers=num_workers, checkpoint=scans / f"scan-{_hash([identity, missing])}.pt",
                             progress=progress, cache=True)  # the shared scan cache: the figure script's scan serves
         for layer in missing if main else ():
-            _layer_topk(result, layer).save(scans / f"topk-{layer}.pt")
-    topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{l}.pt") for l in all_layers})
+            _layer_topk(result, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
+    topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{layer_folder(l)}.pt") for l in all_layers})
     timings["scan"] = time.perf_counter() - t
 
     # 2. activation statistics (histograms): one more pass, for the layers without them
@@ -521,8 +541,8 @@ def build_atlas(
         result = channel_stats(net, dataset, tops, bins=bins, batch_size=batch_size, num_workers=num_workers,
                                checkpoint=scans / f"stats-{_hash([identity, missing])}.pt", progress=progress)
         for layer in missing if main else ():
-            result[layer].save(scans / f"stats-{layer}.pt")
-    stats = distributed.on_main(lambda: {l: ChannelStats.load(scans / f"stats-{l}.pt") for l in all_layers})
+            result[layer].save(scans / f"stats-{layer_folder(layer)}.pt")
+    stats = distributed.on_main(lambda: {l: ChannelStats.load(scans / f"stats-{layer_folder(l)}.pt") for l in all_layers})
     timings["stats"] = time.perf_counter() - t
 
     # 3. which channels get pages: those of earlier runs, and those asked for now

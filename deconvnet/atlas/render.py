@@ -190,7 +190,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         thumb_w = round((2 * rf.size[1] + gap) * thumb_h / rf.size[0])
         chans = channels[layer]
         info = {
-            "name": layer, "n_channels": net.channels[layer], "channels": chans,
+            "name": layer, "folder": paths.folder(layer), "n_channels": net.channels[layer], "channels": chans,
             "rf": rf.size[0], "jump": rf.jump[0], "map": topk.map_size[layer],
             "thumb_w": round(thumb_w * 64 / thumb_h), "thumb_h": 64, "thumb_pixelated": thumb_h < 64,
             "cards": [],
@@ -242,13 +242,13 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                 "histogram": {"edges": st.edges(c), "units": st.units[c].tolist(), "units_nonpos": int(st.units_nonpos[c]),
                               "image_max": st.image_max[c].tolist(), "image_nonpos": int(st.image_nonpos[c])},
                 "entries": [{key: e[key] for key in ("rank", "activation", "image", "label", "source", "row", "col", "box")}
-                            | {"tile": f"{layer}/{e['tile']}", "image_file": paths.image(e["image"])} for e in shown],
+                            | {"tile": f"{paths.folder(layer)}/{e['tile']}", "image_file": paths.image(e["image"])} for e in shown],
             })
             bar.update(1)
         write_json({"layer": layer, "arch": net.arch, "weights": net.describe(), "k": identity["k"],
                     "receptive_field": {"size": rf.size, "jump": rf.jump, "padding": rf.padding},
                     "map_size": topk.map_size[layer], "binning": "bin = min(floor(v / top * bins), bins - 1) for v > 0",
-                    "channels": records}, out / layer / "channels.json")
+                    "channels": records}, out / paths.folder(layer) / "channels.json")
         layer_info.append(info)
     bar.close()
     provenance = [
