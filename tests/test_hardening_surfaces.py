@@ -111,3 +111,53 @@ def test_layer_folders_are_one_plain_component():
     folders = [layer_folder(n) for n in names]
     assert len(set(folders)) == len(names)
     assert all("/" not in f and "\\" not in f and ".." not in f and not f.startswith(".") and f for f in folders)
+
+
+# --- 10. a huge-aspect image --------------------------------------------------------------------------------------
+def test_a_200000x1_png_is_not_resized_whole(tmp_path, monkeypatch):
+    from deconvnet.data import ImageFolder
+    from deconvnet.images import resize_center_crop
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    strip = np.zeros((1, 200000, 3), np.uint8)
+    strip[0, :, 0] = np.arange(200000) % 251
+    Image.fromarray(strip).save(folder / "strip.png")
+    _photo(1, (300, 280)).save(folder / "photo.png")
+    asked: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        asked.append(tuple(size))
+        if size[0] * size[1] > 10**8:
+            raise MemoryError(f"asked PIL for a {size[0]}x{size[1]} resize")
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    data = ImageFolder(folder, preprocessing=_small_net().preprocessing)
+    x, i = data[data.paths.index(folder / "strip.png")]
+    assert x is not None and x.shape == (3, 224, 224) and max(w * h for w, h in asked) <= 224 * 224 * 64
+    # the window is the strip's centre, row 0 stretched over every row: the red channel is one row repeated
+    red = data.rgb(data.paths.index(folder / "strip.png"))
+    a = np.asarray(red)
+    assert (a == a[:1]).all()
+    centre = 200000 // 2  # the resized strip's centre crop covers about 0.875 source pixels around the middle
+    assert abs(int(a[0, 112, 0]) - strip[0, centre, 0]) <= 2
+    # an ordinary photo keeps the whole-resize path, byte for byte as before
+    photo = _photo(1, (300, 280))
+    full = photo.resize((256, int(256 * 300 / 280)), Image.BILINEAR)
+    left, top = int(round((256 - 224) / 2)), int(round((full.height - 224) / 2))
+    assert np.array_equal(np.asarray(resize_center_crop(photo, 256, 224)),
+                          np.asarray(full.crop((left, top, left + 224, top + 224))))
+
+
+def test_the_windowed_resize_is_the_whole_resize_within_rounding():
+    from deconvnet.images import resize_center_crop
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray((rng.random((9, 4000, 3)) * 255).astype(np.uint8))  # 4000:9, resized: 7111x16 > 64 crops
+    windowed = np.asarray(resize_center_crop(img, 16, 8)).astype(int)
+    full = img.resize((int(16 * 4000 / 9), 16), Image.BILINEAR)
+    left = int(round((full.width - 8) / 2))
+    whole = np.asarray(full.crop((left, 4, left + 8, 12))).astype(int)
+    assert np.abs(windowed - whole).max() <= 2
