@@ -161,3 +161,30 @@ def test_the_windowed_resize_is_the_whole_resize_within_rounding():
     left = int(round((full.width - 8) / 2))
     whole = np.asarray(full.crop((left, 4, left + 8, 12))).astype(int)
     assert np.abs(windowed - whole).max() <= 2
+
+
+# --- 12. boxes files of the wrong shape -----------------------------------------------------------------------------
+_GOOD = [10, 10, 20, 20]
+
+
+@pytest.mark.parametrize("second, names", [
+    ([1, 2, 3, 4], "the entry of image 'b.png' is a list, not an object"),
+    (None, "the entry of image 'b.png' is a NoneType, not an object"),
+    ("nose", "the entry of image 'b.png' is a str, not an object"),
+    ({"nose": [0, 0, int("9" * 400), 5]}, "'b.png' nose: a coordinate is larger than"),
+    ({"nose": "10,10,20,20"}, "'b.png' nose: '10,10,20,20' is not a box"),
+    ({"nose": None}, "'b.png' nose: None is not a box"),
+    ({"nose": [[1, 2], 3, 4, 5]}, "'b.png' nose: [[1, 2], 3, 4, 5] is not a box"),
+])
+def test_a_boxes_file_of_the_wrong_shape_is_one_line(tmp_path, capsys, second, names):
+    from deconvnet.analysis.correspondence import load_parts
+    from deconvnet.cli import main
+
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps({"images": {"a.png": {"nose": _GOOD}, "b.png": second}}))
+    with pytest.raises(ValueError, match=names.replace("[", r"\[").replace("(", r"\(")) as err:
+        load_parts(path)
+    assert "\n" not in str(err.value) and "Hint:" in str(err.value) and len(str(err.value)) < 300
+    code = main(["correspondence", "--boxes", str(path), "--out", str(tmp_path / "c.png")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and names in lines[0]
