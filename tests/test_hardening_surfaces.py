@@ -188,3 +188,28 @@ def test_a_boxes_file_of_the_wrong_shape_is_one_line(tmp_path, capsys, second, n
     code = main(["correspondence", "--boxes", str(path), "--out", str(tmp_path / "c.png")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and names in lines[0]
+
+
+# --- 13. seeds and channels the engine cannot take ------------------------------------------------------------------
+def test_a_nan_seed_and_a_fractional_channel_are_refused():
+    net = _small_net()
+    deconv = dn.Deconvnet(net)
+    x = torch.rand(1, 3, 16, 16)
+    seed = torch.rand(1, 6, 8, 8)
+    assert torch.isfinite(deconv.project_seed(x, "4", seed)).all()
+    seed[0, 2, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"not finite \(NaN or inf; the first at \(0, 2, 3, 1\), nan\)"):
+        deconv.project_seed(x, "4", seed)
+    seed[0, 2, 3, 1] = float("inf")
+    with pytest.raises(ValueError, match="not finite"):
+        deconv.project_seed(x, "4", seed)
+    whole = deconv.project_units(x, "4", torch.tensor([0]), torch.tensor([1]), torch.tensor([[2, 3]]))
+    same = deconv.project_units(x, "4", torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([[2.0, 3.0]]))
+    assert all(torch.equal(a, b) for a, b in zip(whole, same))  # whole floats are whole numbers
+    for kwargs, message in [(dict(channel=torch.tensor([1.7])), "channel 1.7 is not a whole number"),
+                            (dict(channel=[1.7]), "channel 1.7 is not a whole number"),
+                            (dict(unit=torch.tensor([[2.0, float("nan")]])), "unit nan is not a whole number"),
+                            (dict(image=torch.tensor([True])), "image must hold integers")]:
+        args = {**dict(image=torch.tensor([0]), channel=torch.tensor([1]), unit=torch.tensor([[2, 3]])), **kwargs}
+        with pytest.raises(ValueError, match=message):
+            deconv.project_units(x, "4", args["image"], args["channel"], args["unit"])
