@@ -167,8 +167,9 @@ class ScanCache:
             ValueError: it is a file, or it cannot be created or written (one line, with the way out).
         """
         hint = "Hint: cache=False (--no-cache on the command line), or $DECONVNET_CACHE=<a writable folder>"
-        if self.folder.exists() and not self.folder.is_dir():
-            raise ValueError(f"the scan cache '{self.folder}' is a file, not a folder. {hint}")
+        for folder in (self.folder, *self.folder.parents):
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f"the scan cache '{self.folder}' cannot be made: '{folder}' is a file, not a folder. {hint}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):

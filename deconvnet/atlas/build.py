@@ -455,6 +455,7 @@ def build_atlas(
     topk: Optional[TopK] = None,
     dataset_name: Optional[str] = None,
     progress: bool = True,
+    cache: Union[bool, str, os.PathLike] = True,
 ) -> Atlas:
     """Build (or extend, or finish) a static website of every channel's top-k projections.
 
@@ -475,6 +476,7 @@ def build_atlas(
         topk: a finished scan to use for the layers it holds (must be of this model, dataset, k).
         dataset_name: how the pages name the data (default: from ``dataset.describe()``).
         progress: tqdm progress bars for every step.
+        cache: the shared scan cache (``scan_top_k``'s ``cache``): True, False (``--no-cache``), or a folder.
 
     Returns:
         An ``Atlas``: the folder, its layers and channels, timings and sizes.
@@ -527,7 +529,7 @@ def build_atlas(
     if missing:
         result = scan_top_k(net, dataset, missing, k=k, per_group=per_group, batch_size=batch_size,
                             num_workers=num_workers, checkpoint=scans / f"scan-{_hash([identity, missing])}.pt",
-                            progress=progress, cache=True)  # the shared scan cache: the figure script's scan serves
+                            progress=progress, cache=cache)  # the shared scan cache: the figure script's scan serves
         for layer in missing if main else ():
             _layer_topk(result, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
     topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{layer_folder(l)}.pt") for l in all_layers})
