@@ -219,6 +219,24 @@ def shutdown() -> None:
         tdist.destroy_process_group()
 
 
+def check_agree(parts: dict[str, str], what: str) -> None:
+    """Before any work: every rank's ``parts`` (name -> fingerprint) equal rank 0's, else one ``ValueError``
+    on every rank naming what differs and on which ranks (all ranks gather the same, so all raise alike)."""
+    rank, size = world()
+    if size == 1:
+        return
+    everyone = all_gather(parts)
+    differ: dict[str, list[int]] = {}
+    for r, theirs in enumerate(everyone[1:], 1):
+        for name in dict.fromkeys([*everyone[0], *theirs]):
+            if theirs.get(name) != everyone[0].get(name):
+                differ.setdefault(name, []).append(r)
+    if differ:
+        said = "; ".join(f"{name} on rank {', '.join(map(str, ranks))}" for name, ranks in differ.items())
+        raise ValueError(f"the {size} processes disagree before the {what}, against rank 0: {said}. Hint: every process "
+                         "needs the same images (the same files on every machine), weights, model and options")
+
+
 def gather_to_main(obj: T) -> list[T] | None:
     """Every rank's ``obj`` on rank 0, in rank order (None on the other ranks): what rank 0 alone writes."""
     rank, size = world()

@@ -174,14 +174,38 @@ def resized_size(wh: tuple[int, int], resize: int | None) -> tuple[int, int]:
     return (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
 
 
+#: a resized image of more pixels than this many crops' worth is never made: the crop's window is resampled
+#: from the original alone (a 200000x1 strip would otherwise be resized to 51,200,000x256 pixels, 39 GB)
+LARGE_RESIZE_CROPS = 64
+
+
 def resize_center_crop(img: Image.Image, resize: int | None, crop: int | None) -> Image.Image:
-    """ImageNet evaluation geometry: resize the shorter side to ``resize``, then center-crop ``crop``."""
-    if resize is not None:  # as torchvision's Resize(int): the long side is truncated
-        img = img.resize(resized_size(img.size, resize), Image.BILINEAR)
-    if crop is not None:  # as torchvision's CenterCrop: offsets rounded
+    """ImageNet evaluation geometry: resize the shorter side to ``resize``, then center-crop ``crop``.
+
+    Resize and crop follow torchvision's ``Resize(int)`` (the long side truncated) and ``CenterCrop``
+    (offsets rounded). An image of extreme aspect, whose resized copy would exceed ``LARGE_RESIZE_CROPS``
+    crops, is not resized whole: the crop's window alone is resampled from the original (PIL's ``box``: the
+    same sampling positions and filter, the values within a level or two of the whole resize's rounding).
+
+    Raises:
+        ImageReadError: ``crop`` is larger than the resized image, or (without a crop) the resized image
+            would be too large to make.
+    """
+    if resize is not None:
+        nw, nh = resized_size(img.size, resize)
+        if crop is not None and nw * nh > LARGE_RESIZE_CROPS * max(crop, 1) ** 2 and crop <= min(nw, nh):
+            left, top = int(round((nw - crop) / 2.0)), int(round((nh - crop) / 2.0))
+            sx, sy = img.width / nw, img.height / nh
+            return img.resize((crop, crop), Image.BILINEAR,
+                              box=(left * sx, top * sy, (left + crop) * sx, (top + crop) * sy))
+        if crop is None and nw * nh > LARGE_RESIZE_CROPS * resize**2:
+            raise ImageReadError(f"an image of {img.width}x{img.height} resized to a shorter side of {resize} would be "
+                                 f"{nw}x{nh} pixels. Hint: crop it first, or give a crop size")
+        img = img.resize((nw, nh), Image.BILINEAR)
+    if crop is not None:
         w, h = img.size
         if crop > min(w, h):
-            raise ValueError(f"crop {crop} is larger than the image ({w}x{h}); resize first or crop smaller")
+            raise ImageReadError(f"crop {crop} is larger than the image ({w}x{h}); resize first or crop smaller")
         left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
         img = img.crop((left, top, left + crop, top + crop))
     return img

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
-from .cache import ScanCache, scan_cache_dir, weights_digest
+from .cache import (CacheWriteWarning, ScanCache, files_digest, module_tree, preprocessing_values, scan_cache_dir,
+                    weights_digest)
 from .engine import record
 from .memory import check_memory
 from .data import collate
@@ -180,7 +181,8 @@ def _what_differs(saved_args: str | None, args: dict) -> str:
     new = json.loads(json.dumps(args, default=str))
     names = {"model": "the model or its weights", "dataset": "the images", "n": "the number of images",
              "layers": "the layers", "k": "k", "per_group": "per_group", "groups": "the image groups",
-             "dtype": "the dtype"}
+             "dtype": "the dtype", "modules": "the model's modules (their types or arguments)",
+             "preprocessing": "the preprocessing's values"}
     diff = [names.get(key, key) for key in new if old.get(key) != new[key]]
     if isinstance(old.get("dataset"), dict) and old["dataset"].get("files") != new["dataset"].get("files"):
         diff = [d if d != "the images" else "the images' files (a file was added, removed or changed: "
@@ -315,6 +317,24 @@ def loader_options(net: Net, num_workers: int) -> dict[str, Any]:
     return options
 
 
+def _rank_fingerprint(net: Net, dataset: Dataset, args: dict, batch_size: int, cache: Any) -> dict[str, str]:
+    """What must be alike on every torchrun rank, in parts named for the message (``check_agree``)."""
+    data = {key: args[key] for key in ("dataset", "n", "groups", "preprocessing")}
+    paths, root = getattr(dataset, "paths", None), getattr(dataset, "root", None)
+    if paths is not None and root is not None:  # same names, sizes and times, other bytes: another dataset
+        folder = scan_cache_dir(cache)
+        memo = folder / "files.json" if folder is not None and folder.is_dir() else None
+        data["contents"] = files_digest(paths, root, memo)
+    return {
+        "the data (images, their contents or preprocessing)": _fingerprint(data),
+        "the weights": weights_digest(net.model),
+        "the module tree": args["modules"],
+        "the layers": ",".join(args["layers"]),
+        "the options (k, per_group, batch_size, dtype)": _fingerprint(
+            {"k": args["k"], "per_group": args["per_group"], "batch_size": batch_size, "dtype": args["dtype"]}),
+    }
+
+
 def _fingerprint(args: dict) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -399,15 +419,21 @@ def scan_top_k(
         "n": len(dataset), "layers": layers, "k": k, "per_group": per_group,
         "groups": None if group_of is None else hashlib.sha256(group_of.numpy().tobytes()).hexdigest()[:16],
         "dtype": str(net.dtype),
+        # surgery that keeps the state_dict, and a preprocessing of the same name with other values
+        "modules": module_tree(net.model),
+        "preprocessing": preprocessing_values(getattr(dataset, "preprocessing", None)),
     }
     fingerprint = _fingerprint(args)
     rank, world = distributed.world()
+    if world > 1:  # before any work: ranks that would scan different things must not be merged
+        distributed.check_agree(_rank_fingerprint(net, dataset, args, batch_size, cache), "scan")
     folder = scan_cache_dir(cache) if world == 1 else None  # one process; ranks on other machines have other caches
     if folder is not None and not hasattr(dataset, "describe"):
         warnings.warn(f"a {type(dataset).__name__} has no describe(), so its scan cannot be found again: not cached. "
                       "Hint: deconvnet.data's collections describe themselves", stacklevel=2)
         folder = None
     if folder is not None:
+        ScanCache(folder).check()  # a file, or read-only: said now, not after the scan
         return _scan_with_cache(ScanCache(folder), net, dataset, layers, k, args, fingerprint, dict(
             per_group=per_group, batch_size=batch_size, num_workers=num_workers, checkpoint=checkpoint,
             checkpoint_every=checkpoint_every, progress=progress, restart_stale=restart_stale))
@@ -449,9 +475,17 @@ def scan_top_k(
     done_batches = 0
     next_index = start
 
-    def save_checkpoint() -> None:
-        torch_save({"fingerprint": ckpt_fingerprint, "next_index": next_index, "state": state, "skipped": list(skipped),
-                    "args": json.dumps(args, default=str)}, checkpoint)
+    def save_checkpoint() -> bool:
+        nonlocal checkpoint
+        try:
+            torch_save({"fingerprint": ckpt_fingerprint, "next_index": next_index, "state": state,
+                        "skipped": list(skipped), "args": json.dumps(args, default=str)}, checkpoint)
+            return True
+        except OSError as err:  # the scan itself is not lost: it goes on, without a checkpoint
+            warnings.warn(f"could not write the scan checkpoint '{checkpoint}' ({err.strerror or err}): the scan goes "
+                          "on without one (an interruption now loses it)", CacheWriteWarning, stacklevel=3)
+            checkpoint = None
+            return False
 
     deepest = max(net.depth(layer) for layer in layers) if net.is_chain else None
     checked_memory = False
@@ -481,8 +515,7 @@ def scan_top_k(
                     save_checkpoint()
     except BaseException as err:
         if checkpoint is not None and next_index > start:
-            save_checkpoint()  # an interrupted scan loses nothing
-            err.saved = True  # for the command line's message
+            err.saved = save_checkpoint()  # an interrupted scan loses nothing; for the command line's message
         raise
     finally:
         bar.close()
@@ -531,6 +564,9 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
     # another model
     identity = {key: v for key, v in json.loads(json.dumps(args, default=str)).items() if key not in ("model", "layers", "k")}
     identity["weights"] = weights_digest(net.model)
+    paths, root = getattr(dataset, "paths", None), getattr(dataset, "root", None)
+    if paths is not None and root is not None:  # the files' contents: what their stat cannot tell
+        identity["contents"] = files_digest(paths, root, cache.files_memo)
     found: dict[str, TopK] = {}
     for layer in layers:
         path = cache.entry(identity, layer)
@@ -549,9 +585,12 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
                                                              restart_stale=scan_args["restart_stale"] or own))
         for layer in missing:
             found[layer] = scanned.select([layer])
-            found[layer].save(cache.entry(identity, layer))
+            cache.store(found[layer].save, cache.entry(identity, layer))
         if own:
-            Path(checkpoint).unlink(missing_ok=True)  # its layers are stored
+            try:
+                Path(checkpoint).unlink(missing_ok=True)  # its layers are stored
+            except OSError:
+                pass
     elif from_cache:
         skipped = found[layers[0]].provenance.get("skipped") or []
         if skipped and hasattr(dataset, "note_unreadable"):

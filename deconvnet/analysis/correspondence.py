@@ -97,15 +97,31 @@ class PartBoxes:
     objects: list[Box | None]
 
 
+#: the largest coordinate a box may have (pixels): beyond any image, and far from what overflows a float
+MAX_COORDINATE = 2**31 - 1
+_BOX_FORMAT = "[top, left, bottom, right] in pixels, four integers"
+
+
 def _check_box(box: Any, what: str) -> Box:
     if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                                                      for v in box)):
-        raise ValueError(f"{what}: {box!r} is not a box. Hint: [top, left, bottom, right] in pixels, integers")
+        shown = repr(box) if len(repr(box)) <= 60 else repr(box)[:57] + "..."
+        raise ValueError(f"{what}: {shown} is not a box. Hint: {_BOX_FORMAT}")
+    if any(abs(int(v)) > MAX_COORDINATE for v in box):
+        raise ValueError(f"{what}: a coordinate is larger than {MAX_COORDINATE}. Hint: {_BOX_FORMAT}, inside the image")
     t, l, b, r = (int(v) for v in box)
     if not (0 <= t < b and 0 <= l < r):
         raise ValueError(f"{what}: box {[t, l, b, r]} is empty or negative. Hint: [top, left, bottom, right] with "
                          "top < bottom and left < right (bottom and right exclusive)")
     return t, l, b, r
+
+
+def _check_entry(entry: Any, name: str, path: Any) -> dict:
+    """An image's entry of a boxes file: an object of part name -> box."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"boxes file '{path}': the entry of image '{name}' is a {type(entry).__name__}, not an object. "
+                         f"Hint: \"{name}\": {{\"left_eye\": [top, left, bottom, right], ...}}")
+    return entry
 
 
 def load_parts(path: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> PartBoxes:
@@ -130,6 +146,8 @@ def load_parts(path: str | os.PathLike | None = None, folder: str | os.PathLike 
         raise ValueError(f"boxes file '{path}' needs an 'images' object with at least 2 images, each "
                          "{{part: [top, left, bottom, right]}}. Hint: see the package's parts.json")
     names = list(entries)
+    for name in names:
+        _check_entry(entries[name], name, path)
     part_names = [p for p in entries[names[0]] if p != OBJECT]
     if not part_names:
         raise ValueError(f"boxes file '{path}': image '{names[0]}' has no part boxes")

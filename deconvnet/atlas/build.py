@@ -48,6 +48,7 @@ from ..models import Net
 from ..plot import DEFAULT_SCALING, SCALINGS, scale_for_display
 from ..scan import TopK, scan_top_k
 from .stats import ChannelStats, channel_stats
+from .folders import layer_folder
 
 ATLAS_FORMAT = 1
 #: image file formats of tiles, thumbnails and images: name -> (suffix, PIL format, save options)
@@ -258,17 +259,20 @@ class _Paths:
     def __init__(self, out: Path, image_format: str) -> None:
         self.out, self.ext = out, IMAGE_FORMATS[image_format][0]
 
+    def folder(self, layer: str) -> str:
+        return layer_folder(layer)
+
     def tile(self, layer: str, channel: int, rank: int) -> str:
-        return f"{layer}/tiles/{channel}_{rank}{self.ext}"
+        return f"{layer_folder(layer)}/tiles/{channel}_{rank}{self.ext}"
 
     def thumb(self, layer: str, channel: int) -> str:
-        return f"{layer}/thumbs/{channel}{self.ext}"
+        return f"{layer_folder(layer)}/thumbs/{channel}{self.ext}"
 
     def image(self, index: int) -> str:
         return f"images/{index}{self.ext}"
 
     def page(self, layer: str, channel: int) -> str:
-        return f"{layer}/{channel}.html"
+        return f"{layer_folder(layer)}/{channel}.html"
 
     def outputs(self, job: _Job) -> list[Path]:
         files = [self.out / self.tile(job.layer, job.channel, job.rank)]
@@ -397,7 +401,7 @@ def _start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 def _missing(scans: Path, kind: str, layers: list[str]) -> list[str]:
     """Rank 0: the layers without a finished ``kind`` file (``topk``, ``stats``)."""
-    return [l for l in layers if not (scans / f"{kind}-{l}.pt").is_file()]
+    return [l for l in layers if not (scans / f"{kind}-{layer_folder(l)}.pt").is_file()]
 
 
 def _sizes(out: Path, scans: Path) -> tuple[int, int, int]:
@@ -436,6 +440,7 @@ def build_atlas(
     dataset_name: Optional[str] = None,
     progress: bool = True,
     synthesize: Union[bool, dict[str, Any]] = False,
+    cache: Union[bool, str, os.PathLike] = True,
 ) -> Atlas:
     """Build (or extend, or finish) a static website of every channel's top-k projections.
 
@@ -459,6 +464,7 @@ def build_atlas(
         synthesize: True (or settings such as ``{"steps": 256}``): each channel page also shows the image
             synthesised to excite the channel most (``deconvnet.synthesis``; ``atlas.synthesis``), kept in
             ``OUT/<layer>/synth/`` so that a rebuild does not redo it. Rank 0 makes them.
+        cache: the shared scan cache (``scan_top_k``'s ``cache``): True, False (``--no-cache``), or a folder.
 
     Returns:
         An ``Atlas``: the folder, its layers and channels, timings and sizes.
@@ -506,15 +512,15 @@ def build_atlas(
         if given:
             _check_topk(topk, net, dataset, k, per_group)
             for layer in given if main else ():
-                _layer_topk(topk, layer).save(scans / f"topk-{layer}.pt")
+                _layer_topk(topk, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
             missing = [l for l in missing if l not in given]
     if missing:
         result = scan_top_k(net, dataset, missing, k=k, per_group=per_group, batch_size=batch_size,
                             num_workers=num_workers, checkpoint=scans / f"scan-{_hash([identity, missing])}.pt",
-                            progress=progress, cache=True)  # the shared scan cache: the figure script's scan serves
+                            progress=progress, cache=cache)  # the shared scan cache: the figure script's scan serves
         for layer in missing if main else ():
-            _layer_topk(result, layer).save(scans / f"topk-{layer}.pt")
-    topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{l}.pt") for l in all_layers})
+            _layer_topk(result, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
+    topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{layer_folder(l)}.pt") for l in all_layers})
     timings["scan"] = time.perf_counter() - t
 
     # 2. activation statistics (histograms): one more pass, for the layers without them
@@ -525,8 +531,8 @@ def build_atlas(
         result = channel_stats(net, dataset, tops, bins=bins, batch_size=batch_size, num_workers=num_workers,
                                checkpoint=scans / f"stats-{_hash([identity, missing])}.pt", progress=progress)
         for layer in missing if main else ():
-            result[layer].save(scans / f"stats-{layer}.pt")
-    stats = distributed.on_main(lambda: {l: ChannelStats.load(scans / f"stats-{l}.pt") for l in all_layers})
+            result[layer].save(scans / f"stats-{layer_folder(layer)}.pt")
+    stats = distributed.on_main(lambda: {l: ChannelStats.load(scans / f"stats-{layer_folder(l)}.pt") for l in all_layers})
     timings["stats"] = time.perf_counter() - t
 
     # 3. which channels get pages: those of earlier runs, and those asked for now

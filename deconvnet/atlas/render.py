@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -32,8 +32,9 @@ HIST_W, HIST_H, HIST_LEFT, HIST_RIGHT, HIST_TOP, HIST_BOTTOM = 380, 170, 48, 10,
 
 
 def environment() -> Environment:
-    """The Jinja2 environment of the atlas templates (HTML autoescaped, undefined names are errors)."""
-    env = Environment(loader=PackageLoader("deconvnet.atlas", "templates"), autoescape=select_autoescape(["html"]),
+    """The Jinja2 environment of the atlas templates: every value autoescaped (whatever the template's name:
+    the rule of ``deconvnet.html``), undefined names are errors."""
+    env = Environment(loader=PackageLoader("deconvnet.atlas", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["num"] = lambda v: f"{v:.4g}"
     env.filters["ranges"] = ranges
@@ -191,7 +192,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         thumb_w = round((2 * rf.size[1] + gap) * thumb_h / rf.size[0])
         chans = channels[layer]
         info = {
-            "name": layer, "n_channels": net.channels[layer], "channels": chans,
+            "name": layer, "folder": paths.folder(layer), "n_channels": net.channels[layer], "channels": chans,
             "rf": rf.size[0], "jump": rf.jump[0], "map": topk.map_size[layer],
             "thumb_w": round(thumb_w * 64 / thumb_h), "thumb_h": 64, "thumb_pixelated": thumb_h < 64,
             "cards": [],
@@ -244,13 +245,13 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                 "histogram": {"edges": st.edges(c), "units": st.units[c].tolist(), "units_nonpos": int(st.units_nonpos[c]),
                               "image_max": st.image_max[c].tolist(), "image_nonpos": int(st.image_nonpos[c])},
                 "entries": [{key: e[key] for key in ("rank", "activation", "image", "label", "source", "row", "col", "box")}
-                            | {"tile": f"{layer}/{e['tile']}", "image_file": paths.image(e["image"])} for e in shown],
+                            | {"tile": f"{paths.folder(layer)}/{e['tile']}", "image_file": paths.image(e["image"])} for e in shown],
             } | ({"synthesis": {k: synth[k] for k in ("activation", "peak", "settings", "recipe", "image")}} if synth else {}))
             bar.update(1)
         write_json({"layer": layer, "arch": net.arch, "weights": net.describe(), "k": identity["k"],
                     "receptive_field": {"size": rf.size, "jump": rf.jump, "padding": rf.padding},
                     "map_size": topk.map_size[layer], "binning": "bin = min(floor(v / top * bins), bins - 1) for v > 0",
-                    "channels": records}, out / layer / "channels.json")
+                    "channels": records}, out / paths.folder(layer) / "channels.json")
         layer_info.append(info)
     bar.close()
     provenance = [

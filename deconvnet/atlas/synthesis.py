@@ -18,6 +18,7 @@ from ..io import atomic_path, write_json
 from ..models import Net
 from ..synthesis import synthesize
 from ..synthesis.files import to_uint8
+from .folders import layer_folder
 
 #: what ``atlas --synthesize`` uses unless told otherwise (lucid's render_vis: 512 steps at 128 px)
 DEFAULT_SETTINGS = {"steps": 512, "size": 128, "seed": 0, "lr": 0.05, "objective": "channel", "transforms": "standard"}
@@ -27,7 +28,7 @@ BATCH = 8
 
 def synth_paths(layer: str, channel: int) -> tuple[str, str]:
     """The image and record of a channel, relative to the atlas folder."""
-    return f"{layer}/synth/{channel}.png", f"{layer}/synth/{channel}.json"
+    return f"{layer_folder(layer)}/synth/{channel}.png", f"{layer_folder(layer)}/synth/{channel}.json"
 
 
 def _wanted(settings: dict[str, Any]) -> dict[str, Any]:

@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
     f.add_argument("--quick", action="store_true", help="small settings for the non-top9 figures (seconds, for a first look)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.add_argument("--no-cache", action="store_true", help="do not read or store scans in the shared scan cache")
 
     l = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field (no weights needed)")
     l.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--synthesize", action="store_true", help="also show on each channel page the image synthesised to excite it most (kept: a rebuild does not redo it)")
     a.add_argument("--synthesize-steps", type=int, default=512, help="optimisation steps of --synthesize (128 px images)")
+    a.add_argument("--no-cache", action="store_true", help="do not read or store scans in the shared scan cache")
     _add_evolution_parser(sub)
     _add_correspondence_parser(sub)
     add_synthesis_parser(sub)
@@ -158,7 +160,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     print(f"data: {len(dataset)} images from {name}")
     atlas = build_atlas(net, dataset, layers, args.out, k=args.k, features=args.features, select=args.select,
                         seed=args.seed, scaling=args.scaling, image_format=args.format, batch_size=args.batch_size,
-                        num_workers=args.workers, progress=not args.quiet,
+                        num_workers=args.workers, progress=not args.quiet, cache=not args.no_cache,
                         synthesize={"steps": args.synthesize_steps, "seed": args.seed} if args.synthesize else False)
     pages = sum(len(c) for c in atlas.channels.values())
     print(f"atlas: {', '.join(f'{l} ({len(atlas.channels[l])} channels)' for l in atlas.layers)}; {pages} channel pages, "
@@ -289,8 +291,6 @@ def _figure_scan(args: argparse.Namespace, net, layers: list[str], timings: list
     import json
 
     from ..cache import scan_cache_dir
-    from ..distributed import is_main
-    from ..figure2 import make_figure2
     from ..scan import scan_top_k
 
     t = time.perf_counter()
@@ -309,7 +309,7 @@ def _figure_scan(args: argparse.Namespace, net, layers: list[str], timings: list
         # the shared scan cache first (the atlas and the notebooks find this scan there too); the checkpoint
         # of a scan under way stays here, where a changed image is noticed and said
         topk = scan_top_k(net, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.workers,
-                          checkpoint=ckpt, progress=not args.quiet, restart_stale=True, cache=True)
+                          checkpoint=ckpt, progress=not args.quiet, restart_stale=True, cache=not args.no_cache)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     cached = topk.provenance.get("cache") or {}
@@ -321,7 +321,8 @@ def _figure_scan(args: argparse.Namespace, net, layers: list[str], timings: list
 
 
 def _figures_top9(args: argparse.Namespace, net, layers: list[str], timings: list) -> list[Path]:
-    from ..figure2 import feature_tiles, select_features, write_layer_figure
+    from ..distributed import is_main
+    from ..figure2 import make_figure2
 
     topk, dataset, dataset_name = _figure_scan(args, net, layers, timings)
     written: list[Path] = []

@@ -88,6 +88,21 @@ def default_layers(net: Net) -> list[str]:
     return stages or [n for n in spatial_layers(net) if "." not in n][-4:]
 
 
+def _whole_numbers(values: object, what: str) -> torch.Tensor:
+    """Indices as an int64 CPU tensor; a value that is not a whole number (``1.7``, NaN, a bool) is refused,
+    not truncated."""
+    t = torch.as_tensor(values)
+    if t.dtype == torch.bool:
+        raise ValueError(f"{what} must hold integers, got booleans. Hint: integer indices")
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t) | (t != t.round())
+        if bool(bad.any()):
+            raise ValueError(f"{what} {t[bad][0].item():.6g} is not a whole number. Hint: integer indices")
+    elif t.is_complex():
+        raise ValueError(f"{what} must hold integers, got complex numbers. Hint: integer indices")
+    return t.to(torch.long).cpu()
+
+
 class Deconvnet:
     """Zeiler & Fergus's deconvnet mirrored on a model.
 
@@ -231,6 +246,12 @@ class Deconvnet:
         if tuple(seed.shape) != shape:
             raise ValueError(f"a seed of shape {tuple(seed.shape)} does not fit layer '{layer}', whose output for this "
                              f"input is {shape}. Hint: a tensor shaped like record(x, [layer]).activations[layer]")
+        if seed.is_floating_point() or seed.is_complex():
+            bad = ~torch.isfinite(seed)
+            if bool(bad.any()):
+                where = tuple(int(v) for v in bad.nonzero()[0])
+                raise ValueError(f"the seed holds {int(bad.sum())} value(s) that are not finite (NaN or inf; the first "
+                                 f"at {where}, {seed[where].item()}): the projection would be NaN. Hint: a finite seed")
         return self._engine.project_seed(x, layer, seed)
 
     def _output_shape(self, x: torch.Tensor, layer: str) -> tuple[int, ...]:
@@ -259,7 +280,7 @@ class Deconvnet:
             top-left pixels (may be negative), (N,) the units' activations.
         """
         layer = self.net.resolve(layer)
-        image, channel, unit = (torch.as_tensor(t, dtype=torch.long).cpu() for t in (image, channel, unit))
+        image, channel, unit = (_whole_numbers(t, what) for t, what in ((image, "image"), (channel, "channel"), (unit, "unit")))
         _, c, h, w = self._output_shape(x, layer)
         n = len(image)
         if channel.shape != (n,) or unit.shape != (n, 2):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from ..engine import Projection
+from ..html import escape
 from ..images import to_rgb_pil
 from ..models import Net
 from ..plot import DEFAULT_SCALING, SCALINGS, where
@@ -196,7 +197,7 @@ class Explorer(ExplorerState):
             self._shown_tiles = None
             self.tiles_message = f"top-{self.topk.k} tiles of {key[0]} channel {key[1]}: computing ..."
             w["tiles_box"].layout.display = "none"
-            w["tiles_note"].value = f"<i>{self.tiles_message}</i>"
+            w["tiles_note"].value = f"<i>{escape(self.tiles_message)}</i>"
         self._requested = time.perf_counter()
         self.worker.request(key, self._tiles_done)
 
@@ -214,12 +215,12 @@ class Explorer(ExplorerState):
             if isinstance(result, str):
                 self._shown_tiles, self.tiles_message = None, result
                 w["tiles_box"].layout.display = "none"
-                w["tiles_note"].value = f"<i>{result}</i>"
+                w["tiles_note"].value = f"<i>{escape(result)}</i>"
                 return
             projections, patches, self._tile_px = draw.tile_mosaics(result.projections, result.patches,
                                                                    scaling=self.scaling, panel=self.panel)
             w["tiles"].value, w["tile_patches"].value = draw.png(projections), draw.png(patches)
-            w["tiles_title"].value = (f"<b>top {len(result.values)} of {key[0]} channel {key[1]}</b> in the scan: "
+            w["tiles_title"].value = (f"<b>top {len(result.values)} of {escape(key[0])} channel {escape(key[1])}</b> in the scan: "
                                       "projections and their image patches (click either to open that image)")
             self._shown_tiles, self.tiles_message = result, ""
             w["tiles_note"].value = ""
@@ -315,7 +316,7 @@ class Explorer(ExplorerState):
         if self.is_class and self.net.categories:
             w["class"].value = self.class_name(self.channel)
         w["method"].value = self.method
-        w["titles"]["projection"].value = f"<b>{dict((v, k) for k, v in METHODS.items())[self.method]}</b>"
+        w["titles"]["projection"].value = f"<b>{escape(dict((v, k) for k, v in METHODS.items())[self.method])}</b>"
 
     def _show_status(self) -> None:
         p = self.projection
@@ -324,7 +325,7 @@ class Explorer(ExplorerState):
         a = float(p.activation[0])
         if self.is_class:
             rank = 1 + int((self._act(self.x, self.layer)[0] > self._act(self.x, self.layer)[0, self.channel]).sum())
-            what = (f"<b>{self.class_name(self.channel)}</b> (output {self.channel} of {self.layer}): score {a:.4g}, "
+            what = (f"<b>{escape(self.class_name(self.channel))}</b> (output {self.channel} of {escape(self.layer)}): score {a:.4g}, "
                     f"rank {rank} of {self.net.channels[self.layer]}")
         else:
             idle = ""
@@ -332,14 +333,14 @@ class Explorer(ExplorerState):
                 silent = not bool(self.activation()[self.channel].any())
                 idle = (" (the whole channel is silent on this image: choose one of the strongest)" if silent
                         else " (not active: nothing to project; click a bright cell)")
-            what = f"<b>{self.layer} channel {self.channel}</b>: activation {a:.4g}{idle} at {where(p)}"
+            what = f"<b>{escape(self.layer)} channel {self.channel}</b>: activation {a:.4g}{escape(idle)} at {escape(where(p))}"
             what += self._border_note()
         tiles = f"top-k tiles {t['tiles'] * 1e3:.0f} ms (after the view), " if t.get("tiles", 0) > 0.001 else ""
         self._w["status"].value = (
-            f"{what}<br><span style='color:#666'>{self.net.describe()} &middot; {forward}"
+            f"{what}<br><span style='color:#666'>{escape(self.net.describe())} &middot; {forward}"
             f"project {t['project'] * 1e3:.0f} ms, draw {t.get('render', 0) * 1e3:.0f} ms, {tiles}"
             f"total {t['total'] * 1e3:.0f} ms</span>"
-            + (f"<br><span style='color:#b00'>{self.message}</span>" if self.message else "")
+            + (f"<br><span style='color:#b00'>{escape(self.message)}</span>" if self.message else "")
         )
 
     def _border_note(self) -> str:
@@ -386,7 +387,7 @@ class Explorer(ExplorerState):
             w[name] = W.Image(format="png", layout=W.Layout(object_fit="contain", margin="2px"))
         captions = {"image": "image (click a unit)", "activation": "activation map (click a unit)",
                     "projection": "deconvnet", "patch": "receptive field", "zoom": "projection, zoomed"}
-        w["titles"] = {k: W.HTML(f"<b>{v}</b>") for k, v in captions.items()}
+        w["titles"] = {k: W.HTML(f"<b>{escape(v)}</b>") for k, v in captions.items()}
         # two rows, so that a notebook of ordinary width never wraps them by accident: where the unit is
         # (image, map, projection), then what it sees (the patch beside the projection, both enlarged)
         w["unit_row"] = W.HBox([W.VBox([w["titles"][k], w[k]]) for k in ("patch", "zoom")])
