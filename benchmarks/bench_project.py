@@ -14,11 +14,16 @@ Projections are checked equal across the three before timing.
 
 The graph section does the same for ResNet-50 (layer2, layer3, layer4) through its autograd graph: our
 ``project_many`` (one forward, one backward per target) against the Captum loop, per target.
+
+The chain section also prints the share of the cropped walk spent unpooling, and the ``fields`` section the
+time to a graph layer's first box (its receptive field, on a fresh net: ResNet-18 layer4, DenseNet-121
+denseblock3) in units of one plain 224-px forward. Every section prints the load average first.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -78,6 +83,59 @@ def forward_flops(net, x, layer) -> int:
     return total
 
 
+class UnpoolTimer:
+    """Times the unpooling steps of both walks (patched), seconds in all."""
+
+    NAMES = ("_unpool_window", "unpool_full", "unpool_scatter_add")
+
+    def __init__(self, sync) -> None:
+        self.seconds, self.sync = 0.0, sync
+
+    def __enter__(self):
+        self._orig = {n: getattr(core, n) for n in self.NAMES}
+        for n, f in self._orig.items():
+            def timed_call(*a, _f=f, **k):
+                self.sync()
+                t = time.perf_counter()
+                out = _f(*a, **k)
+                self.sync()
+                self.seconds += time.perf_counter() - t
+                return out
+            setattr(core, n, timed_call)
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self._orig.items():
+            setattr(core, n, f)
+
+
+def load() -> str:
+    return "load average %.2f, %.2f, %.2f" % os.getloadavg()
+
+
+def fields_section(args, sync) -> None:
+    """The time to a graph layer's first box (its receptive field on a fresh net), in plain 224-px forwards."""
+    from deconvnet.engine.receptive import measured_receptive_field
+
+    print(f"\ntime to a graph layer's first box (receptive field, fresh net), {load()}")
+    print(f"{'layer':32} {'plain fwd':>10} {'first box':>10} {'in fwds':>8}   {'measured':>9} {'in fwds':>8}  equal")
+    for arch, layer in (("resnet18", "layer4"), ("densenet121", "features.denseblock3")):
+        net = dn.load_model(arch, "random", seed=0, device=args.device)
+        x = torch.zeros(1, 3, 224, 224, device=args.device)
+        with torch.no_grad():
+            t_fwd = timed(lambda: net.model(x), args.repeats, sync)
+        sync()
+        t = time.perf_counter()
+        rf = dn.Deconvnet(net).receptive_field(layer)
+        t_box = time.perf_counter() - t
+        t = time.perf_counter()
+        measured = measured_receptive_field(net, layer) if args.measure else None
+        t_meas = time.perf_counter() - t
+        meas = f"{t_meas:8.2f}s {t_meas / t_fwd:8.1f}" if measured else f"{'-':>9} {'-':>8}"
+        print(f"{arch + ' ' + layer:32} {t_fwd * 1e3:7.0f} ms {t_box * 1e3:7.0f} ms {t_box / t_fwd:8.2f}   {meas}  "
+              f"{'-' if measured is None else rf == measured}  {rf}")
+
+
 def graph_section(args, sync) -> None:
     """ResNet-50 through its autograd graph: our batched targets (one forward, a backward each) vs a Captum loop."""
     from captum.attr import NeuronDeconvolution
@@ -86,7 +144,8 @@ def graph_section(args, sync) -> None:
     deconv = dn.Deconvnet(net)
     x = net.preprocess("astronaut", size=224, crop=224)
     g = torch.Generator().manual_seed(1)
-    print(f"\nResNet-50 (random weights; speed only), graph engine, image 224x224, {args.graph_targets} targets per layer "
+    print(f"\n{load()}")
+    print(f"ResNet-50 (random weights; speed only), graph engine, image 224x224, {args.graph_targets} targets per layer "
           f"(Captum: {args.captum_targets}), median of {args.repeats}")
     rows = []
     for layer in ("layer2", "layer3", "layer4"):
@@ -117,7 +176,9 @@ def graph_section(args, sync) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="chain,graph", help="chain (VGG16, cropped walk) and/or graph (ResNet-50)")
+    ap.add_argument("--sections", default="chain,graph,fields",
+                    help="chain (VGG16, cropped walk), graph (ResNet-50), fields (time to a graph layer's first box)")
+    ap.add_argument("--measure", action="store_true", help="fields: also time the old measurement (slow)")
     ap.add_argument("--graph-targets", type=int, default=32, help="point targets per ResNet-50 layer for ours")
     ap.add_argument("--weights", default="mri")
     ap.add_argument("--layers", default="relu3_3,relu4_3,relu5_3")
@@ -133,6 +194,8 @@ def main() -> None:
         chain_section(args, sync)
     if "graph" in sections:
         graph_section(args, sync)
+    if "fields" in sections:
+        fields_section(args, sync)
 
 
 def chain_section(args, sync) -> None:
@@ -145,6 +208,7 @@ def chain_section(args, sync) -> None:
     x = net.preprocess("astronaut", size=224, crop=224)
     g = torch.Generator().manual_seed(0)
     print(net.describe())
+    print(load())
     print(f"device {args.device}, threads {torch.get_num_threads()}, image 224x224, {args.targets} targets per layer "
           f"(Captum: {args.captum_targets}), batch {args.batch}, median of {args.repeats}")
     rows = []
@@ -178,16 +242,23 @@ def chain_section(args, sync) -> None:
         t_captum = timed(captum_loop, args.repeats, sync)
         with FlopCounter() as fc:
             cropped.project_many(x, targets)
+        with UnpoolTimer(sync) as ut:
+            t = time.perf_counter()
+            cropped.project_many(x, targets)
+            t_walk = time.perf_counter() - t - t_fwd
+        unpool_share = ut.seconds / max(t_walk, 1e-9)
         f_fwd = forward_flops(net, x, layer)
         rate_fwd = f_fwd / t_fwd
         rate_deconv = fc.flops / max(t_crop - t_fwd, 1e-9)
         per = {"cropped": t_crop / args.targets, "full": t_full / args.targets, "captum": t_captum / args.captum_targets}
-        rows.append((layer, per, rate_deconv / 1e9, rate_fwd / 1e9))
-    print()
-    print(f"{'layer':8} {'ours cropped':>13} {'ours full':>10} {'Captum':>9}   {'vs Captum':>9} {'full/crop':>9}   {'deconv GFLOP/s':>14} {'forward GFLOP/s':>15}")
-    for layer, per, rd, rf in rows:
+        rows.append((layer, per, rate_deconv / 1e9, rate_fwd / 1e9, unpool_share))
+    print(load())
+    print(f"{'layer':8} {'ours cropped':>13} {'ours full':>10} {'Captum':>9}   {'vs Captum':>9} {'full/crop':>9}   "
+          f"{'unpool share':>12}   {'deconv GFLOP/s':>14} {'forward GFLOP/s':>15}")
+    for layer, per, rd, rf, share in rows:
         print(f"{layer:8} {per['cropped'] * 1e3:10.1f} ms {per['full'] * 1e3:7.1f} ms {per['captum'] * 1e3:6.0f} ms"
-              f"   {per['captum'] / per['cropped']:8.1f}x {per['full'] / per['cropped']:8.1f}x   {rd:14.1f} {rf:15.1f}")
+              f"   {per['captum'] / per['cropped']:8.1f}x {per['full'] / per['cropped']:8.1f}x   {share:11.1%}   "
+              f"{rd:14.1f} {rf:15.1f}")
     rec = record(net, x, ["pool5"])
     compact = sum(s.nbytes for s in rec.switches.values())
     int64 = sum(s.offsets.numel() * 8 for s in rec.switches.values())

@@ -10,7 +10,7 @@ at most one entry per group and channel, so that one feature's top 9 come from 9
 A folder may hold files that cannot be read. They never stop a scan:
 
 * at construction, every file's header is opened (cheap: no pixel decoding, about 3 s per 50,000 JPEGs
-  on a warm disk); files that PIL cannot identify are left out of ``paths`` and counted in one
+  on a warm disk; under torchrun each rank opens its share and the ranks' findings are merged); files that PIL cannot identify are left out of ``paths`` and counted in one
   ``UnreadableImagesWarning``;
 * files whose header is fine but whose pixels cannot be decoded (truncated, corrupt) are found when they
   are loaded: ``__getitem__`` then returns ``(None, i)``, and ``collate`` drops those items, reporting
@@ -47,6 +47,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import distributed
 from .images import BUNDLED_PHOTOS, ImageReadError, pil_to_tensor01, read_image, resize_center_crop
 from .images import bundled_photo
 from .preprocessing import Preprocessing
@@ -252,15 +253,17 @@ class ImageFolder(Dataset):
             st = path.stat()
             digest.update(f"{path.relative_to(self.root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         self.files_digest = digest.hexdigest()[:16]
-        self.paths: list[Path] = []
         self.skipped: dict[Path, str] = {}
         show = len(candidates) >= 5000 if progress is None else progress
-        for path in tqdm(candidates, desc="checking images", unit="file", disable=not show):
-            reason = _header_error(path)
-            if reason is None:
-                self.paths.append(path)
-            else:
-                self.skipped[path] = reason
+        # under torchrun each rank opens only its share of the headers; the ranks' findings are merged, so
+        # every rank leaves out the same files
+        mine = distributed.shard(range(len(candidates)))
+        bad = {i: r for i in tqdm(mine, desc="checking images", unit="file", disable=not show)
+               if (r := _header_error(candidates[i])) is not None}
+        for part in distributed.all_gather(bad):
+            bad.update(part)
+        self.paths: list[Path] = [p for i, p in enumerate(candidates) if i not in bad]
+        self.skipped = {candidates[i]: bad[i] for i in sorted(bad)}
 
         if not self.paths:
             exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)

@@ -10,8 +10,10 @@ Conv2d                  ``conv_transpose2d`` with the same weight tensor, no bia
                         forward input size exactly
 ReLU                    ReLU on the reconstruction (ignores the forward input: the deconvnet rule);
                         guided backprop also keeps the forward mask, the gradient keeps only the mask
-MaxPool2d               unpool at the switches by scatter-add (the exact transpose, also for
-                        overlapping windows, padding and ceil_mode)
+MaxPool2d               unpool at the switches: for disjoint windows (VGG's 2x2 stride 2) one masked
+                        copy per window position (``switches.unpool_disjoint``); for overlapping
+                        ones by scatter-add, summed where windows share a maximum (the exact
+                        transpose, also with padding and ceil_mode)
 BatchNorm2d (eval)      multiply by gamma / sqrt(running_var + eps)
 Linear                  multiply by the transposed weight, no bias
 AdaptiveAvgPool2d,      the adjoint of the (linear) pooling
@@ -37,7 +39,7 @@ from . import rules
 from ..models.lock import model_lock
 from .receptive import receptive_field
 from .record import Kept, check_input, record_chain
-from .switches import PoolSwitches
+from .switches import PoolSwitches, disjoint, no_switch, unpool_disjoint
 from .targets import is_point, select_target
 from .types import Record, Target
 
@@ -82,6 +84,20 @@ def unpool_scatter_add(r: torch.Tensor, switches: torch.Tensor, in_hw: Sequence[
     return out.view(n, c, in_hw[0], in_hw[1])
 
 
+def unpool_full(r: torch.Tensor, sw: PoolSwitches) -> torch.Tensor:
+    """Unpool whole maps (G * B, C, h, w), G targets of the recorded batch B, for a pool with disjoint windows:
+    equal to ``unpool_scatter_add`` at ``sw.flat()`` repeated G times, without the index."""
+    out = unpool_disjoint(r.reshape(-1, *sw.offsets.shape), sw.offsets, sw)  # (G, B, C, ...), from -padding
+    out = out.reshape(r.shape[0], *out.shape[2:])
+    (p0, p1), (hh, ww) = sw.padding, sw.in_hw
+    if (p0, p1) == (0, 0) and tuple(out.shape[-2:]) == (hh, ww):
+        return out
+    full = r.new_zeros(r.shape[0], r.shape[1], hh, ww)  # ceil_mode and padding: crop to the input (no switch
+    h, w = min(hh, out.shape[-2] - p0), min(ww, out.shape[-1] - p1)  # lies outside it)
+    full[..., :h, :w] = out[..., p0 : p0 + h, p1 : p1 + w]
+    return full
+
+
 def _linear_adjoint(m: nn.Module, r: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
     with torch.enable_grad():
         z = torch.zeros(in_shape, dtype=r.dtype, device=r.device, requires_grad=True)
@@ -115,6 +131,8 @@ def deconv_step(
             mask = mask if reps == 1 else mask.repeat(reps, *([1] * (mask.dim() - 1)))
         return at.at_rectifier(r, mask)
     if isinstance(m, nn.MaxPool2d):
+        if unpool == "scatter_add" and disjoint(switches):
+            return unpool_full(r, switches)
         flat = switches.flat()
         reps = n // flat.shape[0]
         sw = flat if reps == 1 else flat.repeat(reps, 1, 1, 1)
@@ -256,8 +274,25 @@ def _unpool_window(r: torch.Tensor, origin: torch.Tensor, image: torch.Tensor, s
     """Unpool a window (N, C, n_h, n_w) whose top-left unit is ``origin`` of image ``image``.
 
     The result is the window of the pool's input that those units cover,
-    ((n - 1) s + d (k - 1) + 1 on each axis), its origin ``origin * s - p``.
+    ((n - 1) s + d (k - 1) + 1 on each axis), its origin ``origin * s - p``. Disjoint windows take one
+    masked copy per window position (the switches of each target's window sliced out of its image's, a
+    "no switch" value outside the map); overlapping ones the scatter-add (``_unpool_window_scatter``).
     """
+    if not disjoint(sw):
+        return _unpool_window_scatter(r, origin, image, sw)
+    n, c, nh, nw = r.shape
+    h_out, w_out = sw.offsets.shape[-2:]
+    off = sw.offsets.new_full((n, c, nh, nw), no_switch(sw))
+    for k, (i, top, left) in enumerate(torch.cat([image.view(-1, 1), origin], 1).tolist()):
+        t0, l0, t1, l1 = max(top, 0), max(left, 0), min(top + nh, h_out), min(left + nw, w_out)
+        if t1 > t0 and l1 > l0:
+            off[k, :, t0 - top : t1 - top, l0 - left : l1 - left] = sw.offsets[i, :, t0:t1, l0:l1]
+    return unpool_disjoint(r, off, sw)
+
+
+def _unpool_window_scatter(r: torch.Tensor, origin: torch.Tensor, image: torch.Tensor, sw: PoolSwitches
+                           ) -> torch.Tensor:
+    """``_unpool_window`` by a scatter-add through int64 indices: for any pool, overlapping windows summed."""
     n, c, nh, nw = r.shape
     dev = r.device
     h_out, w_out = sw.offsets.shape[-2:]

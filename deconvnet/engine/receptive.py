@@ -13,6 +13,7 @@ from torch import nn
 
 from ..models import Net
 from ..models.lock import exclusive
+from .geometry import traced_field
 from .graph import measure_boxes
 
 
@@ -42,17 +43,22 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def receptive_field(net: Net, layer: str) -> ReceptiveField:
+def receptive_field(net: Net, layer: str, hw: tuple[int, int] | None = None) -> ReceptiveField:
     """The receptive field of a unit of ``layer`` (paper name), from the conv/pool modules below it.
 
-    For a graph (ResNet, GoogLeNet, ...), where paths of different lengths meet, the field is *measured*
-    (``measured_receptive_field``) and cached on the net.
+    For a graph (ResNet, GoogLeNet, ...), where paths of different lengths meet, the field comes from the
+    geometry of the ops its forward calls (``graph_receptive_field``), cached on the net.
+
+    Args:
+        hw: the input size, for a graph whose layer is reached through an adaptive pool (its windows depend
+            on the input's size); without it such a layer is refused.
 
     Raises:
-        ValueError: unknown layer, or a layer above the spatial part (fc layers see the whole image).
+        ValueError: unknown layer, or a layer above the spatial part (fc layers see the whole image), or (graphs)
+            a layer reached through upsampling, or through an adaptive pool without ``hw``.
     """
     if not net.is_chain:
-        return measured_receptive_field(net, layer)
+        return graph_receptive_field(net, layer, hw)
     depth = net.depth(layer)
     r, j, p = [1, 1], [1, 1], [0, 0]
     for name, m in net.stack[: depth + 1]:
@@ -71,6 +77,40 @@ def receptive_field(net: Net, layer: str) -> ReceptiveField:
         elif isinstance(m, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten)):
             raise ValueError(f"layer '{layer}' is past the spatial layers of {net.arch}: its units see the whole image")
     return ReceptiveField(tuple(r), tuple(j), tuple(p))
+
+
+def graph_receptive_field(net: Net, layer: str, hw: tuple[int, int] | None = None) -> ReceptiveField:
+    """The receptive field of a graph's layer from one traced forward (``engine.geometry``): the kernel,
+    stride, padding and dilation of every conv and pool on every path to the layer, at the input size ``hw``
+    (default: the size the net's shapes are probed at, 224 px). Exact; a forward of one zero image, stopped
+    at the layer. Where the trace meets an op whose geometry it does not follow (a flip, a spatial slice),
+    the field is measured (``measured_receptive_field``).
+
+    Raises:
+        ValueError: not a spatial layer; a layer reached through upsampling, or through an adaptive pool whose
+            windows differ in size (at this input) or, without ``hw``, whatever their size.
+    """
+    name = net.resolve(layer)
+    key = ("geometry", name, None if hw is None else tuple(int(v) for v in hw))
+    if key in net._receptive:
+        return net._receptive[key]
+    if not net.is_spatial(name):
+        raise ValueError(f"layer '{layer}' has no spatial map: its units see the whole image")
+    size = key[2] or tuple(net._probe_hw or (224, 224))
+    field, _ = traced_field(net, net.layers[name], size)
+    hint = ("Hint: windowed projections (Figure 2, the atlas, boxes) take the layers below it; whole-image "
+            "projections (project, project_many) are exact")
+    if isinstance(field, str) and "upsamples" in field or isinstance(field, str) and "more than one size" in field:
+        raise ValueError(f"layer '{layer}' has no receptive field: {field}. {hint}")
+    if isinstance(field, str):
+        rf = measured_receptive_field(net, layer)
+    else:
+        if field[2] and hw is None:
+            raise ValueError(f"the receptive field of layer '{layer}' depends on the input's size ({field[2]}): "
+                             f"pass the input size, receptive_field(net, layer, hw). {hint}")
+        rf = ReceptiveField(*(tuple(axis[i] for axis in field[:2]) for i in range(3)))
+    net._receptive[key] = rf
+    return rf
 
 
 def measured_receptive_field(net: Net, layer: str, max_side: int = 2048) -> ReceptiveField:

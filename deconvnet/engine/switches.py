@@ -67,3 +67,36 @@ class PoolSwitches:
     @property
     def nbytes(self) -> int:
         return self.offsets.numel() * self.offsets.element_size()
+
+
+def disjoint(sw: PoolSwitches) -> bool:
+    """Whether the pool's windows share no input position (stride at least the dilated kernel on each axis,
+    VGG's 2x2 stride 2): then each input position has at most one window, and unpooling needs no sum."""
+    sentinel_ok = sw.kernel[0] * sw.kernel[1] <= torch.iinfo(sw.offsets.dtype).max  # the "no switch" value fits
+    return sentinel_ok and all(s >= d * (k - 1) + 1 for k, s, d in zip(sw.kernel, sw.stride, sw.dilation))
+
+
+def no_switch(sw: PoolSwitches) -> int:
+    """An offset value that no window position has (windows outside the map): the dtype's maximum."""
+    return torch.iinfo(sw.offsets.dtype).max
+
+
+def unpool_disjoint(r: torch.Tensor, offsets: torch.Tensor, sw: PoolSwitches) -> torch.Tensor:
+    """Unpool ``r`` (..., h, w) at its switches ``offsets`` (broadcastable to ``r``) for a pool whose windows
+    are disjoint (``disjoint``): one masked copy per window position, no index tensor.
+
+    Returns:
+        (..., (h - 1) s + d (k - 1) + 1, ...) on each axis: the input positions that the windows cover, the
+        first window's first position at 0; each value at its switch, zero elsewhere. An offset that is no
+        window position (``no_switch``) puts nothing anywhere. Equal to the scatter-add: with disjoint
+        windows no position receives two values.
+    """
+    *lead, h, w = r.shape
+    (k0, k1), (s0, s1), (d0, d1) = sw.kernel, sw.stride, sw.dilation
+    out = r.new_zeros(*lead, h * s0, w * s1)  # s >= d (k - 1) + 1: each window inside its own s x s cell
+    cells = out.view(*lead, h, s0, w, s1)
+    zero = r.new_zeros(())
+    for tr in range(k0):
+        for tc in range(k1):
+            torch.where(offsets == tr * k1 + tc, r, zero, out=cells[..., :, d0 * tr, :, d1 * tc])
+    return out[..., : (h - 1) * s0 + d0 * (k0 - 1) + 1, : (w - 1) * s1 + d1 * (k1 - 1) + 1]
