@@ -257,3 +257,49 @@ def test_scan_on_cuda_equals_the_cpu():
     wa = dn.Deconvnet(cpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]), torch.tensor([[3, 3]] * 4))
     wb = dn.Deconvnet(gpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]), torch.tensor([[3, 3]] * 4))
     assert torch.allclose(wa[0], wb[0].cpu(), rtol=1e-3, atol=1e-5)
+
+
+AGREE_SCRIPT = """
+import sys, torch.distributed as dist
+import deconvnet as dn
+from deconvnet.data import ImageFolder
+from deconvnet.scan import scan_top_k
+
+dist.init_process_group("gloo")
+rank, case, out = dist.get_rank(), sys.argv[1], sys.argv[2]
+net = dn.load_vgg("vgg11", "random", seed=3 + (rank if case == "weights" else 0))
+layers = ["conv2_1"] if rank == 0 or case != "layers" else ["conv3_1"]
+folder = sys.argv[3 + (rank if case == "data" else 0)]
+data = ImageFolder(folder, preprocessing=net.preprocessing, resize=32, crop=32)
+try:
+    scan_top_k(net, data, layers, k=2, batch_size=2, progress=False, cache=False)
+    said = "no error"
+except ValueError as err:
+    said = str(err)
+open(f"{out}.{rank}", "w").write(said)
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_that_disagree_are_refused_before_any_work_naming_what_differs(tmp_path):
+    """Ranks with other weights, other layers, or other folders whose files have the same names, sizes and
+    times but other bytes: one line on every rank, naming what differs (was: merged without a word, or a raw
+    KeyError)."""
+    g = np.random.default_rng(5)
+    folders = [tmp_path / "a" / "imgs", tmp_path / "b" / "imgs"]
+    for k, root in enumerate(folders):
+        root.mkdir(parents=True)
+        for i in range(4):
+            path = root / f"img{i}.bmp"  # BMP: the same size in bytes whatever the pixels
+            Image.fromarray(g.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(path)
+            os.utime(path, (1_700_000_000, 1_700_000_000))
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE_SCRIPT)
+    for case, part in (("weights", "the weights"), ("layers", "the layers"), ("data", "the data")):
+        out = tmp_path / case
+        done = run([str(script), case, str(out), *map(str, folders)], 2, tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        said = [Path(f"{out}.{r}").read_text() for r in (0, 1)]
+        assert said[0] == said[1], said  # every rank refuses alike
+        assert "\n" not in said[0] and "disagree before the scan" in said[0] and f"{part}" in said[0], said[0]
+        assert "on rank 1" in said[0] and "Hint:" in said[0]
