@@ -4,8 +4,9 @@ One module per kind of analysis (as Captum has a folder per kind of explanation)
 
 =====================  ============================================================================
 ``methods``            deconvnet vs Captum's Deconvolution (cross-check), GuidedBackprop and Saliency
-``sanity``             parameter randomisation (Adebayo et al. 2018), neuron selectivity (Mahendran &
-                       Vedaldi 2016)
+``sanity``             the sanity checks, gathered from ``randomisation`` (parameter randomisation,
+                       Adebayo et al. 2018), ``selectivity`` (neuron selectivity, Mahendran & Vedaldi
+                       2016) and ``sanity_plots`` (their figures)
 ``similarity``         the four similarity measures of the sanity checks
 ``invariance``         translation, scale, rotation (Zeiler & Fergus Fig. 5)
 ``occlusion``          occlusion sensitivity (Fig. 7)
