@@ -11,7 +11,8 @@ One module per kind of analysis (as Captum has a folder per kind of explanation)
 ``invariance``         translation, scale, rotation (Zeiler & Fergus Fig. 5)
 ``occlusion``          occlusion sensitivity (Fig. 7)
 ``filters``            first-layer filters (Fig. 6)
-``evolution``          features across training checkpoints (Fig. 4)
+``evolution``          features across training checkpoints (Fig. 4); its demo network and training in
+                       ``training``, its figure in ``evolution_plots``
 ``correspondence``     occluding the same part in several images (Fig. 8, Table 1)
 =====================  ============================================================================
 
