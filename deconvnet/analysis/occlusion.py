@@ -300,7 +300,7 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
         The matplotlib figure.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Rectangle
 
     b = result.input.shape[0]
     with_probs = result.probability is not None
@@ -322,16 +322,6 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
     changes = result.change()
     names = class_names(net)
     fs = TEXT_PT if ncols == 3 else TICK_PT
-
-    def heat(ax, values, cmap, vmin=None, vmax=None):
-        im = ax.imshow(values, extent=ext, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_xlim(-0.5, img.shape[1] - 0.5)
-        ax.set_ylim(img.shape[0] - 0.5, -0.5)
-        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-        cb.ax.tick_params(labelsize=TICK_PT, pad=1)
-        cb.ax.yaxis.get_offset_text().set_fontsize(TICK_PT)
-        blank(ax)
-
     for r in range(b):
         img = image_array(net.deprocess(result.input[r : r + 1])[0])
         ax = axes[r, 0]
@@ -344,7 +334,7 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
         # a diverging scale centred on zero that spans the observed change: the colorbar reads in percent
         change = changes[r]
         top = float(np.abs(change).max()) or 1.0
-        heat(axes[r, 1], change, "RdBu_r", -top, top)
+        _heat(fig, axes[r, 1], change, ext, img.shape, "RdBu_r", -top, top)
         axes[r, 1].set_title(f"(b) {result.layer} map {int(result.channel[r])}: sum,\n% change (unoccluded {result.activation_clean[r]:.4g})",
                              fontsize=fs)
 
@@ -357,26 +347,10 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
         if not with_probs:
             continue
 
-        heat(axes[r, 3], result.probability[r], "magma", vmin=0)
+        _heat(fig, axes[r, 3], result.probability[r], ext, img.shape, "magma", vmin=0)
         axes[r, 3].set_title(f"(d) P({result.class_labels[r][:14]})\n(unoccluded {result.probability_clean[r]:.3g})", fontsize=fs)
 
-        ax = axes[r, 4]
-        lab = result.top_label[r]
-        uniq, counts = np.unique(lab, return_counts=True)
-        order = uniq[np.argsort(-counts)]
-        shown = list(order[:max_labels])
-        index = np.array([shown.index(v) if v in shown else len(shown) for v in lab.ravel()]).reshape(lab.shape)
-        cmap = plt.get_cmap("tab10", len(shown) + 1)
-        ax.imshow(index, extent=ext, cmap=cmap, vmin=-0.5, vmax=len(shown) + 0.5, interpolation="nearest")
-        ax.set_xlim(-0.5, img.shape[1] - 0.5)
-        ax.set_ylim(img.shape[0] - 0.5, -0.5)
-        patches = [Patch(color=cmap(k), label=(names[v] if names else f"class {v}")[:18]) for k, v in enumerate(shown)]
-        if len(order) > len(shown):
-            patches.append(Patch(color=cmap(len(shown)), label="other"))
-        ax.legend(handles=patches, fontsize=TICK_PT, loc="upper left", bbox_to_anchor=(-0.05, -0.02), frameon=False,
-                  handlelength=0.8, handletextpad=0.4, borderpad=0, labelspacing=0.2)
-        ax.set_title("(e) most probable\nlabel", fontsize=fs)
-        blank(ax)
+        _label_panel(axes[r, 4], result.top_label[r], ext, img.shape, names, max_labels, fs)
 
         if captum:
             ax = axes[r, 5]
@@ -388,3 +362,37 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
     title(fig, "Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7): a square occluder slides over the image")
     footer(fig, caption)
     return fig
+
+
+def _heat(fig, ax, values, ext, shape, cmap, vmin=None, vmax=None) -> None:
+    """A heat map over the image's extent (``shape``: the image's) with its colorbar, as panels (b) and (d)."""
+    im = ax.imshow(values, extent=ext, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xlim(-0.5, shape[1] - 0.5)
+    ax.set_ylim(shape[0] - 0.5, -0.5)
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    cb.ax.tick_params(labelsize=TICK_PT, pad=1)
+    cb.ax.yaxis.get_offset_text().set_fontsize(TICK_PT)
+    blank(ax)
+
+
+def _label_panel(ax, lab, ext, shape, names, max_labels: int, fs: float) -> None:
+    """Panel (e): the most probable label at each occluder position, the ``max_labels`` most frequent named
+    in a legend below, the rest "other"."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    uniq, counts = np.unique(lab, return_counts=True)
+    order = uniq[np.argsort(-counts)]
+    shown = list(order[:max_labels])
+    index = np.array([shown.index(v) if v in shown else len(shown) for v in lab.ravel()]).reshape(lab.shape)
+    cmap = plt.get_cmap("tab10", len(shown) + 1)
+    ax.imshow(index, extent=ext, cmap=cmap, vmin=-0.5, vmax=len(shown) + 0.5, interpolation="nearest")
+    ax.set_xlim(-0.5, shape[1] - 0.5)
+    ax.set_ylim(shape[0] - 0.5, -0.5)
+    patches = [Patch(color=cmap(k), label=(names[v] if names else f"class {v}")[:18]) for k, v in enumerate(shown)]
+    if len(order) > len(shown):
+        patches.append(Patch(color=cmap(len(shown)), label="other"))
+    ax.legend(handles=patches, fontsize=TICK_PT, loc="upper left", bbox_to_anchor=(-0.05, -0.02), frameon=False,
+              handlelength=0.8, handletextpad=0.4, borderpad=0, labelspacing=0.2)
+    ax.set_title("(e) most probable\nlabel", fontsize=fs)
+    blank(ax)
