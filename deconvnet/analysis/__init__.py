@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from ..engine import Target, default_layers
-from ..models import Net
 from ..io import write_json
+from ..models import Net
 from ..plot import save_figure
 from ._util import DPI, jsonable, last_relu, output_layer
 from .correspondence import bundled_parts, correspondence, load_parts, plot_correspondence
@@ -117,7 +117,7 @@ class FigureSettings:
     folder: str | None = None  # ``images`` are paths relative to this folder (None: bundled photographs or paths)
     boxes: str | None = None  # the part boxes (JSON) of the correspondence experiment (None: the bundled faces)
 
-    def on_folder(self, folder: str | os.PathLike, boxes: str | os.PathLike | None = None) -> "FigureSettings":
+    def on_folder(self, folder: str | os.PathLike, boxes: str | os.PathLike | None = None) -> FigureSettings:
         """These settings on a folder of one's own: its first images (as many as ``images`` holds, in path
         order, readable ones only) for methods, sanity, invariance and occlusion; with ``boxes`` (a JSON of
         part boxes of images of the folder, ``analysis.load_parts``) for the correspondence too.
@@ -148,13 +148,13 @@ class FigureSettings:
         return [n if self.folder is None else str(Path(self.folder) / n) for n in names]
 
     @classmethod
-    def full(cls) -> "FigureSettings":
+    def full(cls) -> FigureSettings:
         # the randomisation test runs 3 methods x (1 + 13..16 layers) x 2 modes: at 128 px it takes minutes
         # on a CPU, at 224 px four times that, for maps whose comparison does not need the larger size
         return cls(("chelsea", "astronaut", "coffee"), 2, 224, 128, 2, None, 5, 13, None)
 
     @classmethod
-    def quick(cls) -> "FigureSettings":
+    def quick(cls) -> FigureSettings:
         return cls(("chelsea", "astronaut"), 2, 64, 64, 1, 3, 1, 5, (16, 16), correspondence_size=64,
                    correspondence_draws=2, evolution_epochs=(0, 1, 3), evolution_samples=64, evolution_images=34)
 

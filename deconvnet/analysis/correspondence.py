@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,19 @@ from ..engine import check_input, record
 from ..images import ImageLike, load_rgb, resized_size
 from ..models import Net
 from ..plot import image_array
-from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, TITLE_PT, blank, fill_words, jsonable, last_relu, progress,
-                    text_height, wrap_to_width)
+from ._util import (
+    PRINT_WIDTH,
+    TEXT_PT,
+    TICK_PT,
+    TITLE_PT,
+    blank,
+    fill_words,
+    jsonable,
+    last_relu,
+    progress,
+    text_height,
+    wrap_to_width,
+)
 
 Box = tuple[int, int, int, int]
 PARTS_FILE = Path(__file__).with_name("parts.json")
@@ -101,11 +113,11 @@ def _check_box(box: Any, what: str) -> Box:
     if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                                                      for v in box)):
         raise ValueError(f"{what}: {box!r} is not a box. Hint: [top, left, bottom, right] in pixels, integers")
-    t, l, b, r = (int(v) for v in box)
-    if not (0 <= t < b and 0 <= l < r):
-        raise ValueError(f"{what}: box {[t, l, b, r]} is empty or negative. Hint: [top, left, bottom, right] with "
-                         "top < bottom and left < right (bottom and right exclusive)")
-    return t, l, b, r
+    top, left, bottom, right = (int(v) for v in box)
+    if not (0 <= top < bottom and 0 <= left < right):
+        raise ValueError(f"{what}: box {[top, left, bottom, right]} is empty or negative. Hint: [top, left, bottom, "
+                         "right] with top < bottom and left < right (bottom and right exclusive)")
+    return top, left, bottom, right
 
 
 def load_parts(path: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> PartBoxes:
@@ -168,10 +180,10 @@ def map_box(box: Box, wh: tuple[int, int], size: int | None) -> Box:
     nw, nh = resized_size(wh, size)
     sx, sy = nw / w, nh / h
     left0, top0 = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    t, l, b, r = box
-    t, b = (min(max(int(round(v * sy)) - top0, 0), size) for v in (t, b))
-    l, r = (min(max(int(round(v * sx)) - left0, 0), size) for v in (l, r))
-    return t, l, b, r
+    top, left, bottom, right = box
+    top, bottom = (min(max(int(round(v * sy)) - top0, 0), size) for v in (top, bottom))
+    left, right = (min(max(int(round(v * sx)) - left0, 0), size) for v in (left, right))
+    return top, left, bottom, right
 
 
 def _random_box(hw: tuple[int, int], region: Box, image_hw: tuple[int, int], g: torch.Generator) -> Box:
@@ -240,11 +252,12 @@ class CorrespondenceResult:
 
     def table(self) -> str:
         """Table 1 as text: a row per part, per layer the mean sign change ± std and its random control."""
-        head = f"{'part':10s}" + "".join(f"  {l + ' part':>17s}  {l + ' random':>17s}" for l in self.layers)
+        head = f"{'part':10s}" + "".join(f"  {layer + ' part':>17s}  {layer + ' random':>17s}" for layer in self.layers)
         rows = [head]
         for p in self.parts:
-            cells = "".join(f"  {self.score[p][l][0]:9.4f} ± {self.score[p][l][1]:.4f}"
-                            f"  {self.random[p][l][0]:9.4f} ± {self.random[p][l][1]:.4f}" for l in self.layers)
+            cells = "".join(f"  {self.score[p][layer][0]:9.4f} ± {self.score[p][layer][1]:.4f}"
+                            f"  {self.random[p][layer][0]:9.4f} ± {self.random[p][layer][1]:.4f}"
+                            for layer in self.layers)
             rows.append(f"{p:10s}{cells}")
         return "\n".join(rows)
 
@@ -260,10 +273,10 @@ class CorrespondenceResult:
             "dims": self.dims, "size": self.size, "draws": self.draws, "seed": self.seed, "occluder": self.fill,
             "weights": self.weights,
             "boxes_model_input": self.boxes, "random_boxes_model_input": self.random_boxes,
-            "table": {p: {l: {"mean": self.score[p][l][0], "std": self.score[p][l][1],
-                              "random_mean": self.random[p][l][0], "random_std": self.random[p][l][1],
-                              "delta_sum": self.delta[p][l], "random_delta_sum": self.random_delta[p][l]}
-                          for l in self.layers} for p in self.parts},
+            "table": {p: {layer: {"mean": self.score[p][layer][0], "std": self.score[p][layer][1],
+                                  "random_mean": self.random[p][layer][0], "random_std": self.random[p][layer][1],
+                                  "delta_sum": self.delta[p][layer], "random_delta_sum": self.random_delta[p][layer]}
+                          for layer in self.layers} for p in self.parts},
         })
 
 
@@ -315,6 +328,53 @@ def correspondence(
         A ``CorrespondenceResult``; ``table()`` prints Table 1, ``plot_correspondence`` draws Fig. 8's panels.
     """
     n = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+    _check_arguments(n, parts, draws, objects)
+    layers = list(dict.fromkeys(net.resolve(layer) for layer in (layers or default_layers(net))))
+    x, wh = _inputs(net, images, size)
+    hw = tuple(x.shape[-2:])
+    side = None if isinstance(images, torch.Tensor) else size
+    boxes = {p: [map_box(_check_box(b, f"image {i} {p}"), wh[i], side) for i, b in enumerate(bs)] for p, bs in parts.items()}
+    for p, bs in boxes.items():
+        for i, b in enumerate(bs):
+            if b[0] >= b[2] or b[1] >= b[3]:
+                raise ValueError(f"part '{p}' of image {i} lies outside the {hw[1]}x{hw[0]} input after the resize and "
+                                 "crop. Hint: check the box, or give size=None")
+    regions = [(0, 0, *hw) if objects is None or objects[i] is None
+               else map_box(_check_box(objects[i], f"image {i} object"), wh[i], side) for i in range(n)]
+    g = torch.Generator().manual_seed(seed)
+    random_boxes = {p: [[_random_box((b[2] - b[0], b[3] - b[1]), regions[i], hw, g) for i, b in enumerate(boxes[p])]
+                        for _ in range(draws)] for p in boxes}
+    # every occluded input: (key, image, box)
+    jobs = [(("part", p), i, b) for p, bs in boxes.items() for i, b in enumerate(bs)]
+    jobs += [(("random", p, d), i, b) for p, ds in random_boxes.items() for d, bs in enumerate(ds)
+             for i, b in enumerate(bs)]
+    clean = {layer: a.flatten(1).double().cpu()
+             for layer, a in record(net, x, layers, switches=False).activations.items()}
+    feats = _occluded_features(net, x, jobs, layers, n, batch_size=batch_size, show_progress=show_progress)
+
+    def eps(key, layer) -> torch.Tensor:
+        return clean[layer] - torch.stack(feats[key][layer])
+
+    score = {p: {layer: mean_sign_change(eps(("part", p), layer)) for layer in layers} for p in boxes}
+    dl = {p: {layer: delta(eps(("part", p), layer)) for layer in layers} for p in boxes}
+    random, random_delta = {}, {}
+    for p in boxes:
+        random[p], random_delta[p] = {}, {}
+        for layer in layers:
+            per_draw = np.array([mean_sign_change(eps(("random", p, d), layer))[0] for d in range(draws)])
+            random[p][layer] = (float(per_draw.mean()), float(per_draw.std()))
+            random_delta[p][layer] = float(np.mean([delta(eps(("random", p, d), layer)) for d in range(draws)]))
+    if names is None:
+        names = ([Path(str(i)).stem for i in images] if not isinstance(images, torch.Tensor)
+                 and all(isinstance(i, (str, os.PathLike)) for i in images) else [f"image {i}" for i in range(n)])
+    return CorrespondenceResult(list(names), list(boxes), layers, boxes, random_boxes, score, random, dl, random_delta,
+                                {layer: int(clean[layer].shape[1]) for layer in layers}, x.detach().cpu(),
+                                net.describe(), fill_words(net), draws, seed, side, net.preprocessing)
+
+
+def _check_arguments(n: int, parts: Mapping[str, Sequence[Box]], draws: int,
+                     objects: Sequence[Box | None] | None) -> None:
+    """The refusals of ``correspondence`` before any work: ``n`` images, a box per image for each part."""
     if n < 2:
         raise ValueError(f"correspondence compares images: {n} given. Hint: at least 2 images of one kind of object")
     if not parts:
@@ -326,55 +386,24 @@ def correspondence(
             raise ValueError(f"part '{p}' has {len(boxes)} boxes for {n} images. Hint: one box per image, in order")
     if objects is not None and len(objects) != n:
         raise ValueError(f"{len(objects)} object regions for {n} images. Hint: one per image, or None")
-    layers = list(dict.fromkeys(net.resolve(l) for l in (layers or default_layers(net))))
-    x, wh = _inputs(net, images, size)
-    hw = tuple(x.shape[-2:])
-    side = None if isinstance(images, torch.Tensor) else size
-    boxes = {p: [map_box(_check_box(b, f"image {i} {p}"), wh[i], side) for i, b in enumerate(bs)] for p, bs in parts.items()}
-    for p, bs in boxes.items():
-        for i, b in enumerate(bs):
-            if b[0] >= b[2] or b[1] >= b[3]:
-                raise ValueError(f"part '{p}' of image {i} lies outside the {hw[1]}x{hw[0]} input after the resize and "
-                                 "crop. Hint: check the box, or give size=None")
-    regions = [(0, 0, *hw) if objects is None or objects[i] is None else map_box(_check_box(objects[i], f"image {i} object"),
-                                                                                  wh[i], side) for i in range(n)]
-    g = torch.Generator().manual_seed(seed)
-    random_boxes = {p: [[_random_box((b[2] - b[0], b[3] - b[1]), regions[i], hw, g) for i, b in enumerate(boxes[p])]
-                        for _ in range(draws)] for p in boxes}
-    # every occluded input: (key, image, box)
-    jobs = [(("part", p), i, b) for p, bs in boxes.items() for i, b in enumerate(bs)]
-    jobs += [(("random", p, d), i, b) for p, ds in random_boxes.items() for d, bs in enumerate(ds) for i, b in enumerate(bs)]
-    clean = {l: a.flatten(1).double().cpu() for l, a in record(net, x, layers, switches=False).activations.items()}
+
+
+def _occluded_features(net: Net, x: torch.Tensor, jobs: Sequence[tuple], layers: Sequence[str], n: int, *,
+                       batch_size: int, show_progress: bool) -> dict[tuple, dict[str, list]]:
+    """The features of every occluded input, ``batch_size`` at a time: key -> layer -> one flat float64 vector
+    per image (``jobs``: ``(key, image, (top, left, bottom, right))``)."""
     feats: dict[tuple, dict[str, list]] = {}
     chunks = [jobs[s : s + batch_size] for s in range(0, len(jobs), batch_size)]
     for chunk in progress(chunks, enabled=show_progress, desc="correspondence"):
         xs = x[[i for _, i, _ in chunk]].clone()
-        for k, (_, _, (t, l, b, r)) in enumerate(chunk):
-            xs[k, :, t:b, l:r] = 0.0  # zero in the model's input space: the preprocessing's mean colour
+        for k, (_, _, (top, left, bottom, right)) in enumerate(chunk):
+            xs[k, :, top:bottom, left:right] = 0.0  # zero in the model's input space: the preprocessing's mean colour
         acts = record(net, xs, layers, switches=False).activations
         for k, (key, i, _) in enumerate(chunk):
-            feats.setdefault(key, {l: [None] * n for l in layers})
-            for l in layers:
-                feats[key][l][i] = acts[l][k].flatten().double().cpu()
-
-    def eps(key, l) -> torch.Tensor:
-        return clean[l] - torch.stack(feats[key][l])
-
-    score = {p: {l: mean_sign_change(eps(("part", p), l)) for l in layers} for p in boxes}
-    dl = {p: {l: delta(eps(("part", p), l)) for l in layers} for p in boxes}
-    random, random_delta = {}, {}
-    for p in boxes:
-        random[p], random_delta[p] = {}, {}
-        for l in layers:
-            per_draw = np.array([mean_sign_change(eps(("random", p, d), l))[0] for d in range(draws)])
-            random[p][l] = (float(per_draw.mean()), float(per_draw.std()))
-            random_delta[p][l] = float(np.mean([delta(eps(("random", p, d), l)) for d in range(draws)]))
-    if names is None:
-        names = ([Path(str(i)).stem for i in images] if not isinstance(images, torch.Tensor)
-                 and all(isinstance(i, (str, os.PathLike)) for i in images) else [f"image {i}" for i in range(n)])
-    return CorrespondenceResult(list(names), list(boxes), layers, boxes, random_boxes, score, random, dl, random_delta,
-                                {l: int(clean[l].shape[1]) for l in layers}, x.detach().cpu(), net.describe(),
-                                fill_words(net), draws, seed, side, net.preprocessing)
+            feats.setdefault(key, {layer: [None] * n for layer in layers})
+            for layer in layers:
+                feats[key][layer][i] = acts[layer][k].flatten().double().cpu()
+    return feats
 
 
 # --- drawing ----------------------------------------------------------------------------------------------
@@ -429,12 +458,13 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
             img = rgb[j].clone()
             fill = result.preprocessing.inverse(torch.zeros(1, 3, 1, 1))[0, :, 0, 0].clamp(0, 1) \
                 if result.preprocessing is not None else torch.zeros(3)
-            t, l, b, rr = box
-            img[:, t:b, l:rr] = fill.view(3, 1, 1)
+            y0, x0, y1, x1 = box
+            img[:, y0:y1, x0:x1] = fill.view(3, 1, 1)
             ax = fig.add_axes([(label_w + j * (tile + 0.04)) / width, y / height, tile / width, tile / height])
             ax.imshow(image_array(img), interpolation="antialiased")
             colour = "0.5" if row == "random" else PART_COLOURS[parts.index(row) % len(PART_COLOURS)]
-            ax.add_patch(mpatches.Rectangle((l - 0.5, t - 0.5), rr - l, b - t, fill=False, edgecolor=colour, lw=1.2))
+            ax.add_patch(mpatches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                                            lw=1.2))
             blank(ax)
         y -= 0.04
     ax = fig.add_axes([chart_l / width, (bottom + 0.35) / height, chart_w / width, (height - top - bottom - 0.35) / height])
@@ -445,10 +475,11 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
         colour = PART_COLOURS[k % len(PART_COLOURS)]
         for m, (values, hatch, alpha) in enumerate(((result.score[p], None, 1.0), (result.random[p], "///", 0.35))):
             xs = np.arange(len(layers)) - 0.4 + bw * (2 * k + m + 0.5)
-            ax.bar(xs, [values[l][0] for l in layers], bw, yerr=[values[l][1] for l in layers], color=colour,
-                   alpha=alpha, hatch=hatch, edgecolor=colour, lw=0.5, error_kw={"lw": 0.6, "capsize": 1.5},
+            ax.bar(xs, [values[layer][0] for layer in layers], bw, yerr=[values[layer][1] for layer in layers],
+                   color=colour, alpha=alpha, hatch=hatch, edgecolor=colour, lw=0.5,
+                   error_kw={"lw": 0.6, "capsize": 1.5},
                    label=f"{p.replace('_', ' ')}" + (" (random)" if m else ""))
-    ax.set_xticks(np.arange(len(layers)), [f"{l}\nD={result.dims[l]}" for l in layers], fontsize=TICK_PT)
+    ax.set_xticks(np.arange(len(layers)), [f"{layer}\nD={result.dims[layer]}" for layer in layers], fontsize=TICK_PT)
     ax.tick_params(axis="y", labelsize=TICK_PT)
     ax.set_ylabel("mean feature sign change", fontsize=TEXT_PT)
     ax.legend(fontsize=TICK_PT, ncol=2, frameon=False, loc="upper left", handlelength=1.2, columnspacing=0.8)

@@ -11,7 +11,7 @@ the figure then says that it shows random weights.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -15,8 +15,8 @@ exactly 0 there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,8 +24,20 @@ import torch
 from ..engine import check_input
 from ..models import Net
 from ..plot import image_array
-from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, classifier_line, deep_layer, fill_words, footer, forward_capture, label,
-                    output_layer, progress, title)
+from ._util import (
+    PRINT_WIDTH,
+    TEXT_PT,
+    TICK_PT,
+    classifier_line,
+    deep_layer,
+    fill_words,
+    footer,
+    forward_capture,
+    label,
+    output_layer,
+    progress,
+    title,
+)
 from ._util import low_layer as first_pool
 
 TRANSFORMS = ("translation", "scale", "rotation")

@@ -24,8 +24,8 @@ the square fits inside the image. The paper gives neither size nor stride; both 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,25 @@ import torch
 from ..engine import Deconvnet, Projection, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
-from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, blank, class_names, classifier_line, fill_rgb, fill_words, footer,
-                    forward_capture, label, last_relu, output_layer, progress, text_height, title, wrap_to_width)
+from ._util import (
+    PRINT_WIDTH,
+    TEXT_PT,
+    TICK_PT,
+    blank,
+    class_names,
+    classifier_line,
+    fill_rgb,
+    fill_words,
+    footer,
+    forward_capture,
+    label,
+    last_relu,
+    output_layer,
+    progress,
+    text_height,
+    title,
+    wrap_to_width,
+)
 
 
 def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
