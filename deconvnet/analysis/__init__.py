@@ -188,7 +188,8 @@ def method_targets(net: Net) -> list[Target]:
         targets = [Target(max(relus, key=net.depth)), Target(last_relu(net)), Target(pools[-1], "max", "all")]
     else:
         stages = default_layers(net)
-        middle = stages[len(stages) // 2] if len(stages) // 2 < len(stages) - 1 else stages[-2] if len(stages) > 1 else None
+        middle = (stages[len(stages) // 2] if len(stages) // 2 < len(stages) - 1
+                  else stages[-2] if len(stages) > 1 else None)
         # a two-stage model: its first and last stage (never the same target twice); one stage: that one
         targets = ([Target(middle)] if middle else []) + [Target(stages[-1]), Target(stages[-1], "max", "all")]
     if output_layer(net) is not None:
@@ -220,11 +221,13 @@ def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bo
     fig = plot_method_comparison(rows, net)
     errors = [r.deconvolution_error[0] if r.deconvolution_error else None for r in rows]
     check = ({"max_relative_error": max(errors)} if not hidden else
-             {"skipped": f"{hidden} rectifier calls of {net.arch}'s forward are functions (F.relu), which Captum's module "
-                         "hooks do not see: its Deconvolution is not the deconvnet here (tests/test_rules.py)"})
-    numbers = {"weights": net.describe(), "images": list(names), "size": s.size, "engine": "deconvnet.engine, every rule",
+             {"skipped": f"{hidden} rectifier calls of {net.arch}'s forward are functions (F.relu), which Captum's "
+                         "module hooks do not see: its Deconvolution is not the deconvnet here (tests/test_rules.py)"})
+    numbers = {"weights": net.describe(), "images": list(names), "size": s.size,
+               "engine": "deconvnet.engine, every rule",
                "shown": [m for m in METHODS if m != "deconvolution"],
-               "cross_check": {"what": "Captum Deconvolution vs deconvnet (ours): max |Captum - ours| / max |ours| per row",
+               "cross_check": {"what": "Captum Deconvolution vs deconvnet (ours): max |Captum - ours| / max |ours| "
+                                       "per row",
                                **check},
                "rows": [{"image": names[k // len(results)], "target": " ".join(r.target_labels[0].split()),
                          "deconvolution_vs_ours_relative_error": errors[k],
@@ -272,10 +275,12 @@ def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: boo
 def figure_invariance(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
     """invariance.png / invariance.json."""
     x = _inputs(net, s.images, s.size, s)
-    r = invariance_curves(net, x, ranges=default_ranges(s.size, s.transform_steps), names=s.images, show_progress=show_progress)
+    r = invariance_curves(net, x, ranges=default_ranges(s.size, s.transform_steps), names=s.images,
+                          show_progress=show_progress)
     numbers = {"weights": net.describe(), "images": list(s.images), "size": s.size, "layers": r.layers,
                "classifier": r.classifier, "classes": r.classes, "class_labels": r.class_labels, **r.summary()}
-    return [_save(plot_invariance(r, net), out_dir / "invariance.png"), _write_json(out_dir / "invariance.json", numbers)]
+    return [_save(plot_invariance(r, net), out_dir / "invariance.png"),
+            _write_json(out_dir / "invariance.json", numbers)]
 
 
 def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
@@ -284,7 +289,8 @@ def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, show_progress: 
     size, stride = s.occluder if s.occluder is not None else (None, None)
     # Captum's per-pixel Occlusion is a smoothed (d), not drawn: the tests check it against the grid instead
     r = occlusion_maps(net, x, size=size, stride=stride, names=s.images, captum=False, show_progress=show_progress)
-    return [_save(plot_occlusion(r, net), out_dir / "occlusion.png"), _write_json(out_dir / "occlusion.json", r.summary())]
+    return [_save(plot_occlusion(r, net), out_dir / "occlusion.png"),
+            _write_json(out_dir / "occlusion.json", r.summary())]
 
 
 def figure_filters(out_dir: Path, net: Net, alexnet: Net | None = None) -> list[Path]:
@@ -316,7 +322,8 @@ def figure_evolution(out_dir: Path, s: FigureSettings, show_progress: bool = Tru
                                       progress=show_progress)
     return list(write_evolution(result, out_dir / "evolution.png",
                                 extra={"training": {"config": training.config, "loss": training.loss,
-                                                    "accuracy": training.accuracy, "weight_change": training.weight_change}}))
+                                                    "accuracy": training.accuracy,
+                                                    "weight_change": training.weight_change}}))
 
 
 def figure_correspondence(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:

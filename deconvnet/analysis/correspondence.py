@@ -110,8 +110,8 @@ class PartBoxes:
 
 
 def _check_box(box: Any, what: str) -> Box:
-    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                                                     for v in box)):
+    if not (isinstance(box, (list, tuple)) and len(box) == 4
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in box)):
         raise ValueError(f"{what}: {box!r} is not a box. Hint: [top, left, bottom, right] in pixels, integers")
     top, left, bottom, right = (int(v) for v in box)
     if not (0 <= top < bottom and 0 <= left < right):
@@ -132,11 +132,13 @@ def load_parts(path: str | os.PathLike | None = None, folder: str | os.PathLike 
     """
     path = PARTS_FILE if path is None else Path(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"boxes file not found: '{path}'. Hint: a JSON file like {PARTS_FILE.name} of the package")
+        raise FileNotFoundError(f"boxes file not found: '{path}'. Hint: a JSON file like {PARTS_FILE.name} of the "
+                                "package")
     try:
         spec = json.loads(Path(path).read_text())
     except ValueError as err:
-        raise ValueError(f"boxes file '{path}' is not valid JSON ({err}). Hint: see {PARTS_FILE} for the format") from None
+        raise ValueError(f"boxes file '{path}' is not valid JSON ({err}). Hint: see {PARTS_FILE} for the "
+                         "format") from None
     entries = spec.get("images") if isinstance(spec, dict) else None
     if not isinstance(entries, dict) or len(entries) < 2:
         raise ValueError(f"boxes file '{path}' needs an 'images' object with at least 2 images, each "
@@ -280,7 +282,8 @@ class CorrespondenceResult:
         })
 
 
-def _inputs(net: Net, images: Sequence[ImageLike] | torch.Tensor, size: int | None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+def _inputs(net: Net, images: Sequence[ImageLike] | torch.Tensor,
+            size: int | None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Model inputs of the images, and each image's original (width, height)."""
     if isinstance(images, torch.Tensor):
         x = check_input(images, net)
@@ -333,7 +336,8 @@ def correspondence(
     x, wh = _inputs(net, images, size)
     hw = tuple(x.shape[-2:])
     side = None if isinstance(images, torch.Tensor) else size
-    boxes = {p: [map_box(_check_box(b, f"image {i} {p}"), wh[i], side) for i, b in enumerate(bs)] for p, bs in parts.items()}
+    boxes = {p: [map_box(_check_box(b, f"image {i} {p}"), wh[i], side) for i, b in enumerate(bs)]
+             for p, bs in parts.items()}
     for p, bs in boxes.items():
         for i, b in enumerate(bs):
             if b[0] >= b[2] or b[1] >= b[3]:
@@ -431,10 +435,10 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
              f"change more consistently")
     caption = (f"Left: the images as the model sees them ({result.size or 'original'} px), each part occluded by "
                f"{result.fill}; the last row is one of {result.draws} draws of the control: the same box at a random "
-               f"position in the face. Right: mean feature sign change, the normalised Hamming distance of sign(x_i - x~_i) "
-               f"between images (fraction of the D features whose signs differ), averaged over the {n * (n - 1)} ordered "
-               f"pairs; error bars: std over pairs (parts) or over draws (random). Only {n} images: the spread is large. "
-               f"Weights: {result.weights}.")
+               f"position in the face. Right: mean feature sign change, the normalised Hamming distance of "
+               f"sign(x_i - x~_i) between images (fraction of the D features whose signs differ), averaged over the "
+               f"{n * (n - 1)} ordered pairs; error bars: std over pairs (parts) or over draws (random). Only {n} "
+               f"images: the spread is large. Weights: {result.weights}.")
     head = wrap_to_width(title, width - 0.2, TITLE_PT)
     foot = wrap_to_width(caption, width - 0.2, TICK_PT)
     top = text_height(head, TITLE_PT) + 0.06 + TEXT_PT * 1.5 / 72
@@ -467,7 +471,8 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
                                             lw=1.2))
             blank(ax)
         y -= 0.04
-    ax = fig.add_axes([chart_l / width, (bottom + 0.35) / height, chart_w / width, (height - top - bottom - 0.35) / height])
+    ax = fig.add_axes([chart_l / width, (bottom + 0.35) / height, chart_w / width,
+                       (height - top - bottom - 0.35) / height])
     layers = result.layers
     group = len(parts) * 2
     bw = 0.8 / group

@@ -131,7 +131,8 @@ def _as_net(item: Any, arch: str | Callable | None, device: str | None) -> tuple
 
 # --- the experiment ---------------------------------------------------------------------------------------
 
-def jaccard(a: TopK, b: TopK, layer: str, channels: Sequence[int] | None = None, *, images_only: bool = False) -> np.ndarray:
+def jaccard(a: TopK, b: TopK, layer: str, channels: Sequence[int] | None = None, *,
+            images_only: bool = False) -> np.ndarray:
     """Per channel, |A ∩ B| / |A ∪ B| of the top-k sets of two scans: (image, row, col) triples, or the
     images alone. Empty sets on both sides count as identical (1)."""
     channels = range(a.values[layer].shape[0]) if channels is None else channels
@@ -203,8 +204,8 @@ class EvolutionResult:
             "arch": self.arch, "checkpoints": self.labels, "weights": self.weights, "weights_sha256": self.digests,
             "layers": self.layers, "channels": self.channels, "k": self.topk[0].k, "dataset": self.dataset,
             "receptive_field": self.receptive,
-            "overlap_definition": "per channel, Jaccard |A n B| / |A u B| of the top-k sets of (image, row, col) at two "
-                                  "successive checkpoints, averaged over every channel of the layer; 1: unchanged",
+            "overlap_definition": "per channel, Jaccard |A n B| / |A u B| of the top-k sets of (image, row, col) at "
+                                  "two successive checkpoints, averaged over every channel of the layer; 1: unchanged",
             "overlap": self.overlap, "overlap_images": self.overlap_images, "overlap_shown": self.overlap_shown,
             "features": features, "note": self.note,  # no timings: the same run writes the same bytes
         })
@@ -258,7 +259,8 @@ def evolution(
     if isinstance(features, int) and features < 1:
         raise ValueError(f"features={features}: at least one feature map per layer")
     if labels is None:
-        labels = [Path(c).stem if isinstance(c, (str, os.PathLike)) else f"checkpoint {i}" for i, c in enumerate(checkpoints)]
+        labels = [Path(c).stem if isinstance(c, (str, os.PathLike)) else f"checkpoint {i}"
+                  for i, c in enumerate(checkpoints)]
     timings: dict[str, float] = {}
     nets, digests, topks = _scan_checkpoints(checkpoints, dataset, layers, labels, arch=arch, k=k, cache=cache,
                                              batch_size=batch_size, device=device, progress=progress, timings=timings)
@@ -370,7 +372,8 @@ def demo_evolution(
                        cache=Path(folder) / "scans", progress=progress)
     result.timings = {"train": training.seconds if not training.reused else 0.0, **result.timings}
     # the column titles carry the training accuracy: the plateau at chance, then the learning, are read off them
-    result.labels = ["init" if e == 0 else f"epoch {e} · {100 * training.accuracy[e - 1]:.0f}%" for e in training.epochs]
+    result.labels = ["init" if e == 0 else f"epoch {e} · {100 * training.accuracy[e - 1]:.0f}%"
+                     for e in training.epochs]
     result.note = (f"Demo: {training.config['model']} trained from scratch on crops of the 17 bundled photographs "
                    f"(16 scenes); '· N%': training accuracy in that epoch (chance 6%); init: N(0, 0.01²) weights.")
     return result, training

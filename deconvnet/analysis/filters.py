@@ -54,7 +54,8 @@ def filter_grid(
         The grid; filter f occupies rows ``pad + (f // cols) (k + pad)`` and columns ``pad + (f % cols) (k + pad)``.
     """
     if weight.dim() != 4 or weight.shape[1] != 3:
-        raise ValueError(f"expected a first-layer weight (O, 3, k, k), got {tuple(weight.shape)}. Hint: first_conv(net)[1].weight")
+        raise ValueError(f"expected a first-layer weight (O, 3, k, k), got {tuple(weight.shape)}. "
+                         "Hint: first_conv(net)[1].weight")
     if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise '{normalise}' is not understood. Hint: one of {', '.join(NORMALISATIONS)}")
     w = weight.detach().cpu().double()
@@ -116,7 +117,8 @@ def plot_first_layer_filters(
         k, s = conv.kernel_size, conv.stride
         warn = "\nRANDOM weights: no learned structure to see" if net.provenance.get("weights") == "random" else ""
         scaled = f"\nscaled per {n}" if len(norms) > 1 else ""
-        ax.set_title(f"{net.arch} {name}: {conv.out_channels} filters {k[0]}x{k[1]}, stride {s[0]}{scaled}{warn}", fontsize=TEXT_PT)
+        ax.set_title(f"{net.arch} {name}: {conv.out_channels} filters {k[0]}x{k[1]}, stride {s[0]}{scaled}{warn}",
+                     fontsize=TEXT_PT)
         if len(nets) > 1:
             ax.set_xlabel(wrap_to_width(net.describe(), side - 0.1, TICK_PT), fontsize=TICK_PT, color="0.3")
         ax.set_xticks([])

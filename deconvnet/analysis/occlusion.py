@@ -195,7 +195,8 @@ def occlusion_maps(
     layer = layer if layer is not None else last_relu(net)
     net.check_layer(layer)
     if not net.is_spatial(layer):
-        raise ValueError(f"layer '{layer}' has no spatial map. Hint: a conv, relu or pool layer such as {last_relu(net)}")
+        raise ValueError(f"layer '{layer}' has no spatial map. Hint: a conv, relu or pool layer such as "
+                         f"{last_relu(net)}")
     d_size, d_stride = default_occluder(min(x.shape[-2:]))
     size = size if size is not None else d_size
     stride = stride if stride is not None else d_stride
@@ -246,19 +247,22 @@ def occlusion_maps(
         captum_map = captum_occlusion(net, x, classes, size, stride, batch_size=batch_size)
     labels = [label(net, c) for c in classes] if with_probs else None
     source = None if not with_probs else ("true" if true_classes is not None else "top")
-    return OcclusionResult(layer, ch.cpu(), rule, size, stride, tops, lefts, activation, activation_clean, activation_blank, proj,
-                           probability, probs_clean, top_label, classes, source, labels, captum_map, x,
+    return OcclusionResult(layer, ch.cpu(), rule, size, stride, tops, lefts, activation, activation_clean,
+                           activation_blank, proj, probability, probs_clean, top_label, classes, source, labels,
+                           captum_map, x,
                            net.describe(), classifier_line(net),
                            list(names) if names is not None else [f"image {i}" for i in range(b)])
 
 
-def captum_occlusion(net: Net, x: torch.Tensor, classes: Sequence[int], size: int, stride: int, *, batch_size: int = 16) -> np.ndarray:
+def captum_occlusion(net: Net, x: torch.Tensor, classes: Sequence[int], size: int, stride: int, *,
+                     batch_size: int = 16) -> np.ndarray:
     """Captum's ``Occlusion`` of the class probability: (B, H, W), the probability drop averaged over the
     occluder windows covering each pixel (zero where no window reaches)."""
     from captum.attr import Occlusion
 
     if output_layer(net) is None:
-        raise ValueError(f"{net.describe()} has no classifier. Hint: occlusion of a class needs weights with a classifier")
+        raise ValueError(f"{net.describe()} has no classifier. Hint: occlusion of a class needs weights with a "
+                         "classifier")
 
     def prob(inp: torch.Tensor) -> torch.Tensor:
         return torch.softmax(net.model(inp), 1)
@@ -283,15 +287,17 @@ def _caption(result: OcclusionResult, net: Net, with_probs: bool) -> str:
     """The figure's footer: the occluder, what (b) follows, what the colours mean, the weights."""
     n_pos = f"{len(result.tops)}x{len(result.lefts)}"
     classes = (f"(d), (e): the {result.class_source} class of the unoccluded image; {result.classifier}."
-               if with_probs else f"The class panels of Fig. 7 (P(class), most probable label) are left out: {result.classifier}.")
+               if with_probs else
+               f"The class panels of Fig. 7 (P(class), most probable label) are left out: {result.classifier}.")
     chosen = {"response": "the map with the strongest response to the image (the largest rise of a unit above its "
                           "value on a blank input)",
               "max": "the map holding the layer's largest activation", "given": "the map given"}[result.channel_rule]
     return (f"Occluder: {result.size} px square of {fill_words(net)}, shown in (a) at one position; stride "
             f"{result.stride} px, {n_pos} positions. (b) follows, per image, {chosen}. "
             f"{'(b) and (d)' if with_probs else '(b)'}: the value with the occluder "
-            f"at each position, drawn at its centre; (b) red: occluding raises the map's summed activation, blue: lowers "
-            f"it. (c): the map's strongest unit on the unoccluded image, projected down by the deconvnet (zero = gray). "
+            f"at each position, drawn at its centre; (b) red: occluding raises the map's summed activation, "
+            f"blue: lowers it. (c): the map's strongest unit on the unoccluded image, projected down by the deconvnet "
+            f"(zero = gray). "
             f"{classes}\n{result.weights}")
 
 
@@ -327,7 +333,8 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
     if axes is None:
         # three panels fill a 7-inch row at about 2 inches; five or six share it at about 1.2 inches and
         # (e) needs room below for its legend
-        legend_rows = max(min(len(np.unique(t)), max_labels) + (len(np.unique(t)) > max_labels) for t in result.top_label) if with_probs else 0
+        legend_rows = (max(min(len(np.unique(t)), max_labels) + (len(np.unique(t)) > max_labels)
+                           for t in result.top_label) if with_probs else 0)
         # the rows, then the title and the wrapped caption (of as many lines as it takes)
         foot = text_height(wrap_to_width(caption, PRINT_WIDTH - 0.2, TICK_PT), TICK_PT)
         height = (2.35 if ncols == 3 else 1.45 + 0.14 * legend_rows) * b + 0.45 + foot
@@ -352,8 +359,8 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
         change = changes[r]
         top = float(np.abs(change).max()) or 1.0
         _heat(fig, axes[r, 1], change, ext, img.shape, "RdBu_r", -top, top)
-        axes[r, 1].set_title(f"(b) {result.layer} map {int(result.channel[r])}: sum,\n% change (unoccluded {result.activation_clean[r]:.4g})",
-                             fontsize=fs)
+        axes[r, 1].set_title(f"(b) {result.layer} map {int(result.channel[r])}: sum,\n"
+                             f"% change (unoccluded {result.activation_clean[r]:.4g})", fontsize=fs)
 
         ax = axes[r, 2]
         p = result.projection
@@ -365,7 +372,8 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
             continue
 
         _heat(fig, axes[r, 3], result.probability[r], ext, img.shape, "magma", vmin=0)
-        axes[r, 3].set_title(f"(d) P({result.class_labels[r][:14]})\n(unoccluded {result.probability_clean[r]:.3g})", fontsize=fs)
+        axes[r, 3].set_title(f"(d) P({result.class_labels[r][:14]})\n(unoccluded {result.probability_clean[r]:.3g})",
+                             fontsize=fs)
 
         _label_panel(axes[r, 4], result.top_label[r], ext, img.shape, names, max_labels, fs)
 

@@ -93,7 +93,8 @@ def randomized(net: Net, layers: Sequence[str], *, seed: int = 0) -> Net:
     return new
 
 
-def randomisation_steps(net: Net, layer: str, mode: str = "cascading", layers: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
+def randomisation_steps(net: Net, layer: str, mode: str = "cascading",
+                        layers: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
     """The steps of a randomisation test: ``[(step name, layers randomised at that step), ...]``.
 
     Args:
@@ -113,7 +114,8 @@ def randomisation_steps(net: Net, layer: str, mode: str = "cascading", layers: S
     wanted = top_down if layers is None else list(layers)
     bad = [n for n in wanted if n not in below]
     if bad:
-        raise ValueError(f"cannot randomise {bad} for target layer '{layer}'. Hint: parametrised layers at or below it: {', '.join(below)}")
+        raise ValueError(f"cannot randomise {bad} for target layer '{layer}'. Hint: parametrised layers at or "
+                         f"below it: {', '.join(below)}")
     wanted = sorted(wanted, key=top_down.index)
     steps = [("original", [])]
     for name in wanted:
@@ -273,12 +275,16 @@ def describe_target(net: Net, target: Target) -> str:
         which = "the unit strongest on the unchanged model" if ch == "max" else f"unit {ch}"
         return f"{layer}{pre}, {which}"
     if isinstance(pos, str) and pos == "all":
-        which = "the whole map of the channel strongest on the unchanged model" if ch == "max" else f"the whole map of channel {ch}"
+        which = ("the whole map of the channel strongest on the unchanged model" if ch == "max"
+                 else f"the whole map of channel {ch}")
     elif isinstance(pos, str):
-        which = "the unit strongest on the unchanged model" if ch == "max" else f"the strongest unit of channel {ch} on the unchanged model"
+        which = ("the unit strongest on the unchanged model" if ch == "max"
+                 else f"the strongest unit of channel {ch} on the unchanged model")
     elif isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
-        which = ("the channel strongest on the unchanged model" if ch == "max" else f"channel {ch}") + ", weighted by a mask"
+        which = (("the channel strongest on the unchanged model" if ch == "max" else f"channel {ch}")
+                 + ", weighted by a mask")
     else:
-        which = "a given unit of " + ("the channel strongest on the unchanged model" if ch == "max" else f"channel {ch}")
+        which = "a given unit of " + ("the channel strongest on the unchanged model" if ch == "max"
+                                      else f"channel {ch}")
     return f"{layer}{pre}, {which}"
 

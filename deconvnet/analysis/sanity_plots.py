@@ -61,7 +61,8 @@ def _unit_words(r: SanityResult, i: int) -> str:
     if not r.spatial:
         return f"unit {ch}"
     pos = r.target.position
-    if isinstance(pos, str) and pos == "all" or isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool):
+    if (isinstance(pos, str) and pos == "all"
+            or isinstance(pos, torch.Tensor) and (pos.is_floating_point() or pos.dtype == torch.bool)):
         return f"channel {ch}"
     return f"channel {ch} at ({int(r.position[i, 0])}, {int(r.position[i, 1])})"
 
@@ -111,7 +112,8 @@ def plot_sanity_curves(results: Sequence[SanityResult], *, axes=None, metrics: S
                 if v.shape[1] > 1 and np.isfinite(v).any():
                     with np.errstate(all="ignore"), warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # all-NaN steps stay gaps
-                        ax.fill_between(xs, np.nanmin(v, 1), np.nanmax(v, 1), color=METHOD_COLORS.get(m), alpha=0.15, lw=0)
+                        ax.fill_between(xs, np.nanmin(v, 1), np.nanmax(v, 1), color=METHOD_COLORS.get(m),
+                                        alpha=0.15, lw=0)
                 gone = r.zero[m].all(1)
                 if gone.any():  # the map vanished for every image: no measure exists, mark it instead of a value
                     any_zero = True
@@ -140,7 +142,8 @@ def plot_sanity_curves(results: Sequence[SanityResult], *, axes=None, metrics: S
     r0 = results[0]
     n, h, w = r0.input.shape[0], r0.input.shape[-2], r0.input.shape[-1]
     title(fig, f"Parameter-randomisation test (Adebayo et al. 2018): similarity of each map to the map of the "
-               f"unchanged model; {n} image{'s' if n > 1 else ''} of {h}x{w} px, mean" + (" and min-max band" if n > 1 else ""),
+               f"unchanged model; {n} image{'s' if n > 1 else ''} of {h}x{w} px, mean"
+               + (" and min-max band" if n > 1 else ""),
           legend=(list(handles.values()), list(handles.keys())), ncol=3)
     units = "; ".join(_unit_words(r0, i) for i in range(n))
     footer(fig, f"Target: {r0.definition} ({'per image: ' if n > 1 else ''}{units}), the same at every step. "
@@ -196,8 +199,9 @@ def plot_sanity_maps(result: SanityResult, net: Net, *, index: int = 0, axes=Non
         cols = axes.shape[1]
         blocks = axes.shape[0] // len(methods)
         if blocks * cols < slots or axes.shape[0] % len(methods):
-            raise ValueError(f"{axes.shape} axes cannot hold the input and {len(result.steps)} steps for {len(methods)} "
-                             f"methods. Hint: pass (blocks x {len(methods)}, columns) axes with blocks x columns >= {slots}")
+            raise ValueError(f"{axes.shape} axes cannot hold the input and {len(result.steps)} steps for "
+                             f"{len(methods)} methods. Hint: pass (blocks x {len(methods)}, columns) axes with "
+                             f"blocks x columns >= {slots}")
         fig = axes[0, 0].figure
         fig.suptitle(suptitle, fontsize=TITLE_PT)
         fig.supxlabel(wrap_to_width(caption, fig.get_figwidth() - 0.2, TICK_PT), fontsize=TICK_PT, color="0.25")
@@ -261,7 +265,8 @@ def plot_selectivity(result: SelectivityResult, net: Net, *, index: int = 0, axe
     def alive(m: str, kind: str, d: int) -> bool:
         return bool(result.maps[m][kind][d, index].abs().max() > 0)
 
-    shown = {kind: next((d for d in range(result.maps[methods[0]][kind].shape[0]) if all(alive(m, kind, d) for m in methods)), 0)
+    shown = {kind: next((d for d in range(result.maps[methods[0]][kind].shape[0])
+                         if all(alive(m, kind, d) for m in methods)), 0)
              for kind in SELECTIVITY_KINDS}
     dead = {(m, kind): sum(not alive(m, kind, d) for d in range(result.maps[m][kind].shape[0]))
             for m in methods for kind in SELECTIVITY_KINDS[1:]}
@@ -289,7 +294,8 @@ def plot_selectivity(result: SelectivityResult, net: Net, *, index: int = 0, axe
     for i, m in enumerate(methods):
         if i == 0:
             axes[0, 0].imshow(image)
-            axes[0, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, ec="yellow", lw=1.0))
+            axes[0, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                           ec="yellow", lw=1.0))
             axes[0, 0].set_title("input", fontsize=TEXT_PT, pad=2)
             blank(axes[0, 0])
         else:
@@ -299,7 +305,8 @@ def plot_selectivity(result: SelectivityResult, net: Net, *, index: int = 0, axe
             rgb = net.preprocessing.to_rgb_order(result.maps[m][kind][d, index : index + 1])[0]
             axes[i, j].imshow(scale_for_display(rgb, scaling))
             if not alive(m, kind, d):
-                axes[i, j].text(0.5, 0.5, "all zero", ha="center", va="center", fontsize=TEXT_PT, transform=axes[i, j].transAxes)
+                axes[i, j].text(0.5, 0.5, "all zero", ha="center", va="center", fontsize=TEXT_PT,
+                                transform=axes[i, j].transAxes)
             what = {"max channel": f"max channel {int(result.channel_max[index])}",
                     "random channel": f"random channel {int(result.channels_random[d, index])}",
                     "random vector": "random vector |randn|"}[kind]

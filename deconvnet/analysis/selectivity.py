@@ -22,7 +22,8 @@ from .methods import backward_maps, deconvnet_seed
 from .similarity import METRICS, compare_maps
 
 SELECTIVITY_KINDS = ("max channel", "random channel", "random vector")
-SELECTIVITY_PAIRS = (("max channel", "random channel"), ("max channel", "random vector"), ("random channel", "random vector"))
+SELECTIVITY_PAIRS = (("max channel", "random channel"), ("max channel", "random vector"),
+                     ("random channel", "random vector"))
 
 
 @dataclass
@@ -122,5 +123,6 @@ def neuron_selectivity(
                     for k, v in compare_maps(stacked[m][a][ia, j], stacked[m][bb][i, j]).items():
                         per[k][i, j] = v
             scores[m][f"{a} vs {bb}"] = per
-    return SelectivityResult(layer, position.cpu(), channel_max.cpu(), channels_random.cpu(), stacked, scores, x, net.describe())
+    return SelectivityResult(layer, position.cpu(), channel_max.cpu(), channels_random.cpu(), stacked, scores, x,
+                             net.describe())
 

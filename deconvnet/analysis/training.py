@@ -86,7 +86,8 @@ class DemoTraining:
     checkpoints: list[Path]
     loss: list[float]  # mean training loss of each epoch (index 0: epoch 1)
     accuracy: list[float]  # training accuracy of each epoch
-    weight_change: dict[str, dict[str, float]]  # epoch -> layer -> |W - W_previous checkpoint| / |W_previous checkpoint|
+    # epoch -> layer -> |W - W_previous checkpoint| / |W_previous checkpoint|
+    weight_change: dict[str, dict[str, float]]
     config: dict
     seconds: float
     reused: bool
@@ -133,7 +134,8 @@ def train_demo(
     photos, classes = _demo_classes()
     config = {"model": f"demo_cnn(classes={max(classes) + 1}, width={width}, size={size})", "photos": photos,
               "epochs": epochs, "size": size, "width": width, "samples_per_epoch": samples_per_epoch,
-              "batch_size": batch_size, "lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "init_std": init_std, "seed": seed,
+              "batch_size": batch_size, "lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "init_std": init_std,
+              "seed": seed,
               "preprocessing": TORCHVISION.name, "torch": torch.__version__}
     log_path = folder / "training.json"
     paths = [folder / f"epoch{e:03d}.pt" for e in epochs]
@@ -178,7 +180,8 @@ def train_demo(
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
-    write_json({"config": config, "loss": losses, "accuracy": accs, "weight_change": change, "seconds": seconds}, log_path)
+    write_json({"config": config, "loss": losses, "accuracy": accs, "weight_change": change, "seconds": seconds},
+               log_path)
     return DemoTraining(folder, epochs, paths, losses, accs, change, config, seconds, False)
 
 
@@ -187,7 +190,8 @@ def _train(model, opt, loss_fn, images, classes, epochs, samples_per_epoch, batc
     from ._util import progress as bar
 
     def weights() -> dict[str, torch.Tensor]:
-        return {n.removesuffix(".weight"): p.detach().clone() for n, p in model.named_parameters() if n.endswith("weight")}
+        return {n.removesuffix(".weight"): p.detach().clone() for n, p in model.named_parameters()
+                if n.endswith("weight")}
 
     previous = weights()
     for epoch in bar(range(1, epochs[-1] + 1), enabled=progress, desc="train demo CNN"):
