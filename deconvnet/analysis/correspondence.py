@@ -453,7 +453,7 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
     for j, name in enumerate(result.names):
         fig.text((label_w + j * (tile + 0.04) + tile / 2) / width, (y + 0.03) / height, name, ha="center",
                  va="bottom", fontsize=TEXT_PT)
-    for r, row in enumerate(rows):
+    for row in rows:
         y -= tile
         fig.text((label_w - 0.05) / width, (y + tile / 2) / height, row.replace("_", " "), ha="right", va="center",
                  fontsize=TEXT_PT)

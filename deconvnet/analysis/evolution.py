@@ -187,7 +187,7 @@ class EvolutionResult:
         for layer in self.layers:
             for j, c in enumerate(self.channels[layer]):
                 cells = []
-                for t, col in zip(self.topk, self.tiles[layer]):
+                for t, col in zip(self.topk, self.tiles[layer], strict=True):
                     tile = col[j]
                     entries = t.entries(layer, c)
                     cells.append({

@@ -62,10 +62,7 @@ def filter_grid(
     if preprocessing is not None:
         w = preprocessing.to_rgb_order(w)
     o, _, kh, kw = w.shape
-    if normalise == "filter":
-        m = w.abs().flatten(1).amax(1).view(o, 1, 1, 1)
-    else:
-        m = w.abs().max().expand(o, 1, 1, 1)
+    m = w.abs().flatten(1).amax(1).view(o, 1, 1, 1) if normalise == "filter" else w.abs().max().expand(o, 1, 1, 1)
     shown = torch.where(m > 0, 0.5 + w / (2 * m.clamp_min(1e-300)), torch.full_like(w, 0.5))
     cols = cols if cols is not None else int(math.ceil(math.sqrt(o)))
     rows = int(math.ceil(o / cols))
@@ -111,7 +108,7 @@ def plot_first_layer_filters(
     else:
         axes = np.atleast_1d(axes)
         fig = axes[0].figure
-    for ax, (net, n) in zip(axes, panels):
+    for ax, (net, n) in zip(axes, panels, strict=False):  # a caller's axes may outnumber the panels
         name, conv = first_conv(net)
         ax.imshow(filter_grid(conv.weight, net.preprocessing, normalise=n), interpolation="nearest")
         k, s = conv.kernel_size, conv.stride

@@ -237,7 +237,7 @@ def sanity_check(
     originals = {k: v.clone() for k, v in originals.items()}
     maps: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
     done: list[str] = []
-    for name, to_randomise in progress(steps, enabled=show_progress, desc=f"{mode} randomisation"):
+    for _, to_randomise in progress(steps, enabled=show_progress, desc=f"{mode} randomisation"):
         if mode == "independent" and done:
             work.model.load_state_dict(originals)  # restore the copy (the caller's model was never changed)
             done = []

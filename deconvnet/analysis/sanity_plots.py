@@ -137,7 +137,7 @@ def plot_sanity_curves(results: Sequence[SanityResult], *, axes=None, metrics: S
                 ax.tick_params(labelleft=False)
     handles: dict = {}
     for ax in np.ravel(axes):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
     r0 = results[0]
     n, h, w = r0.input.shape[0], r0.input.shape[-2], r0.input.shape[-1]
