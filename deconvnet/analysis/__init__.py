@@ -12,7 +12,7 @@ One module per kind of analysis (as Captum has a folder per kind of explanation)
 ``occlusion``          occlusion sensitivity (Fig. 7)
 ``filters``            first-layer filters (Fig. 6)
 ``evolution``          features across training checkpoints (Fig. 4); its demo network and training in
-                       ``training``, its figure in ``evolution_plots``
+                       ``training``, checkpoint files as nets in ``checkpoints``
 ``correspondence``     occluding the same part in several images (Fig. 8, Table 1); its figure in
                        ``correspondence_plots``
 =====================  ============================================================================

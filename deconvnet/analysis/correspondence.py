@@ -30,12 +30,11 @@ Choices (the paper leaves them open):
 Boxes are ``(top, left, bottom, right)``, bottom and right exclusive, in the pixels of the images as given
 (a file or bundled photograph as it loads); ``correspondence`` maps them through the same resize and centre
 crop as the images. The hand-set boxes of the bundled faces are in ``parts.json`` (``bundled_parts``).
-The figure and its sidecar: ``correspondence_plots`` (``plot_correspondence``, ``write_correspondence``).
+Reading and mapping the boxes: ``part_boxes``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,10 +45,33 @@ import numpy as np
 import torch
 
 from ..engine import check_input, record
-from ..images import ImageLike, load_rgb, resized_size
+from ..images import ImageLike, load_rgb
 from ..models import Net
-from ._util import fill_words, jsonable, last_relu, progress
-from .correspondence_plots import PART_COLOURS, plot_correspondence, write_correspondence
+from ..plot import image_array
+from ._util import (
+    PRINT_WIDTH,
+    TEXT_PT,
+    TICK_PT,
+    TITLE_PT,
+    blank,
+    fill_words,
+    jsonable,
+    last_relu,
+    progress,
+    text_height,
+    wrap_to_width,
+)
+from .part_boxes import (
+    OBJECT,
+    PARTS_FILE,
+    Box,
+    PartBoxes,
+    _check_box,
+    _random_box,
+    bundled_parts,
+    load_parts,
+    map_box,
+)
 
 __all__ = [
     "OBJECT",
@@ -69,9 +91,6 @@ __all__ = [
     "write_correspondence",
 ]
 
-Box = tuple[int, int, int, int]
-PARTS_FILE = Path(__file__).with_name("parts.json")
-OBJECT = "object"  # the key of a JSON of boxes that gives the region of the random control, not a part
 
 
 # --- the score ---------------------------------------------------------------------------------------------
@@ -97,113 +116,6 @@ def mean_sign_change(eps: torch.Tensor) -> tuple[float, float]:
     i, j = torch.triu_indices(d.shape[0], d.shape[0], 1)
     v = d[i, j]
     return float(v.mean()), float(v.std(unbiased=False))
-
-
-# --- boxes ------------------------------------------------------------------------------------------------
-
-@dataclass
-class PartBoxes:
-    """Images and their part boxes, as read from a JSON file (``load_parts``).
-
-    Attributes:
-        images: image names (bundled photographs) or file paths.
-        parts: part name -> one box per image, in the image's own pixels.
-        objects: per image, the region of the random control (None: the whole image).
-    """
-
-    images: list[str]
-    parts: dict[str, list[Box]]
-    objects: list[Box | None]
-
-
-def _check_box(box: Any, what: str) -> Box:
-    if not (isinstance(box, (list, tuple)) and len(box) == 4
-            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in box)):
-        raise ValueError(f"{what}: {box!r} is not a box. Hint: [top, left, bottom, right] in pixels, integers")
-    top, left, bottom, right = (int(v) for v in box)
-    if not (0 <= top < bottom and 0 <= left < right):
-        raise ValueError(f"{what}: box {[top, left, bottom, right]} is empty or negative. Hint: [top, left, bottom, "
-                         "right] with top < bottom and left < right (bottom and right exclusive)")
-    return top, left, bottom, right
-
-
-def load_parts(path: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> PartBoxes:
-    """Read a JSON of part boxes: ``{"images": {name: {part: [top, left, bottom, right], ..., "object": [...]}}}``.
-
-    Args:
-        path: the JSON file (default: ``parts.json``, the bundled faces).
-        folder: where the images named in the file are (a name is then a path relative to it); None: names are
-            bundled photographs or paths.
-
-    Every image must have the same parts; ``object`` (optional) is the region of the random control.
-    """
-    path = PARTS_FILE if path is None else Path(path)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"boxes file not found: '{path}'. Hint: a JSON file like {PARTS_FILE.name} of the "
-                                "package")
-    try:
-        spec = json.loads(Path(path).read_text())
-    except ValueError as err:
-        raise ValueError(f"boxes file '{path}' is not valid JSON ({err}). Hint: see {PARTS_FILE} for the "
-                         "format") from None
-    entries = spec.get("images") if isinstance(spec, dict) else None
-    if not isinstance(entries, dict) or len(entries) < 2:
-        raise ValueError(f"boxes file '{path}' needs an 'images' object with at least 2 images, each "
-                         "{{part: [top, left, bottom, right]}}. Hint: see the package's parts.json")
-    names = list(entries)
-    part_names = [p for p in entries[names[0]] if p != OBJECT]
-    if not part_names:
-        raise ValueError(f"boxes file '{path}': image '{names[0]}' has no part boxes")
-    parts: dict[str, list[Box]] = {p: [] for p in part_names}
-    objects: list[Box | None] = []
-    for name in names:
-        boxes = entries[name]
-        have = [p for p in boxes if p != OBJECT]
-        if sorted(have) != sorted(part_names):
-            raise ValueError(f"boxes file '{path}': image '{name}' has parts {sorted(have)}, but '{names[0]}' has "
-                             f"{sorted(part_names)}. Hint: every image needs the same parts")
-        for p in part_names:
-            parts[p].append(_check_box(boxes[p], f"'{name}' {p}"))
-        objects.append(_check_box(boxes[OBJECT], f"'{name}' {OBJECT}") if OBJECT in boxes else None)
-    if folder is not None:
-        missing = [n for n in names if not (Path(folder) / n).is_file()]
-        if missing:
-            raise FileNotFoundError(f"boxes file '{path}' names image(s) not in '{folder}': {', '.join(missing[:5])}. "
-                                    "Hint: names are file paths relative to the folder")
-        names = [str(Path(folder) / n) for n in names]
-    return PartBoxes(names, parts, objects)
-
-
-def bundled_parts() -> PartBoxes:
-    """The offline set: astronaut, grace_hopper (human faces) and chelsea (a cat), with hand-set boxes of the
-    left eye, right eye (the subject's own) and nose, and the face as the region of the random control."""
-    return load_parts(PARTS_FILE)
-
-
-def map_box(box: Box, wh: tuple[int, int], size: int | None) -> Box:
-    """A box in an image of ``wh`` (width, height) pixels, after resizing the shorter side to ``size`` and a
-    centre crop of ``size`` x ``size`` (``net.preprocess(image, size=size, crop=size)``); clipped to the crop."""
-    if size is None:
-        return box
-    w, h = wh
-    nw, nh = resized_size(wh, size)
-    sx, sy = nw / w, nh / h
-    left0, top0 = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    top, left, bottom, right = box
-    top, bottom = (min(max(int(round(v * sy)) - top0, 0), size) for v in (top, bottom))
-    left, right = (min(max(int(round(v * sx)) - left0, 0), size) for v in (left, right))
-    return top, left, bottom, right
-
-
-def _random_box(hw: tuple[int, int], region: Box, image_hw: tuple[int, int], g: torch.Generator) -> Box:
-    """A box of ``hw`` at a uniformly random position inside ``region`` (the whole image if it does not fit)."""
-    h, w = hw
-    t0, l0, b0, r0 = region
-    if b0 - t0 < h or r0 - l0 < w:
-        t0, l0, b0, r0 = 0, 0, *image_hw
-    top = t0 + int(torch.randint(b0 - t0 - h + 1, (1,), generator=g))
-    left = l0 + int(torch.randint(r0 - l0 - w + 1, (1,), generator=g))
-    return top, left, top + h, left + w
 
 
 # --- the experiment ---------------------------------------------------------------------------------------
@@ -415,3 +327,101 @@ def _occluded_features(net: Net, x: torch.Tensor, jobs: Sequence[tuple], layers:
             for layer in layers:
                 feats[key][layer][i] = acts[layer][k].flatten().double().cpu()
     return feats
+
+
+# --- drawing ----------------------------------------------------------------------------------------------
+
+PART_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WIDTH):
+    """Fig. 8 and Table 1: the images with each part's occluder (and one draw of the random control), and a
+    bar chart per layer of the mean feature sign change of each part beside its random control.
+
+    Returns:
+        A new matplotlib figure, ``width`` inches wide.
+    """
+    import matplotlib.patches as mpatches
+    import matplotlib.pyplot as plt
+
+    n, parts = len(result.names), result.parts
+    rows = parts + ["random"]
+    label_w, grid_w = 0.62, min(3.0, 0.95 * n)
+    tile = (grid_w - 0.04 * (n - 1)) / n
+    chart_l = label_w + grid_w + 0.55
+    chart_w = width - chart_l - 0.1
+    title = (f"Correspondence (Zeiler & Fergus Table 1): occluding the same part in {n} images; lower = the features "
+             f"change more consistently")
+    caption = (f"Left: the images as the model sees them ({result.size or 'original'} px), each part occluded by "
+               f"{result.fill}; the last row is one of {result.draws} draws of the control: the same box at a random "
+               f"position in the face. Right: mean feature sign change, the normalised Hamming distance of "
+               f"sign(x_i - x~_i) between images (fraction of the D features whose signs differ), averaged over the "
+               f"{n * (n - 1)} ordered pairs; error bars: std over pairs (parts) or over draws (random). Only {n} "
+               f"images: the spread is large. Weights: {result.weights}.")
+    head = wrap_to_width(title, width - 0.2, TITLE_PT)
+    foot = wrap_to_width(caption, width - 0.2, TICK_PT)
+    top = text_height(head, TITLE_PT) + 0.06 + TEXT_PT * 1.5 / 72
+    bottom = text_height(foot, TICK_PT) + 0.1
+    body = len(rows) * tile + (len(rows) - 1) * 0.04
+    height = top + max(body, 2.2) + bottom
+    fig = plt.figure(figsize=(width, height))
+    fig.text(0.5, 1 - 0.05 / height, head, ha="center", va="top", fontsize=TITLE_PT)
+    fig.text(0.5, 0.04 / height, foot, ha="center", va="bottom", fontsize=TICK_PT, color="0.25")
+    rgb = result.preprocessing.inverse(result.input).clamp(0, 1) if result.preprocessing is not None else result.input
+    y = height - top
+    for j, name in enumerate(result.names):
+        fig.text((label_w + j * (tile + 0.04) + tile / 2) / width, (y + 0.03) / height, name, ha="center",
+                 va="bottom", fontsize=TEXT_PT)
+    for row in rows:
+        y -= tile
+        fig.text((label_w - 0.05) / width, (y + tile / 2) / height, row.replace("_", " "), ha="right", va="center",
+                 fontsize=TEXT_PT)
+        for j in range(n):
+            box = result.random_boxes[parts[0]][0][j] if row == "random" else result.boxes[row][j]
+            img = rgb[j].clone()
+            fill = result.preprocessing.inverse(torch.zeros(1, 3, 1, 1))[0, :, 0, 0].clamp(0, 1) \
+                if result.preprocessing is not None else torch.zeros(3)
+            y0, x0, y1, x1 = box
+            img[:, y0:y1, x0:x1] = fill.view(3, 1, 1)
+            ax = fig.add_axes([(label_w + j * (tile + 0.04)) / width, y / height, tile / width, tile / height])
+            ax.imshow(image_array(img), interpolation="antialiased")
+            colour = "0.5" if row == "random" else PART_COLOURS[parts.index(row) % len(PART_COLOURS)]
+            ax.add_patch(mpatches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                                            lw=1.2))
+            blank(ax)
+        y -= 0.04
+    ax = fig.add_axes([chart_l / width, (bottom + 0.35) / height, chart_w / width,
+                       (height - top - bottom - 0.35) / height])
+    layers = result.layers
+    group = len(parts) * 2
+    bw = 0.8 / group
+    for k, p in enumerate(parts):
+        colour = PART_COLOURS[k % len(PART_COLOURS)]
+        for m, (values, hatch, alpha) in enumerate(((result.score[p], None, 1.0), (result.random[p], "///", 0.35))):
+            xs = np.arange(len(layers)) - 0.4 + bw * (2 * k + m + 0.5)
+            ax.bar(xs, [values[layer][0] for layer in layers], bw, yerr=[values[layer][1] for layer in layers],
+                   color=colour, alpha=alpha, hatch=hatch, edgecolor=colour, lw=0.5,
+                   error_kw={"lw": 0.6, "capsize": 1.5},
+                   label=f"{p.replace('_', ' ')}" + (" (random)" if m else ""))
+    ax.set_xticks(np.arange(len(layers)), [f"{layer}\nD={result.dims[layer]}" for layer in layers], fontsize=TICK_PT)
+    ax.tick_params(axis="y", labelsize=TICK_PT)
+    ax.set_ylabel("mean feature sign change", fontsize=TEXT_PT)
+    ax.legend(fontsize=TICK_PT, ncol=2, frameon=False, loc="upper left", handlelength=1.2, columnspacing=0.8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+    for s in ("top", "right"):
+        ax.spines[s].set_visible(False)
+    return fig
+
+
+def write_correspondence(result: CorrespondenceResult, out: str | os.PathLike, *, dpi: int = 200) -> tuple[Path, Path]:
+    """Save the figure (PNG/PDF/SVG by suffix) and ``<stem>.json`` (every number) beside it."""
+    import matplotlib.pyplot as plt
+
+    from ..io import write_json
+    from ..plot import save_figure
+
+    out = Path(out)
+    fig = plot_correspondence(result)
+    save_figure(fig, out, dpi=dpi)
+    plt.close(fig)
+    return out, write_json(result.summary(), out.with_suffix(".json"))
