@@ -13,8 +13,8 @@ One module per kind of analysis (as Captum has a folder per kind of explanation)
 ``filters``            first-layer filters (Fig. 6)
 ``evolution``          features across training checkpoints (Fig. 4); its demo network and training in
                        ``training``, checkpoint files as nets in ``checkpoints``
-``correspondence``     occluding the same part in several images (Fig. 8, Table 1); its figure in
-                       ``correspondence_plots``
+``correspondence``     occluding the same part in several images (Fig. 8, Table 1); its part boxes in
+                       ``part_boxes``
 =====================  ============================================================================
 
 ``make_figures`` writes every figure of these analyses (PNG) and their numbers (JSON) for the figure
