@@ -4,14 +4,17 @@ One module per kind of analysis (as Captum has a folder per kind of explanation)
 
 =====================  ============================================================================
 ``methods``            deconvnet vs Captum's Deconvolution (cross-check), GuidedBackprop and Saliency
-``sanity``             parameter randomisation (Adebayo et al. 2018), neuron selectivity (Mahendran &
-                       Vedaldi 2016)
+``sanity``             the sanity checks, gathered from ``randomisation`` (parameter randomisation,
+                       Adebayo et al. 2018), ``selectivity`` (neuron selectivity, Mahendran & Vedaldi
+                       2016) and ``sanity_plots`` (their figures)
 ``similarity``         the four similarity measures of the sanity checks
 ``invariance``         translation, scale, rotation (Zeiler & Fergus Fig. 5)
 ``occlusion``          occlusion sensitivity (Fig. 7)
 ``filters``            first-layer filters (Fig. 6)
-``evolution``          features across training checkpoints (Fig. 4)
-``correspondence``     occluding the same part in several images (Fig. 8, Table 1)
+``evolution``          features across training checkpoints (Fig. 4); its demo network and training in
+                       ``training``, checkpoint files as nets in ``checkpoints``
+``correspondence``     occluding the same part in several images (Fig. 8, Table 1); its part boxes in
+                       ``part_boxes``
 =====================  ============================================================================
 
 ``make_figures`` writes every figure of these analyses (PNG) and their numbers (JSON) for the figure
@@ -22,15 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from ..engine import Target, default_layers
-from ..models import Net
 from ..io import write_json
+from ..models import Net
 from ..plot import save_figure
 from ._util import DPI, jsonable, last_relu, output_layer
 from .correspondence import bundled_parts, correspondence, load_parts, plot_correspondence
@@ -115,7 +118,7 @@ class FigureSettings:
     folder: str | None = None  # ``images`` are paths relative to this folder (None: bundled photographs or paths)
     boxes: str | None = None  # the part boxes (JSON) of the correspondence experiment (None: the bundled faces)
 
-    def on_folder(self, folder: str | os.PathLike, boxes: str | os.PathLike | None = None) -> "FigureSettings":
+    def on_folder(self, folder: str | os.PathLike, boxes: str | os.PathLike | None = None) -> FigureSettings:
         """These settings on a folder of one's own: its first images (as many as ``images`` holds, in path
         order, readable ones only) for methods, sanity, invariance and occlusion; with ``boxes`` (a JSON of
         part boxes of images of the folder, ``analysis.load_parts``) for the correspondence too.
@@ -146,13 +149,13 @@ class FigureSettings:
         return [n if self.folder is None else str(Path(self.folder) / n) for n in names]
 
     @classmethod
-    def full(cls) -> "FigureSettings":
+    def full(cls) -> FigureSettings:
         # the randomisation test runs 3 methods x (1 + 13..16 layers) x 2 modes: at 128 px it takes minutes
         # on a CPU, at 224 px four times that, for maps whose comparison does not need the larger size
         return cls(("chelsea", "astronaut", "coffee"), 2, 224, 128, 2, None, 5, 13, None)
 
     @classmethod
-    def quick(cls) -> "FigureSettings":
+    def quick(cls) -> FigureSettings:
         return cls(("chelsea", "astronaut"), 2, 64, 64, 1, 3, 1, 5, (16, 16), correspondence_size=64,
                    correspondence_draws=2, evolution_epochs=(0, 1, 3), evolution_samples=64, evolution_images=34)
 
@@ -186,7 +189,8 @@ def method_targets(net: Net) -> list[Target]:
         targets = [Target(max(relus, key=net.depth)), Target(last_relu(net)), Target(pools[-1], "max", "all")]
     else:
         stages = default_layers(net)
-        middle = stages[len(stages) // 2] if len(stages) // 2 < len(stages) - 1 else stages[-2] if len(stages) > 1 else None
+        middle = (stages[len(stages) // 2] if len(stages) // 2 < len(stages) - 1
+                  else stages[-2] if len(stages) > 1 else None)
         # a two-stage model: its first and last stage (never the same target twice); one stage: that one
         targets = ([Target(middle)] if middle else []) + [Target(stages[-1]), Target(stages[-1], "max", "all")]
     if output_layer(net) is not None:
@@ -218,11 +222,13 @@ def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bo
     fig = plot_method_comparison(rows, net)
     errors = [r.deconvolution_error[0] if r.deconvolution_error else None for r in rows]
     check = ({"max_relative_error": max(errors)} if not hidden else
-             {"skipped": f"{hidden} rectifier calls of {net.arch}'s forward are functions (F.relu), which Captum's module "
-                         "hooks do not see: its Deconvolution is not the deconvnet here (tests/test_rules.py)"})
-    numbers = {"weights": net.describe(), "images": list(names), "size": s.size, "engine": "deconvnet.engine, every rule",
+             {"skipped": f"{hidden} rectifier calls of {net.arch}'s forward are functions (F.relu), which Captum's "
+                         "module hooks do not see: its Deconvolution is not the deconvnet here (tests/test_rules.py)"})
+    numbers = {"weights": net.describe(), "images": list(names), "size": s.size,
+               "engine": "deconvnet.engine, every rule",
                "shown": [m for m in METHODS if m != "deconvolution"],
-               "cross_check": {"what": "Captum Deconvolution vs deconvnet (ours): max |Captum - ours| / max |ours| per row",
+               "cross_check": {"what": "Captum Deconvolution vs deconvnet (ours): max |Captum - ours| / max |ours| "
+                                       "per row",
                                **check},
                "rows": [{"image": names[k // len(results)], "target": " ".join(r.target_labels[0].split()),
                          "deconvolution_vs_ours_relative_error": errors[k],
@@ -270,10 +276,12 @@ def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: boo
 def figure_invariance(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
     """invariance.png / invariance.json."""
     x = _inputs(net, s.images, s.size, s)
-    r = invariance_curves(net, x, ranges=default_ranges(s.size, s.transform_steps), names=s.images, show_progress=show_progress)
+    r = invariance_curves(net, x, ranges=default_ranges(s.size, s.transform_steps), names=s.images,
+                          show_progress=show_progress)
     numbers = {"weights": net.describe(), "images": list(s.images), "size": s.size, "layers": r.layers,
                "classifier": r.classifier, "classes": r.classes, "class_labels": r.class_labels, **r.summary()}
-    return [_save(plot_invariance(r, net), out_dir / "invariance.png"), _write_json(out_dir / "invariance.json", numbers)]
+    return [_save(plot_invariance(r, net), out_dir / "invariance.png"),
+            _write_json(out_dir / "invariance.json", numbers)]
 
 
 def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
@@ -282,7 +290,8 @@ def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, show_progress: 
     size, stride = s.occluder if s.occluder is not None else (None, None)
     # Captum's per-pixel Occlusion is a smoothed (d), not drawn: the tests check it against the grid instead
     r = occlusion_maps(net, x, size=size, stride=stride, names=s.images, captum=False, show_progress=show_progress)
-    return [_save(plot_occlusion(r, net), out_dir / "occlusion.png"), _write_json(out_dir / "occlusion.json", r.summary())]
+    return [_save(plot_occlusion(r, net), out_dir / "occlusion.png"),
+            _write_json(out_dir / "occlusion.json", r.summary())]
 
 
 def figure_filters(out_dir: Path, net: Net, alexnet: Net | None = None) -> list[Path]:
@@ -314,7 +323,8 @@ def figure_evolution(out_dir: Path, s: FigureSettings, show_progress: bool = Tru
                                       progress=show_progress)
     return list(write_evolution(result, out_dir / "evolution.png",
                                 extra={"training": {"config": training.config, "loss": training.loss,
-                                                    "accuracy": training.accuracy, "weight_change": training.weight_change}}))
+                                                    "accuracy": training.accuracy,
+                                                    "weight_change": training.weight_change}}))
 
 
 def figure_correspondence(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:

@@ -30,29 +30,67 @@ Choices (the paper leaves them open):
 Boxes are ``(top, left, bottom, right)``, bottom and right exclusive, in the pixels of the images as given
 (a file or bundled photograph as it loads); ``correspondence`` maps them through the same resize and centre
 crop as the images. The hand-set boxes of the bundled faces are in ``parts.json`` (``bundled_parts``).
+Reading and mapping the boxes: ``part_boxes``.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..engine import check_input, record
-from ..images import ImageLike, load_rgb, resized_size
+from ..images import ImageLike, load_rgb
 from ..models import Net
 from ..plot import image_array
-from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, TITLE_PT, blank, fill_words, jsonable, last_relu, progress,
-                    text_height, wrap_to_width)
+from ._util import (
+    PRINT_WIDTH,
+    TEXT_PT,
+    TICK_PT,
+    TITLE_PT,
+    blank,
+    fill_words,
+    jsonable,
+    last_relu,
+    progress,
+    text_height,
+    wrap_to_width,
+)
+from .part_boxes import (
+    OBJECT,
+    PARTS_FILE,
+    Box,
+    PartBoxes,
+    _check_box,
+    _random_box,
+    bundled_parts,
+    load_parts,
+    map_box,
+)
 
-Box = tuple[int, int, int, int]
-PARTS_FILE = Path(__file__).with_name("parts.json")
-OBJECT = "object"  # the key of a JSON of boxes that gives the region of the random control, not a part
+__all__ = [
+    "OBJECT",
+    "PARTS_FILE",
+    "PART_COLOURS",
+    "CorrespondenceResult",
+    "PartBoxes",
+    "bundled_parts",
+    "correspondence",
+    "default_layers",
+    "delta",
+    "load_parts",
+    "map_box",
+    "mean_sign_change",
+    "pairwise_sign_distance",
+    "plot_correspondence",
+    "write_correspondence",
+]
+
 
 
 # --- the score ---------------------------------------------------------------------------------------------
@@ -78,129 +116,6 @@ def mean_sign_change(eps: torch.Tensor) -> tuple[float, float]:
     i, j = torch.triu_indices(d.shape[0], d.shape[0], 1)
     v = d[i, j]
     return float(v.mean()), float(v.std(unbiased=False))
-
-
-# --- boxes ------------------------------------------------------------------------------------------------
-
-@dataclass
-class PartBoxes:
-    """Images and their part boxes, as read from a JSON file (``load_parts``).
-
-    Attributes:
-        images: image names (bundled photographs) or file paths.
-        parts: part name -> one box per image, in the image's own pixels.
-        objects: per image, the region of the random control (None: the whole image).
-    """
-
-    images: list[str]
-    parts: dict[str, list[Box]]
-    objects: list[Box | None]
-
-
-#: the largest coordinate a box may have (pixels): beyond any image, and far from what overflows a float
-MAX_COORDINATE = 2**31 - 1
-_BOX_FORMAT = "[top, left, bottom, right] in pixels, four integers"
-
-
-def _check_box(box: Any, what: str) -> Box:
-    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                                                     for v in box)):
-        shown = repr(box) if len(repr(box)) <= 60 else repr(box)[:57] + "..."
-        raise ValueError(f"{what}: {shown} is not a box. Hint: {_BOX_FORMAT}")
-    if any(abs(int(v)) > MAX_COORDINATE for v in box):
-        raise ValueError(f"{what}: a coordinate is larger than {MAX_COORDINATE}. Hint: {_BOX_FORMAT}, inside the image")
-    t, l, b, r = (int(v) for v in box)
-    if not (0 <= t < b and 0 <= l < r):
-        raise ValueError(f"{what}: box {[t, l, b, r]} is empty or negative. Hint: [top, left, bottom, right] with "
-                         "top < bottom and left < right (bottom and right exclusive)")
-    return t, l, b, r
-
-
-def _check_entry(entry: Any, name: str, path: Any) -> dict:
-    """An image's entry of a boxes file: an object of part name -> box."""
-    if not isinstance(entry, dict):
-        raise ValueError(f"boxes file '{path}': the entry of image '{name}' is a {type(entry).__name__}, not an object. "
-                         f"Hint: \"{name}\": {{\"left_eye\": [top, left, bottom, right], ...}}")
-    return entry
-
-
-def load_parts(path: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> PartBoxes:
-    """Read a JSON of part boxes: ``{"images": {name: {part: [top, left, bottom, right], ..., "object": [...]}}}``.
-
-    Args:
-        path: the JSON file (default: ``parts.json``, the bundled faces).
-        folder: where the images named in the file are (a name is then a path relative to it); None: names are
-            bundled photographs or paths.
-
-    Every image must have the same parts; ``object`` (optional) is the region of the random control.
-    """
-    path = PARTS_FILE if path is None else Path(path)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"boxes file not found: '{path}'. Hint: a JSON file like {PARTS_FILE.name} of the package")
-    try:
-        spec = json.loads(Path(path).read_text())
-    except ValueError as err:
-        raise ValueError(f"boxes file '{path}' is not valid JSON ({err}). Hint: see {PARTS_FILE} for the format") from None
-    entries = spec.get("images") if isinstance(spec, dict) else None
-    if not isinstance(entries, dict) or len(entries) < 2:
-        raise ValueError(f"boxes file '{path}' needs an 'images' object with at least 2 images, each "
-                         "{{part: [top, left, bottom, right]}}. Hint: see the package's parts.json")
-    names = list(entries)
-    for name in names:
-        _check_entry(entries[name], name, path)
-    part_names = [p for p in entries[names[0]] if p != OBJECT]
-    if not part_names:
-        raise ValueError(f"boxes file '{path}': image '{names[0]}' has no part boxes")
-    parts: dict[str, list[Box]] = {p: [] for p in part_names}
-    objects: list[Box | None] = []
-    for name in names:
-        boxes = entries[name]
-        have = [p for p in boxes if p != OBJECT]
-        if sorted(have) != sorted(part_names):
-            raise ValueError(f"boxes file '{path}': image '{name}' has parts {sorted(have)}, but '{names[0]}' has "
-                             f"{sorted(part_names)}. Hint: every image needs the same parts")
-        for p in part_names:
-            parts[p].append(_check_box(boxes[p], f"'{name}' {p}"))
-        objects.append(_check_box(boxes[OBJECT], f"'{name}' {OBJECT}") if OBJECT in boxes else None)
-    if folder is not None:
-        missing = [n for n in names if not (Path(folder) / n).is_file()]
-        if missing:
-            raise FileNotFoundError(f"boxes file '{path}' names image(s) not in '{folder}': {', '.join(missing[:5])}. "
-                                    "Hint: names are file paths relative to the folder")
-        names = [str(Path(folder) / n) for n in names]
-    return PartBoxes(names, parts, objects)
-
-
-def bundled_parts() -> PartBoxes:
-    """The offline set: astronaut, grace_hopper (human faces) and chelsea (a cat), with hand-set boxes of the
-    left eye, right eye (the subject's own) and nose, and the face as the region of the random control."""
-    return load_parts(PARTS_FILE)
-
-
-def map_box(box: Box, wh: tuple[int, int], size: int | None) -> Box:
-    """A box in an image of ``wh`` (width, height) pixels, after resizing the shorter side to ``size`` and a
-    centre crop of ``size`` x ``size`` (``net.preprocess(image, size=size, crop=size)``); clipped to the crop."""
-    if size is None:
-        return box
-    w, h = wh
-    nw, nh = resized_size(wh, size)
-    sx, sy = nw / w, nh / h
-    left0, top0 = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    t, l, b, r = box
-    t, b = (min(max(int(round(v * sy)) - top0, 0), size) for v in (t, b))
-    l, r = (min(max(int(round(v * sx)) - left0, 0), size) for v in (l, r))
-    return t, l, b, r
-
-
-def _random_box(hw: tuple[int, int], region: Box, image_hw: tuple[int, int], g: torch.Generator) -> Box:
-    """A box of ``hw`` at a uniformly random position inside ``region`` (the whole image if it does not fit)."""
-    h, w = hw
-    t0, l0, b0, r0 = region
-    if b0 - t0 < h or r0 - l0 < w:
-        t0, l0, b0, r0 = 0, 0, *image_hw
-    top = t0 + int(torch.randint(b0 - t0 - h + 1, (1,), generator=g))
-    left = l0 + int(torch.randint(r0 - l0 - w + 1, (1,), generator=g))
-    return top, left, top + h, left + w
 
 
 # --- the experiment ---------------------------------------------------------------------------------------
@@ -258,11 +173,12 @@ class CorrespondenceResult:
 
     def table(self) -> str:
         """Table 1 as text: a row per part, per layer the mean sign change ± std and its random control."""
-        head = f"{'part':10s}" + "".join(f"  {l + ' part':>17s}  {l + ' random':>17s}" for l in self.layers)
+        head = f"{'part':10s}" + "".join(f"  {layer + ' part':>17s}  {layer + ' random':>17s}" for layer in self.layers)
         rows = [head]
         for p in self.parts:
-            cells = "".join(f"  {self.score[p][l][0]:9.4f} ± {self.score[p][l][1]:.4f}"
-                            f"  {self.random[p][l][0]:9.4f} ± {self.random[p][l][1]:.4f}" for l in self.layers)
+            cells = "".join(f"  {self.score[p][layer][0]:9.4f} ± {self.score[p][layer][1]:.4f}"
+                            f"  {self.random[p][layer][0]:9.4f} ± {self.random[p][layer][1]:.4f}"
+                            for layer in self.layers)
             rows.append(f"{p:10s}{cells}")
         return "\n".join(rows)
 
@@ -278,14 +194,15 @@ class CorrespondenceResult:
             "dims": self.dims, "size": self.size, "draws": self.draws, "seed": self.seed, "occluder": self.fill,
             "weights": self.weights,
             "boxes_model_input": self.boxes, "random_boxes_model_input": self.random_boxes,
-            "table": {p: {l: {"mean": self.score[p][l][0], "std": self.score[p][l][1],
-                              "random_mean": self.random[p][l][0], "random_std": self.random[p][l][1],
-                              "delta_sum": self.delta[p][l], "random_delta_sum": self.random_delta[p][l]}
-                          for l in self.layers} for p in self.parts},
+            "table": {p: {layer: {"mean": self.score[p][layer][0], "std": self.score[p][layer][1],
+                                  "random_mean": self.random[p][layer][0], "random_std": self.random[p][layer][1],
+                                  "delta_sum": self.delta[p][layer], "random_delta_sum": self.random_delta[p][layer]}
+                          for layer in self.layers} for p in self.parts},
         })
 
 
-def _inputs(net: Net, images: Sequence[ImageLike] | torch.Tensor, size: int | None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+def _inputs(net: Net, images: Sequence[ImageLike] | torch.Tensor,
+            size: int | None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Model inputs of the images, and each image's original (width, height)."""
     if isinstance(images, torch.Tensor):
         x = check_input(images, net)
@@ -333,6 +250,54 @@ def correspondence(
         A ``CorrespondenceResult``; ``table()`` prints Table 1, ``plot_correspondence`` draws Fig. 8's panels.
     """
     n = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+    _check_arguments(n, parts, draws, objects)
+    layers = list(dict.fromkeys(net.resolve(layer) for layer in (layers or default_layers(net))))
+    x, wh = _inputs(net, images, size)
+    hw = tuple(x.shape[-2:])
+    side = None if isinstance(images, torch.Tensor) else size
+    boxes = {p: [map_box(_check_box(b, f"image {i} {p}"), wh[i], side) for i, b in enumerate(bs)]
+             for p, bs in parts.items()}
+    for p, bs in boxes.items():
+        for i, b in enumerate(bs):
+            if b[0] >= b[2] or b[1] >= b[3]:
+                raise ValueError(f"part '{p}' of image {i} lies outside the {hw[1]}x{hw[0]} input after the resize and "
+                                 "crop. Hint: check the box, or give size=None")
+    regions = [(0, 0, *hw) if objects is None or objects[i] is None
+               else map_box(_check_box(objects[i], f"image {i} object"), wh[i], side) for i in range(n)]
+    g = torch.Generator().manual_seed(seed)
+    random_boxes = {p: [[_random_box((b[2] - b[0], b[3] - b[1]), regions[i], hw, g) for i, b in enumerate(boxes[p])]
+                        for _ in range(draws)] for p in boxes}
+    # every occluded input: (key, image, box)
+    jobs = [(("part", p), i, b) for p, bs in boxes.items() for i, b in enumerate(bs)]
+    jobs += [(("random", p, d), i, b) for p, ds in random_boxes.items() for d, bs in enumerate(ds)
+             for i, b in enumerate(bs)]
+    clean = {layer: a.flatten(1).double().cpu()
+             for layer, a in record(net, x, layers, switches=False).activations.items()}
+    feats = _occluded_features(net, x, jobs, layers, n, batch_size=batch_size, show_progress=show_progress)
+
+    def eps(key, layer) -> torch.Tensor:
+        return clean[layer] - torch.stack(feats[key][layer])
+
+    score = {p: {layer: mean_sign_change(eps(("part", p), layer)) for layer in layers} for p in boxes}
+    dl = {p: {layer: delta(eps(("part", p), layer)) for layer in layers} for p in boxes}
+    random, random_delta = {}, {}
+    for p in boxes:
+        random[p], random_delta[p] = {}, {}
+        for layer in layers:
+            per_draw = np.array([mean_sign_change(eps(("random", p, d), layer))[0] for d in range(draws)])
+            random[p][layer] = (float(per_draw.mean()), float(per_draw.std()))
+            random_delta[p][layer] = float(np.mean([delta(eps(("random", p, d), layer)) for d in range(draws)]))
+    if names is None:
+        names = ([Path(str(i)).stem for i in images] if not isinstance(images, torch.Tensor)
+                 and all(isinstance(i, (str, os.PathLike)) for i in images) else [f"image {i}" for i in range(n)])
+    return CorrespondenceResult(list(names), list(boxes), layers, boxes, random_boxes, score, random, dl, random_delta,
+                                {layer: int(clean[layer].shape[1]) for layer in layers}, x.detach().cpu(),
+                                net.describe(), fill_words(net), draws, seed, side, net.preprocessing)
+
+
+def _check_arguments(n: int, parts: Mapping[str, Sequence[Box]], draws: int,
+                     objects: Sequence[Box | None] | None) -> None:
+    """The refusals of ``correspondence`` before any work: ``n`` images, a box per image for each part."""
     if n < 2:
         raise ValueError(f"correspondence compares images: {n} given. Hint: at least 2 images of one kind of object")
     if not parts:
@@ -344,55 +309,24 @@ def correspondence(
             raise ValueError(f"part '{p}' has {len(boxes)} boxes for {n} images. Hint: one box per image, in order")
     if objects is not None and len(objects) != n:
         raise ValueError(f"{len(objects)} object regions for {n} images. Hint: one per image, or None")
-    layers = list(dict.fromkeys(net.resolve(l) for l in (layers or default_layers(net))))
-    x, wh = _inputs(net, images, size)
-    hw = tuple(x.shape[-2:])
-    side = None if isinstance(images, torch.Tensor) else size
-    boxes = {p: [map_box(_check_box(b, f"image {i} {p}"), wh[i], side) for i, b in enumerate(bs)] for p, bs in parts.items()}
-    for p, bs in boxes.items():
-        for i, b in enumerate(bs):
-            if b[0] >= b[2] or b[1] >= b[3]:
-                raise ValueError(f"part '{p}' of image {i} lies outside the {hw[1]}x{hw[0]} input after the resize and "
-                                 "crop. Hint: check the box, or give size=None")
-    regions = [(0, 0, *hw) if objects is None or objects[i] is None else map_box(_check_box(objects[i], f"image {i} object"),
-                                                                                  wh[i], side) for i in range(n)]
-    g = torch.Generator().manual_seed(seed)
-    random_boxes = {p: [[_random_box((b[2] - b[0], b[3] - b[1]), regions[i], hw, g) for i, b in enumerate(boxes[p])]
-                        for _ in range(draws)] for p in boxes}
-    # every occluded input: (key, image, box)
-    jobs = [(("part", p), i, b) for p, bs in boxes.items() for i, b in enumerate(bs)]
-    jobs += [(("random", p, d), i, b) for p, ds in random_boxes.items() for d, bs in enumerate(ds) for i, b in enumerate(bs)]
-    clean = {l: a.flatten(1).double().cpu() for l, a in record(net, x, layers, switches=False).activations.items()}
+
+
+def _occluded_features(net: Net, x: torch.Tensor, jobs: Sequence[tuple], layers: Sequence[str], n: int, *,
+                       batch_size: int, show_progress: bool) -> dict[tuple, dict[str, list]]:
+    """The features of every occluded input, ``batch_size`` at a time: key -> layer -> one flat float64 vector
+    per image (``jobs``: ``(key, image, (top, left, bottom, right))``)."""
     feats: dict[tuple, dict[str, list]] = {}
     chunks = [jobs[s : s + batch_size] for s in range(0, len(jobs), batch_size)]
     for chunk in progress(chunks, enabled=show_progress, desc="correspondence"):
         xs = x[[i for _, i, _ in chunk]].clone()
-        for k, (_, _, (t, l, b, r)) in enumerate(chunk):
-            xs[k, :, t:b, l:r] = 0.0  # zero in the model's input space: the preprocessing's mean colour
+        for k, (_, _, (top, left, bottom, right)) in enumerate(chunk):
+            xs[k, :, top:bottom, left:right] = 0.0  # zero in the model's input space: the preprocessing's mean colour
         acts = record(net, xs, layers, switches=False).activations
         for k, (key, i, _) in enumerate(chunk):
-            feats.setdefault(key, {l: [None] * n for l in layers})
-            for l in layers:
-                feats[key][l][i] = acts[l][k].flatten().double().cpu()
-
-    def eps(key, l) -> torch.Tensor:
-        return clean[l] - torch.stack(feats[key][l])
-
-    score = {p: {l: mean_sign_change(eps(("part", p), l)) for l in layers} for p in boxes}
-    dl = {p: {l: delta(eps(("part", p), l)) for l in layers} for p in boxes}
-    random, random_delta = {}, {}
-    for p in boxes:
-        random[p], random_delta[p] = {}, {}
-        for l in layers:
-            per_draw = np.array([mean_sign_change(eps(("random", p, d), l))[0] for d in range(draws)])
-            random[p][l] = (float(per_draw.mean()), float(per_draw.std()))
-            random_delta[p][l] = float(np.mean([delta(eps(("random", p, d), l)) for d in range(draws)]))
-    if names is None:
-        names = ([Path(str(i)).stem for i in images] if not isinstance(images, torch.Tensor)
-                 and all(isinstance(i, (str, os.PathLike)) for i in images) else [f"image {i}" for i in range(n)])
-    return CorrespondenceResult(list(names), list(boxes), layers, boxes, random_boxes, score, random, dl, random_delta,
-                                {l: int(clean[l].shape[1]) for l in layers}, x.detach().cpu(), net.describe(),
-                                fill_words(net), draws, seed, side, net.preprocessing)
+            feats.setdefault(key, {layer: [None] * n for layer in layers})
+            for layer in layers:
+                feats[key][layer][i] = acts[layer][k].flatten().double().cpu()
+    return feats
 
 
 # --- drawing ----------------------------------------------------------------------------------------------
@@ -420,10 +354,10 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
              f"change more consistently")
     caption = (f"Left: the images as the model sees them ({result.size or 'original'} px), each part occluded by "
                f"{result.fill}; the last row is one of {result.draws} draws of the control: the same box at a random "
-               f"position in the face. Right: mean feature sign change, the normalised Hamming distance of sign(x_i - x~_i) "
-               f"between images (fraction of the D features whose signs differ), averaged over the {n * (n - 1)} ordered "
-               f"pairs; error bars: std over pairs (parts) or over draws (random). Only {n} images: the spread is large. "
-               f"Weights: {result.weights}.")
+               f"position in the face. Right: mean feature sign change, the normalised Hamming distance of "
+               f"sign(x_i - x~_i) between images (fraction of the D features whose signs differ), averaged over the "
+               f"{n * (n - 1)} ordered pairs; error bars: std over pairs (parts) or over draws (random). Only {n} "
+               f"images: the spread is large. Weights: {result.weights}.")
     head = wrap_to_width(title, width - 0.2, TITLE_PT)
     foot = wrap_to_width(caption, width - 0.2, TICK_PT)
     top = text_height(head, TITLE_PT) + 0.06 + TEXT_PT * 1.5 / 72
@@ -438,7 +372,7 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
     for j, name in enumerate(result.names):
         fig.text((label_w + j * (tile + 0.04) + tile / 2) / width, (y + 0.03) / height, name, ha="center",
                  va="bottom", fontsize=TEXT_PT)
-    for r, row in enumerate(rows):
+    for row in rows:
         y -= tile
         fig.text((label_w - 0.05) / width, (y + tile / 2) / height, row.replace("_", " "), ha="right", va="center",
                  fontsize=TEXT_PT)
@@ -447,15 +381,17 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
             img = rgb[j].clone()
             fill = result.preprocessing.inverse(torch.zeros(1, 3, 1, 1))[0, :, 0, 0].clamp(0, 1) \
                 if result.preprocessing is not None else torch.zeros(3)
-            t, l, b, rr = box
-            img[:, t:b, l:rr] = fill.view(3, 1, 1)
+            y0, x0, y1, x1 = box
+            img[:, y0:y1, x0:x1] = fill.view(3, 1, 1)
             ax = fig.add_axes([(label_w + j * (tile + 0.04)) / width, y / height, tile / width, tile / height])
             ax.imshow(image_array(img), interpolation="antialiased")
             colour = "0.5" if row == "random" else PART_COLOURS[parts.index(row) % len(PART_COLOURS)]
-            ax.add_patch(mpatches.Rectangle((l - 0.5, t - 0.5), rr - l, b - t, fill=False, edgecolor=colour, lw=1.2))
+            ax.add_patch(mpatches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                                            lw=1.2))
             blank(ax)
         y -= 0.04
-    ax = fig.add_axes([chart_l / width, (bottom + 0.35) / height, chart_w / width, (height - top - bottom - 0.35) / height])
+    ax = fig.add_axes([chart_l / width, (bottom + 0.35) / height, chart_w / width,
+                       (height - top - bottom - 0.35) / height])
     layers = result.layers
     group = len(parts) * 2
     bw = 0.8 / group
@@ -463,10 +399,11 @@ def plot_correspondence(result: CorrespondenceResult, *, width: float = PRINT_WI
         colour = PART_COLOURS[k % len(PART_COLOURS)]
         for m, (values, hatch, alpha) in enumerate(((result.score[p], None, 1.0), (result.random[p], "///", 0.35))):
             xs = np.arange(len(layers)) - 0.4 + bw * (2 * k + m + 0.5)
-            ax.bar(xs, [values[l][0] for l in layers], bw, yerr=[values[l][1] for l in layers], color=colour,
-                   alpha=alpha, hatch=hatch, edgecolor=colour, lw=0.5, error_kw={"lw": 0.6, "capsize": 1.5},
+            ax.bar(xs, [values[layer][0] for layer in layers], bw, yerr=[values[layer][1] for layer in layers],
+                   color=colour, alpha=alpha, hatch=hatch, edgecolor=colour, lw=0.5,
+                   error_kw={"lw": 0.6, "capsize": 1.5},
                    label=f"{p.replace('_', ' ')}" + (" (random)" if m else ""))
-    ax.set_xticks(np.arange(len(layers)), [f"{l}\nD={result.dims[l]}" for l in layers], fontsize=TICK_PT)
+    ax.set_xticks(np.arange(len(layers)), [f"{layer}\nD={result.dims[layer]}" for layer in layers], fontsize=TICK_PT)
     ax.tick_params(axis="y", labelsize=TICK_PT)
     ax.set_ylabel("mean feature sign change", fontsize=TEXT_PT)
     ax.legend(fontsize=TICK_PT, ncol=2, frameon=False, loc="upper left", handlelength=1.2, columnspacing=0.8)

@@ -12,297 +12,62 @@ common). The sidecar also has the overlap of the image sets alone (the same imag
 positions) and the overlap of the drawn features.
 
 Offline demonstration: ``train_demo`` trains a small ReLU/max-pool CNN (``demo_cnn``) from scratch to
-tell the bundled photographs apart, seeded, and saves state_dicts at a few epochs.
+tell the bundled photographs apart, seeded, and saves state_dicts at a few epochs (module ``training``);
+``demo_evolution`` follows its features. Checkpoint files are read by ``checkpoints``.
 """
+
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from ..engine import receptive_field
 from ..figure2 import FeatureTiles, feature_tiles, select_features
-from ..io import torch_save, write_json
-from ..models import Net, wrap
+from ..io import write_json
+from ..models import Net
 from ..plot import DEFAULT_SCALING, describe_scaling, scale_for_display
 from ..preprocessing import TORCHVISION
-from ..engine import receptive_field
 from ..scan import TopK, scan_top_k
 from ._util import PRINT_WIDTH, TEXT_PT, TICK_PT, TITLE_PT, jsonable, text_height, wrap_to_width
+from .checkpoints import _as_net, load_checkpoint
+from .training import DEMO_ARCH, DEMO_EPOCHS, DEMO_LAYERS, DEMO_SIZE, DemoTraining, demo_cnn, train_demo
+
+__all__ = [
+    "DEMO_ARCH",
+    "DEMO_EPOCHS",
+    "DEMO_LAYERS",
+    "DEMO_SIZE",
+    "PAPER_EPOCHS",
+    "DemoTraining",
+    "EvolutionResult",
+    "demo_cnn",
+    "demo_evolution",
+    "evolution",
+    "jaccard",
+    "load_checkpoint",
+    "plot_evolution",
+    "train_demo",
+    "write_evolution",
+]
 
 #: the paper's checkpoints (epochs of its ImageNet training)
 PAPER_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
-#: the demo's checkpoints: 0 is the initialisation
-DEMO_EPOCHS = (0, 1, 2, 5, 10, 20, 40)
-DEMO_LAYERS = ("relu1", "relu2", "relu3")
-DEMO_SIZE = 64
-DEMO_ARCH = "democnn"
 CheckpointLike = "Net | nn.Module | str | os.PathLike"
-
-
-# --- the demo network and its training ------------------------------------------------------------------
-
-def demo_cnn(classes: int = 16, width: int = 16, size: int = DEMO_SIZE) -> nn.Sequential:
-    """A small ReLU/max-pool CNN: three conv-ReLU-pool blocks (``conv1 ... pool3``) and a linear classifier.
-
-    The layers have paper-like names (``relu2``, ``pool3``), so they read like the figures. ``size`` is
-    the input side (a multiple of 8): the classifier sees the ``size / 8`` square map of ``pool3``.
-    """
-    if size % 8:
-        raise ValueError(f"demo CNN input size {size} is not a multiple of 8. Hint: e.g. {DEMO_SIZE}")
-    from collections import OrderedDict
-
-    w = width
-    return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(3, w, 5, padding=2)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-        ("conv2", nn.Conv2d(w, 2 * w, 3, padding=1)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-        ("conv3", nn.Conv2d(2 * w, 4 * w, 3, padding=1)), ("relu3", nn.ReLU()), ("pool3", nn.MaxPool2d(2)),
-        ("flatten", nn.Flatten()), ("fc", nn.Linear(4 * w * (size // 8) ** 2, classes)),
-    ]))
-
-
-def _demo_classes() -> tuple[list[str], list[int]]:
-    """The bundled photographs and their class: the scene (the stereo pair of motorcycles is one)."""
-    from ..images import BUNDLED_PHOTOS
-
-    photos = list(BUNDLED_PHOTOS)
-    scenes = list(dict.fromkeys("motorcycle" if p.startswith("motorcycle_") else p for p in photos))
-    return photos, [scenes.index("motorcycle" if p.startswith("motorcycle_") else p) for p in photos]
-
-
-def _augmented_batch(photos: Sequence[torch.Tensor], classes: Sequence[int], n: int, size: int,
-                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random square crops (a third to all of the shorter side), resized to ``size``, half mirrored."""
-    import torch.nn.functional as F
-
-    xs, ys = [], []
-    for _ in range(n):
-        k = int(torch.randint(len(photos), (1,), generator=g))
-        img = photos[k]
-        h, w = img.shape[-2:]
-        side = int(min(h, w) * (1 / 3 + 2 / 3 * float(torch.rand(1, generator=g))))
-        top = int(torch.randint(h - side + 1, (1,), generator=g))
-        left = int(torch.randint(w - side + 1, (1,), generator=g))
-        crop = img[:, top : top + side, left : left + side].unsqueeze(0)
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        if float(torch.rand(1, generator=g)) < 0.5:
-            crop = crop.flip(-1)
-        xs.append(crop)
-        ys.append(classes[k])
-    return torch.stack(xs).clamp(0, 1), torch.tensor(ys)
-
-
-@dataclass
-class DemoTraining:
-    """What ``train_demo`` wrote: the checkpoint files (one per epoch) and the training log."""
-
-    folder: Path
-    epochs: list[int]
-    checkpoints: list[Path]
-    loss: list[float]  # mean training loss of each epoch (index 0: epoch 1)
-    accuracy: list[float]  # training accuracy of each epoch
-    weight_change: dict[str, dict[str, float]]  # epoch -> layer -> |W - W_previous checkpoint| / |W_previous checkpoint|
-    config: dict
-    seconds: float
-    reused: bool
-
-
-def train_demo(
-    folder: str | os.PathLike,
-    *,
-    epochs: Sequence[int] = DEMO_EPOCHS,
-    size: int = DEMO_SIZE,
-    width: int = 16,
-    samples_per_epoch: int = 512,
-    batch_size: int = 32,
-    lr: float = 0.01,
-    init_std: float | None = 0.01,
-    seed: int = 0,
-    progress: bool = True,
-) -> DemoTraining:
-    """Train ``demo_cnn`` from scratch to tell the bundled photographs apart, saving state_dicts.
-
-    The data: random square crops (a third to all of a photograph's shorter side, mirrored half the time,
-    seeded) of the 17 bundled photographs, 16 classes (the two motorcycle photographs are one scene).
-    SGD with momentum 0.9 and weight decay 5e-4, ``lr`` constant. An epoch is ``samples_per_epoch`` crops.
-    Epoch 0 is the seeded initialisation: weights drawn from N(0, ``init_std``²) and zero biases, as
-    the paper's (0.01); None keeps PyTorch's default (Kaiming-uniform). Measured: with PyTorch's
-    default the first-layer filters moved only about a third of their initial norm in 6 epochs and their
-    projections still looked like the random initialisation after 40; from the paper's small initialisation
-    the learned part dominates (the filters grow to about twice the initial norm by epoch 12), after a
-    plateau of a few epochs at chance level.
-
-    Files: ``epoch{E:03d}.pt`` (a plain state_dict: ``torch.load`` it into ``demo_cnn``) and
-    ``training.json`` (the settings, loss and accuracy per epoch). A folder that already holds the
-    checkpoints of the same settings is reused without training.
-
-    Returns:
-        A ``DemoTraining``.
-    """
-    from ..images import bundled_photo, pil_to_tensor01
-
-    epochs = sorted({int(e) for e in epochs})
-    if not epochs or epochs[0] < 0:
-        raise ValueError(f"epochs must be non-negative numbers, got {list(epochs)}. Hint: e.g. {DEMO_EPOCHS}")
-    folder = Path(folder)
-    photos, classes = _demo_classes()
-    config = {"model": f"demo_cnn(classes={max(classes) + 1}, width={width}, size={size})", "photos": photos,
-              "epochs": epochs, "size": size, "width": width, "samples_per_epoch": samples_per_epoch,
-              "batch_size": batch_size, "lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "init_std": init_std, "seed": seed,
-              "preprocessing": TORCHVISION.name, "torch": torch.__version__}
-    log_path = folder / "training.json"
-    paths = [folder / f"epoch{e:03d}.pt" for e in epochs]
-    if log_path.is_file() and all(p.is_file() for p in paths):
-        try:
-            log = json.loads(log_path.read_text())
-        except ValueError:
-            log = {}
-        if log.get("config") == config:
-            return DemoTraining(folder, epochs, paths, log["loss"], log["accuracy"], log["weight_change"], config,
-                                log["seconds"], True)
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = demo_cnn(max(classes) + 1, width, size)
-        if init_std is not None:
-            for m in model.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    nn.init.normal_(m.weight, 0.0, init_std)
-                    nn.init.zeros_(m.bias)
-    g = torch.Generator().manual_seed(seed)
-    # the photographs once, shrunk so that a crop's resize is cheap (a crop is at most size / (1/3) px wide)
-    images = []
-    for name in photos:
-        img = pil_to_tensor01(bundled_photo(name))
-        scale = 3 * size / min(img.shape[-2:])
-        if scale < 1:
-            img = torch.nn.functional.interpolate(img[None], scale_factor=scale, mode="bilinear", antialias=True)[0]
-        images.append(img)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    loss_fn = nn.CrossEntropyLoss()
-    losses, accs, change = [], [], {}
-    if 0 in epochs:
-        torch_save(model.state_dict(), folder / "epoch000.pt")
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # measured: convolutions this small run faster on one thread than on two
-    try:
-        _train(model, opt, loss_fn, images, classes, epochs, samples_per_epoch, batch_size, size, g, folder, losses,
-               accs, change, progress)
-    finally:
-        torch.set_num_threads(threads)
-    seconds = time.perf_counter() - t0
-    write_json({"config": config, "loss": losses, "accuracy": accs, "weight_change": change, "seconds": seconds}, log_path)
-    return DemoTraining(folder, epochs, paths, losses, accs, change, config, seconds, False)
-
-
-def _train(model, opt, loss_fn, images, classes, epochs, samples_per_epoch, batch_size, size, g, folder, losses,
-           accs, change, progress) -> None:
-    from ._util import progress as bar
-
-    def weights() -> dict[str, torch.Tensor]:
-        return {n.removesuffix(".weight"): p.detach().clone() for n, p in model.named_parameters() if n.endswith("weight")}
-
-    previous = weights()
-    for epoch in bar(range(1, epochs[-1] + 1), enabled=progress, desc="train demo CNN"):
-        total, correct, seen = 0.0, 0, 0
-        for _ in range(math.ceil(samples_per_epoch / batch_size)):
-            x, y = _augmented_batch(images, classes, batch_size, size, g)
-            out = model(TORCHVISION.forward(x))
-            loss = loss_fn(out, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(y)
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(y)
-        losses.append(total / seen)
-        accs.append(correct / seen)
-        if epoch in epochs:
-            torch_save(model.state_dict(), folder / f"epoch{epoch:03d}.pt")
-            now = weights()
-            change[str(epoch)] = {n: float((now[n] - previous[n]).norm() / previous[n].norm()) for n in now}
-            previous = now
-
-
-# --- checkpoints as nets ----------------------------------------------------------------------------------
-
-def _state_digest(model: nn.Module) -> str:
-    """sha256 of a model's parameters and buffers (names, shapes and bytes): equal weights, equal digest."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_checkpoint(path: str | os.PathLike, arch: str | Callable[[], nn.Module], *, device: str | None = None) -> Net:
-    """A state_dict file as a ``Net``.
-
-    Args:
-        path: a state_dict saved with ``torch.save``.
-        arch: ``"democnn"`` (``demo_cnn``; classes, width and size read from the weights), a torchvision
-            architecture name (``vgg16``, ``resnet18``, ...: ``load_model(arch, path)``), or a function
-            returning the ``nn.Module`` to load the state_dict into (wrapped with ``wrap``).
-    """
-    from ..models import load_model
-    from ..models.weights import WeightsError, load_state_dict_file
-
-    path = Path(path)
-    if isinstance(arch, str) and arch != DEMO_ARCH:
-        return load_model(arch, path, device=device)
-    state, provenance = load_state_dict_file(path)
-    if arch == DEMO_ARCH:
-        try:
-            width = state["conv1.weight"].shape[0]
-            classes, features = state["fc.weight"].shape
-        except KeyError:
-            raise WeightsError(f"'{path}' is not a demo CNN state_dict (no conv1.weight / fc.weight). Hint: the "
-                               "files of train_demo, or --arch with the checkpoints' own architecture") from None
-        model = demo_cnn(classes, width, 8 * round(math.sqrt(features / (4 * width))))
-        name = DEMO_ARCH
-    else:
-        model, name = arch(), None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"weights '{path}' do not fit the model: {' '.join(str(err).split())[:300]}") from err
-    net = wrap(model.eval(), preprocessing=TORCHVISION, name=name)
-    net.provenance.update(provenance)
-    return net.to(device=device)
-
-
-def _as_net(item: Any, arch: str | Callable | None, device: str | None) -> tuple[Net, str]:
-    """A checkpoint (Net, module or file) as a Net, and its weights digest (the scan cache's key)."""
-    if isinstance(item, (str, os.PathLike)):
-        if arch is None:
-            raise ValueError(f"checkpoint '{item}' is a file, so the architecture is needed. Hint: arch='vgg16', "
-                             f"'{DEMO_ARCH}', a torchvision name or a function returning the model")
-        net = load_checkpoint(item, arch, device=device)
-    elif isinstance(item, (Net, nn.Module)):
-        net = wrap(item) if isinstance(item, nn.Module) else item
-    else:
-        raise TypeError(f"a checkpoint is a Net, an nn.Module or a state_dict path, got {type(item).__name__}")
-    # of the tensors, not of the file: torch.save writes the file's name into the archive, so two files of
-    # the same weights differ
-    return net, _state_digest(net.model)
 
 
 # --- the experiment ---------------------------------------------------------------------------------------
 
-def jaccard(a: TopK, b: TopK, layer: str, channels: Sequence[int] | None = None, *, images_only: bool = False) -> np.ndarray:
+def jaccard(a: TopK, b: TopK, layer: str, channels: Sequence[int] | None = None, *,
+            images_only: bool = False) -> np.ndarray:
     """Per channel, |A ∩ B| / |A ∪ B| of the top-k sets of two scans: (image, row, col) triples, or the
     images alone. Empty sets on both sides count as identical (1)."""
     channels = range(a.values[layer].shape[0]) if channels is None else channels
@@ -357,7 +122,7 @@ class EvolutionResult:
         for layer in self.layers:
             for j, c in enumerate(self.channels[layer]):
                 cells = []
-                for t, col in zip(self.topk, self.tiles[layer]):
+                for t, col in zip(self.topk, self.tiles[layer], strict=True):
                     tile = col[j]
                     entries = t.entries(layer, c)
                     cells.append({
@@ -374,8 +139,8 @@ class EvolutionResult:
             "arch": self.arch, "checkpoints": self.labels, "weights": self.weights, "weights_sha256": self.digests,
             "layers": self.layers, "channels": self.channels, "k": self.topk[0].k, "dataset": self.dataset,
             "receptive_field": self.receptive,
-            "overlap_definition": "per channel, Jaccard |A n B| / |A u B| of the top-k sets of (image, row, col) at two "
-                                  "successive checkpoints, averaged over every channel of the layer; 1: unchanged",
+            "overlap_definition": "per channel, Jaccard |A n B| / |A u B| of the top-k sets of (image, row, col) at "
+                                  "two successive checkpoints, averaged over every channel of the layer; 1: unchanged",
             "overlap": self.overlap, "overlap_images": self.overlap_images, "overlap_shown": self.overlap_shown,
             "features": features, "note": self.note,  # no timings: the same run writes the same bytes
         })
@@ -429,8 +194,32 @@ def evolution(
     if isinstance(features, int) and features < 1:
         raise ValueError(f"features={features}: at least one feature map per layer")
     if labels is None:
-        labels = [Path(c).stem if isinstance(c, (str, os.PathLike)) else f"checkpoint {i}" for i, c in enumerate(checkpoints)]
+        labels = [Path(c).stem if isinstance(c, (str, os.PathLike)) else f"checkpoint {i}"
+                  for i, c in enumerate(checkpoints)]
     timings: dict[str, float] = {}
+    nets, digests, topks = _scan_checkpoints(checkpoints, dataset, layers, labels, arch=arch, k=k, cache=cache,
+                                             batch_size=batch_size, device=device, progress=progress, timings=timings)
+    layers = list(topks[-1].layers)
+    channels = _choose_channels(features, layers, nets[-1], topks[-1], k=k, select=select, seed=seed)
+    tiles = _top1_tiles(nets, topks, dataset, layers, channels, labels, batch_size=batch_size, timings=timings)
+    pairs = list(zip(topks[:-1], topks[1:], strict=True))
+    overlap = {layer: np.array([jaccard(a, b, layer).mean() for a, b in pairs]) for layer in layers}
+    overlap_images = {layer: np.array([jaccard(a, b, layer, images_only=True).mean() for a, b in pairs])
+                      for layer in layers}
+    overlap_shown = {layer: np.array([jaccard(a, b, layer, channels[layer]).mean() for a, b in pairs])
+                     for layer in layers}
+    receptive = {layer: receptive_field(nets[-1], layer).size[0] for layer in layers}
+    return EvolutionResult(list(labels), layers, channels, tiles, topks, overlap, overlap_images, overlap_shown,
+                           [n.describe() for n in nets], digests, nets[-1].arch, receptive,
+                           dataset=jsonable(topks[-1].provenance.get("dataset_final", {})), timings=timings)
+
+
+def _scan_checkpoints(checkpoints: Sequence[Any], dataset: Any, layers: Sequence[str], labels: Sequence[str], *,
+                      arch: str | Callable[[], nn.Module] | None, k: int, cache: str | os.PathLike | None,
+                      batch_size: int, device: str | None, progress: bool,
+                      timings: dict[str, float]) -> tuple[list[Net], list[str], list[TopK]]:
+    """Each checkpoint as a ``Net``, its weights digest and its scan (cached and resumable in ``cache``); the
+    seconds of each scan go into ``timings``."""
     nets, digests, topks = [], [], []
     for i, item in enumerate(checkpoints):
         t = time.perf_counter()
@@ -446,43 +235,51 @@ def evolution(
         digests.append(digest)
         topks.append(topk)
         timings[f"scan {labels[i]}"] = time.perf_counter() - t
-    layers = list(topks[-1].layers)
+    return nets, digests, topks
+
+
+def _choose_channels(features: int | Mapping[str, Sequence[int]], layers: Sequence[str], net: Net, topk: TopK, *,
+                     k: int, select: str, seed: int) -> dict[str, list[int]]:
+    """The feature maps shown per layer: those given (checked against the layer's channels), or ``features``
+    of them chosen by ``select`` on the last checkpoint's scan ``topk`` among those with a full positive top-k."""
     if isinstance(features, Mapping):
-        channels = {nets[-1].resolve(layer): [int(c) for c in cs] for layer, cs in features.items()}
+        channels = {net.resolve(layer): [int(c) for c in cs] for layer, cs in features.items()}
         missing = [layer for layer in layers if layer not in channels]
         if missing:
             raise ValueError(f"features gives no channels for {', '.join(missing)}. Hint: one list per layer")
         for layer, cs in channels.items():
-            n = topks[-1].values[layer].shape[0]
+            n = topk.values[layer].shape[0]
             bad = [c for c in cs if not 0 <= c < n]
             if bad:
                 raise ValueError(f"channel(s) {bad} out of range for {layer}, which has {n}. Hint: 0..{n - 1}")
-    else:
-        channels = {layer: select_features(topks[-1], layer, features, select, seed) for layer in layers}
-        for layer, cs in channels.items():
-            if not cs:
-                raise ValueError(f"{layer}: no feature map has {k} positive activations at the last checkpoint. "
-                                 "Hint: more images, a smaller k, or another layer")
+        return channels
+    channels = {layer: select_features(topk, layer, features, select, seed) for layer in layers}
+    for layer, cs in channels.items():
+        if not cs:
+            raise ValueError(f"{layer}: no feature map has {k} positive activations at the last checkpoint. "
+                             "Hint: more images, a smaller k, or another layer")
+    return channels
+
+
+def _top1_tiles(nets: Sequence[Net], topks: Sequence[TopK], dataset: Any, layers: Sequence[str],
+                channels: Mapping[str, Sequence[int]], labels: Sequence[str], *, batch_size: int,
+                timings: dict[str, float]) -> dict[str, list[list[FeatureTiles | None]]]:
+    """Per layer, one list per checkpoint of the top-1 ``FeatureTiles`` of each shown channel (None where the
+    channel has no positive activation there); the seconds of each checkpoint go into ``timings``."""
     tiles: dict[str, list[list[FeatureTiles | None]]] = {layer: [] for layer in layers}
-    for i, (net, topk) in enumerate(zip(nets, topks)):
+    for i, (net, topk) in enumerate(zip(nets, topks, strict=True)):
         t = time.perf_counter()
-        top1 = dataclasses.replace(topk, k=1, values={l: v[:, :1] for l, v in topk.values.items()},
-                                   images={l: v[:, :1] for l, v in topk.images.items()},
-                                   positions={l: v[:, :1] for l, v in topk.positions.items()})
+        top1 = dataclasses.replace(topk, k=1, values={name: v[:, :1] for name, v in topk.values.items()},
+                                   images={name: v[:, :1] for name, v in topk.images.items()},
+                                   positions={name: v[:, :1] for name, v in topk.positions.items()})
         for layer in layers:
             alive = [c for c in channels[layer] if top1.images[layer][c, 0] >= 0 and top1.values[layer][c, 0] > 0]
             made = {ft.channel: ft for ft in feature_tiles(net, dataset, top1, layer, alive, batch_size=batch_size,
                                                            progress=False)} if alive else {}
             tiles[layer].append([made.get(c) for c in channels[layer]])
         timings[f"project {labels[i]}"] = time.perf_counter() - t
-    pairs = list(zip(topks[:-1], topks[1:]))
-    overlap = {l: np.array([jaccard(a, b, l).mean() for a, b in pairs]) for l in layers}
-    overlap_images = {l: np.array([jaccard(a, b, l, images_only=True).mean() for a, b in pairs]) for l in layers}
-    overlap_shown = {l: np.array([jaccard(a, b, l, channels[l]).mean() for a, b in pairs]) for l in layers}
-    receptive = {l: receptive_field(nets[-1], l).size[0] for l in layers}
-    return EvolutionResult(list(labels), layers, channels, tiles, topks, overlap, overlap_images, overlap_shown,
-                           [n.describe() for n in nets], digests, nets[-1].arch, receptive,
-                           dataset=jsonable(topks[-1].provenance.get("dataset_final", {})), timings=timings)
+    return tiles
+
 
 
 # --- drawing ----------------------------------------------------------------------------------------------
@@ -602,7 +399,8 @@ def demo_evolution(
                        cache=Path(folder) / "scans", progress=progress)
     result.timings = {"train": training.seconds if not training.reused else 0.0, **result.timings}
     # the column titles carry the training accuracy: the plateau at chance, then the learning, are read off them
-    result.labels = ["init" if e == 0 else f"epoch {e} · {100 * training.accuracy[e - 1]:.0f}%" for e in training.epochs]
+    result.labels = ["init" if e == 0 else f"epoch {e} · {100 * training.accuracy[e - 1]:.0f}%"
+                     for e in training.epochs]
     result.note = (f"Demo: {training.config['model']} trained from scratch on crops of the 17 bundled photographs "
                    f"(16 scenes); '· N%': training accuracy in that epoch (chance 6%); init: N(0, 0.01²) weights.")
     return result, training

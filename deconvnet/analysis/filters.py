@@ -11,7 +11,7 @@ the figure then says that it shows random weights.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -54,17 +54,15 @@ def filter_grid(
         The grid; filter f occupies rows ``pad + (f // cols) (k + pad)`` and columns ``pad + (f % cols) (k + pad)``.
     """
     if weight.dim() != 4 or weight.shape[1] != 3:
-        raise ValueError(f"expected a first-layer weight (O, 3, k, k), got {tuple(weight.shape)}. Hint: first_conv(net)[1].weight")
+        raise ValueError(f"expected a first-layer weight (O, 3, k, k), got {tuple(weight.shape)}. "
+                         "Hint: first_conv(net)[1].weight")
     if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise '{normalise}' is not understood. Hint: one of {', '.join(NORMALISATIONS)}")
     w = weight.detach().cpu().double()
     if preprocessing is not None:
         w = preprocessing.to_rgb_order(w)
     o, _, kh, kw = w.shape
-    if normalise == "filter":
-        m = w.abs().flatten(1).amax(1).view(o, 1, 1, 1)
-    else:
-        m = w.abs().max().expand(o, 1, 1, 1)
+    m = w.abs().flatten(1).amax(1).view(o, 1, 1, 1) if normalise == "filter" else w.abs().max().expand(o, 1, 1, 1)
     shown = torch.where(m > 0, 0.5 + w / (2 * m.clamp_min(1e-300)), torch.full_like(w, 0.5))
     cols = cols if cols is not None else int(math.ceil(math.sqrt(o)))
     rows = int(math.ceil(o / cols))
@@ -110,13 +108,14 @@ def plot_first_layer_filters(
     else:
         axes = np.atleast_1d(axes)
         fig = axes[0].figure
-    for ax, (net, n) in zip(axes, panels):
+    for ax, (net, n) in zip(axes, panels, strict=False):  # a caller's axes may outnumber the panels
         name, conv = first_conv(net)
         ax.imshow(filter_grid(conv.weight, net.preprocessing, normalise=n), interpolation="nearest")
         k, s = conv.kernel_size, conv.stride
         warn = "\nRANDOM weights: no learned structure to see" if net.provenance.get("weights") == "random" else ""
         scaled = f"\nscaled per {n}" if len(norms) > 1 else ""
-        ax.set_title(f"{net.arch} {name}: {conv.out_channels} filters {k[0]}x{k[1]}, stride {s[0]}{scaled}{warn}", fontsize=TEXT_PT)
+        ax.set_title(f"{net.arch} {name}: {conv.out_channels} filters {k[0]}x{k[1]}, stride {s[0]}{scaled}{warn}",
+                     fontsize=TEXT_PT)
         if len(nets) > 1:
             ax.set_xlabel(wrap_to_width(net.describe(), side - 0.1, TICK_PT), fontsize=TICK_PT, color="0.3")
         ax.set_xticks([])

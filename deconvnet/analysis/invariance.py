@@ -7,16 +7,16 @@ the probability of the true (or, if not given, the top) class of the original.
 The transforms act on the model input with its size kept. What they uncover is filled with zero in the
 model's input space, which is the mean colour of the preprocessing (ImageNet's or Caffe's mean; black for
 a preprocessing that subtracts no mean): a translation shifts whole rows (exact, no interpolation); scaling
-and rotation use bilinear interpolation about the image centre. An identity transform (shift 0, scale 1, rotation by a multiple of 360 degrees)
-leaves the input unchanged, so its features are the original's, reused rather than recomputed (a
-recomputation in a batch of another size can differ in the last float bits): every distance curve is
-exactly 0 there.
+and rotation use bilinear interpolation about the image centre. An identity transform (shift 0, scale 1,
+rotation by a multiple of 360 degrees) leaves the input unchanged, so its features are the original's,
+reused rather than recomputed (a recomputation in a batch of another size can differ in the last float
+bits): every distance curve is exactly 0 there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,12 +24,25 @@ import torch
 from ..engine import check_input
 from ..models import Net
 from ..plot import image_array
-from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, classifier_line, deep_layer, fill_words, footer, forward_capture, label,
-                    output_layer, progress, title)
+from ._util import (
+    PRINT_WIDTH,
+    TEXT_PT,
+    TICK_PT,
+    classifier_line,
+    deep_layer,
+    fill_words,
+    footer,
+    forward_capture,
+    label,
+    output_layer,
+    progress,
+    title,
+)
 from ._util import low_layer as first_pool
 
 TRANSFORMS = ("translation", "scale", "rotation")
-AXIS_LABELS = {"translation": "vertical translation (pixels)", "scale": "scale (ratio)", "rotation": "rotation (degrees)"}
+AXIS_LABELS = {"translation": "vertical translation (pixels)", "scale": "scale (ratio)",
+               "rotation": "rotation (degrees)"}
 
 
 def vertical_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -136,7 +149,8 @@ class InvarianceResult:
         for kind, vals in self.values.items():
             out[kind] = {"values": vals.tolist(),
                          **{f"distance_{layer}": self.distance[kind][layer].T.tolist() for layer in self.layers},
-                         **{f"relative_distance_{layer}": self.relative[kind][layer].T.tolist() for layer in self.layers}}
+                         **{f"relative_distance_{layer}": self.relative[kind][layer].T.tolist()
+                            for layer in self.layers}}
             if self.probability is not None:
                 out[kind]["probability"] = self.probability[kind].T.tolist()
         return out
@@ -202,7 +216,8 @@ def invariance_curves(
             if is_identity(kind, v):
                 examples[kind][i] = x[0].cpu()
                 if with_probs:
-                    probability[kind][i] = torch.softmax(logits.double(), 1)[torch.arange(b), torch.tensor(classes)].cpu().numpy()
+                    softmax = torch.softmax(logits.double(), 1)
+                    probability[kind][i] = softmax[torch.arange(b), torch.tensor(classes)].cpu().numpy()
     per_pass = max(1, batch_size // b)
     chunks = [jobs[s : s + per_pass] for s in range(0, len(jobs), per_pass)]
     for chunk in progress(chunks, enabled=show_progress, desc="invariance"):
@@ -245,8 +260,9 @@ def plot_invariance(result: InvarianceResult, net: Net, *, axes=None, n_examples
     with_probs = result.probability is not None
     nrows = 4 if with_probs else 3
     if axes is None:
-        fig, axes = plt.subplots(nrows, len(kinds), figsize=(PRINT_WIDTH, 0.75 + 1.55 * (nrows - 1) + 1.3), squeeze=False,
-                                 gridspec_kw={"height_ratios": [0.5] + [1] * (nrows - 1)}, layout="constrained")
+        fig, axes = plt.subplots(nrows, len(kinds), figsize=(PRINT_WIDTH, 0.75 + 1.55 * (nrows - 1) + 1.3),
+                                 squeeze=False, gridspec_kw={"height_ratios": [0.5] + [1] * (nrows - 1)},
+                                 layout="constrained")
     else:
         axes = np.asarray(axes).reshape(nrows, len(kinds))
         fig = axes[0, 0].figure
@@ -264,7 +280,8 @@ def plot_invariance(result: InvarianceResult, net: Net, *, axes=None, n_examples
         montage = np.concatenate(sum(([s, gap] for s in strip), [])[:-1], axis=1)
         ax = axes[0, c]
         ax.imshow(montage)
-        ax.set_xticks([(i + 0.5) * (montage.shape[1] + gap.shape[1]) / len(pick) - gap.shape[1] / 2 for i in range(len(pick))])
+        ax.set_xticks([(i + 0.5) * (montage.shape[1] + gap.shape[1]) / len(pick) - gap.shape[1] / 2
+                       for i in range(len(pick))])
         ax.set_xticklabels([f"{vals[i]:g}" for i in pick], fontsize=TICK_PT)
         ax.tick_params(length=0, pad=1.5)
         ax.set_yticks([])
@@ -287,7 +304,8 @@ def plot_invariance(result: InvarianceResult, net: Net, *, axes=None, n_examples
             else:
                 ax.set_xlabel(AXIS_LABELS[kind], fontsize=TEXT_PT)
             if c == 0:
-                ax.set_ylabel(f"distance, {layer}" if layer is not None else f"P({result.class_source} class)", fontsize=TEXT_PT)
+                ax.set_ylabel(f"distance, {layer}" if layer is not None else f"P({result.class_source} class)",
+                              fontsize=TEXT_PT)
             if layer is None:
                 top = float(np.max(result.probability[kind]))
                 # near-uniform probabilities (a random classifier): a 0..1 axis would show a flat line
@@ -296,9 +314,10 @@ def plot_invariance(result: InvarianceResult, net: Net, *, axes=None, n_examples
     title(fig, "Invariance to vertical translation, scale and rotation (Zeiler & Fergus 2014, Fig. 5): Euclidean "
                "distance between the feature vectors of the transformed and the original image",
           legend=(handles, labels), ncol=min(len(labels), 3))
+    zoomed = with_probs and any(float(np.max(p)) <= 0.2 for p in result.probability.values())
     probs = ("Probability of the top class not shown: " + result.classifier + "." if not with_probs else
              f"Class: {result.classifier}" + ("; probability axis zoomed where the classifier is near uniform." if
-                                               any(float(np.max(p)) <= 0.2 for p in result.probability.values()) else "."))
+                                               zoomed else "."))
     footer(fig, f"Top: the first image transformed; uncovered pixels are {fill_words(net)}. {probs}"
                 f"\n{result.weights}")
     return fig

@@ -24,8 +24,8 @@ the square fits inside the image. The paper gives neither size nor stride; both 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,25 @@ import torch
 from ..engine import Deconvnet, Projection, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
-from ._util import (PRINT_WIDTH, TEXT_PT, TICK_PT, blank, class_names, classifier_line, fill_rgb, fill_words, footer,
-                    forward_capture, label, last_relu, output_layer, progress, text_height, title, wrap_to_width)
+from ._util import (
+    PRINT_WIDTH,
+    TEXT_PT,
+    TICK_PT,
+    blank,
+    class_names,
+    classifier_line,
+    fill_rgb,
+    fill_words,
+    footer,
+    forward_capture,
+    label,
+    last_relu,
+    output_layer,
+    progress,
+    text_height,
+    title,
+    wrap_to_width,
+)
 
 
 def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +195,8 @@ def occlusion_maps(
     layer = layer if layer is not None else last_relu(net)
     net.check_layer(layer)
     if not net.is_spatial(layer):
-        raise ValueError(f"layer '{layer}' has no spatial map. Hint: a conv, relu or pool layer such as {last_relu(net)}")
+        raise ValueError(f"layer '{layer}' has no spatial map. Hint: a conv, relu or pool layer such as "
+                         f"{last_relu(net)}")
     d_size, d_stride = default_occluder(min(x.shape[-2:]))
     size = size if size is not None else d_size
     stride = stride if stride is not None else d_stride
@@ -229,19 +247,22 @@ def occlusion_maps(
         captum_map = captum_occlusion(net, x, classes, size, stride, batch_size=batch_size)
     labels = [label(net, c) for c in classes] if with_probs else None
     source = None if not with_probs else ("true" if true_classes is not None else "top")
-    return OcclusionResult(layer, ch.cpu(), rule, size, stride, tops, lefts, activation, activation_clean, activation_blank, proj,
-                           probability, probs_clean, top_label, classes, source, labels, captum_map, x,
+    return OcclusionResult(layer, ch.cpu(), rule, size, stride, tops, lefts, activation, activation_clean,
+                           activation_blank, proj, probability, probs_clean, top_label, classes, source, labels,
+                           captum_map, x,
                            net.describe(), classifier_line(net),
                            list(names) if names is not None else [f"image {i}" for i in range(b)])
 
 
-def captum_occlusion(net: Net, x: torch.Tensor, classes: Sequence[int], size: int, stride: int, *, batch_size: int = 16) -> np.ndarray:
+def captum_occlusion(net: Net, x: torch.Tensor, classes: Sequence[int], size: int, stride: int, *,
+                     batch_size: int = 16) -> np.ndarray:
     """Captum's ``Occlusion`` of the class probability: (B, H, W), the probability drop averaged over the
     occluder windows covering each pixel (zero where no window reaches)."""
     from captum.attr import Occlusion
 
     if output_layer(net) is None:
-        raise ValueError(f"{net.describe()} has no classifier. Hint: occlusion of a class needs weights with a classifier")
+        raise ValueError(f"{net.describe()} has no classifier. Hint: occlusion of a class needs weights with a "
+                         "classifier")
 
     def prob(inp: torch.Tensor) -> torch.Tensor:
         return torch.softmax(net.model(inp), 1)
@@ -266,15 +287,17 @@ def _caption(result: OcclusionResult, net: Net, with_probs: bool) -> str:
     """The figure's footer: the occluder, what (b) follows, what the colours mean, the weights."""
     n_pos = f"{len(result.tops)}x{len(result.lefts)}"
     classes = (f"(d), (e): the {result.class_source} class of the unoccluded image; {result.classifier}."
-               if with_probs else f"The class panels of Fig. 7 (P(class), most probable label) are left out: {result.classifier}.")
+               if with_probs else
+               f"The class panels of Fig. 7 (P(class), most probable label) are left out: {result.classifier}.")
     chosen = {"response": "the map with the strongest response to the image (the largest rise of a unit above its "
                           "value on a blank input)",
               "max": "the map holding the layer's largest activation", "given": "the map given"}[result.channel_rule]
     return (f"Occluder: {result.size} px square of {fill_words(net)}, shown in (a) at one position; stride "
             f"{result.stride} px, {n_pos} positions. (b) follows, per image, {chosen}. "
             f"{'(b) and (d)' if with_probs else '(b)'}: the value with the occluder "
-            f"at each position, drawn at its centre; (b) red: occluding raises the map's summed activation, blue: lowers "
-            f"it. (c): the map's strongest unit on the unoccluded image, projected down by the deconvnet (zero = gray). "
+            f"at each position, drawn at its centre; (b) red: occluding raises the map's summed activation, "
+            f"blue: lowers it. (c): the map's strongest unit on the unoccluded image, projected down by the deconvnet "
+            f"(zero = gray). "
             f"{classes}\n{result.weights}")
 
 
@@ -300,7 +323,7 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
         The matplotlib figure.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Rectangle
 
     b = result.input.shape[0]
     with_probs = result.probability is not None
@@ -310,7 +333,8 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
     if axes is None:
         # three panels fill a 7-inch row at about 2 inches; five or six share it at about 1.2 inches and
         # (e) needs room below for its legend
-        legend_rows = max(min(len(np.unique(t)), max_labels) + (len(np.unique(t)) > max_labels) for t in result.top_label) if with_probs else 0
+        legend_rows = (max(min(len(np.unique(t)), max_labels) + (len(np.unique(t)) > max_labels)
+                           for t in result.top_label) if with_probs else 0)
         # the rows, then the title and the wrapped caption (of as many lines as it takes)
         foot = text_height(wrap_to_width(caption, PRINT_WIDTH - 0.2, TICK_PT), TICK_PT)
         height = (2.35 if ncols == 3 else 1.45 + 0.14 * legend_rows) * b + 0.45 + foot
@@ -322,16 +346,6 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
     changes = result.change()
     names = class_names(net)
     fs = TEXT_PT if ncols == 3 else TICK_PT
-
-    def heat(ax, values, cmap, vmin=None, vmax=None):
-        im = ax.imshow(values, extent=ext, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_xlim(-0.5, img.shape[1] - 0.5)
-        ax.set_ylim(img.shape[0] - 0.5, -0.5)
-        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-        cb.ax.tick_params(labelsize=TICK_PT, pad=1)
-        cb.ax.yaxis.get_offset_text().set_fontsize(TICK_PT)
-        blank(ax)
-
     for r in range(b):
         img = image_array(net.deprocess(result.input[r : r + 1])[0])
         ax = axes[r, 0]
@@ -344,9 +358,9 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
         # a diverging scale centred on zero that spans the observed change: the colorbar reads in percent
         change = changes[r]
         top = float(np.abs(change).max()) or 1.0
-        heat(axes[r, 1], change, "RdBu_r", -top, top)
-        axes[r, 1].set_title(f"(b) {result.layer} map {int(result.channel[r])}: sum,\n% change (unoccluded {result.activation_clean[r]:.4g})",
-                             fontsize=fs)
+        _heat(fig, axes[r, 1], change, ext, img.shape, "RdBu_r", -top, top)
+        axes[r, 1].set_title(f"(b) {result.layer} map {int(result.channel[r])}: sum,\n"
+                             f"% change (unoccluded {result.activation_clean[r]:.4g})", fontsize=fs)
 
         ax = axes[r, 2]
         p = result.projection
@@ -357,26 +371,11 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
         if not with_probs:
             continue
 
-        heat(axes[r, 3], result.probability[r], "magma", vmin=0)
-        axes[r, 3].set_title(f"(d) P({result.class_labels[r][:14]})\n(unoccluded {result.probability_clean[r]:.3g})", fontsize=fs)
+        _heat(fig, axes[r, 3], result.probability[r], ext, img.shape, "magma", vmin=0)
+        axes[r, 3].set_title(f"(d) P({result.class_labels[r][:14]})\n(unoccluded {result.probability_clean[r]:.3g})",
+                             fontsize=fs)
 
-        ax = axes[r, 4]
-        lab = result.top_label[r]
-        uniq, counts = np.unique(lab, return_counts=True)
-        order = uniq[np.argsort(-counts)]
-        shown = list(order[:max_labels])
-        index = np.array([shown.index(v) if v in shown else len(shown) for v in lab.ravel()]).reshape(lab.shape)
-        cmap = plt.get_cmap("tab10", len(shown) + 1)
-        ax.imshow(index, extent=ext, cmap=cmap, vmin=-0.5, vmax=len(shown) + 0.5, interpolation="nearest")
-        ax.set_xlim(-0.5, img.shape[1] - 0.5)
-        ax.set_ylim(img.shape[0] - 0.5, -0.5)
-        patches = [Patch(color=cmap(k), label=(names[v] if names else f"class {v}")[:18]) for k, v in enumerate(shown)]
-        if len(order) > len(shown):
-            patches.append(Patch(color=cmap(len(shown)), label="other"))
-        ax.legend(handles=patches, fontsize=TICK_PT, loc="upper left", bbox_to_anchor=(-0.05, -0.02), frameon=False,
-                  handlelength=0.8, handletextpad=0.4, borderpad=0, labelspacing=0.2)
-        ax.set_title("(e) most probable\nlabel", fontsize=fs)
-        blank(ax)
+        _label_panel(axes[r, 4], result.top_label[r], ext, img.shape, names, max_labels, fs)
 
         if captum:
             ax = axes[r, 5]
@@ -388,3 +387,37 @@ def plot_occlusion(result: OcclusionResult, net: Net, *, axes=None, scaling: str
     title(fig, "Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7): a square occluder slides over the image")
     footer(fig, caption)
     return fig
+
+
+def _heat(fig, ax, values, ext, shape, cmap, vmin=None, vmax=None) -> None:
+    """A heat map over the image's extent (``shape``: the image's) with its colorbar, as panels (b) and (d)."""
+    im = ax.imshow(values, extent=ext, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xlim(-0.5, shape[1] - 0.5)
+    ax.set_ylim(shape[0] - 0.5, -0.5)
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    cb.ax.tick_params(labelsize=TICK_PT, pad=1)
+    cb.ax.yaxis.get_offset_text().set_fontsize(TICK_PT)
+    blank(ax)
+
+
+def _label_panel(ax, lab, ext, shape, names, max_labels: int, fs: float) -> None:
+    """Panel (e): the most probable label at each occluder position, the ``max_labels`` most frequent named
+    in a legend below, the rest "other"."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    uniq, counts = np.unique(lab, return_counts=True)
+    order = uniq[np.argsort(-counts)]
+    shown = list(order[:max_labels])
+    index = np.array([shown.index(v) if v in shown else len(shown) for v in lab.ravel()]).reshape(lab.shape)
+    cmap = plt.get_cmap("tab10", len(shown) + 1)
+    ax.imshow(index, extent=ext, cmap=cmap, vmin=-0.5, vmax=len(shown) + 0.5, interpolation="nearest")
+    ax.set_xlim(-0.5, shape[1] - 0.5)
+    ax.set_ylim(shape[0] - 0.5, -0.5)
+    patches = [Patch(color=cmap(k), label=(names[v] if names else f"class {v}")[:18]) for k, v in enumerate(shown)]
+    if len(order) > len(shown):
+        patches.append(Patch(color=cmap(len(shown)), label="other"))
+    ax.legend(handles=patches, fontsize=TICK_PT, loc="upper left", bbox_to_anchor=(-0.05, -0.02), frameon=False,
+              handlelength=0.8, handletextpad=0.4, borderpad=0, labelspacing=0.2)
+    ax.set_title("(e) most probable\nlabel", fontsize=fs)
+    blank(ax)

@@ -15,7 +15,7 @@ stripes for every unit. Three numbers catch this without looking:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

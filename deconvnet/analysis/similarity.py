@@ -48,7 +48,8 @@ def to_2d(m: torch.Tensor | np.ndarray) -> np.ndarray:
 def _check_pair(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a2, b2 = to_2d(a), to_2d(b)
     if a2.shape != b2.shape:
-        raise ValueError(f"maps of different sizes {a2.shape} and {b2.shape} cannot be compared. Hint: compare maps of one input size")
+        raise ValueError(f"maps of different sizes {a2.shape} and {b2.shape} cannot be compared. Hint: compare "
+                         "maps of one input size")
     return a2, b2
 
 

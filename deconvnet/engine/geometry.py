@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten
 from ..models import Net
 from ..models.lock import exclusive, own_call, owns
 from . import ops
+from .where import where_tracker
 
 Axis = tuple[int, int, int]  # (size r, jump j, padding P)
 #: (rows, cols, note), the note naming an adaptive pool on the way ("" if none: then the field holds at any
@@ -139,29 +140,33 @@ class _GeometryMode(TorchFunctionMode):
         return _union([t._rf for t in inputs])
 
 
+class _Reached(Exception):
+    """Raised by the hook once the layer has given its output: nothing later is needed."""
+
+
 def traced_field(net: Net, module: nn.Module, hw: tuple[int, int]) -> tuple[Field, tuple[int, int]]:
     """The field of ``module``'s output from one forward of a zero image of size ``hw`` (batch 1, stopped at
     the module): ``(field or reason, (h, w) of its map)``."""
-    from .graph import _Stop, _where_tracker
-
     got: dict[str, torch.Tensor] = {}
 
     def hook(m, inputs, output):
         if owns(token) and "y" not in got:
             got["y"] = output
-            raise _Stop
+            raise _Reached
 
     x = torch.zeros(1, net.in_channels or 3, *hw, device=net.device, dtype=net.dtype)
     x._rf = ((1, 1, 0), (1, 1, 0), "")
-    with exclusive(net.model), ExitStack() as stack:
+    # the model's eval-mode view (``models.lock.exclusive``): the user's modules stay as they are (a BatchNorm
+    # in training mode would update its statistics); hooks on the user's modules fire for the view
+    with exclusive(net.model) as model, ExitStack() as stack:
         token = stack.enter_context(own_call())
-        where = stack.enter_context(_where_tracker(net.model, token))
+        where = stack.enter_context(where_tracker(model, token))
         stack.callback(module.register_forward_hook(hook).remove)
         stack.enter_context(torch.no_grad())
         try:
             with _GeometryMode(where):
-                net.model(x)
-        except _Stop:
+                model(x)
+        except _Reached:
             pass
     y = got.get("y")
     if not isinstance(y, torch.Tensor) or y.dim() < 2:

@@ -47,16 +47,13 @@ from torch.utils._pytree import tree_flatten
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
 from ..models.lock import eval_view, exclusive, original, own_call, owns
+from . import declared as declared_rules
 from . import ops, rules
 from .ops import ALL, REFUSED_MODULES
 from .record import Kept, check_finite, check_input
 from .targets import select_target
-from .types import Record, Target
+from .types import Record, Target, UnsupportedLayerError
 from .where import where_tracker as _where_tracker
-
-
-class UnsupportedLayerError(ValueError):
-    """The model computes something the deconvnet has no rule for (the message names it and where)."""
 
 
 _HINT = ("Hint: the deconvnet projects models built of convolutions, linear layers, BatchNorm, ReLUs and max- or "
@@ -180,9 +177,9 @@ class _DeconvMode(TorchFunctionMode):
         if refused is None and self.grad and not torch.is_grad_enabled():
             refused = self.refuse(func, ops.outside_backward(func))
         if gates and refused is None:
-            return self._gated(func, args, kwargs, gates)
+            return declared_rules.gated_call(self, func, args, kwargs, gates)
         rect = ops.rectifier(func, args, kwargs)
-        declared = self._declared(func, args, kwargs) if rect is None and self.extend and refused is None else None
+        declared = declared_rules.declared_call(self, func, args, kwargs) if rect is None and self.extend and refused is None else None
         if declared is not None and getattr(declared, "_deconvnet_gate", None) is not None:
             return declared  # a gate: a constant, not the signal
         if refused is None and rect is None and declared is None:
@@ -218,61 +215,6 @@ class _DeconvMode(TorchFunctionMode):
             self.mark(args[0], refused, joined)
         if "out" in kwargs:
             self.mark(kwargs["out"], refused, joined)
-        return out
-
-    def _declared(self, func: Callable, args: tuple, kwargs: dict) -> Any:
-        """The call under its declared rule (``engine.rules``), counted; None when none applies. A gate's
-        output is held constant (detached) and marked as a gate, not as dependent on the input."""
-        act = rules.activation(func, args, kwargs)
-        if act is not None:
-            name, x, inplace = act
-            if self.dependent((args[1:], {k: v for k, v in kwargs.items() if k != "input"})):
-                raise UnsupportedLayerError(self.refuse(func, "takes a parameter that depends on the input"))
-            self.count(name)
-            rest = {k: v for k, v in kwargs.items() if k != "inplace"}
-            return rules.Rectify.apply(x, self.rule, lambda t: func(t.clone(), *args[1:], **rest), inplace)
-        gate = rules.gate(func)
-        if gate is not None:
-            if func in rules.GATES_INPLACE or kwargs.get("inplace") or (len(args) > 1 and args[1] is True):
-                raise UnsupportedLayerError(self.refuse(func, "computes a gate in place; the declared rule holds an out-of-place gate "
-                                  "constant"))
-            out = func(*args, **kwargs).detach()
-            out._deconvnet_gate = (self.token, gate)
-            return out
-        norm = rules.norm(func, args, kwargs)
-        if norm is not None:
-            if self.dependent((args[1:], {k: v for k, v in kwargs.items() if k != "input"})):
-                raise UnsupportedLayerError(self.refuse(func, "normalises with weights that depend on the input"))
-            self.count(norm[0])
-            return norm[1]
-        return None
-
-    def _gated(self, func: Callable, args: tuple, kwargs: dict, gates: list[str]) -> Any:
-        """A call on a gate: a product with the signal (the gate held constant, counted), or a view, cast or
-        product of gates alone (still a gate); anything else is refused."""
-        signal = self.dependent((args, kwargs))
-        if signal and func in rules.GATE_PRODUCTS and len(gates) == 1:
-            out = func(*args, **kwargs)
-            self.count(gates[0])
-            self.mark(out)
-            if ops.is_in_place(func) and args:
-                self.mark(args[0])
-            return out
-        if not signal and (func in rules.GATE_PRODUCTS or func in ops.LINEAR or func in ops.CASTS
-                           or ops.is_constant(func)):
-            out = func(*args, **kwargs)
-            if isinstance(out, torch.Tensor) and not ops.is_constant(func):
-                out._deconvnet_gate = (self.token, gates[0])
-            return out
-        refused = self.refuse(func, "uses the output of a gate (a sigmoid, hardsigmoid or softmax) other than as "
-                              "one factor of a product with the signal, which is where the declared rule holds it "
-                              "constant", args, kwargs)
-        out = func(*args, **kwargs)
-        if not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
-            raise UnsupportedLayerError(refused)
-        self.mark(out, refused)  # a taint: refused where a target's output depends on it (only the path counts)
-        if ops.is_in_place(func) and args:
-            self.mark(args[0], refused)
         return out
 
     @contextmanager

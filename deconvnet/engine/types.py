@@ -111,3 +111,7 @@ class Record:
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
     depth: int = -1
     declared: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+class UnsupportedLayerError(ValueError):
+    """The model computes something the deconvnet has no rule for (the message names it and where)."""
