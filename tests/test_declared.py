@@ -245,3 +245,19 @@ def test_timm_memory_efficient_activations_are_refused_by_name():
     with pytest.raises(UnsupportedLayerError, match="memory-efficient SiLU"):
         dn.Deconvnet(model, extend=True).project(torch.randn(1, 3, 12, 12), "2", 0)
     assert timm
+
+
+def test_vision_transformers_stay_refused_naming_attention_and_token_maps():
+    class Attend(nn.Module):  # the smallest attention over a conv's token map
+        def __init__(self):
+            super().__init__()
+            self.conv, self.attention, self.out = nn.Conv2d(3, 8, 4, stride=4), nn.MultiheadAttention(8, 2), nn.Identity()
+
+        def forward(self, x):
+            t = self.conv(x).flatten(2).permute(2, 0, 1)  # (tokens, batch, channels)
+            return self.out(self.attention(t, t, t)[0].permute(1, 2, 0).reshape(x.shape[0], 8, 4, 4))
+
+    x = torch.randn(1, 3, 16, 16)
+    for extend in (False, True):
+        with pytest.raises(UnsupportedLayerError, match="attention is refused with and without extend=True.*token maps"):
+            dn.Deconvnet(Attend(), extend=extend).project(x, "out", 0)

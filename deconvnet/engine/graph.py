@@ -59,6 +59,11 @@ from .where import where_tracker as _where_tracker
 _HINT = ("Hint: the deconvnet projects models built of convolutions, linear layers, BatchNorm, ReLUs and max- or "
          "average-pooling (VGG, AlexNet, ResNet, DenseNet, GoogLeNet); a target before this point can be projected "
          "where the model's forward reaches it first.")
+#: the hint of a refusal inside attention (vision transformers, Swin, MaxViT's attention blocks)
+_ATTENTION_HINT = ("Hint: attention is refused with and without extend=True: it mixes the token maps through a "
+                   "product of two input-dependent tensors (queries and keys), for which no declared rule is "
+                   "defined, and its tokens are not a convolutional feature map; project a CNN (ConvNeXt, "
+                   "EfficientNet, RegNetY, ResNet, VGG), or a layer before the first attention block.")
 
 
 def check_modules(model: nn.Module, *, extend: bool = False, rule: str = "deconvnet") -> None:
@@ -154,6 +159,8 @@ class _DeconvMode(TorchFunctionMode):
         if declared is None and not self.extend and isinstance(module, ops.EXTENDED_MODULES):
             declared = ops.extended_rule(module)
         hint = f"Hint: extend=True (--extend) projects it with the declared rules: {declared}." if declared else _HINT
+        if "Attention" in type(module).__name__ or "attention" in getattr(func, "__name__", ""):
+            hint = _ATTENTION_HINT
         if isinstance(module, REFUSED_MODULES):
             return (f"module '{self.where.name()}' ({type(module).__name__}) has no deconvnet rule: "
                     f"{ops.describe(func)}, called in module '{self.where.name()}', {why}; the deconvnet has a rule "
