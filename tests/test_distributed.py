@@ -241,6 +241,7 @@ def test_a_killed_rank_resumes_to_the_same_atlas(folder, tmp_path):
     assert sorted(one) == sorted(two) and [name for name in one if one[name] != two[name]] == []
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU scan runs where one is")
 def test_scan_on_cuda_equals_the_cpu():
     """The scan and the cropped walk on the GPU: the same images and positions as on the CPU (values to

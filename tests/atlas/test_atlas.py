@@ -464,6 +464,7 @@ def check_loaded(driver, url):
     return driver.execute_script("return document.images.length")
 
 
+@pytest.mark.browser
 def test_in_a_browser(browser, atlas, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

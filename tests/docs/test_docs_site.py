@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -116,6 +116,7 @@ def _load(driver, url: str) -> int:
     return driver.execute_script("return document.images.length")
 
 
+@pytest.mark.browser
 def test_in_a_browser(browser, site, tmp_path):
     from selenium.webdriver.common.by import By
 

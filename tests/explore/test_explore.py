@@ -430,6 +430,7 @@ BROWSER_CASES = {
 }
 
 
+@pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
 @pytest.mark.parametrize("arch", list(BROWSER_CASES))
@@ -571,7 +572,7 @@ def test_notebook_says_a_weights_fallback_in_one_plain_line(tmp_path, monkeypatc
     import nbformat
     from nbclient import NotebookClient
 
-    path = Path(__file__).parents[1] / "notebooks" / "06_explore.ipynb"
+    path = Path(__file__).parents[2] / "notebooks" / "06_explore.ipynb"
     nb = nbformat.read(path, as_version=4)
     for name, value in (("DECONVNET_QUICK", "1"), ("DECONVNET_OFFLINE", "1"), ("MPLBACKEND", "Agg")):
         monkeypatch.setenv(name, value)

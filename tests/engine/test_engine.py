@@ -275,6 +275,7 @@ def test_float64_model():
     assert err <= 1e-4 * p64.projection.abs().max()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_equals_cpu():
     cpu = dn.load_vgg("vgg16", "random", seed=0)
@@ -286,6 +287,7 @@ def test_cuda_equals_cpu():
     assert (a - b.cpu()).abs().max() <= 1e-4 * a.abs().max()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graph_engine_on_cuda_equals_cpu():
     """The graph engine and its units from crops (the atlas's step) on the GPU, against the CPU."""
