@@ -1,6 +1,9 @@
 """Figure 2 at dataset scale: top-k against brute force, resumable scans, receptive fields, the script."""
 
 import json
+import os
+import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -10,9 +13,10 @@ from torch.utils.data import Dataset
 
 import deconvnet as dn
 from deconvnet.cli import main
-from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
+from deconvnet.data import ImageFolder
 from deconvnet.engine import receptive_field
-from deconvnet.scan import TopK, scan_top_k
+from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
+from deconvnet.scan import StaleScanWarning, Terminated, TopK, scan_top_k
 
 from conftest import images
 
@@ -473,3 +477,106 @@ def test_the_figure_scripts_scan_serves_a_notebook(tmp_path, capsys):
                         progress=False, cache=True)
     assert served.provenance["cache"] == {"found": ["relu4_1"], "scanned": []}
     assert_same_scan(served, scan_top_k(net, data, ["relu4_1"], k=3, progress=False))
+
+
+def photo_folder(root, n=4, size=40, seed=0):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+class CallingBack(Dataset):
+    def __init__(self, x, on_item=None):
+        self.x, self.on_item = x, on_item
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.on_item is not None:
+            self.on_item(i)
+        return self.x[i], i
+
+
+def test_changed_image_is_not_taken_for_the_finished_scan(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    root = photo_folder(tmp_path / "imgs")
+    ckpt = tmp_path / "scan.ckpt"
+    scan_top_k(net, ImageFolder(root, preprocessing=net.preprocessing, resize=32, crop=32), ["conv2_1"], k=2,
+               checkpoint=ckpt, progress=False)
+    Image.fromarray(np.full((40, 40, 3), 250, np.uint8)).save(root / "2.png")  # same name, other content
+    changed = ImageFolder(root, preprocessing=net.preprocessing, resize=32, crop=32)
+    with pytest.raises(ValueError, match=r"the images' files \(a file was added, removed or changed.*delete '.*scan\.ckpt'"):
+        scan_top_k(net, changed, ["conv2_1"], k=2, checkpoint=ckpt, progress=False)
+    with pytest.warns(StaleScanWarning, match="scanning again"):
+        redone = scan_top_k(net, changed, ["conv2_1"], k=2, checkpoint=ckpt, progress=False, restart_stale=True)
+    fresh = scan_top_k(net, changed, ["conv2_1"], k=2, progress=False)
+    assert torch.equal(redone.images["conv2_1"], fresh.images["conv2_1"])
+    assert torch.equal(redone.values["conv2_1"], fresh.values["conv2_1"])
+
+
+def test_sigterm_during_a_scan_saves_the_checkpoint(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    x = images((10, 3, 32, 32), seed=8)
+    full = scan_top_k(net, CallingBack(x), ["conv3_1"], k=3, batch_size=2, progress=False)
+    sent = []
+
+    def terminate_once(i):
+        if i == 6 and not sent:
+            sent.append(i)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    ckpt = tmp_path / "scan.ckpt"
+    with pytest.raises(Terminated) as info:
+        scan_top_k(net, CallingBack(x, terminate_once), ["conv3_1"], k=3, batch_size=2, checkpoint=ckpt,
+                   checkpoint_every=100, progress=False)
+    assert info.value.saved and ckpt.is_file()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is the caller's again
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["next_index"] == 6  # three whole batches
+    resumed = scan_top_k(net, CallingBack(x), ["conv3_1"], k=3, batch_size=2, checkpoint=ckpt, progress=False)
+    assert torch.equal(resumed.images["conv3_1"], full.images["conv3_1"])
+    assert torch.equal(resumed.values["conv3_1"], full.values["conv3_1"])
+
+
+def test_resumed_scan_counts_undecodable_images(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    root = photo_folder(tmp_path / "imgs", n=6)
+    good = (root / "1.png").read_bytes()
+    (root / "1.png").write_bytes(good[: len(good) // 2])  # header fine, pixels truncated
+
+    class Interrupted(ImageFolder):
+        fired = False
+
+        def __getitem__(self, i):
+            if i == 4 and not Interrupted.fired:
+                Interrupted.fired = True
+                raise KeyboardInterrupt
+            return super().__getitem__(i)
+
+    ckpt = tmp_path / "scan.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            scan_top_k(net, Interrupted(root, preprocessing=net.preprocessing, resize=32, crop=32), ["conv2_1"], k=2,
+                       batch_size=2, checkpoint=ckpt, progress=False)
+        resumed = scan_top_k(net, Interrupted(root, preprocessing=net.preprocessing, resize=32, crop=32), ["conv2_1"],
+                             k=2, batch_size=2, checkpoint=ckpt, progress=False)
+    final = resumed.provenance["dataset_final"]
+    assert (final["n_images"], final["n_skipped"]) == (5, 1) and final["skipped"] == ["1.png"]
+
+
+def test_malformed_checkpoint_is_one_clear_error(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    ds = CallingBack(images((4, 3, 32, 32), seed=10))
+    ckpt = tmp_path / "scan.ckpt"
+    scan_top_k(net, ds, ["conv2_1"], k=2, checkpoint=ckpt, progress=False)
+    good = torch.load(ckpt, weights_only=True)
+    for broken in ({**good, "state": {"values": {}}},
+                   {**good, "next_index": 99},
+                   {**good, "state": {**good["state"], "images": {"conv2_1": torch.zeros(3, 2, dtype=torch.long)}}}):
+        torch.save(broken, ckpt)
+        with pytest.raises(ValueError, match=r"scan checkpoint '.*' is malformed .* Hint: delete it"):
+            scan_top_k(net, ds, ["conv2_1"], k=2, checkpoint=ckpt, progress=False)

@@ -31,7 +31,6 @@ from deconvnet.preprocessing import CAFFE, TORCHVISION
 
 from conftest import images, no_forward_hooks
 
-
 # --- a tiny VGG-shaped model -----------------------------------------------------------------------------
 
 class _Tiny(nn.Module):

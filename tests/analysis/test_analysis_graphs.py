@@ -9,13 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import deconvnet as dn
-from deconvnet.analysis import _util
+from deconvnet.analysis import _util, make_figures, method_targets
 from deconvnet.analysis import filters as filt
 from deconvnet.analysis import invariance as inv
-from deconvnet.analysis import make_figures, method_targets
 from deconvnet.analysis import methods as meth
 from deconvnet.analysis import occlusion as occ
 from deconvnet.analysis import sanity as san

@@ -1,8 +1,8 @@
 """Correspondence (Fig. 8, Table 1): the Delta formula against brute force, the occlusion against a hand forward,
 the boxes against the resize and crop of the images, and the command line."""
 
-import json
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -10,8 +10,15 @@ import torch
 from torch import nn
 
 import deconvnet as dn
-from deconvnet.analysis.correspondence import (bundled_parts, correspondence, delta, load_parts, map_box,
-                                               mean_sign_change, pairwise_sign_distance)
+from deconvnet.analysis.correspondence import (
+    bundled_parts,
+    correspondence,
+    delta,
+    load_parts,
+    map_box,
+    mean_sign_change,
+    pairwise_sign_distance,
+)
 from deconvnet.cli import main
 from deconvnet.images import load_rgb, resize_center_crop
 

@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from deconvnet.analysis.evolution import (demo_cnn, evolution, jaccard, load_checkpoint, train_demo,
-                                          write_evolution)
+from deconvnet.analysis.evolution import demo_cnn, evolution, jaccard, load_checkpoint, train_demo, write_evolution
 from deconvnet.cli import main
 from deconvnet.data import demo_collection
 from deconvnet.preprocessing import TORCHVISION

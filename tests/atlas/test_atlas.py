@@ -1,11 +1,12 @@
 """The atlas website: links, HTML, the numbers against the scan and brute force, resuming, the command,
 and a real browser (headless Chromium from Debian's packages)."""
 
+from __future__ import annotations
+
 import html.parser
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -14,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import deconvnet as dn
 from deconvnet.atlas import build_atlas, channel_stats
 from deconvnet.cli import main
 from deconvnet.data import demo_collection
+from deconvnet.engine import receptive_field
 from deconvnet.figure2 import feature_tiles
 from deconvnet.plot import scale_for_display
-from deconvnet.engine import receptive_field
 from deconvnet.scan import TopK, scan_top_k
 
 from conftest import no_forward_hooks
@@ -516,3 +518,87 @@ def test_in_a_browser(browser, atlas, tmp_path):
 
 def net_channels(layer):
     return {"conv3_1": 256, "conv4_2": 512}[layer]
+
+
+HOSTILE = "<img src=x onerror=alert(document.domain)>.png"
+
+
+def _photo(seed: int = 0, hw=(40, 48)) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((*hw, 3)) * 255).astype(np.uint8))
+
+
+# --- 1 and 11. the atlas: escaped pages, every file inside --out --------------------------------------------------
+def test_atlas_pages_escape_names_and_layers_named_as_paths_stay_inside_out(tmp_path):
+    from collections import OrderedDict
+
+    from deconvnet.atlas import build_atlas
+    from deconvnet.atlas.build import layer_folder
+    from deconvnet.data import ImageFolder
+
+    outside = tmp_path / "outside"
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict([("c1", nn.Conv2d(3, 3, 3, padding=1)), (str(outside), nn.ReLU()),
+                                       ("a/b", nn.MaxPool2d(2))]))
+    net = dn.wrap(model)
+    net.provenance["weights"] = HOSTILE
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        _photo(i, (36, 36)).save(folder / (HOSTILE if i == 0 else f"{i}.png"))
+    data = ImageFolder(folder, preprocessing=net.preprocessing, resize=32, crop=32)
+    out = tmp_path / "atlas"
+    build_atlas(net, data, [str(outside), "a/b"], out, k=2, progress=False)
+    assert not outside.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["atlas", "images"]
+    written = [p.resolve() for p in out.rglob("*")]
+    assert written and all(out.resolve() in p.parents for p in written)
+    pages = [p.read_text() for p in out.rglob("*.html")]
+    assert len(pages) == 1 + 3 + 3  # the index, a page per channel of both layers
+    assert all("<img src=x" not in page for page in pages)
+    assert any("&lt;img src=x onerror=alert(document.domain)&gt;.png" in page for page in pages)
+    # the pages link what was written
+    index = (out / "index.html").read_text()
+    for layer in (str(outside), "a/b"):
+        assert (out / layer_folder(layer) / "channels.json").is_file() and f'href="{layer_folder(layer)}/0.html"' in index
+
+
+def test_layer_folders_are_one_plain_component():
+    from deconvnet.atlas.build import layer_folder
+
+    assert [layer_folder(n) for n in ("conv5_3", "features.28", "layer3")] == ["conv5_3", "features.28", "layer3"]
+    names = ["/abs/path", "..", "../x", "a/b", "a b", ".hidden", "", "a\\b"]
+    folders = [layer_folder(n) for n in names]
+    assert len(set(folders)) == len(names)
+    assert all("/" not in f and "\\" not in f and ".." not in f and not f.startswith(".") and f for f in folders)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return dn.load_model("resnet18", "random", seed=4)
+
+
+@pytest.fixture(scope="module")
+def googlenet():
+    return dn.load_model("googlenet", "random", seed=5)
+
+
+@pytest.mark.parametrize("arch, layers", [("resnet18", ["layer2", "layer3"]), ("googlenet", ["inception3a"])])
+def test_atlas_on_graphs_shows_figure2s_tiles(arch, layers, resnet18, googlenet, tmp_path):
+    """The atlas on a graph: its tiles are Figure 2's projections (another path through the engine:
+    ``project_many``) beside their patches."""
+    net = {"resnet18": resnet18, "googlenet": googlenet}[arch]
+    data = demo_collection(preprocessing=net.preprocessing, size=64, n=6)
+    atlas = build_atlas(net, data, layers, tmp_path / "site", k=3, features=2, select="strongest",
+                        image_format="png", batch_size=2, progress=False)
+    assert no_forward_hooks(net)
+    assert atlas.layers == layers
+    for layer in layers:
+        topk = TopK.load(atlas.out / "scans" / f"topk-{layer}.pt")
+        for tiles in feature_tiles(net, data, topk, layer, atlas.channels[layer][:1], progress=False):
+            for rank, (proj, patch) in enumerate(zip(tiles.projections, tiles.patches)):
+                pair = np.asarray(Image.open(atlas.out / layer / "tiles" / f"{tiles.channel}_{rank}.png"))
+                r = proj.shape[-1]
+                want = np.clip(np.round(scale_for_display(proj) * 255), 0, 255).astype(np.uint8)
+                assert np.abs(pair[:, :r].astype(int) - want).max() <= 1  # float32 round-off: one gray level
+                assert (pair[:, :r] == want).mean() > 0.99
+                assert np.array_equal(pair[:, -r:], np.clip(np.round(patch.permute(1, 2, 0).double().numpy() * 255), 0, 255).astype(np.uint8))
+        assert (atlas.out / layer / f"{atlas.channels[layer][0]}.html").is_file()

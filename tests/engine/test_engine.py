@@ -1,9 +1,14 @@
 """The deconvnet engine against independent references: Captum, autograd adjoints, one-by-one runs."""
 
+import threading
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from captum.attr import NeuronDeconvolution
+from torch import nn
 
 import deconvnet as dn
 from deconvnet.engine.chain import conv_transpose_like, unpool_scatter_add
@@ -336,3 +341,159 @@ def test_max_unpool_mode_differs_only_for_overlapping_pools(vgg16, alexnet):
     pa = dn.Deconvnet(alexnet).project(xa, "pool5", "max", "all").projection
     pb = dn.Deconvnet(alexnet, unpool="max_unpool").project(xa, "pool5", "max", "all").projection
     assert not torch.allclose(pa, pb)
+
+
+def test_one_model_from_many_threads():
+    net = dn.load_vgg("vgg11", "random", seed=4)
+    x = images((1, 3, 48, 48), seed=5)
+    calls = [("relu3_1", c, "max") for c in range(25)] + [("pool4", c, "all") for c in range(25)]
+    reference = {call: dn.Deconvnet(net).project(x, *call).projection for call in calls}
+    results, errors = {}, []
+    deconvs = [dn.Deconvnet(net), dn.Deconvnet(net, crop=False)]  # two Deconvnet objects on one model too
+
+    def work(k, call):
+        try:
+            results[call] = deconvs[k % 2].project(x, *call).projection
+        except Exception as err:  # noqa: BLE001 - any error is a failure of the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k, call)) for k, call in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    wrong = [call for call in calls if not torch.allclose(results[call], reference[call], rtol=1e-5, atol=1e-6 * float(reference[call].abs().max()))]
+    assert not wrong, wrong
+    assert no_forward_hooks(net)
+
+
+def test_train_mode_is_neither_used_nor_changed(vgg11_bn, alexnet):
+    x = images((2, 3, 64, 64), seed=6)
+    reference = dn.Deconvnet(vgg11_bn).project(x, "relu4_1", 3).projection
+    stats = [m.running_mean.clone() for m in vgg11_bn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    vgg11_bn.model.train()
+    try:
+        p = dn.Deconvnet(vgg11_bn).project(x, "relu4_1", 3)
+        after = [m.running_mean for m in vgg11_bn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert all(torch.equal(a, b) for a, b in zip(stats, after))  # running statistics untouched
+        assert torch.equal(p.projection, reference)
+        assert all(m.training for m in vgg11_bn.model.modules())  # the caller's mode is restored
+    finally:
+        vgg11_bn.model.eval()
+    xa = images((1, 3, 96, 96), seed=7)
+    ref = dn.Deconvnet(alexnet).project(xa, "fc7", 5).projection
+    alexnet.model.train()
+    try:
+        runs = [dn.Deconvnet(alexnet).project(xa, "fc7", 5).projection for _ in range(3)]
+    finally:
+        alexnet.model.eval()
+    assert all(torch.equal(r, ref) for r in runs)  # no dropout
+
+
+def test_numpy_positions_take_both_paths(vgg16):
+    x = images((1, 3, 64, 64), seed=11)
+    a = dn.Deconvnet(vgg16).project(x, "relu3_1", 5, np.array([3, 4]))
+    b = dn.Deconvnet(vgg16, crop=False).project(x, "relu3_1", 5, np.array([3, 4]))
+    c = dn.Deconvnet(vgg16).project(x, "relu3_1", 5, (3, 4))
+    assert a.position.tolist() == [[3, 4]] and a.box is not None
+    torch.testing.assert_close(a.projection, b.projection, rtol=1e-5, atol=1e-6 * float(b.projection.abs().max()))
+    assert torch.equal(a.projection, c.projection)
+
+
+@pytest.fixture
+def resnet18_random():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torchvision.models.resnet18().eval()
+
+
+class Pause(nn.Identity):
+    """Identity (a module the chain walk knows); the projecting thread stops here until the other thread's plain forward has finished."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside, self.done, self.owner = threading.Event(), threading.Event(), None
+
+    def forward(self, x):
+        if threading.current_thread() is self.owner:
+            self.inside.set()
+            assert self.done.wait(60)
+        return x
+
+
+class Paused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.pause, self.conv2, self.conv3 = nn.Conv2d(3, 8, 3), Pause(), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3)
+
+    def forward(self, x):
+        return self.conv3(F.relu(self.conv2(self.pause(F.relu(self.conv1(x))))))
+
+
+def test_a_compiled_model_is_projected_through_its_original(resnet18_random):
+    x = images((1, 3, 64, 64), seed=13)
+    expected = dn.Deconvnet(resnet18_random).project(x, "layer2", 5).projection
+    compiled = torch.compile(resnet18_random)  # lazy: nothing is compiled unless it is called
+    deconv = dn.Deconvnet(compiled)
+    assert deconv.net.model is resnet18_random
+    assert torch.equal(deconv.project(x, "layer2", 5).projection, expected)
+    assert torch.equal(deconv.project(x, "_orig_mod.layer2", 5).projection, expected)
+
+
+def test_model_surgery_is_followed(resnet18_random, vgg16):
+    x = images((1, 3, 64, 64), seed=14)
+    dn.Deconvnet(resnet18_random).project(x, "fc")
+    resnet18_random.fc = nn.Linear(512, 10)
+    p = dn.Deconvnet(resnet18_random).project(x, "fc", "max")
+    assert 0 <= int(p.channel[0]) < 10
+    assert dn.Deconvnet(resnet18_random).project(x, resnet18_random.fc, 3).channel.tolist() == [3]
+    net = dn.load_model("resnet18", "random")
+    assert "layer4.0.conv1" in net.output_shapes()
+    net.model.layer4, net.model.fc = nn.Identity(), nn.Linear(256, 4)  # a Net that was held on to follows too
+    shapes = dn.Deconvnet(net).net.output_shapes()
+    assert shapes["avgpool"] == (1, 256, 1, 1) and shapes["fc"] == (1, 4) and "layer4.0.conv1" not in shapes
+    chain = dn.load_vgg("vgg11", "random")
+    chain.model.classifier[6] = nn.Linear(4096, 7)
+    assert dn.Deconvnet(chain).project(images((1, 3, 32, 32), seed=15), "fc8", "max").channel.item() < 7
+    assert chain.channels["fc8"] == 7
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_plain_forward_in_another_thread_is_untouched(sequential):
+    torch.manual_seed(16)
+    model = Paused().eval()
+    pause = model.pause
+    if sequential:  # the chain engine's hooks
+        model = nn.Sequential(model.conv1, nn.ReLU(), model.pause, model.conv2, nn.ReLU(), model.conv3).eval()
+    x, other = images((1, 3, 20, 20), seed=17), images((2, 3, 20, 20), seed=18)
+    layer = "3" if sequential else "conv2"
+    deconv = dn.Deconvnet(model)
+
+    def run():  # the chain walk refuses a module with a forward of its own: the chain's recorded forward then
+        return deconv.record(x, [layer]).activations[layer] if sequential else deconv.project(x, layer, 1).projection
+
+    expected, plain = run(), model(other).detach()
+    results, errors = {}, []
+
+    def project():
+        pause.owner = threading.current_thread()
+        try:
+            results["projection"] = run()
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+            pause.inside.set()
+
+    t = threading.Thread(target=project)
+    t.start()
+    assert pause.inside.wait(60) or errors  # the projection is inside the forward, its hooks on the modules
+    try:
+        with torch.no_grad():
+            results["plain"] = model(other)
+    finally:
+        pause.done.set()
+        t.join(60)
+    assert not errors, errors
+    assert torch.equal(results["plain"], plain)
+    assert torch.equal(results["projection"], expected)
+    assert no_forward_hooks(dn.wrap(model))

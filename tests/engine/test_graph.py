@@ -12,7 +12,7 @@ from captum.attr import NeuronDeconvolution
 from torch import nn
 
 import deconvnet as dn
-from deconvnet.engine import UnsupportedLayerError
+from deconvnet.engine import UnsupportedLayerError, graph
 
 from conftest import images, no_forward_hooks
 
@@ -287,11 +287,11 @@ def test_load_model_builds_any_torchvision_classifier():
 
 
 def test_graph_scan_and_figure2(tmp_path):
-    from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
-    from deconvnet.engine import receptive_field
-    from deconvnet.scan import scan_top_k
-
     from test_scan import Tensors, brute_force
+
+    from deconvnet.engine import receptive_field
+    from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
+    from deconvnet.scan import scan_top_k
 
     net = dn.load_model("resnet18", "random", seed=4)
     ds = Tensors(images((6, 3, 64, 64), seed=12))
@@ -320,3 +320,124 @@ def test_cli_on_a_graph(tmp_path, capsys):
     assert "layer2 channel" in capsys.readouterr().out
     code = main(["figures", "--arch", "resnet18", "--weights", "random", "--only", "resolution", "--out", str(tmp_path)])
     assert code == 2 and "need a VGG or AlexNet" in capsys.readouterr().err
+
+
+class RefDeconvReLU(torch.autograd.Function):
+    """The test's own deconvnet ReLU: forward relu, backward relu of the signal."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, r):
+        return torch.where(r > 0, r, torch.zeros_like(r))
+
+
+class RefReLU(nn.Module):
+    def forward(self, x):
+        return RefDeconvReLU.apply(x)
+
+
+def reference(model, x, layer_module, seed):
+    """Plain autograd (no mode, no engine) through ``model`` with its ReLU modules swapped for ``RefReLU``:
+    the deconvnet projection of ``seed`` placed on ``layer_module``'s output."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    names = {m: n for n, m in model.named_modules()}
+    target = names[layer_module]
+    for name, m in list(ref.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(m, child_name, RefReLU())
+    out = {}
+    handle = ref.get_submodule(target).register_forward_hook(lambda m, i, o: out.setdefault("y", o))
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        ref(x)
+    finally:
+        handle.remove()
+    (g,) = torch.autograd.grad(out["y"], x, seed)
+    return g
+
+
+def assert_exact(ours, ref, what, tol=1e-12):
+    scale = ref.abs().max()
+    assert scale > 0, f"{what}: the reference is all zero"
+    err = (ours - ref).abs().max() / scale
+    assert err <= tol, f"{what}: max relative difference {err:.3g}"
+
+
+def torchvision_on_meta(arch):
+    """A torchvision classifier whose parameters and buffers live on the meta device (nothing allocated)."""
+    old_p, old_b = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def register_parameter(self, name, param):
+        old_p(self, name, None if param is None else nn.Parameter(param.to("meta"), param.requires_grad))
+
+    def register_buffer(self, name, buf, persistent=True):
+        old_b(self, name, None if buf is None else buf.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torchvision.models.get_model_builder(arch)(weights=None).eval()
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = old_p, old_b
+
+
+#: the torchvision families built of convolutions, linear layers, BatchNorm, ReLUs, max- and average-pools
+PROJECTABLE = ("alexnet", "vgg", "resnet", "resnext", "wide_resnet", "densenet", "googlenet", "inception_v3",
+               "mnasnet", "shufflenet_v2", "squeezenet", "regnet_x")
+
+
+@pytest.mark.slow
+def test_every_torchvision_classifier_is_projected_or_refused_by_name():
+    """Each classifier's whole forward under the mode, on the meta device: accepted exactly when its family
+    is built of linear maps, ReLUs and max-pools; otherwise refused, by the module check and by the
+    allow-list of functions alone, naming the function and where it is called."""
+    verdicts, by_modules = {}, set()
+    for arch in torchvision.models.list_models(module=torchvision.models):
+        model = torchvision_on_meta(arch)
+        side = 224 if arch.startswith(("vit", "swin", "maxvit")) else (80 if arch.startswith("inception") else 64)
+        x = torch.zeros(1, 3, side, side, device="meta")
+        try:
+            graph.check_modules(model)
+        except UnsupportedLayerError:
+            by_modules.add(arch)
+        try:
+            graph.forward(model, x, {"output": model}, grad=True)  # the allow-list alone, the whole forward
+            verdicts[arch] = "projected"
+        except UnsupportedLayerError as err:
+            assert "called in" in str(err) and str(err).endswith("."), (arch, str(err))
+            verdicts[arch] = "refused"
+        assert no_forward_hooks(dn.wrap(model, name=arch)), arch
+    expected = {arch: "projected" if arch.startswith(PROJECTABLE) else "refused" for arch in verdicts}
+    assert verdicts == expected, {a: v for a, v in verdicts.items() if expected[a] != v}
+    assert not {a for a in by_modules if verdicts[a] == "projected"}  # the allow-list alone refuses them all
+    assert sum(v == "projected" for v in verdicts.values()) >= 40 and sum(v == "refused" for v in verdicts.values()) >= 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,layer", [("shufflenet_v2_x0_5", "stage3"), ("mnasnet0_5", "layers.12"),
+                                        ("squeezenet1_1", "features.12"), ("regnet_x_400mf", "trunk_output.block3")])
+def test_accepted_torchvision_families_are_exact(arch, layer):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(11)
+        model = torchvision.models.get_model_builder(arch)(weights=None).double().eval()
+    for m in model.modules():  # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    x = images((1, 3, 64, 64), seed=12).double()
+    module = model.get_submodule(layer)
+    out = {}
+    h = module.register_forward_hook(lambda m, i, o: out.setdefault("y", o.detach()))
+    model(x)
+    h.remove()
+    seed = torch.rand_like(out["y"])
+    ours = dn.Deconvnet(model).project_seed(x, layer, seed)
+    assert_exact(ours, reference(model, x, module, seed), arch)

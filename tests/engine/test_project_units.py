@@ -1,21 +1,11 @@
 """The one engine interface on chains and graphs: project_units, project_seed, receptive fields of every
 projection, default layers of graphs, and the atlas on ResNet-18 and GoogLeNet."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import deconvnet as dn
-from deconvnet.atlas import build_atlas
-from deconvnet.cli import main
-from deconvnet.data import demo_collection
-from deconvnet.engine import default_layers, receptive_field, spatial_layers
-from deconvnet.figure2 import feature_tiles
-from deconvnet.plot import scale_for_display
-from deconvnet.scan import TopK
-
-from conftest import no_forward_hooks
+from deconvnet.engine import receptive_field
 
 
 @pytest.fixture(scope="module")
@@ -84,61 +74,6 @@ def test_every_graph_projection_has_its_box_the_first_one_included():
     r, c = p.position[0].tolist()
     assert p.box is not None and p.box[0].tolist() == list(rf.box(r, c))
     assert p.projection[0].abs().sum(0)[: max(rf.box(r, c)[0], 0)].sum() == 0  # nothing above the box
-
-
-@pytest.mark.parametrize("arch, want", [
-    ("resnet18", ["layer1", "layer2", "layer3", "layer4"]),
-    ("googlenet", ["inception3a", "inception3b", "inception4a", "inception4b", "inception4c", "inception4d",
-                   "inception4e", "inception5a", "inception5b"]),
-    ("densenet121", ["features.denseblock1", "features.transition1", "features.denseblock2", "features.transition2",
-                     "features.denseblock3", "features.transition3", "features.denseblock4"]),
-    ("vgg16", ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"]),
-    ("alexnet", ["conv1", "conv2", "conv3", "conv4", "conv5"]),
-])
-def test_default_layers_are_the_stages(arch, want):
-    net = dn.load_model(arch, "random")
-    assert default_layers(net) == want
-    assert set(want) <= set(spatial_layers(net))
-
-
-def test_layers_command_marks_the_default_layers(capsys):
-    assert main(["layers", "--arch", "resnet18", "--size", "64"]) == 0
-    out = capsys.readouterr().out
-    marked = [line.split()[0] for line in out.splitlines() if line.rstrip().endswith("*")]
-    assert marked == ["layer1", "layer2", "layer3", "layer4"], out
-
-
-@pytest.mark.parametrize("arch, layers", [("resnet18", ["layer2", "layer3"]), ("googlenet", ["inception3a"])])
-def test_atlas_on_graphs_shows_figure2s_tiles(arch, layers, resnet18, googlenet, tmp_path):
-    """The atlas on a graph: its tiles are Figure 2's projections (another path through the engine:
-    ``project_many``) beside their patches."""
-    net = {"resnet18": resnet18, "googlenet": googlenet}[arch]
-    data = demo_collection(preprocessing=net.preprocessing, size=64, n=6)
-    atlas = build_atlas(net, data, layers, tmp_path / "site", k=3, features=2, select="strongest",
-                        image_format="png", batch_size=2, progress=False)
-    assert no_forward_hooks(net)
-    assert atlas.layers == layers
-    for layer in layers:
-        topk = TopK.load(atlas.out / "scans" / f"topk-{layer}.pt")
-        for tiles in feature_tiles(net, data, topk, layer, atlas.channels[layer][:1], progress=False):
-            for rank, (proj, patch) in enumerate(zip(tiles.projections, tiles.patches)):
-                pair = np.asarray(Image.open(atlas.out / layer / "tiles" / f"{tiles.channel}_{rank}.png"))
-                r = proj.shape[-1]
-                want = np.clip(np.round(scale_for_display(proj) * 255), 0, 255).astype(np.uint8)
-                assert np.abs(pair[:, :r].astype(int) - want).max() <= 1  # float32 round-off: one gray level
-                assert (pair[:, :r] == want).mean() > 0.99
-                assert np.array_equal(pair[:, -r:], np.clip(np.round(patch.permute(1, 2, 0).double().numpy() * 255), 0, 255).astype(np.uint8))
-        assert (atlas.out / layer / f"{atlas.channels[layer][0]}.html").is_file()
-
-
-def test_atlas_command_on_a_graph(tmp_path, capsys):
-    out = tmp_path / "atlas"
-    code = main(["atlas", "--arch", "resnet18", "--weights", "random", "--layers", "layer2", "--features", "2",
-                 "--k", "3", "--limit", "6", "--crop", "64", "--resize", "64", "--out", str(out), "--quiet"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert "layer2 (2 channels)" in captured.out
-    assert len(list((out / "layer2").glob("*.html"))) == 2
 
 
 @pytest.mark.parametrize("name, layer", [("vgg16", "conv3_1"), ("resnet18", "layer2")])

@@ -1,6 +1,8 @@
 """Exact or refused at the edges of the allow-list: spellings that look linear, code the engines cannot see,
 modules that are not what their type says, a second user of the model, and what lies off the path."""
 
+from __future__ import annotations
+
 import threading
 import warnings
 
@@ -13,7 +15,8 @@ from torch.utils.checkpoint import checkpoint
 
 import deconvnet as dn
 from deconvnet.engine import UnsupportedLayerError
-from tests.conftest import images, no_forward_hooks
+
+from conftest import images, no_forward_hooks
 
 
 def _seeded(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -382,3 +385,62 @@ def test_a_sigmoid_head_after_vgg_is_no_obstacle():
     assert dn.Deconvnet(net).engine == "chain"
     p = dn.Deconvnet(net).project(images((1, 3, 32, 32)), "conv2_1").projection
     assert torch.isfinite(p).all() and p.abs().max() > 0
+
+
+class Calls(nn.Module):
+    """A conv, then ``fn`` (a function or a module), then a conv."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+        self.block = fn if isinstance(fn, nn.Module) else None
+        self.fn = fn
+
+    def forward(self, x):
+        y = self.c1(x)
+        return self.c2(self.block(y) if self.block is not None else self.fn(y))
+
+
+def test_a_model_on_the_meta_device_is_refused_in_one_sentence():
+    with torch.device("meta"):
+        model = Calls(F.relu).eval()
+    with pytest.raises(ValueError, match=r"^Calls is on the meta device, which holds no weights.*Hint: .*to_empty"):
+        dn.Deconvnet(model).project(images((1, 3, 12, 12)), "c2", 0)
+
+
+def test_refusals_are_whole_sentences():
+    with pytest.raises(UnsupportedLayerError) as err:  # refused on the path to the target (off it is no obstacle)
+        dn.Deconvnet(torchvision.models.mobilenet_v3_small()).project(images((1, 3, 32, 32)), "features.1")
+    assert str(err.value).endswith(".") and "Hint: the deconvnet projects models built of" in str(err.value)
+
+
+def _small_net(seed: int = 0) -> dn.Net:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1),
+                          nn.ReLU())
+    return dn.wrap(model)
+
+
+# --- 13. seeds and channels the engine cannot take ------------------------------------------------------------------
+def test_a_nan_seed_and_a_fractional_channel_are_refused():
+    net = _small_net()
+    deconv = dn.Deconvnet(net)
+    x = torch.rand(1, 3, 16, 16)
+    seed = torch.rand(1, 6, 8, 8)
+    assert torch.isfinite(deconv.project_seed(x, "4", seed)).all()
+    seed[0, 2, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"not finite \(NaN or inf; the first at \(0, 2, 3, 1\), nan\)"):
+        deconv.project_seed(x, "4", seed)
+    seed[0, 2, 3, 1] = float("inf")
+    with pytest.raises(ValueError, match="not finite"):
+        deconv.project_seed(x, "4", seed)
+    whole = deconv.project_units(x, "4", torch.tensor([0]), torch.tensor([1]), torch.tensor([[2, 3]]))
+    same = deconv.project_units(x, "4", torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([[2.0, 3.0]]))
+    assert all(torch.equal(a, b) for a, b in zip(whole, same))  # whole floats are whole numbers
+    for kwargs, message in [(dict(channel=torch.tensor([1.7])), "channel 1.7 is not a whole number"),
+                            (dict(channel=[1.7]), "channel 1.7 is not a whole number"),
+                            (dict(unit=torch.tensor([[2.0, float("nan")]])), "unit nan is not a whole number"),
+                            (dict(image=torch.tensor([True])), "image must hold integers")]:
+        args = {**dict(image=torch.tensor([0]), channel=torch.tensor([1]), unit=torch.tensor([[2, 3]])), **kwargs}
+        with pytest.raises(ValueError, match=message):
+            deconv.project_units(x, "4", args["image"], args["channel"], args["unit"])

@@ -15,16 +15,15 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from captum.attr import Deconvolution, GuidedBackprop, NeuronGuidedBackprop, Saliency
+from test_graph import modular_densenet, modular_googlenet
 from torch import nn
 
 import deconvnet as dn
 from deconvnet.engine import RULES
 
 from conftest import images, no_forward_hooks
-from test_graph import modular_densenet, modular_googlenet
 
 CAPTUM = {"deconvnet": Deconvolution, "guided": GuidedBackprop, "gradient": Saliency}
 

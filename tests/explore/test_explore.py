@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import deconvnet as dn
 from deconvnet.analysis.methods import backward_maps, deconvnet_seed
-from deconvnet.engine import record
+from deconvnet.engine import receptive_field, record
 from deconvnet.explore import Explorer, activation_colors, unit_at_pixel
 from deconvnet.explore.draw import TILE_GAP
-from deconvnet.engine import receptive_field
 
 from conftest import stop_server
 
@@ -439,7 +440,6 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
     a graph (ResNet-18): the app renders its pictures and controls, no label is clipped, and a click on the
     activation map shows that unit (through ipyevents and the kernel). The screenshots are kept in
     DECONVNET_SCREENSHOTS when it names a folder."""
-    import json
     import os
     import secrets
     import shutil
@@ -584,3 +584,47 @@ def test_notebook_says_a_weights_fallback_in_one_plain_line(tmp_path, monkeypatc
     assert notes and all("weights='auto'" in n for n in notes)
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(widgets) == 2
+
+
+HOSTILE = "<img src=x onerror=alert(document.domain)>.png"
+
+
+def _small_net(seed: int = 0) -> dn.Net:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1),
+                          nn.ReLU())
+    return dn.wrap(model)
+
+
+def _photo(seed: int = 0, hw=(40, 48)) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((*hw, 3)) * 255).astype(np.uint8))
+
+
+# --- 1. escaping ----------------------------------------------------------------------------------------------
+def _all_html(app) -> str:
+    import ipywidgets as W
+
+    def walk(w):
+        yield w
+        for c in getattr(w, "children", ()):
+            yield from walk(c)
+
+    return "\n".join(w.value for w in walk(app.widget) if isinstance(w, W.HTML))
+
+
+def test_a_hostile_file_name_reaches_the_explorer_escaped(tmp_path):
+    net = _small_net()
+    net.provenance["weights"] = HOSTILE  # a weights file of that name: describe() is on every status line
+    app = dn.explore(net, _photo(), size=32, layer="4")
+    # an upload that is not an image, named to run a script
+    app._w["upload"].value = ({"name": HOSTILE, "type": "image/png", "size": 3, "content": memoryview(b"abc"),
+                               "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+    assert "cannot read the upload" in app.message
+    page = _all_html(app)
+    assert "<img" not in page and "&lt;img src=x onerror=alert(document.domain)&gt;.png" in page
+    # a typed path of that name
+    app._w["path"].value = str(tmp_path / HOSTILE)
+    app._w["open"].click()
+    assert "image file not found" in app.message
+    page = _all_html(app)
+    assert "<img" not in page and page.count("&lt;img src=x onerror") >= 2  # the weights and the message

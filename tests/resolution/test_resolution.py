@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import images
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +40,8 @@ from deconvnet.resolution import (
 )
 from deconvnet.resolution.figures import feature_maps, photo_tensor
 from deconvnet.resolution.fit import _quadratic_mse
+
+from conftest import images
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -495,3 +496,30 @@ def test_make_figures_writes_every_figure_and_the_tables(tmp_path, vgg16):
     assert len(rows) == 3 * len(METHOD_KEYS)
     assert {r["weights"] for r in rows if r["signal"].startswith("relu")} == {vgg16.describe()}
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_conv_matrix_of_a_grouped_convolution():
+    from deconvnet.resolution.matrix import conv_matrix
+
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, stride=2, groups=2, bias=False).double()
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    c = conv_matrix(conv.weight.detach(), (4, 5, 5), 2, 1, groups=2)
+    assert c.shape == (6 * 3 * 3, 4 * 25)
+    torch.testing.assert_close(c @ x.flatten(), conv(x).flatten(), rtol=0, atol=1e-12)
+    # output channel 0 reads only input channels 0 and 1
+    assert c[:9, 50:].abs().max() == 0 and c[:9, :50].abs().max() > 0
+    with pytest.raises(ValueError, match="groups=4 must be a positive integer dividing the 6 output channels"):
+        conv_matrix(conv.weight.detach(), (4, 5, 5), groups=4)
+
+
+def test_maxima_kept_is_robust_to_round_off():
+    from deconvnet.resolution.restore import maxima_kept
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    pooled, switches = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    exact = torch.nn.functional.max_unpool2d(pooled, switches, 2)
+    assert maxima_kept(exact, pooled, switches) == 1.0
+    wobble = exact * (1 + 1e-7 * torch.randn(exact.shape, generator=g))  # another thread count's round-off
+    assert maxima_kept(wobble, pooled, switches) == 1.0
+    assert maxima_kept(torch.zeros_like(exact), pooled, switches) < 0.1

@@ -12,12 +12,10 @@ import torch
 
 import deconvnet as dn
 from deconvnet.data import demo_collection
-from deconvnet.synthesis import COLOR_CORRELATION_SVD_SQRT, FourierImage, color_matrix, decorrelate_colors
-from deconvnet.synthesis import optimise
+from deconvnet.synthesis import COLOR_CORRELATION_SVD_SQRT, FourierImage, color_matrix, decorrelate_colors, optimise
 from deconvnet.synthesis.param import FFT_MAGIC, rfft2d_freqs, spectrum_scale
 
 from conftest import no_forward_hooks, requires_mri
-
 
 # --- the parameterisation --------------------------------------------------------------------------------------
 
@@ -248,5 +246,5 @@ def test_the_command_line_knows_the_objectives_and_recipes_without_torch():
     from deconvnet.cli import synthesis as cli_synthesis
     from deconvnet.synthesis import OBJECTIVES, RECIPES
 
-    assert cli_synthesis.OBJECTIVES == tuple(OBJECTIVES)
-    assert cli_synthesis.RECIPES == tuple(RECIPES)
+    assert tuple(OBJECTIVES) == cli_synthesis.OBJECTIVES
+    assert tuple(RECIPES) == cli_synthesis.RECIPES
