@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
-import deconvnet as dn
 from deconvnet.data import ImageFolder
 from deconvnet.images import load_rgb
+
+from conftest import _photo, _small_net
 
 
 def test_image_scales_follow_the_dtype():
@@ -31,15 +31,8 @@ def test_image_scales_follow_the_dtype():
         load_rgb(a8.astype(np.int64))
 
 
-def _small_net(seed: int = 0) -> dn.Net:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1),
-                          nn.ReLU())
-    return dn.wrap(model)
 
 
-def _photo(seed: int = 0, hw=(40, 48)) -> Image.Image:
-    return Image.fromarray((np.random.default_rng(seed).random((*hw, 3)) * 255).astype(np.uint8))
 
 
 # --- 10. a huge-aspect image --------------------------------------------------------------------------------------

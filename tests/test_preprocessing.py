@@ -2,15 +2,10 @@
 
 import pytest
 import torch
-from torch import nn
 
 import deconvnet as dn
 
-
-def small_convnet(channels):
-    torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3),
-                         nn.ReLU()).double().eval()
+from conftest import small_convnet
 
 
 def test_grayscale_preprocessing_and_refusals():

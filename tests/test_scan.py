@@ -18,7 +18,7 @@ from deconvnet.engine import receptive_field
 from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
 from deconvnet.scan import StaleScanWarning, Terminated, TopK, scan_top_k
 
-from conftest import images
+from conftest import images, photo_folder
 
 
 class Tensors(Dataset):
@@ -479,12 +479,6 @@ def test_the_figure_scripts_scan_serves_a_notebook(tmp_path, capsys):
     assert_same_scan(served, scan_top_k(net, data, ["relu4_1"], k=3, progress=False))
 
 
-def photo_folder(root, n=4, size=40, seed=0):
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
-    return root
 
 
 class CallingBack(Dataset):

@@ -26,7 +26,7 @@ from deconvnet.figure2 import feature_tiles
 from deconvnet.plot import scale_for_display
 from deconvnet.scan import TopK, scan_top_k
 
-from conftest import no_forward_hooks
+from conftest import HOSTILE, _photo, no_forward_hooks
 
 LAYERS = ["conv3_1", "conv4_2"]
 
@@ -520,11 +520,8 @@ def net_channels(layer):
     return {"conv3_1": 256, "conv4_2": 512}[layer]
 
 
-HOSTILE = "<img src=x onerror=alert(document.domain)>.png"
 
 
-def _photo(seed: int = 0, hw=(40, 48)) -> Image.Image:
-    return Image.fromarray((np.random.default_rng(seed).random((*hw, 3)) * 255).astype(np.uint8))
 
 
 # --- 1 and 11. the atlas: escaped pages, every file inside --out --------------------------------------------------

@@ -18,6 +18,8 @@ from deconvnet.data import ImageFolder, load_dataset
 from deconvnet.preprocessing import TORCHVISION
 from deconvnet.scan import Terminated
 
+from conftest import photo_folder
+
 FAST = ["--arch", "vgg11", "--weights", "random", "--crop", "32", "--resize", "32", "--layers", "conv2_1",
         "--features", "1", "--k", "2", "--quiet", "--only", "top9"]
 
@@ -34,12 +36,6 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-def photo_folder(root, n=4, size=40, seed=0):
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
-    return root
 
 
 def test_a_folder_named_demo_is_a_folder(tmp_path, monkeypatch, capsys):

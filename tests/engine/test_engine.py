@@ -13,7 +13,7 @@ from torch import nn
 import deconvnet as dn
 from deconvnet.engine.chain import conv_transpose_like, unpool_scatter_add
 
-from conftest import images, no_forward_hooks
+from conftest import images, layer_names, no_forward_hooks
 
 
 def captum_projection(net, x, layer, channel, position):
@@ -40,13 +40,13 @@ def assert_matches_captum(net, x, layer, channel="max"):
 SPATIAL = ("conv", "relu", "pool", "bn")
 
 
-@pytest.mark.parametrize("layer", [n for n in dn.load_vgg("vgg16", "random").layers])
+@pytest.mark.parametrize("layer", layer_names(dn.load_vgg, "vgg16", "random"))
 def test_vgg16_every_layer_equals_captum(vgg16, layer):
     x = images((2, 3, 67, 71), seed=1)
     assert_matches_captum(vgg16, x, layer)
 
 
-@pytest.mark.parametrize("layer", [n for n in dn.load_vgg("vgg11_bn", "random").layers if n.startswith(SPATIAL)])
+@pytest.mark.parametrize("layer", [n for n in layer_names(dn.load_vgg, "vgg11_bn", "random") if n.startswith(SPATIAL)])
 def test_vgg11_bn_every_layer_equals_captum(vgg11_bn, layer):
     x = images((1, 3, 64, 64), seed=2)
     assert_matches_captum(vgg11_bn, x, layer)
@@ -114,7 +114,7 @@ def test_negative_activation_is_not_a_negated_captum_map(vgg11_bn):
     assert (p.projection - ref).abs().max() > 0.1 * ref.abs().max()
 
 
-@pytest.mark.parametrize("layer", [n for n in dn.load_alexnet("random").layers])
+@pytest.mark.parametrize("layer", layer_names(dn.load_alexnet, "random"))
 def test_alexnet_every_layer_equals_captum(alexnet, layer):
     # 127x131: odd sizes through the stride-4 conv and three overlapping 3x3/2 pools
     x = images((2, 3, 127, 131), seed=3)

@@ -14,7 +14,7 @@ from torch import nn
 import deconvnet as dn
 from deconvnet.engine import UnsupportedLayerError, graph
 
-from conftest import images, no_forward_hooks
+from conftest import assert_exact, images, no_forward_hooks, reference
 
 
 def random_model(builder, seed, **kwargs):
@@ -322,51 +322,12 @@ def test_cli_on_a_graph(tmp_path, capsys):
     assert code == 2 and "need a VGG or AlexNet" in capsys.readouterr().err
 
 
-class RefDeconvReLU(torch.autograd.Function):
-    """The test's own deconvnet ReLU: forward relu, backward relu of the signal."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, r):
-        return torch.where(r > 0, r, torch.zeros_like(r))
 
 
-class RefReLU(nn.Module):
-    def forward(self, x):
-        return RefDeconvReLU.apply(x)
 
 
-def reference(model, x, layer_module, seed):
-    """Plain autograd (no mode, no engine) through ``model`` with its ReLU modules swapped for ``RefReLU``:
-    the deconvnet projection of ``seed`` placed on ``layer_module``'s output."""
-    import copy
-
-    ref = copy.deepcopy(model)
-    names = {m: n for n, m in model.named_modules()}
-    target = names[layer_module]
-    for name, m in list(ref.named_modules()):
-        for child_name, child in list(m.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(m, child_name, RefReLU())
-    out = {}
-    handle = ref.get_submodule(target).register_forward_hook(lambda m, i, o: out.setdefault("y", o))
-    x = x.detach().clone().requires_grad_(True)
-    try:
-        ref(x)
-    finally:
-        handle.remove()
-    (g,) = torch.autograd.grad(out["y"], x, seed)
-    return g
 
 
-def assert_exact(ours, ref, what, tol=1e-12):
-    scale = ref.abs().max()
-    assert scale > 0, f"{what}: the reference is all zero"
-    err = (ours - ref).abs().max() / scale
-    assert err <= tol, f"{what}: max relative difference {err:.3g}"
 
 
 def torchvision_on_meta(arch):

@@ -9,55 +9,7 @@ from torch import nn
 import deconvnet as dn
 from deconvnet.engine import UnsupportedLayerError, graph
 
-from conftest import images, no_forward_hooks
-
-
-class RefDeconvReLU(torch.autograd.Function):
-    """The test's own deconvnet ReLU: forward relu, backward relu of the signal."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, r):
-        return torch.where(r > 0, r, torch.zeros_like(r))
-
-
-class RefReLU(nn.Module):
-    def forward(self, x):
-        return RefDeconvReLU.apply(x)
-
-
-def reference(model, x, layer_module, seed):
-    """Plain autograd (no mode, no engine) through ``model`` with its ReLU modules swapped for ``RefReLU``:
-    the deconvnet projection of ``seed`` placed on ``layer_module``'s output."""
-    import copy
-
-    ref = copy.deepcopy(model)
-    names = {m: n for n, m in model.named_modules()}
-    target = names[layer_module]
-    for name, m in list(ref.named_modules()):
-        for child_name, child in list(m.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(m, child_name, RefReLU())
-    out = {}
-    handle = ref.get_submodule(target).register_forward_hook(lambda m, i, o: out.setdefault("y", o))
-    x = x.detach().clone().requires_grad_(True)
-    try:
-        ref(x)
-    finally:
-        handle.remove()
-    (g,) = torch.autograd.grad(out["y"], x, seed)
-    return g
-
-
-def assert_exact(ours, ref, what, tol=1e-12):
-    scale = ref.abs().max()
-    assert scale > 0, f"{what}: the reference is all zero"
-    err = (ours - ref).abs().max() / scale
-    assert err <= tol, f"{what}: max relative difference {err:.3g}"
-
+from conftest import Calls, assert_exact, images, no_forward_hooks, reference
 
 SPELLINGS = {
     "F.relu": lambda x: F.relu(x),
@@ -80,18 +32,6 @@ class Spelled(nn.Module):
         return self.c2(self.relu(self.c1(x)))
 
 
-class Calls(nn.Module):
-    """A conv, then ``fn`` (a function or a module), then a conv."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.c1, self.c2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
-        self.block = fn if isinstance(fn, nn.Module) else None
-        self.fn = fn
-
-    def forward(self, x):
-        y = self.c1(x)
-        return self.c2(self.block(y) if self.block is not None else self.fn(y))
 
 
 NON_RECTIFIERS = {

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 import deconvnet as dn
 from deconvnet.engine import UnsupportedLayerError
 
-from conftest import images, no_forward_hooks
+from conftest import Calls, _small_net, images, no_forward_hooks
 
 
 def _seeded(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -387,18 +387,6 @@ def test_a_sigmoid_head_after_vgg_is_no_obstacle():
     assert torch.isfinite(p).all() and p.abs().max() > 0
 
 
-class Calls(nn.Module):
-    """A conv, then ``fn`` (a function or a module), then a conv."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.c1, self.c2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
-        self.block = fn if isinstance(fn, nn.Module) else None
-        self.fn = fn
-
-    def forward(self, x):
-        y = self.c1(x)
-        return self.c2(self.block(y) if self.block is not None else self.fn(y))
 
 
 def test_a_model_on_the_meta_device_is_refused_in_one_sentence():
@@ -414,11 +402,6 @@ def test_refusals_are_whole_sentences():
     assert str(err.value).endswith(".") and "Hint: the deconvnet projects models built of" in str(err.value)
 
 
-def _small_net(seed: int = 0) -> dn.Net:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1),
-                          nn.ReLU())
-    return dn.wrap(model)
 
 
 # --- 13. seeds and channels the engine cannot take ------------------------------------------------------------------

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import deconvnet as dn
 from deconvnet.analysis.methods import backward_maps, deconvnet_seed
@@ -21,7 +20,7 @@ from deconvnet.engine import receptive_field, record
 from deconvnet.explore import Explorer, activation_colors, unit_at_pixel
 from deconvnet.explore.draw import TILE_GAP
 
-from conftest import stop_server
+from conftest import HOSTILE, _photo, _small_net, stop_server
 
 SIZE = 112  # relu4_3's 92-px field is smaller than the image: the cropped path, as at 224
 
@@ -586,18 +585,10 @@ def test_notebook_says_a_weights_fallback_in_one_plain_line(tmp_path, monkeypatc
     assert len(widgets) == 2
 
 
-HOSTILE = "<img src=x onerror=alert(document.domain)>.png"
 
 
-def _small_net(seed: int = 0) -> dn.Net:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1),
-                          nn.ReLU())
-    return dn.wrap(model)
 
 
-def _photo(seed: int = 0, hw=(40, 48)) -> Image.Image:
-    return Image.fromarray((np.random.default_rng(seed).random((*hw, 3)) * 255).astype(np.uint8))
 
 
 # --- 1. escaping ----------------------------------------------------------------------------------------------

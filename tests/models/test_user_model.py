@@ -15,7 +15,7 @@ import deconvnet as dn
 from deconvnet.cli import main
 from deconvnet.models import WeightsError, load_model, load_user_model
 
-from conftest import images
+from conftest import RefDeconvReLU, assert_exact, images, reference, small_convnet
 
 MODULE = '''
 import torch
@@ -184,51 +184,12 @@ def test_the_analyses_run_on_a_users_folder(user, capsys):
     assert json.loads(paths[1].read_text())["rows"] == methods["rows"]  # the same numbers as the command's
 
 
-class RefDeconvReLU(torch.autograd.Function):
-    """The test's own deconvnet ReLU: forward relu, backward relu of the signal."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, r):
-        return torch.where(r > 0, r, torch.zeros_like(r))
 
 
-class RefReLU(nn.Module):
-    def forward(self, x):
-        return RefDeconvReLU.apply(x)
 
 
-def reference(model, x, layer_module, seed):
-    """Plain autograd (no mode, no engine) through ``model`` with its ReLU modules swapped for ``RefReLU``:
-    the deconvnet projection of ``seed`` placed on ``layer_module``'s output."""
-    import copy
-
-    ref = copy.deepcopy(model)
-    names = {m: n for n, m in model.named_modules()}
-    target = names[layer_module]
-    for name, m in list(ref.named_modules()):
-        for child_name, child in list(m.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(m, child_name, RefReLU())
-    out = {}
-    handle = ref.get_submodule(target).register_forward_hook(lambda m, i, o: out.setdefault("y", o))
-    x = x.detach().clone().requires_grad_(True)
-    try:
-        ref(x)
-    finally:
-        handle.remove()
-    (g,) = torch.autograd.grad(out["y"], x, seed)
-    return g
 
 
-def assert_exact(ours, ref, what, tol=1e-12):
-    scale = ref.abs().max()
-    assert scale > 0, f"{what}: the reference is all zero"
-    err = (ours - ref).abs().max() / scale
-    assert err <= tol, f"{what}: max relative difference {err:.3g}"
 
 
 class CifarNet(nn.Module):
@@ -253,10 +214,6 @@ class CifarNet(nn.Module):
         return self.fc3(x)
 
 
-def small_convnet(channels):
-    torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3),
-                         nn.ReLU()).double().eval()
 
 
 class Graphed(nn.Module):
