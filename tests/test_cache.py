@@ -111,14 +111,16 @@ def test_a_cache_that_cannot_be_written_is_refused_before_the_work(tmp_path, mon
     assert forwards == []  # refused before any forward
     # a write that fails after the work: a warning, and the result
     monkeypatch.setattr(ScanCache, "check", lambda self: None)
-    monkeypatch.setattr(scan_module.TopK, "save", lambda self, path: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    monkeypatch.setattr(scan_module.TopK, "save", lambda self,
+                        path: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
     with pytest.warns(CacheWriteWarning, match="the scan is returned, not cached"):
         topk = scan_top_k(net, data, ["1"], k=2, cache=tmp_path / "ok", progress=False)
     assert torch.equal(topk.values["1"], scan_top_k(net, data, ["1"], k=2, cache=False, progress=False).values["1"])
     # the command line: one line, exit 2, before the scan; --no-cache runs without it
     monkeypatch.undo()
     monkeypatch.setenv("DECONVNET_CACHE", str(a_file))
-    args = ["figures", "--weights", "random", "--arch", "vgg11", "--only", "top9", "--layers", "conv1_1", "--limit", "4",
+    args = ["figures", "--weights", "random", "--arch", "vgg11", "--only", "top9", "--layers", "conv1_1", "--limit",
+            "4",
             "--k", "2", "--features", "1", "--crop", "32", "--quiet", "--out", str(tmp_path / "figs")]
     code = main(args)
     err = capsys.readouterr().err.strip().splitlines()

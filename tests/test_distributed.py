@@ -94,7 +94,8 @@ def test_exact_sums_do_not_depend_on_the_order():
     import math
 
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(300, 4, generator=g, dtype=torch.float64) * torch.tensor([1e-30, 1.0, 1e12, 1e200], dtype=torch.float64)
+    x = torch.randn(300, 4, generator=g, dtype=torch.float64) * torch.tensor([1e-30, 1.0, 1e12, 1e200],
+                                                                             dtype=torch.float64)
     x[5] = x[6].neg()  # cancellation
     whole = ExactSum.zeros(4)
     ExactSum.add(whole, x)
@@ -183,7 +184,8 @@ def test_figures_and_atlas_commands_in_two_processes_equal_one(folder, tmp_path)
         assert [name for name in one if one[name] != two[name]] == []
     sidecar = json.loads((tmp_path / "two" / "figures" / "top4_vgg11_conv3_1.png.json").read_text())
     assert sidecar["provenance"]["processes"] == 2 and sidecar["provenance"]["backend"] == "gloo"
-    assert json.loads((tmp_path / "two" / "atlas" / "atlas.json").read_text())["built_by"] == {"processes": 2, "backend": "gloo"}
+    assert json.loads((tmp_path / "two" / "atlas" / "atlas.json").read_text())["built_by"] == {"processes": 2,
+                                                                                               "backend": "gloo"}
     assert "2 process(es), torch.distributed gloo" in (tmp_path / "two" / "atlas" / "index.html").read_text()
     # each rank kept its own scan checkpoint
     assert len(list((tmp_path / "two" / "atlas" / "scans").glob("scan-*.rank*-of-2.pt"))) == 2
@@ -253,8 +255,10 @@ def test_scan_on_cuda_equals_the_cpu():
     same = (a.images["conv3_1"] == b.images["conv3_1"]).float().mean()
     assert same > 0.95  # near-ties may swap under other kernels' round-off
     x = torch.stack([data[i][0] for i in range(4)])
-    wa = dn.Deconvnet(cpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]), torch.tensor([[3, 3]] * 4))
-    wb = dn.Deconvnet(gpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]), torch.tensor([[3, 3]] * 4))
+    wa = dn.Deconvnet(cpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]),
+                                         torch.tensor([[3, 3]] * 4))
+    wb = dn.Deconvnet(gpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]),
+                                         torch.tensor([[3, 3]] * 4))
     assert torch.allclose(wa[0], wb[0].cpu(), rtol=1e-3, atol=1e-5)
 
 

@@ -20,9 +20,12 @@ def test_image_scales_follow_the_dtype():
     assert np.array_equal(np.asarray(load_rgb(torch.from_numpy(a8).permute(2, 0, 1))), expected)  # uint8 tensor: 0-255
     a16 = a8.astype(np.uint16) * 257  # the same picture in 16 bits
     assert np.array_equal(np.asarray(load_rgb(a16)), expected)
-    assert np.array_equal(np.asarray(load_rgb(torch.from_numpy(a16.astype(np.int32)).to(torch.uint16).permute(2, 0, 1))), expected)
+    assert np.array_equal(np.asarray(load_rgb(torch.from_numpy(a16.astype(np.int32)).to(torch.uint16).permute(2, 0,
+                                                                                                              1))),
+                                                                                                              expected)
     gray = a8[:, :, 0]
-    for mode, data in (("I", gray.astype(np.int32)), ("F", gray.astype(np.float32)), ("F", gray.astype(np.float32) / 255)):
+    for mode, data in (("I", gray.astype(np.int32)), ("F", gray.astype(np.float32)), ("F",
+                                                                                      gray.astype(np.float32) / 255)):
         got = np.asarray(load_rgb(Image.fromarray(data, mode=mode)))[:, :, 0]
         assert np.abs(got.astype(int) - gray).max() <= 1, mode  # neither black nor white
     with pytest.raises(ValueError, match=r"float image must hold values in \[0, 1\].*divide 0-255 data by 255"):

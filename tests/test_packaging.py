@@ -28,8 +28,8 @@ def _norm(name: str) -> str:
 
 
 def _lock() -> list[tuple[str, str]]:
-    lines = [l for l in (ROOT / "requirements.lock").read_text().splitlines() if l and not l.startswith("#")]
-    return [tuple(l.split("==")) for l in lines]
+    lines = [line for line in (ROOT / "requirements.lock").read_text().splitlines() if line and not line.startswith("#")]
+    return [tuple(line.split("==")) for line in lines]
 
 
 # --- the lock and the package ------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_run_sh_lab_serves_the_notebooks_on_localhost_with_the_projects_kernel(t
         port = s.getsockname()[1]
     token = secrets.token_hex(16)
     env = dict(os.environ, JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
-    log = open(tmp_path / "lab.log", "w")
+    log = open(tmp_path / "lab.log", "w")  # noqa: SIM115 (stop_server closes it)
     server = subprocess.Popen([str(ROOT / "run.sh"), "lab", "--no-browser", f"--ServerApp.port={port}",
                                "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"],
                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)

@@ -96,7 +96,8 @@ def check_against_brute_force(net, ds, layers, k, per_group, **kwargs):
         for ch in range(net.channels[layer]):
             got = topk.entries(layer, ch)
             assert [(i, p) for _, i, p in got] == [(i, p) for _, i, p in ref[ch]], (layer, ch)
-            assert torch.allclose(torch.tensor([v for v, _, _ in got]), torch.tensor([v for v, _, _ in ref[ch]]), rtol=0, atol=0)
+            assert torch.allclose(torch.tensor([v for v, _, _ in got]), torch.tensor([v for v, _, _ in ref[ch]]),
+                                  rtol=0, atol=0)
     return topk
 
 
@@ -121,7 +122,8 @@ def test_per_group_limit_equals_brute_force(small, per_group):
     assert all(max(row.count(g) for g in row) <= per_group for row in sources_per_row)
     # the limit binds: without groups some channel would take two items of one source
     free = scan_top_k(net, ds, layers, k=4, per_group=per_group, batch_size=1, progress=False)
-    assert any(max([grouped.group(i) for i in row.tolist()].count(g) for g in map(grouped.group, row.tolist())) > per_group
+    assert any(max([grouped.group(i) for i in row.tolist()].count(g) for g in map(grouped.group,
+                                                                                  row.tolist())) > per_group
                for row in free.images["pool3"])
 
 
@@ -151,7 +153,7 @@ def test_ties_prefer_the_lower_image_index(small):
     seen = 0
     for ch in range(net.channels["relu3_1"]):
         e = topk.entries("relu3_1", ch)
-        for (v1, i1, _), (v2, i2, _) in zip(e, e[1:]):
+        for (v1, i1, _), (v2, i2, _) in zip(e, e[1:], strict=False):
             assert v1 > v2 or (v1 == v2 and i1 < i2)
             seen += v1 == v2
     assert seen > 0  # the duplicate image and dead ReLU maps make ties
@@ -163,7 +165,8 @@ def test_result_is_independent_of_batch_size(small):
     ds = Tensors(small[1].x.double())
     a = scan_top_k(net, ds, ["conv3_1"], k=3, batch_size=1, progress=False)
     b = scan_top_k(net, ds, ["conv3_1"], k=3, batch_size=14, progress=False)
-    assert torch.equal(a.images["conv3_1"], b.images["conv3_1"]) and torch.equal(a.positions["conv3_1"], b.positions["conv3_1"])
+    assert torch.equal(a.images["conv3_1"], b.images["conv3_1"]) and torch.equal(a.positions["conv3_1"],
+                                                                                 b.positions["conv3_1"])
 
 
 def test_interrupted_scan_resumes_to_the_same_result(small, tmp_path):
@@ -251,9 +254,12 @@ def test_feature_tiles_crop_the_full_projection(small, tmp_path):
     rf = receptive_field(net, "conv3_1")
     for t in tiles:
         assert t.projections.shape[-2:] == rf.size and t.patches.shape[-2:] == rf.size
-        for v, i, pos, box, proj, patch in zip(t.values, t.images, t.positions, t.boxes, t.projections, t.patches):
-            full = dn.Deconvnet(net).project(ds[int(i)][0][None], "conv3_1", t.channel, tuple(pos.tolist())).projection[0]
-            assert float(full.abs().sum()) == pytest.approx(float(proj.abs().sum()), rel=1e-5)  # all of it inside the box
+        for _v, i, pos, box, proj, patch in zip(t.values, t.images, t.positions, t.boxes, t.projections, t.patches,
+                                                strict=False):
+            full = dn.Deconvnet(net).project(ds[int(i)][0][None], "conv3_1", t.channel,
+                                             tuple(pos.tolist())).projection[0]
+            assert float(full.abs().sum()) == pytest.approx(float(proj.abs().sum()),
+                                                            rel=1e-5)  # all of it inside the box
             top, left, bottom, right = box
             ct, cl = max(top, 0), max(left, 0)
             inner = proj[:, ct - top : min(bottom, 32) - top, cl - left : min(right, 32) - left]
@@ -273,7 +279,8 @@ def test_select_features(small):
     net, ds = small
     topk = scan_top_k(net, ds, ["conv3_1"], k=4, progress=False)
     a = select_features(topk, "conv3_1", 5, "random", seed=1)
-    assert a == select_features(topk, "conv3_1", 5, "random", seed=1) != select_features(topk, "conv3_1", 5, "random", seed=2)
+    assert a == select_features(topk, "conv3_1", 5, "random", seed=1) != select_features(topk, "conv3_1", 5, "random",
+                                                                                         seed=2)
     s = select_features(topk, "conv3_1", 5, "strongest")
     top1 = topk.values["conv3_1"][:, 0]
     assert [float(top1[c]) for c in s] == sorted(top1.tolist(), reverse=True)[:5]
@@ -321,7 +328,8 @@ def test_figures_script_errors(args, message, tmp_path, capsys):
 def test_figures_script_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    code = main(["figures", "--weights", "random", "--data", str(tmp_path / "empty"), "--out", str(tmp_path), "--quiet"])
+    code = main(["figures", "--weights", "random", "--data", str(tmp_path / "empty"), "--out", str(tmp_path),
+                 "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "no" in err and "images" in err and str(tmp_path / "empty") in err
 
@@ -380,7 +388,8 @@ class Described(Tensors):
     def describe(self):
         import hashlib
 
-        return {"kind": "tensors", "n_images": len(self.x), "digest": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()}
+        return {"kind": "tensors", "n_images": len(self.x),
+                "digest": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()}
 
 
 def assert_same_scan(a: TopK, b: TopK) -> None:
@@ -395,7 +404,8 @@ def test_scan_cache_serves_the_same_scan_and_misses_any_other(small, tmp_path):
 
     net, ds = small
     ds = Described(ds.x)
-    unread = Described(ds.x, fail_at=0)  # reading any item is a KeyboardInterrupt: a scan served from the cache reads none
+    unread = Described(ds.x,
+                       fail_at=0)  # reading any item is a KeyboardInterrupt: a scan served from the cache reads none
     cache = tmp_path / "cache"
     layers = ["conv2_1", "pool3"]
     first = scan_top_k(net, ds, layers, k=4, batch_size=5, progress=False, cache=cache)
@@ -426,7 +436,8 @@ def test_scan_cache_serves_the_same_scan_and_misses_any_other(small, tmp_path):
     assert changed.provenance == net.provenance
     for miss in misses:
         with pytest.raises(KeyboardInterrupt):
-            scan_top_k(miss["net"], miss["data"], ["pool3"], k=miss["k"], per_group=miss["per_group"], progress=False, cache=cache)
+            scan_top_k(miss["net"], miss["data"], ["pool3"], k=miss["k"], per_group=miss["per_group"], progress=False,
+                       cache=cache)
     # a larger k replaces the entry, which then serves both
     scan_top_k(net, ds, ["pool3"], k=6, progress=False, cache=cache)
     assert_same_scan(scan_top_k(net, unread, ["pool3"], k=4, progress=False, cache=cache), plain.select(["pool3"]))
@@ -502,7 +513,8 @@ def test_changed_image_is_not_taken_for_the_finished_scan(tmp_path):
                checkpoint=ckpt, progress=False)
     Image.fromarray(np.full((40, 40, 3), 250, np.uint8)).save(root / "2.png")  # same name, other content
     changed = ImageFolder(root, preprocessing=net.preprocessing, resize=32, crop=32)
-    with pytest.raises(ValueError, match=r"the images' files \(a file was added, removed or changed.*delete '.*scan\.ckpt'"):
+    with pytest.raises(ValueError,
+                       match=r"the images' files \(a file was added, removed or changed.*delete '.*scan\.ckpt'"):
         scan_top_k(net, changed, ["conv2_1"], k=2, checkpoint=ckpt, progress=False)
     with pytest.warns(StaleScanWarning, match="scanning again"):
         redone = scan_top_k(net, changed, ["conv2_1"], k=2, checkpoint=ckpt, progress=False, restart_stale=True)

@@ -295,7 +295,8 @@ def test_method_figure_leaves_the_captum_column_out_and_crops_a_unit_to_its_rece
     from deconvnet.engine import receptive_field
 
     x = images((1, 3, 16, 16), seed=10)
-    unit, whole = (meth.compare_methods(tiny, x, t) for t in (dn.Target("relu2_1", "max", (0, 1)), dn.Target("pool2", "max", "all")))
+    unit, whole = (meth.compare_methods(tiny, x, t) for t in (dn.Target("relu2_1", "max", (0, 1)),
+                                                              dn.Target("pool2", "max", "all")))
     assert "deconvolution" in unit.maps and max(unit.deconvolution_error) <= 1e-5  # computed, checked...
     fig = meth.plot_method_comparison([unit, whole], tiny)
     assert "Captum" not in words(fig)  # ...and not drawn
@@ -347,7 +348,8 @@ def test_randomising_a_layer_without_parameters_is_refused(tiny):
 def test_randomisation_steps(tiny):
     casc = san.randomisation_steps(tiny, "fc8", "cascading")
     assert casc == [("original", []), ("fc8", ["fc8"]), ("fc7", ["fc8", "fc7"]), ("fc6", ["fc8", "fc7", "fc6"]),
-                    ("conv2_1", ["fc8", "fc7", "fc6", "conv2_1"]), ("conv1_1", ["fc8", "fc7", "fc6", "conv2_1", "conv1_1"])]
+                    ("conv2_1", ["fc8", "fc7", "fc6", "conv2_1"]), ("conv1_1", ["fc8", "fc7", "fc6", "conv2_1",
+                                                                                "conv1_1"])]
     ind = san.randomisation_steps(tiny, "pool2", "independent", layers=["conv1_1", "conv2_1"])
     assert ind == [("original", []), ("conv2_1", ["conv2_1"]), ("conv1_1", ["conv1_1"])]
     with pytest.raises(ValueError, match="Hint"):  # fc6 is above pool2: it cannot change its maps
@@ -436,7 +438,7 @@ def test_default_sanity_target_stays_alive_at_every_step_on_random_weights(vgg16
         r = san.sanity_check(net, x, target, mode=mode, methods=("guided_backprop", "gradient"), show_progress=False)
         assert len(r.steps) == 1 + 13 and r.definition.startswith("conv5_3 before its ReLU")
         for m, zero in r.zero.items():
-            assert not zero.any(), (mode, m, [s for s, z in zip(r.steps, zero[:, 0]) if z])
+            assert not zero.any(), (mode, m, [s for s, z in zip(r.steps, zero[:, 0], strict=False) if z])
     assert no_forward_hooks(net)
 
 
@@ -541,7 +543,8 @@ def test_deep_distance_and_probability_against_a_hand_forward(tiny):
         for kind, vals in r.values.items():
             for i, v in enumerate(vals):
                 f, p = fc7_and_probs(inv.apply_transform(x, kind, v))
-                np.testing.assert_allclose(r.distance[kind]["fc7"][i], (f - f0).double().norm(dim=1).numpy(), rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(r.distance[kind]["fc7"][i], (f - f0).double().norm(dim=1).numpy(), rtol=1e-4,
+                                           atol=1e-6)
                 np.testing.assert_allclose(r.probability[kind][i], p[torch.arange(2), top].numpy(), rtol=1e-4)
 
 
@@ -625,7 +628,8 @@ def test_occlusion_follows_the_map_the_image_drives_not_one_its_bias_keeps_high(
     assert r.channel.tolist() == rise.flatten(2).amax(2).argmax(1).tolist() and 7 not in r.channel.tolist()
     assert r.projection.channel.tolist() == r.channel.tolist()  # (c) projects the map that (b) follows
     change = r.change()
-    np.testing.assert_allclose(change, 100 * (r.activation - r.activation_clean[:, None, None]) / r.activation_clean[:, None, None])
+    np.testing.assert_allclose(change, 100 * (r.activation - r.activation_clean[:, None, None]) / r.activation_clean[:,
+                                                                                                                     None, None])
     assert (change.min(axis=(1, 2)) < -10).all()  # a 4 px square of a 16 px random image takes 15-17% away
     assert r.summary()["change_percent"] == [[float(c.min()), float(c.max())] for c in change]
     fig = occ.plot_occlusion(r, net)
@@ -677,7 +681,7 @@ def test_occlusion_with_a_classifier_draws_the_class_panels(tiny):
     np.testing.assert_allclose(panels[3].images[0].get_array(), r.probability[0])
     legend = [t.get_text() for t in panels[4].get_legend().get_texts()]
     assert legend[: len(np.unique(r.top_label))] == [f"class {v}" for v, _ in sorted(
-        zip(*np.unique(r.top_label, return_counts=True)), key=lambda vc: -vc[1])][:5]
+        zip(*np.unique(r.top_label, return_counts=True), strict=False), key=lambda vc: -vc[1])][:5]
     plt.close(fig)
     fig = occ.plot_occlusion(r, tiny, show_captum=True)  # Captum's per-pixel occlusion only when asked
     assert len(image_axes(fig)) == 6
@@ -737,10 +741,13 @@ def test_filter_figure_leaves_out_random_weights_beside_trained_ones(tmp_path, m
     analysis.figure_filters(tmp_path, trained, random_alexnet)
     fig = kept.pop()
     titles = [" ".join(a.get_title().split()) for a in fig.axes]
-    assert titles == ["tiny conv1_1: 6 filters 3x3, stride 1 scaled per filter", "tiny conv1_1: 6 filters 3x3, stride 1 scaled per layer"]
-    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), filt.filter_grid(trained.layers["conv1_1"].weight, trained.preprocessing))
+    assert titles == ["tiny conv1_1: 6 filters 3x3, stride 1 scaled per filter",
+                      "tiny conv1_1: 6 filters 3x3, stride 1 scaled per layer"]
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), filt.filter_grid(trained.layers["conv1_1"].weight,
+                                                                                   trained.preprocessing))
     np.testing.assert_allclose(fig.axes[1].images[0].get_array(),
-                               filt.filter_grid(trained.layers["conv1_1"].weight, trained.preprocessing, normalise="layer"))
+                               filt.filter_grid(trained.layers["conv1_1"].weight, trained.preprocessing,
+                                                normalise="layer"))
     text = words(fig)
     assert text.count("alexnet (the subject of Fig. 6) is left out") == 1 and random_alexnet.describe() not in text
     assert text.count(trained.describe()) == 1
@@ -764,7 +771,8 @@ def _print_problems(fig) -> list[str]:
     for t in texts:
         if t.get_fontsize() * shrink < 7.0 - 1e-9:
             problems.append(f"{t.get_fontsize() * shrink:.1f} pt at 7 in: {t.get_text()[:40]!r}")
-    top_level = {id(t): t for t in [*fig.texts, fig._suptitle, fig._supxlabel] if t is not None and t.get_text().strip()}
+    top_level = {id(t): t for t in [*fig.texts, fig._suptitle,
+                                    fig._supxlabel] if t is not None and t.get_text().strip()}
     titled = [a.title for a in fig.axes if a.get_title().strip() and a.get_visible()]
     boxes = [(t.get_text()[:30], t.get_window_extent(renderer)) for t in [*top_level.values(), *titled]]
     boxes += [("legend", lg.get_window_extent(renderer)) for lg in fig.legends]
@@ -861,7 +869,8 @@ def test_every_resolution_figure_prints_at_a_page_width(vgg16, tmp_path, monkeyp
 
     monkeypatch.setattr(resfig, "save_figure", check_then_save)
     resfig.make_figures(tmp_path, vgg16, quick=True)
-    assert set(checked) == {"resolution_conv_matrix.png", "resolution_restore_photo.png", "resolution_restore_relu1_2.png",
+    assert set(checked) == {"resolution_conv_matrix.png", "resolution_restore_photo.png",
+                            "resolution_restore_relu1_2.png",
                             "resolution_restore_relu4_3.png", "resolution_scores.png", "resolution_checkerboard.png",
                             "resolution_deconvnet_stages.png"}
     for name, (width, problems) in checked.items():
@@ -890,7 +899,8 @@ def test_every_figure_of_the_figure_script_prints_at_a_page_width(tmp_path, monk
     monkeypatch.setattr(resfig, "save_figure", checking(resfig.save_figure))
     monkeypatch.setattr(figure2, "save_figure", checking(figure2.save_figure))
     monkeypatch.setattr(plot, "save_figure", checking(plot.save_figure))  # evolution, correspondence: at call time
-    code = main(["figures", "--weights", "random", "--quick", "--quiet", "--limit", "40", "--crop", "48", "--features", "8",
+    code = main(["figures", "--weights", "random", "--quick", "--quiet", "--limit", "40", "--crop", "48", "--features",
+                 "8",
                  "--layers", "conv2_2,conv5_3", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr()
     written = {p.name for p in tmp_path.glob("*.png")}

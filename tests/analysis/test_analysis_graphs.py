@@ -207,7 +207,8 @@ def test_figures_command_on_a_graph(tmp_path, capsys, monkeypatch):
 
     small = FigureSettings(("chelsea",), 1, 48, 48, 1, 2, 1, 3, (16, 16))
     monkeypatch.setattr(FigureSettings, "quick", classmethod(lambda cls: small))
-    code = main(["figures", "--arch", "resnet18", "--weights", "random", "--only", "methods,sanity,invariance,occlusion",
+    code = main(["figures", "--arch", "resnet18", "--weights", "random", "--only",
+                 "methods,sanity,invariance,occlusion",
                  "--quick", "--quiet", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     for name in ("methods", "sanity_curves", "sanity_maps", "selectivity", "invariance", "occlusion"):

@@ -55,7 +55,8 @@ def test_identical_changes_score_zero_and_opposite_ones_one():
 
 def _tiny_net():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+                          nn.ReLU())
     return dn.wrap(model)
 
 
@@ -70,17 +71,17 @@ def test_correspondence_matches_a_hand_forward():
         for layer, upto in (("4", 5), ("2", 3)):
             feats = net.model[:upto]
             eps = []
-            for i, (t, l, b, rr) in enumerate(boxes):
+            for i, (t, left, b, rr) in enumerate(boxes):
                 occluded = x[i : i + 1].clone()
-                occluded[..., t:b, l:rr] = 0.0
+                occluded[..., t:b, left:rr] = 0.0
                 with torch.no_grad():
                     eps.append((feats(x[i : i + 1]) - feats(occluded)).flatten().double())
             eps = torch.stack(eps)
             assert r.delta[part][layer] == _brute_delta(eps.numpy())
             assert r.score[part][layer] == pytest.approx(mean_sign_change(eps), abs=1e-12)
         for draw in r.random_boxes[part]:  # same size as the part's box, inside the image
-            for (t, l, b, rr), (t0, l0, b0, r0) in zip(draw, boxes):
-                assert (b - t, rr - l) == (b0 - t0, r0 - l0) and t >= 0 and l >= 0 and b <= 24 and rr <= 24
+            for (t, left, b, rr), (t0, l0, b0, r0) in zip(draw, boxes, strict=False):
+                assert (b - t, rr - left) == (b0 - t0, r0 - l0) and t >= 0 and left >= 0 and b <= 24 and rr <= 24
 
 
 def test_same_image_same_box_is_perfectly_consistent_and_random_is_not():
@@ -100,9 +101,9 @@ def test_boxes_follow_the_resize_and_crop_of_the_image():
 
     out = np.asarray(resize_center_crop(Image.fromarray(a), 224, 224))[..., 0] > 127
     rows, cols = np.nonzero(out)
-    t, l, b, r = map_box(box, (451, 300), 224)
+    t, left, b, r = map_box(box, (451, 300), 224)
     assert abs(rows.min() - t) <= 1 and abs(rows.max() + 1 - b) <= 1
-    assert abs(cols.min() - l) <= 1 and abs(cols.max() + 1 - r) <= 1
+    assert abs(cols.min() - left) <= 1 and abs(cols.max() + 1 - r) <= 1
 
 
 def test_bundled_parts_are_inside_their_photographs():
@@ -112,10 +113,10 @@ def test_bundled_parts_are_inside_their_photographs():
     for i, name in enumerate(parts.images):
         w, h = load_rgb(name).size
         for p in parts.parts:
-            t, l, b, r = parts.parts[p][i]
-            assert 0 <= t < b <= h and 0 <= l < r <= w
-            t, l, b, r = map_box(parts.parts[p][i], (w, h), 224)
-            assert b - t >= 8 and r - l >= 8  # still a real occluder at 224 px
+            t, left, b, r = parts.parts[p][i]
+            assert 0 <= t < b <= h and 0 <= left < r <= w
+            t, left, b, r = map_box(parts.parts[p][i], (w, h), 224)
+            assert b - t >= 8 and r - left >= 8  # still a real occluder at 224 px
         # the subject's left eye is on the image's right
         assert parts.parts["left_eye"][i][1] > parts.parts["right_eye"][i][1]
 

@@ -37,7 +37,8 @@ def dataset():
 @pytest.fixture(scope="module")
 def result(checkpoints, dataset, tmp_path_factory):
     cache = tmp_path_factory.mktemp("scans")
-    return evolution(checkpoints, dataset, ["relu1", "relu2"], 2, arch="democnn", k=3, cache=cache, progress=False), cache
+    return evolution(checkpoints, dataset, ["relu1", "relu2"], 2, arch="democnn", k=3, cache=cache,
+                     progress=False), cache
 
 
 def test_identical_weights_give_identical_top_k_and_different_weights_different(result):
@@ -76,8 +77,9 @@ def test_scans_are_cached_and_reused(result, checkpoints, dataset):
     files = sorted(cache.glob("scan-*.pt"))
     assert len(files) == 3  # one per checkpoint label (the copy has its own label)
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = evolution(checkpoints, dataset, ["relu1", "relu2"], r.channels, arch="democnn", k=3, cache=cache, progress=False)
-    for t0, t1 in zip(r.topk, again.topk):
+    again = evolution(checkpoints, dataset, ["relu1", "relu2"], r.channels, arch="democnn", k=3, cache=cache,
+                      progress=False)
+    for t0, t1 in zip(r.topk, again.topk, strict=False):
         assert torch.equal(t0.values["relu2"], t1.values["relu2"])
     assert [f.stat().st_mtime_ns for f in files] == stamps or len(list(cache.glob("scan-*.pt"))) == 3
 
@@ -125,7 +127,8 @@ def test_command_line(checkpoints, tmp_path, capsys):
     assert out.is_file() and json.loads((tmp_path / "evo.png.json").read_text())["checkpoints"] == ["a", "b"]
     assert "relu1: top-2 overlap with the previous checkpoint a->b 1.00" in stdout
     for args, message in ((["--checkpoints", str(checkpoints[0])], "--checkpoints needs --arch"),
-                          (["--arch", "democnn", "--checkpoints", "/nonexistent.pt"], "file not found: '/nonexistent.pt'")):
+                          (["--arch", "democnn", "--checkpoints", "/nonexistent.pt"],
+                           "file not found: '/nonexistent.pt'")):
         code = main(["evolution", *args, "--out", str(out)])
         _, err = capsys.readouterr()
         assert code == 2 and err.count("\n") == 1 and message in err, err

@@ -180,14 +180,15 @@ def test_channel_pages_show_the_scans_numbers(atlas, net, data):
     for layer in LAYERS:
         rf = receptive_field(net, layer)
         saved = TopK.load(atlas.out / "scans" / f"topk-{layer}.pt")
-        assert torch.equal(saved.values[layer], topk.values[layer]) and torch.equal(saved.images[layer], topk.images[layer])
+        assert torch.equal(saved.values[layer], topk.values[layer]) and torch.equal(saved.images[layer],
+                                                                                    topk.images[layer])
         index = (atlas.out / "index.html").read_text()
         for c in atlas.channels[layer]:
             page = atlas.out / layer / f"{c}.html"
             got = entries_of(page)
             want = topk.entries(layer, c)
             assert len(got) == len(want) == 9
-            for rank, (a, (v, i, (r, col))) in enumerate(zip(got, want), 1):
+            for rank, (a, (v, i, (r, col))) in enumerate(zip(got, want, strict=False), 1):
                 assert int(a["data-rank"]) == rank
                 assert float(a["data-activation"]) == v  # repr of the float64: exact
                 assert (int(a["data-image"]), int(a["data-row"]), int(a["data-col"])) == (i, r, col)
@@ -225,7 +226,8 @@ def test_histograms_and_moments_equal_brute_force(atlas, net, data):
     topk = TopK.load(atlas.out / "scans" / f"topk-{layer}.pt")
     top = topk.values[layer][:, 0].numpy()
     assert (top <= 0).any()  # some channels never fire: their bins span (0, 1] (deconvnet.atlas.stats)
-    units, units_nonpos, image_max, image_nonpos, values = brute_force_stats(net, data, layer, np.where(top > 0, top, 1.0), 32)
+    units, units_nonpos, image_max, image_nonpos, values = brute_force_stats(net, data, layer, np.where(top > 0, top,
+                                                                                                        1.0), 32)
     assert np.array_equal(top, values.max(1))  # the scan's top-1 is the dataset maximum
     for c in atlas.channels[layer]:
         page = (atlas.out / layer / f"{c}.html").read_text()
@@ -235,7 +237,8 @@ def test_histograms_and_moments_equal_brute_force(atlas, net, data):
         assert got_units == [int(units_nonpos[c]), *units[c].tolist()]
         assert got_images == [int(image_nonpos[c]), *image_max[c].tolist()]
         assert sum(got_units) == values.shape[1] and sum(got_images) == len(data)
-        shown = [float(v) for v in re.findall(r'data-value="([^"]+)"', page.split('class="facts"')[1].split("</dl>")[0])]
+        shown = [float(v) for v in re.findall(r'data-value="([^"]+)"',
+                                              page.split('class="facts"')[1].split("</dl>")[0])]
         mx, mean, std, active, images_active = shown
         v = values[c]
         assert mx == v.max()
@@ -277,7 +280,7 @@ def test_tiles_are_figure2s_projections_beside_their_patches(atlas, net, data):
     topk = TopK.load(atlas.out / "scans" / f"topk-{layer}.pt")
     channels = atlas.channels[layer][:1]
     for tiles in feature_tiles(net, data, topk, layer, channels, progress=False):
-        for rank, (proj, patch) in enumerate(zip(tiles.projections, tiles.patches)):
+        for rank, (proj, patch) in enumerate(zip(tiles.projections, tiles.patches, strict=False)):
             pair = np.asarray(Image.open(atlas.out / layer / "tiles" / f"{tiles.channel}_{rank}.png"))
             r = proj.shape[-1]
             want_proj = np.clip(np.round(scale_for_display(proj) * 255), 0, 255).astype(np.uint8)
@@ -434,7 +437,8 @@ def browser():
         pytest.skip("the browser test needs selenium (pip install selenium)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)  # never a downloaded browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
@@ -591,11 +595,12 @@ def test_atlas_on_graphs_shows_figure2s_tiles(arch, layers, resnet18, googlenet,
     for layer in layers:
         topk = TopK.load(atlas.out / "scans" / f"topk-{layer}.pt")
         for tiles in feature_tiles(net, data, topk, layer, atlas.channels[layer][:1], progress=False):
-            for rank, (proj, patch) in enumerate(zip(tiles.projections, tiles.patches)):
+            for rank, (proj, patch) in enumerate(zip(tiles.projections, tiles.patches, strict=False)):
                 pair = np.asarray(Image.open(atlas.out / layer / "tiles" / f"{tiles.channel}_{rank}.png"))
                 r = proj.shape[-1]
                 want = np.clip(np.round(scale_for_display(proj) * 255), 0, 255).astype(np.uint8)
                 assert np.abs(pair[:, :r].astype(int) - want).max() <= 1  # float32 round-off: one gray level
                 assert (pair[:, :r] == want).mean() > 0.99
-                assert np.array_equal(pair[:, -r:], np.clip(np.round(patch.permute(1, 2, 0).double().numpy() * 255), 0, 255).astype(np.uint8))
+                assert np.array_equal(pair[:, -r:], np.clip(np.round(patch.permute(1, 2, 0).double().numpy() * 255), 0,
+                                                            255).astype(np.uint8))
         assert (atlas.out / layer / f"{atlas.channels[layer][0]}.html").is_file()

@@ -22,7 +22,8 @@ def run(args, capsys):
 
 def test_project_writes_a_figure(tmp_path, capsys):
     out = tmp_path / "sub" / "fig.png"
-    code, stdout, _ = run(["project", "chelsea", "--weights", "random", "--layer", "relu4_3", "--size", "96", "--out", str(out)], capsys)
+    code, stdout, _ = run(["project", "chelsea", "--weights", "random", "--layer", "relu4_3", "--size", "96", "--out",
+                           str(out)], capsys)
     assert code == 0
     im = Image.open(out)
     assert im.size[0] > 600 and im.size[1] > 300
@@ -38,7 +39,8 @@ def test_project_command_on_offline_defaults(tmp_path):
 
     out = tmp_path / "astronaut.png"
     r = subprocess.run(
-        [sys.executable, "-m", "deconvnet", "project", "astronaut", "--layer", "conv3_3", "--channel", "5", "--out", str(out)],
+        [sys.executable, "-m", "deconvnet", "project", "astronaut", "--layer", "conv3_3", "--channel", "5", "--out",
+         str(out)],
         capture_output=True, text=True, env={"DECONVNET_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300,
     )
     assert r.returncode == 0, r.stderr
@@ -100,15 +102,17 @@ def test_show_draws_on_given_axes(vgg16):
     assert len(fig.axes) == 4 and "random" in fig._supxlabel.get_text() and "percentile" in fig._supxlabel.get_text()
     top, left, bottom, right = p.box[0].tolist()
     for ax in fig.axes[:2]:
-        (rect_under, rect), = [ax.patches[:2]]
-        assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (left - 0.5, top - 0.5, right - left, bottom - top)
+        (_rect_under, rect), = [ax.patches[:2]]
+        assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (left - 0.5, top - 0.5,
+                                                                                     right - left, bottom - top)
     zoomed = fig.axes[3].images[0].get_array()
     assert zoomed.shape[:2] == (bottom - top, right - left)
     whole = np.asarray(fig.axes[1].images[0].get_array())
     # one scale for the whole projection and its zoom: the zeros outside the box do not change it
     t0, l0 = max(top, 0), max(left, 0)
     inner = whole[t0 : min(bottom, 64), l0 : min(right, 64)]
-    np.testing.assert_allclose(np.asarray(zoomed)[t0 - top : t0 - top + inner.shape[0], l0 - left : l0 - left + inner.shape[1]], inner)
+    np.testing.assert_allclose(np.asarray(zoomed)[t0 - top : t0 - top + inner.shape[0],
+                                                  l0 - left : l0 - left + inner.shape[1]], inner)
     plt.close(fig)
     q = dn.Deconvnet(vgg16).project(x, "conv4_1", 3, "all")  # a whole map has no single box: two panels
     fig = dn.show(q)
@@ -129,7 +133,8 @@ def test_percentile_scaling_ignores_the_zeros_outside_the_support():
     np.testing.assert_allclose(scale_for_display(big)[50:55, 60:65], scale_for_display(small))
     a = np.abs(small.double().numpy()).ravel()
     m = np.percentile(a, 99)
-    np.testing.assert_allclose(scale_for_display(small), np.clip(0.5 + small.double().permute(1, 2, 0).numpy() / (2 * m), 0, 1))
+    np.testing.assert_allclose(scale_for_display(small),
+                               np.clip(0.5 + small.double().permute(1, 2, 0).numpy() / (2 * m), 0, 1))
     assert (scale_for_display(torch.zeros(3, 4, 4)) == 0.5).all()
 
 
@@ -157,7 +162,8 @@ def test_figures_script_other_kinds(tmp_path, capsys):
                  "--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    for name in ("resolution_comparison.csv", "resolution_checkerboard.png", "filters.png", "occlusion.png", "occlusion.json"):
+    for name in ("resolution_comparison.csv", "resolution_checkerboard.png", "filters.png", "occlusion.png",
+                 "occlusion.json"):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     assert oct((tmp_path / "filters.png").stat().st_mode & 0o777) != "0o600"  # ordinary permissions
     assert "timings:" in out
@@ -171,7 +177,8 @@ def test_help_and_argument_errors_import_no_torch():
              "try:\n    runpy.run_module('deconvnet', run_name='__main__')\n"
              "except SystemExit as e:\n    code = e.code\n"
              "print('LOADED', [m for m in {heavy!r} if m in sys.modules], 'CODE', code)")
-    for args, code in ((["--help"], 0), (["figures", "--help"], 0), (["project", "x", "--layers", "a", "--out", "a.png"], 2)):
+    for args, code in ((["--help"], 0), (["figures", "--help"], 0), (["project", "x", "--layers", "a", "--out",
+                                                                      "a.png"], 2)):
         r = subprocess.run([sys.executable, "-c", probe.format(args=args, heavy=heavy)], capture_output=True, text=True,
                            timeout=120)
         assert f"LOADED [] CODE {code}" in r.stdout, (args, r.stdout[-300:], r.stderr[-300:])
@@ -209,7 +216,8 @@ def test_the_figure_script_writes_the_same_bytes_twice(tmp_path):
         env = dict(os.environ, DECONVNET_CACHE=str(tmp_path / f"cache-{run_}"))
         r = subprocess.run([sys.executable, "-m", "deconvnet", "figures", "--arch", "vgg11", "--weights", "random",
                             "--only", "top9,methods,evolution", "--quick", "--limit", "6", "--layers", "conv2_1",
-                            "--features", "2", "--k", "2", "--resize", "40", "--crop", "32", "--quiet", "--out", str(out)],
+                            "--features", "2", "--k", "2", "--resize", "40", "--crop", "32", "--quiet", "--out",
+                            str(out)],
                            capture_output=True, text=True, env=env, timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
         outs.append(out)

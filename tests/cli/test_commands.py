@@ -40,14 +40,18 @@ def run(args, capsys):
 
 
 # hand-worked from the recurrence in docs/explanation/deconvnet.md ("Receptive fields": r, j, P), and the map sizes of a 224 input
-VGG16_224 = {"conv1_2": ("64", "224x224", 5, 1, 2), "pool1": ("64", "112x112", 6, 2, 2), "conv2_2": ("128", "112x112", 14, 2, 6),
-             "pool2": ("128", "56x56", 16, 4, 6), "conv3_3": ("256", "56x56", 40, 4, 18), "pool3": ("256", "28x28", 44, 8, 18),
+VGG16_224 = {"conv1_2": ("64", "224x224", 5, 1, 2), "pool1": ("64", "112x112", 6, 2, 2), "conv2_2": ("128", "112x112",
+                                                                                                     14, 2, 6),
+             "pool2": ("128", "56x56", 16, 4, 6), "conv3_3": ("256", "56x56", 40, 4, 18), "pool3": ("256", "28x28", 44,
+                                                                                                    8, 18),
              "relu4_3": ("512", "28x28", 92, 8, 42), "pool4": ("512", "14x14", 100, 16, 42),
              "conv5_3": ("512", "14x14", 196, 16, 90), "pool5": ("512", "7x7", 212, 32, 90)}
 
 
-ALEXNET_224 = {"conv1": ("64", "55x55", 11, 4, 2), "pool1": ("64", "27x27", 19, 8, 2), "conv2": ("192", "27x27", 51, 8, 18),
-               "pool2": ("192", "13x13", 67, 16, 18), "conv5": ("256", "13x13", 163, 16, 66), "pool5": ("256", "6x6", 195, 32, 66)}
+ALEXNET_224 = {"conv1": ("64", "55x55", 11, 4, 2), "pool1": ("64", "27x27", 19, 8, 2), "conv2": ("192", "27x27", 51, 8,
+                                                                                                 18),
+               "pool2": ("192", "13x13", 67, 16, 18), "conv5": ("256", "13x13", 163, 16, 66), "pool5": ("256", "6x6",
+                                                                                                        195, 32, 66)}
 
 
 def test_version(capsys):
@@ -58,8 +62,10 @@ def test_version(capsys):
 
 
 def test_help_shows_the_defaults(capsys):
-    for command, expected in [("project", ["(default: conv5_3)", "(default: max)", "(default: auto)", "(default: 224)"]),
-                              ("figures", ["(default: 9)", "(default: figures)", "(default: auto)", "(default: random)"]),
+    for command, expected in [("project", ["(default: conv5_3)", "(default: max)", "(default: auto)",
+                                           "(default: 224)"]),
+                              ("figures", ["(default: 9)", "(default: figures)", "(default: auto)",
+                                           "(default: random)"]),
                               ("layers", ["(default: vgg16)", "(default: 224)"])]:
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
@@ -93,9 +99,11 @@ def test_layers_for_another_size_and_a_too_small_one(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["project", "astronaut", "--layer", "conv9_9"], "unknown layer 'conv9_9' for vgg16. Hint: valid layers are conv1_1,"),
+    (["project", "astronaut", "--layer", "conv9_9"],
+     "unknown layer 'conv9_9' for vgg16. Hint: valid layers are conv1_1,"),
     (["project", "astronaut", "--arch", "alexnet", "--layer", "conv5_3"], "unknown layer 'conv5_3' for alexnet"),
-    (["project", "astronaut", "--layer", "conv3_3", "--channel", "256"], "channel 256 is out of range for layer 'conv3_3'"),
+    (["project", "astronaut", "--layer", "conv3_3", "--channel", "256"],
+     "channel 256 is out of range for layer 'conv3_3'"),
     (["project", "astronaut", "--layer", "fc8", "--channel", "1000"], "which has 1000 channels"),
     (["project", "/nonexistent/cat.jpg"], "image file not found: '/nonexistent/cat.jpg'"),
     (["project", "nosuchphoto"], "neither a file nor a bundled photograph"),
@@ -128,7 +136,7 @@ def test_project_writes_jpeg(tmp_path, capsys):
 
 def test_warnings_are_one_line_without_source_while_the_command_runs(capsys, monkeypatch):
     def warn(args):
-        warnings.warn("first line\n   second line", UserWarning)
+        warnings.warn("first line\n   second line", UserWarning, stacklevel=1)
 
     before = warnings.showwarning
     monkeypatch.setattr(cli, "cmd_layers", warn)

@@ -58,7 +58,8 @@ def test_cli_rescans_after_an_image_changed(tmp_path, capsys):
 
 
 def test_cli_absurd_size_is_one_line(tmp_path, capsys):
-    code, _, err = run(["project", "astronaut", "--weights", "random", "--size", "100000", "--out", str(tmp_path / "x.png")], capsys)
+    code, _, err = run(["project", "astronaut", "--weights", "random", "--size", "100000", "--out",
+                        str(tmp_path / "x.png")], capsys)
     assert code == 2 and "needs about" in one_error_line(err)
 
 
@@ -72,7 +73,8 @@ def test_output_location_problems_are_one_line(command, tmp_path, capsys):
                  (a_file / "x.png", "is a file, not a folder"),
                  ("/proc/deconvnet_test/x.png", "cannot be written")]
         for out, message in cases:
-            code, out_text, err = run(["project", "astronaut", "--weights", "random", "--size", "32", "--out", str(out)], capsys)
+            code, out_text, err = run(["project", "astronaut", "--weights", "random", "--size", "32", "--out",
+                                       str(out)], capsys)
             assert code == 2 and message in one_error_line(err), (out, err)
     else:
         for out, message in [(a_file, "is a file, not a folder"), ("/proc/deconvnet_test", "cannot be written")]:
@@ -88,7 +90,8 @@ def test_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(plot, "save_figure", full)
-    code, _, err = run(["project", "astronaut", "--weights", "random", "--size", "32", "--out", str(tmp_path / "x.png")], capsys)
+    code, _, err = run(["project", "astronaut", "--weights", "random", "--size", "32", "--out",
+                        str(tmp_path / "x.png")], capsys)
     line = one_error_line(err)
     assert code == 2 and "No space left on device" in line and "x.png" in line
 
@@ -140,7 +143,8 @@ def test_sidecars_are_named_after_their_figure(tmp_path, capsys):
     (["figures", "--device", "meta"], "need a device that computes"),
 ])
 def test_meta_device_is_one_line(args, message, tmp_path, capsys):
-    args = args + (["--out", str(tmp_path / "x.png"), "--weights", "random"] if args[0] == "project" else ["--out", str(tmp_path)])
+    args = args + (["--out", str(tmp_path / "x.png"), "--weights",
+                    "random"] if args[0] == "project" else ["--out", str(tmp_path)])
     code, _, err = run(args, capsys)
     assert code == 2 and message in one_error_line(err)
 
@@ -159,7 +163,8 @@ def test_repeated_layers_are_drawn_once(tmp_path, capsys):
 
 
 def test_resolution_figures_follow_format(tmp_path, capsys):
-    code, out, err = run(["figures", "--weights", "random", "--only", "resolution", "--quick", "--quiet", "--format", "svg",
+    code, out, err = run(["figures", "--weights", "random", "--only", "resolution", "--quick", "--quiet", "--format",
+                          "svg",
                           "--out", str(tmp_path)], capsys)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.glob("*.svg")) and not list(tmp_path.glob("*.png"))

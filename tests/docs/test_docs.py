@@ -76,7 +76,8 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the offline weights' fallback warning is the pages' own subject
             try:
-                exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)  # noqa: S102 (the docs' own code)
+                exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"),
+                     namespace)  # noqa: S102 (the docs' own code)
             except Exception as err:
                 raise AssertionError(f"{page.relative_to(ROOT)}, the block at line {line} failed: "
                                      f"{type(err).__name__}: {err}") from err

@@ -116,6 +116,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     before = {p: p.stat().st_mtime_ns for p in (ROOT / "notebooks").rglob("*")}
     nb = execute_copy(path, tmp_path)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs",
+                                                                          []) if o.get("output_type") == "error"]
     assert not errors
     assert {p: p.stat().st_mtime_ns for p in (ROOT / "notebooks").rglob("*")} == before  # nothing written there

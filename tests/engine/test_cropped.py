@@ -22,7 +22,7 @@ def test_cropped_equals_full_at_every_layer(arch, hw, request):
         # corners and the middle: windows that leave the image on every side, and ones that do not
         targets = [dn.Target(layer, "max", "max"), dn.Target(layer, 1, (0, 0)), dn.Target(layer, 2, (h - 1, w - 1)),
                    dn.Target(layer, 3, (h // 2, w // 3))]
-        for a, c in zip(full.project_many(x, targets), crop.project_many(x, targets)):
+        for a, c in zip(full.project_many(x, targets), crop.project_many(x, targets), strict=False):
             scale = a.projection.abs().max()
             assert torch.equal(a.position, c.position)
             assert (a.projection - c.projection).abs().max() <= 1e-5 * scale, (layer, a.target.position)
@@ -34,7 +34,7 @@ def test_cropped_batches_across_targets_and_chunks(vgg16):
     targets = [dn.Target("relu4_2", c, units) for c in range(5)] + [dn.Target("pool3", 7, (3, 4))]
     small = dn.Deconvnet(vgg16, crop=True, max_batch=4).project_many(x, targets)
     ref = dn.Deconvnet(vgg16, crop=False).project_many(x, targets)
-    for a, b in zip(small, ref):
+    for a, b in zip(small, ref, strict=False):
         assert (a.projection - b.projection).abs().max() <= 1e-5 * b.projection.abs().max()
         if a.layer == "relu4_2":
             assert a.position.tolist() == units.tolist()
@@ -46,7 +46,8 @@ def test_auto_crops_only_where_it_pays(vgg16):
     assert not d._engine.crops(dn.Target("pool5", 0, "max"), vgg16.depth("pool5"), (64, 64))  # 212 px window
     assert not d._engine.crops(dn.Target("conv3_3", 0, "all"), vgg16.depth("conv3_3"), (224, 224))
     assert not d._engine.crops(dn.Target("fc6", 0, "max"), vgg16.depth("fc6"), (224, 224))
-    assert not dn.Deconvnet(vgg16, unpool="max_unpool")._engine.crops(dn.Target("conv3_3", 0), vgg16.depth("conv3_3"), (224, 224))
+    assert not dn.Deconvnet(vgg16, unpool="max_unpool")._engine.crops(dn.Target("conv3_3", 0), vgg16.depth("conv3_3"),
+                                                                      (224, 224))
     with pytest.raises(ValueError, match="crop 'yes' is not understood"):
         dn.Deconvnet(vgg16, crop="yes")
 

@@ -20,8 +20,10 @@ def captum_projection(net, x, layer, channel, position):
     """Captum's NeuronDeconvolution times the unit's activation, image by image."""
     out = []
     for b in range(x.shape[0]):
-        selector = (int(channel[b]),) + tuple(int(v) for v in position[b]) if position is not None else (int(channel[b]),)
-        attr = NeuronDeconvolution(net.model, net.layers[layer]).attribute(x[b : b + 1].clone(), neuron_selector=selector)
+        selector = (int(channel[b]),
+                    ) + tuple(int(v) for v in position[b]) if position is not None else (int(channel[b]),)
+        attr = NeuronDeconvolution(net.model, net.layers[layer]).attribute(x[b : b + 1].clone(),
+                                                                           neuron_selector=selector)
         out.append(attr.detach())
     return torch.cat(out)
 
@@ -67,7 +69,8 @@ def reference_deconv(net, x, layer, channel, row, col):
         if isinstance(m, torch.nn.Conv2d):
             h = F.conv2d(h, m.weight.double(), m.bias.double(), m.stride, m.padding, m.dilation, m.groups)
         elif isinstance(m, torch.nn.BatchNorm2d):
-            h = F.batch_norm(h, m.running_mean.double(), m.running_var.double(), m.weight.double(), m.bias.double(), False, 0.0, m.eps)
+            h = F.batch_norm(h, m.running_mean.double(), m.running_var.double(), m.weight.double(), m.bias.double(),
+                             False, 0.0, m.eps)
         elif isinstance(m, torch.nn.ReLU):
             h = F.relu(h)
         trail.append((m, inp.shape, None))
@@ -156,7 +159,8 @@ def test_batch_of_three_equals_one_by_one():
         single = deconv.project(x[b : b + 1], "relu4_3", channel="max")
         assert torch.equal(single.channel, batch.channel[b : b + 1])
         assert torch.equal(single.position, batch.position[b : b + 1])
-        torch.testing.assert_close(single.projection, batch.projection[b : b + 1], rtol=0, atol=1e-12 * batch.projection.abs().max())
+        torch.testing.assert_close(single.projection, batch.projection[b : b + 1], rtol=0,
+                                   atol=1e-12 * batch.projection.abs().max())
     assert len({int(c) for c in batch.channel}) > 1 or len({tuple(p.tolist()) for p in batch.position}) > 1
 
 
@@ -174,7 +178,7 @@ def test_project_many_equals_one_by_one(vgg16):
     ]
     deconv = dn.Deconvnet(vgg16, max_batch=4)  # forces several deconv passes
     many = deconv.project_many(x, targets)
-    for t, p in zip(targets, many):
+    for t, p in zip(targets, many, strict=False):
         one = dn.Deconvnet(vgg16).project(x, t.layer, t.channel, t.position)
         assert p.layer == t.layer and p.target == t
         assert torch.equal(p.channel, one.channel) and torch.equal(p.position, one.position)
@@ -245,7 +249,8 @@ def test_conv_adjoints_float64(vgg16, alexnet):
             y_shape = F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups).shape
             y = torch.randn(y_shape, generator=g, dtype=torch.float64)
             lhs = (F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups) * y).sum()
-            mm = torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups, bias=False).double()
+            mm = torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                                 m.groups, bias=False).double()
             mm.weight.data.copy_(w)
             xt = conv_transpose_like(mm, y, hw)
             assert xt.shape == x.shape
@@ -363,7 +368,8 @@ def test_one_model_from_many_threads():
     for t in threads:
         t.join()
     assert not errors, errors[:3]
-    wrong = [call for call in calls if not torch.allclose(results[call], reference[call], rtol=1e-5, atol=1e-6 * float(reference[call].abs().max()))]
+    wrong = [call for call in calls if not torch.allclose(results[call], reference[call], rtol=1e-5,
+                                                          atol=1e-6 * float(reference[call].abs().max()))]
     assert not wrong, wrong
     assert no_forward_hooks(net)
 
@@ -376,7 +382,7 @@ def test_train_mode_is_neither_used_nor_changed(vgg11_bn, alexnet):
     try:
         p = dn.Deconvnet(vgg11_bn).project(x, "relu4_1", 3)
         after = [m.running_mean for m in vgg11_bn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        assert all(torch.equal(a, b) for a, b in zip(stats, after))  # running statistics untouched
+        assert all(torch.equal(a, b) for a, b in zip(stats, after, strict=False))  # running statistics untouched
         assert torch.equal(p.projection, reference)
         assert all(m.training for m in vgg11_bn.model.modules())  # the caller's mode is restored
     finally:
@@ -425,7 +431,8 @@ class Pause(nn.Identity):
 class Paused(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv1, self.pause, self.conv2, self.conv3 = nn.Conv2d(3, 8, 3), Pause(), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3)
+        self.conv1, self.pause, self.conv2, self.conv3 = nn.Conv2d(3, 8, 3), Pause(), nn.Conv2d(8, 8,
+                                                                                                3), nn.Conv2d(8, 8, 3)
 
     def forward(self, x):
         return self.conv3(F.relu(self.conv2(self.pause(F.relu(self.conv1(x))))))

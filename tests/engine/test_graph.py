@@ -28,7 +28,8 @@ def captum_times_activation(model, module, x, p):
     """Captum's NeuronDeconvolution for each image's projected unit, times the unit's activation."""
     out = []
     for b in range(x.shape[0]):
-        unit = (int(p.channel[b]),) + (tuple(int(v) for v in p.position[b]) if p.projection.dim() == 4 and p.map_size != (1, 1) else ())
+        unit = (int(p.channel[b]),
+                ) + (tuple(int(v) for v in p.position[b]) if p.projection.dim() == 4 and p.map_size != (1, 1) else ())
         attr = NeuronDeconvolution(model, module).attribute(x[b : b + 1].clone(), neuron_selector=unit)
         out.append(attr.detach() * p.activation[b])
     return torch.cat(out)
@@ -131,7 +132,7 @@ def test_chain_and_graph_agree_at_every_layer(arch, request):
     chain, graph = dn.Deconvnet(net), dn.Deconvnet(net, engine="graph")
     targets = [dn.Target(layer, "max", "max") for layer in net.layers]
     targets += [dn.Target(layer, 3, "all") for layer in net.layers if net.is_spatial(layer)][::6]
-    for a, b in zip(chain.project_many(x, targets), graph.project_many(x, targets)):
+    for a, b in zip(chain.project_many(x, targets), graph.project_many(x, targets), strict=False):
         assert torch.equal(a.channel, b.channel) and torch.equal(a.position, b.position), a.layer
         assert_close_to(b.projection, a.projection, f"{a.layer} {a.target.position}")
 
@@ -172,7 +173,7 @@ def test_many_targets_in_one_forward_equal_one_by_one(resnet18):
     finally:
         handle.remove()
     assert calls["n"] == 1  # one forward for all targets
-    for t, p in zip(targets, together):
+    for t, p in zip(targets, together, strict=False):
         alone = deconv.project(x, t.layer, t.channel, t.position)
         assert torch.equal(p.projection, alone.projection), t
 
@@ -281,7 +282,8 @@ def test_load_model_builds_any_torchvision_classifier():
     net = dn.load_model("resnet18", "random", seed=3)
     assert not net.is_chain and net.provenance["weights"] == "random" and "layer4.1.conv2" in net.layers
     again = dn.load_model("resnet18", "random", seed=3)
-    assert all(torch.equal(a, b) for a, b in zip(net.model.state_dict().values(), again.model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(net.model.state_dict().values(), again.model.state_dict().values(),
+                                                 strict=False))
     with pytest.raises(ValueError, match="unknown arch 'resnet51'.*resnet50"):
         dn.load_model("resnet51")
 
@@ -318,7 +320,8 @@ def test_cli_on_a_graph(tmp_path, capsys):
     assert main(["project", "astronaut", "--arch", "resnet18", "--weights", "random", "--layer", "layer2",
                  "--size", "64", "--out", str(tmp_path / "p.png")]) == 0
     assert "layer2 channel" in capsys.readouterr().out
-    code = main(["figures", "--arch", "resnet18", "--weights", "random", "--only", "resolution", "--out", str(tmp_path)])
+    code = main(["figures", "--arch", "resnet18", "--weights", "random", "--only", "resolution", "--out",
+                 str(tmp_path)])
     assert code == 2 and "need a VGG or AlexNet" in capsys.readouterr().err
 
 

@@ -61,7 +61,8 @@ NON_RECTIFIERS = {
 LINEAR_SPELLINGS = {
     "scale and shift": lambda y: 2 * y - 1 + y / 3,
     "cat of slices": lambda y: torch.cat([y[:, :2], y[:, 2:]], 1),
-    "view and permute": lambda y: y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, y.shape[1]).transpose(1, 2).reshape(y.shape),
+    "view and permute": lambda y: y.permute(0, 2, 3, 1).reshape(y.shape[0], -1,
+                                                                y.shape[1]).transpose(1, 2).reshape(y.shape),
     "pad and crop": lambda y: F.pad(y, (1, 1, 1, 1))[..., 1:-1, 1:-1],
     "mean over channels": lambda y: y + y.mean(1, keepdim=True),
     "interpolate": lambda y: F.interpolate(F.avg_pool2d(y, 2), scale_factor=2, mode="bilinear"),
@@ -91,7 +92,8 @@ def test_rectifiers_in_every_spelling_get_the_relu_rule(rule):
         got = dn.Deconvnet(model, rule=rule).project(x, "c2", 1).projection
         assert torch.equal(got, expected), name
     clamp6 = Spelled(lambda x: x.clamp(0, 6)).eval()
-    with pytest.raises(UnsupportedLayerError, match=r"Tensor\.clamp, called in the forward of Spelled itself, clamps at bounds"):
+    with pytest.raises(UnsupportedLayerError,
+                       match=r"Tensor\.clamp, called in the forward of Spelled itself, clamps at bounds"):
         dn.Deconvnet(clamp6).project(x, "c2", 1)
 
 

@@ -47,7 +47,8 @@ def test_project_units_equal_project_one_by_one(name, layer, vgg16, resnet18, go
         assert (top, left) == tuple(rf.box(*unit[k].tolist())[:2])
         full = torch.zeros(3, 96 + 2 * rf.size[0], 96 + 2 * rf.size[1], dtype=torch.float64)
         full[:, rf.size[0] : rf.size[0] + 96, rf.size[1] : rf.size[1] + 96] = p.projection[0]
-        want = full[:, rf.size[0] + top : rf.size[0] + top + rf.size[0], rf.size[1] + left : rf.size[1] + left + rf.size[1]]
+        want = full[:, rf.size[0] + top : rf.size[0] + top + rf.size[0],
+                    rf.size[1] + left : rf.size[1] + left + rf.size[1]]
         torch.testing.assert_close(windows[k], want, rtol=1e-10, atol=1e-12)
         # nothing of the projection lies outside the box (the box is the unit's whole cone)
         assert float(p.projection.abs().sum()) == pytest.approx(float(want.abs().sum()), rel=1e-10, abs=1e-12)

@@ -85,7 +85,8 @@ def test_copies_without_a_path_and_no_grad_branches_are_refused():
                 z = x * 0.5
             return x.relu() + z
 
-    with pytest.raises(UnsupportedLayerError, match=r"Tensor\.mul, called in module 'middle', runs under torch\.no_grad\(\)"):
+    with pytest.raises(UnsupportedLayerError,
+                       match=r"Tensor\.mul, called in module 'middle', runs under torch\.no_grad\(\)"):
         _project(Body(NoGradBranch()))
 
 
@@ -161,13 +162,15 @@ def test_max_pools_over_maps_stay_exact():
     got = dn.Deconvnet(model).project(x, "conv2", 1, (2, 3)).projection
     # the reference: the chain engine's unpooling of the two halves, then conv1's adjoint
     a = model.conv2(F.max_pool2d(torch.cat([chain[:2](x)] * 2, 1) * torch.tensor([1.0] * 4 + [0.5] * 4,
-                                                                                    dtype=torch.float64).view(1, 8, 1, 1), 2))
+                                                                                    dtype=torch.float64).view(1, 8, 1,
+                                                                                                              1), 2))
     s = torch.zeros_like(a)
     s[0, 1, 2, 3] = a[0, 1, 2, 3]
     r = F.conv_transpose2d(s, model.conv2.weight, padding=1)
     y = chain[:2](x)
     _, idx = F.max_pool2d(y, 2, return_indices=True)
-    up = sum(F.max_unpool2d(part, idx, 2, output_size=y.shape[-2:]) * k for part, k in ((r[:, :4], 1.0), (r[:, 4:], 0.5)))
+    up = sum(F.max_unpool2d(part, idx, 2, output_size=y.shape[-2:]) * k for part, k in ((r[:, :4], 1.0), (r[:, 4:],
+                                                                                                          0.5)))
     want = F.conv_transpose2d(up.relu(), model.conv1.weight, padding=1)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
@@ -196,7 +199,8 @@ def _chain(first=None, relu=None):
 
 @pytest.mark.parametrize("model,match", [
     (lambda: _chain(relu=SigmoidReLU()), r"module '1' \(SigmoidReLU\) is a ReLU with its own forward"),
-    (lambda: _chain(first=SquaredConv(3, 4, 3, padding=1)), r"module '0' \(SquaredConv\) is a Conv2d with its own forward"),
+    (lambda: _chain(first=SquaredConv(3, 4, 3, padding=1)),
+     r"module '0' \(SquaredConv\) is a Conv2d with its own forward"),
     (lambda: _chain(first=SquaredConvInside(3, 4, 3, padding=1)), r"is a Conv2d with its own _conv_forward"),
 ])
 def test_chain_refuses_subclasses_with_another_forward(model, match):
@@ -253,7 +257,8 @@ def test_chain_refuses_user_hooks_on_the_path_only():
         a = model[1](model[0](x))
         s = torch.zeros_like(a)
         s[0, 1, 5, 6] = a[0, 1, 5, 6]
-        torch.testing.assert_close(got, F.conv_transpose2d(s.relu(), model[0].weight, padding=1), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got, F.conv_transpose2d(s.relu(), model[0].weight, padding=1), rtol=1e-10,
+                                   atol=1e-12)
     finally:
         later.remove()
     assert no_forward_hooks(dn.wrap(model))
@@ -419,7 +424,7 @@ def test_a_nan_seed_and_a_fractional_channel_are_refused():
         deconv.project_seed(x, "4", seed)
     whole = deconv.project_units(x, "4", torch.tensor([0]), torch.tensor([1]), torch.tensor([[2, 3]]))
     same = deconv.project_units(x, "4", torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([[2.0, 3.0]]))
-    assert all(torch.equal(a, b) for a, b in zip(whole, same))  # whole floats are whole numbers
+    assert all(torch.equal(a, b) for a, b in zip(whole, same, strict=False))  # whole floats are whole numbers
     for kwargs, message in [(dict(channel=torch.tensor([1.7])), "channel 1.7 is not a whole number"),
                             (dict(channel=[1.7]), "channel 1.7 is not a whole number"),
                             (dict(unit=torch.tensor([[2.0, float("nan")]])), "unit nan is not a whole number"),

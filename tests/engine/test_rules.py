@@ -152,7 +152,8 @@ def test_a_guided_projection_is_captums_neuron_guided_backprop_times_the_activat
         unit = (int(p.channel[b]), *(int(v) for v in p.position[b]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ref = NeuronGuidedBackprop(chain.model, chain.layers["7"]).attribute(x[b : b + 1].clone(), neuron_selector=unit)
+            ref = NeuronGuidedBackprop(chain.model, chain.layers["7"]).attribute(x[b : b + 1].clone(),
+                                                                                 neuron_selector=unit)
         assert_equal_maps(p.projection[b : b + 1], ref * p.activation[b], f"{engine} image {b}")
 
 
@@ -180,7 +181,8 @@ def test_resnet18_guided_class_score(resnet18):
     seed[0, int(p.channel[0])] = 1.0
     ref = captum("guided", resnet18.model, resnet18.layers["fc"], x, seed) * p.activation[0]
     assert_equal_maps(p.projection, ref, "guided class score")
-    assert_differ(p.projection, dn.Deconvnet(resnet18, rule="gradient").project(x, "fc", "max").projection, "guided vs gradient")
+    assert_differ(p.projection, dn.Deconvnet(resnet18, rule="gradient").project(x, "fc", "max").projection,
+                  "guided vs gradient")
 
 
 # --- functional ReLUs: GoogLeNet as torchvision ships it --------------------------------------------------
@@ -254,9 +256,11 @@ def test_googlenet_functional_relus_are_honoured_by_every_rule(googlenet, layer)
     modular_module = dict(modular.named_modules())[layer]
     for rule in ("guided", "deconvnet"):
         # two independent references: module ReLUs under Captum, and the rule written by hand under autograd
-        assert_equal_maps(ours[rule], captum(rule, modular, modular_module, x, seed), f"{rule} vs Captum (module ReLUs)")
+        assert_equal_maps(ours[rule], captum(rule, modular, modular_module, x, seed),
+                          f"{rule} vs Captum (module ReLUs)")
         hand = hand_written_googlenet(model, rule)
-        assert_equal_maps(ours[rule], autograd_map(hand, dict(hand.named_modules())[layer], x, seed), f"{rule} vs by hand")
+        assert_equal_maps(ours[rule], autograd_map(hand, dict(hand.named_modules())[layer], x, seed),
+                          f"{rule} vs by hand")
     # the gradient needs no hook: plain autograd on the model as shipped, and Captum's Saliency, agree with ours
     assert_equal_maps(ours["gradient"], autograd_map(model, module, x, seed), "gradient vs autograd")
     assert_equal_maps(ours["gradient"], captum("gradient", model, module, x, seed), "gradient vs Saliency")

@@ -82,7 +82,7 @@ def test_cropped_walk_equals_todays_scatter_add_walk(name, monkeypatch):
     monkeypatch.setattr(chain, "disjoint", lambda sw: False)  # the whole-map walk by today's scatter-add
     full = dn.Deconvnet(net, crop=False).project_many(x, targets)
     assert all(a.projection.abs().max() > 0 for a in new)
-    for a, b, c in zip(new, old, full):
+    for a, b, c in zip(new, old, full, strict=False):
         assert torch.equal(a.projection, b.projection)
         assert (a.projection - c.projection).abs().max() <= 1e-12 * c.projection.abs().max()
 

@@ -228,7 +228,8 @@ def test_an_upload_and_a_path_become_the_image_on_show(app, vgg16, tmp_path):
     app._w["path"].value = str(path)
     app._w["open"].click()
     assert app.image_key == str(path) and app._w["images"].value == str(path)
-    _same(app.projection, dn.Deconvnet(vgg16).project(vgg16.preprocess(str(path), SIZE, SIZE), app.layer, app.channel, app.position))
+    _same(app.projection, dn.Deconvnet(vgg16).project(vgg16.preprocess(str(path), SIZE, SIZE), app.layer, app.channel,
+                                                      app.position))
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +276,7 @@ def test_top_k_tiles_of_a_scan(vgg16, scanned):
         assert app.position == tuple(want.positions[k].tolist()) and app.channel == channel
         assert torch.isclose(p.activation[0].double(), want.values[k].double(), rtol=1e-5)
         assert app._w["strongest"].value == channel  # not blank: the channel on show stays listed
-        assert dict((v, l) for l, v in app._w["strongest"].options)[channel].startswith(f"{channel} ")
+        assert dict((v, label) for label, v in app._w["strongest"].options)[channel].startswith(f"{channel} ")
     # a layer the scan does not have: a note instead of tiles
     app.select(layer="relu4_3")
     assert app.tiles is None and "has no relu4_3" in app.tiles_message
@@ -423,7 +424,8 @@ def _browser_missing() -> str | None:
 BROWSER_CASES = {
     # arch: (the notebook's model, layer shown first, map side, cell (row, col) clicked, listed first, listed,
     # not listed)
-    "vgg16": ("dn.load_vgg('vgg16', 'random')", "relu4_3", 14, (9, 2), ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"],
+    "vgg16": ("dn.load_vgg('vgg16', 'random')", "relu4_3", 14, (9, 2), ["conv1_2", "conv2_2", "conv3_3", "conv4_3",
+                                                                        "conv5_3"],
               {"relu4_3", "pool5", "fc8 (class scores)"}, {"fc6"}),
     "resnet18": ("dn.load_model('resnet18', 'random')", "layer3", 7, (2, 5), ["layer1", "layer2", "layer3", "layer4"],
                  {"layer3.1.conv2", "fc (class scores)"}, {"avgpool"}),
@@ -464,13 +466,15 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
     nbformat.write(nb, root / "explore.ipynb")
     # this test's own JupyterLab settings, config and data folders: nothing of the user's is read or written
     settings = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
-                "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False}}
+                "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                                    "checkForUpdates": False}}
     for rel, value in settings.items():
         (tmp_path / "settings" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "settings" / rel).write_text(json.dumps(value))
     # the kernel imports the package this test imported (a worktree's, not another installed copy)
     package_root = os.path.dirname(os.path.dirname(dn.__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([package_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
                DECONVNET_OFFLINE="1", JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
                JUPYTER_DATA_DIR=str(tmp_path / "data"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
@@ -478,7 +482,7 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = secrets.token_hex(16)
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (stop_server closes it)
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
          "--ServerApp.port_retries=0", "--ServerApp.allow_root=True", f"--IdentityProvider.token={token}",
@@ -513,7 +517,8 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
         wait(up, 60, "the JupyterLab server")
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1150"):
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1400,1150"):
             options.add_argument(arg)
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
         driver.get(f"http://127.0.0.1:{port}/lab/tree/explore.ipynb?token={token}")
@@ -537,12 +542,14 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
         assert listed <= set(layers) and not unlisted & set(layers)
         assert layers[: len(defaults)] == defaults  # the default layers come first
         assert f"<b>{first} channel" in app.get_attribute("innerHTML")
-        assert {"deconvnet", "guided backprop", "gradient"} <= {b.text for b in app.find_elements(By.TAG_NAME, "button")}
+        assert {"deconvnet", "guided backprop", "gradient"} <= {b.text for b in app.find_elements(By.TAG_NAME,
+                                                                                                  "button")}
         clipped = driver.execute_script(
             "return [...arguments[0].querySelectorAll('label, .widget-html-content, .widget-label')]"
             ".filter(e => e.offsetWidth > 0 && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)", app)
         assert clipped == []  # every label shows all its words
-        sizes = [driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", i) for i in imgs]
+        sizes = [driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
+                                       i) for i in imgs]
         cell = 224 // side
         assert sizes[:3] == [[224, 224]] * 3  # image, activation map (whole cells), projection
         driver.save_screenshot(str(tmp_path / "explorer.png"))
