@@ -116,7 +116,8 @@ def test_another_number_of_processes_starts_over_in_one_line(tmp_path):
     with pytest.warns(StaleScanWarning) as caught:
         topk = scan_top_k(net, data, ["conv2_1"], k=3, checkpoint=ckpt, progress=False)
     (message,) = [str(w.message) for w in caught]
-    assert "\n" not in message and "2 process(es)" in message and "this run has 1" in message and "starts over" in message
+    assert "\n" not in message and "2 process(es)" in message and "this run has 1" in message \
+        and "starts over" in message
     assert ckpt.is_file() and topk.provenance["processes"] == 1 and topk.provenance["backend"] is None
 
 

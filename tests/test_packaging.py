@@ -28,7 +28,8 @@ def _norm(name: str) -> str:
 
 
 def _lock() -> list[tuple[str, str]]:
-    lines = [line for line in (ROOT / "requirements.lock").read_text().splitlines() if line and not line.startswith("#")]
+    lines = [line for line in (ROOT / "requirements.lock").read_text().splitlines()
+             if line and not line.startswith("#")]
     return [tuple(line.split("==")) for line in lines]
 
 
@@ -151,7 +152,8 @@ def test_pip_install_gives_a_working_command(tmp_path):
 def _venv_is_run_shs() -> bool:
     """Whether .venv is the one run.sh set up for this lock (else ./run.sh lab would first reinstall it)."""
     stamp = ROOT / ".venv" / ".deconvnet-installed"
-    want = hashlib.sha256((ROOT / "requirements.lock").read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    want = hashlib.sha256((ROOT / "requirements.lock").read_bytes()
+                          + (ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
     return stamp.is_file() and stamp.read_text().strip() == want
 
 

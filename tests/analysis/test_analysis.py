@@ -628,8 +628,8 @@ def test_occlusion_follows_the_map_the_image_drives_not_one_its_bias_keeps_high(
     assert r.channel.tolist() == rise.flatten(2).amax(2).argmax(1).tolist() and 7 not in r.channel.tolist()
     assert r.projection.channel.tolist() == r.channel.tolist()  # (c) projects the map that (b) follows
     change = r.change()
-    np.testing.assert_allclose(change, 100 * (r.activation - r.activation_clean[:, None, None]) / r.activation_clean[:,
-                                                                                                                     None, None])
+    clean = r.activation_clean[:, None, None]
+    np.testing.assert_allclose(change, 100 * (r.activation - clean) / clean)
     assert (change.min(axis=(1, 2)) < -10).all()  # a 4 px square of a 16 px random image takes 15-17% away
     assert r.summary()["change_percent"] == [[float(c.min()), float(c.max())] for c in change]
     fig = occ.plot_occlusion(r, net)
@@ -843,7 +843,8 @@ def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path, monkey
     # Captum's Deconvolution is not a column of the figure, but its cross-check is in the numbers, per row
     assert "deconvolution" not in methods["shown"] and len(methods["rows"]) == 2 * 4  # 2 images x 4 targets
     assert all(row["deconvolution_vs_ours_relative_error"] <= 1e-5 for row in methods["rows"])
-    assert methods["cross_check"]["max_relative_error"] == max(r["deconvolution_vs_ours_relative_error"] for r in methods["rows"])
+    assert methods["cross_check"]["max_relative_error"] == max(r["deconvolution_vs_ours_relative_error"]
+                                                               for r in methods["rows"])
     sanity = json.loads((tmp_path / "sanity.json").read_text())
     assert sanity["cascading"]["steps"][0] == "original"
     assert sanity["target"] == "fc8" and sanity["target_definition"].startswith("the class score (logit) fc8")

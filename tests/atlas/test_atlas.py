@@ -103,7 +103,8 @@ class StrictHTML(html.parser.HTMLParser):
         if tag in VOID:
             self.errors.append(f"end tag of void element </{tag}> at {self.getpos()}")
         elif not self.stack or self.stack[-1][0] != tag:
-            self.errors.append(f"</{tag}> at {self.getpos()} does not close {self.stack[-1] if self.stack else 'anything'}")
+            self.errors.append(f"</{tag}> at {self.getpos()} does not close "
+                               f"{self.stack[-1] if self.stack else 'anything'}")
         else:
             self.stack.pop()
 
@@ -343,7 +344,8 @@ def test_an_interrupted_build_resumes_to_the_same_files(net, tmp_path, monkeypat
     wrapped.calls, wrapped.fail_at = 0, 8 + 6
     with pytest.raises(KeyboardInterrupt):
         build_atlas(net, wrapped, ["conv3_1"], out, **kwargs)
-    assert (scans / "topk-conv3_1.pt").exists() and list(scans.glob("stats-*.pt")) and not (scans / "stats-conv3_1.pt").exists()
+    assert (scans / "topk-conv3_1.pt").exists() and list(scans.glob("stats-*.pt")) \
+        and not (scans / "stats-conv3_1.pt").exists()
     # 3: the statistics resume (8 items), then Ctrl-C in the 2nd batch of images of the projections
     wrapped.calls, wrapped.fail_at = 0, 8 + 4 + 2
     with pytest.raises(KeyboardInterrupt):
@@ -429,7 +431,8 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("the browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver")
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -559,7 +562,8 @@ def test_atlas_pages_escape_names_and_layers_named_as_paths_stay_inside_out(tmp_
     # the pages link what was written
     index = (out / "index.html").read_text()
     for layer in (str(outside), "a/b"):
-        assert (out / layer_folder(layer) / "channels.json").is_file() and f'href="{layer_folder(layer)}/0.html"' in index
+        assert (out / layer_folder(layer) / "channels.json").is_file() \
+            and f'href="{layer_folder(layer)}/0.html"' in index
 
 
 def test_layer_folders_are_one_plain_component():

@@ -39,7 +39,8 @@ def run(args, capsys):
     return code, out, err
 
 
-# hand-worked from the recurrence in docs/explanation/deconvnet.md ("Receptive fields": r, j, P), and the map sizes of a 224 input
+# hand-worked from the recurrence in docs/explanation/deconvnet.md ("Receptive fields": r, j, P),
+# and the map sizes of a 224 input
 VGG16_224 = {"conv1_2": ("64", "224x224", 5, 1, 2), "pool1": ("64", "112x112", 6, 2, 2), "conv2_2": ("128", "112x112",
                                                                                                      14, 2, 6),
              "pool2": ("128", "56x56", 16, 4, 6), "conv3_3": ("256", "56x56", 40, 4, 18), "pool3": ("256", "28x28", 44,

@@ -79,7 +79,8 @@ def test_the_tutorials_show_the_main_jobs_figures(site):
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("the browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver")
     webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium")
     from selenium.webdriver.chrome.service import Service
 

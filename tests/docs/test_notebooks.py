@@ -54,7 +54,8 @@ def test_committed_notebooks_have_no_outputs():
         dirty = committed_notebooks_with_outputs(ROOT)
     except LookupError as err:
         pytest.skip(f"the committed notebooks cannot be read: {err}")
-    assert not dirty, f"committed with outputs: {', '.join(dirty)}; clear them (Edit > Clear Outputs of All Cells) and commit again"
+    assert not dirty, (f"committed with outputs: {', '.join(dirty)}; "
+                       "clear them (Edit > Clear Outputs of All Cells) and commit again")
 
 
 def _clean_notebook(outputs: bool) -> nbformat.NotebookNode:

@@ -415,7 +415,8 @@ def resnet18_random():
 
 
 class Pause(nn.Identity):
-    """Identity (a module the chain walk knows); the projecting thread stops here until the other thread's plain forward has finished."""
+    """Identity (a module the chain walk knows); the projecting thread stops here until the other thread's
+    plain forward has finished."""
 
     def __init__(self):
         super().__init__()

@@ -381,7 +381,8 @@ def test_every_torchvision_classifier_is_projected_or_refused_by_name():
     expected = {arch: "projected" if arch.startswith(PROJECTABLE) else "refused" for arch in verdicts}
     assert verdicts == expected, {a: v for a, v in verdicts.items() if expected[a] != v}
     assert not {a for a in by_modules if verdicts[a] == "projected"}  # the allow-list alone refuses them all
-    assert sum(v == "projected" for v in verdicts.values()) >= 40 and sum(v == "refused" for v in verdicts.values()) >= 30
+    assert sum(v == "projected" for v in verdicts.values()) >= 40 \
+        and sum(v == "refused" for v in verdicts.values()) >= 30
 
 
 @pytest.mark.slow

@@ -88,7 +88,8 @@ def test_adaptive_pool_mid_network_is_refused_for_windows_and_exact_at_its_size(
     d = dn.Deconvnet(net)
     x = images((1, 3, 128, 128), seed=2)
     with pytest.raises(ValueError,
-                       match=r"depends on the input.s size \(adaptive_\w+ in module .pool. pools \d+x\d+ to 16x16") as err:
+                       match=r"depends on the input.s size \(adaptive_\w+ in module .pool. pools \d+x\d+ "
+                             r"to 16x16") as err:
         d.project_units(x, "conv2", torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([[5, 7], [8, 8]]))
     assert "\n" not in str(err.value)
     rf = receptive_field(net, "conv2", (128, 128))  # at the real size: the windows are 4x4

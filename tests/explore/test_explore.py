@@ -507,7 +507,8 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
             driver.save_screenshot(str(tmp_path / "timeout.png"))
             if shots:
                 shutil.copy(tmp_path / "timeout.png", shots)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (screenshot {tmp_path / 'timeout.png'})")
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} "
+                             f"(screenshot {tmp_path / 'timeout.png'})")
 
     try:
         def up() -> bool:
@@ -530,7 +531,8 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
 
         def pictures():
             imgs = driver.find_elements(By.CSS_SELECTOR, ".deconvnet-explorer img")
-            drawn = [i for i in imgs if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)]
+            drawn = [i for i in imgs
+                     if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)]
             return drawn if len(drawn) >= 5 else None
 
         imgs = wait(pictures, 120, "the explorer's pictures")
@@ -586,7 +588,8 @@ def test_notebook_says_a_weights_fallback_in_one_plain_line(tmp_path, monkeypatc
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert [o for o in outputs if o.get("name") == "stderr" or o.get("output_type") == "error"] == []
-    notes = [line for o in outputs if o.get("name") == "stdout" for line in o["text"].splitlines() if line.startswith("Note:")]
+    notes = [line for o in outputs if o.get("name") == "stdout"
+             for line in o["text"].splitlines() if line.startswith("Note:")]
     assert notes and all("weights='auto'" in n for n in notes)
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(widgets) == 2

