@@ -162,6 +162,7 @@ def test_repeated_layers_are_drawn_once(tmp_path, capsys):
     assert out.count("wrote ") == 2  # one figure and its sidecar
 
 
+@pytest.mark.slow
 def test_resolution_figures_follow_format(tmp_path, capsys):
     code, out, err = run(["figures", "--weights", "random", "--only", "resolution", "--quick", "--quiet", "--format",
                           "svg",

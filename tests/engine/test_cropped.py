@@ -12,6 +12,7 @@ def spatial_layers(net):
     return [n for n in net.layers if net.depth(n) < len(net.features)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, hw", [("vgg16", (99, 96)), ("vgg11_bn", (64, 70)), ("alexnet", (131, 127))])
 def test_cropped_equals_full_at_every_layer(arch, hw, request):
     net = request.getfixturevalue(arch.replace("vgg16", "vgg16"))

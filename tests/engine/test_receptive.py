@@ -45,6 +45,7 @@ def test_inception_like_graph_equals_the_measurement():
         assert graph_receptive_field(net, layer) == measured_receptive_field(net, layer), layer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, layers", [
     ("resnet18", ["layer1", "layer2", "layer3", "layer4", "layer2.0.conv1", "maxpool"]),
     ("resnet50", ["layer1", "layer2.0", "layer3"]),

@@ -78,6 +78,7 @@ def test_state_dict_file_round_trip(tmp_path, vgg16):
     assert net2.classifier is None and "fc6" not in net2.layers and "pool5" in net2.layers
 
 
+@pytest.mark.slow
 def test_missing_and_corrupt_weights_files(tmp_path, vgg16):
     with pytest.raises(dn.WeightsError, match=r"not found: '.*nothere\.pth'"):
         dn.load_vgg("vgg16", tmp_path / "nothere.pth")
