@@ -8,9 +8,8 @@ PY=${PY:-.venv/bin/python}
 export DECONVNET_OFFLINE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
-# the tests that run only where a GPU is (they are skipped, with their reason, elsewhere)
-"$PY" -m pytest -q -rs tests/test_engine.py::test_cuda_equals_cpu tests/test_engine.py::test_graph_engine_on_cuda_equals_cpu \
-    tests/test_distributed.py::test_scan_on_cuda_equals_the_cpu
+# the tests that run only where a GPU is, marked `cuda` (they are skipped, with their reason, elsewhere)
+"$PY" -m pytest -q -rs -m cuda
 # speed on the GPU, measured side by side with Captum (chain and graph sections) and with a plain forward
 "$PY" benchmarks/bench_project.py --device cuda --sections chain,graph
 "$PY" benchmarks/bench_scan.py --device cuda --n 256

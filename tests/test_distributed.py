@@ -12,8 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ import deconvnet as dn
 from deconvnet import distributed
 from deconvnet.atlas.stats import ExactSum
 from deconvnet.data import demo_collection
-from deconvnet.scan import StaleScanWarning, TopK, scan_top_k
+from deconvnet.scan import StaleScanWarning, scan_top_k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +94,8 @@ def test_exact_sums_do_not_depend_on_the_order():
     import math
 
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(300, 4, generator=g, dtype=torch.float64) * torch.tensor([1e-30, 1.0, 1e12, 1e200], dtype=torch.float64)
+    x = torch.randn(300, 4, generator=g, dtype=torch.float64) * torch.tensor([1e-30, 1.0, 1e12, 1e200],
+                                                                             dtype=torch.float64)
     x[5] = x[6].neg()  # cancellation
     whole = ExactSum.zeros(4)
     ExactSum.add(whole, x)
@@ -117,7 +116,8 @@ def test_another_number_of_processes_starts_over_in_one_line(tmp_path):
     with pytest.warns(StaleScanWarning) as caught:
         topk = scan_top_k(net, data, ["conv2_1"], k=3, checkpoint=ckpt, progress=False)
     (message,) = [str(w.message) for w in caught]
-    assert "\n" not in message and "2 process(es)" in message and "this run has 1" in message and "starts over" in message
+    assert "\n" not in message and "2 process(es)" in message and "this run has 1" in message \
+        and "starts over" in message
     assert ckpt.is_file() and topk.provenance["processes"] == 1 and topk.provenance["backend"] is None
 
 
@@ -185,7 +185,8 @@ def test_figures_and_atlas_commands_in_two_processes_equal_one(folder, tmp_path)
         assert [name for name in one if one[name] != two[name]] == []
     sidecar = json.loads((tmp_path / "two" / "figures" / "top4_vgg11_conv3_1.png.json").read_text())
     assert sidecar["provenance"]["processes"] == 2 and sidecar["provenance"]["backend"] == "gloo"
-    assert json.loads((tmp_path / "two" / "atlas" / "atlas.json").read_text())["built_by"] == {"processes": 2, "backend": "gloo"}
+    assert json.loads((tmp_path / "two" / "atlas" / "atlas.json").read_text())["built_by"] == {"processes": 2,
+                                                                                               "backend": "gloo"}
     assert "2 process(es), torch.distributed gloo" in (tmp_path / "two" / "atlas" / "index.html").read_text()
     # each rank kept its own scan checkpoint
     assert len(list((tmp_path / "two" / "atlas" / "scans").glob("scan-*.rank*-of-2.pt"))) == 2
@@ -241,6 +242,7 @@ def test_a_killed_rank_resumes_to_the_same_atlas(folder, tmp_path):
     assert sorted(one) == sorted(two) and [name for name in one if one[name] != two[name]] == []
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU scan runs where one is")
 def test_scan_on_cuda_equals_the_cpu():
     """The scan and the cropped walk on the GPU: the same images and positions as on the CPU (values to
@@ -254,8 +256,10 @@ def test_scan_on_cuda_equals_the_cpu():
     same = (a.images["conv3_1"] == b.images["conv3_1"]).float().mean()
     assert same > 0.95  # near-ties may swap under other kernels' round-off
     x = torch.stack([data[i][0] for i in range(4)])
-    wa = dn.Deconvnet(cpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]), torch.tensor([[3, 3]] * 4))
-    wb = dn.Deconvnet(gpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]), torch.tensor([[3, 3]] * 4))
+    wa = dn.Deconvnet(cpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]),
+                                         torch.tensor([[3, 3]] * 4))
+    wb = dn.Deconvnet(gpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]),
+                                         torch.tensor([[3, 3]] * 4))
     assert torch.allclose(wa[0], wb[0].cpu(), rtol=1e-3, atol=1e-5)
 
 
@@ -287,7 +291,7 @@ def test_ranks_that_disagree_are_refused_before_any_work_naming_what_differs(tmp
     KeyError)."""
     g = np.random.default_rng(5)
     folders = [tmp_path / "a" / "imgs", tmp_path / "b" / "imgs"]
-    for k, root in enumerate(folders):
+    for root in folders:
         root.mkdir(parents=True)
         for i in range(4):
             path = root / f"img{i}.bmp"  # BMP: the same size in bytes whatever the pixels
@@ -303,3 +307,56 @@ def test_ranks_that_disagree_are_refused_before_any_work_naming_what_differs(tmp
         assert said[0] == said[1], said  # every rank refuses alike
         assert "\n" not in said[0] and "disagree before the scan" in said[0] and f"{part}" in said[0], said[0]
         assert "on rank 1" in said[0] and "Hint:" in said[0]
+
+
+SCRIPT = r"""
+import json, sys, warnings
+import PIL.Image
+import torch.distributed as dist
+
+opens = []
+_open = PIL.Image.open
+def counted(fp, *a, **k):
+    opens.append(str(fp))
+    return _open(fp, *a, **k)
+PIL.Image.open = counted
+
+import deconvnet as dn
+from deconvnet.data import ImageFolder
+
+if len(sys.argv) > 2:
+    dist.init_process_group("gloo")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ds = ImageFolder(sys.argv[1], preprocessing=dn.load_vgg("vgg11", "random").preprocessing)
+rank = dist.get_rank() if dist.is_initialized() else 0
+out = {"opens": len(opens), "paths": [str(p) for p in ds.paths], "skipped": {str(k): v for k, v in ds.skipped.items()},
+       "warned": [str(w.message) for w in caught]}
+print("RESULT" + json.dumps(out))
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+def test_two_ranks_open_the_headers_once_in_all(tmp_path):
+    root = tmp_path / "images"
+    g = np.random.default_rng(3)
+    for i in range(40):
+        (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / "ab"[i % 2] / f"img{i:02d}.png")
+    (root / "a" / "broken.jpg").write_bytes(b"not an image")  # refused by its header, on whichever rank checks it
+    script = tmp_path / "count.py"
+    script.write_text(SCRIPT)
+
+    def results(proc):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+
+    (one,) = results(run([str(script), str(root)], None, tmp_path))
+    two = results(run([str(script), str(root), "dist"], 2, tmp_path))
+    assert len(two) == 2 and one["opens"] == 41
+    assert sum(r["opens"] for r in two) <= 1.1 * one["opens"]  # each rank its share (20 and 21 here)
+    for r in two:  # the same files kept and left out, and the same warning, on every rank
+        assert r["paths"] == one["paths"] and len(r["paths"]) == 40
+        assert r["skipped"] == one["skipped"] and list(r["skipped"]) == [str(root / "a" / "broken.jpg")]
+        assert r["warned"] == one["warned"]

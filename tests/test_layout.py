@@ -112,3 +112,23 @@ def test_consumers_use_the_engine_interface():
 def test_no_module_over_700_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, long
+
+
+#: test files at the top of tests/ that test the repository rather than one module of the package
+REPOSITORY_TESTS = {"test_layout.py", "test_packaging.py"}
+
+
+def test_tests_mirror_the_package():
+    """tests/ is laid out like the package: tests/<subpackage>/test_*.py for deconvnet/<subpackage>/ (tests/docs/
+    for the docs site and notebooks), tests/test_<module>.py for deconvnet/<module>.py; every basename once
+    (pytest imports test files by basename, without __init__.py)."""
+    tests = Path(__file__).resolve().parent
+    files = sorted(tests.rglob("test_*.py"))
+    folders = {p.parent.name for p in files if p.parent != tests}
+    assert folders <= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} | {"docs"}, folders
+    top = {p.name for p in files if p.parent == tests} - REPOSITORY_TESTS
+    modules = {f"test_{p.stem}.py" for p in PACKAGE.glob("*.py")}
+    assert top <= modules, sorted(top - modules)
+    names = [p.name for p in files]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+    assert not list(tests.rglob("__init__.py"))

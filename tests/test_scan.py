@@ -1,6 +1,9 @@
 """Figure 2 at dataset scale: top-k against brute force, resumable scans, receptive fields, the script."""
 
 import json
+import os
+import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -10,11 +13,12 @@ from torch.utils.data import Dataset
 
 import deconvnet as dn
 from deconvnet.cli import main
-from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
+from deconvnet.data import ImageFolder
 from deconvnet.engine import receptive_field
-from deconvnet.scan import TopK, scan_top_k
+from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
+from deconvnet.scan import StaleScanWarning, Terminated, TopK, scan_top_k
 
-from conftest import images
+from conftest import images, photo_folder
 
 
 class Tensors(Dataset):
@@ -92,7 +96,8 @@ def check_against_brute_force(net, ds, layers, k, per_group, **kwargs):
         for ch in range(net.channels[layer]):
             got = topk.entries(layer, ch)
             assert [(i, p) for _, i, p in got] == [(i, p) for _, i, p in ref[ch]], (layer, ch)
-            assert torch.allclose(torch.tensor([v for v, _, _ in got]), torch.tensor([v for v, _, _ in ref[ch]]), rtol=0, atol=0)
+            assert torch.allclose(torch.tensor([v for v, _, _ in got]), torch.tensor([v for v, _, _ in ref[ch]]),
+                                  rtol=0, atol=0)
     return topk
 
 
@@ -117,7 +122,8 @@ def test_per_group_limit_equals_brute_force(small, per_group):
     assert all(max(row.count(g) for g in row) <= per_group for row in sources_per_row)
     # the limit binds: without groups some channel would take two items of one source
     free = scan_top_k(net, ds, layers, k=4, per_group=per_group, batch_size=1, progress=False)
-    assert any(max([grouped.group(i) for i in row.tolist()].count(g) for g in map(grouped.group, row.tolist())) > per_group
+    assert any(max([grouped.group(i) for i in row.tolist()].count(g) for g in map(grouped.group,
+                                                                                  row.tolist())) > per_group
                for row in free.images["pool3"])
 
 
@@ -147,7 +153,7 @@ def test_ties_prefer_the_lower_image_index(small):
     seen = 0
     for ch in range(net.channels["relu3_1"]):
         e = topk.entries("relu3_1", ch)
-        for (v1, i1, _), (v2, i2, _) in zip(e, e[1:]):
+        for (v1, i1, _), (v2, i2, _) in zip(e, e[1:], strict=False):
             assert v1 > v2 or (v1 == v2 and i1 < i2)
             seen += v1 == v2
     assert seen > 0  # the duplicate image and dead ReLU maps make ties
@@ -159,7 +165,8 @@ def test_result_is_independent_of_batch_size(small):
     ds = Tensors(small[1].x.double())
     a = scan_top_k(net, ds, ["conv3_1"], k=3, batch_size=1, progress=False)
     b = scan_top_k(net, ds, ["conv3_1"], k=3, batch_size=14, progress=False)
-    assert torch.equal(a.images["conv3_1"], b.images["conv3_1"]) and torch.equal(a.positions["conv3_1"], b.positions["conv3_1"])
+    assert torch.equal(a.images["conv3_1"], b.images["conv3_1"]) and torch.equal(a.positions["conv3_1"],
+                                                                                 b.positions["conv3_1"])
 
 
 def test_interrupted_scan_resumes_to_the_same_result(small, tmp_path):
@@ -247,9 +254,12 @@ def test_feature_tiles_crop_the_full_projection(small, tmp_path):
     rf = receptive_field(net, "conv3_1")
     for t in tiles:
         assert t.projections.shape[-2:] == rf.size and t.patches.shape[-2:] == rf.size
-        for v, i, pos, box, proj, patch in zip(t.values, t.images, t.positions, t.boxes, t.projections, t.patches):
-            full = dn.Deconvnet(net).project(ds[int(i)][0][None], "conv3_1", t.channel, tuple(pos.tolist())).projection[0]
-            assert float(full.abs().sum()) == pytest.approx(float(proj.abs().sum()), rel=1e-5)  # all of it inside the box
+        for _v, i, pos, box, proj, patch in zip(t.values, t.images, t.positions, t.boxes, t.projections, t.patches,
+                                                strict=False):
+            full = dn.Deconvnet(net).project(ds[int(i)][0][None], "conv3_1", t.channel,
+                                             tuple(pos.tolist())).projection[0]
+            assert float(full.abs().sum()) == pytest.approx(float(proj.abs().sum()),
+                                                            rel=1e-5)  # all of it inside the box
             top, left, bottom, right = box
             ct, cl = max(top, 0), max(left, 0)
             inner = proj[:, ct - top : min(bottom, 32) - top, cl - left : min(right, 32) - left]
@@ -269,7 +279,8 @@ def test_select_features(small):
     net, ds = small
     topk = scan_top_k(net, ds, ["conv3_1"], k=4, progress=False)
     a = select_features(topk, "conv3_1", 5, "random", seed=1)
-    assert a == select_features(topk, "conv3_1", 5, "random", seed=1) != select_features(topk, "conv3_1", 5, "random", seed=2)
+    assert a == select_features(topk, "conv3_1", 5, "random", seed=1) != select_features(topk, "conv3_1", 5, "random",
+                                                                                         seed=2)
     s = select_features(topk, "conv3_1", 5, "strongest")
     top1 = topk.values["conv3_1"][:, 0]
     assert [float(top1[c]) for c in s] == sorted(top1.tolist(), reverse=True)[:5]
@@ -317,7 +328,8 @@ def test_figures_script_errors(args, message, tmp_path, capsys):
 def test_figures_script_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    code = main(["figures", "--weights", "random", "--data", str(tmp_path / "empty"), "--out", str(tmp_path), "--quiet"])
+    code = main(["figures", "--weights", "random", "--data", str(tmp_path / "empty"), "--out", str(tmp_path),
+                 "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "no" in err and "images" in err and str(tmp_path / "empty") in err
 
@@ -376,7 +388,8 @@ class Described(Tensors):
     def describe(self):
         import hashlib
 
-        return {"kind": "tensors", "n_images": len(self.x), "digest": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()}
+        return {"kind": "tensors", "n_images": len(self.x),
+                "digest": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()}
 
 
 def assert_same_scan(a: TopK, b: TopK) -> None:
@@ -391,7 +404,8 @@ def test_scan_cache_serves_the_same_scan_and_misses_any_other(small, tmp_path):
 
     net, ds = small
     ds = Described(ds.x)
-    unread = Described(ds.x, fail_at=0)  # reading any item is a KeyboardInterrupt: a scan served from the cache reads none
+    unread = Described(ds.x,
+                       fail_at=0)  # reading any item is a KeyboardInterrupt: a scan served from the cache reads none
     cache = tmp_path / "cache"
     layers = ["conv2_1", "pool3"]
     first = scan_top_k(net, ds, layers, k=4, batch_size=5, progress=False, cache=cache)
@@ -422,7 +436,8 @@ def test_scan_cache_serves_the_same_scan_and_misses_any_other(small, tmp_path):
     assert changed.provenance == net.provenance
     for miss in misses:
         with pytest.raises(KeyboardInterrupt):
-            scan_top_k(miss["net"], miss["data"], ["pool3"], k=miss["k"], per_group=miss["per_group"], progress=False, cache=cache)
+            scan_top_k(miss["net"], miss["data"], ["pool3"], k=miss["k"], per_group=miss["per_group"], progress=False,
+                       cache=cache)
     # a larger k replaces the entry, which then serves both
     scan_top_k(net, ds, ["pool3"], k=6, progress=False, cache=cache)
     assert_same_scan(scan_top_k(net, unread, ["pool3"], k=4, progress=False, cache=cache), plain.select(["pool3"]))
@@ -473,3 +488,101 @@ def test_the_figure_scripts_scan_serves_a_notebook(tmp_path, capsys):
                         progress=False, cache=True)
     assert served.provenance["cache"] == {"found": ["relu4_1"], "scanned": []}
     assert_same_scan(served, scan_top_k(net, data, ["relu4_1"], k=3, progress=False))
+
+
+
+
+class CallingBack(Dataset):
+    def __init__(self, x, on_item=None):
+        self.x, self.on_item = x, on_item
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.on_item is not None:
+            self.on_item(i)
+        return self.x[i], i
+
+
+def test_changed_image_is_not_taken_for_the_finished_scan(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    root = photo_folder(tmp_path / "imgs")
+    ckpt = tmp_path / "scan.ckpt"
+    scan_top_k(net, ImageFolder(root, preprocessing=net.preprocessing, resize=32, crop=32), ["conv2_1"], k=2,
+               checkpoint=ckpt, progress=False)
+    Image.fromarray(np.full((40, 40, 3), 250, np.uint8)).save(root / "2.png")  # same name, other content
+    changed = ImageFolder(root, preprocessing=net.preprocessing, resize=32, crop=32)
+    with pytest.raises(ValueError,
+                       match=r"the images' files \(a file was added, removed or changed.*delete '.*scan\.ckpt'"):
+        scan_top_k(net, changed, ["conv2_1"], k=2, checkpoint=ckpt, progress=False)
+    with pytest.warns(StaleScanWarning, match="scanning again"):
+        redone = scan_top_k(net, changed, ["conv2_1"], k=2, checkpoint=ckpt, progress=False, restart_stale=True)
+    fresh = scan_top_k(net, changed, ["conv2_1"], k=2, progress=False)
+    assert torch.equal(redone.images["conv2_1"], fresh.images["conv2_1"])
+    assert torch.equal(redone.values["conv2_1"], fresh.values["conv2_1"])
+
+
+def test_sigterm_during_a_scan_saves_the_checkpoint(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    x = images((10, 3, 32, 32), seed=8)
+    full = scan_top_k(net, CallingBack(x), ["conv3_1"], k=3, batch_size=2, progress=False)
+    sent = []
+
+    def terminate_once(i):
+        if i == 6 and not sent:
+            sent.append(i)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    ckpt = tmp_path / "scan.ckpt"
+    with pytest.raises(Terminated) as info:
+        scan_top_k(net, CallingBack(x, terminate_once), ["conv3_1"], k=3, batch_size=2, checkpoint=ckpt,
+                   checkpoint_every=100, progress=False)
+    assert info.value.saved and ckpt.is_file()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is the caller's again
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["next_index"] == 6  # three whole batches
+    resumed = scan_top_k(net, CallingBack(x), ["conv3_1"], k=3, batch_size=2, checkpoint=ckpt, progress=False)
+    assert torch.equal(resumed.images["conv3_1"], full.images["conv3_1"])
+    assert torch.equal(resumed.values["conv3_1"], full.values["conv3_1"])
+
+
+def test_resumed_scan_counts_undecodable_images(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    root = photo_folder(tmp_path / "imgs", n=6)
+    good = (root / "1.png").read_bytes()
+    (root / "1.png").write_bytes(good[: len(good) // 2])  # header fine, pixels truncated
+
+    class Interrupted(ImageFolder):
+        fired = False
+
+        def __getitem__(self, i):
+            if i == 4 and not Interrupted.fired:
+                Interrupted.fired = True
+                raise KeyboardInterrupt
+            return super().__getitem__(i)
+
+    ckpt = tmp_path / "scan.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            scan_top_k(net, Interrupted(root, preprocessing=net.preprocessing, resize=32, crop=32), ["conv2_1"], k=2,
+                       batch_size=2, checkpoint=ckpt, progress=False)
+        resumed = scan_top_k(net, Interrupted(root, preprocessing=net.preprocessing, resize=32, crop=32), ["conv2_1"],
+                             k=2, batch_size=2, checkpoint=ckpt, progress=False)
+    final = resumed.provenance["dataset_final"]
+    assert (final["n_images"], final["n_skipped"]) == (5, 1) and final["skipped"] == ["1.png"]
+
+
+def test_malformed_checkpoint_is_one_clear_error(tmp_path):
+    net = dn.load_vgg("vgg11", "random", seed=3)
+    ds = CallingBack(images((4, 3, 32, 32), seed=10))
+    ckpt = tmp_path / "scan.ckpt"
+    scan_top_k(net, ds, ["conv2_1"], k=2, checkpoint=ckpt, progress=False)
+    good = torch.load(ckpt, weights_only=True)
+    for broken in ({**good, "state": {"values": {}}},
+                   {**good, "next_index": 99},
+                   {**good, "state": {**good["state"], "images": {"conv2_1": torch.zeros(3, 2, dtype=torch.long)}}}):
+        torch.save(broken, ckpt)
+        with pytest.raises(ValueError, match=r"scan checkpoint '.*' is malformed .* Hint: delete it"):
+            scan_top_k(net, ds, ["conv2_1"], k=2, checkpoint=ckpt, progress=False)
