@@ -404,7 +404,9 @@ def test_a_model_on_the_meta_device_is_refused_in_one_sentence():
 def test_refusals_are_whole_sentences():
     with pytest.raises(UnsupportedLayerError) as err:  # refused on the path to the target (off it is no obstacle)
         dn.Deconvnet(torchvision.models.mobilenet_v3_small()).project(images((1, 3, 32, 32)), "features.1")
-    assert str(err.value).endswith(".") and "Hint: the deconvnet projects models built of" in str(err.value)
+    # a Hardswish has a declared rule: the refusal names the opt-in (issue 23) in a whole sentence
+    assert str(err.value).endswith(".") and "Hint: extend=True (--extend) projects it with the declared rules: " \
+        "Hardswish as ReLU" in str(err.value)
 
 
 
