@@ -36,6 +36,9 @@ ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolutio
 
 
 FIGURE_KINDS = ("top9", "resolution") + ANALYSES + ("synthesis",)
+#: what ``--only all`` draws: every kind but the synthesis, whose optimisation takes minutes per channel on a
+#: CPU (``--only synthesis`` asks for it; benchmarks/bench_synthesis.py measures it)
+DEFAULT_KINDS = tuple(k for k in FIGURE_KINDS if k != "synthesis")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     f.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     f.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
-    f.add_argument("--only", default="all", help=f"comma-separated figure kinds: {', '.join(FIGURE_KINDS)} or all")
+    f.add_argument("--only", default="all", help=f"comma-separated figure kinds: {', '.join(FIGURE_KINDS)}, or all (every kind but synthesis, "
+                   "which takes minutes per channel on a CPU)")
     f.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
     f.add_argument("--quick", action="store_true", help="small settings for the non-top9 figures (seconds, for a first look)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -210,7 +214,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from ..distributed import is_main, on_main
     from ..engine import default_layers
 
-    kinds = FIGURE_KINDS if args.only == "all" else tuple(k.strip() for k in args.only.split(",") if k.strip())
+    kinds = DEFAULT_KINDS if args.only == "all" else tuple(k.strip() for k in args.only.split(",") if k.strip())
     unknown = [k for k in kinds if k not in FIGURE_KINDS]
     if unknown or not kinds:
         raise UsageError(f"--only {args.only}: unknown figure kind {', '.join(unknown) or '(none)'}; use {', '.join(FIGURE_KINDS)} or all")

@@ -225,3 +225,10 @@ def test_the_figure_script_writes_the_same_bytes_twice(tmp_path):
     assert {f.suffix for f in files} >= {".png", ".json"} and len(files) >= 5
     differ = [str(f) for f in files if (outs[0] / f).read_bytes() != (outs[1] / f).read_bytes()]
     assert not differ, differ
+
+
+def test_all_figures_are_every_kind_but_the_slow_synthesis():
+    from deconvnet.cli import DEFAULT_KINDS, FIGURE_KINDS
+
+    assert "synthesis" in FIGURE_KINDS and "synthesis" not in DEFAULT_KINDS
+    assert set(DEFAULT_KINDS) == set(FIGURE_KINDS) - {"synthesis"}
