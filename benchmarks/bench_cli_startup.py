@@ -5,7 +5,7 @@
 Each command runs in a fresh interpreter (the wall-clock time a user waits), in one run, interleaved so that
 a changing machine load affects all of them alike; the median of ``--repeat`` runs is printed, with the
 machine's load average. ``--help`` and argument errors import no torch, torchvision, captum or matplotlib
-(tests/test_cli.py checks that): they should come back well before ``import torch`` does.
+(tests/cli/test_cli.py checks that): they should come back well before ``import torch`` does.
 """
 
 from __future__ import annotations

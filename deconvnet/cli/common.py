@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 #: ``deconvnet.models.ARCH_NAMES`` (the families with the paper's layer names), written out so that ``--help``
-#: and argument errors need no torch (tests/test_cli.py checks the two agree)
+#: and argument errors need no torch (tests/cli/test_cli.py checks the two agree)
 ARCH_NAMES = ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "alexnet")
 
 

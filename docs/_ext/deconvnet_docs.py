@@ -177,7 +177,7 @@ def tutorial_pages(docs: Path) -> None:
             if cell["cell_type"] != "code" or not source.strip():
                 continue
             # {code-block}, not a python fence: the page tests run the docs' python fences, and the notebooks
-            # themselves are executed by tests/test_notebooks.py
+            # themselves are executed by tests/docs/test_notebooks.py
             parts.append(_fence(source, "{code-block} python"))
             while pending and pending[0][0] in source:
                 for figure in pending.pop(0)[1]:
