@@ -26,8 +26,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "deconvnet"
 
 
-def scan_cache_dir(cache: bool | str | os.PathLike | None) -> Optional[Path]:
+def scan_cache_dir(cache: bool | str | os.PathLike | None) -> Path | None:
     """Where scans are cached: None for ``False``/``None``; ``default_cache_dir()/scans`` for ``True``; a
     folder given as a path is used as it is."""
     if cache is None or cache is False:
@@ -110,7 +111,7 @@ def _file_digest(path: Path) -> str:
 
 
 def files_digest(paths: Sequence[os.PathLike | str], root: os.PathLike | str,
-                 memo: Optional[os.PathLike | str] = None) -> str:
+                 memo: os.PathLike | str | None = None) -> str:
     """A digest of the files' names (relative to ``root``) and contents: what the stat cannot tell.
 
     Every file is read once (blake2b, about the speed of reading it); with ``memo`` (a JSON file), a

@@ -10,22 +10,34 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .engine import Deconvnet, Target
-from .plot import PRINT_WIDTH, TICK_PT, TITLE_PT, text_height, wrap_to_width
+from .engine import Deconvnet, Target, receptive_field
 from .images import pil_to_tensor01
 from .io import write_json
-from .models.weights import sha256_file
 from .models import Net
-from .plot import DEFAULT_SCALING, SCALINGS, _blank, crop_box, describe_scaling, save_figure, scale_for_display
-from .engine import receptive_field
+from .models.weights import sha256_file
+from .plot import (
+    DEFAULT_SCALING,
+    PRINT_WIDTH,
+    SCALINGS,
+    TICK_PT,
+    TITLE_PT,
+    _blank,
+    crop_box,
+    describe_scaling,
+    save_figure,
+    scale_for_display,
+    text_height,
+    wrap_to_width,
+)
 from .scan import TopK
 
 SELECTIONS = ("random", "strongest")
@@ -85,7 +97,7 @@ def feature_tiles(
     layer: str,
     channels: Sequence[int],
     *,
-    deconv: Optional[Deconvnet] = None,
+    deconv: Deconvnet | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[FeatureTiles]:
@@ -180,7 +192,7 @@ def plot_layer_grid(
     title: str,
     footer: str,
     scaling: str = DEFAULT_SCALING,
-    cols: Optional[int] = None,
+    cols: int | None = None,
 ):
     """The paper's layout for one layer: per feature, the projections beside the image patches.
 

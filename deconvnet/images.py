@@ -71,7 +71,7 @@ def _full_scale(a: np.ndarray) -> float:
     return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
 
 
-def read_image(path: Union[str, os.PathLike]) -> Image.Image:
+def read_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file as RGB.
 
     Raises:

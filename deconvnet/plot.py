@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

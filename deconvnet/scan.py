@@ -24,22 +24,30 @@ import os
 import signal
 import threading
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
-from .cache import (CacheWriteWarning, ScanCache, files_digest, module_tree, preprocessing_values, scan_cache_dir,
-                    weights_digest)
-from .engine import record
-from .memory import check_memory
+from .cache import (
+    CacheWriteWarning,
+    ScanCache,
+    files_digest,
+    module_tree,
+    preprocessing_values,
+    scan_cache_dir,
+    weights_digest,
+)
 from .data import collate
+from .engine import record
 from .io import torch_save
+from .memory import check_memory
 from .models import Net
 
 FORMAT_VERSION = 2  # 2: per_group (1 had per_image)
@@ -64,7 +72,7 @@ class TopK:
 
     layers: list[str]
     k: int
-    per_group: Optional[int]
+    per_group: int | None
     values: dict[str, torch.Tensor]
     images: dict[str, torch.Tensor]
     positions: dict[str, torch.Tensor]
@@ -80,7 +88,7 @@ class TopK:
                 out.append((v, i, (r, c)))
         return out
 
-    def select(self, layers: Sequence[str], k: Optional[int] = None) -> "TopK":
+    def select(self, layers: Sequence[str], k: int | None = None) -> TopK:
         """The scan of some of its layers, and of its first ``k`` entries per channel (the top-k' of a
         top-k, k' <= k: the order is exact, so the first k' are the top k')."""
         k = self.k if k is None else k
@@ -106,7 +114,7 @@ class TopK:
         }
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TopK":
+    def load(cls, path: str | os.PathLike) -> TopK:
         """Load a saved scan.
 
         Raises:
@@ -210,7 +218,7 @@ def _lexsort_desc(values: torch.Tensor, images: torch.Tensor, flat: torch.Tensor
     return order.gather(1, torch.argsort(values.gather(1, order), dim=1, descending=True, stable=True))
 
 
-def _candidates(act: torch.Tensor, per_group: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(act: torch.Tensor, per_group: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image and channel, the strongest ``per_group`` units: values and flat positions (B, C, m).
 
     An image lies in one group, so no more of its units can be kept.
@@ -238,7 +246,7 @@ def _rank_in_group(groups: torch.Tensor) -> torch.Tensor:
 
 
 def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
-           group_of: Optional[torch.Tensor] = None, per_group: Optional[int] = None) -> None:
+           group_of: torch.Tensor | None = None, per_group: int | None = None) -> None:
     """Merge one batch's candidates ``(values (B, C, m), flat positions, (h, w))`` into the running top-k.
 
     With ``group_of`` (item index -> group id) and ``per_group``, an entry is kept only while fewer than
@@ -263,7 +271,7 @@ def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
 
 
 def _keep_top(state: dict, layer: str, all_v: torch.Tensor, all_img: torch.Tensor, all_flat: torch.Tensor, k: int,
-              group_of: Optional[torch.Tensor], per_group: Optional[int]) -> None:
+              group_of: torch.Tensor | None, per_group: int | None) -> None:
     """Keep in ``state`` the top k of the (C, n) entries given, under the per-group limit (the greedy choice)."""
     order = _lexsort_desc(all_v, all_img, all_flat)
     if group_of is not None and per_group is not None:
@@ -281,7 +289,7 @@ def _keep_top(state: dict, layer: str, all_v: torch.Tensor, all_img: torch.Tenso
 
 
 def _merge_ranks(state: dict, skipped: list[int], layers: Sequence[str], k: int,
-                 group_of: Optional[torch.Tensor], per_group: Optional[int]) -> tuple[dict, list[int]]:
+                 group_of: torch.Tensor | None, per_group: int | None) -> tuple[dict, list[int]]:
     """Every rank's top-k state merged into one, the same on every rank (one process: the state itself).
 
     Exact: each rank's greedy top-k holds every entry of the global top-k that lies in its share (an entry
@@ -299,7 +307,7 @@ def _merge_ranks(state: dict, skipped: list[int], layers: Sequence[str], k: int,
     return merged, sorted(i for _, part in states for i in part)
 
 
-def _group_ids(dataset: Dataset) -> Optional[torch.Tensor]:
+def _group_ids(dataset: Dataset) -> torch.Tensor | None:
     """(N,) int64 group id of every item (numbered by first appearance), or None: each item its own."""
     group = getattr(dataset, "group", None)
     if group is None:
@@ -345,7 +353,7 @@ def scan_top_k(
     layers: Sequence[str],
     k: int = 9,
     *,
-    per_group: Optional[int] = 1,
+    per_group: int | None = 1,
     batch_size: int = 32,
     num_workers: int = 0,
     checkpoint: str | os.PathLike | None = None,

@@ -24,8 +24,8 @@ deconvnet column is exactly what ``Deconvnet.project`` returns.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -31,9 +31,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,8 +48,8 @@ from ..io import atomic_path, write_json
 from ..models import Net
 from ..plot import DEFAULT_SCALING, SCALINGS, scale_for_display
 from ..scan import TopK, scan_top_k
-from .stats import ChannelStats, channel_stats
 from .folders import layer_folder
+from .stats import ChannelStats, channel_stats
 
 ATLAS_FORMAT = 1
 #: image file formats of tiles, thumbnails and images: name -> (suffix, PIL format, save options)
@@ -148,7 +149,7 @@ def _model_identity(provenance: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in provenance.items() if k != "file"}
 
 
-def _identity(net: Net, dataset: Any, k: int, per_group: Optional[int], scaling: str, image_format: str,
+def _identity(net: Net, dataset: Any, k: int, per_group: int | None, scaling: str, image_format: str,
               bins: int) -> dict[str, Any]:
     """What fixes the atlas's content: a rerun with another identity would mix two atlases."""
     describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__})
@@ -185,7 +186,7 @@ def _layer_topk(topk: TopK, layer: str) -> TopK:
                 map_size={layer: topk.map_size[layer]}, provenance=topk.provenance)
 
 
-def _check_topk(topk: TopK, net: Net, dataset: Any, k: int, per_group: Optional[int]) -> None:
+def _check_topk(topk: TopK, net: Net, dataset: Any, k: int, per_group: int | None) -> None:
     """A scan given by the caller must be of this model, dataset, k and per-group limit."""
     prov = topk.provenance
     problems = []
@@ -290,7 +291,7 @@ def _walk(net: Net, x: torch.Tensor, slot: dict[int, int], jobs: list[_Job]) -> 
     """
     deconv = Deconvnet(net, max_batch=WALK_BATCH)
     layers = sorted({j.layer for j in jobs}, key=net.order)
-    out: list[Optional[torch.Tensor]] = [None] * len(jobs)
+    out: list[torch.Tensor | None] = [None] * len(jobs)
     for layer in layers:
         idx = [n for n, j in enumerate(jobs) if j.layer == layer]
         image = torch.tensor([slot[jobs[n].image] for n in idx])
@@ -409,7 +410,7 @@ def _sizes(out: Path, scans: Path) -> tuple[int, int, int]:
     return site_bytes, site_files, _folder_size(scans)[0] if scans.is_dir() else 0
 
 
-def _folder_size(folder: Path, exclude: Optional[Path] = None) -> tuple[int, int]:
+def _folder_size(folder: Path, exclude: Path | None = None) -> tuple[int, int]:
     size = files = 0
     for root, dirs, names in os.walk(folder):
         if exclude is not None and Path(root) == exclude.parent:
@@ -424,23 +425,23 @@ def build_atlas(
     net: Net,
     dataset: Any,
     layers: Sequence[str],
-    out: Union[str, os.PathLike],
+    out: str | os.PathLike,
     *,
     k: int = 9,
-    features: Union[None, int, Sequence[int]] = None,
+    features: None | int | Sequence[int] = None,
     select: str = "random",
     seed: int = 0,
     scaling: str = DEFAULT_SCALING,
     image_format: str = "jpeg",
-    per_group: Optional[int] = 1,
+    per_group: int | None = 1,
     bins: int = 32,
     batch_size: int = 16,
     num_workers: int = 0,
-    topk: Optional[TopK] = None,
-    dataset_name: Optional[str] = None,
+    topk: TopK | None = None,
+    dataset_name: str | None = None,
     progress: bool = True,
-    synthesize: Union[bool, dict[str, Any]] = False,
-    cache: Union[bool, str, os.PathLike] = True,
+    synthesize: bool | dict[str, Any] = False,
+    cache: bool | str | os.PathLike = True,
 ) -> Atlas:
     """Build (or extend, or finish) a static website of every channel's top-k projections.
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .._version import __version__
+from ..engine import receptive_field
 from ..io import atomic_path, write_json
 from ..models import Net
 from ..plot import describe_scaling
-from .._version import __version__
-from ..engine import receptive_field
 from ..scan import TopK
 from .stats import ChannelStats
 
@@ -79,7 +79,7 @@ def _ticks(top: float) -> list[float]:
 
 
 def histogram(counts: list[int], nonpos: int, top: float, *, log: bool, what: str,
-              marks: Optional[list[float]] = None) -> dict[str, Any]:
+              marks: list[float] | None = None) -> dict[str, Any]:
     """Geometry of one histogram as SVG: a bar for the values <= 0, then ``len(counts)`` bins over (0, top].
 
     Args:
@@ -135,7 +135,7 @@ def _dataset_name(dataset: Any) -> str:
     return d.get("kind", type(dataset).__name__)
 
 
-def _weights_note(net: Net) -> Optional[str]:
+def _weights_note(net: Net) -> str | None:
     """A visible warning when the weights are not the ImageNet classifier's (the atlas must not hide it)."""
     weights = net.provenance.get("weights")
     if weights == "imagenet":
@@ -147,9 +147,9 @@ def _weights_note(net: Net) -> Optional[str]:
 
 def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats: dict[str, ChannelStats],
                 channels: dict[str, list[int]], paths: Any, *, identity: dict[str, Any],
-                dataset_name: Optional[str], scaling: str, progress: bool = True,
-                processes: Optional[dict[str, Any]] = None,
-                synthesis: Optional[dict[str, dict[int, dict[str, Any]]]] = None) -> list[Path]:
+                dataset_name: str | None, scaling: str, progress: bool = True,
+                processes: dict[str, Any] | None = None,
+                synthesis: dict[str, dict[int, dict[str, Any]]] | None = None) -> list[Path]:
     """Write the static files, the index, every channel page and each layer's ``channels.json``.
 
     ``processes`` (``deconvnet.distributed.describe()``) is how the build ran, for the index's provenance;

@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..engine import record
 from ..data import collate
+from ..engine import record
 from ..io import torch_save
-from ..scan import loader_options
 from ..models import Net
+from ..scan import loader_options
 
 STATS_FORMAT = 1
 CHECKPOINT_FORMAT = 2  # 2: exact sums (1 summed floats batch by batch)
@@ -151,7 +151,7 @@ class ChannelStats:
         torch_save({"format": STATS_FORMAT, **self.__dict__}, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ChannelStats":
+    def load(cls, path: str | os.PathLike) -> ChannelStats:
         """Load saved statistics.
 
         Raises:

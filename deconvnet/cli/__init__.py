@@ -15,16 +15,34 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 # torch, torchvision, captum and matplotlib are imported by the commands that need them, when they run:
 # ``--help`` and argument errors come back at once (benchmarks/bench_cli_startup.py)
 from .._version import __version__
-from .common import (ARCH_HELP, FIGURE_SUFFIXES, USER_WEIGHTS_HELP, UsageError, _Parser, _arch, _channel, _features,
-                     _load_data, _load_net, _position, add_user_model_options, check_arch, check_counts,
-                     check_data_options, check_layer_names, check_output_file, check_output_folder, program_name)
-from .common import resolve_device  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
+from .common import (
+    ARCH_HELP,
+    FIGURE_SUFFIXES,
+    USER_WEIGHTS_HELP,
+    UsageError,
+    _arch,
+    _channel,
+    _features,
+    _load_data,
+    _load_net,
+    _Parser,
+    _position,
+    add_user_model_options,
+    check_arch,
+    check_counts,
+    check_data_options,
+    check_layer_names,
+    check_output_file,
+    check_output_folder,
+    program_name,
+    resolve_device,  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
+)
 from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
 from .synthesis import add_synthesis_parser, cmd_synthesize
 
@@ -258,8 +276,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
         timings.append(("resolution figures", time.perf_counter() - t))
     analyses = [k for k in kinds if k in ANALYSES]
     if analyses:
-        from ..models import load_alexnet
         from ..analysis import make_figures as analysis_figures
+        from ..models import load_alexnet
 
         t = time.perf_counter()
         alexnet = None
@@ -345,9 +363,8 @@ def cmd_layers(args: argparse.Namespace) -> None:
     import torch
 
     from ..engine import default_layers, receptive_field, record
-    from ..models import load_model
-
     from ..memory import check_bytes, check_memory
+    from ..models import load_model
 
     if args.size < 1:
         raise UsageError(f"--size {args.size} must be a positive number of pixels")

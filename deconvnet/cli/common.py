@@ -7,8 +7,8 @@ import argparse
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 #: ``deconvnet.models.ARCH_NAMES`` (the families with the paper's layer names), written out so that ``--help``
 #: and argument errors need no torch (tests/test_cli.py checks the two agree)

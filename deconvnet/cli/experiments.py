@@ -6,9 +6,23 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import (ARCH_HELP, FIGURE_SUFFIXES, USER_WEIGHTS_HELP, UsageError, _arch, _check_device, _load_net,
-                     add_user_model_options, check_arch, check_counts, check_data_folder, check_data_options,
-                     check_layer_names, check_output_file, resolve_device)
+from .common import (
+    ARCH_HELP,
+    FIGURE_SUFFIXES,
+    USER_WEIGHTS_HELP,
+    UsageError,
+    _arch,
+    _check_device,
+    _load_net,
+    add_user_model_options,
+    check_arch,
+    check_counts,
+    check_data_folder,
+    check_data_options,
+    check_layer_names,
+    check_output_file,
+    resolve_device,
+)
 
 
 def _add_evolution_parser(sub) -> None:
@@ -138,7 +152,7 @@ def cmd_correspondence(args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..analysis.correspondence import load_parts, write_correspondence, correspondence
+    from ..analysis.correspondence import correspondence, load_parts, write_correspondence
     from ..images import load_rgb
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:

@@ -8,8 +8,17 @@ import time
 import warnings
 from pathlib import Path
 
-from .common import (ARCH_HELP, UsageError, _arch, _load_data, _load_net, check_counts, check_data_options,
-                     check_layer_names, check_output_folder)
+from .common import (
+    ARCH_HELP,
+    UsageError,
+    _arch,
+    _load_data,
+    _load_net,
+    check_counts,
+    check_data_options,
+    check_layer_names,
+    check_output_folder,
+)
 
 
 def _channels(text: str) -> list[int]:

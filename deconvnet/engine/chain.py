@@ -28,15 +28,15 @@ equal to the whole-map walk. ``ChainEngine`` puts both behind the engine interfa
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models import CHAIN_MODULES, Net
-from . import rules
 from ..models.lock import model_lock
+from . import rules
 from .receptive import receptive_field
 from .record import Kept, check_input, record_chain
 from .switches import PoolSwitches, disjoint, no_switch, unpool_disjoint
@@ -50,7 +50,7 @@ SUPPORTED = (
 UNPOOL_MODES = ("scatter_add", "max_unpool")
 
 
-def _pair(v: Union[int, tuple]) -> tuple[int, int]:
+def _pair(v: int | tuple) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
@@ -399,7 +399,7 @@ class ChainEngine:
         rule, unpool, max_batch, crop: as ``Deconvnet``.
     """
 
-    def __init__(self, net: Net, *, rule: str, unpool: str, max_batch: int, crop: Union[str, bool],
+    def __init__(self, net: Net, *, rule: str, unpool: str, max_batch: int, crop: str | bool,
                  keep: int = 0) -> None:
         self.net, self.rule, self.unpool, self.max_batch, self.crop = net, rule, unpool, max_batch, crop
         self.kept = Kept(keep)

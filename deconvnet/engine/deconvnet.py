@@ -8,7 +8,7 @@ and ``engine.graph`` (the rule at every rectifier of the model's own autograd gr
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -135,7 +135,7 @@ class Deconvnet:
     """
 
     def __init__(self, net: Net | nn.Module, *, engine: str = "auto", rule: str = "deconvnet",
-                 unpool: str = "scatter_add", max_batch: int = 32, crop: Union[str, bool] = "auto",
+                 unpool: str = "scatter_add", max_batch: int = 32, crop: str | bool = "auto",
                  keep: int = 0, extend: bool | None = None) -> None:
         net = wrap(net)
         extend = bool(getattr(net, "extend", False) if extend is None else extend)
@@ -195,7 +195,7 @@ class Deconvnet:
 
     # --- projections --------------------------------------------------------------------------------------
     def project(
-        self, x: torch.Tensor, layer: str, channel: Union[int, str] = "max", position: Position = "max"
+        self, x: torch.Tensor, layer: str, channel: int | str = "max", position: Position = "max"
     ) -> Projection:
         """Project one target for a batch of images: every other activation of the layer set to zero.
 

@@ -35,8 +35,9 @@ another thread runs untouched.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -396,7 +397,7 @@ def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.
     return g
 
 
-_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def check_graph(net: Net, hw: Sequence[int], layers: Sequence[str] = (), *, rule: str = "deconvnet",

@@ -37,7 +37,7 @@ class PoolSwitches:
     dilation: tuple[int, int]
 
     @classmethod
-    def from_indices(cls, indices: torch.Tensor, in_hw: tuple[int, int], pool: nn.MaxPool2d) -> "PoolSwitches":
+    def from_indices(cls, indices: torch.Tensor, in_hw: tuple[int, int], pool: nn.MaxPool2d) -> PoolSwitches:
         """Compress PyTorch's flat argmax indices (B, C, h, w) of ``pool``."""
         k, s = _pair(pool.kernel_size), _pair(pool.stride if pool.stride is not None else pool.kernel_size)
         p, d = _pair(pool.padding), _pair(pool.dilation)

@@ -36,7 +36,7 @@ class Target:
     """
 
     layer: str
-    channel: Union[int, str, torch.Tensor] = "max"
+    channel: int | str | torch.Tensor = "max"
     position: Position = "max"
 
 

@@ -11,7 +11,8 @@ import html
 import io
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,10 +42,10 @@ class Explorer(ExplorerState):
         widget: the ipywidgets root (a notebook shows the app itself, as the last expression of a cell).
     """
 
-    def __init__(self, net: Net, image_or_dataset: Any = None, topk: Optional[TopK] = None, *, size: int = 224,
-                 layer: Optional[str] = None, scaling: str = DEFAULT_SCALING, panel: int = 224, n_strongest: int = 12,
-                 threads: Optional[int] = 1, background: bool = True,
-                 wants: Union[bool, dict[str, Any]] = False) -> None:
+    def __init__(self, net: Net, image_or_dataset: Any = None, topk: TopK | None = None, *, size: int = 224,
+                 layer: str | None = None, scaling: str = DEFAULT_SCALING, panel: int = 224, n_strongest: int = 12,
+                 threads: int | None = 1, background: bool = True,
+                 wants: bool | dict[str, Any] = False) -> None:
         if scaling not in SCALINGS:
             raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
         super().__init__(net, image_or_dataset, topk, size=size, n_strongest=n_strongest, threads=threads)
@@ -67,8 +68,8 @@ class Explorer(ExplorerState):
         self.select(image=self.image_key, layer=layer)
 
     # --- what a control or a click does ---------------------------------------------------------------
-    def select(self, *, image: Any = None, layer: Optional[str] = None, channel: Union[int, str, None] = None,
-               position: Union[tuple[int, int], str, None] = None, method: Optional[str] = None) -> Projection:
+    def select(self, *, image: Any = None, layer: str | None = None, channel: int | str | None = None,
+               position: tuple[int, int] | str | None = None, method: str | None = None) -> Projection:
         """Show another image, layer, channel, unit or method: what the controls and a click do.
 
         Args:
@@ -106,7 +107,7 @@ class Explorer(ExplorerState):
         self._show_status()
         return p
 
-    def click_image(self, x: float, y: float) -> Optional[Projection]:
+    def click_image(self, x: float, y: float) -> Projection | None:
         """A click on the image panel at display pixel (x, y): the unit centred nearest to it."""
         if self.is_class:
             return None
@@ -114,7 +115,7 @@ class Explorer(ExplorerState):
         z = draw.zoom(self.panel, self.x.shape[-2:])
         return self.select(position=unit_at_pixel(rf, self.projection.map_size, y / z, x / z))
 
-    def click_map(self, x: float, y: float) -> Optional[Projection]:
+    def click_map(self, x: float, y: float) -> Projection | None:
         """A click on the activation-map panel at display pixel (x, y): that cell (on the classifier's
         output: the class of that bar)."""
         if self.is_class:
@@ -124,7 +125,7 @@ class Explorer(ExplorerState):
         h, w = self.projection.map_size
         return self.select(position=(min(max(int(y // c), 0), h - 1), min(max(int(x // c), 0), w - 1)))
 
-    def click_tile(self, x: float, y: float) -> Optional[Projection]:
+    def click_tile(self, x: float, y: float) -> Projection | None:
         """A click on a top-k tile, its projection or its patch (both mosaics have the same layout), at
         display pixel (x, y): that tile's image, at its unit."""
         t = self._shown_tiles
@@ -183,7 +184,7 @@ class Explorer(ExplorerState):
             return
         key = self.tile_key
         note = self.tiles_note()
-        got: Optional[Result] = note if note is not None else self.worker.cached(key)
+        got: Result | None = note if note is not None else self.worker.cached(key)
         if got is None and not self.background:
             t = time.perf_counter()
             got = self.worker.compute(key)
@@ -226,7 +227,7 @@ class Explorer(ExplorerState):
             w["tiles_note"].value = ""
             w["tiles_box"].layout.display = None
 
-    def wait_tiles(self, timeout: Optional[float] = 120) -> None:
+    def wait_tiles(self, timeout: float | None = 120) -> None:
         """Block until the tiles of what is on show are drawn (those computing in the background)."""
         if self.worker is not None:
             self.worker.wait(self.tile_key, timeout)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ def class_bars(scores: Sequence[tuple[int, str, float]], chosen: int, *, width: 
     return np.asarray(im)
 
 
-def bar_at(y: float, n: int, row: int = 20) -> Optional[int]:
+def bar_at(y: float, n: int, row: int = 20) -> int | None:
     """Which row of ``class_bars`` display pixel row ``y`` falls on, or None."""
     k = int(y // row)
     return k if 0 <= k < n and y >= 0 else None
@@ -151,7 +151,7 @@ def tile_mosaics(projections: torch.Tensor, patches: torch.Tensor, *, scaling: s
     return to8(mosaic(projs, cols, TILE_GAP)), to8(mosaic(pats, cols, TILE_GAP)), px
 
 
-def tile_at(x: float, y: float, n: int, px: int) -> Optional[int]:
+def tile_at(x: float, y: float, n: int, px: int) -> int | None:
     """Which tile of a mosaic of ``n`` tiles of ``px`` display pixels (``tile_mosaics``) holds display
     pixel (x, y), or None (a gap counts with the tile before it)."""
     cols = math.ceil(math.sqrt(n))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,6 @@ from .net import CHAIN_MODULES, DEFAULT_SIZE, Net, _tree, unwrap_compiled  # noq
 from .user import build_user_model, is_import_path, parse_preprocessing
 from .weights import (
     OFFLINE,
-    sha256_file,
     WeightsError,
     cached_checkpoint,
     check_downloadable,
@@ -25,6 +25,7 @@ from .weights import (
     host_reachable,
     load_state_dict_file,
     load_torchvision_weights,
+    sha256_file,
 )
 
 WEIGHT_SOURCES = ("auto", "imagenet", *OFFLINE, "random", "<path to a state_dict file>")
@@ -392,11 +393,11 @@ def wrap(
     return net
 
 
-_WRAPPED: "weakref.WeakKeyDictionary[nn.Module, Net]" = weakref.WeakKeyDictionary()
+_WRAPPED: weakref.WeakKeyDictionary[nn.Module, Net] = weakref.WeakKeyDictionary()
 
 
 def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, categories: Sequence[str] | None) -> Net:
-    from torchvision.models import AlexNet, VGG, WeightsEnum
+    from torchvision.models import VGG, AlexNet, WeightsEnum
 
     if weights is not None and not isinstance(weights, WeightsEnum):
         raise TypeError(f"weights must be torchvision weights (e.g. ResNet50_Weights.DEFAULT), got {type(weights).__name__}")

@@ -5,14 +5,23 @@ fired in real images can be read together."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..figure2 import FeatureTiles, plot_feature
 from ..io import write_json
 from ..models.weights import sha256_file
-from ..plot import DEFAULT_SCALING, PRINT_WIDTH, TICK_PT, TITLE_PT, _blank, describe_scaling, save_figure, text_height
-from ..plot import wrap_to_width
+from ..plot import (
+    DEFAULT_SCALING,
+    PRINT_WIDTH,
+    TICK_PT,
+    TITLE_PT,
+    _blank,
+    describe_scaling,
+    save_figure,
+    text_height,
+    wrap_to_width,
+)
 from .files import to_uint8
 from .optimise import Synthesis
 

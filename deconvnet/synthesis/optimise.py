@@ -7,8 +7,9 @@ no backward rule is changed (the deconvnet's rules are for projections, not for 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,7 +81,7 @@ def channel_seed(seed: int, channel: int) -> int:
     return (seed * 1_000_003 + channel * 7919 + 17) % (2**63 - 1)
 
 
-def _check_channels(net: Net, layer: str, channels: Union[int, Sequence[int]]) -> list[int]:
+def _check_channels(net: Net, layer: str, channels: int | Sequence[int]) -> list[int]:
     n = net.channels[layer]
     out = [channels] if isinstance(channels, int) else list(channels)
     if not out:
@@ -134,9 +135,9 @@ def _objective(out: torch.Tensor, channels: torch.Tensor, how: str) -> torch.Ten
 
 
 def synthesize(
-    net: Union[Net, nn.Module],
-    layer: Union[str, nn.Module],
-    channels: Union[int, Sequence[int]],
+    net: Net | nn.Module,
+    layer: str | nn.Module,
+    channels: int | Sequence[int],
     *,
     steps: int = DEFAULT_STEPS,
     size: int = DEFAULT_SIZE,
@@ -147,7 +148,7 @@ def synthesize(
     decorrelate: bool = True,
     fft: bool = True,
     progress: bool = True,
-    before_step: Optional[Callable[[], bool]] = None,
+    before_step: Callable[[], bool] | None = None,
 ) -> Synthesis:
     """Synthesise, for each channel, the image that excites it most, by gradient ascent from noise.
 
