@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the atlases here (default: a temporary folder)")
     args = parser.parse_args()
 
-    runs = [(args.arch, args.weights, [l.strip() for l in args.layers.split(",") if l.strip()])]
+    runs = [(args.arch, args.weights, [layer.strip() for layer in args.layers.split(",") if layer.strip()])]
     if args.compare:
         arch, weights, layers = args.compare.split(":")
         runs.append((arch, weights, layers.split("+")))

@@ -97,9 +97,9 @@ class TopK:
                              f"asked for {', '.join(layers)} with k={k}")
         layers = list(layers)
         return TopK(layers=layers, k=k, per_group=self.per_group,
-                    values={l: self.values[l][:, :k] for l in layers}, images={l: self.images[l][:, :k] for l in layers},
-                    positions={l: self.positions[l][:, :k] for l in layers},
-                    map_size={l: self.map_size[l] for l in layers if l in self.map_size},
+                    values={layer: self.values[layer][:, :k] for layer in layers}, images={layer: self.images[layer][:, :k] for layer in layers},
+                    positions={layer: self.positions[layer][:, :k] for layer in layers},
+                    map_size={layer: self.map_size[layer] for layer in layers if layer in self.map_size},
                     provenance=dict(self.provenance, layers=layers, k=k))
 
     def save(self, path: str | os.PathLike) -> None:
@@ -454,9 +454,9 @@ def scan_top_k(
         checkpoint = distributed.rank_path(checkpoint)
     channels = {layer: net.channels[layer] for layer in layers}
     state = {
-        "values": {l: torch.full((c, 0), float("-inf"), dtype=torch.float64) for l, c in channels.items()},
-        "images": {l: torch.zeros((c, 0), dtype=torch.long) for l, c in channels.items()},
-        "flat": {l: torch.zeros((c, 0), dtype=torch.long) for l, c in channels.items()},
+        "values": {layer: torch.full((c, 0), float("-inf"), dtype=torch.float64) for layer, c in channels.items()},
+        "images": {layer: torch.zeros((c, 0), dtype=torch.long) for layer, c in channels.items()},
+        "flat": {layer: torch.zeros((c, 0), dtype=torch.long) for layer, c in channels.items()},
         "width": {}, "height": {},
     }
     start = 0
@@ -559,7 +559,7 @@ def scan_top_k(
                       weights=net.describe(), dataset_final=describe(), skipped=sorted(set(skipped)), **distributed.describe())
     return TopK(
         layers=layers, k=k, per_group=per_group, values=values, images=images, positions=positions,
-        map_size={l: (state["height"].get(l, 0), state["width"].get(l, 0)) for l in layers},
+        map_size={layer: (state["height"].get(layer, 0), state["width"].get(layer, 0)) for layer in layers},
         provenance=provenance,
     )
 
@@ -584,8 +584,8 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
             entry = None  # unreadable: scanned again, and replaced
         if entry is not None and layer in entry.layers and entry.k >= k:
             found[layer] = entry.select([layer], k)
-    from_cache = [l for l in layers if l in found]
-    missing = [l for l in layers if l not in found]
+    from_cache = [layer for layer in layers if layer in found]
+    missing = [layer for layer in layers if layer not in found]
     if missing:
         own = scan_args["checkpoint"] is None
         checkpoint = cache.checkpoint(identity, missing, k) if own else scan_args["checkpoint"]
@@ -607,6 +607,6 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
     provenance = dict(first.provenance, **args, fingerprint=fingerprint, weights=net.describe(),
                       cache={"found": from_cache, "scanned": missing})  # no folder: sidecars travel between machines
     return TopK(layers=layers, k=k, per_group=args["per_group"],
-                values={l: found[l].values[l] for l in layers}, images={l: found[l].images[l] for l in layers},
-                positions={l: found[l].positions[l] for l in layers},
-                map_size={l: found[l].map_size[l] for l in layers}, provenance=provenance)
+                values={layer: found[layer].values[layer] for layer in layers}, images={layer: found[layer].images[layer] for layer in layers},
+                positions={layer: found[layer].positions[layer] for layer in layers},
+                map_size={layer: found[layer].map_size[layer] for layer in layers}, provenance=provenance)

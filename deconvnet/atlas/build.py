@@ -402,7 +402,7 @@ def _start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 def _missing(scans: Path, kind: str, layers: list[str]) -> list[str]:
     """Rank 0: the layers without a finished ``kind`` file (``topk``, ``stats``)."""
-    return [l for l in layers if not (scans / f"{kind}-{layer_folder(l)}.pt").is_file()]
+    return [layer for layer in layers if not (scans / f"{kind}-{layer_folder(layer)}.pt").is_file()]
 
 
 def _sizes(out: Path, scans: Path) -> tuple[int, int, int]:
@@ -509,31 +509,31 @@ def build_atlas(
     t = time.perf_counter()
     missing = distributed.on_main(_missing, scans, "topk", all_layers)
     if topk is not None:
-        given = [l for l in missing if l in topk.layers]
+        given = [layer for layer in missing if layer in topk.layers]
         if given:
             _check_topk(topk, net, dataset, k, per_group)
             for layer in given if main else ():
                 _layer_topk(topk, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
-            missing = [l for l in missing if l not in given]
+            missing = [layer for layer in missing if layer not in given]
     if missing:
         result = scan_top_k(net, dataset, missing, k=k, per_group=per_group, batch_size=batch_size,
                             num_workers=num_workers, checkpoint=scans / f"scan-{_hash([identity, missing])}.pt",
                             progress=progress, cache=cache)  # the shared scan cache: the figure script's scan serves
         for layer in missing if main else ():
             _layer_topk(result, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
-    topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{layer_folder(l)}.pt") for l in all_layers})
+    topks = distributed.on_main(lambda: {layer: TopK.load(scans / f"topk-{layer_folder(layer)}.pt") for layer in all_layers})
     timings["scan"] = time.perf_counter() - t
 
     # 2. activation statistics (histograms): one more pass, for the layers without them
     t = time.perf_counter()
     missing = distributed.on_main(_missing, scans, "stats", all_layers)
     if missing:
-        tops = {l: topks[l].values[l][:, 0] for l in missing}
+        tops = {layer: topks[layer].values[layer][:, 0] for layer in missing}
         result = channel_stats(net, dataset, tops, bins=bins, batch_size=batch_size, num_workers=num_workers,
                                checkpoint=scans / f"stats-{_hash([identity, missing])}.pt", progress=progress)
         for layer in missing if main else ():
             result[layer].save(scans / f"stats-{layer_folder(layer)}.pt")
-    stats = distributed.on_main(lambda: {l: ChannelStats.load(scans / f"stats-{layer_folder(l)}.pt") for l in all_layers})
+    stats = distributed.on_main(lambda: {layer: ChannelStats.load(scans / f"stats-{layer_folder(layer)}.pt") for layer in all_layers})
     timings["stats"] = time.perf_counter() - t
 
     # 3. which channels get pages: those of earlier runs, and those asked for now

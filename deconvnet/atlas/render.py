@@ -180,7 +180,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         "k": identity["k"], "scaling_text": describe_scaling(scaling),
     }
     layer_info = []
-    total = sum(len(channels[l]) for l in layers)
+    total = sum(len(channels[layer]) for layer in layers)
     bar = tqdm(total=total, desc="pages", unit="page", disable=not progress)
     for layer in layers:
         topk, st = topks[layer], stats[layer]

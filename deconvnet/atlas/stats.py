@@ -258,7 +258,7 @@ def channel_stats(
     layers = list(tops)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
-    tops = {l: torch.where(t.double() > 0, t.double(), torch.ones_like(t.double())) for l, t in tops.items()}
+    tops = {layer: torch.where(t.double() > 0, t.double(), torch.ones_like(t.double())) for layer, t in tops.items()}
     for layer, t in tops.items():
         if t.shape != (net.channels[layer],):
             raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), got {tuple(t.shape)}")
@@ -268,9 +268,9 @@ def channel_stats(
     fingerprint = hashlib.sha256(json.dumps({
         "format": CHECKPOINT_FORMAT, "shard": None if world == 1 else [rank, world],
         "model": net.provenance, "layers": layers, "bins": bins, "n": len(dataset), "batch_size": batch_size,
-        "tops": {l: hashlib.sha256(t.numpy().tobytes()).hexdigest() for l, t in tops.items()},
+        "tops": {layer: hashlib.sha256(t.numpy().tobytes()).hexdigest() for layer, t in tops.items()},
     }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    state: dict[str, Any] = {l: None for l in layers}
+    state: dict[str, Any] = {layer: None for layer in layers}
     start, n_images = 0, 0
     if checkpoint is not None:
         if rank == 0 and (line := distributed.starting_over(checkpoint, "statistics")):
@@ -327,9 +327,9 @@ def channel_stats(
     if checkpoint is not None:
         save_checkpoint()  # before the merge: a rank killed while others wait loses nothing of its share
     shares = distributed.all_gather((state, n_images))  # one process: its own
-    state = {l: None for l in layers}
+    state = {layer: None for layer in layers}
     for part, _ in shares:
-        state = {l: _add(state[l], part[l]) for l in layers}
+        state = {layer: _add(state[layer], part[layer]) for layer in layers}
     n_images = sum(n for _, n in shares)
     out = {}
     for layer in layers:

@@ -71,7 +71,7 @@ def synthesize_atlas(net: Net, out: Path, channels: dict[str, list[int]], settin
     made = 0
     try:
         for layer in channels:
-            mine = [c for l, c in todo if l == layer]
+            mine = [c for name, c in todo if name == layer]
             for start in range(0, len(mine), BATCH):
                 s = synthesize(net, layer, mine[start : start + BATCH], progress=False, **key)
                 if s.interrupted:

@@ -104,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.add_argument("--no-cache", action="store_true", help="do not read or store scans in the shared scan cache")
 
-    l = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field (no weights needed)")
-    l.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    l.add_argument("--size", type=int, default=224, help="side of the square input, in pixels")
+    layers_cmd = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field (no weights needed)")
+    layers_cmd.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
+    layers_cmd.add_argument("--size", type=int, default=224, help="side of the square input, in pixels")
 
     a = sub.add_parser("atlas", help="a static website of every channel's top-k projections (open OUT/index.html)")
     a.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
@@ -168,10 +168,10 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     check_image_sizes(args)
     if args.layers is not None:
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()], arch_kwargs=args.arch_kwargs)  # before the weights load
+        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()], arch_kwargs=args.arch_kwargs)  # before the weights load
     net = _load_net(args)
     check_forward_fits(net, args)
-    layers = default_layers(net) if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
+    layers = default_layers(net) if args.layers is None else [layer.strip() for layer in args.layers.split(",") if layer.strip()]
     layers = check_layers(net, layers)
     print(f"model: {net.describe()}")
     dataset, name = _load_data(args, net)
@@ -181,7 +181,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
                         num_workers=args.workers, progress=not args.quiet, cache=not args.no_cache,
                         synthesize={"steps": args.synthesize_steps, "seed": args.seed} if args.synthesize else False)
     pages = sum(len(c) for c in atlas.channels.values())
-    print(f"atlas: {', '.join(f'{l} ({len(atlas.channels[l])} channels)' for l in atlas.layers)}; {pages} channel pages, "
+    print(f"atlas: {', '.join(f'{layer} ({len(atlas.channels[layer])} channels)' for layer in atlas.layers)}; {pages} channel pages, "
           f"{atlas.projected} projections made now")
     print(f"size: {atlas.site_bytes / 2**20:.1f} MB in {atlas.site_files} files (and {atlas.scan_bytes / 2**20:.1f} MB of scans)")
     print("timings: " + ", ".join(f"{step} {sec:.1f}s" for step, sec in atlas.timings.items()))
@@ -242,12 +242,12 @@ def cmd_figures(args: argparse.Namespace) -> None:
     on_main(check_output_folder, args.out)
     check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()], arch_kwargs=args.arch_kwargs)
+        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()], arch_kwargs=args.arch_kwargs)
     timings: list[tuple[str, float]] = []
     t = time.perf_counter()
     net = _load_net(args)
     check_forward_fits(net, args)
-    layers = default_layers(net) if args.layers is None else list(dict.fromkeys(l.strip() for l in args.layers.split(",") if l.strip()))
+    layers = default_layers(net) if args.layers is None else list(dict.fromkeys(layer.strip() for layer in args.layers.split(",") if layer.strip()))
     for layer in layers:
         net.check_layer(layer)
     print(f"model: {net.describe()}")

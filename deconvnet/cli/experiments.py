@@ -80,7 +80,7 @@ def cmd_evolution(args: argparse.Namespace) -> None:
                              f"resnet18, ... or {DEMO_ARCH_NAME}")
     if args.arch is not None and args.arch != DEMO_ARCH_NAME:
         check_arch(args.arch)
-    labels = None if args.labels is None else [l.strip() for l in args.labels.split(",")]
+    labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
     check_output_file(args.out)
     args.device = resolve_device(args.device)
     _check_device(args.device)
@@ -106,7 +106,7 @@ def cmd_evolution(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < len(dataset):
         dataset = Head(dataset, args.limit)
     print(f"data: {len(dataset)} images from {'the offline demo collection' if data is None else repr(data)}")
-    layers = None if args.layers is None else list(dict.fromkeys(l.strip() for l in args.layers.split(",") if l.strip()))
+    layers = None if args.layers is None else list(dict.fromkeys(layer.strip() for layer in args.layers.split(",") if layer.strip()))
     if layers is None:
         layers = list(DEMO_LAYERS) if arch == DEMO_ARCH_NAME else default_layers(first)
     checkpoints = [first, *checkpoints[1:]]
@@ -165,12 +165,12 @@ def cmd_correspondence(args: argparse.Namespace) -> None:
     for name in parts.images:  # every image readable before the model loads
         load_rgb(name)
     if args.layers is not None:
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()], arch_kwargs=args.arch_kwargs)
+        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()], arch_kwargs=args.arch_kwargs)
     check_output_file(args.out)
     t0 = time.perf_counter()
     net = _load_net(args)
     print(f"model: {net.describe()}")
-    layers = None if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
+    layers = None if args.layers is None else [layer.strip() for layer in args.layers.split(",") if layer.strip()]
     r = correspondence(net, parts.images, parts.parts, layers, objects=parts.objects, size=args.size or None,
                        draws=args.draws, seed=args.seed, batch_size=args.batch_size, show_progress=not args.quiet)
     print(f"{len(r.names)} images ({', '.join(r.names)}); mean feature sign change (lower = more consistent), "

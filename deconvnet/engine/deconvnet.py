@@ -174,7 +174,7 @@ class Deconvnet:
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable[[torch.Tensor], object] | None = None) -> Record:
         """One forward up to the deepest of ``layers`` (see ``engine.record``)."""
-        return self._engine.record(x, [self.net.resolve(l) for l in layers], switches=switches, reduce=reduce)
+        return self._engine.record(x, [self.net.resolve(layer) for layer in layers], switches=switches, reduce=reduce)
 
     def receptive_field(self, layer: str | nn.Module) -> ReceptiveField:
         """The receptive field of a unit of ``layer``: computed for chains, measured once and cached for graphs."""
