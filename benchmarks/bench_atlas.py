@@ -56,9 +56,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N images of the demo collection")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--format", default="jpeg", choices=("jpeg", "png", "webp"))
-    parser.add_argument("--features", type=int, default=None, help="only the first N channels of each layer (default: all)")
+    parser.add_argument("--features", type=int, default=None, help="only the first N channels of each layer (default: "
+                                                                   "all)")
     parser.add_argument("--compare", default=None, metavar="ARCH:WEIGHTS:LAYERS",
-                        help="also measure another model in the same run (layers separated by +), e.g. vgg16:mri:conv3_3")
+                        help="also measure another model in the same run (layers separated by +), e.g. "
+                             "vgg16:mri:conv3_3")
     parser.add_argument("--out", type=Path, default=None, help="keep the atlases here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -69,8 +71,10 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-atlas-"))
     features = list(range(args.features)) if args.features else None
     print(f"data: the demo collection{f', first {args.limit} images' if args.limit else ''}, 224 px; batch "
-          f"{args.batch_size}; images as {args.format}; {f'channels 0..{args.features - 1}' if features else 'every channel'}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"{args.batch_size}; images as {args.format}; "
+          f"{f'channels 0..{args.features - 1}' if features else 'every channel'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (shared machine: timings vary by about 20%)")
     print()
     header = f"{'model':9} {'layer':8} {'channels':>8} {'proj':>6} {'scan s':>7} {'stats s':>7} {'project s':>9} {'write s':>7} {'total s':>7} {'project/scan':>12} {'site MB':>8} {'files':>6}"

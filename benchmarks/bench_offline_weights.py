@@ -85,7 +85,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for source, per_layer in results.items():
         for layer, m in per_layer.items():
-            print(f"| {source} | {layer} | {m['anisotropy']:.2f} | {m['high_freq']:.2f} | {m['distinct']:.2f} | {m['alive']:.2f} |")
+            print(f"| {source} | {layer} | {m['anisotropy']:.2f} | {m['high_freq']:.2f} | {m['distinct']:.2f} | "
+                  f"{m['alive']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,8 @@ def graph_section(args, sync) -> None:
     x = net.preprocess("astronaut", size=224, crop=224)
     g = torch.Generator().manual_seed(1)
     print(f"\n{load()}")
-    print(f"ResNet-50 (random weights; speed only), graph engine, image 224x224, {args.graph_targets} targets per layer "
+    print(f"ResNet-50 (random weights; speed only), graph engine, image 224x224, {args.graph_targets} targets per "
+          "layer "
           f"(Captum: {args.captum_targets}), median of {args.repeats}")
     rows = []
     for layer in ("layer2", "layer3", "layer4"):
@@ -262,7 +263,8 @@ def chain_section(args, sync) -> None:
     rec = record(net, x, ["pool5"])
     compact = sum(s.nbytes for s in rec.switches.values())
     int64 = sum(s.offsets.numel() * 8 for s in rec.switches.values())
-    print(f"\nswitches of one 224x224 image (pool1..pool5): compact {compact / 2**20:.2f} MiB, int64 {int64 / 2**20:.2f} MiB "
+    print(f"\nswitches of one 224x224 image (pool1..pool5): compact {compact / 2**20:.2f} MiB, int64 "
+          f"{int64 / 2**20:.2f} MiB "
           f"({compact / int64:.3f} of int64)")
 
 

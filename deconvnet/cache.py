@@ -170,7 +170,8 @@ class ScanCache:
         hint = "Hint: cache=False (--no-cache on the command line), or $DECONVNET_CACHE=<a writable folder>"
         for folder in (self.folder, *self.folder.parents):
             if folder.exists() and not folder.is_dir():
-                raise ValueError(f"the scan cache '{self.folder}' cannot be made: '{folder}' is a file, not a folder. {hint}")
+                raise ValueError(f"the scan cache '{self.folder}' cannot be made: '{folder}' is a file, not a folder. "
+                                 f"{hint}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):

@@ -124,7 +124,8 @@ def array_to_pil(a: np.ndarray) -> Image.Image:
         if not np.isfinite(a).all():
             raise ValueError("image array contains NaN or infinite values")
         if a.size and (a.max() > 1.0 + 1e-6 or a.min() < -1e-6):
-            raise ValueError(f"a float image must hold values in [0, 1]; this one spans [{a.min():.4g}, {a.max():.4g}]. "
+            raise ValueError(f"a float image must hold values in [0, 1]; this one spans [{a.min():.4g}, "
+                             f"{a.max():.4g}]. "
                              "Hint: divide 0-255 data by 255, or pass it as uint8")
         a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     elif a.dtype != np.uint8:

@@ -52,7 +52,8 @@ def scale_for_display(v: torch.Tensor | np.ndarray, scaling: str = DEFAULT_SCALI
 def describe_scaling(scaling: str) -> str:
     """A few words for a figure's footer."""
     return {
-        "percentile": f"per-projection scaling to the {PERCENTILE:g}th percentile of |v| on its support, clipped; zero = gray",
+        "percentile": f"per-projection scaling to the {PERCENTILE:g}th percentile of |v| on its support, clipped; zero "
+                      "= gray",
         "symmetric": "per-projection symmetric scaling to max |v|; zero = gray",
         "minmax": "per-projection min-max scaling",
     }[scaling]

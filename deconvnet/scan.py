@@ -157,7 +157,8 @@ def _sigterm_as_interrupt():
 def _check_checkpoint(saved: dict, path, channels: dict[str, int], n: int) -> None:
     """Refuse a checkpoint that unpickles but is not a scan state of this shape (a clear line, not a traceback)."""
     def bad(why: str) -> ValueError:
-        return ValueError(f"scan checkpoint '{path}' is malformed ({why}). Hint: delete it and rerun; the scan starts over")
+        return ValueError(f"scan checkpoint '{path}' is malformed ({why}). Hint: delete it and rerun; the scan starts "
+                          "over")
 
     state = saved.get("state")
     if not isinstance(state, dict) or not isinstance(saved.get("next_index"), int):
@@ -205,7 +206,8 @@ def _read_state(path: str | os.PathLike, what: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot read {what} '{path}' ({type(err).__name__}); it may be corrupt. Hint: delete it and rerun") from err
+        raise ValueError(f"cannot read {what} '{path}' ({type(err).__name__}); it may be corrupt. Hint: delete it and "
+                         "rerun") from err
     if not isinstance(state, dict):
         raise ValueError(f"'{path}' is not a deconvnet {what}. Hint: delete it and rerun")
     return state

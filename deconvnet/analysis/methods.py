@@ -338,7 +338,8 @@ def plot_method_comparison(
     ncols = 1 + len(methods)
     boxes = [_unit_box(net, r, b) for r, b in rows]
     suptitle = "One target, three backward rules: deconvnet, guided backprop and gradient"
-    caption = (f"{RULES_CAPTION}\nAll start from the same seed (the deconvnet's: the target's activation, all else zero); "
+    caption = (f"{RULES_CAPTION}\nAll start from the same seed (the deconvnet's: the target's activation, all else "
+               "zero); "
                f"zero = gray ({scaling} scaling)."
                + ((" Yellow box: the receptive field of the target unit" + ("; a unit's maps are cropped to it." if crop else "."))
                   if any(bx is not None for bx in boxes) else "")

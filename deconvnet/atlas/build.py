@@ -199,7 +199,8 @@ def _check_topk(topk: TopK, net: Net, dataset: Any, k: int, per_group: int | Non
     if topk.per_group != per_group:
         problems.append(f"per_group ({topk.per_group}, not {per_group})")
     if problems:
-        raise ValueError(f"the scan given was made with another {', '.join(problems)}. Hint: leave topk out to scan anew")
+        raise ValueError(f"the scan given was made with another {', '.join(problems)}. Hint: leave topk out to scan "
+                         "anew")
 
 
 def _encode(array: np.ndarray, image_format: str) -> bytes:
@@ -306,7 +307,8 @@ def _walk(net: Net, x: torch.Tensor, slot: dict[int, int], jobs: list[_Job]) -> 
                     f"but the scan recorded {j.value:.6g}: was the scan made with this model and dataset?")
         rf = receptive_field(net, layer)
         if tuple(windows.shape[-2:]) != rf.size:
-            raise RuntimeError(f"{layer}: projection window {tuple(windows.shape[-2:])} is not the receptive field {rf.size}")
+            raise RuntimeError(f"{layer}: projection window {tuple(windows.shape[-2:])} is not the receptive field "
+                               f"{rf.size}")
         rgb = net.preprocessing.to_rgb_order(windows).detach().cpu()
         for n, w in zip(idx, rgb):
             out[n] = w

@@ -160,7 +160,8 @@ class ChannelStats:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"cannot read channel statistics '{path}' ({type(err).__name__}). Hint: delete it and rerun") from err
+            raise ValueError(f"cannot read channel statistics '{path}' ({type(err).__name__}). Hint: delete it and "
+                             "rerun") from err
         if not isinstance(state, dict) or state.pop("format", None) != STATS_FORMAT:
             raise ValueError(f"'{path}' is not deconvnet channel statistics (format {STATS_FORMAT}). Hint: delete it and rerun")
         return cls(**state)

@@ -141,7 +141,8 @@ def deconv_step(
         return unpool_scatter_add(r, sw, in_shape[-2:])
     if isinstance(m, nn.BatchNorm2d):  # the forward ran in eval mode (``hooked``): running statistics
         if m.running_var is None:
-            raise ValueError(f"BatchNorm2d '{name}' has no running statistics (track_running_stats=False): no deconvnet rule")
+            raise ValueError(f"BatchNorm2d '{name}' has no running statistics (track_running_stats=False): no "
+                             "deconvnet rule")
         scale = torch.rsqrt(m.running_var + m.eps)
         if m.weight is not None:
             scale = scale * m.weight
@@ -187,7 +188,8 @@ def check_faithful(net: Net, depth: int) -> None:
         for kind, hooks in (("forward hook", module_globals._global_forward_hooks),
                             ("forward pre-hook", module_globals._global_forward_pre_hooks)):
             if hooks:
-                raise ValueError(f"a global {kind} is registered (torch.nn.modules.module.register_module_{kind.replace(' ', '_').replace('-', '_')}): "
+                raise ValueError(f"a global {kind} is registered "
+                                 f"(torch.nn.modules.module.register_module_{kind.replace(' ', '_').replace('-', '_')}): "
                                  f"the chain walk cannot see what it changes. {_GRAPH_HINT}")
         walked = {id(m) for _, m in net.stack[: depth + 1]}
         holds: dict[int, bool] = {}

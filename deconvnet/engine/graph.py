@@ -235,7 +235,8 @@ class _DeconvMode(TorchFunctionMode):
         gate = rules.gate(func)
         if gate is not None:
             if func in rules.GATES_INPLACE or kwargs.get("inplace") or (len(args) > 1 and args[1] is True):
-                raise UnsupportedLayerError(self.refuse(func, "computes a gate in place; the declared rule holds an out-of-place gate "
+                raise UnsupportedLayerError(self.refuse(func, "computes a gate in place; the declared rule holds an "
+                                                              "out-of-place gate "
                                   "constant"))
             out = func(*args, **kwargs).detach()
             out._deconvnet_gate = (self.token, gate)

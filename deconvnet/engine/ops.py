@@ -487,5 +487,6 @@ def outside_backward(func: Callable) -> str:
 def unseen(t: torch.Tensor) -> str:
     """Why a tensor that depends on the input (it requires grad) came from a computation the mode did not see."""
     node = type(t.grad_fn).__name__ if t.grad_fn is not None else "none"
-    return (f"takes a tensor computed by code the allow-list cannot see (a torch.jit.script function or ScriptModule, a C++ "
+    return ("takes a tensor computed by code the allow-list cannot see (a torch.jit.script function or ScriptModule, "
+            "a C++ "
             f"extension; its autograd node is {node}): there is no telling whether it is linear")

@@ -21,7 +21,8 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
     if isinstance(ch, torch.Tensor):  # one channel per image
         channels = ch.to(device=act.device, dtype=torch.long).reshape(-1)
         if channels.numel() != b or not ((channels >= 0) & (channels < c)).all():
-            raise ValueError(f"per-image channels {ch.tolist()} must be {b} values in [0, {c}) for layer '{target.layer}'")
+            raise ValueError(f"per-image channels {ch.tolist()} must be {b} values in [0, {c}) for layer "
+                             f"'{target.layer}'")
     elif isinstance(ch, str):
         if ch != "max":
             raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
@@ -30,7 +31,8 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
         if isinstance(ch, numbers.Integral) and not isinstance(ch, bool):
             ch = int(ch)  # numpy integers too
         if isinstance(ch, bool) or not isinstance(ch, int) or not 0 <= ch < c:
-            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}' of {net.arch}, which has {c} channels. Hint: use 0..{c - 1} or 'max'")
+            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}' of {net.arch}, which has {c} "
+                             f"channels. Hint: use 0..{c - 1} or 'max'")
         channels = torch.full((b,), ch, dtype=torch.long, device=act.device)
     maps = a4[torch.arange(b, device=act.device), channels]  # (B, h, w)
     pos = target.position
@@ -49,7 +51,8 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
     elif isinstance(pos, torch.Tensor):
         mask = pos.to(device=act.device, dtype=act.dtype)
         if mask.shape not in ((h, w), (b, h, w)):
-            raise ValueError(f"mask of shape {tuple(pos.shape)} does not fit layer '{target.layer}': its map is {h}x{w}; give (h, w) or ({b}, {h}, {w})")
+            raise ValueError(f"mask of shape {tuple(pos.shape)} does not fit layer '{target.layer}': its map is "
+                             f"{h}x{w}; give (h, w) or ({b}, {h}, {w})")
         weight = mask.expand(b, h, w)
     else:
         try:
@@ -57,7 +60,8 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
         except (TypeError, ValueError):
             raise ValueError(f"position {pos!r} is not understood. Hint: 'max', 'all', (row, col) or a mask") from None
         if not (0 <= row < h and 0 <= col < w):
-            raise ValueError(f"position ({row}, {col}) is outside layer '{target.layer}''s {h}x{w} map for this input size")
+            raise ValueError(f"position ({row}, {col}) is outside layer '{target.layer}''s {h}x{w} map for this input "
+                             "size")
         weight = torch.zeros_like(maps)
         weight[:, row, col] = 1
     if weight is None:  # "max": the strongest unit of each image's map

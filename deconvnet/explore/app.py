@@ -221,7 +221,8 @@ class Explorer(ExplorerState):
             projections, patches, self._tile_px = draw.tile_mosaics(result.projections, result.patches,
                                                                    scaling=self.scaling, panel=self.panel)
             w["tiles"].value, w["tile_patches"].value = draw.png(projections), draw.png(patches)
-            w["tiles_title"].value = (f"<b>top {len(result.values)} of {escape(key[0])} channel {escape(key[1])}</b> in the scan: "
+            w["tiles_title"].value = (f"<b>top {len(result.values)} of {escape(key[0])} channel {escape(key[1])}</b> "
+                                      "in the scan: "
                                       "projections and their image patches (click either to open that image)")
             self._shown_tiles, self.tiles_message = result, ""
             w["tiles_note"].value = ""
@@ -326,7 +327,8 @@ class Explorer(ExplorerState):
         a = float(p.activation[0])
         if self.is_class:
             rank = 1 + int((self._act(self.x, self.layer)[0] > self._act(self.x, self.layer)[0, self.channel]).sum())
-            what = (f"<b>{escape(self.class_name(self.channel))}</b> (output {self.channel} of {escape(self.layer)}): score {a:.4g}, "
+            what = (f"<b>{escape(self.class_name(self.channel))}</b> (output {self.channel} of {escape(self.layer)}): "
+                    f"score {a:.4g}, "
                     f"rank {rank} of {self.net.channels[self.layer]}")
         else:
             idle = ""

@@ -94,7 +94,8 @@ class TileSource:
             for j, k in enumerate(ks):
                 v, _, (r, c) = entries[k]
                 if not torch.isclose(values[j].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3, atol=1e-5):
-                    return (f"image {i} gives activation {float(values[j]):.6g} at {layer} channel {channel} ({r}, {c}), "
+                    return (f"image {i} gives activation {float(values[j]):.6g} at {layer} channel {channel} ({r}, "
+                            f"{c}), "
                             f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?")
                 projections[k] = windows[j]
                 patches[k] = crop_box(rgb, rf.box(r, c), PATCH_PAD)

@@ -168,7 +168,8 @@ def _weights_enum(arch: str, weights: Any) -> Any:
         return cls.DEFAULT
     if name in cls.__members__:
         return cls[name]
-    raise ValueError(f"{arch} has no torchvision weights '{weights}'. Hint: one of DEFAULT, {', '.join(cls.__members__)}")
+    raise ValueError(f"{arch} has no torchvision weights '{weights}'. Hint: one of DEFAULT, "
+                     f"{', '.join(cls.__members__)}")
 
 
 def torchvision_preprocessing(enum: Any) -> Preprocessing:
@@ -303,7 +304,8 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
             msg = " ".join(str(err).split())
-            raise WeightsError(f"weights '{source}' do not fit {arch}: {msg[:400]}. Hint: a torchvision {arch} state_dict") from err
+            raise WeightsError(f"weights '{source}' do not fit {arch}: {msg[:400]}. Hint: a torchvision {arch} "
+                               "state_dict") from err
     else:
         raise ValueError(f"unknown weights {weights!r}. Hint: auto, imagenet, DEFAULT, random or a state_dict path")
     net = wrap(model.eval(), name=arch)
@@ -400,7 +402,8 @@ def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, 
     from torchvision.models import VGG, AlexNet, WeightsEnum
 
     if weights is not None and not isinstance(weights, WeightsEnum):
-        raise TypeError(f"weights must be torchvision weights (e.g. ResNet50_Weights.DEFAULT), got {type(weights).__name__}")
+        raise TypeError("weights must be torchvision weights (e.g. ResNet50_Weights.DEFAULT), got "
+                        f"{type(weights).__name__}")
     if isinstance(preprocessing, WeightsEnum):
         preprocessing = torchvision_preprocessing(preprocessing)
     assumed = preprocessing is None and weights is None

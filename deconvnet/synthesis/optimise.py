@@ -107,7 +107,8 @@ def layer_output(net: Net, x: torch.Tensor, layer: str) -> torch.Tensor:
             if not owns(token) or "out" in kept:
                 return
             if not isinstance(output, torch.Tensor):
-                raise ValueError(f"layer '{layer}' returns a {type(output).__name__}, not a tensor: name a module whose "
+                raise ValueError(f"layer '{layer}' returns a {type(output).__name__}, not a tensor: name a module "
+                                 "whose "
                                  "output is one tensor")
             kept["out"] = output
             raise _Stop
