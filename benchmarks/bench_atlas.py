@@ -102,7 +102,8 @@ def main() -> None:
                         f"{tm['stats']:>7.1f} {tm['project']:>9.1f} {tm['write']:>7.1f} {total:>7.1f} "
                         f"{tm['project'] / tm['scan']:>11.2f}x {atlas.site_bytes / 2**20:>8.1f} {atlas.site_files:>6}")
             kinds = sizes_by_kind(out)
-            details.append(f"{arch} {layer}: " + ", ".join(f"{k} {b / 2**20:.2f} MB ({n} files)" for k, (b, n) in kinds.items()))
+            sizes = ", ".join(f"{k} {b / 2**20:.2f} MB ({n} files)" for k, (b, n) in kinds.items())
+            details.append(f"{arch} {layer}: " + sizes)
             if len(rows) == 1:
                 print(header)
             print(rows[-1], flush=True)

@@ -36,7 +36,8 @@ LAYERS = ("relu3_3", "relu4_3", "relu5_3")
 
 def measure(net: dn.Net, photos, size: int, n_channels: int) -> dict[str, dict[str, float]]:
     deconv = dn.Deconvnet(net)
-    rows: dict[str, dict[str, list[float]]] = {layer: {"aniso": [], "hf": [], "dist": [], "alive": []} for layer in LAYERS}
+    rows: dict[str, dict[str, list[float]]] = {
+        layer: {"aniso": [], "hf": [], "dist": [], "alive": []} for layer in LAYERS}
     for photo in photos:
         x = net.preprocess(photo, size=size, crop=size)
         acts = record(net, x, list(LAYERS), switches=False).activations

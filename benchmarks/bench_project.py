@@ -74,7 +74,8 @@ def forward_flops(net, x, layer) -> int:
         nonlocal total
         total += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
 
-    handles = [m.register_forward_hook(hook) for _, m in net.stack[: net.depth(layer) + 1] if isinstance(m, torch.nn.Conv2d)]
+    handles = [m.register_forward_hook(hook)
+               for _, m in net.stack[: net.depth(layer) + 1] if isinstance(m, torch.nn.Conv2d)]
     try:
         record(net, x, [layer])
     finally:
@@ -218,7 +219,8 @@ def chain_section(args, sync) -> None:
         rec = record(net, x, [layer])
         c, h, w = rec.activations[layer].shape[1:]
         chans = torch.randint(0, c, (args.targets,), generator=g)
-        units = torch.stack([torch.randint(0, h, (args.targets,), generator=g), torch.randint(0, w, (args.targets,), generator=g)], 1)
+        units = torch.stack([torch.randint(0, h, (args.targets,), generator=g),
+                             torch.randint(0, w, (args.targets,), generator=g)], 1)
         targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units)]
         cropped = dn.Deconvnet(net, crop=True, max_batch=args.batch)
         full = dn.Deconvnet(net, crop=False, max_batch=args.batch)
@@ -238,7 +240,8 @@ def chain_section(args, sync) -> None:
 
         def captum_loop():
             for t in targets[: args.captum_targets]:
-                NeuronDeconvolution(net.model, net.layers[layer]).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
+                NeuronDeconvolution(net.model, net.layers[layer]).attribute(x.clone(),
+                                                                            neuron_selector=(t.channel, *t.position))
 
         t_captum = timed(captum_loop, args.repeats, sync)
         with FlopCounter() as fc:
@@ -251,7 +254,8 @@ def chain_section(args, sync) -> None:
         f_fwd = forward_flops(net, x, layer)
         rate_fwd = f_fwd / t_fwd
         rate_deconv = fc.flops / max(t_crop - t_fwd, 1e-9)
-        per = {"cropped": t_crop / args.targets, "full": t_full / args.targets, "captum": t_captum / args.captum_targets}
+        per = {"cropped": t_crop / args.targets, "full": t_full / args.targets,
+               "captum": t_captum / args.captum_targets}
         rows.append((layer, per, rate_deconv / 1e9, rate_fwd / 1e9, unpool_share))
     print(load())
     print(f"{'layer':8} {'ours cropped':>13} {'ours full':>10} {'Captum':>9}   {'vs Captum':>9} {'full/crop':>9}   "

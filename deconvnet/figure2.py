@@ -123,7 +123,8 @@ def feature_tiles(
         p = deconv.project_many(x, [target])[0]
         proj = p.projection_rgb().detach().cpu()
         for b, (c, (v, i, (r, col))) in enumerate(chunk):
-            if not torch.isclose(p.activation[b].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3, atol=1e-5):
+            if not torch.isclose(p.activation[b].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3,
+                                 atol=1e-5):
                 raise ValueError(
                     f"image {i} gives activation {float(p.activation[b]):.6g} at {layer} channel {c} ({r}, {col}), "
                     f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?"
@@ -182,7 +183,8 @@ def plot_feature(tiles: FeatureTiles, axes: Sequence, scaling: str = DEFAULT_SCA
     for ax in axes[:2]:
         _blank(ax)
     if title:
-        axes[0].set_title(f"ch {tiles.channel}  (max {float(tiles.values[0]):.3g})", fontsize=TICK_PT, loc="left", pad=2)
+        axes[0].set_title(f"ch {tiles.channel}  (max {float(tiles.values[0]):.3g})", fontsize=TICK_PT, loc="left",
+                          pad=2)
     return axes[0].figure
 
 

@@ -223,7 +223,8 @@ def footer(fig, text: str, *, fontsize: float = TICK_PT) -> None:
     fig.supxlabel(wrap_to_width(text, fig.get_figwidth() - 0.2, fontsize), fontsize=fontsize, color="0.25")
 
 
-def title(fig, text: str, *, fontsize: float = TITLE_PT, legend: tuple[list, list] | None = None, ncol: int = 3) -> None:
+def title(fig, text: str, *, fontsize: float = TITLE_PT, legend: tuple[list, list] | None = None,
+          ncol: int = 3) -> None:
     """The figure's title, wrapped to its width, and under it a legend of the whole figure.
 
     For a constrained layout both are put in a band at the top that the layout leaves free (matplotlib

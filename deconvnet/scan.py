@@ -97,7 +97,8 @@ class TopK:
                              f"asked for {', '.join(layers)} with k={k}")
         layers = list(layers)
         return TopK(layers=layers, k=k, per_group=self.per_group,
-                    values={layer: self.values[layer][:, :k] for layer in layers}, images={layer: self.images[layer][:, :k] for layer in layers},
+                    values={layer: self.values[layer][:, :k] for layer in layers},
+                    images={layer: self.images[layer][:, :k] for layer in layers},
                     positions={layer: self.positions[layer][:, :k] for layer in layers},
                     map_size={layer: self.map_size[layer] for layer in layers if layer in self.map_size},
                     provenance=dict(self.provenance, layers=layers, k=k))
@@ -304,7 +305,8 @@ def _merge_ranks(state: dict, skipped: list[int], layers: Sequence[str], k: int,
         merged["width"].update(s["width"])
         merged["height"].update(s["height"])
     for layer in layers:
-        _keep_top(merged, layer, *(torch.cat([s[key][layer] for s, _ in states], 1) for key in ("values", "images", "flat")),
+        _keep_top(merged, layer,
+                  *(torch.cat([s[key][layer] for s, _ in states], 1) for key in ("values", "images", "flat")),
                   k, group_of, per_group)
     return merged, sorted(i for _, part in states for i in part)
 
@@ -557,8 +559,10 @@ def scan_top_k(
         values[layer] = v
         images[layer] = torch.where(empty, torch.full_like(img, -1), img)
         positions[layer] = torch.where(empty.unsqueeze(2), torch.full_like(pos, -1), pos)
-    provenance = dict(args, fingerprint=fingerprint, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      weights=net.describe(), dataset_final=describe(), skipped=sorted(set(skipped)), **distributed.describe())
+    provenance = dict(args, fingerprint=fingerprint,
+                      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      weights=net.describe(), dataset_final=describe(), skipped=sorted(set(skipped)),
+                      **distributed.describe())
     return TopK(
         layers=layers, k=k, per_group=per_group, values=values, images=images, positions=positions,
         map_size={layer: (state["height"].get(layer, 0), state["width"].get(layer, 0)) for layer in layers},
@@ -572,7 +576,8 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
     # what fixes the result, less the layers and k (an entry is one layer, and serves any smaller k); the
     # weights by their digest, not their file: the same weights anywhere, and a model changed in place is
     # another model
-    identity = {key: v for key, v in json.loads(json.dumps(args, default=str)).items() if key not in ("model", "layers", "k")}
+    identity = {key: v for key, v in json.loads(json.dumps(args, default=str)).items()
+                if key not in ("model", "layers", "k")}
     identity["weights"] = weights_digest(net.model)
     paths, root = getattr(dataset, "paths", None), getattr(dataset, "root", None)
     if paths is not None and root is not None:  # the files' contents: what their stat cannot tell
@@ -609,6 +614,7 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
     provenance = dict(first.provenance, **args, fingerprint=fingerprint, weights=net.describe(),
                       cache={"found": from_cache, "scanned": missing})  # no folder: sidecars travel between machines
     return TopK(layers=layers, k=k, per_group=args["per_group"],
-                values={layer: found[layer].values[layer] for layer in layers}, images={layer: found[layer].images[layer] for layer in layers},
+                values={layer: found[layer].values[layer] for layer in layers},
+                images={layer: found[layer].images[layer] for layer in layers},
                 positions={layer: found[layer].positions[layer] for layer in layers},
                 map_size={layer: found[layer].map_size[layer] for layer in layers}, provenance=provenance)

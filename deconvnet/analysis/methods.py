@@ -96,7 +96,8 @@ class TargetScore(nn.Module):
         return (out * self.seed.view_as(out)).flatten(1).sum(1)
 
 
-def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
     """The deconvnet's seed for a target (Zeiler & Fergus: the target's activations, the rest zero).
 
     Uses the engine's own target selection (``engine.select_target``), so it means what

@@ -29,6 +29,9 @@ MIN_TILE_PX = 112
 MAX_TILE_PX = 176
 #: histogram drawing area (SVG user units)
 HIST_W, HIST_H, HIST_LEFT, HIST_RIGHT, HIST_TOP, HIST_BOTTOM = 380, 170, 48, 10, 10, 40
+#: the fields of a top-k entry and of a synthesised image written to a layer's JSON
+ENTRY_KEYS = ("rank", "activation", "image", "label", "source", "row", "col", "box")
+SYNTHESIS_KEYS = ("activation", "peak", "settings", "recipe", "image")
 
 
 def environment() -> Environment:
@@ -225,14 +228,16 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                 "images_active": 1 - int(st.image_nonpos[c]) / max(st.n_images, 1), "n_images": st.n_images,
                 "top": float(st.top[c]), "bins": st.bins,
             }
-            hist_units = histogram(st.units[c].tolist(), int(st.units_nonpos[c]), float(st.top[c]), log=True, what="units")
+            hist_units = histogram(st.units[c].tolist(), int(st.units_nonpos[c]), float(st.top[c]), log=True,
+                                   what="units")
             hist_images = histogram(st.image_max[c].tolist(), int(st.image_nonpos[c]), float(st.top[c]), log=False,
                                     what="images", marks=[e["activation"] for e in shown])
             prev_c = chans[pos - 1] if pos > 0 else None
             next_c = chans[pos + 1] if pos + 1 < len(chans) else None
             synth = (synthesis or {}).get(layer, {}).get(c)
             html = env.get_template("channel.html").render(
-                **common, root="../", synth=synth, title=f"{layer} channel {c} · {net.arch} atlas", layer=info, channel=c,
+                **common, root="../", synth=synth, title=f"{layer} channel {c} · {net.arch} atlas", layer=info,
+                channel=c,
                 entries=shown, summary=summary, hist_units=hist_units, hist_images=hist_images,
                 prev=prev_c, next=next_c, tile_side=side, pair_w=pair_w, enlarged=enlarged,
                 cols=max(1, math.ceil(math.sqrt(len(shown)))),  # 3x3 for the top 9, as the paper's Figure 2
@@ -242,11 +247,13 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
             written.append(page)
             records.append({
                 "channel": c, "page": paths.page(layer, c), "summary": summary,
-                "histogram": {"edges": st.edges(c), "units": st.units[c].tolist(), "units_nonpos": int(st.units_nonpos[c]),
+                "histogram": {"edges": st.edges(c), "units": st.units[c].tolist(),
+                              "units_nonpos": int(st.units_nonpos[c]),
                               "image_max": st.image_max[c].tolist(), "image_nonpos": int(st.image_nonpos[c])},
-                "entries": [{key: e[key] for key in ("rank", "activation", "image", "label", "source", "row", "col", "box")}
-                            | {"tile": f"{paths.folder(layer)}/{e['tile']}", "image_file": paths.image(e["image"])} for e in shown],
-            } | ({"synthesis": {k: synth[k] for k in ("activation", "peak", "settings", "recipe", "image")}} if synth else {}))
+                "entries": [{key: e[key] for key in ENTRY_KEYS}
+                            | {"tile": f"{paths.folder(layer)}/{e['tile']}",
+                               "image_file": paths.image(e["image"])} for e in shown],
+            } | ({"synthesis": {k: synth[k] for k in SYNTHESIS_KEYS}} if synth else {}))
             bar.update(1)
         write_json({"layer": layer, "arch": net.arch, "weights": net.describe(), "k": identity["k"],
                     "receptive_field": {"size": rf.size, "jump": rf.jump, "padding": rf.padding},
@@ -268,7 +275,8 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         *([("Built by", f"{processes['processes']} process(es)" + (f", torch.distributed {processes['backend']}"
                                                                    if processes.get("backend") else ""))]
           if processes else []),
-        ("Projections", f"deconvnet (Zeiler & Fergus 2014), cropped to the receptive field; {describe_scaling(scaling)}"),
+        ("Projections",
+         f"deconvnet (Zeiler & Fergus 2014), cropped to the receptive field; {describe_scaling(scaling)}"),
     ]
     html = env.get_template("index.html").render(
         **common, root="", title=f"{net.arch} atlas · deconvnet", layers=layer_info, provenance=provenance,

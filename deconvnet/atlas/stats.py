@@ -288,7 +288,8 @@ def channel_stats(
         state, start, n_images = saved["state"], int(saved["next_index"]), int(saved["n_images"])
 
     def save_checkpoint() -> None:
-        torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state}, checkpoint)
+        torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state},
+                   checkpoint)
 
     order = sorted(layers, key=net.order)  # stable: equal places keep the order given, as record does
     loader = DataLoader(dataset, batch_size=batch_size, sampler=indices[start:], num_workers=num_workers,

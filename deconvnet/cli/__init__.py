@@ -50,7 +50,8 @@ from .synthesis import add_synthesis_parser, cmd_synthesize
 PHOTO_EXAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
 
 
-ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")  # analysis.FIGURES
+ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution",
+            "correspondence")  # analysis.FIGURES
 
 
 FIGURE_KINDS = ("top9", "resolution") + ANALYSES + ("synthesis",)
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the "
                                                          "image as is)")
-    p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projection (see deconvnet.plot)")
+    p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
+                   help="display scaling of the projection (see deconvnet.plot)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, required=True, help=f"output figure ({', '.join(FIGURE_SUFFIXES)})")
 
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps: a seeded "
                                                                                        "random subset (as the paper) "
                                                                                        "or the strongest")
-    f.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projections (see deconvnet.plot)")
+    f.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
+                   help="display scaling of the projections (see deconvnet.plot)")
     f.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure file format")
     f.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
     f.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
@@ -135,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--k", type=int, default=9, help="top activations per channel")
     a.add_argument("--select", default="random", choices=("random", "strongest"), help="which N channels with "
                                                                                        "--features N")
-    a.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projections (see deconvnet.plot)")
+    a.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
+                   help="display scaling of the projections (see deconvnet.plot)")
     a.add_argument("--format", default="jpeg", choices=("jpeg", "png", "webp"), help="image file format of the tiles")
     a.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
     a.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
@@ -180,14 +184,16 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     from ..engine import default_layers
 
     check_counts(("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
-                 ("--resize", args.resize, 1), ("--workers", args.workers, 0), ("--synthesize-steps", args.synthesize_steps, 1))
+                 ("--resize", args.resize, 1), ("--workers", args.workers, 0),
+                 ("--synthesize-steps", args.synthesize_steps, 1))
     if args.features is not None and args.features < 1:
         raise UsageError(f"--features {args.features} must be at least 1, or all")
     check_data_options(args)
     on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     check_image_sizes(args)
     if args.layers is not None:
-        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()], arch_kwargs=args.arch_kwargs)  # before the weights load
+        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()],
+                          arch_kwargs=args.arch_kwargs)  # before the weights load
     net = _load_net(args)
     check_forward_fits(net, args)
     layers = default_layers(net) if args.layers is None else [layer.strip() for layer in args.layers.split(",") if layer.strip()]
@@ -265,7 +271,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
     on_main(check_output_folder, args.out)
     check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
-        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()], arch_kwargs=args.arch_kwargs)
+        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()],
+                          arch_kwargs=args.arch_kwargs)
     timings: list[tuple[str, float]] = []
     t = time.perf_counter()
     net = _load_net(args)

@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
 
             parser: argparse.ArgumentParser = self
             for action in self._actions:  # the command's own parser knows its options
-                if isinstance(action, argparse._SubParsersAction) and getattr(parsed, action.dest, None) in action.choices:
+                if (isinstance(action, argparse._SubParsersAction)
+                        and getattr(parsed, action.dest, None) in action.choices):
                     parser = action.choices[getattr(parsed, action.dest)]
             options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
             hints = []

@@ -42,7 +42,8 @@ def _add_evolution_parser(sub) -> None:
     e.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps (chosen on "
                                                                                        "the last checkpoint)")
     e.add_argument("--seed", type=int, default=0, help="seed of the feature selection and of the demo's training")
-    e.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projections")
+    e.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
+                   help="display scaling of the projections")
     e.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
     e.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
     e.add_argument("--crop", type=int, default=None, help="side of the center crop fed to the model (default 224; the "
@@ -130,7 +131,8 @@ def cmd_evolution(args: argparse.Namespace) -> None:
     paths = write_evolution(result, args.out, scaling=args.scaling)
     for layer in result.layers:
         print(f"{layer}: top-{args.k} overlap with the previous checkpoint " +
-              ", ".join(f"{a}->{b} {v:.2f}" for a, b, v in zip(result.labels, result.labels[1:], result.overlap[layer])))
+              ", ".join(f"{a}->{b} {v:.2f}"
+                        for a, b, v in zip(result.labels, result.labels[1:], result.overlap[layer])))
     for path in paths:
         print(f"wrote {path}")
     print(f"time {time.perf_counter() - t0:.1f}s")
@@ -181,7 +183,8 @@ def cmd_correspondence(args: argparse.Namespace) -> None:
     for name in parts.images:  # every image readable before the model loads
         load_rgb(name)
     if args.layers is not None:
-        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()], arch_kwargs=args.arch_kwargs)
+        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()],
+                          arch_kwargs=args.arch_kwargs)
     check_output_file(args.out)
     t0 = time.perf_counter()
     net = _load_net(args)

@@ -353,12 +353,14 @@ def walk_down_cropped(
             s, p, d = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
             r = F.conv_transpose2d(r, m.weight, None, s, 0, 0, m.groups, d)
             origin = origin * torch.tensor(s, device=origin.device) - torch.tensor(p, device=origin.device)
-            if bool((origin < 0).any()) or bool((origin + torch.tensor(r.shape[-2:], device=origin.device) > torch.tensor(in_hw, device=origin.device)).any()):
+            window = torch.tensor(r.shape[-2:], device=origin.device)
+            if bool((origin < 0).any()) or bool((origin + window > torch.tensor(in_hw, device=origin.device)).any()):
                 r.mul_(_inside(origin, r.shape[-2:], in_hw))  # clear the zero padding (windows at a border)
         elif isinstance(m, nn.MaxPool2d):
             sw = rec.switches[i]
             r = _unpool_window(r, origin, image, sw)
-            origin = origin * torch.tensor(sw.stride, device=origin.device) - torch.tensor(sw.padding, device=origin.device)
+            origin = (origin * torch.tensor(sw.stride, device=origin.device)
+                      - torch.tensor(sw.padding, device=origin.device))
         elif isinstance(m, nn.ReLU):
             r.clamp_(min=0)  # r is this walk's own tensor: rectify in place
         else:
@@ -536,4 +538,5 @@ def croppable(net: Net, depth: int) -> bool:
     if not all(isinstance(m, CROPPABLE) for m in below):
         return False
     # the cropped walk needs numeric zero padding; the whole-map walk handles the others
-    return not any(isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros") for m in below)
+    return not any(isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros")
+                   for m in below)

@@ -280,7 +280,8 @@ class Deconvnet:
             top-left pixels (may be negative), (N,) the units' activations.
         """
         layer = self.net.resolve(layer)
-        image, channel, unit = (_whole_numbers(t, what) for t, what in ((image, "image"), (channel, "channel"), (unit, "unit")))
+        image, channel, unit = (_whole_numbers(t, what)
+                                for t, what in ((image, "image"), (channel, "channel"), (unit, "unit")))
         _, c, h, w = self._output_shape(x, layer)
         n = len(image)
         if channel.shape != (n,) or unit.shape != (n, 2):

@@ -187,7 +187,8 @@ class _DeconvMode(TorchFunctionMode):
         if declared is not None and getattr(declared, "_deconvnet_gate", None) is not None:
             return declared  # a gate: a constant, not the signal
         if refused is None and rect is None and declared is None:
-            why = (ops.check(func, args, kwargs, self.dependent) or ops.check_spelling(func, args, kwargs, self.dependent)
+            why = (ops.check(func, args, kwargs, self.dependent)
+                   or ops.check_spelling(func, args, kwargs, self.dependent)
                    or ops.max_over_joined(func, args, kwargs, self.joined))
             refused = self.refuse(func, why, args, kwargs) if why is not None else None
         if rect is not None and refused is None:

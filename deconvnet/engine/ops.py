@@ -158,7 +158,12 @@ KNOWN_NONLINEAR: dict[Callable, str] = {
 #: modules with no deconvnet rule, refused before any forward (``check_modules``); the allow-list catches
 #: any other module by the functions its forward calls
 REFUSED_MODULES: tuple[type, ...] = tuple(
-    getattr(nn, n) for n in ["SiLU", "GELU", "Hardswish", "Hardsigmoid", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "ELU", "SELU", "CELU", "LeakyReLU", "PReLU", "RReLU", "Mish", "Softplus", "Softsign", "Softshrink", "Hardshrink", "Tanhshrink", "ReLU6", "Hardtanh", "GLU", "LogSigmoid", "LocalResponseNorm", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "MultiheadAttention", "Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer"] if hasattr(nn, n)
+    getattr(nn, n) for n in ["SiLU", "GELU", "Hardswish", "Hardsigmoid", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+                             "Softmin", "Softmax2d", "ELU", "SELU", "CELU", "LeakyReLU", "PReLU", "RReLU", "Mish",
+                             "Softplus", "Softsign", "Softshrink", "Hardshrink", "Tanhshrink", "ReLU6", "Hardtanh",
+                             "GLU", "LogSigmoid", "LocalResponseNorm", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+                             "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "MultiheadAttention", "Transformer",
+                             "TransformerEncoderLayer", "TransformerDecoderLayer"] if hasattr(nn, n)
 )
 
 
@@ -300,7 +305,8 @@ def check_cast(func: Callable, out: Any) -> str | None:
 #: modules of ``REFUSED_MODULES`` that ``extend=True`` lets through (their functions get the declared rules),
 #: each with the rule that a refusal without the opt-in names
 EXTENDED_MODULES_RULE: dict[str, str] = {
-    **{n: f"{n} as ReLU" for n in ["SiLU", "GELU", "Hardswish", "Mish", "ELU", "CELU", "SELU", "LeakyReLU", "PReLU", "Softplus", "ReLU6"]},
+    **{n: f"{n} as ReLU" for n in ["SiLU", "GELU", "Hardswish", "Mish", "ELU", "CELU", "SELU", "LeakyReLU", "PReLU",
+                                   "Softplus", "ReLU6"]},
     "Hardtanh": "Hardtanh(min 0) as ReLU (only with min_val=0)",
     "Sigmoid": "sigmoid gate held constant (only as a factor of a product with the signal)",
     "Hardsigmoid": "hardsigmoid gate held constant (only as a factor of a product with the signal)",

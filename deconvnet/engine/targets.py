@@ -11,7 +11,8 @@ from ..models import Net
 from .types import Position, Target
 
 
-def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], torch.Tensor], torch.Tensor,
+                                                                        torch.Tensor, torch.Tensor]:
     """A function building the seed (B, C, h, w) or (B, F), and per image: channel, activation, position."""
     b, c = act.shape[:2]
     spatial = act.dim() == 4

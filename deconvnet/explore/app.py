@@ -360,7 +360,8 @@ class Explorer(ExplorerState):
         k = int(act.flatten().argmax())
         r, c = divmod(k, act.shape[1])
         # said of the app's own choice only: after a click the unit on show is the user's (no stale line)
-        if getattr(self, "picked_strongest", False) and (r, c) != self.position and mask is not None and not bool(mask[r, c]) and float(act[r, c]) > float(act[self.position]):
+        if (getattr(self, "picked_strongest", False) and (r, c) != self.position and mask is not None
+                and not bool(mask[r, c]) and float(act[r, c]) > float(act[self.position])):
             return (f"<br>The strongest unit away from the border; the map's maximum, {float(act[r, c]):.4g} at "
                     f"({r}, {c}), is a border unit whose receptive field reaches into the zero padding.")
         return ""
@@ -440,7 +441,8 @@ class Explorer(ExplorerState):
         w["images"].observe(guarded(lambda ch: self.select(image=ch["new"])), names="value")
         w["layer_filter"].observe(filtered, names="value")
         w["layer"].observe(guarded(lambda ch: ch["new"] is not None and self.select(layer=ch["new"])), names="value")
-        w["strongest"].observe(guarded(lambda ch: ch["new"] is not None and self.select(channel=ch["new"])), names="value")
+        w["strongest"].observe(guarded(lambda ch: ch["new"] is not None and self.select(channel=ch["new"])),
+                               names="value")
         w["channel"].observe(guarded(lambda ch: self.select(channel=ch["new"])), names="value")
         w["class"].observe(guarded(lambda ch: ch["new"] and self.select(channel=ch["new"])), names="value")
         w["method"].observe(guarded(lambda ch: self.select(method=ch["new"])), names="value")

@@ -91,7 +91,8 @@ def _forward_seconds(deconv: Deconvnet) -> float:
 
 def _is_dataset(obj: Any) -> bool:
     """A scan's collection (``deconvnet.data``): indexable items ``(x, i)`` and ``rgb(i)``."""
-    return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and hasattr(obj, "rgb") and not isinstance(obj, (str, list, tuple))
+    return (hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and hasattr(obj, "rgb")
+            and not isinstance(obj, (str, list, tuple)))
 
 
 def item_name(dataset: Any, i: int) -> str:
@@ -152,7 +153,8 @@ class ExplorerState:
             self.dataset = given
         else:
             for k, img in enumerate(given if isinstance(given, (list, tuple)) else [given]):
-                self._add_image(img, None if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__") else f"image {k}")
+                self._add_image(img,
+                                None if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__") else f"image {k}")
         if self.dataset is None and topk is not None:
             self.dataset = _scanned_dataset(topk, net)
         if self.dataset is not None:

@@ -93,7 +93,8 @@ class TileSource:
             rgb = pil_to_tensor01(self.dataset.rgb(i))
             for j, k in enumerate(ks):
                 v, _, (r, c) = entries[k]
-                if not torch.isclose(values[j].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3, atol=1e-5):
+                if not torch.isclose(values[j].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3,
+                                     atol=1e-5):
                     return (f"image {i} gives activation {float(values[j]):.6g} at {layer} channel {channel} ({r}, "
                             f"{c}), "
                             f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?")

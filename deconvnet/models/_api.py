@@ -115,7 +115,8 @@ def _load(
         state, provenance = loader()
         has_classifier = _load_into(model, state, arch, provenance)
     else:
-        looks_like_path = os.sep in source or source.endswith((".pth", ".pt", ".bin", ".ckpt")) or os.path.exists(source)
+        looks_like_path = (os.sep in source or source.endswith((".pth", ".pt", ".bin", ".ckpt"))
+                           or os.path.exists(source))
         if not looks_like_path:
             raise ValueError(f"unknown weights '{source}'. Hint: use one of {', '.join(WEIGHT_SOURCES)}")
         state, provenance = load_state_dict_file(source)
@@ -398,7 +399,8 @@ def wrap(
 _WRAPPED: weakref.WeakKeyDictionary[nn.Module, Net] = weakref.WeakKeyDictionary()
 
 
-def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, categories: Sequence[str] | None) -> Net:
+def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None,
+          categories: Sequence[str] | None) -> Net:
     from torchvision.models import VGG, AlexNet, WeightsEnum
 
     if weights is not None and not isinstance(weights, WeightsEnum):

@@ -265,7 +265,8 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, dict]:
             "torchvision-layout state_dict (keys like 'features.0.weight') saved with torch.save"
         )
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    provenance = {"weights": "file", "source": f"state_dict file {path.name}", "file": path.name, "sha256": sha256_file(path)}
+    provenance = {"weights": "file", "source": f"state_dict file {path.name}", "file": path.name,
+                  "sha256": sha256_file(path)}
     return state, provenance
 
 

@@ -81,7 +81,8 @@ def write_synthesis_figure(rows: Sequence[tuple[Synthesis, Sequence[FeatureTiles
         "figure": out.name, "figure_sha256": sha256_file(out), "recipe": first.recipe(), "settings": first.settings,
         "weights": first.weights, "provenance": first.provenance, "dataset": dataset_name, "n_images": n_images,
         "scaling": scaling,
-        "channels": [{"layer": s.layer, "channel": t.channel, "activation": float(s.activations[s.channels.index(t.channel)]),
+        "channels": [{"layer": s.layer, "channel": t.channel,
+                      "activation": float(s.activations[s.channels.index(t.channel)]),
                       "peak": float(s.peaks[s.channels.index(t.channel)]), "dataset_max": float(t.values[0]),
                       "top_images": [int(i) for i in t.images]}
                      for s, tiles in rows for t in tiles],
