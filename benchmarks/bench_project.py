@@ -156,10 +156,10 @@ def graph_section(args, sync) -> None:
         chans = torch.randint(0, c, (args.graph_targets,), generator=g)
         units = torch.stack([torch.randint(0, h, (args.graph_targets,), generator=g),
                              torch.randint(0, w, (args.graph_targets,), generator=g)], 1)
-        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units)]
+        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units, strict=True)]
         module = net.layers[layer]
         ours = deconv.project_many(x, targets)
-        for p, t in zip(ours[:3], targets):  # equal before timed
+        for p, t in zip(ours[:3], targets, strict=False):  # equal before timed (the first three)
             ref = NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
             ref = ref.detach() * p.activation[0]
             assert (p.projection - ref).abs().max() <= 1e-4 * ref.abs().max().clamp(min=1e-30)
@@ -221,13 +221,13 @@ def chain_section(args, sync) -> None:
         chans = torch.randint(0, c, (args.targets,), generator=g)
         units = torch.stack([torch.randint(0, h, (args.targets,), generator=g),
                              torch.randint(0, w, (args.targets,), generator=g)], 1)
-        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units)]
+        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units, strict=True)]
         cropped = dn.Deconvnet(net, crop=True, max_batch=args.batch)
         full = dn.Deconvnet(net, crop=False, max_batch=args.batch)
         # equality first: ours cropped = ours full = Captum x activation
         pc = cropped.project_many(x, targets[: args.captum_targets])
         pf = full.project_many(x, targets[: args.captum_targets])
-        for a, b, t in zip(pc, pf, targets):
+        for a, b, t in zip(pc, pf, targets, strict=False):  # strict=False: the first captum_targets are checked
             nd = NeuronDeconvolution(net.model, net.layers[layer])
             ref = nd.attribute(x.clone(), neuron_selector=(t.channel, *t.position)).detach() * a.activation[0]
             scale = ref.abs().max().clamp(min=1e-30)

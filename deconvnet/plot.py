@@ -167,7 +167,7 @@ def show(p, index: int = 0, axes: Sequence | None = None, scaling: str = DEFAULT
         _blank(ax)
     if title:
         names = ["input", "projection", "receptive field, zoomed", "projection, zoomed"]
-        for ax, name in zip(axes[:n], names):
+        for ax, name in zip(axes[:n], names, strict=False):  # strict=False: the panels shown
             ax.set_title(name, fontsize=10)
         fig.suptitle(f"{p.layer} channel {int(p.channel[index])}: activation {float(p.activation[index]):.3g} at "
                      f"{where(p, index)}", fontsize=10)

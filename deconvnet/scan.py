@@ -83,7 +83,7 @@ class TopK:
         """The kept ``(value, image index, (row, col))`` of one channel, strongest first."""
         out = []
         for v, i, (r, c) in zip(self.values[layer][channel].tolist(), self.images[layer][channel].tolist(),
-                                self.positions[layer][channel].tolist()):
+                                self.positions[layer][channel].tolist(), strict=True):
             if i >= 0:
                 out.append((v, i, (r, c)))
         return out

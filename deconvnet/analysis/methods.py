@@ -354,7 +354,7 @@ def plot_method_comparison(
         fig = axes[0, 0].figure
         fig.suptitle(suptitle, fontsize=9)
         fig.supxlabel(caption, fontsize=7, color="0.25")
-    for i, ((r, b), box) in enumerate(zip(rows, boxes)):
+    for i, ((r, b), box) in enumerate(zip(rows, boxes, strict=True)):
         axes[i, 0].imshow(image_array(net.deprocess(r.input[b : b + 1])[0]), interpolation="nearest")
         if box is not None:
             top, left, bottom, right = box

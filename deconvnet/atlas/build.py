@@ -299,7 +299,7 @@ def _walk(net: Net, x: torch.Tensor, slot: dict[int, int], jobs: list[_Job]) -> 
         unit = torch.tensor([[jobs[n].row, jobs[n].col] for n in idx])
         channel = torch.tensor([jobs[n].channel for n in idx])
         windows, _, value = deconv.project_units(x, layer, image, channel, unit)
-        for n, v in zip(idx, value.tolist()):
+        for n, v in zip(idx, value.tolist(), strict=True):
             j = jobs[n]
             if not np.isclose(v, j.value, rtol=1e-3, atol=1e-5):
                 raise ValueError(
@@ -310,7 +310,7 @@ def _walk(net: Net, x: torch.Tensor, slot: dict[int, int], jobs: list[_Job]) -> 
             raise RuntimeError(f"{layer}: projection window {tuple(windows.shape[-2:])} is not the receptive field "
                                f"{rf.size}")
         rgb = net.preprocessing.to_rgb_order(windows).detach().cpu()
-        for n, w in zip(idx, rgb):
+        for n, w in zip(idx, rgb, strict=True):
             out[n] = w
     return out  # type: ignore[return-value]
 

@@ -90,7 +90,7 @@ class ExactSum:
     def value(acc: dict[str, torch.Tensor]) -> torch.Tensor:
         """(C,) float64: each channel's exact sum, correctly rounded."""
         out = []
-        for limbs, bad in zip(acc["limbs"].tolist(), acc["nonfinite"].tolist()):
+        for limbs, bad in zip(acc["limbs"].tolist(), acc["nonfinite"].tolist(), strict=True):
             total = sum(v << (32 * j) for j, v in enumerate(limbs))
             try:
                 exact = total / (1 << ExactSum.OFFSET)

@@ -425,7 +425,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     print(f"{args.arch}, a {args.size}x{args.size} input: unit i of a map sees input pixels "
           "i*stride - padding ... i*stride - padding + field - 1 (each axis)")
     for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     print("default: * marks the layers the figure script and the atlas show when --layers is left out")
 
 

@@ -130,9 +130,9 @@ def cmd_evolution(args: argparse.Namespace) -> None:
                        device=args.device, progress=not args.quiet)
     paths = write_evolution(result, args.out, scaling=args.scaling)
     for layer in result.layers:
+        pairs = zip(result.labels, result.labels[1:], result.overlap[layer], strict=False)  # consecutive checkpoints
         print(f"{layer}: top-{args.k} overlap with the previous checkpoint " +
-              ", ".join(f"{a}->{b} {v:.2f}"
-                        for a, b, v in zip(result.labels, result.labels[1:], result.overlap[layer])))
+              ", ".join(f"{a}->{b} {v:.2f}" for a, b, v in pairs))
     for path in paths:
         print(f"wrote {path}")
     print(f"time {time.perf_counter() - t0:.1f}s")

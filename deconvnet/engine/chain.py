@@ -63,14 +63,14 @@ def conv_transpose_like(m: nn.Conv2d, r: torch.Tensor, in_hw: Sequence[int]) -> 
         if m.padding == "valid":
             padding = (0, 0)
         else:  # 'same' (stride 1): total padding d*(k-1), symmetric only when even
-            totals = [d * (kk - 1) for d, kk in zip(dilation, k)]
+            totals = [d * (kk - 1) for d, kk in zip(dilation, k, strict=True)]
             if any(t % 2 for t in totals):
                 raise ValueError(f"Conv2d padding='same' with asymmetric padding {totals} is not supported")
             padding = tuple(t // 2 for t in totals)
     else:
         padding = _pair(m.padding)
     out_pad = []
-    for n_in, n_out, s, p, d, kk in zip(in_hw, r.shape[-2:], stride, padding, dilation, k):
+    for n_in, n_out, s, p, d, kk in zip(in_hw, r.shape[-2:], stride, padding, dilation, k, strict=True):
         base = (n_out - 1) * s - 2 * p + d * (kk - 1) + 1
         out_pad.append(n_in - base)
     return F.conv_transpose2d(r, m.weight, None, stride, padding, tuple(out_pad), m.groups, dilation)

@@ -112,7 +112,7 @@ class _GeometryMode(TorchFunctionMode):
             k, d = tuple(w.shape[-2:]), _pair(_arg(args, kwargs, 5, "dilation", 1))
             p = _arg(args, kwargs, 4, "padding", 0)
             if isinstance(p, str):
-                p = (0, 0) if p == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k))
+                p = (0, 0) if p == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k, strict=True))
             return _step(x._rf, k, _pair(_arg(args, kwargs, 3, "stride", 1)), _pair(p), d)
         if name in _POOLS and x is not None and len(inputs) == 1:
             k = _pair(_arg(args, kwargs, 1, "kernel_size", 1))

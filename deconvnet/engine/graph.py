@@ -474,8 +474,8 @@ def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Calla
     with exclusive(net.model):
         _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce, rule=rule,
                              extend=extend, declared=declared)
-    rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names)},
-                 declared={layer: declared.get(n, {}) for layer, n in zip(layers, names)})
+    rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names, strict=True)},
+                 declared={layer: declared.get(n, {}) for layer, n in zip(layers, names, strict=True)})
     if reduce is None:
         check_finite(net, rec.activations)
     return rec

@@ -67,7 +67,7 @@ def receptive_field(net: Net, layer: str, hw: tuple[int, int] | None = None) -> 
             d = _pair(getattr(m, "dilation", 1))
             pad = m.padding
             if isinstance(pad, str):
-                pad = (0, 0) if pad == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k))
+                pad = (0, 0) if pad == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k, strict=True))
             pad = _pair(pad)
             for a in range(2):
                 k_eff = d[a] * (k[a] - 1) + 1

@@ -457,7 +457,7 @@ class Explorer(ExplorerState):
         clicks = {"image": self.click_image, "activation": self.click_map, "tiles": self.click_tile,
                   "tile_patches": self.click_tile}
         self._events = [Event(source=w[name], watched_events=["click"]) for name in clicks]
-        for event, click in zip(self._events, clicks.values()):
+        for event, click in zip(self._events, clicks.values(), strict=True):
             # dataX/dataY: the click in the picture's own pixels, whatever size the browser shows it at
             event.on_dom_event(guarded(lambda e, click=click: click(e["dataX"], e["dataY"])))
 

@@ -69,7 +69,7 @@ def unit_at_pixel(rf: ReceptiveField, map_size: tuple[int, int], row: float, col
     Unit i covers pixels ``[i j - P, i j - P + r - 1]``, centred at ``i j - P + (r - 1) / 2``.
     """
     out = []
-    for v, r, j, p, n in zip((row, col), rf.size, rf.jump, rf.padding, map_size):
+    for v, r, j, p, n in zip((row, col), rf.size, rf.jump, rf.padding, map_size, strict=True):
         i = math.floor((v + p - (r - 1) / 2) / j + 0.5)
         out.append(min(max(i, 0), n - 1))
     return out[0], out[1]
@@ -78,7 +78,7 @@ def unit_at_pixel(rf: ReceptiveField, map_size: tuple[int, int], row: float, col
 def inside(rf: ReceptiveField, map_size: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
     """(h, w) bool: the units whose receptive field lies inside the image (none of it on the zero padding)."""
     axes = []
-    for r, j, p, n, size in zip(rf.size, rf.jump, rf.padding, map_size, hw):
+    for r, j, p, n, size in zip(rf.size, rf.jump, rf.padding, map_size, hw, strict=True):
         start = torch.arange(n) * j - p
         axes.append((start >= 0) & (start + r <= size))
     return axes[0][:, None] & axes[1][None, :]
