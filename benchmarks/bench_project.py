@@ -27,6 +27,7 @@ import os
 import statistics
 import time
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,14 @@ def timed(fn, repeats: int, sync) -> float:
         sync()
         out.append(time.perf_counter() - t)
     return statistics.median(out)
+
+
+def captum_loop(net: dn.Net, module: torch.nn.Module, x: torch.Tensor, targets) -> None:
+    """Captum's NeuronDeconvolution, one call per target (its only way)."""
+    from captum.attr import NeuronDeconvolution
+
+    for t in targets:
+        NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
 
 
 class FlopCounter:
@@ -111,7 +120,7 @@ class UnpoolTimer:
 
 
 def load() -> str:
-    return "load average %.2f, %.2f, %.2f" % os.getloadavg()
+    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 def fields_section(args, sync) -> None:
@@ -124,7 +133,7 @@ def fields_section(args, sync) -> None:
         net = dn.load_model(arch, "random", seed=0, device=args.device)
         x = torch.zeros(1, 3, 224, 224, device=args.device)
         with torch.no_grad():
-            t_fwd = timed(lambda: net.model(x), args.repeats, sync)
+            t_fwd = timed(partial(net.model, x), args.repeats, sync)
         sync()
         t = time.perf_counter()
         rf = dn.Deconvnet(net).receptive_field(layer)
@@ -163,13 +172,8 @@ def graph_section(args, sync) -> None:
             ref = NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
             ref = ref.detach() * p.activation[0]
             assert (p.projection - ref).abs().max() <= 1e-4 * ref.abs().max().clamp(min=1e-30)
-        t_ours = timed(lambda: deconv.project_many(x, targets), args.repeats, sync)
-
-        def captum_loop():
-            for t in targets[: args.captum_targets]:
-                NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
-
-        t_captum = timed(captum_loop, args.repeats, sync)
+        t_ours = timed(partial(deconv.project_many, x, targets), args.repeats, sync)
+        t_captum = timed(partial(captum_loop, net, module, x, targets[: args.captum_targets]), args.repeats, sync)
         rows.append((layer, t_ours / args.graph_targets, t_captum / args.captum_targets))
     print(f"{'layer':8} {'ours batched':>13} {'Captum loop':>12}   {'vs Captum':>9}")
     for layer, ours, captum in rows:
@@ -234,16 +238,11 @@ def chain_section(args, sync) -> None:
             assert (a.projection - b.projection).abs().max() <= 1e-4 * scale
             if a.activation[0] > 0:
                 assert (a.projection - ref).abs().max() <= 1e-4 * scale
-        t_fwd = timed(lambda: record(net, x, [layer]), args.repeats, sync)
-        t_crop = timed(lambda: cropped.project_many(x, targets), args.repeats, sync)
-        t_full = timed(lambda: full.project_many(x, targets), args.repeats, sync)
-
-        def captum_loop():
-            for t in targets[: args.captum_targets]:
-                NeuronDeconvolution(net.model, net.layers[layer]).attribute(x.clone(),
-                                                                            neuron_selector=(t.channel, *t.position))
-
-        t_captum = timed(captum_loop, args.repeats, sync)
+        t_fwd = timed(partial(record, net, x, [layer]), args.repeats, sync)
+        t_crop = timed(partial(cropped.project_many, x, targets), args.repeats, sync)
+        t_full = timed(partial(full.project_many, x, targets), args.repeats, sync)
+        t_captum = timed(partial(captum_loop, net, net.layers[layer], x, targets[: args.captum_targets]), args.repeats,
+                         sync)
         with FlopCounter() as fc:
             cropped.project_many(x, targets)
         with UnpoolTimer(sync) as ut:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,18 @@ def _add(old: dict | None, part: dict | None) -> dict | None:
     }
 
 
+
+def _reducer(order: Sequence[str], tops: dict[str, torch.Tensor], bins: int) -> Callable[[torch.Tensor], dict]:
+    """The ``reduce`` of one batch's record. Record calls it once per layer, in forward order (ties: the order
+    given), and passes only the map: a queue over ``order`` tells which layer's bins a map gets."""
+    queue = iter(order)
+
+    def reduce(t: torch.Tensor) -> dict:
+        name = next(queue)
+        return _reduce(t, tops[name], bins) | {"layer": name}
+
+    return reduce
+
 def channel_stats(
     net: Net,
     dataset: Dataset,
@@ -301,11 +314,7 @@ def channel_stats(
         for batch in loader:
             merged = state
             if len(batch.index):
-                # record calls ``reduce`` once per layer, in forward order (ties: the order given), and
-                # passes only the map: the queue tells which layer's bins a map gets
-                queue = iter(order)
-                rec = record(net, batch.x, layers, switches=False,
-                             reduce=lambda t: _reduce(t, tops[(name := next(queue))], bins) | {"layer": name})
+                rec = record(net, batch.x, layers, switches=False, reduce=_reducer(order, tops, bins))
                 merged = dict(state)
                 for layer in layers:
                     part = rec.activations[layer]

@@ -426,42 +426,52 @@ def check_graph(net: Net, hw: Sequence[int], layers: Sequence[str] = (), *, rule
 def _probe(net: Net, hw: Sequence[int], key: tuple, rule: str) -> tuple | None:
     """One forward of a zero input under the mode: (``key``, layer -> why its output is refused)."""
     for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
-        shapes: dict[str, tuple[int, ...]] = {}
-        refused: dict[str, str] = {}
-        names: dict[nn.Module, str] = {}
-        for name, m in net.layers.items():
-            names.setdefault(m, name)
-
-        def hook(m, inputs, output):
-            name = names[original(m)]
-            if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
-                shapes[name] = tuple(output.shape)
-                why = mode.refused(output) or (ops.unseen(output) if output.requires_grad and not
-                                               mode.rule.autograd and not mode.marked(output) else None)
-                if why is not None:
-                    refused[name] = why if "Hint:" in why else f"layer '{name}' {why}. " + _HINT
-
-        x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype, requires_grad=True)
-        try:
-            with exclusive(net.model) as model, ExitStack() as stack:
-                token = stack.enter_context(own_call())
-                where = stack.enter_context(_where_tracker(model, token))
-                for m in names:
-                    stack.callback(m.register_forward_hook(hook).remove)
-                mode = _DeconvMode(where, rule, grad=True, extend=key[1])
-                mode.mark(x)
-                with torch.enable_grad(), mode:
-                    model(x)
-        except UnsupportedLayerError:
-            raise
-        except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+        found = _probe_size(net, size, key, rule)
+        if found is None:
             continue  # this size does not go through the model
+        shapes, refused, mode = found
         net.remember_shapes(size, shapes)
         if key[1]:
             net.declared = dict(mode.counts)
         _CHECKED[net.model] = (key, refused)
         return _CHECKED[net.model]
     return None  # neither size goes through: the forward of the call says why, in its own words
+
+
+def _probe_size(net: Net, size: tuple[int, ...], key: tuple, rule: str) -> tuple | None:
+    """The probe's forward at one input size: (layer -> output shape, layer -> why refused, the mode), or
+    ``None`` where the size does not go through the model."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    refused: dict[str, str] = {}
+    names: dict[nn.Module, str] = {}
+    for name, m in net.layers.items():
+        names.setdefault(m, name)
+
+    def hook(m, inputs, output):
+        name = names[original(m)]
+        if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
+            shapes[name] = tuple(output.shape)
+            why = mode.refused(output) or (ops.unseen(output) if output.requires_grad and not
+                                           mode.rule.autograd and not mode.marked(output) else None)
+            if why is not None:
+                refused[name] = why if "Hint:" in why else f"layer '{name}' {why}. " + _HINT
+
+    x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype, requires_grad=True)
+    try:
+        with exclusive(net.model) as model, ExitStack() as stack:
+            token = stack.enter_context(own_call())
+            where = stack.enter_context(_where_tracker(model, token))
+            for m in names:
+                stack.callback(m.register_forward_hook(hook).remove)
+            mode = _DeconvMode(where, rule, grad=True, extend=key[1])
+            mode.mark(x)
+            with torch.enable_grad(), mode:
+                model(x)
+    except UnsupportedLayerError:
+        raise
+    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+        return None
+    return shapes, refused, mode
 
 
 def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None, *,
