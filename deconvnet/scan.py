@@ -17,6 +17,7 @@ and ties, on every rank. One process is the case of one rank.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -602,10 +603,8 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
             found[layer] = scanned.select([layer])
             cache.store(found[layer].save, cache.entry(identity, layer))
         if own:
-            try:
+            with contextlib.suppress(OSError):
                 Path(checkpoint).unlink(missing_ok=True)  # its layers are stored
-            except OSError:
-                pass
     elif from_cache:
         skipped = found[layers[0]].provenance.get("skipped") or []
         if skipped and hasattr(dataset, "note_unreadable"):

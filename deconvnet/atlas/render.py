@@ -115,10 +115,7 @@ def histogram(counts: list[int], nonpos: int, top: float, *, log: bool, what: st
         bars.append(bar(x0 + i * slot, c, f"{lo:.4g} – {hi:.4g}: {c:,} {what}", "bin"))
     scale = (bins * slot) / top if top > 0 else 0.0
     xticks = [{"x": round(x0 + v * scale, 2), "label": f"{v:.3g}"} for v in _ticks(top)]
-    if log:
-        yvals = [10**e for e in range(0, int(math.log10(hmax)) + 1)]
-    else:
-        yvals = [v for v in _ticks(hmax) if v == int(v)]
+    yvals = [10**e for e in range(0, int(math.log10(hmax)) + 1)] if log else [v for v in _ticks(hmax) if v == int(v)]
     yticks = [{"y": round(HIST_TOP + plot_h - height(int(v)), 2), "label": f"{int(v):,}"} for v in yvals]
     return {
         "width": HIST_W, "height": HIST_H, "left": HIST_LEFT, "right": HIST_W - HIST_RIGHT, "top": HIST_TOP,

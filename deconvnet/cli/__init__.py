@@ -452,7 +452,8 @@ def _torchrun(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     args.device = distributed.init_from_env(args.device)
     stack.callback(distributed.shutdown)
     if not distributed.is_main():
-        stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115 (the ExitStack closes it)
+        stack.enter_context(contextlib.redirect_stdout(devnull))
     return stack
 
 

@@ -13,7 +13,7 @@ other ways (flips, rolls, spatial slices, transposes of the map's axes); the rea
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from . import ops
 Axis = tuple[int, int, int]  # (size r, jump j, padding P)
 #: (rows, cols, note), the note naming an adaptive pool on the way ("" if none: then the field holds at any
 #: input size); or the reason why there is no field
-Field = Union[tuple[Axis, Axis, str], str]
+Field = tuple[Axis, Axis, str] | str
 
 _POOLS = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
 _ADAPTIVE = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices", "_adaptive_avg_pool2d"}

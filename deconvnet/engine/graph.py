@@ -34,6 +34,7 @@ another thread runs untouched.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -142,9 +143,9 @@ class _DeconvMode(TorchFunctionMode):
     def refused(self, value: Any) -> str | None:
         """The reason a value (a tensor, or a structure of some) is refused, if it carries one."""
         for t in tree_flatten(value)[0]:
-            if isinstance(t, torch.Tensor):
-                if self.marked(t) and _tag(t, "_deconvnet_refused", self.token) is not None:
-                    return _tag(t, "_deconvnet_refused", self.token)
+            if (isinstance(t, torch.Tensor) and self.marked(t)
+                    and _tag(t, "_deconvnet_refused", self.token) is not None):
+                return _tag(t, "_deconvnet_refused", self.token)
         return None
 
     def joined(self, t: Any) -> Any:
@@ -704,11 +705,8 @@ def measure_boxes(model: nn.Module, module: nn.Module, hw: Sequence[int], channe
     x = torch.randn(1, channels, *hw, device=device, dtype=dtype).expand(2, -1, -1, -1).clone().requires_grad_(True)
     handle = module.register_forward_hook(hook)
     try:
-        with own_call() as token, torch.enable_grad(), _LinearSurrogate():
-            try:
-                eval_view(model)(x)  # the weights detached, the user's modules untouched (``models.lock``)
-            except _Stop:
-                pass
+        with own_call() as token, torch.enable_grad(), _LinearSurrogate(), contextlib.suppress(_Stop):
+            eval_view(model)(x)  # the weights detached, the user's modules untouched (``models.lock``)
     finally:
         handle.remove()
     y = out["y"]

@@ -37,6 +37,7 @@ an absolute value: neither is a max-pool). Only calls on the path from the input
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
 from collections.abc import Callable
@@ -195,10 +196,10 @@ def rectifier(func: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, 
         if _is_zero(_arg(args, kwargs, 1, "min")):
             return args[0], func in _CLAMP_MIN_INPLACE
         return None
-    if func in _THRESHOLD or func in _THRESHOLD_INPLACE:
-        if _is_zero(_arg(args, kwargs, 1, "threshold")) and _is_zero(_arg(args, kwargs, 2, "value")):
-            inplace = func in _THRESHOLD_INPLACE or bool(_arg(args, kwargs, 3, "inplace", False))
-            return args[0], inplace
+    if ((func in _THRESHOLD or func in _THRESHOLD_INPLACE)
+            and _is_zero(_arg(args, kwargs, 1, "threshold")) and _is_zero(_arg(args, kwargs, 2, "value"))):
+        inplace = func in _THRESHOLD_INPLACE or bool(_arg(args, kwargs, 3, "inplace", False))
+        return args[0], inplace
     return None
 
 
@@ -229,10 +230,8 @@ def describe(func: Callable) -> str:
             for n in dir(owner):
                 if n.startswith("_") and not n.startswith("__"):
                     continue
-                try:
+                with contextlib.suppress(TypeError):  # not hashable
                     _NAMES[getattr(owner, n)] = f"{prefix}.{n}"
-                except TypeError:  # not hashable
-                    pass
     try:
         if func in _NAMES:
             return _NAMES[func]

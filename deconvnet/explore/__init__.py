@@ -24,7 +24,7 @@ The package: ``state`` (what is computed and kept per image and layer), ``tiles`
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ..models import Net
 from ..plot import DEFAULT_SCALING

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -25,7 +25,7 @@ from ..models import Net
 from ..plot import crop_box
 from ..scan import TopK
 
-Result = Union[FeatureTiles, str]  # the tiles, or why there are none
+Result = FeatureTiles | str  # the tiles, or why there are none
 
 
 class TileSource:

@@ -8,7 +8,7 @@ the tiles' ``TileWorker`` runs it: one request at a time, the newest wins, the m
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 from ..models import Net
 from ..synthesis import Synthesis, synthesize
@@ -16,7 +16,7 @@ from ..synthesis import Synthesis, synthesize
 #: the explorer's default: fewer steps than lucid's 512 (an answer in tens of seconds on a CPU, not minutes)
 DEFAULT_SETTINGS = {"steps": 128, "size": 96, "seed": 0}
 
-Wanted = Union[Synthesis, str]  # the image, or why there is none
+Wanted = Synthesis | str  # the image, or why there is none
 
 
 class WantsSource:
