@@ -77,7 +77,8 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (shared machine: timings vary by about 20%)")
     print()
-    header = f"{'model':9} {'layer':8} {'channels':>8} {'proj':>6} {'scan s':>7} {'stats s':>7} {'project s':>9} {'write s':>7} {'total s':>7} {'project/scan':>12} {'site MB':>8} {'files':>6}"
+    header = (f"{'model':9} {'layer':8} {'channels':>8} {'proj':>6} {'scan s':>7} {'stats s':>7} {'project s':>9} "
+              f"{'write s':>7} {'total s':>7} {'project/scan':>12} {'site MB':>8} {'files':>6}")
     rows, details = [], []
     for arch, weights, layers in runs:
         with warnings.catch_warnings():

@@ -177,7 +177,8 @@ class ScanCache:
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):
                 pass
         except OSError as err:
-            raise ValueError(f"the scan cache '{self.folder}' cannot be written ({err.strerror or err}). {hint}") from None
+            raise ValueError(f"the scan cache '{self.folder}' cannot be written ({err.strerror or err}). "
+                             f"{hint}") from None
 
     @property
     def files_memo(self) -> Path:

@@ -10,8 +10,8 @@ at most one entry per group and channel, so that one feature's top 9 come from 9
 A folder may hold files that cannot be read. They never stop a scan:
 
 * at construction, every file's header is opened (cheap: no pixel decoding, about 3 s per 50,000 JPEGs
-  on a warm disk; under torchrun each rank opens its share and the ranks' findings are merged); files that PIL cannot identify are left out of ``paths`` and counted in one
-  ``UnreadableImagesWarning``;
+  on a warm disk; under torchrun each rank opens its share and the ranks' findings are merged); files that
+  PIL cannot identify are left out of ``paths`` and counted in one ``UnreadableImagesWarning``;
 * files whose header is fine but whose pixels cannot be decoded (truncated, corrupt) are found when they
   are loaded: ``__getitem__`` then returns ``(None, i)``, and ``collate`` drops those items, reporting
   their indices in ``Batch.skipped``. ``batches`` wraps a ``DataLoader`` with ``collate`` and, when the

@@ -284,7 +284,8 @@ def write_layer_figure(
                 "tiles": [
                     {"image": int(i), "label": lab, "source": src, "activation": float(v),
                      "position": [int(a) for a in p], "box": list(b)}
-                    for v, i, p, b, lab, src in zip(t.values, t.images, t.positions, t.boxes, t.labels, t.sources, strict=True)
+                    for v, i, p, b, lab, src in zip(t.values, t.images, t.positions, t.boxes, t.labels, t.sources,
+                                                    strict=True)
                 ],
             }
             for t in features

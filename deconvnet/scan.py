@@ -11,8 +11,8 @@ lower row-major position. So the result does not depend on batch size, workers o
 
 Inside an initialised ``torch.distributed`` process group (``torchrun``), each rank scans its share of
 the dataset, every ``world``-th batch (``deconvnet.distributed.batch_shard``), with its own checkpoint,
-and the ranks' top-k states merge exactly (``_merge_ranks``): the result equals the one-process result, values, images, positions
-and ties, on every rank. One process is the case of one rank.
+and the ranks' top-k states merge exactly (``_merge_ranks``): the result equals the one-process result,
+values, images, positions and ties, on every rank. One process is the case of one rank.
 """
 
 from __future__ import annotations
@@ -390,9 +390,9 @@ def scan_top_k(
         cache: True: look the scan up in the shared scan cache (``deconvnet.cache``: ``$DECONVNET_CACHE``,
             else ``~/.cache/deconvnet``) and store it there, so that the figure script, the atlas and the
             notebooks scan a dataset once; a folder: a cache there. One process only: under
-            torch.distributed the ranks scan (their per-rank checkpoints make a rerun resume). Found by the weights' digest, the
-            dataset's description, the layer, per_group and k (an entry with more entries per channel
-            serves a smaller k); layers not found are scanned (resumably: without ``checkpoint``, the
+            torch.distributed the ranks scan (their per-rank checkpoints make a rerun resume). Found by the
+            weights' digest, the dataset's description, the layer, per_group and k (an entry with more entries
+            per channel serves a smaller k); layers not found are scanned (resumably: without ``checkpoint``, the
             checkpoint lies in the cache). A dataset without ``describe()`` cannot be identified and is
             scanned without the cache, with a warning.
 

@@ -101,9 +101,9 @@ def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Ten
     """The deconvnet's seed for a target (Zeiler & Fergus: the target's activations, the rest zero).
 
     Uses the engine's own target selection (``engine.select_target``), so it means what
-    ``Deconvnet.project`` means: ``channel="max"`` is the channel holding the layer's strongest activation, ``position="max"``
-    that channel's strongest unit, ``"all"`` the whole map, a (row, col) or a (B, 2) integer tensor one
-    unit, a float or bool (h, w) / (B, h, w) tensor a mask weighting the map.
+    ``Deconvnet.project`` means: ``channel="max"`` is the channel holding the layer's strongest activation,
+    ``position="max"`` that channel's strongest unit, ``"all"`` the whole map, a (row, col) or a (B, 2) integer
+    tensor one unit, a float or bool (h, w) / (B, h, w) tensor a mask weighting the map.
 
     Returns:
         ``(seed, channel, activation, position)``: seed shaped like the layer's output (B, C, h, w) or
@@ -229,7 +229,8 @@ class MethodComparison:
         deconvolution_error: per image, max |ours - Captum Deconvolution| / max |ours| (the cross-check).
         input: the model input.
         weights: ``net.describe()``.
-        target_labels: per image, a readable name of the target (``conv5_3 ch 12 / unit (3, 4)``, ``class score fc8[281] (tabby)``).
+        target_labels: per image, a readable name of the target (``conv5_3 ch 12 / unit (3, 4)``,
+            ``class score fc8[281] (tabby)``).
     """
 
     target: Target
@@ -340,9 +341,9 @@ def plot_method_comparison(
     boxes = [_unit_box(net, r, b) for r, b in rows]
     suptitle = "One target, three backward rules: deconvnet, guided backprop and gradient"
     caption = (f"{RULES_CAPTION}\nAll start from the same seed (the deconvnet's: the target's activation, all else "
-               "zero); "
-               f"zero = gray ({scaling} scaling)."
-               + ((" Yellow box: the receptive field of the target unit" + ("; a unit's maps are cropped to it." if crop else "."))
+               f"zero); zero = gray ({scaling} scaling)."
+               + ((" Yellow box: the receptive field of the target unit"
+                   + ("; a unit's maps are cropped to it." if crop else "."))
                   if any(bx is not None for bx in boxes) else "")
                + f"\n{net.describe()}")
     if axes is None:

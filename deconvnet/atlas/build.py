@@ -523,7 +523,8 @@ def build_atlas(
                             progress=progress, cache=cache)  # the shared scan cache: the figure script's scan serves
         for layer in missing if main else ():
             _layer_topk(result, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
-    topks = distributed.on_main(lambda: {layer: TopK.load(scans / f"topk-{layer_folder(layer)}.pt") for layer in all_layers})
+    topks = distributed.on_main(
+        lambda: {layer: TopK.load(scans / f"topk-{layer_folder(layer)}.pt") for layer in all_layers})
     timings["scan"] = time.perf_counter() - t
 
     # 2. activation statistics (histograms): one more pass, for the layers without them
@@ -535,7 +536,8 @@ def build_atlas(
                                checkpoint=scans / f"stats-{_hash([identity, missing])}.pt", progress=progress)
         for layer in missing if main else ():
             result[layer].save(scans / f"stats-{layer_folder(layer)}.pt")
-    stats = distributed.on_main(lambda: {layer: ChannelStats.load(scans / f"stats-{layer_folder(layer)}.pt") for layer in all_layers})
+    stats = distributed.on_main(
+        lambda: {layer: ChannelStats.load(scans / f"stats-{layer_folder(layer)}.pt") for layer in all_layers})
     timings["stats"] = time.perf_counter() - t
 
     # 3. which channels get pages: those of earlier runs, and those asked for now

@@ -129,7 +129,8 @@ def _dataset_name(dataset: Any) -> str:
     describe = getattr(dataset, "describe", None)
     d = describe() if describe else {}
     if d.get("kind") == "demo":
-        return f"the offline demo collection ({len(d.get('photos', []))} photographs bundled with scikit-image and matplotlib, cropped and mirrored)"
+        return (f"the offline demo collection ({len(d.get('photos', []))} photographs bundled with scikit-image and "
+                "matplotlib, cropped and mirrored)")
     if d.get("kind") == "folder":
         return f"the images under {d.get('root')}"
     return d.get("kind", type(dataset).__name__)

@@ -164,7 +164,8 @@ class ChannelStats:
             raise ValueError(f"cannot read channel statistics '{path}' ({type(err).__name__}). Hint: delete it and "
                              "rerun") from err
         if not isinstance(state, dict) or state.pop("format", None) != STATS_FORMAT:
-            raise ValueError(f"'{path}' is not deconvnet channel statistics (format {STATS_FORMAT}). Hint: delete it and rerun")
+            raise ValueError(f"'{path}' is not deconvnet channel statistics (format {STATS_FORMAT}). "
+                             "Hint: delete it and rerun")
         return cls(**state)
 
 
@@ -275,7 +276,8 @@ def channel_stats(
     tops = {layer: torch.where(t.double() > 0, t.double(), torch.ones_like(t.double())) for layer, t in tops.items()}
     for layer, t in tops.items():
         if t.shape != (net.channels[layer],):
-            raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), got {tuple(t.shape)}")
+            raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), "
+                             f"got {tuple(t.shape)}")
     # the batch size is part of it: a resumed pass then sums the same batches in the same order (bitwise)
     rank, world = distributed.world()
     indices = distributed.batch_shard(len(dataset), batch_size)

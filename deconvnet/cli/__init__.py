@@ -196,7 +196,8 @@ def cmd_atlas(args: argparse.Namespace) -> None:
                           arch_kwargs=args.arch_kwargs)  # before the weights load
     net = _load_net(args)
     check_forward_fits(net, args)
-    layers = default_layers(net) if args.layers is None else [layer.strip() for layer in args.layers.split(",") if layer.strip()]
+    layers = (default_layers(net) if args.layers is None
+              else [layer.strip() for layer in args.layers.split(",") if layer.strip()])
     layers = check_layers(net, layers)
     print(f"model: {net.describe()}")
     dataset, name = _load_data(args, net)
@@ -277,7 +278,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     net = _load_net(args)
     check_forward_fits(net, args)
-    layers = default_layers(net) if args.layers is None else list(dict.fromkeys(layer.strip() for layer in args.layers.split(",") if layer.strip()))
+    layers = (default_layers(net) if args.layers is None
+              else list(dict.fromkeys(layer.strip() for layer in args.layers.split(",") if layer.strip())))
     for layer in layers:
         net.check_layer(layer)
     print(f"model: {net.describe()}")

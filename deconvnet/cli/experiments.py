@@ -77,7 +77,8 @@ def cmd_evolution(args: argparse.Namespace) -> None:
     check_counts(("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
                  ("--resize", args.resize, 1), ("--crop", args.crop or 1, 1))
     check_data_options(args)
-    checkpoints = None if args.checkpoints is None else [Path(c.strip()) for c in args.checkpoints.split(",") if c.strip()]
+    checkpoints = (None if args.checkpoints is None
+                   else [Path(c.strip()) for c in args.checkpoints.split(",") if c.strip()])
     if checkpoints is not None:
         if not checkpoints:
             raise UsageError("--checkpoints is empty. Hint: --checkpoints epoch1.pt,epoch5.pt,...")
@@ -117,7 +118,8 @@ def cmd_evolution(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < len(dataset):
         dataset = Head(dataset, args.limit)
     print(f"data: {len(dataset)} images from {'the offline demo collection' if data is None else repr(data)}")
-    layers = None if args.layers is None else list(dict.fromkeys(layer.strip() for layer in args.layers.split(",") if layer.strip()))
+    layers = (None if args.layers is None
+              else list(dict.fromkeys(layer.strip() for layer in args.layers.split(",") if layer.strip())))
     if layers is None:
         layers = list(DEMO_LAYERS) if arch == DEMO_ARCH_NAME else default_layers(first)
     checkpoints = [first, *checkpoints[1:]]

@@ -56,10 +56,10 @@ def add_synthesis_parser(sub) -> None:
     s.add_argument("--steps", type=int, default=512, help="optimisation steps (the Distill article: 2560)")
     s.add_argument("--size", type=int, default=128, help="side of the synthesised image, in pixels")
     s.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate")
-    s.add_argument("--objective", default="channel", choices=OBJECTIVES, help="the channel's mean over the map, or its "
-                                                                              "centre unit")
-    s.add_argument("--transforms", default="standard", choices=RECIPES, help="transformation robustness: lucent's "
-                                                                             "standard, the Distill footnote's, or none")
+    s.add_argument("--objective", default="channel", choices=OBJECTIVES,
+                   help="the channel's mean over the map, or its centre unit")
+    s.add_argument("--transforms", default="standard", choices=RECIPES,
+                   help="transformation robustness: lucent's standard, the Distill footnote's, or none")
     s.add_argument("--batch", type=int, default=8, help="channels optimised together in one batch")
     s.add_argument("--compare", action="store_true", help="also scan --data (default: the offline demo collection) for "
                                                           "each channel's strongest activation, recorded beside the "
@@ -115,7 +115,8 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
                               dataset_max=None if dataset_max is None else [dataset_max[c] for c in done],
                               dataset_name=dataset_name)
     for i, c in enumerate(done):
-        line = f"{layer} channel {c}: mean {float(result.activations[i]):.4g}, strongest unit {float(result.peaks[i]):.4g}"
+        line = (f"{layer} channel {c}: mean {float(result.activations[i]):.4g}, "
+                f"strongest unit {float(result.peaks[i]):.4g}")
         if dataset_max is not None:
             line += f" (strongest in {dataset_name}: {dataset_max[c]:.4g})"
         print(line)

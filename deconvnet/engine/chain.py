@@ -188,8 +188,8 @@ def check_faithful(net: Net, depth: int) -> None:
         for kind, hooks in (("forward hook", module_globals._global_forward_hooks),
                             ("forward pre-hook", module_globals._global_forward_pre_hooks)):
             if hooks:
-                raise ValueError(f"a global {kind} is registered "
-                                 f"(torch.nn.modules.module.register_module_{kind.replace(' ', '_').replace('-', '_')}): "
+                register = f"register_module_{kind.replace(' ', '_').replace('-', '_')}"
+                raise ValueError(f"a global {kind} is registered (torch.nn.modules.module.{register}): "
                                  f"the chain walk cannot see what it changes. {_GRAPH_HINT}")
         walked = {id(m) for _, m in net.stack[: depth + 1]}
         holds: dict[int, bool] = {}

@@ -142,7 +142,8 @@ class Deconvnet:
         if engine not in ENGINES:
             raise ValueError(f"engine '{engine}' is not understood. Hint: one of {', '.join(ENGINES)}")
         if engine == "chain" and not net.is_chain:
-            raise ValueError(f"{net.arch} is not a chain of modules; engine='chain' cannot walk it. Hint: engine='auto'")
+            raise ValueError(f"{net.arch} is not a chain of modules; engine='chain' cannot walk it. "
+                             "Hint: engine='auto'")
         self.engine = "chain" if engine == "auto" and net.is_chain else ("graph" if engine == "auto" else engine)
         self.rule = rule = check_rule(rule)
         self.extend = extend

@@ -336,7 +336,8 @@ class Explorer(ExplorerState):
                 silent = not bool(self.activation()[self.channel].any())
                 idle = (" (the whole channel is silent on this image: choose one of the strongest)" if silent
                         else " (not active: nothing to project; click a bright cell)")
-            what = f"<b>{escape(self.layer)} channel {self.channel}</b>: activation {a:.4g}{escape(idle)} at {escape(where(p))}"
+            what = (f"<b>{escape(self.layer)} channel {self.channel}</b>: activation {a:.4g}{escape(idle)} "
+                    f"at {escape(where(p))}")
             what += self._border_note()
         tiles = f"top-k tiles {t['tiles'] * 1e3:.0f} ms (after the view), " if t.get("tiles", 0) > 0.001 else ""
         self._w["status"].value = (

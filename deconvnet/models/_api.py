@@ -413,7 +413,8 @@ def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None,
     channels = first_conv.in_channels if first_conv is not None else 3
     if preprocessing is None:
         gray = channels == 1
-        preprocessing = torchvision_preprocessing(weights) if weights is not None else (GRAYSCALE if gray else TORCHVISION)
+        preprocessing = (torchvision_preprocessing(weights) if weights is not None
+                         else (GRAYSCALE if gray else TORCHVISION))
     if categories is None and weights is not None:
         categories = weights.meta.get("categories")
     provenance = {

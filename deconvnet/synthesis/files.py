@@ -45,7 +45,8 @@ def write_synthesis(result: Synthesis, out: str | os.PathLike, *, arch: str,
         rec = result.record(i) | {"image": path.name, "image_sha256": sha256_file(path)}
         if dataset_max is not None:
             rec["dataset_max"] = float(dataset_max[i])
-            rec["peak_over_dataset_max"] = float(result.peaks[i]) / float(dataset_max[i]) if dataset_max[i] > 0 else None
+            rec["peak_over_dataset_max"] = (float(result.peaks[i]) / float(dataset_max[i]) if dataset_max[i] > 0
+                                            else None)
         records.append(rec)
     sidecar = out / f"synthesis_{arch}_{result.layer}.json"
     meta = {

@@ -64,7 +64,8 @@ class Synthesis:
     def recipe(self) -> str:
         """One line: what made the images (printed under every figure and page that shows one)."""
         s = self.settings
-        done = f"{s['steps_done']} of {s['steps']} steps (interrupted)" if s.get("interrupted") else f"{s['steps']} steps"
+        done = (f"{s['steps_done']} of {s['steps']} steps (interrupted)" if s.get("interrupted")
+                else f"{s['steps']} steps")
         return (f"Feature visualisation (Olah et al. 2017): {s['objective']} objective, {done}, Adam lr {s['lr']:g}, "
                 f"{s['size']} px, seed {s['seed']}; {s['parameterisation']}; transforms: {s['transforms_text']}. "
                 f"{self.weights}.")
@@ -121,7 +122,8 @@ def layer_output(net: Net, x: torch.Tensor, layer: str) -> torch.Tensor:
         finally:
             handle.remove()
     if "out" not in kept:
-        raise ValueError(f"the forward of {net.arch} never called layer '{layer}'. Hint: name a module its forward uses")
+        raise ValueError(f"the forward of {net.arch} never called layer '{layer}'. "
+                         "Hint: name a module its forward uses")
     return kept["out"]
 
 
