@@ -273,11 +273,7 @@ def channel_stats(
     layers = list(tops)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
-    tops = {layer: torch.where(t.double() > 0, t.double(), torch.ones_like(t.double())) for layer, t in tops.items()}
-    for layer, t in tops.items():
-        if t.shape != (net.channels[layer],):
-            raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), "
-                             f"got {tuple(t.shape)}")
+    tops = _checked_tops(net, tops)
     # the batch size is part of it: a resumed pass then sums the same batches in the same order (bitwise)
     rank, world = distributed.world()
     indices = distributed.batch_shard(len(dataset), batch_size)
@@ -293,14 +289,7 @@ def channel_stats(
             warnings.warn(line, UserWarning, stacklevel=2)
         checkpoint = distributed.rank_path(checkpoint)
     if checkpoint is not None and Path(checkpoint).is_file():
-        try:
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"cannot read statistics checkpoint '{checkpoint}' ({type(err).__name__}). "
-                             "Hint: delete it and rerun") from err
-        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
-            raise ValueError(f"statistics checkpoint '{checkpoint}' belongs to other arguments. Hint: delete it")
-        state, start, n_images = saved["state"], int(saved["next_index"]), int(saved["n_images"])
+        state, start, n_images = _resume(checkpoint, fingerprint)
 
     def save_checkpoint() -> None:
         torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state},
@@ -344,20 +333,42 @@ def channel_stats(
     for part, _ in shares:
         state = {layer: _add(state[layer], part[layer]) for layer in layers}
     n_images = sum(n for _, n in shares)
-    out = {}
-    for layer in layers:
-        s = state[layer]
-        c = net.channels[layer]
-        if s is None:  # no readable image at all
-            s = {"units": torch.zeros(c, bins, dtype=torch.long), "units_nonpos": torch.zeros(c, dtype=torch.long),
-                 "sum": ExactSum.zeros(c), "sum_sq": ExactSum.zeros(c),
-                 "min": torch.full((c,), float("inf"), dtype=torch.float64),
-                 "image_max": torch.zeros(c, bins, dtype=torch.long), "image_nonpos": torch.zeros(c, dtype=torch.long),
-                 "hw": torch.tensor([0, 0])}
-        h, w = (int(v) for v in s["hw"])
-        out[layer] = ChannelStats(
-            layer=layer, bins=bins, top=tops[layer], units=s["units"], units_nonpos=s["units_nonpos"],
-            n_units=n_images * h * w, image_max=s["image_max"], image_nonpos=s["image_nonpos"], n_images=n_images,
-            sum=ExactSum.value(s["sum"]), sum_sq=ExactSum.value(s["sum_sq"]), min=s["min"],
-        )
-    return out
+    return {layer: _finish(layer, state[layer], net.channels[layer], tops[layer], bins, n_images) for layer in layers}
+
+
+def _checked_tops(net: Net, tops: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tops`` in float64 with the values that are not positive replaced by 1; one value per channel or refused."""
+    tops = {layer: torch.where(t.double() > 0, t.double(), torch.ones_like(t.double())) for layer, t in tops.items()}
+    for layer, t in tops.items():
+        if t.shape != (net.channels[layer],):
+            raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), "
+                             f"got {tuple(t.shape)}")
+    return tops
+
+
+def _resume(checkpoint: str | os.PathLike, fingerprint: str) -> tuple[dict[str, Any], int, int]:
+    """(state, next index, images counted) of a statistics checkpoint made with these arguments, or refused."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read statistics checkpoint '{checkpoint}' ({type(err).__name__}). "
+                         "Hint: delete it and rerun") from err
+    if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+        raise ValueError(f"statistics checkpoint '{checkpoint}' belongs to other arguments. Hint: delete it")
+    return saved["state"], int(saved["next_index"]), int(saved["n_images"])
+
+
+def _finish(layer: str, s: dict[str, Any] | None, c: int, top: torch.Tensor, bins: int, n_images: int) -> ChannelStats:
+    """One layer's merged state as ``ChannelStats`` (``s`` is None when no image could be read)."""
+    if s is None:  # no readable image at all
+        s = {"units": torch.zeros(c, bins, dtype=torch.long), "units_nonpos": torch.zeros(c, dtype=torch.long),
+             "sum": ExactSum.zeros(c), "sum_sq": ExactSum.zeros(c),
+             "min": torch.full((c,), float("inf"), dtype=torch.float64),
+             "image_max": torch.zeros(c, bins, dtype=torch.long), "image_nonpos": torch.zeros(c, dtype=torch.long),
+             "hw": torch.tensor([0, 0])}
+    h, w = (int(v) for v in s["hw"])
+    return ChannelStats(
+        layer=layer, bins=bins, top=top, units=s["units"], units_nonpos=s["units_nonpos"],
+        n_units=n_images * h * w, image_max=s["image_max"], image_nonpos=s["image_nonpos"], n_images=n_images,
+        sum=ExactSum.value(s["sum"]), sum_sq=ExactSum.value(s["sum_sq"]), min=s["min"],
+    )
