@@ -423,6 +423,45 @@ def _folder_size(folder: Path, exclude: Path | None = None) -> tuple[int, int]:
     return size, files
 
 
+
+def _check_arguments(dataset: Any, *, features: Any, k: int, select: str, scaling: str, image_format: str,
+                     batch_size: int, bins: int) -> None:
+    """Refuse, before any work, the arguments of ``build_atlas`` that cannot be met."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"unknown image format '{image_format}'. Hint: one of {', '.join(IMAGE_FORMATS)}")
+    if select not in SELECTIONS:
+        raise ValueError(f"feature selection '{select}' is not understood. Hint: one of {', '.join(SELECTIONS)}")
+    for name, value in (("k", k), ("batch_size", batch_size), ("bins", bins)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(features, int) and not isinstance(features, bool) and features < 1:
+        raise ValueError(f"features must be at least 1 (or None for every channel), got {features}")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+
+
+def _page_channels(net: Net, topk: TopK, layer: str, earlier: list[int], asked: bool, features: Any, select: str,
+                   seed: int) -> list[int]:
+    """The channels of one layer that get pages: those of earlier runs, and those asked for now (``asked``: the
+    layer is named in this run; a layer without pages yet always gets them)."""
+    have = set(earlier)
+    if asked or not have:
+        c = net.channels[layer]
+        if features is None:
+            want = range(c)
+        elif isinstance(features, int):
+            want = select_features(topk, layer, features, select, seed)
+        else:
+            want = [int(v) for v in features]
+            bad = [v for v in want if not 0 <= v < c]
+            if bad:
+                raise ValueError(f"channel(s) {bad} out of range for layer '{layer}' ({c} channels)")
+        have |= set(want)
+    return sorted(have)
+
+
 def build_atlas(
     net: Net,
     dataset: Any,
@@ -478,19 +517,8 @@ def build_atlas(
     from .render import render_site
 
     layers = check_layers(net, layers)
-    if scaling not in SCALINGS:
-        raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"unknown image format '{image_format}'. Hint: one of {', '.join(IMAGE_FORMATS)}")
-    if select not in SELECTIONS:
-        raise ValueError(f"feature selection '{select}' is not understood. Hint: one of {', '.join(SELECTIONS)}")
-    for name, value in (("k", k), ("batch_size", batch_size), ("bins", bins)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(features, int) and not isinstance(features, bool) and features < 1:
-        raise ValueError(f"features must be at least 1 (or None for every channel), got {features}")
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty")
+    _check_arguments(dataset, features=features, k=k, select=select, scaling=scaling, image_format=image_format,
+                     batch_size=batch_size, bins=bins)
     out = Path(out)
     identity = _identity(net, dataset, k, per_group, scaling, image_format, bins)
     main = distributed.is_main()  # rank 0 reads and writes the folder; one process is rank 0
@@ -541,22 +569,9 @@ def build_atlas(
     timings["stats"] = time.perf_counter() - t
 
     # 3. which channels get pages: those of earlier runs, and those asked for now
-    channels: dict[str, list[int]] = {}
-    for layer in all_layers:
-        have = set(manifest["channels"].get(layer, []))
-        if layer in layers or not have:
-            c = net.channels[layer]
-            if features is None:
-                want = range(c)
-            elif isinstance(features, int):
-                want = select_features(topks[layer], layer, features, select, seed)
-            else:
-                want = [int(v) for v in features]
-                bad = [v for v in want if not 0 <= v < c]
-                if bad:
-                    raise ValueError(f"channel(s) {bad} out of range for layer '{layer}' ({c} channels)")
-            have |= set(want)
-        channels[layer] = sorted(have)
+    channels = {layer: _page_channels(net, topks[layer], layer, manifest["channels"].get(layer, []),
+                                      layer in layers, features, select, seed)
+                for layer in all_layers}
     manifest["channels"] = channels
     if main:
         write_json(manifest, out / "atlas.json")
