@@ -249,6 +249,26 @@ def cmd_project(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}  (load {t1 - t0:.1f}s, project {t2 - t1:.2f}s)")
 
 
+
+def _figure_kinds(only: str) -> tuple[str, ...]:
+    """The figure kinds ``--only`` names (all of them for ``all``), or a usage error."""
+    kinds = FIGURE_KINDS if only == "all" else tuple(k.strip() for k in only.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FIGURE_KINDS]
+    if unknown or not kinds:
+        raise UsageError(f"--only {only}: unknown figure kind {', '.join(unknown) or '(none)'}; use "
+                         f"{', '.join(FIGURE_KINDS)} or all")
+    return kinds
+
+
+def _check_boxes(args: argparse.Namespace) -> None:
+    """``--boxes``: a file, and only with ``--data``."""
+    if args.boxes is not None and args.data is None:
+        raise UsageError("--boxes needs --data, the folder its image names are relative to")
+    if args.boxes is not None and not args.boxes.is_file():
+        raise UsageError(f"--boxes '{args.boxes}' is not a file. Hint: a JSON of part boxes (see "
+                         "deconvnet/analysis/parts.json)")
+
+
 def cmd_figures(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -256,19 +276,11 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from ..distributed import is_main, on_main
     from ..engine import default_layers
 
-    kinds = FIGURE_KINDS if args.only == "all" else tuple(k.strip() for k in args.only.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FIGURE_KINDS]
-    if unknown or not kinds:
-        raise UsageError(f"--only {args.only}: unknown figure kind {', '.join(unknown) or '(none)'}; use "
-                         f"{', '.join(FIGURE_KINDS)} or all")
+    kinds = _figure_kinds(args.only)
     check_counts(("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
                  ("--crop", args.crop, 1), ("--resize", args.resize, 1), ("--workers", args.workers, 0))
     check_data_options(args)
-    if args.boxes is not None and args.data is None:
-        raise UsageError("--boxes needs --data, the folder its image names are relative to")
-    if args.boxes is not None and not args.boxes.is_file():
-        raise UsageError(f"--boxes '{args.boxes}' is not a file. Hint: a JSON of part boxes (see "
-                         "deconvnet/analysis/parts.json)")
+    _check_boxes(args)
     on_main(check_output_folder, args.out)
     check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
