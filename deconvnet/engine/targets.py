@@ -18,23 +18,7 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
     spatial = act.dim() == 4
     a4 = act if spatial else act.view(b, c, 1, 1)
     h, w = a4.shape[-2:]
-    ch = target.channel
-    if isinstance(ch, torch.Tensor):  # one channel per image
-        channels = ch.to(device=act.device, dtype=torch.long).reshape(-1)
-        if channels.numel() != b or not ((channels >= 0) & (channels < c)).all():
-            raise ValueError(f"per-image channels {ch.tolist()} must be {b} values in [0, {c}) for layer "
-                             f"'{target.layer}'")
-    elif isinstance(ch, str):
-        if ch != "max":
-            raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
-        channels = a4.flatten(2).amax(2).argmax(1)
-    else:
-        if isinstance(ch, numbers.Integral) and not isinstance(ch, bool):
-            ch = int(ch)  # numpy integers too
-        if isinstance(ch, bool) or not isinstance(ch, int) or not 0 <= ch < c:
-            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}' of {net.arch}, which has {c} "
-                             f"channels. Hint: use 0..{c - 1} or 'max'")
-        channels = torch.full((b,), ch, dtype=torch.long, device=act.device)
+    channels = _target_channels(a4, target, net)
     maps = a4[torch.arange(b, device=act.device), channels]  # (B, h, w)
     pos = target.position
     if isinstance(pos, str):
@@ -81,6 +65,30 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
         return seed.view_as(act)
 
     return seed_map, channels, activation, position
+
+
+
+def _target_channels(a4: torch.Tensor, target: Target, net: Net) -> torch.Tensor:
+    """(B,) the channel of each image that ``target.channel`` names (``a4``: the activations (B, C, h, w))."""
+    b, c = a4.shape[:2]
+    ch = target.channel
+    if isinstance(ch, torch.Tensor):  # one channel per image
+        channels = ch.to(device=a4.device, dtype=torch.long).reshape(-1)
+        if channels.numel() != b or not ((channels >= 0) & (channels < c)).all():
+            raise ValueError(f"per-image channels {ch.tolist()} must be {b} values in [0, {c}) for layer "
+                             f"'{target.layer}'")
+    elif isinstance(ch, str):
+        if ch != "max":
+            raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
+        channels = a4.flatten(2).amax(2).argmax(1)
+    else:
+        if isinstance(ch, numbers.Integral) and not isinstance(ch, bool):
+            ch = int(ch)  # numpy integers too
+        if isinstance(ch, bool) or not isinstance(ch, int) or not 0 <= ch < c:
+            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}' of {net.arch}, which has {c} "
+                             f"channels. Hint: use 0..{c - 1} or 'max'")
+        channels = torch.full((b,), ch, dtype=torch.long, device=a4.device)
+    return channels
 
 
 def is_point(position: Position) -> bool:
