@@ -56,24 +56,29 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N images of the demo collection")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--format", default="jpeg", choices=("jpeg", "png", "webp"))
-    parser.add_argument("--features", type=int, default=None, help="only the first N channels of each layer (default: all)")
+    parser.add_argument("--features", type=int, default=None, help="only the first N channels of each layer (default: "
+                                                                   "all)")
     parser.add_argument("--compare", default=None, metavar="ARCH:WEIGHTS:LAYERS",
-                        help="also measure another model in the same run (layers separated by +), e.g. vgg16:mri:conv3_3")
+                        help="also measure another model in the same run (layers separated by +), e.g. "
+                             "vgg16:mri:conv3_3")
     parser.add_argument("--out", type=Path, default=None, help="keep the atlases here (default: a temporary folder)")
     args = parser.parse_args()
 
-    runs = [(args.arch, args.weights, [l.strip() for l in args.layers.split(",") if l.strip()])]
+    runs = [(args.arch, args.weights, [layer.strip() for layer in args.layers.split(",") if layer.strip()])]
     if args.compare:
         arch, weights, layers = args.compare.split(":")
         runs.append((arch, weights, layers.split("+")))
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-atlas-"))
     features = list(range(args.features)) if args.features else None
     print(f"data: the demo collection{f', first {args.limit} images' if args.limit else ''}, 224 px; batch "
-          f"{args.batch_size}; images as {args.format}; {f'channels 0..{args.features - 1}' if features else 'every channel'}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"{args.batch_size}; images as {args.format}; "
+          f"{f'channels 0..{args.features - 1}' if features else 'every channel'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (shared machine: timings vary by about 20%)")
     print()
-    header = f"{'model':9} {'layer':8} {'channels':>8} {'proj':>6} {'scan s':>7} {'stats s':>7} {'project s':>9} {'write s':>7} {'total s':>7} {'project/scan':>12} {'site MB':>8} {'files':>6}"
+    header = (f"{'model':9} {'layer':8} {'channels':>8} {'proj':>6} {'scan s':>7} {'stats s':>7} {'project s':>9} "
+              f"{'write s':>7} {'total s':>7} {'project/scan':>12} {'site MB':>8} {'files':>6}")
     rows, details = [], []
     for arch, weights, layers in runs:
         with warnings.catch_warnings():
@@ -98,7 +103,8 @@ def main() -> None:
                         f"{tm['stats']:>7.1f} {tm['project']:>9.1f} {tm['write']:>7.1f} {total:>7.1f} "
                         f"{tm['project'] / tm['scan']:>11.2f}x {atlas.site_bytes / 2**20:>8.1f} {atlas.site_files:>6}")
             kinds = sizes_by_kind(out)
-            details.append(f"{arch} {layer}: " + ", ".join(f"{k} {b / 2**20:.2f} MB ({n} files)" for k, (b, n) in kinds.items()))
+            sizes = ", ".join(f"{k} {b / 2**20:.2f} MB ({n} files)" for k, (b, n) in kinds.items())
+            details.append(f"{arch} {layer}: " + sizes)
             if len(rows) == 1:
                 print(header)
             print(rows[-1], flush=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -114,7 +113,8 @@ def bench_files(n: int, tmp: Path) -> None:
     t_folder = time.perf_counter() - t
     assert len(paths) == len(ds) == n and ds.files_digest == digest.hexdigest()[:16]
     print(f"{n} files: listing {t_list:.2f} s, fingerprinting (stat of each) {t_print:.2f} s, "
-          f"together {t_list + t_print:.2f} s (aim: under 10 s); ImageFolder (also opens every header) {t_folder:.2f} s")
+          f"together {t_list + t_print:.2f} s (aim: under 10 s); "
+          f"ImageFolder (also opens every header) {t_folder:.2f} s")
 
 
 def main() -> None:

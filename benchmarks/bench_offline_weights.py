@@ -36,7 +36,8 @@ LAYERS = ("relu3_3", "relu4_3", "relu5_3")
 
 def measure(net: dn.Net, photos, size: int, n_channels: int) -> dict[str, dict[str, float]]:
     deconv = dn.Deconvnet(net)
-    rows: dict[str, dict[str, list[float]]] = {l: {"aniso": [], "hf": [], "dist": [], "alive": []} for l in LAYERS}
+    rows: dict[str, dict[str, list[float]]] = {
+        layer: {"aniso": [], "hf": [], "dist": [], "alive": []} for layer in LAYERS}
     for photo in photos:
         x = net.preprocess(photo, size=size, crop=size)
         acts = record(net, x, list(LAYERS), switches=False).activations
@@ -85,7 +86,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for source, per_layer in results.items():
         for layer, m in per_layer.items():
-            print(f"| {source} | {layer} | {m['anisotropy']:.2f} | {m['high_freq']:.2f} | {m['distinct']:.2f} | {m['alive']:.2f} |")
+            print(f"| {source} | {layer} | {m['anisotropy']:.2f} | {m['high_freq']:.2f} | {m['distinct']:.2f} | "
+                  f"{m['alive']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import os
 import statistics
 import time
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,14 @@ def timed(fn, repeats: int, sync) -> float:
         sync()
         out.append(time.perf_counter() - t)
     return statistics.median(out)
+
+
+def captum_loop(net: dn.Net, module: torch.nn.Module, x: torch.Tensor, targets) -> None:
+    """Captum's NeuronDeconvolution, one call per target (its only way)."""
+    from captum.attr import NeuronDeconvolution
+
+    for t in targets:
+        NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
 
 
 class FlopCounter:
@@ -74,7 +83,8 @@ def forward_flops(net, x, layer) -> int:
         nonlocal total
         total += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
 
-    handles = [m.register_forward_hook(hook) for _, m in net.stack[: net.depth(layer) + 1] if isinstance(m, torch.nn.Conv2d)]
+    handles = [m.register_forward_hook(hook)
+               for _, m in net.stack[: net.depth(layer) + 1] if isinstance(m, torch.nn.Conv2d)]
     try:
         record(net, x, [layer])
     finally:
@@ -110,7 +120,7 @@ class UnpoolTimer:
 
 
 def load() -> str:
-    return "load average %.2f, %.2f, %.2f" % os.getloadavg()
+    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 def fields_section(args, sync) -> None:
@@ -123,7 +133,7 @@ def fields_section(args, sync) -> None:
         net = dn.load_model(arch, "random", seed=0, device=args.device)
         x = torch.zeros(1, 3, 224, 224, device=args.device)
         with torch.no_grad():
-            t_fwd = timed(lambda: net.model(x), args.repeats, sync)
+            t_fwd = timed(partial(net.model, x), args.repeats, sync)
         sync()
         t = time.perf_counter()
         rf = dn.Deconvnet(net).receptive_field(layer)
@@ -145,7 +155,8 @@ def graph_section(args, sync) -> None:
     x = net.preprocess("astronaut", size=224, crop=224)
     g = torch.Generator().manual_seed(1)
     print(f"\n{load()}")
-    print(f"ResNet-50 (random weights; speed only), graph engine, image 224x224, {args.graph_targets} targets per layer "
+    print(f"ResNet-50 (random weights; speed only), graph engine, image 224x224, {args.graph_targets} targets per "
+          "layer "
           f"(Captum: {args.captum_targets}), median of {args.repeats}")
     rows = []
     for layer in ("layer2", "layer3", "layer4"):
@@ -154,20 +165,15 @@ def graph_section(args, sync) -> None:
         chans = torch.randint(0, c, (args.graph_targets,), generator=g)
         units = torch.stack([torch.randint(0, h, (args.graph_targets,), generator=g),
                              torch.randint(0, w, (args.graph_targets,), generator=g)], 1)
-        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units)]
+        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units, strict=True)]
         module = net.layers[layer]
         ours = deconv.project_many(x, targets)
-        for p, t in zip(ours[:3], targets):  # equal before timed
+        for p, t in zip(ours[:3], targets, strict=False):  # equal before timed (the first three)
             ref = NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
             ref = ref.detach() * p.activation[0]
             assert (p.projection - ref).abs().max() <= 1e-4 * ref.abs().max().clamp(min=1e-30)
-        t_ours = timed(lambda: deconv.project_many(x, targets), args.repeats, sync)
-
-        def captum_loop():
-            for t in targets[: args.captum_targets]:
-                NeuronDeconvolution(net.model, module).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
-
-        t_captum = timed(captum_loop, args.repeats, sync)
+        t_ours = timed(partial(deconv.project_many, x, targets), args.repeats, sync)
+        t_captum = timed(partial(captum_loop, net, module, x, targets[: args.captum_targets]), args.repeats, sync)
         rows.append((layer, t_ours / args.graph_targets, t_captum / args.captum_targets))
     print(f"{'layer':8} {'ours batched':>13} {'Captum loop':>12}   {'vs Captum':>9}")
     for layer, ours, captum in rows:
@@ -217,29 +223,26 @@ def chain_section(args, sync) -> None:
         rec = record(net, x, [layer])
         c, h, w = rec.activations[layer].shape[1:]
         chans = torch.randint(0, c, (args.targets,), generator=g)
-        units = torch.stack([torch.randint(0, h, (args.targets,), generator=g), torch.randint(0, w, (args.targets,), generator=g)], 1)
-        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units)]
+        units = torch.stack([torch.randint(0, h, (args.targets,), generator=g),
+                             torch.randint(0, w, (args.targets,), generator=g)], 1)
+        targets = [dn.Target(layer, int(ch), tuple(u.tolist())) for ch, u in zip(chans, units, strict=True)]
         cropped = dn.Deconvnet(net, crop=True, max_batch=args.batch)
         full = dn.Deconvnet(net, crop=False, max_batch=args.batch)
         # equality first: ours cropped = ours full = Captum x activation
         pc = cropped.project_many(x, targets[: args.captum_targets])
         pf = full.project_many(x, targets[: args.captum_targets])
-        for a, b, t in zip(pc, pf, targets):
+        for a, b, t in zip(pc, pf, targets, strict=False):  # strict=False: the first captum_targets are checked
             nd = NeuronDeconvolution(net.model, net.layers[layer])
             ref = nd.attribute(x.clone(), neuron_selector=(t.channel, *t.position)).detach() * a.activation[0]
             scale = ref.abs().max().clamp(min=1e-30)
             assert (a.projection - b.projection).abs().max() <= 1e-4 * scale
             if a.activation[0] > 0:
                 assert (a.projection - ref).abs().max() <= 1e-4 * scale
-        t_fwd = timed(lambda: record(net, x, [layer]), args.repeats, sync)
-        t_crop = timed(lambda: cropped.project_many(x, targets), args.repeats, sync)
-        t_full = timed(lambda: full.project_many(x, targets), args.repeats, sync)
-
-        def captum_loop():
-            for t in targets[: args.captum_targets]:
-                NeuronDeconvolution(net.model, net.layers[layer]).attribute(x.clone(), neuron_selector=(t.channel, *t.position))
-
-        t_captum = timed(captum_loop, args.repeats, sync)
+        t_fwd = timed(partial(record, net, x, [layer]), args.repeats, sync)
+        t_crop = timed(partial(cropped.project_many, x, targets), args.repeats, sync)
+        t_full = timed(partial(full.project_many, x, targets), args.repeats, sync)
+        t_captum = timed(partial(captum_loop, net, net.layers[layer], x, targets[: args.captum_targets]), args.repeats,
+                         sync)
         with FlopCounter() as fc:
             cropped.project_many(x, targets)
         with UnpoolTimer(sync) as ut:
@@ -250,7 +253,8 @@ def chain_section(args, sync) -> None:
         f_fwd = forward_flops(net, x, layer)
         rate_fwd = f_fwd / t_fwd
         rate_deconv = fc.flops / max(t_crop - t_fwd, 1e-9)
-        per = {"cropped": t_crop / args.targets, "full": t_full / args.targets, "captum": t_captum / args.captum_targets}
+        per = {"cropped": t_crop / args.targets, "full": t_full / args.targets,
+               "captum": t_captum / args.captum_targets}
         rows.append((layer, per, rate_deconv / 1e9, rate_fwd / 1e9, unpool_share))
     print(load())
     print(f"{'layer':8} {'ours cropped':>13} {'ours full':>10} {'Captum':>9}   {'vs Captum':>9} {'full/crop':>9}   "
@@ -262,7 +266,8 @@ def chain_section(args, sync) -> None:
     rec = record(net, x, ["pool5"])
     compact = sum(s.nbytes for s in rec.switches.values())
     int64 = sum(s.offsets.numel() * 8 for s in rec.switches.values())
-    print(f"\nswitches of one 224x224 image (pool1..pool5): compact {compact / 2**20:.2f} MiB, int64 {int64 / 2**20:.2f} MiB "
+    print(f"\nswitches of one 224x224 image (pool1..pool5): compact {compact / 2**20:.2f} MiB, int64 "
+          f"{int64 / 2**20:.2f} MiB "
           f"({compact / int64:.3f} of int64)")
 
 

@@ -75,7 +75,8 @@ def main() -> None:
         b.append(scan())
     ta, tb = statistics.median(a), statistics.median(b)
     print(f"{net.describe()}")
-    print(f"device {args.device}, threads {torch.get_num_threads()}, {len(x)} images {args.size}x{args.size}, batch {args.batch}, layers {','.join(layers)}")
+    print(f"device {args.device}, threads {torch.get_num_threads()}, {len(x)} images {args.size}x{args.size}, batch "
+          f"{args.batch}, layers {','.join(layers)}")
     print(f"plain forward   {len(x) / ta:8.2f} img/s  (median of {args.repeats}: {ta:.2f}s)")
     print(f"scan_top_k      {len(x) / tb:8.2f} img/s  (median of {args.repeats}: {tb:.2f}s)")
     print(f"scan overhead   {100 * (tb / ta - 1):+.1f}%  (aim: at most +10%)")

@@ -42,8 +42,16 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from .engine import Deconvnet, Projection, Record, Target  # noqa: F401
     from .explore import explore  # noqa: F401
     from .images import ImageReadError  # noqa: F401
-    from .models import (Net, WeightsError, WeightsFallbackWarning, load_alexnet, load_model,  # noqa: F401
-                         load_user_model, load_vgg, wrap)
+    from .models import (  # noqa: F401
+        Net,
+        WeightsError,
+        WeightsFallbackWarning,
+        load_alexnet,
+        load_model,
+        load_user_model,
+        load_vgg,
+        wrap,
+    )
     from .plot import show  # noqa: F401
     from .synthesis import Synthesis, synthesize  # noqa: F401
 

@@ -26,8 +26,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "deconvnet"
 
 
-def scan_cache_dir(cache: bool | str | os.PathLike | None) -> Optional[Path]:
+def scan_cache_dir(cache: bool | str | os.PathLike | None) -> Path | None:
     """Where scans are cached: None for ``False``/``None``; ``default_cache_dir()/scans`` for ``True``; a
     folder given as a path is used as it is."""
     if cache is None or cache is False:
@@ -110,7 +111,7 @@ def _file_digest(path: Path) -> str:
 
 
 def files_digest(paths: Sequence[os.PathLike | str], root: os.PathLike | str,
-                 memo: Optional[os.PathLike | str] = None) -> str:
+                 memo: os.PathLike | str | None = None) -> str:
     """A digest of the files' names (relative to ``root``) and contents: what the stat cannot tell.
 
     Every file is read once (blake2b, about the speed of reading it); with ``memo`` (a JSON file), a
@@ -169,13 +170,15 @@ class ScanCache:
         hint = "Hint: cache=False (--no-cache on the command line), or $DECONVNET_CACHE=<a writable folder>"
         for folder in (self.folder, *self.folder.parents):
             if folder.exists() and not folder.is_dir():
-                raise ValueError(f"the scan cache '{self.folder}' cannot be made: '{folder}' is a file, not a folder. {hint}")
+                raise ValueError(f"the scan cache '{self.folder}' cannot be made: '{folder}' is a file, not a folder. "
+                                 f"{hint}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):
                 pass
         except OSError as err:
-            raise ValueError(f"the scan cache '{self.folder}' cannot be written ({err.strerror or err}). {hint}") from None
+            raise ValueError(f"the scan cache '{self.folder}' cannot be written ({err.strerror or err}). "
+                             f"{hint}") from None
 
     @property
     def files_memo(self) -> Path:

@@ -10,8 +10,8 @@ at most one entry per group and channel, so that one feature's top 9 come from 9
 A folder may hold files that cannot be read. They never stop a scan:
 
 * at construction, every file's header is opened (cheap: no pixel decoding, about 3 s per 50,000 JPEGs
-  on a warm disk; under torchrun each rank opens its share and the ranks' findings are merged); files that PIL cannot identify are left out of ``paths`` and counted in one
-  ``UnreadableImagesWarning``;
+  on a warm disk; under torchrun each rank opens its share and the ranks' findings are merged); files that
+  PIL cannot identify are left out of ``paths`` and counted in one ``UnreadableImagesWarning``;
 * files whose header is fine but whose pixels cannot be decoded (truncated, corrupt) are found when they
   are loaded: ``__getitem__`` then returns ``(None, i)``, and ``collate`` drops those items, reporting
   their indices in ``Batch.skipped``. ``batches`` wraps a ``DataLoader`` with ``collate`` and, when the
@@ -39,8 +39,9 @@ import hashlib
 import operator
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -48,8 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
-from .images import BUNDLED_PHOTOS, ImageReadError, pil_to_tensor01, read_image, resize_center_crop
-from .images import bundled_photo
+from .images import BUNDLED_PHOTOS, ImageReadError, bundled_photo, pil_to_tensor01, read_image, resize_center_crop
 from .preprocessing import Preprocessing
 
 #: File name endings read by ``ImageFolder`` (compared case-insensitively).
@@ -81,7 +81,7 @@ class Batch(NamedTuple):
     skipped: list[int]
 
 
-def collate(items: Sequence[tuple[Optional[torch.Tensor], int]]) -> Batch:
+def collate(items: Sequence[tuple[torch.Tensor | None, int]]) -> Batch:
     """``collate_fn`` for a ``DataLoader`` over an ``ImageFolder`` or the demo collection.
 
     Drops the items whose image could not be read (``x is None``) instead of failing, and reports their
@@ -164,7 +164,7 @@ def _to_input(img: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
     return preprocessing.forward(pil_to_tensor01(img).unsqueeze(0))[0].contiguous()
 
 
-def _header_error(path: Path) -> Optional[str]:
+def _header_error(path: Path) -> str | None:
     """Why ``path`` is not an image file, reading only its header; None when it looks fine."""
     try:
         with Image.open(path) as im:
@@ -225,12 +225,12 @@ class ImageFolder(Dataset):
 
     def __init__(
         self,
-        root: Union[str, os.PathLike],
+        root: str | os.PathLike,
         *,
         preprocessing: Preprocessing,
         resize: int = 256,
         crop: int = 224,
-        progress: Optional[bool] = None,
+        progress: bool | None = None,
     ) -> None:
         _check_preprocessing(preprocessing)
         self.resize = _check_size("resize", resize)
@@ -305,7 +305,7 @@ class ImageFolder(Dataset):
         _, path = self._path(i)
         return resize_center_crop(read_image(path), self.resize, self.crop)
 
-    def __getitem__(self, i: int) -> tuple[Optional[torch.Tensor], int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
         """``(x, i)``: the (3, crop, crop) float32 model input, or ``(None, i)`` if the file is unreadable."""
         i, path = self._path(i)
         try:
@@ -382,7 +382,7 @@ class DemoCollection(Dataset):
     ``n >= P``. Each photograph is loaded once per process, on first use. Build with ``demo_collection``.
     """
 
-    def __init__(self, *, preprocessing: Preprocessing, size: int = 224, n: Optional[int] = None) -> None:
+    def __init__(self, *, preprocessing: Preprocessing, size: int = 224, n: int | None = None) -> None:
         _check_preprocessing(preprocessing)
         self.size = _check_size("size", size)
         self.preprocessing = preprocessing
@@ -465,7 +465,7 @@ class DemoCollection(Dataset):
         }
 
 
-def demo_collection(*, preprocessing: Preprocessing, size: int = 224, n: Optional[int] = None) -> DemoCollection:
+def demo_collection(*, preprocessing: Preprocessing, size: int = 224, n: int | None = None) -> DemoCollection:
     """The offline demo collection (374 inputs): 17 bundled photographs, cropped and mirrored.
 
     Args:
@@ -480,8 +480,8 @@ def demo_collection(*, preprocessing: Preprocessing, size: int = 224, n: Optiona
 
 
 def load_dataset(
-    spec: Union[str, os.PathLike, None], *, preprocessing: Preprocessing, resize: int = 256, crop: int = 224
-) -> Union[ImageFolder, DemoCollection]:
+    spec: str | os.PathLike | None, *, preprocessing: Preprocessing, resize: int = 256, crop: int = 224
+) -> ImageFolder | DemoCollection:
     """The collection a scan runs over.
 
     Args:

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
@@ -233,7 +234,8 @@ def check_agree(parts: dict[str, str], what: str) -> None:
                 differ.setdefault(name, []).append(r)
     if differ:
         said = "; ".join(f"{name} on rank {', '.join(map(str, ranks))}" for name, ranks in differ.items())
-        raise ValueError(f"the {size} processes disagree before the {what}, against rank 0: {said}. Hint: every process "
+        raise ValueError(f"the {size} processes disagree before the {what}, against rank 0: {said}. Hint: every "
+                         "process "
                          "needs the same images (the same files on every machine), weights, model and options")
 
 

@@ -10,22 +10,34 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .engine import Deconvnet, Target
-from .plot import PRINT_WIDTH, TICK_PT, TITLE_PT, text_height, wrap_to_width
+from .engine import Deconvnet, Target, receptive_field
 from .images import pil_to_tensor01
 from .io import write_json
-from .models.weights import sha256_file
 from .models import Net
-from .plot import DEFAULT_SCALING, SCALINGS, _blank, crop_box, describe_scaling, save_figure, scale_for_display
-from .engine import receptive_field
+from .models.weights import sha256_file
+from .plot import (
+    DEFAULT_SCALING,
+    PRINT_WIDTH,
+    SCALINGS,
+    TICK_PT,
+    TITLE_PT,
+    _blank,
+    crop_box,
+    describe_scaling,
+    save_figure,
+    scale_for_display,
+    text_height,
+    wrap_to_width,
+)
 from .scan import TopK
 
 SELECTIONS = ("random", "strongest")
@@ -85,7 +97,7 @@ def feature_tiles(
     layer: str,
     channels: Sequence[int],
     *,
-    deconv: Optional[Deconvnet] = None,
+    deconv: Deconvnet | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[FeatureTiles]:
@@ -111,7 +123,8 @@ def feature_tiles(
         p = deconv.project_many(x, [target])[0]
         proj = p.projection_rgb().detach().cpu()
         for b, (c, (v, i, (r, col))) in enumerate(chunk):
-            if not torch.isclose(p.activation[b].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3, atol=1e-5):
+            if not torch.isclose(p.activation[b].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3,
+                                 atol=1e-5):
                 raise ValueError(
                     f"image {i} gives activation {float(p.activation[b]):.6g} at {layer} channel {c} ({r}, {col}), "
                     f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?"
@@ -170,7 +183,8 @@ def plot_feature(tiles: FeatureTiles, axes: Sequence, scaling: str = DEFAULT_SCA
     for ax in axes[:2]:
         _blank(ax)
     if title:
-        axes[0].set_title(f"ch {tiles.channel}  (max {float(tiles.values[0]):.3g})", fontsize=TICK_PT, loc="left", pad=2)
+        axes[0].set_title(f"ch {tiles.channel}  (max {float(tiles.values[0]):.3g})", fontsize=TICK_PT, loc="left",
+                          pad=2)
     return axes[0].figure
 
 
@@ -180,7 +194,7 @@ def plot_layer_grid(
     title: str,
     footer: str,
     scaling: str = DEFAULT_SCALING,
-    cols: Optional[int] = None,
+    cols: int | None = None,
 ):
     """The paper's layout for one layer: per feature, the projections beside the image patches.
 
@@ -270,7 +284,8 @@ def write_layer_figure(
                 "tiles": [
                     {"image": int(i), "label": lab, "source": src, "activation": float(v),
                      "position": [int(a) for a in p], "box": list(b)}
-                    for v, i, p, b, lab, src in zip(t.values, t.images, t.positions, t.boxes, t.labels, t.sources)
+                    for v, i, p, b, lab, src in zip(t.values, t.images, t.positions, t.boxes, t.labels, t.sources,
+                                                    strict=True)
                 ],
             }
             for t in features

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 #: Photographs shipped inside installed packages' wheels (no download), usable wherever an image path is:
 #: name -> the package that ships it. The Figure 2 demo collection is made of them.
@@ -71,7 +70,7 @@ def _full_scale(a: np.ndarray) -> float:
     return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
 
 
-def read_image(path: Union[str, os.PathLike]) -> Image.Image:
+def read_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file as RGB.
 
     Raises:
@@ -124,7 +123,8 @@ def array_to_pil(a: np.ndarray) -> Image.Image:
         if not np.isfinite(a).all():
             raise ValueError("image array contains NaN or infinite values")
         if a.size and (a.max() > 1.0 + 1e-6 or a.min() < -1e-6):
-            raise ValueError(f"a float image must hold values in [0, 1]; this one spans [{a.min():.4g}, {a.max():.4g}]. "
+            raise ValueError(f"a float image must hold values in [0, 1]; this one spans [{a.min():.4g}, "
+                             f"{a.max():.4g}]. "
                              "Hint: divide 0-255 data by 255, or pass it as uint8")
         a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     elif a.dtype != np.uint8:

@@ -7,7 +7,8 @@ A 100000-px input would otherwise grow until the kernel kills the process, and t
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

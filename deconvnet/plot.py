@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,8 @@ def scale_for_display(v: torch.Tensor | np.ndarray, scaling: str = DEFAULT_SCALI
 def describe_scaling(scaling: str) -> str:
     """A few words for a figure's footer."""
     return {
-        "percentile": f"per-projection scaling to the {PERCENTILE:g}th percentile of |v| on its support, clipped; zero = gray",
+        "percentile": f"per-projection scaling to the {PERCENTILE:g}th percentile of |v| on its support, clipped; zero "
+                      "= gray",
         "symmetric": "per-projection symmetric scaling to max |v|; zero = gray",
         "minmax": "per-projection min-max scaling",
     }[scaling]
@@ -166,7 +167,7 @@ def show(p, index: int = 0, axes: Sequence | None = None, scaling: str = DEFAULT
         _blank(ax)
     if title:
         names = ["input", "projection", "receptive field, zoomed", "projection, zoomed"]
-        for ax, name in zip(axes[:n], names):
+        for ax, name in zip(axes[:n], names, strict=False):  # strict=False: the panels shown
             ax.set_title(name, fontsize=10)
         fig.suptitle(f"{p.layer} channel {int(p.channel[index])}: activation {float(p.activation[index]):.3g} at "
                      f"{where(p, index)}", fontsize=10)
@@ -222,7 +223,8 @@ def footer(fig, text: str, *, fontsize: float = TICK_PT) -> None:
     fig.supxlabel(wrap_to_width(text, fig.get_figwidth() - 0.2, fontsize), fontsize=fontsize, color="0.25")
 
 
-def title(fig, text: str, *, fontsize: float = TITLE_PT, legend: tuple[list, list] | None = None, ncol: int = 3) -> None:
+def title(fig, text: str, *, fontsize: float = TITLE_PT, legend: tuple[list, list] | None = None,
+          ncol: int = 3) -> None:
     """The figure's title, wrapped to its width, and under it a legend of the whole figure.
 
     For a constrained layout both are put in a band at the top that the layout leaves free (matplotlib

@@ -11,12 +11,13 @@ lower row-major position. So the result does not depend on batch size, workers o
 
 Inside an initialised ``torch.distributed`` process group (``torchrun``), each rank scans its share of
 the dataset, every ``world``-th batch (``deconvnet.distributed.batch_shard``), with its own checkpoint,
-and the ranks' top-k states merge exactly (``_merge_ranks``): the result equals the one-process result, values, images, positions
-and ties, on every rank. One process is the case of one rank.
+and the ranks' top-k states merge exactly (``_merge_ranks``): the result equals the one-process result,
+values, images, positions and ties, on every rank. One process is the case of one rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -24,22 +25,30 @@ import os
 import signal
 import threading
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
-from .cache import (CacheWriteWarning, ScanCache, files_digest, module_tree, preprocessing_values, scan_cache_dir,
-                    weights_digest)
-from .engine import record
-from .memory import check_memory
+from .cache import (
+    CacheWriteWarning,
+    ScanCache,
+    files_digest,
+    module_tree,
+    preprocessing_values,
+    scan_cache_dir,
+    weights_digest,
+)
 from .data import collate
+from .engine import record
 from .io import torch_save
+from .memory import check_memory
 from .models import Net
 
 FORMAT_VERSION = 2  # 2: per_group (1 had per_image)
@@ -64,7 +73,7 @@ class TopK:
 
     layers: list[str]
     k: int
-    per_group: Optional[int]
+    per_group: int | None
     values: dict[str, torch.Tensor]
     images: dict[str, torch.Tensor]
     positions: dict[str, torch.Tensor]
@@ -75,12 +84,12 @@ class TopK:
         """The kept ``(value, image index, (row, col))`` of one channel, strongest first."""
         out = []
         for v, i, (r, c) in zip(self.values[layer][channel].tolist(), self.images[layer][channel].tolist(),
-                                self.positions[layer][channel].tolist()):
+                                self.positions[layer][channel].tolist(), strict=True):
             if i >= 0:
                 out.append((v, i, (r, c)))
         return out
 
-    def select(self, layers: Sequence[str], k: Optional[int] = None) -> "TopK":
+    def select(self, layers: Sequence[str], k: int | None = None) -> TopK:
         """The scan of some of its layers, and of its first ``k`` entries per channel (the top-k' of a
         top-k, k' <= k: the order is exact, so the first k' are the top k')."""
         k = self.k if k is None else k
@@ -89,9 +98,10 @@ class TopK:
                              f"asked for {', '.join(layers)} with k={k}")
         layers = list(layers)
         return TopK(layers=layers, k=k, per_group=self.per_group,
-                    values={l: self.values[l][:, :k] for l in layers}, images={l: self.images[l][:, :k] for l in layers},
-                    positions={l: self.positions[l][:, :k] for l in layers},
-                    map_size={l: self.map_size[l] for l in layers if l in self.map_size},
+                    values={layer: self.values[layer][:, :k] for layer in layers},
+                    images={layer: self.images[layer][:, :k] for layer in layers},
+                    positions={layer: self.positions[layer][:, :k] for layer in layers},
+                    map_size={layer: self.map_size[layer] for layer in layers if layer in self.map_size},
                     provenance=dict(self.provenance, layers=layers, k=k))
 
     def save(self, path: str | os.PathLike) -> None:
@@ -106,7 +116,7 @@ class TopK:
         }
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TopK":
+    def load(cls, path: str | os.PathLike) -> TopK:
         """Load a saved scan.
 
         Raises:
@@ -149,7 +159,8 @@ def _sigterm_as_interrupt():
 def _check_checkpoint(saved: dict, path, channels: dict[str, int], n: int) -> None:
     """Refuse a checkpoint that unpickles but is not a scan state of this shape (a clear line, not a traceback)."""
     def bad(why: str) -> ValueError:
-        return ValueError(f"scan checkpoint '{path}' is malformed ({why}). Hint: delete it and rerun; the scan starts over")
+        return ValueError(f"scan checkpoint '{path}' is malformed ({why}). Hint: delete it and rerun; the scan starts "
+                          "over")
 
     state = saved.get("state")
     if not isinstance(state, dict) or not isinstance(saved.get("next_index"), int):
@@ -197,7 +208,8 @@ def _read_state(path: str | os.PathLike, what: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot read {what} '{path}' ({type(err).__name__}); it may be corrupt. Hint: delete it and rerun") from err
+        raise ValueError(f"cannot read {what} '{path}' ({type(err).__name__}); it may be corrupt. Hint: delete it and "
+                         "rerun") from err
     if not isinstance(state, dict):
         raise ValueError(f"'{path}' is not a deconvnet {what}. Hint: delete it and rerun")
     return state
@@ -210,7 +222,7 @@ def _lexsort_desc(values: torch.Tensor, images: torch.Tensor, flat: torch.Tensor
     return order.gather(1, torch.argsort(values.gather(1, order), dim=1, descending=True, stable=True))
 
 
-def _candidates(act: torch.Tensor, per_group: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(act: torch.Tensor, per_group: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image and channel, the strongest ``per_group`` units: values and flat positions (B, C, m).
 
     An image lies in one group, so no more of its units can be kept.
@@ -238,7 +250,7 @@ def _rank_in_group(groups: torch.Tensor) -> torch.Tensor:
 
 
 def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
-           group_of: Optional[torch.Tensor] = None, per_group: Optional[int] = None) -> None:
+           group_of: torch.Tensor | None = None, per_group: int | None = None) -> None:
     """Merge one batch's candidates ``(values (B, C, m), flat positions, (h, w))`` into the running top-k.
 
     With ``group_of`` (item index -> group id) and ``per_group``, an entry is kept only while fewer than
@@ -263,7 +275,7 @@ def _merge(state: dict, layer: str, cand: tuple, index: torch.Tensor, k: int,
 
 
 def _keep_top(state: dict, layer: str, all_v: torch.Tensor, all_img: torch.Tensor, all_flat: torch.Tensor, k: int,
-              group_of: Optional[torch.Tensor], per_group: Optional[int]) -> None:
+              group_of: torch.Tensor | None, per_group: int | None) -> None:
     """Keep in ``state`` the top k of the (C, n) entries given, under the per-group limit (the greedy choice)."""
     order = _lexsort_desc(all_v, all_img, all_flat)
     if group_of is not None and per_group is not None:
@@ -281,7 +293,7 @@ def _keep_top(state: dict, layer: str, all_v: torch.Tensor, all_img: torch.Tenso
 
 
 def _merge_ranks(state: dict, skipped: list[int], layers: Sequence[str], k: int,
-                 group_of: Optional[torch.Tensor], per_group: Optional[int]) -> tuple[dict, list[int]]:
+                 group_of: torch.Tensor | None, per_group: int | None) -> tuple[dict, list[int]]:
     """Every rank's top-k state merged into one, the same on every rank (one process: the state itself).
 
     Exact: each rank's greedy top-k holds every entry of the global top-k that lies in its share (an entry
@@ -294,12 +306,13 @@ def _merge_ranks(state: dict, skipped: list[int], layers: Sequence[str], k: int,
         merged["width"].update(s["width"])
         merged["height"].update(s["height"])
     for layer in layers:
-        _keep_top(merged, layer, *(torch.cat([s[key][layer] for s, _ in states], 1) for key in ("values", "images", "flat")),
+        _keep_top(merged, layer,
+                  *(torch.cat([s[key][layer] for s, _ in states], 1) for key in ("values", "images", "flat")),
                   k, group_of, per_group)
     return merged, sorted(i for _, part in states for i in part)
 
 
-def _group_ids(dataset: Dataset) -> Optional[torch.Tensor]:
+def _group_ids(dataset: Dataset) -> torch.Tensor | None:
     """(N,) int64 group id of every item (numbered by first appearance), or None: each item its own."""
     group = getattr(dataset, "group", None)
     if group is None:
@@ -339,13 +352,13 @@ def _fingerprint(args: dict) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def scan_top_k(
+def scan_top_k(  # noqa: C901 (34: its loop and its checkpoint go to the one resumable pass, issue 26)
     net: Net,
     dataset: Dataset,
     layers: Sequence[str],
     k: int = 9,
     *,
-    per_group: Optional[int] = 1,
+    per_group: int | None = 1,
     batch_size: int = 32,
     num_workers: int = 0,
     checkpoint: str | os.PathLike | None = None,
@@ -377,9 +390,9 @@ def scan_top_k(
         cache: True: look the scan up in the shared scan cache (``deconvnet.cache``: ``$DECONVNET_CACHE``,
             else ``~/.cache/deconvnet``) and store it there, so that the figure script, the atlas and the
             notebooks scan a dataset once; a folder: a cache there. One process only: under
-            torch.distributed the ranks scan (their per-rank checkpoints make a rerun resume). Found by the weights' digest, the
-            dataset's description, the layer, per_group and k (an entry with more entries per channel
-            serves a smaller k); layers not found are scanned (resumably: without ``checkpoint``, the
+            torch.distributed the ranks scan (their per-rank checkpoints make a rerun resume). Found by the
+            weights' digest, the dataset's description, the layer, per_group and k (an entry with more entries
+            per channel serves a smaller k); layers not found are scanned (resumably: without ``checkpoint``, the
             checkpoint lies in the cache). A dataset without ``describe()`` cannot be identified and is
             scanned without the cache, with a warning.
 
@@ -446,9 +459,9 @@ def scan_top_k(
         checkpoint = distributed.rank_path(checkpoint)
     channels = {layer: net.channels[layer] for layer in layers}
     state = {
-        "values": {l: torch.full((c, 0), float("-inf"), dtype=torch.float64) for l, c in channels.items()},
-        "images": {l: torch.zeros((c, 0), dtype=torch.long) for l, c in channels.items()},
-        "flat": {l: torch.zeros((c, 0), dtype=torch.long) for l, c in channels.items()},
+        "values": {layer: torch.full((c, 0), float("-inf"), dtype=torch.float64) for layer, c in channels.items()},
+        "images": {layer: torch.zeros((c, 0), dtype=torch.long) for layer, c in channels.items()},
+        "flat": {layer: torch.zeros((c, 0), dtype=torch.long) for layer, c in channels.items()},
         "width": {}, "height": {},
     }
     start = 0
@@ -547,11 +560,13 @@ def scan_top_k(
         values[layer] = v
         images[layer] = torch.where(empty, torch.full_like(img, -1), img)
         positions[layer] = torch.where(empty.unsqueeze(2), torch.full_like(pos, -1), pos)
-    provenance = dict(args, fingerprint=fingerprint, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      weights=net.describe(), dataset_final=describe(), skipped=sorted(set(skipped)), **distributed.describe())
+    provenance = dict(args, fingerprint=fingerprint,
+                      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      weights=net.describe(), dataset_final=describe(), skipped=sorted(set(skipped)),
+                      **distributed.describe())
     return TopK(
         layers=layers, k=k, per_group=per_group, values=values, images=images, positions=positions,
-        map_size={l: (state["height"].get(l, 0), state["width"].get(l, 0)) for l in layers},
+        map_size={layer: (state["height"].get(layer, 0), state["width"].get(layer, 0)) for layer in layers},
         provenance=provenance,
     )
 
@@ -562,7 +577,8 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
     # what fixes the result, less the layers and k (an entry is one layer, and serves any smaller k); the
     # weights by their digest, not their file: the same weights anywhere, and a model changed in place is
     # another model
-    identity = {key: v for key, v in json.loads(json.dumps(args, default=str)).items() if key not in ("model", "layers", "k")}
+    identity = {key: v for key, v in json.loads(json.dumps(args, default=str)).items()
+                if key not in ("model", "layers", "k")}
     identity["weights"] = weights_digest(net.model)
     paths, root = getattr(dataset, "paths", None), getattr(dataset, "root", None)
     if paths is not None and root is not None:  # the files' contents: what their stat cannot tell
@@ -576,8 +592,8 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
             entry = None  # unreadable: scanned again, and replaced
         if entry is not None and layer in entry.layers and entry.k >= k:
             found[layer] = entry.select([layer], k)
-    from_cache = [l for l in layers if l in found]
-    missing = [l for l in layers if l not in found]
+    from_cache = [layer for layer in layers if layer in found]
+    missing = [layer for layer in layers if layer not in found]
     if missing:
         own = scan_args["checkpoint"] is None
         checkpoint = cache.checkpoint(identity, missing, k) if own else scan_args["checkpoint"]
@@ -587,10 +603,8 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
             found[layer] = scanned.select([layer])
             cache.store(found[layer].save, cache.entry(identity, layer))
         if own:
-            try:
+            with contextlib.suppress(OSError):
                 Path(checkpoint).unlink(missing_ok=True)  # its layers are stored
-            except OSError:
-                pass
     elif from_cache:
         skipped = found[layers[0]].provenance.get("skipped") or []
         if skipped and hasattr(dataset, "note_unreadable"):
@@ -599,6 +613,7 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
     provenance = dict(first.provenance, **args, fingerprint=fingerprint, weights=net.describe(),
                       cache={"found": from_cache, "scanned": missing})  # no folder: sidecars travel between machines
     return TopK(layers=layers, k=k, per_group=args["per_group"],
-                values={l: found[l].values[l] for l in layers}, images={l: found[l].images[l] for l in layers},
-                positions={l: found[l].positions[l] for l in layers},
-                map_size={l: found[l].map_size[l] for l in layers}, provenance=provenance)
+                values={layer: found[layer].values[layer] for layer in layers},
+                images={layer: found[layer].images[layer] for layer in layers},
+                positions={layer: found[layer].positions[layer] for layer in layers},
+                map_size={layer: found[layer].map_size[layer] for layer in layers}, provenance=provenance)

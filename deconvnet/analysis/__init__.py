@@ -223,7 +223,8 @@ def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bo
     errors = [r.deconvolution_error[0] if r.deconvolution_error else None for r in rows]
     check = ({"max_relative_error": max(errors)} if not hidden else
              {"skipped": f"{hidden} rectifier calls of {net.arch}'s forward are functions (F.relu), which Captum's "
-                         "module hooks do not see: its Deconvolution is not the deconvnet here (tests/engine/test_rules.py)"})
+                         "module hooks do not see: its Deconvolution is not the deconvnet here "
+                         "(tests/engine/test_rules.py)"})
     numbers = {"weights": net.describe(), "images": list(names), "size": s.size,
                "engine": "deconvnet.engine, every rule",
                "shown": [m for m in METHODS if m != "deconvolution"],

@@ -1,7 +1,7 @@
 """The deconvnet beside its relatives: guided backprop and the plain gradient, for the same target.
 
 All methods start from the same signal placed on the target layer's output (the *seed*) and carry it
-down to the pixels; they differ only in the rule at each ReLU (Springenberg et al. 2015; REFERENCE.md),
+down to the pixels; they differ only in the rule at each ReLU (Springenberg et al. 2015; docs/explanation/deconvnet.md),
 with R the signal coming down and x the ReLU's forward input:
 
 ==================  =====================================  =============================================
@@ -24,8 +24,8 @@ deconvnet column is exactly what ``Deconvnet.project`` returns.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,13 +96,14 @@ class TargetScore(nn.Module):
         return (out * self.seed.view_as(out)).flatten(1).sum(1)
 
 
-def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
     """The deconvnet's seed for a target (Zeiler & Fergus: the target's activations, the rest zero).
 
     Uses the engine's own target selection (``engine.select_target``), so it means what
-    ``Deconvnet.project`` means: ``channel="max"`` is the channel holding the layer's strongest activation, ``position="max"``
-    that channel's strongest unit, ``"all"`` the whole map, a (row, col) or a (B, 2) integer tensor one
-    unit, a float or bool (h, w) / (B, h, w) tensor a mask weighting the map.
+    ``Deconvnet.project`` means: ``channel="max"`` is the channel holding the layer's strongest activation,
+    ``position="max"`` that channel's strongest unit, ``"all"`` the whole map, a (row, col) or a (B, 2) integer
+    tensor one unit, a float or bool (h, w) / (B, h, w) tensor a mask weighting the map.
 
     Returns:
         ``(seed, channel, activation, position)``: seed shaped like the layer's output (B, C, h, w) or
@@ -228,7 +229,8 @@ class MethodComparison:
         deconvolution_error: per image, max |ours - Captum Deconvolution| / max |ours| (the cross-check).
         input: the model input.
         weights: ``net.describe()``.
-        target_labels: per image, a readable name of the target (``conv5_3 ch 12 / unit (3, 4)``, ``class score fc8[281] (tabby)``).
+        target_labels: per image, a readable name of the target (``conv5_3 ch 12 / unit (3, 4)``,
+            ``class score fc8[281] (tabby)``).
     """
 
     target: Target
@@ -338,9 +340,10 @@ def plot_method_comparison(
     ncols = 1 + len(methods)
     boxes = [_unit_box(net, r, b) for r, b in rows]
     suptitle = "One target, three backward rules: deconvnet, guided backprop and gradient"
-    caption = (f"{RULES_CAPTION}\nAll start from the same seed (the deconvnet's: the target's activation, all else zero); "
-               f"zero = gray ({scaling} scaling)."
-               + ((" Yellow box: the receptive field of the target unit" + ("; a unit's maps are cropped to it." if crop else "."))
+    caption = (f"{RULES_CAPTION}\nAll start from the same seed (the deconvnet's: the target's activation, all else "
+               f"zero); zero = gray ({scaling} scaling)."
+               + ((" Yellow box: the receptive field of the target unit"
+                   + ("; a unit's maps are cropped to it." if crop else "."))
                   if any(bx is not None for bx in boxes) else "")
                + f"\n{net.describe()}")
     if axes is None:
@@ -352,7 +355,7 @@ def plot_method_comparison(
         fig = axes[0, 0].figure
         fig.suptitle(suptitle, fontsize=9)
         fig.supxlabel(caption, fontsize=7, color="0.25")
-    for i, ((r, b), box) in enumerate(zip(rows, boxes)):
+    for i, ((r, b), box) in enumerate(zip(rows, boxes, strict=True)):
         axes[i, 0].imshow(image_array(net.deprocess(r.input[b : b + 1])[0]), interpolation="nearest")
         if box is not None:
             top, left, bottom, right = box

@@ -31,9 +31,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,8 +48,8 @@ from ..io import atomic_path, write_json
 from ..models import Net
 from ..plot import DEFAULT_SCALING, SCALINGS, scale_for_display
 from ..scan import TopK, scan_top_k
-from .stats import ChannelStats, channel_stats
 from .folders import layer_folder
+from .stats import ChannelStats, channel_stats
 
 ATLAS_FORMAT = 1
 #: image file formats of tiles, thumbnails and images: name -> (suffix, PIL format, save options)
@@ -148,7 +149,7 @@ def _model_identity(provenance: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in provenance.items() if k != "file"}
 
 
-def _identity(net: Net, dataset: Any, k: int, per_group: Optional[int], scaling: str, image_format: str,
+def _identity(net: Net, dataset: Any, k: int, per_group: int | None, scaling: str, image_format: str,
               bins: int) -> dict[str, Any]:
     """What fixes the atlas's content: a rerun with another identity would mix two atlases."""
     describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__})
@@ -185,7 +186,7 @@ def _layer_topk(topk: TopK, layer: str) -> TopK:
                 map_size={layer: topk.map_size[layer]}, provenance=topk.provenance)
 
 
-def _check_topk(topk: TopK, net: Net, dataset: Any, k: int, per_group: Optional[int]) -> None:
+def _check_topk(topk: TopK, net: Net, dataset: Any, k: int, per_group: int | None) -> None:
     """A scan given by the caller must be of this model, dataset, k and per-group limit."""
     prov = topk.provenance
     problems = []
@@ -198,7 +199,8 @@ def _check_topk(topk: TopK, net: Net, dataset: Any, k: int, per_group: Optional[
     if topk.per_group != per_group:
         problems.append(f"per_group ({topk.per_group}, not {per_group})")
     if problems:
-        raise ValueError(f"the scan given was made with another {', '.join(problems)}. Hint: leave topk out to scan anew")
+        raise ValueError(f"the scan given was made with another {', '.join(problems)}. Hint: leave topk out to scan "
+                         "anew")
 
 
 def _encode(array: np.ndarray, image_format: str) -> bytes:
@@ -290,14 +292,14 @@ def _walk(net: Net, x: torch.Tensor, slot: dict[int, int], jobs: list[_Job]) -> 
     """
     deconv = Deconvnet(net, max_batch=WALK_BATCH)
     layers = sorted({j.layer for j in jobs}, key=net.order)
-    out: list[Optional[torch.Tensor]] = [None] * len(jobs)
+    out: list[torch.Tensor | None] = [None] * len(jobs)
     for layer in layers:
         idx = [n for n, j in enumerate(jobs) if j.layer == layer]
         image = torch.tensor([slot[jobs[n].image] for n in idx])
         unit = torch.tensor([[jobs[n].row, jobs[n].col] for n in idx])
         channel = torch.tensor([jobs[n].channel for n in idx])
         windows, _, value = deconv.project_units(x, layer, image, channel, unit)
-        for n, v in zip(idx, value.tolist()):
+        for n, v in zip(idx, value.tolist(), strict=True):
             j = jobs[n]
             if not np.isclose(v, j.value, rtol=1e-3, atol=1e-5):
                 raise ValueError(
@@ -305,9 +307,10 @@ def _walk(net: Net, x: torch.Tensor, slot: dict[int, int], jobs: list[_Job]) -> 
                     f"but the scan recorded {j.value:.6g}: was the scan made with this model and dataset?")
         rf = receptive_field(net, layer)
         if tuple(windows.shape[-2:]) != rf.size:
-            raise RuntimeError(f"{layer}: projection window {tuple(windows.shape[-2:])} is not the receptive field {rf.size}")
+            raise RuntimeError(f"{layer}: projection window {tuple(windows.shape[-2:])} is not the receptive field "
+                               f"{rf.size}")
         rgb = net.preprocessing.to_rgb_order(windows).detach().cpu()
-        for n, w in zip(idx, rgb):
+        for n, w in zip(idx, rgb, strict=True):
             out[n] = w
     return out  # type: ignore[return-value]
 
@@ -401,7 +404,7 @@ def _start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 def _missing(scans: Path, kind: str, layers: list[str]) -> list[str]:
     """Rank 0: the layers without a finished ``kind`` file (``topk``, ``stats``)."""
-    return [l for l in layers if not (scans / f"{kind}-{layer_folder(l)}.pt").is_file()]
+    return [layer for layer in layers if not (scans / f"{kind}-{layer_folder(layer)}.pt").is_file()]
 
 
 def _sizes(out: Path, scans: Path) -> tuple[int, int, int]:
@@ -409,7 +412,7 @@ def _sizes(out: Path, scans: Path) -> tuple[int, int, int]:
     return site_bytes, site_files, _folder_size(scans)[0] if scans.is_dir() else 0
 
 
-def _folder_size(folder: Path, exclude: Optional[Path] = None) -> tuple[int, int]:
+def _folder_size(folder: Path, exclude: Path | None = None) -> tuple[int, int]:
     size = files = 0
     for root, dirs, names in os.walk(folder):
         if exclude is not None and Path(root) == exclude.parent:
@@ -420,27 +423,66 @@ def _folder_size(folder: Path, exclude: Optional[Path] = None) -> tuple[int, int
     return size, files
 
 
+
+def _check_arguments(dataset: Any, *, features: Any, k: int, select: str, scaling: str, image_format: str,
+                     batch_size: int, bins: int) -> None:
+    """Refuse, before any work, the arguments of ``build_atlas`` that cannot be met."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"unknown image format '{image_format}'. Hint: one of {', '.join(IMAGE_FORMATS)}")
+    if select not in SELECTIONS:
+        raise ValueError(f"feature selection '{select}' is not understood. Hint: one of {', '.join(SELECTIONS)}")
+    for name, value in (("k", k), ("batch_size", batch_size), ("bins", bins)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(features, int) and not isinstance(features, bool) and features < 1:
+        raise ValueError(f"features must be at least 1 (or None for every channel), got {features}")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+
+
+def _page_channels(net: Net, topk: TopK, layer: str, earlier: list[int], asked: bool, features: Any, select: str,
+                   seed: int) -> list[int]:
+    """The channels of one layer that get pages: those of earlier runs, and those asked for now (``asked``: the
+    layer is named in this run; a layer without pages yet always gets them)."""
+    have = set(earlier)
+    if asked or not have:
+        c = net.channels[layer]
+        if features is None:
+            want = range(c)
+        elif isinstance(features, int):
+            want = select_features(topk, layer, features, select, seed)
+        else:
+            want = [int(v) for v in features]
+            bad = [v for v in want if not 0 <= v < c]
+            if bad:
+                raise ValueError(f"channel(s) {bad} out of range for layer '{layer}' ({c} channels)")
+        have |= set(want)
+    return sorted(have)
+
+
 def build_atlas(
     net: Net,
     dataset: Any,
     layers: Sequence[str],
-    out: Union[str, os.PathLike],
+    out: str | os.PathLike,
     *,
     k: int = 9,
-    features: Union[None, int, Sequence[int]] = None,
+    features: None | int | Sequence[int] = None,
     select: str = "random",
     seed: int = 0,
     scaling: str = DEFAULT_SCALING,
     image_format: str = "jpeg",
-    per_group: Optional[int] = 1,
+    per_group: int | None = 1,
     bins: int = 32,
     batch_size: int = 16,
     num_workers: int = 0,
-    topk: Optional[TopK] = None,
-    dataset_name: Optional[str] = None,
+    topk: TopK | None = None,
+    dataset_name: str | None = None,
     progress: bool = True,
-    synthesize: Union[bool, dict[str, Any]] = False,
-    cache: Union[bool, str, os.PathLike] = True,
+    synthesize: bool | dict[str, Any] = False,
+    cache: bool | str | os.PathLike = True,
 ) -> Atlas:
     """Build (or extend, or finish) a static website of every channel's top-k projections.
 
@@ -475,19 +517,8 @@ def build_atlas(
     from .render import render_site
 
     layers = check_layers(net, layers)
-    if scaling not in SCALINGS:
-        raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"unknown image format '{image_format}'. Hint: one of {', '.join(IMAGE_FORMATS)}")
-    if select not in SELECTIONS:
-        raise ValueError(f"feature selection '{select}' is not understood. Hint: one of {', '.join(SELECTIONS)}")
-    for name, value in (("k", k), ("batch_size", batch_size), ("bins", bins)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(features, int) and not isinstance(features, bool) and features < 1:
-        raise ValueError(f"features must be at least 1 (or None for every channel), got {features}")
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty")
+    _check_arguments(dataset, features=features, k=k, select=select, scaling=scaling, image_format=image_format,
+                     batch_size=batch_size, bins=bins)
     out = Path(out)
     identity = _identity(net, dataset, k, per_group, scaling, image_format, bins)
     main = distributed.is_main()  # rank 0 reads and writes the folder; one process is rank 0
@@ -508,50 +539,39 @@ def build_atlas(
     t = time.perf_counter()
     missing = distributed.on_main(_missing, scans, "topk", all_layers)
     if topk is not None:
-        given = [l for l in missing if l in topk.layers]
+        given = [layer for layer in missing if layer in topk.layers]
         if given:
             _check_topk(topk, net, dataset, k, per_group)
             for layer in given if main else ():
                 _layer_topk(topk, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
-            missing = [l for l in missing if l not in given]
+            missing = [layer for layer in missing if layer not in given]
     if missing:
         result = scan_top_k(net, dataset, missing, k=k, per_group=per_group, batch_size=batch_size,
                             num_workers=num_workers, checkpoint=scans / f"scan-{_hash([identity, missing])}.pt",
                             progress=progress, cache=cache)  # the shared scan cache: the figure script's scan serves
         for layer in missing if main else ():
             _layer_topk(result, layer).save(scans / f"topk-{layer_folder(layer)}.pt")
-    topks = distributed.on_main(lambda: {l: TopK.load(scans / f"topk-{layer_folder(l)}.pt") for l in all_layers})
+    topks = distributed.on_main(
+        lambda: {layer: TopK.load(scans / f"topk-{layer_folder(layer)}.pt") for layer in all_layers})
     timings["scan"] = time.perf_counter() - t
 
     # 2. activation statistics (histograms): one more pass, for the layers without them
     t = time.perf_counter()
     missing = distributed.on_main(_missing, scans, "stats", all_layers)
     if missing:
-        tops = {l: topks[l].values[l][:, 0] for l in missing}
+        tops = {layer: topks[layer].values[layer][:, 0] for layer in missing}
         result = channel_stats(net, dataset, tops, bins=bins, batch_size=batch_size, num_workers=num_workers,
                                checkpoint=scans / f"stats-{_hash([identity, missing])}.pt", progress=progress)
         for layer in missing if main else ():
             result[layer].save(scans / f"stats-{layer_folder(layer)}.pt")
-    stats = distributed.on_main(lambda: {l: ChannelStats.load(scans / f"stats-{layer_folder(l)}.pt") for l in all_layers})
+    stats = distributed.on_main(
+        lambda: {layer: ChannelStats.load(scans / f"stats-{layer_folder(layer)}.pt") for layer in all_layers})
     timings["stats"] = time.perf_counter() - t
 
     # 3. which channels get pages: those of earlier runs, and those asked for now
-    channels: dict[str, list[int]] = {}
-    for layer in all_layers:
-        have = set(manifest["channels"].get(layer, []))
-        if layer in layers or not have:
-            c = net.channels[layer]
-            if features is None:
-                want = range(c)
-            elif isinstance(features, int):
-                want = select_features(topks[layer], layer, features, select, seed)
-            else:
-                want = [int(v) for v in features]
-                bad = [v for v in want if not 0 <= v < c]
-                if bad:
-                    raise ValueError(f"channel(s) {bad} out of range for layer '{layer}' ({c} channels)")
-            have |= set(want)
-        channels[layer] = sorted(have)
+    channels = {layer: _page_channels(net, topks[layer], layer, manifest["channels"].get(layer, []),
+                                      layer in layers, features, select, seed)
+                for layer in all_layers}
     manifest["channels"] = channels
     if main:
         write_json(manifest, out / "atlas.json")

@@ -9,17 +9,17 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .._version import __version__
+from ..engine import receptive_field
 from ..io import atomic_path, write_json
 from ..models import Net
 from ..plot import describe_scaling
-from .._version import __version__
-from ..engine import receptive_field
 from ..scan import TopK
 from .stats import ChannelStats
 
@@ -29,6 +29,9 @@ MIN_TILE_PX = 112
 MAX_TILE_PX = 176
 #: histogram drawing area (SVG user units)
 HIST_W, HIST_H, HIST_LEFT, HIST_RIGHT, HIST_TOP, HIST_BOTTOM = 380, 170, 48, 10, 10, 40
+#: the fields of a top-k entry and of a synthesised image written to a layer's JSON
+ENTRY_KEYS = ("rank", "activation", "image", "label", "source", "row", "col", "box")
+SYNTHESIS_KEYS = ("activation", "peak", "settings", "recipe", "image")
 
 
 def environment() -> Environment:
@@ -79,7 +82,7 @@ def _ticks(top: float) -> list[float]:
 
 
 def histogram(counts: list[int], nonpos: int, top: float, *, log: bool, what: str,
-              marks: Optional[list[float]] = None) -> dict[str, Any]:
+              marks: list[float] | None = None) -> dict[str, Any]:
     """Geometry of one histogram as SVG: a bar for the values <= 0, then ``len(counts)`` bins over (0, top].
 
     Args:
@@ -112,10 +115,7 @@ def histogram(counts: list[int], nonpos: int, top: float, *, log: bool, what: st
         bars.append(bar(x0 + i * slot, c, f"{lo:.4g} – {hi:.4g}: {c:,} {what}", "bin"))
     scale = (bins * slot) / top if top > 0 else 0.0
     xticks = [{"x": round(x0 + v * scale, 2), "label": f"{v:.3g}"} for v in _ticks(top)]
-    if log:
-        yvals = [10**e for e in range(0, int(math.log10(hmax)) + 1)]
-    else:
-        yvals = [v for v in _ticks(hmax) if v == int(v)]
+    yvals = [10**e for e in range(0, int(math.log10(hmax)) + 1)] if log else [v for v in _ticks(hmax) if v == int(v)]
     yticks = [{"y": round(HIST_TOP + plot_h - height(int(v)), 2), "label": f"{int(v):,}"} for v in yvals]
     return {
         "width": HIST_W, "height": HIST_H, "left": HIST_LEFT, "right": HIST_W - HIST_RIGHT, "top": HIST_TOP,
@@ -129,13 +129,14 @@ def _dataset_name(dataset: Any) -> str:
     describe = getattr(dataset, "describe", None)
     d = describe() if describe else {}
     if d.get("kind") == "demo":
-        return f"the offline demo collection ({len(d.get('photos', []))} photographs bundled with scikit-image and matplotlib, cropped and mirrored)"
+        return (f"the offline demo collection ({len(d.get('photos', []))} photographs bundled with scikit-image and "
+                "matplotlib, cropped and mirrored)")
     if d.get("kind") == "folder":
         return f"the images under {d.get('root')}"
     return d.get("kind", type(dataset).__name__)
 
 
-def _weights_note(net: Net) -> Optional[str]:
+def _weights_note(net: Net) -> str | None:
     """A visible warning when the weights are not the ImageNet classifier's (the atlas must not hide it)."""
     weights = net.provenance.get("weights")
     if weights == "imagenet":
@@ -147,9 +148,9 @@ def _weights_note(net: Net) -> Optional[str]:
 
 def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats: dict[str, ChannelStats],
                 channels: dict[str, list[int]], paths: Any, *, identity: dict[str, Any],
-                dataset_name: Optional[str], scaling: str, progress: bool = True,
-                processes: Optional[dict[str, Any]] = None,
-                synthesis: Optional[dict[str, dict[int, dict[str, Any]]]] = None) -> list[Path]:
+                dataset_name: str | None, scaling: str, progress: bool = True,
+                processes: dict[str, Any] | None = None,
+                synthesis: dict[str, dict[int, dict[str, Any]]] | None = None) -> list[Path]:
     """Write the static files, the index, every channel page and each layer's ``channels.json``.
 
     ``processes`` (``deconvnet.distributed.describe()``) is how the build ran, for the index's provenance;
@@ -180,7 +181,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         "k": identity["k"], "scaling_text": describe_scaling(scaling),
     }
     layer_info = []
-    total = sum(len(channels[l]) for l in layers)
+    total = sum(len(channels[layer]) for layer in layers)
     bar = tqdm(total=total, desc="pages", unit="page", disable=not progress)
     for layer in layers:
         topk, st = topks[layer], stats[layer]
@@ -225,14 +226,16 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                 "images_active": 1 - int(st.image_nonpos[c]) / max(st.n_images, 1), "n_images": st.n_images,
                 "top": float(st.top[c]), "bins": st.bins,
             }
-            hist_units = histogram(st.units[c].tolist(), int(st.units_nonpos[c]), float(st.top[c]), log=True, what="units")
+            hist_units = histogram(st.units[c].tolist(), int(st.units_nonpos[c]), float(st.top[c]), log=True,
+                                   what="units")
             hist_images = histogram(st.image_max[c].tolist(), int(st.image_nonpos[c]), float(st.top[c]), log=False,
                                     what="images", marks=[e["activation"] for e in shown])
             prev_c = chans[pos - 1] if pos > 0 else None
             next_c = chans[pos + 1] if pos + 1 < len(chans) else None
             synth = (synthesis or {}).get(layer, {}).get(c)
             html = env.get_template("channel.html").render(
-                **common, root="../", synth=synth, title=f"{layer} channel {c} · {net.arch} atlas", layer=info, channel=c,
+                **common, root="../", synth=synth, title=f"{layer} channel {c} · {net.arch} atlas", layer=info,
+                channel=c,
                 entries=shown, summary=summary, hist_units=hist_units, hist_images=hist_images,
                 prev=prev_c, next=next_c, tile_side=side, pair_w=pair_w, enlarged=enlarged,
                 cols=max(1, math.ceil(math.sqrt(len(shown)))),  # 3x3 for the top 9, as the paper's Figure 2
@@ -242,11 +245,13 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
             written.append(page)
             records.append({
                 "channel": c, "page": paths.page(layer, c), "summary": summary,
-                "histogram": {"edges": st.edges(c), "units": st.units[c].tolist(), "units_nonpos": int(st.units_nonpos[c]),
+                "histogram": {"edges": st.edges(c), "units": st.units[c].tolist(),
+                              "units_nonpos": int(st.units_nonpos[c]),
                               "image_max": st.image_max[c].tolist(), "image_nonpos": int(st.image_nonpos[c])},
-                "entries": [{key: e[key] for key in ("rank", "activation", "image", "label", "source", "row", "col", "box")}
-                            | {"tile": f"{paths.folder(layer)}/{e['tile']}", "image_file": paths.image(e["image"])} for e in shown],
-            } | ({"synthesis": {k: synth[k] for k in ("activation", "peak", "settings", "recipe", "image")}} if synth else {}))
+                "entries": [{key: e[key] for key in ENTRY_KEYS}
+                            | {"tile": f"{paths.folder(layer)}/{e['tile']}",
+                               "image_file": paths.image(e["image"])} for e in shown],
+            } | ({"synthesis": {k: synth[k] for k in SYNTHESIS_KEYS}} if synth else {}))
             bar.update(1)
         write_json({"layer": layer, "arch": net.arch, "weights": net.describe(), "k": identity["k"],
                     "receptive_field": {"size": rf.size, "jump": rf.jump, "padding": rf.padding},
@@ -268,7 +273,8 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         *([("Built by", f"{processes['processes']} process(es)" + (f", torch.distributed {processes['backend']}"
                                                                    if processes.get("backend") else ""))]
           if processes else []),
-        ("Projections", f"deconvnet (Zeiler & Fergus 2014), cropped to the receptive field; {describe_scaling(scaling)}"),
+        ("Projections",
+         f"deconvnet (Zeiler & Fergus 2014), cropped to the receptive field; {describe_scaling(scaling)}"),
     ]
     html = env.get_template("index.html").render(
         **common, root="", title=f"{net.arch} atlas · deconvnet", layers=layer_info, provenance=provenance,

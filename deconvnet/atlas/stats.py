@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..engine import record
 from ..data import collate
+from ..engine import record
 from ..io import torch_save
-from ..scan import loader_options
 from ..models import Net
+from ..scan import loader_options
 
 STATS_FORMAT = 1
 CHECKPOINT_FORMAT = 2  # 2: exact sums (1 summed floats batch by batch)
@@ -90,7 +91,7 @@ class ExactSum:
     def value(acc: dict[str, torch.Tensor]) -> torch.Tensor:
         """(C,) float64: each channel's exact sum, correctly rounded."""
         out = []
-        for limbs, bad in zip(acc["limbs"].tolist(), acc["nonfinite"].tolist()):
+        for limbs, bad in zip(acc["limbs"].tolist(), acc["nonfinite"].tolist(), strict=True):
             total = sum(v << (32 * j) for j, v in enumerate(limbs))
             try:
                 exact = total / (1 << ExactSum.OFFSET)
@@ -151,7 +152,7 @@ class ChannelStats:
         torch_save({"format": STATS_FORMAT, **self.__dict__}, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ChannelStats":
+    def load(cls, path: str | os.PathLike) -> ChannelStats:
         """Load saved statistics.
 
         Raises:
@@ -160,9 +161,11 @@ class ChannelStats:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"cannot read channel statistics '{path}' ({type(err).__name__}). Hint: delete it and rerun") from err
+            raise ValueError(f"cannot read channel statistics '{path}' ({type(err).__name__}). Hint: delete it and "
+                             "rerun") from err
         if not isinstance(state, dict) or state.pop("format", None) != STATS_FORMAT:
-            raise ValueError(f"'{path}' is not deconvnet channel statistics (format {STATS_FORMAT}). Hint: delete it and rerun")
+            raise ValueError(f"'{path}' is not deconvnet channel statistics (format {STATS_FORMAT}). "
+                             "Hint: delete it and rerun")
         return cls(**state)
 
 
@@ -225,6 +228,18 @@ def _add(old: dict | None, part: dict | None) -> dict | None:
     }
 
 
+
+def _reducer(order: Sequence[str], tops: dict[str, torch.Tensor], bins: int) -> Callable[[torch.Tensor], dict]:
+    """The ``reduce`` of one batch's record. Record calls it once per layer, in forward order (ties: the order
+    given), and passes only the map: a queue over ``order`` tells which layer's bins a map gets."""
+    queue = iter(order)
+
+    def reduce(t: torch.Tensor) -> dict:
+        name = next(queue)
+        return _reduce(t, tops[name], bins) | {"layer": name}
+
+    return reduce
+
 def channel_stats(
     net: Net,
     dataset: Dataset,
@@ -258,36 +273,27 @@ def channel_stats(
     layers = list(tops)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
-    tops = {l: torch.where(t.double() > 0, t.double(), torch.ones_like(t.double())) for l, t in tops.items()}
-    for layer, t in tops.items():
-        if t.shape != (net.channels[layer],):
-            raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), got {tuple(t.shape)}")
+    tops = _checked_tops(net, tops)
     # the batch size is part of it: a resumed pass then sums the same batches in the same order (bitwise)
     rank, world = distributed.world()
     indices = distributed.batch_shard(len(dataset), batch_size)
     fingerprint = hashlib.sha256(json.dumps({
         "format": CHECKPOINT_FORMAT, "shard": None if world == 1 else [rank, world],
         "model": net.provenance, "layers": layers, "bins": bins, "n": len(dataset), "batch_size": batch_size,
-        "tops": {l: hashlib.sha256(t.numpy().tobytes()).hexdigest() for l, t in tops.items()},
+        "tops": {layer: hashlib.sha256(t.numpy().tobytes()).hexdigest() for layer, t in tops.items()},
     }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    state: dict[str, Any] = {l: None for l in layers}
+    state: dict[str, Any] = {layer: None for layer in layers}
     start, n_images = 0, 0
     if checkpoint is not None:
         if rank == 0 and (line := distributed.starting_over(checkpoint, "statistics")):
             warnings.warn(line, UserWarning, stacklevel=2)
         checkpoint = distributed.rank_path(checkpoint)
     if checkpoint is not None and Path(checkpoint).is_file():
-        try:
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"cannot read statistics checkpoint '{checkpoint}' ({type(err).__name__}). "
-                             "Hint: delete it and rerun") from err
-        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
-            raise ValueError(f"statistics checkpoint '{checkpoint}' belongs to other arguments. Hint: delete it")
-        state, start, n_images = saved["state"], int(saved["next_index"]), int(saved["n_images"])
+        state, start, n_images = _resume(checkpoint, fingerprint)
 
     def save_checkpoint() -> None:
-        torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state}, checkpoint)
+        torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state},
+                   checkpoint)
 
     order = sorted(layers, key=net.order)  # stable: equal places keep the order given, as record does
     loader = DataLoader(dataset, batch_size=batch_size, sampler=indices[start:], num_workers=num_workers,
@@ -299,11 +305,7 @@ def channel_stats(
         for batch in loader:
             merged = state
             if len(batch.index):
-                # record calls ``reduce`` once per layer, in forward order (ties: the order given), and
-                # passes only the map: the queue tells which layer's bins a map gets
-                queue = iter(order)
-                rec = record(net, batch.x, layers, switches=False,
-                             reduce=lambda t: _reduce(t, tops[(name := next(queue))], bins) | {"layer": name})
+                rec = record(net, batch.x, layers, switches=False, reduce=_reducer(order, tops, bins))
                 merged = dict(state)
                 for layer in layers:
                     part = rec.activations[layer]
@@ -327,24 +329,46 @@ def channel_stats(
     if checkpoint is not None:
         save_checkpoint()  # before the merge: a rank killed while others wait loses nothing of its share
     shares = distributed.all_gather((state, n_images))  # one process: its own
-    state = {l: None for l in layers}
+    state = {layer: None for layer in layers}
     for part, _ in shares:
-        state = {l: _add(state[l], part[l]) for l in layers}
+        state = {layer: _add(state[layer], part[layer]) for layer in layers}
     n_images = sum(n for _, n in shares)
-    out = {}
-    for layer in layers:
-        s = state[layer]
-        c = net.channels[layer]
-        if s is None:  # no readable image at all
-            s = {"units": torch.zeros(c, bins, dtype=torch.long), "units_nonpos": torch.zeros(c, dtype=torch.long),
-                 "sum": ExactSum.zeros(c), "sum_sq": ExactSum.zeros(c),
-                 "min": torch.full((c,), float("inf"), dtype=torch.float64),
-                 "image_max": torch.zeros(c, bins, dtype=torch.long), "image_nonpos": torch.zeros(c, dtype=torch.long),
-                 "hw": torch.tensor([0, 0])}
-        h, w = (int(v) for v in s["hw"])
-        out[layer] = ChannelStats(
-            layer=layer, bins=bins, top=tops[layer], units=s["units"], units_nonpos=s["units_nonpos"],
-            n_units=n_images * h * w, image_max=s["image_max"], image_nonpos=s["image_nonpos"], n_images=n_images,
-            sum=ExactSum.value(s["sum"]), sum_sq=ExactSum.value(s["sum_sq"]), min=s["min"],
-        )
-    return out
+    return {layer: _finish(layer, state[layer], net.channels[layer], tops[layer], bins, n_images) for layer in layers}
+
+
+def _checked_tops(net: Net, tops: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tops`` in float64 with the values that are not positive replaced by 1; one value per channel or refused."""
+    tops = {layer: torch.where(t.double() > 0, t.double(), torch.ones_like(t.double())) for layer, t in tops.items()}
+    for layer, t in tops.items():
+        if t.shape != (net.channels[layer],):
+            raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), "
+                             f"got {tuple(t.shape)}")
+    return tops
+
+
+def _resume(checkpoint: str | os.PathLike, fingerprint: str) -> tuple[dict[str, Any], int, int]:
+    """(state, next index, images counted) of a statistics checkpoint made with these arguments, or refused."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read statistics checkpoint '{checkpoint}' ({type(err).__name__}). "
+                         "Hint: delete it and rerun") from err
+    if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+        raise ValueError(f"statistics checkpoint '{checkpoint}' belongs to other arguments. Hint: delete it")
+    return saved["state"], int(saved["next_index"]), int(saved["n_images"])
+
+
+def _finish(layer: str, s: dict[str, Any] | None, c: int, top: torch.Tensor, bins: int, n_images: int) -> ChannelStats:
+    """One layer's merged state as ``ChannelStats`` (``s`` is None when no image could be read)."""
+    if s is None:  # no readable image at all
+        s = {"units": torch.zeros(c, bins, dtype=torch.long), "units_nonpos": torch.zeros(c, dtype=torch.long),
+             "sum": ExactSum.zeros(c), "sum_sq": ExactSum.zeros(c),
+             "min": torch.full((c,), float("inf"), dtype=torch.float64),
+             "image_max": torch.zeros(c, bins, dtype=torch.long), "image_nonpos": torch.zeros(c, dtype=torch.long),
+             "hw": torch.tensor([0, 0])}
+    h, w = (int(v) for v in s["hw"])
+    return ChannelStats(
+        layer=layer, bins=bins, top=top, units=s["units"], units_nonpos=s["units_nonpos"],
+        n_units=n_images * h * w, image_max=s["image_max"], image_nonpos=s["image_nonpos"], n_images=n_images,
+        sum=ExactSum.value(s["sum"]), sum_sq=ExactSum.value(s["sum_sq"]), min=s["min"],
+    )

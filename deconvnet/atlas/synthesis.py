@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -35,7 +35,7 @@ def _wanted(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: settings[k] for k in DEFAULT_SETTINGS}
 
 
-def _read(out: Path, layer: str, channel: int, key: dict[str, Any], weights: str) -> Optional[dict[str, Any]]:
+def _read(out: Path, layer: str, channel: int, key: dict[str, Any], weights: str) -> dict[str, Any] | None:
     image, record = (out / p for p in synth_paths(layer, channel))
     if not image.is_file() or not record.is_file():
         return None
@@ -48,7 +48,7 @@ def _read(out: Path, layer: str, channel: int, key: dict[str, Any], weights: str
     return rec
 
 
-def synthesize_atlas(net: Net, out: Path, channels: dict[str, list[int]], settings: Optional[dict[str, Any]] = None,
+def synthesize_atlas(net: Net, out: Path, channels: dict[str, list[int]], settings: dict[str, Any] | None = None,
                      *, progress: bool = True) -> tuple[dict[str, dict[int, dict[str, Any]]], int]:
     """Synthesise the images the atlas lacks; returns (layer -> channel -> record, images made now).
 
@@ -71,7 +71,7 @@ def synthesize_atlas(net: Net, out: Path, channels: dict[str, list[int]], settin
     made = 0
     try:
         for layer in channels:
-            mine = [c for l, c in todo if l == layer]
+            mine = [c for name, c in todo if name == layer]
             for start in range(0, len(mine), BATCH):
                 s = synthesize(net, layer, mine[start : start + BATCH], progress=False, **key)
                 if s.interrupted:

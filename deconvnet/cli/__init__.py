@@ -15,16 +15,34 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 # torch, torchvision, captum and matplotlib are imported by the commands that need them, when they run:
 # ``--help`` and argument errors come back at once (benchmarks/bench_cli_startup.py)
 from .._version import __version__
-from .common import (ARCH_HELP, FIGURE_SUFFIXES, USER_WEIGHTS_HELP, UsageError, _Parser, _arch, _channel, _features,
-                     _load_data, _load_net, _position, add_user_model_options, check_arch, check_counts,
-                     check_data_options, check_layer_names, check_output_file, check_output_folder, program_name)
-from .common import resolve_device  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
+from .common import (
+    ARCH_HELP,
+    FIGURE_SUFFIXES,
+    USER_WEIGHTS_HELP,
+    UsageError,
+    _arch,
+    _channel,
+    _features,
+    _load_data,
+    _load_net,
+    _Parser,
+    _position,
+    add_user_model_options,
+    check_arch,
+    check_counts,
+    check_data_options,
+    check_layer_names,
+    check_output_file,
+    check_output_folder,
+    program_name,
+    resolve_device,  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
+)
 from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
 from .synthesis import add_synthesis_parser, cmd_synthesize
 
@@ -32,7 +50,8 @@ from .synthesis import add_synthesis_parser, cmd_synthesize
 PHOTO_EXAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
 
 
-ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")  # analysis.FIGURES
+ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution",
+            "correspondence")  # analysis.FIGURES
 
 
 FIGURE_KINDS = ("top9", "resolution") + ANALYSES + ("synthesis",)
@@ -48,15 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("project", help="project one unit or feature map of an image back to pixel space")
     p.add_argument("image", help=f"an image file, or a bundled photograph: {', '.join(PHOTO_EXAMPLES)}, ...")
     p.add_argument("--layer", default="conv5_3", help="paper layer name (conv5_3, relu4_3, pool5, ...)")
-    p.add_argument("--channel", type=_channel, default="max", help="channel number, or max: the channel holding the layer's strongest activation")
-    p.add_argument("--position", type=_position, default="max", help="max (strongest unit of the map), ROW,COL, or all (the whole map)")
+    p.add_argument("--channel", type=_channel, default="max", help="channel number, or max: the channel holding the "
+                                                                   "layer's strongest activation")
+    p.add_argument("--position", type=_position, default="max", help="max (strongest unit of the map), ROW,COL, or all "
+                                                                     "(the whole map)")
     p.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
     add_user_model_options(p)
-    p.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held constant; docs/explanation/declared-rules.md)")
+    p.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as "
+                                                         "ReLU, gates and normaliser divisors held constant; "
+                                                         "docs/explanation/declared-rules.md)")
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the image as is)")
-    p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projection (see deconvnet.plot)")
+    p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the "
+                                                         "image as is)")
+    p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
+                   help="display scaling of the projection (see deconvnet.plot)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, required=True, help=f"output figure ({', '.join(FIGURE_SUFFIXES)})")
 
@@ -64,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     f.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
     add_user_model_options(f)
-    f.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held constant; docs/explanation/declared-rules.md)")
+    f.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as "
+                                                         "ReLU, gates and normaliser divisors held constant; "
+                                                         "docs/explanation/declared-rules.md)")
     f.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
     f.add_argument("--data", default=None, help="a folder of images (recursive): the scan of top9, and the first few "
                    "images of methods, sanity, invariance and occlusion; default: the offline demo collection and the "
@@ -74,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block)")
     f.add_argument("--features", type=int, default=8, help="feature maps shown per layer")
     f.add_argument("--k", type=int, default=9, help="top activations per feature map")
-    f.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps: a seeded random subset (as the paper) or the strongest")
-    f.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projections (see deconvnet.plot)")
+    f.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps: a seeded "
+                                                                                       "random subset (as the paper) "
+                                                                                       "or the strongest")
+    f.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
+                   help="display scaling of the projections (see deconvnet.plot)")
     f.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure file format")
     f.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
     f.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
@@ -83,29 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     f.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     f.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
-    f.add_argument("--only", default="all", help=f"comma-separated figure kinds: {', '.join(FIGURE_KINDS)}, or all (every kind but synthesis, "
-                   "which takes minutes per channel on a CPU)")
+    f.add_argument("--only", default="all", help=f"comma-separated figure kinds: {', '.join(FIGURE_KINDS)}, or all "
+                   "(every kind but synthesis, which takes minutes per channel on a CPU)")
     f.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
-    f.add_argument("--quick", action="store_true", help="small settings for the non-top9 figures (seconds, for a first look)")
+    f.add_argument("--quick", action="store_true", help="small settings for the non-top9 figures (seconds, for a first "
+                                                        "look)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.add_argument("--no-cache", action="store_true", help="do not read or store scans in the shared scan cache")
 
-    l = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field (no weights needed)")
-    l.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    l.add_argument("--size", type=int, default=224, help="side of the square input, in pixels")
+    layers_cmd = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field "
+                                               "(no weights needed)")
+    layers_cmd.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
+    layers_cmd.add_argument("--size", type=int, default=224, help="side of the square input, in pixels")
 
     a = sub.add_parser("atlas", help="a static website of every channel's top-k projections (open OUT/index.html)")
     a.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
     a.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
     add_user_model_options(a)
-    a.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held constant; docs/explanation/declared-rules.md)")
+    a.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as "
+                                                         "ReLU, gates and normaliser divisors held constant; "
+                                                         "docs/explanation/declared-rules.md)")
     a.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
     a.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
-    a.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block); a rerun adds layers")
-    a.add_argument("--features", type=_features, default=None, metavar="N|all", help="channels per layer: all (default) or N (see --select)")
+    a.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block); a "
+                                                  "rerun adds layers")
+    a.add_argument("--features", type=_features, default=None, metavar="N|all", help="channels per layer: all "
+                                                                                     "(default) or N (see --select)")
     a.add_argument("--k", type=int, default=9, help="top activations per channel")
-    a.add_argument("--select", default="random", choices=("random", "strongest"), help="which N channels with --features N")
-    a.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"), help="display scaling of the projections (see deconvnet.plot)")
+    a.add_argument("--select", default="random", choices=("random", "strongest"), help="which N channels with "
+                                                                                       "--features N")
+    a.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
+                   help="display scaling of the projections (see deconvnet.plot)")
     a.add_argument("--format", default="jpeg", choices=("jpeg", "png", "webp"), help="image file format of the tiles")
     a.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
     a.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
@@ -113,10 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     a.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     a.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
-    a.add_argument("--out", type=Path, default=Path("atlas"), help="the atlas folder (new, or an atlas to extend or finish)")
+    a.add_argument("--out", type=Path, default=Path("atlas"), help="the atlas folder (new, or an atlas to extend or "
+                                                                   "finish)")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
-    a.add_argument("--synthesize", action="store_true", help="also show on each channel page the image synthesised to excite it most (kept: a rebuild does not redo it)")
-    a.add_argument("--synthesize-steps", type=int, default=512, help="optimisation steps of --synthesize (128 px images)")
+    a.add_argument("--synthesize", action="store_true", help="also show on each channel page the image synthesised to "
+                                                             "excite it most (kept: a rebuild does not redo it)")
+    a.add_argument("--synthesize-steps", type=int, default=512, help="optimisation steps of --synthesize (128 px "
+                                                                     "images)")
     a.add_argument("--no-cache", action="store_true", help="do not read or store scans in the shared scan cache")
     _add_evolution_parser(sub)
     _add_correspondence_parser(sub)
@@ -147,17 +188,20 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     from ..engine import default_layers
 
     check_counts(("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
-                 ("--resize", args.resize, 1), ("--workers", args.workers, 0), ("--synthesize-steps", args.synthesize_steps, 1))
+                 ("--resize", args.resize, 1), ("--workers", args.workers, 0),
+                 ("--synthesize-steps", args.synthesize_steps, 1))
     if args.features is not None and args.features < 1:
         raise UsageError(f"--features {args.features} must be at least 1, or all")
     check_data_options(args)
     on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     check_image_sizes(args)
     if args.layers is not None:
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()], arch_kwargs=args.arch_kwargs)  # before the weights load
+        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()],
+                          arch_kwargs=args.arch_kwargs)  # before the weights load
     net = _load_net(args)
     check_forward_fits(net, args)
-    layers = default_layers(net) if args.layers is None else [l.strip() for l in args.layers.split(",") if l.strip()]
+    layers = (default_layers(net) if args.layers is None
+              else [layer.strip() for layer in args.layers.split(",") if layer.strip()])
     layers = check_layers(net, layers)
     print(f"model: {net.describe()}")
     dataset, name = _load_data(args, net)
@@ -167,9 +211,11 @@ def cmd_atlas(args: argparse.Namespace) -> None:
                         num_workers=args.workers, progress=not args.quiet, cache=not args.no_cache,
                         synthesize={"steps": args.synthesize_steps, "seed": args.seed} if args.synthesize else False)
     pages = sum(len(c) for c in atlas.channels.values())
-    print(f"atlas: {', '.join(f'{l} ({len(atlas.channels[l])} channels)' for l in atlas.layers)}; {pages} channel pages, "
+    print(f"atlas: {', '.join(f'{layer} ({len(atlas.channels[layer])} channels)' for layer in atlas.layers)}; {pages} "
+          "channel pages, "
           f"{atlas.projected} projections made now")
-    print(f"size: {atlas.site_bytes / 2**20:.1f} MB in {atlas.site_files} files (and {atlas.scan_bytes / 2**20:.1f} MB of scans)")
+    print(f"size: {atlas.site_bytes / 2**20:.1f} MB in {atlas.site_files} files (and {atlas.scan_bytes / 2**20:.1f} MB "
+          "of scans)")
     print("timings: " + ", ".join(f"{step} {sec:.1f}s" for step, sec in atlas.timings.items()))
     print(f"open {args.out / 'index.html'}")
 
@@ -207,6 +253,26 @@ def cmd_project(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}  (load {t1 - t0:.1f}s, project {t2 - t1:.2f}s)")
 
 
+
+def _figure_kinds(only: str) -> tuple[str, ...]:
+    """The figure kinds ``--only`` names (``all``: every kind but synthesis), or a usage error."""
+    kinds = DEFAULT_KINDS if only == "all" else tuple(k.strip() for k in only.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FIGURE_KINDS]
+    if unknown or not kinds:
+        raise UsageError(f"--only {only}: unknown figure kind {', '.join(unknown) or '(none)'}; use "
+                         f"{', '.join(FIGURE_KINDS)} or all")
+    return kinds
+
+
+def _check_boxes(args: argparse.Namespace) -> None:
+    """``--boxes``: a file, and only with ``--data``."""
+    if args.boxes is not None and args.data is None:
+        raise UsageError("--boxes needs --data, the folder its image names are relative to")
+    if args.boxes is not None and not args.boxes.is_file():
+        raise UsageError(f"--boxes '{args.boxes}' is not a file. Hint: a JSON of part boxes (see "
+                         "deconvnet/analysis/parts.json)")
+
+
 def cmd_figures(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -214,26 +280,22 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from ..distributed import is_main, on_main
     from ..engine import default_layers
 
-    kinds = DEFAULT_KINDS if args.only == "all" else tuple(k.strip() for k in args.only.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FIGURE_KINDS]
-    if unknown or not kinds:
-        raise UsageError(f"--only {args.only}: unknown figure kind {', '.join(unknown) or '(none)'}; use {', '.join(FIGURE_KINDS)} or all")
+    kinds = _figure_kinds(args.only)
     check_counts(("--k", args.k, 1), ("--features", args.features, 1), ("--batch-size", args.batch_size, 1),
                  ("--crop", args.crop, 1), ("--resize", args.resize, 1), ("--workers", args.workers, 0))
     check_data_options(args)
-    if args.boxes is not None and args.data is None:
-        raise UsageError("--boxes needs --data, the folder its image names are relative to")
-    if args.boxes is not None and not args.boxes.is_file():
-        raise UsageError(f"--boxes '{args.boxes}' is not a file. Hint: a JSON of part boxes (see deconvnet/analysis/parts.json)")
+    _check_boxes(args)
     on_main(check_output_folder, args.out)
     check_image_sizes(args)
     if args.layers is not None:  # before the model loads: a wrong name fails at once
-        check_layer_names(args.arch, [l.strip() for l in args.layers.split(",") if l.strip()], arch_kwargs=args.arch_kwargs)
+        check_layer_names(args.arch, [layer.strip() for layer in args.layers.split(",") if layer.strip()],
+                          arch_kwargs=args.arch_kwargs)
     timings: list[tuple[str, float]] = []
     t = time.perf_counter()
     net = _load_net(args)
     check_forward_fits(net, args)
-    layers = default_layers(net) if args.layers is None else list(dict.fromkeys(l.strip() for l in args.layers.split(",") if l.strip()))
+    layers = (default_layers(net) if args.layers is None
+              else list(dict.fromkeys(layer.strip() for layer in args.layers.split(",") if layer.strip())))
     for layer in layers:
         net.check_layer(layer)
     print(f"model: {net.describe()}")
@@ -262,15 +324,16 @@ def cmd_figures(args: argparse.Namespace) -> None:
         timings.append(("resolution figures", time.perf_counter() - t))
     analyses = [k for k in kinds if k in ANALYSES]
     if analyses:
-        from ..models import load_alexnet
         from ..analysis import make_figures as analysis_figures
+        from ..models import load_alexnet
 
         t = time.perf_counter()
         alexnet = None
         if "filters" in analyses and net.arch != "alexnet":  # Figure 6 shows AlexNet's conv1 too
             source = args.weights if args.weights in ("auto", "imagenet") else "random"
             if source == "random" and args.weights != "random":
-                print(f"note: the filter figure shows {net.arch}'s filters only (--weights {args.weights} has no AlexNet)",
+                print(f"note: the filter figure shows {net.arch}'s filters only (--weights {args.weights} has no "
+                      "AlexNet)",
                       file=sys.stderr)
             else:
                 with warnings.catch_warnings(record=True) as caught:
@@ -285,7 +348,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
     print("timings: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in timings))
     if not written:
-        raise UsageError(f"nothing was written to '{args.out}' (see the warnings above). Hint: more images, a smaller --k, "
+        raise UsageError(f"nothing was written to '{args.out}' (see the warnings above). Hint: more images, a smaller "
+                         "--k, "
                          "or other --layers")
 
 
@@ -349,9 +413,8 @@ def cmd_layers(args: argparse.Namespace) -> None:
     import torch
 
     from ..engine import default_layers, receptive_field, record
-    from ..models import load_model
-
     from ..memory import check_bytes, check_memory
+    from ..models import load_model
 
     if args.size < 1:
         raise UsageError(f"--size {args.size} must be a positive number of pixels")
@@ -380,7 +443,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     print(f"{args.arch}, a {args.size}x{args.size} input: unit i of a map sees input pixels "
           "i*stride - padding ... i*stride - padding + field - 1 (each axis)")
     for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     print("default: * marks the layers the figure script and the atlas show when --layers is left out")
 
 
@@ -407,7 +470,8 @@ def _torchrun(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     args.device = distributed.init_from_env(args.device)
     stack.callback(distributed.shutdown)
     if not distributed.is_main():
-        stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115 (the ExitStack closes it)
+        stack.enter_context(contextlib.redirect_stdout(devnull))
     return stack
 
 

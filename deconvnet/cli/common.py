@@ -7,8 +7,8 @@ import argparse
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 #: ``deconvnet.models.ARCH_NAMES`` (the families with the paper's layer names), written out so that ``--help``
 #: and argument errors need no torch (tests/cli/test_cli.py checks the two agree)
@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
 
             parser: argparse.ArgumentParser = self
             for action in self._actions:  # the command's own parser knows its options
-                if isinstance(action, argparse._SubParsersAction) and getattr(parsed, action.dest, None) in action.choices:
+                if (isinstance(action, argparse._SubParsersAction)
+                        and getattr(parsed, action.dest, None) in action.choices):
                     parser = action.choices[getattr(parsed, action.dest)]
             options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
             hints = []
@@ -67,7 +68,8 @@ def program_name() -> str:
     return "python -m deconvnet" if name in ("", "__main__.py", "-c") or name.endswith(".py") else name
 
 
-ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), timm:NAME (any timm model), any torchvision classifier (resnet50, "
+ARCH_HELP = (f"{', '.join(ARCH_NAMES)} (the paper's layer names), timm:NAME (any timm model), any torchvision "
+             "classifier (resnet50, "
              "googlenet, densenet121, ...: layers are module paths such as layer3.1.conv2), or your own model by "
              "import path, module.path:ClassName (a class or a function returning an nn.Module, imported from the "
              "working directory; see --arch-kwargs, --weights FILE and --preprocessing)")
@@ -200,7 +202,8 @@ def _check_device(text: str) -> None:
     except RuntimeError:
         raise UsageError(f"--device '{text}' is not a device. Hint: cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {text}: projections need a device that computes (cpu, cuda or mps), not {device.type}")
+        raise UsageError(f"--device {text}: projections need a device that computes (cpu, cuda or mps), not "
+                         f"{device.type}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {text}: MPS is not available here. Hint: --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -8,8 +8,17 @@ import time
 import warnings
 from pathlib import Path
 
-from .common import (ARCH_HELP, UsageError, _arch, _load_data, _load_net, check_counts, check_data_options,
-                     check_layer_names, check_output_folder)
+from .common import (
+    ARCH_HELP,
+    UsageError,
+    _arch,
+    _load_data,
+    _load_net,
+    check_counts,
+    check_data_options,
+    check_layer_names,
+    check_output_folder,
+)
 
 
 def _channels(text: str) -> list[int]:
@@ -38,18 +47,25 @@ RECIPES = ("standard", "distill", "none")
 def add_synthesis_parser(sub) -> None:
     s = sub.add_parser("synthesize", help="synthesise the image each channel responds to most (Olah et al. 2017)")
     s.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    s.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a state_dict path")
+    s.add_argument("--weights", default="auto", help="auto, imagenet, mri or hed (vgg16, offline), random, or a "
+                                                     "state_dict path")
     s.add_argument("--seed", type=int, default=0, help="seed of the synthesis (and of --weights random)")
     s.add_argument("--layer", default="conv4_3", help="paper layer name (conv4_3, ...) or module path")
-    s.add_argument("--channels", type=_channels, default=[0, 1, 2, 3], help="comma-separated channels or ranges (0,5,9 or 0-7)")
+    s.add_argument("--channels", type=_channels, default=[0, 1, 2, 3], help="comma-separated channels or ranges (0,5,9 "
+                                                                            "or 0-7)")
     s.add_argument("--steps", type=int, default=512, help="optimisation steps (the Distill article: 2560)")
     s.add_argument("--size", type=int, default=128, help="side of the synthesised image, in pixels")
     s.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate")
-    s.add_argument("--objective", default="channel", choices=OBJECTIVES, help="the channel's mean over the map, or its centre unit")
-    s.add_argument("--transforms", default="standard", choices=RECIPES, help="transformation robustness: lucent's standard, the Distill footnote's, or none")
+    s.add_argument("--objective", default="channel", choices=OBJECTIVES,
+                   help="the channel's mean over the map, or its centre unit")
+    s.add_argument("--transforms", default="standard", choices=RECIPES,
+                   help="transformation robustness: lucent's standard, the Distill footnote's, or none")
     s.add_argument("--batch", type=int, default=8, help="channels optimised together in one batch")
-    s.add_argument("--compare", action="store_true", help="also scan --data (default: the offline demo collection) for each channel's strongest activation, recorded beside the image's")
-    s.add_argument("--data", default=None, help="a folder of images for --compare (recursive); default: the offline demo collection")
+    s.add_argument("--compare", action="store_true", help="also scan --data (default: the offline demo collection) for "
+                                                          "each channel's strongest activation, recorded beside the "
+                                                          "image's")
+    s.add_argument("--data", default=None, help="a folder of images for --compare (recursive); default: the offline "
+                                                "demo collection")
     s.add_argument("--resize", type=int, default=256, help="shorter side after resizing (--compare on a folder)")
     s.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model (--compare)")
     s.add_argument("--limit", type=int, default=None, help="--compare scans only the first N images")
@@ -75,7 +91,8 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     n = net.channels[layer]
     bad = [c for c in args.channels if not 0 <= c < n]
     if bad:
-        raise UsageError(f"channel {bad[0]} is out of range for layer '{layer}' of {args.arch}, which has {n} channels. "
+        raise UsageError(f"channel {bad[0]} is out of range for layer '{layer}' of {args.arch}, which has {n} "
+                         "channels. "
                          f"Hint: --channels within 0-{n - 1}")
     print(f"model: {net.describe()}")
     dataset_max, dataset_name = None, None
@@ -98,7 +115,8 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
                               dataset_max=None if dataset_max is None else [dataset_max[c] for c in done],
                               dataset_name=dataset_name)
     for i, c in enumerate(done):
-        line = f"{layer} channel {c}: mean {float(result.activations[i]):.4g}, strongest unit {float(result.peaks[i]):.4g}"
+        line = (f"{layer} channel {c}: mean {float(result.activations[i]):.4g}, "
+                f"strongest unit {float(result.peaks[i]):.4g}")
         if dataset_max is not None:
             line += f" (strongest in {dataset_name}: {dataset_max[c]:.4g})"
         print(line)

@@ -4,7 +4,7 @@ After ``record_chain`` has run the forward, ``walk_down`` applies, from the targ
 step of each module:
 
 ======================  ==========================================================================
-forward module          step down (the deconvnet rule; REFERENCE.md)
+forward module          step down (the deconvnet rule; docs/explanation/deconvnet.md)
 ======================  ==========================================================================
 Conv2d                  ``conv_transpose2d`` with the same weight tensor, no bias, output size = the
                         forward input size exactly
@@ -28,15 +28,15 @@ equal to the whole-map walk. ``ChainEngine`` puts both behind the engine interfa
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models import CHAIN_MODULES, Net
-from . import rules
 from ..models.lock import model_lock
+from . import rules
 from .receptive import receptive_field
 from .record import Kept, check_input, record_chain
 from .switches import PoolSwitches, disjoint, no_switch, unpool_disjoint
@@ -50,7 +50,7 @@ SUPPORTED = (
 UNPOOL_MODES = ("scatter_add", "max_unpool")
 
 
-def _pair(v: Union[int, tuple]) -> tuple[int, int]:
+def _pair(v: int | tuple) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
@@ -63,14 +63,14 @@ def conv_transpose_like(m: nn.Conv2d, r: torch.Tensor, in_hw: Sequence[int]) -> 
         if m.padding == "valid":
             padding = (0, 0)
         else:  # 'same' (stride 1): total padding d*(k-1), symmetric only when even
-            totals = [d * (kk - 1) for d, kk in zip(dilation, k)]
+            totals = [d * (kk - 1) for d, kk in zip(dilation, k, strict=True)]
             if any(t % 2 for t in totals):
                 raise ValueError(f"Conv2d padding='same' with asymmetric padding {totals} is not supported")
             padding = tuple(t // 2 for t in totals)
     else:
         padding = _pair(m.padding)
     out_pad = []
-    for n_in, n_out, s, p, d, kk in zip(in_hw, r.shape[-2:], stride, padding, dilation, k):
+    for n_in, n_out, s, p, d, kk in zip(in_hw, r.shape[-2:], stride, padding, dilation, k, strict=True):
         base = (n_out - 1) * s - 2 * p + d * (kk - 1) + 1
         out_pad.append(n_in - base)
     return F.conv_transpose2d(r, m.weight, None, stride, padding, tuple(out_pad), m.groups, dilation)
@@ -141,7 +141,8 @@ def deconv_step(
         return unpool_scatter_add(r, sw, in_shape[-2:])
     if isinstance(m, nn.BatchNorm2d):  # the forward ran in eval mode (``hooked``): running statistics
         if m.running_var is None:
-            raise ValueError(f"BatchNorm2d '{name}' has no running statistics (track_running_stats=False): no deconvnet rule")
+            raise ValueError(f"BatchNorm2d '{name}' has no running statistics (track_running_stats=False): no "
+                             "deconvnet rule")
         scale = torch.rsqrt(m.running_var + m.eps)
         if m.weight is not None:
             scale = scale * m.weight
@@ -187,7 +188,8 @@ def check_faithful(net: Net, depth: int) -> None:
         for kind, hooks in (("forward hook", module_globals._global_forward_hooks),
                             ("forward pre-hook", module_globals._global_forward_pre_hooks)):
             if hooks:
-                raise ValueError(f"a global {kind} is registered (torch.nn.modules.module.register_module_{kind.replace(' ', '_').replace('-', '_')}): "
+                register = f"register_module_{kind.replace(' ', '_').replace('-', '_')}"
+                raise ValueError(f"a global {kind} is registered (torch.nn.modules.module.{register}): "
                                  f"the chain walk cannot see what it changes. {_GRAPH_HINT}")
         walked = {id(m) for _, m in net.stack[: depth + 1]}
         holds: dict[int, bool] = {}
@@ -351,12 +353,14 @@ def walk_down_cropped(
             s, p, d = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
             r = F.conv_transpose2d(r, m.weight, None, s, 0, 0, m.groups, d)
             origin = origin * torch.tensor(s, device=origin.device) - torch.tensor(p, device=origin.device)
-            if bool((origin < 0).any()) or bool((origin + torch.tensor(r.shape[-2:], device=origin.device) > torch.tensor(in_hw, device=origin.device)).any()):
+            window = torch.tensor(r.shape[-2:], device=origin.device)
+            if bool((origin < 0).any()) or bool((origin + window > torch.tensor(in_hw, device=origin.device)).any()):
                 r.mul_(_inside(origin, r.shape[-2:], in_hw))  # clear the zero padding (windows at a border)
         elif isinstance(m, nn.MaxPool2d):
             sw = rec.switches[i]
             r = _unpool_window(r, origin, image, sw)
-            origin = origin * torch.tensor(sw.stride, device=origin.device) - torch.tensor(sw.padding, device=origin.device)
+            origin = (origin * torch.tensor(sw.stride, device=origin.device)
+                      - torch.tensor(sw.padding, device=origin.device))
         elif isinstance(m, nn.ReLU):
             r.clamp_(min=0)  # r is this walk's own tensor: rectify in place
         else:
@@ -399,7 +403,7 @@ class ChainEngine:
         rule, unpool, max_batch, crop: as ``Deconvnet``.
     """
 
-    def __init__(self, net: Net, *, rule: str, unpool: str, max_batch: int, crop: Union[str, bool],
+    def __init__(self, net: Net, *, rule: str, unpool: str, max_batch: int, crop: str | bool,
                  keep: int = 0) -> None:
         self.net, self.rule, self.unpool, self.max_batch, self.crop = net, rule, unpool, max_batch, crop
         self.kept = Kept(keep)
@@ -534,4 +538,5 @@ def croppable(net: Net, depth: int) -> bool:
     if not all(isinstance(m, CROPPABLE) for m in below):
         return False
     # the cropped walk needs numeric zero padding; the whole-map walk handles the others
-    return not any(isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros") for m in below)
+    return not any(isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros")
+                   for m in below)

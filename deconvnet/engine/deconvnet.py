@@ -8,7 +8,7 @@ and ``engine.graph`` (the rule at every rectifier of the model's own autograd gr
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -135,14 +135,15 @@ class Deconvnet:
     """
 
     def __init__(self, net: Net | nn.Module, *, engine: str = "auto", rule: str = "deconvnet",
-                 unpool: str = "scatter_add", max_batch: int = 32, crop: Union[str, bool] = "auto",
+                 unpool: str = "scatter_add", max_batch: int = 32, crop: str | bool = "auto",
                  keep: int = 0, extend: bool | None = None) -> None:
         net = wrap(net)
         extend = bool(getattr(net, "extend", False) if extend is None else extend)
         if engine not in ENGINES:
             raise ValueError(f"engine '{engine}' is not understood. Hint: one of {', '.join(ENGINES)}")
         if engine == "chain" and not net.is_chain:
-            raise ValueError(f"{net.arch} is not a chain of modules; engine='chain' cannot walk it. Hint: engine='auto'")
+            raise ValueError(f"{net.arch} is not a chain of modules; engine='chain' cannot walk it. "
+                             "Hint: engine='auto'")
         self.engine = "chain" if engine == "auto" and net.is_chain else ("graph" if engine == "auto" else engine)
         self.rule = rule = check_rule(rule)
         self.extend = extend
@@ -174,7 +175,7 @@ class Deconvnet:
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable[[torch.Tensor], object] | None = None) -> Record:
         """One forward up to the deepest of ``layers`` (see ``engine.record``)."""
-        return self._engine.record(x, [self.net.resolve(l) for l in layers], switches=switches, reduce=reduce)
+        return self._engine.record(x, [self.net.resolve(layer) for layer in layers], switches=switches, reduce=reduce)
 
     def receptive_field(self, layer: str | nn.Module) -> ReceptiveField:
         """The receptive field of a unit of ``layer``: computed for chains, measured once and cached for graphs."""
@@ -195,7 +196,7 @@ class Deconvnet:
 
     # --- projections --------------------------------------------------------------------------------------
     def project(
-        self, x: torch.Tensor, layer: str, channel: Union[int, str] = "max", position: Position = "max"
+        self, x: torch.Tensor, layer: str, channel: int | str = "max", position: Position = "max"
     ) -> Projection:
         """Project one target for a batch of images: every other activation of the layer set to zero.
 
@@ -280,7 +281,8 @@ class Deconvnet:
             top-left pixels (may be negative), (N,) the units' activations.
         """
         layer = self.net.resolve(layer)
-        image, channel, unit = (_whole_numbers(t, what) for t, what in ((image, "image"), (channel, "channel"), (unit, "unit")))
+        image, channel, unit = (_whole_numbers(t, what)
+                                for t, what in ((image, "image"), (channel, "channel"), (unit, "unit")))
         _, c, h, w = self._output_shape(x, layer)
         n = len(image)
         if channel.shape != (n,) or unit.shape != (n, 2):

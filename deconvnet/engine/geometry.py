@@ -13,7 +13,7 @@ other ways (flips, rolls, spatial slices, transposes of the map's axes); the rea
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from .where import where_tracker
 Axis = tuple[int, int, int]  # (size r, jump j, padding P)
 #: (rows, cols, note), the note naming an adaptive pool on the way ("" if none: then the field holds at any
 #: input size); or the reason why there is no field
-Field = Union[tuple[Axis, Axis, str], str]
+Field = tuple[Axis, Axis, str] | str
 
 _POOLS = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
 _ADAPTIVE = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices", "_adaptive_avg_pool2d"}
@@ -113,7 +113,7 @@ class _GeometryMode(TorchFunctionMode):
             k, d = tuple(w.shape[-2:]), _pair(_arg(args, kwargs, 5, "dilation", 1))
             p = _arg(args, kwargs, 4, "padding", 0)
             if isinstance(p, str):
-                p = (0, 0) if p == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k))
+                p = (0, 0) if p == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k, strict=True))
             return _step(x._rf, k, _pair(_arg(args, kwargs, 3, "stride", 1)), _pair(p), d)
         if name in _POOLS and x is not None and len(inputs) == 1:
             k = _pair(_arg(args, kwargs, 1, "kernel_size", 1))

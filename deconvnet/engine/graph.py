@@ -3,7 +3,7 @@
 The chain engine (``engine.chain``) mirrors a stack of modules step by step. A ResNet, GoogLeNet or DenseNet
 is no stack: its forward adds, concatenates and calls ``F.relu`` directly. Here the model's own forward
 runs under a ``TorchFunctionMode`` that sees every call, module or functional, and swaps each rectifier
-for one whose backward is the deconvnet rule (Springenberg et al. 2015; REFERENCE.md):
+for one whose backward is the deconvnet rule (Springenberg et al. 2015; docs/explanation/deconvnet.md):
 
 ======================================  =====================================================================
 forward                                 backward (the signal R coming down)
@@ -34,9 +34,11 @@ another thread runs untouched.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +56,6 @@ from .record import Kept, check_finite, check_input
 from .targets import select_target
 from .types import Record, Target, UnsupportedLayerError
 from .where import where_tracker as _where_tracker
-
 
 _HINT = ("Hint: the deconvnet projects models built of convolutions, linear layers, BatchNorm, ReLUs and max- or "
          "average-pooling (VGG, AlexNet, ResNet, DenseNet, GoogLeNet); a target before this point can be projected "
@@ -143,9 +144,9 @@ class _DeconvMode(TorchFunctionMode):
     def refused(self, value: Any) -> str | None:
         """The reason a value (a tensor, or a structure of some) is refused, if it carries one."""
         for t in tree_flatten(value)[0]:
-            if isinstance(t, torch.Tensor):
-                if self.marked(t) and _tag(t, "_deconvnet_refused", self.token) is not None:
-                    return _tag(t, "_deconvnet_refused", self.token)
+            if (isinstance(t, torch.Tensor) and self.marked(t)
+                    and _tag(t, "_deconvnet_refused", self.token) is not None):
+                return _tag(t, "_deconvnet_refused", self.token)
         return None
 
     def joined(self, t: Any) -> Any:
@@ -186,11 +187,13 @@ class _DeconvMode(TorchFunctionMode):
         if gates and refused is None:
             return declared_rules.gated_call(self, func, args, kwargs, gates)
         rect = ops.rectifier(func, args, kwargs)
-        declared = declared_rules.declared_call(self, func, args, kwargs) if rect is None and self.extend and refused is None else None
+        declared = (declared_rules.declared_call(self, func, args, kwargs)
+                    if rect is None and self.extend and refused is None else None)
         if declared is not None and getattr(declared, "_deconvnet_gate", None) is not None:
             return declared  # a gate: a constant, not the signal
         if refused is None and rect is None and declared is None:
-            why = (ops.check(func, args, kwargs, self.dependent) or ops.check_spelling(func, args, kwargs, self.dependent)
+            why = (ops.check(func, args, kwargs, self.dependent)
+                   or ops.check_spelling(func, args, kwargs, self.dependent)
                    or ops.max_over_joined(func, args, kwargs, self.joined))
             refused = self.refuse(func, why, args, kwargs) if why is not None else None
         if rect is not None and refused is None:
@@ -345,7 +348,7 @@ def project(x: torch.Tensor, output: torch.Tensor, seed: torch.Tensor) -> torch.
     return g
 
 
-_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def check_graph(net: Net, hw: Sequence[int], layers: Sequence[str] = (), *, rule: str = "deconvnet",
@@ -372,42 +375,52 @@ def check_graph(net: Net, hw: Sequence[int], layers: Sequence[str] = (), *, rule
 def _probe(net: Net, hw: Sequence[int], key: tuple, rule: str) -> tuple | None:
     """One forward of a zero input under the mode: (``key``, layer -> why its output is refused)."""
     for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
-        shapes: dict[str, tuple[int, ...]] = {}
-        refused: dict[str, str] = {}
-        names: dict[nn.Module, str] = {}
-        for name, m in net.layers.items():
-            names.setdefault(m, name)
-
-        def hook(m, inputs, output):
-            name = names[original(m)]
-            if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
-                shapes[name] = tuple(output.shape)
-                why = mode.refused(output) or (ops.unseen(output) if output.requires_grad and not
-                                               mode.rule.autograd and not mode.marked(output) else None)
-                if why is not None:
-                    refused[name] = why if "Hint:" in why else f"layer '{name}' {why}. " + _HINT
-
-        x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype, requires_grad=True)
-        try:
-            with exclusive(net.model) as model, ExitStack() as stack:
-                token = stack.enter_context(own_call())
-                where = stack.enter_context(_where_tracker(model, token))
-                for m in names:
-                    stack.callback(m.register_forward_hook(hook).remove)
-                mode = _DeconvMode(where, rule, grad=True, extend=key[1])
-                mode.mark(x)
-                with torch.enable_grad(), mode:
-                    model(x)
-        except UnsupportedLayerError:
-            raise
-        except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+        found = _probe_size(net, size, key, rule)
+        if found is None:
             continue  # this size does not go through the model
+        shapes, refused, mode = found
         net.remember_shapes(size, shapes)
         if key[1]:
             net.declared = dict(mode.counts)
         _CHECKED[net.model] = (key, refused)
         return _CHECKED[net.model]
     return None  # neither size goes through: the forward of the call says why, in its own words
+
+
+def _probe_size(net: Net, size: tuple[int, ...], key: tuple, rule: str) -> tuple | None:
+    """The probe's forward at one input size: (layer -> output shape, layer -> why refused, the mode), or
+    ``None`` where the size does not go through the model."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    refused: dict[str, str] = {}
+    names: dict[nn.Module, str] = {}
+    for name, m in net.layers.items():
+        names.setdefault(m, name)
+
+    def hook(m, inputs, output):
+        name = names[original(m)]
+        if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
+            shapes[name] = tuple(output.shape)
+            why = mode.refused(output) or (ops.unseen(output) if output.requires_grad and not
+                                           mode.rule.autograd and not mode.marked(output) else None)
+            if why is not None:
+                refused[name] = why if "Hint:" in why else f"layer '{name}' {why}. " + _HINT
+
+    x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype, requires_grad=True)
+    try:
+        with exclusive(net.model) as model, ExitStack() as stack:
+            token = stack.enter_context(own_call())
+            where = stack.enter_context(_where_tracker(model, token))
+            for m in names:
+                stack.callback(m.register_forward_hook(hook).remove)
+            mode = _DeconvMode(where, rule, grad=True, extend=key[1])
+            mode.mark(x)
+            with torch.enable_grad(), mode:
+                model(x)
+    except UnsupportedLayerError:
+        raise
+    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+        return None
+    return shapes, refused, mode
 
 
 def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None, *,
@@ -420,8 +433,8 @@ def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Calla
     with exclusive(net.model):
         _, outputs = forward(net.model, x, {n: net.layers[n] for n in names}, grad=False, reduce=reduce, rule=rule,
                              extend=extend, declared=declared)
-    rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names)},
-                 declared={layer: declared.get(n, {}) for layer, n in zip(layers, names)})
+    rec = Record(activations={layer: outputs[n] for layer, n in zip(layers, names, strict=True)},
+                 declared={layer: declared.get(n, {}) for layer, n in zip(layers, names, strict=True)})
     if reduce is None:
         check_finite(net, rec.activations)
     return rec
@@ -640,11 +653,8 @@ def measure_boxes(model: nn.Module, module: nn.Module, hw: Sequence[int], channe
     x = torch.randn(1, channels, *hw, device=device, dtype=dtype).expand(2, -1, -1, -1).clone().requires_grad_(True)
     handle = module.register_forward_hook(hook)
     try:
-        with own_call() as token, torch.enable_grad(), _LinearSurrogate():
-            try:
-                eval_view(model)(x)  # the weights detached, the user's modules untouched (``models.lock``)
-            except _Stop:
-                pass
+        with own_call() as token, torch.enable_grad(), _LinearSurrogate(), contextlib.suppress(_Stop):
+            eval_view(model)(x)  # the weights detached, the user's modules untouched (``models.lock``)
     finally:
         handle.remove()
     y = out["y"]

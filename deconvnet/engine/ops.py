@@ -37,9 +37,11 @@ an absolute value: neither is a max-pool). Only calls on the path from the input
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -157,12 +159,12 @@ KNOWN_NONLINEAR: dict[Callable, str] = {
 #: modules with no deconvnet rule, refused before any forward (``check_modules``); the allow-list catches
 #: any other module by the functions its forward calls
 REFUSED_MODULES: tuple[type, ...] = tuple(
-    getattr(nn, n) for n in (
-        "SiLU GELU Hardswish Hardsigmoid Sigmoid Tanh Softmax LogSoftmax Softmin Softmax2d ELU SELU CELU LeakyReLU "
-        "PReLU RReLU Mish Softplus Softsign Softshrink Hardshrink Tanhshrink ReLU6 Hardtanh GLU LogSigmoid "
-        "LocalResponseNorm LayerNorm GroupNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d RMSNorm "
-        "MultiheadAttention Transformer TransformerEncoderLayer TransformerDecoderLayer"
-    ).split() if hasattr(nn, n)
+    getattr(nn, n) for n in ["SiLU", "GELU", "Hardswish", "Hardsigmoid", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+                             "Softmin", "Softmax2d", "ELU", "SELU", "CELU", "LeakyReLU", "PReLU", "RReLU", "Mish",
+                             "Softplus", "Softsign", "Softshrink", "Hardshrink", "Tanhshrink", "ReLU6", "Hardtanh",
+                             "GLU", "LogSigmoid", "LocalResponseNorm", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+                             "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "MultiheadAttention", "Transformer",
+                             "TransformerEncoderLayer", "TransformerDecoderLayer"] if hasattr(nn, n)
 )
 
 
@@ -194,10 +196,10 @@ def rectifier(func: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, 
         if _is_zero(_arg(args, kwargs, 1, "min")):
             return args[0], func in _CLAMP_MIN_INPLACE
         return None
-    if func in _THRESHOLD or func in _THRESHOLD_INPLACE:
-        if _is_zero(_arg(args, kwargs, 1, "threshold")) and _is_zero(_arg(args, kwargs, 2, "value")):
-            inplace = func in _THRESHOLD_INPLACE or bool(_arg(args, kwargs, 3, "inplace", False))
-            return args[0], inplace
+    if ((func in _THRESHOLD or func in _THRESHOLD_INPLACE)
+            and _is_zero(_arg(args, kwargs, 1, "threshold")) and _is_zero(_arg(args, kwargs, 2, "value"))):
+        inplace = func in _THRESHOLD_INPLACE or bool(_arg(args, kwargs, 3, "inplace", False))
+        return args[0], inplace
     return None
 
 
@@ -228,10 +230,8 @@ def describe(func: Callable) -> str:
             for n in dir(owner):
                 if n.startswith("_") and not n.startswith("__"):
                     continue
-                try:
+                with contextlib.suppress(TypeError):  # not hashable
                     _NAMES[getattr(owner, n)] = f"{prefix}.{n}"
-                except TypeError:  # not hashable
-                    pass
     try:
         if func in _NAMES:
             return _NAMES[func]
@@ -304,7 +304,8 @@ def check_cast(func: Callable, out: Any) -> str | None:
 #: modules of ``REFUSED_MODULES`` that ``extend=True`` lets through (their functions get the declared rules),
 #: each with the rule that a refusal without the opt-in names
 EXTENDED_MODULES_RULE: dict[str, str] = {
-    **{n: f"{n} as ReLU" for n in "SiLU GELU Hardswish Mish ELU CELU SELU LeakyReLU PReLU Softplus ReLU6".split()},
+    **{n: f"{n} as ReLU" for n in ["SiLU", "GELU", "Hardswish", "Mish", "ELU", "CELU", "SELU", "LeakyReLU", "PReLU",
+                                   "Softplus", "ReLU6"]},
     "Hardtanh": "Hardtanh(min 0) as ReLU (only with min_val=0)",
     "Sigmoid": "sigmoid gate held constant (only as a factor of a product with the signal)",
     "Hardsigmoid": "hardsigmoid gate held constant (only as a factor of a product with the signal)",
@@ -491,5 +492,6 @@ def outside_backward(func: Callable) -> str:
 def unseen(t: torch.Tensor) -> str:
     """Why a tensor that depends on the input (it requires grad) came from a computation the mode did not see."""
     node = type(t.grad_fn).__name__ if t.grad_fn is not None else "none"
-    return (f"takes a tensor computed by code the allow-list cannot see (a torch.jit.script function or ScriptModule, a C++ "
+    return ("takes a tensor computed by code the allow-list cannot see (a torch.jit.script function or ScriptModule, "
+            "a C++ "
             f"extension; its autograd node is {node}): there is no telling whether it is linear")

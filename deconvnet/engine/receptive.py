@@ -61,13 +61,13 @@ def receptive_field(net: Net, layer: str, hw: tuple[int, int] | None = None) -> 
         return graph_receptive_field(net, layer, hw)
     depth = net.depth(layer)
     r, j, p = [1, 1], [1, 1], [0, 0]
-    for name, m in net.stack[: depth + 1]:
+    for _, m in net.stack[: depth + 1]:
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
             d = _pair(getattr(m, "dilation", 1))
             pad = m.padding
             if isinstance(pad, str):
-                pad = (0, 0) if pad == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k))
+                pad = (0, 0) if pad == "valid" else tuple(dd * (kk - 1) // 2 for dd, kk in zip(d, k, strict=True))
             pad = _pair(pad)
             for a in range(2):
                 k_eff = d[a] * (k[a] - 1) + 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +163,7 @@ class Kept:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.items: "OrderedDict[tuple, tuple[torch.Tensor, object]]" = OrderedDict()
+        self.items: OrderedDict[tuple, tuple[torch.Tensor, object]] = OrderedDict()
         self.forwards = 0  # how many forwards ran
         self.seconds = 0.0
 

@@ -13,8 +13,9 @@ forward values. Each has the name a projection records it under (``Projection.de
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

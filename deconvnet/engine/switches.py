@@ -37,7 +37,7 @@ class PoolSwitches:
     dilation: tuple[int, int]
 
     @classmethod
-    def from_indices(cls, indices: torch.Tensor, in_hw: tuple[int, int], pool: nn.MaxPool2d) -> "PoolSwitches":
+    def from_indices(cls, indices: torch.Tensor, in_hw: tuple[int, int], pool: nn.MaxPool2d) -> PoolSwitches:
         """Compress PyTorch's flat argmax indices (B, C, h, w) of ``pool``."""
         k, s = _pair(pool.kernel_size), _pair(pool.stride if pool.stride is not None else pool.kernel_size)
         p, d = _pair(pool.padding), _pair(pool.dilation)
@@ -73,7 +73,7 @@ def disjoint(sw: PoolSwitches) -> bool:
     """Whether the pool's windows share no input position (stride at least the dilated kernel on each axis,
     VGG's 2x2 stride 2): then each input position has at most one window, and unpooling needs no sum."""
     sentinel_ok = sw.kernel[0] * sw.kernel[1] <= torch.iinfo(sw.offsets.dtype).max  # the "no switch" value fits
-    return sentinel_ok and all(s >= d * (k - 1) + 1 for k, s, d in zip(sw.kernel, sw.stride, sw.dilation))
+    return sentinel_ok and all(s >= d * (k - 1) + 1 for k, s, d in zip(sw.kernel, sw.stride, sw.dilation, strict=True))
 
 
 def no_switch(sw: PoolSwitches) -> int:

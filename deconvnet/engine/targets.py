@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -11,27 +11,14 @@ from ..models import Net
 from .types import Position, Target
 
 
-def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], torch.Tensor], torch.Tensor,
+                                                                        torch.Tensor, torch.Tensor]:
     """A function building the seed (B, C, h, w) or (B, F), and per image: channel, activation, position."""
     b, c = act.shape[:2]
     spatial = act.dim() == 4
     a4 = act if spatial else act.view(b, c, 1, 1)
     h, w = a4.shape[-2:]
-    ch = target.channel
-    if isinstance(ch, torch.Tensor):  # one channel per image
-        channels = ch.to(device=act.device, dtype=torch.long).reshape(-1)
-        if channels.numel() != b or not ((channels >= 0) & (channels < c)).all():
-            raise ValueError(f"per-image channels {ch.tolist()} must be {b} values in [0, {c}) for layer '{target.layer}'")
-    elif isinstance(ch, str):
-        if ch != "max":
-            raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
-        channels = a4.flatten(2).amax(2).argmax(1)
-    else:
-        if isinstance(ch, numbers.Integral) and not isinstance(ch, bool):
-            ch = int(ch)  # numpy integers too
-        if isinstance(ch, bool) or not isinstance(ch, int) or not 0 <= ch < c:
-            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}' of {net.arch}, which has {c} channels. Hint: use 0..{c - 1} or 'max'")
-        channels = torch.full((b,), ch, dtype=torch.long, device=act.device)
+    channels = _target_channels(a4, target, net)
     maps = a4[torch.arange(b, device=act.device), channels]  # (B, h, w)
     pos = target.position
     if isinstance(pos, str):
@@ -49,7 +36,8 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
     elif isinstance(pos, torch.Tensor):
         mask = pos.to(device=act.device, dtype=act.dtype)
         if mask.shape not in ((h, w), (b, h, w)):
-            raise ValueError(f"mask of shape {tuple(pos.shape)} does not fit layer '{target.layer}': its map is {h}x{w}; give (h, w) or ({b}, {h}, {w})")
+            raise ValueError(f"mask of shape {tuple(pos.shape)} does not fit layer '{target.layer}': its map is "
+                             f"{h}x{w}; give (h, w) or ({b}, {h}, {w})")
         weight = mask.expand(b, h, w)
     else:
         try:
@@ -57,7 +45,8 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
         except (TypeError, ValueError):
             raise ValueError(f"position {pos!r} is not understood. Hint: 'max', 'all', (row, col) or a mask") from None
         if not (0 <= row < h and 0 <= col < w):
-            raise ValueError(f"position ({row}, {col}) is outside layer '{target.layer}''s {h}x{w} map for this input size")
+            raise ValueError(f"position ({row}, {col}) is outside layer '{target.layer}''s {h}x{w} map for this input "
+                             "size")
         weight = torch.zeros_like(maps)
         weight[:, row, col] = 1
     if weight is None:  # "max": the strongest unit of each image's map
@@ -76,6 +65,30 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
         return seed.view_as(act)
 
     return seed_map, channels, activation, position
+
+
+
+def _target_channels(a4: torch.Tensor, target: Target, net: Net) -> torch.Tensor:
+    """(B,) the channel of each image that ``target.channel`` names (``a4``: the activations (B, C, h, w))."""
+    b, c = a4.shape[:2]
+    ch = target.channel
+    if isinstance(ch, torch.Tensor):  # one channel per image
+        channels = ch.to(device=a4.device, dtype=torch.long).reshape(-1)
+        if channels.numel() != b or not ((channels >= 0) & (channels < c)).all():
+            raise ValueError(f"per-image channels {ch.tolist()} must be {b} values in [0, {c}) for layer "
+                             f"'{target.layer}'")
+    elif isinstance(ch, str):
+        if ch != "max":
+            raise ValueError(f"channel '{ch}' is not understood. Hint: an integer in [0, {c}) or 'max'")
+        channels = a4.flatten(2).amax(2).argmax(1)
+    else:
+        if isinstance(ch, numbers.Integral) and not isinstance(ch, bool):
+            ch = int(ch)  # numpy integers too
+        if isinstance(ch, bool) or not isinstance(ch, int) or not 0 <= ch < c:
+            raise ValueError(f"channel {ch!r} is out of range for layer '{target.layer}' of {net.arch}, which has {c} "
+                             f"channels. Hint: use 0..{c - 1} or 'max'")
+        channels = torch.full((b,), ch, dtype=torch.long, device=a4.device)
+    return channels
 
 
 def is_point(position: Position) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 
@@ -11,7 +10,7 @@ from ..preprocessing import Preprocessing
 from . import rules
 from .switches import PoolSwitches
 
-Position = Union[str, tuple[int, int], torch.Tensor]
+Position = str | tuple[int, int] | torch.Tensor
 
 #: the backward rules at a rectifier (Springenberg et al. 2015): name -> the rule in words (``engine.rules``)
 RULES = {r.name: r.formula for r in rules.RULES.values()}
@@ -36,7 +35,7 @@ class Target:
     """
 
     layer: str
-    channel: Union[int, str, torch.Tensor] = "max"
+    channel: int | str | torch.Tensor = "max"
     position: Position = "max"
 
 

@@ -24,7 +24,7 @@ The package: ``state`` (what is computed and kept per image and layer), ``tiles`
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ..models import Net
 from ..plot import DEFAULT_SCALING
@@ -39,13 +39,13 @@ __all__ = ["METHODS", "Explorer", "ExplorerState", "activation_colors", "explore
 def explore(
     net: Net,
     image_or_dataset: Any = None,
-    topk: Optional[TopK] = None,
+    topk: TopK | None = None,
     *,
     size: int = 224,
-    layer: Optional[str] = None,
+    layer: str | None = None,
     scaling: str = DEFAULT_SCALING,
     panel: int = 224,
-    threads: Optional[int] = 1,
+    threads: int | None = 1,
     background: bool = True,
     wants: Any = False,
 ) -> Explorer:

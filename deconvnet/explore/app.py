@@ -11,7 +11,8 @@ import html
 import io
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,10 +42,10 @@ class Explorer(ExplorerState):
         widget: the ipywidgets root (a notebook shows the app itself, as the last expression of a cell).
     """
 
-    def __init__(self, net: Net, image_or_dataset: Any = None, topk: Optional[TopK] = None, *, size: int = 224,
-                 layer: Optional[str] = None, scaling: str = DEFAULT_SCALING, panel: int = 224, n_strongest: int = 12,
-                 threads: Optional[int] = 1, background: bool = True,
-                 wants: Union[bool, dict[str, Any]] = False) -> None:
+    def __init__(self, net: Net, image_or_dataset: Any = None, topk: TopK | None = None, *, size: int = 224,
+                 layer: str | None = None, scaling: str = DEFAULT_SCALING, panel: int = 224, n_strongest: int = 12,
+                 threads: int | None = 1, background: bool = True,
+                 wants: bool | dict[str, Any] = False) -> None:
         if scaling not in SCALINGS:
             raise ValueError(f"unknown scaling '{scaling}'. Hint: one of {', '.join(SCALINGS)}")
         super().__init__(net, image_or_dataset, topk, size=size, n_strongest=n_strongest, threads=threads)
@@ -67,8 +68,8 @@ class Explorer(ExplorerState):
         self.select(image=self.image_key, layer=layer)
 
     # --- what a control or a click does ---------------------------------------------------------------
-    def select(self, *, image: Any = None, layer: Optional[str] = None, channel: Union[int, str, None] = None,
-               position: Union[tuple[int, int], str, None] = None, method: Optional[str] = None) -> Projection:
+    def select(self, *, image: Any = None, layer: str | None = None, channel: int | str | None = None,
+               position: tuple[int, int] | str | None = None, method: str | None = None) -> Projection:
         """Show another image, layer, channel, unit or method: what the controls and a click do.
 
         Args:
@@ -106,7 +107,7 @@ class Explorer(ExplorerState):
         self._show_status()
         return p
 
-    def click_image(self, x: float, y: float) -> Optional[Projection]:
+    def click_image(self, x: float, y: float) -> Projection | None:
         """A click on the image panel at display pixel (x, y): the unit centred nearest to it."""
         if self.is_class:
             return None
@@ -114,7 +115,7 @@ class Explorer(ExplorerState):
         z = draw.zoom(self.panel, self.x.shape[-2:])
         return self.select(position=unit_at_pixel(rf, self.projection.map_size, y / z, x / z))
 
-    def click_map(self, x: float, y: float) -> Optional[Projection]:
+    def click_map(self, x: float, y: float) -> Projection | None:
         """A click on the activation-map panel at display pixel (x, y): that cell (on the classifier's
         output: the class of that bar)."""
         if self.is_class:
@@ -124,7 +125,7 @@ class Explorer(ExplorerState):
         h, w = self.projection.map_size
         return self.select(position=(min(max(int(y // c), 0), h - 1), min(max(int(x // c), 0), w - 1)))
 
-    def click_tile(self, x: float, y: float) -> Optional[Projection]:
+    def click_tile(self, x: float, y: float) -> Projection | None:
         """A click on a top-k tile, its projection or its patch (both mosaics have the same layout), at
         display pixel (x, y): that tile's image, at its unit."""
         t = self._shown_tiles
@@ -183,7 +184,7 @@ class Explorer(ExplorerState):
             return
         key = self.tile_key
         note = self.tiles_note()
-        got: Optional[Result] = note if note is not None else self.worker.cached(key)
+        got: Result | None = note if note is not None else self.worker.cached(key)
         if got is None and not self.background:
             t = time.perf_counter()
             got = self.worker.compute(key)
@@ -220,13 +221,14 @@ class Explorer(ExplorerState):
             projections, patches, self._tile_px = draw.tile_mosaics(result.projections, result.patches,
                                                                    scaling=self.scaling, panel=self.panel)
             w["tiles"].value, w["tile_patches"].value = draw.png(projections), draw.png(patches)
-            w["tiles_title"].value = (f"<b>top {len(result.values)} of {escape(key[0])} channel {escape(key[1])}</b> in the scan: "
+            w["tiles_title"].value = (f"<b>top {len(result.values)} of {escape(key[0])} channel {escape(key[1])}</b> "
+                                      "in the scan: "
                                       "projections and their image patches (click either to open that image)")
             self._shown_tiles, self.tiles_message = result, ""
             w["tiles_note"].value = ""
             w["tiles_box"].layout.display = None
 
-    def wait_tiles(self, timeout: Optional[float] = 120) -> None:
+    def wait_tiles(self, timeout: float | None = 120) -> None:
         """Block until the tiles of what is on show are drawn (those computing in the background)."""
         if self.worker is not None:
             self.worker.wait(self.tile_key, timeout)
@@ -325,7 +327,8 @@ class Explorer(ExplorerState):
         a = float(p.activation[0])
         if self.is_class:
             rank = 1 + int((self._act(self.x, self.layer)[0] > self._act(self.x, self.layer)[0, self.channel]).sum())
-            what = (f"<b>{escape(self.class_name(self.channel))}</b> (output {self.channel} of {escape(self.layer)}): score {a:.4g}, "
+            what = (f"<b>{escape(self.class_name(self.channel))}</b> (output {self.channel} of {escape(self.layer)}): "
+                    f"score {a:.4g}, "
                     f"rank {rank} of {self.net.channels[self.layer]}")
         else:
             idle = ""
@@ -333,7 +336,8 @@ class Explorer(ExplorerState):
                 silent = not bool(self.activation()[self.channel].any())
                 idle = (" (the whole channel is silent on this image: choose one of the strongest)" if silent
                         else " (not active: nothing to project; click a bright cell)")
-            what = f"<b>{escape(self.layer)} channel {self.channel}</b>: activation {a:.4g}{escape(idle)} at {escape(where(p))}"
+            what = (f"<b>{escape(self.layer)} channel {self.channel}</b>: activation {a:.4g}{escape(idle)} "
+                    f"at {escape(where(p))}")
             what += self._border_note()
         tiles = f"top-k tiles {t['tiles'] * 1e3:.0f} ms (after the view), " if t.get("tiles", 0) > 0.001 else ""
         self._w["status"].value = (
@@ -357,7 +361,8 @@ class Explorer(ExplorerState):
         k = int(act.flatten().argmax())
         r, c = divmod(k, act.shape[1])
         # said of the app's own choice only: after a click the unit on show is the user's (no stale line)
-        if getattr(self, "picked_strongest", False) and (r, c) != self.position and mask is not None and not bool(mask[r, c]) and float(act[r, c]) > float(act[self.position]):
+        if (getattr(self, "picked_strongest", False) and (r, c) != self.position and mask is not None
+                and not bool(mask[r, c]) and float(act[r, c]) > float(act[self.position])):
             return (f"<br>The strongest unit away from the border; the map's maximum, {float(act[r, c]):.4g} at "
                     f"({r}, {c}), is a border unit whose receptive field reaches into the zero padding.")
         return ""
@@ -437,7 +442,8 @@ class Explorer(ExplorerState):
         w["images"].observe(guarded(lambda ch: self.select(image=ch["new"])), names="value")
         w["layer_filter"].observe(filtered, names="value")
         w["layer"].observe(guarded(lambda ch: ch["new"] is not None and self.select(layer=ch["new"])), names="value")
-        w["strongest"].observe(guarded(lambda ch: ch["new"] is not None and self.select(channel=ch["new"])), names="value")
+        w["strongest"].observe(guarded(lambda ch: ch["new"] is not None and self.select(channel=ch["new"])),
+                               names="value")
         w["channel"].observe(guarded(lambda ch: self.select(channel=ch["new"])), names="value")
         w["class"].observe(guarded(lambda ch: ch["new"] and self.select(channel=ch["new"])), names="value")
         w["method"].observe(guarded(lambda ch: self.select(method=ch["new"])), names="value")
@@ -452,7 +458,7 @@ class Explorer(ExplorerState):
         clicks = {"image": self.click_image, "activation": self.click_map, "tiles": self.click_tile,
                   "tile_patches": self.click_tile}
         self._events = [Event(source=w[name], watched_events=["click"]) for name in clicks]
-        for event, click in zip(self._events, clicks.values()):
+        for event, click in zip(self._events, clicks.values(), strict=True):
             # dataX/dataY: the click in the picture's own pixels, whatever size the browser shows it at
             event.on_dom_event(guarded(lambda e, click=click: click(e["dataX"], e["dataY"])))
 

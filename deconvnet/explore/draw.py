@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -81,7 +81,8 @@ def cell(panel: int, map_size: Sequence[int]) -> int:
     return max(1, panel // max(map_size))
 
 
-def panels(p: Projection, activation: np.ndarray, position: tuple[int, int], *, scaling: str, panel: int) -> dict[str, np.ndarray]:
+def panels(p: Projection, activation: np.ndarray, position: tuple[int, int], *, scaling: str,
+           panel: int) -> dict[str, np.ndarray]:
     """The main panels of a unit: ``image`` and ``projection`` (its receptive field outlined), ``activation``
     (the channel's map, the unit outlined) and, where the unit has a box, ``patch`` (the image inside the
     box) and ``zoom`` (the projection inside it), enlarged by whole pixels."""
@@ -101,7 +102,8 @@ def panels(p: Projection, activation: np.ndarray, position: tuple[int, int], *, 
     h, w = activation.shape
     amap = resize(activation_colors(activation), (h * c, w * c), nearest=True)
     r, col = position
-    out["activation"] = outline(amap, [r * c, col * c, (r + 1) * c, (col + 1) * c], color=CELL, width=max(1, min(2, c // 3)))
+    out["activation"] = outline(amap, [r * c, col * c, (r + 1) * c, (col + 1) * c], color=CELL,
+                                width=max(1, min(2, c // 3)))
     side = max(box[2] - box[0], box[3] - box[1])
     big = max(1, panel // side) * side if side <= panel else panel  # whole pixels when enlarged
     patch = crop_box(image, box, PATCH_PAD).permute(1, 2, 0).double().numpy()
@@ -126,7 +128,7 @@ def class_bars(scores: Sequence[tuple[int, str, float]], chosen: int, *, width: 
     return np.asarray(im)
 
 
-def bar_at(y: float, n: int, row: int = 20) -> Optional[int]:
+def bar_at(y: float, n: int, row: int = 20) -> int | None:
     """Which row of ``class_bars`` display pixel row ``y`` falls on, or None."""
     k = int(y // row)
     return k if 0 <= k < n and y >= 0 else None
@@ -139,7 +141,8 @@ def tile_size(field: int, n: int, panel: int) -> int:
     return field * max(1, (panel // cols) // field)
 
 
-def tile_mosaics(projections: torch.Tensor, patches: torch.Tensor, *, scaling: str, panel: int) -> tuple[np.ndarray, np.ndarray, int]:
+def tile_mosaics(projections: torch.Tensor, patches: torch.Tensor, *, scaling: str,
+                 panel: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The top-k tiles as two mosaics, projections and their image patches, tile for tile at the same
     place: ``(projections, patches, tile side in display pixels)``."""
     n = len(projections)
@@ -151,7 +154,7 @@ def tile_mosaics(projections: torch.Tensor, patches: torch.Tensor, *, scaling: s
     return to8(mosaic(projs, cols, TILE_GAP)), to8(mosaic(pats, cols, TILE_GAP)), px
 
 
-def tile_at(x: float, y: float, n: int, px: int) -> Optional[int]:
+def tile_at(x: float, y: float, n: int, px: int) -> int | None:
     """Which tile of a mosaic of ``n`` tiles of ``px`` display pixels (``tile_mosaics``) holds display
     pixel (x, y), or None (a gap counts with the tile before it)."""
     cols = math.ceil(math.sqrt(n))

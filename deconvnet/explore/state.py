@@ -15,8 +15,9 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ _threads_state = {"users": 0, "before": 0}
 
 
 @contextmanager
-def torch_threads(n: Optional[int]) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
     """torch's intra-op threads set to ``n`` inside the block and restored when the last block using it
     ends (the app's main thread and its tile thread may overlap); None: unchanged."""
     if n is None:
@@ -68,7 +69,7 @@ def unit_at_pixel(rf: ReceptiveField, map_size: tuple[int, int], row: float, col
     Unit i covers pixels ``[i j - P, i j - P + r - 1]``, centred at ``i j - P + (r - 1) / 2``.
     """
     out = []
-    for v, r, j, p, n in zip((row, col), rf.size, rf.jump, rf.padding, map_size):
+    for v, r, j, p, n in zip((row, col), rf.size, rf.jump, rf.padding, map_size, strict=True):
         i = math.floor((v + p - (r - 1) / 2) / j + 0.5)
         out.append(min(max(i, 0), n - 1))
     return out[0], out[1]
@@ -77,7 +78,7 @@ def unit_at_pixel(rf: ReceptiveField, map_size: tuple[int, int], row: float, col
 def inside(rf: ReceptiveField, map_size: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
     """(h, w) bool: the units whose receptive field lies inside the image (none of it on the zero padding)."""
     axes = []
-    for r, j, p, n, size in zip(rf.size, rf.jump, rf.padding, map_size, hw):
+    for r, j, p, n, size in zip(rf.size, rf.jump, rf.padding, map_size, hw, strict=True):
         start = torch.arange(n) * j - p
         axes.append((start >= 0) & (start + r <= size))
     return axes[0][:, None] & axes[1][None, :]
@@ -90,7 +91,8 @@ def _forward_seconds(deconv: Deconvnet) -> float:
 
 def _is_dataset(obj: Any) -> bool:
     """A scan's collection (``deconvnet.data``): indexable items ``(x, i)`` and ``rgb(i)``."""
-    return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and hasattr(obj, "rgb") and not isinstance(obj, (str, list, tuple))
+    return (hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and hasattr(obj, "rgb")
+            and not isinstance(obj, (str, list, tuple)))
 
 
 def item_name(dataset: Any, i: int) -> str:
@@ -106,7 +108,7 @@ def item_name(dataset: Any, i: int) -> str:
     return f"#{i} " + (dataset.label(i) if hasattr(dataset, "label") else "")
 
 
-def class_layer(net: Net) -> Optional[str]:
+def class_layer(net: Net) -> str | None:
     """The classifier's output layer (the last ``nn.Linear`` the forward reaches in eval mode: not an
     auxiliary head), or None for a model without one (features-only weights)."""
     reached = net.layers if net.is_chain else net.output_shapes()
@@ -129,8 +131,8 @@ class ExplorerState:
         threads: torch's intra-op threads while computing (restored after); None: torch's setting.
     """
 
-    def __init__(self, net: Net, image_or_dataset: Any = None, topk: Optional[TopK] = None, *, size: int = 224,
-                 n_strongest: int = 12, threads: Optional[int] = 1, keep: int = 16) -> None:
+    def __init__(self, net: Net, image_or_dataset: Any = None, topk: TopK | None = None, *, size: int = 224,
+                 n_strongest: int = 12, threads: int | None = 1, keep: int = 16) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size!r}")
         self.net, self.topk, self.size, self.n_strongest, self.threads = net, topk, size, n_strongest, threads
@@ -151,7 +153,8 @@ class ExplorerState:
             self.dataset = given
         else:
             for k, img in enumerate(given if isinstance(given, (list, tuple)) else [given]):
-                self._add_image(img, None if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__") else f"image {k}")
+                self._add_image(img,
+                                None if isinstance(img, (str, bytes)) or hasattr(img, "__fspath__") else f"image {k}")
         if self.dataset is None and topk is not None:
             self.dataset = _scanned_dataset(topk, net)
         if self.dataset is not None:
@@ -162,7 +165,7 @@ class ExplorerState:
         self.image_key = next(iter(self._images))
         self.layer: str = ""
         self.channel, self.position, self.method = 0, (0, 0), "deconvnet"
-        self.projection: Optional[Projection] = None
+        self.projection: Projection | None = None
         self.timings: dict[str, float] = {}
         self.worker = (TileWorker(TileSource(net, self.dataset, topk), run=self._computing)
                        if topk is not None else None)
@@ -187,7 +190,7 @@ class ExplorerState:
     def _file_loader(self, image: ImageLike) -> Callable[[], torch.Tensor]:
         return lambda: self.net.preprocess(image, size=self.size, crop=self.size)
 
-    def _add_image(self, image: ImageLike, label: Optional[str] = None) -> str:
+    def _add_image(self, image: ImageLike, label: str | None = None) -> str:
         """Offer an image in the list (a path, a bundled name, PIL, array or tensor); returns its key."""
         key = label if label is not None else str(image)
         self._images[key] = self._file_loader(image)
@@ -284,7 +287,7 @@ class ExplorerState:
             self._acts.popitem(last=False)
         return act
 
-    def inside(self, layer: Optional[str] = None) -> Optional[torch.Tensor]:
+    def inside(self, layer: str | None = None) -> torch.Tensor | None:
         """(h, w) bool: units of ``layer`` whose receptive field lies inside the image on show; None when
         none does (every field reaches the padding, or is too wide to be measured)."""
         layer = layer or self.layer
@@ -296,13 +299,13 @@ class ExplorerState:
         mask = inside(rf, tuple(act.shape[-2:]), tuple(self.x.shape[-2:]))
         return mask if bool(mask.any()) else None
 
-    def _peaks(self, act: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _peaks(self, act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """(C,) each channel's largest activation (inside ``mask`` when given)."""
         if mask is not None:
             act = act.masked_fill(~mask.to(act.device), -math.inf)
         return act.flatten(1).amax(1).double().cpu()
 
-    def strongest_channels(self, n: Optional[int] = None) -> list[tuple[int, float]]:
+    def strongest_channels(self, n: int | None = None) -> list[tuple[int, float]]:
         """The ``n`` channels with the largest activation away from the border (units whose receptive field
         lies inside the image, where the layer has any; every unit otherwise): ``[(channel, max), ...]``,
         strongest first (ties: the lower channel). For the classifier's output: the strongest classes."""
@@ -313,7 +316,7 @@ class ExplorerState:
         order = sorted(range(len(peak)), key=lambda c: (-float(peak[c]), c))
         return [(c, float(peak[c])) for c in order[: n or self.n_strongest]]
 
-    def strongest_unit(self, channel: int, layer: Optional[str] = None) -> tuple[int, int]:
+    def strongest_unit(self, channel: int, layer: str | None = None) -> tuple[int, int]:
         """The channel's strongest unit away from the border when one there is active, else its strongest."""
         layer = layer or self.layer
         a = self._act(self.x, layer)[0, channel]
@@ -333,14 +336,14 @@ class ExplorerState:
         return top < 0 or left < 0 or bottom > h or right > w
 
     # --- what is on show -------------------------------------------------------------------------------
-    def compute(self, image: Any = None, layer: Optional[str] = None, channel: Union[int, str, None] = None,
-                position: Union[tuple[int, int], str, None] = None, method: Optional[str] = None) -> Projection:
+    def compute(self, image: Any = None, layer: str | None = None, channel: int | str | None = None,
+                position: tuple[int, int] | str | None = None, method: str | None = None) -> Projection:
         """Compute what ``select`` shows and make it the state on show (see ``Explorer.select``)."""
         with torch_threads(self.threads):
             return self._compute(image, layer, channel, position, method)
 
-    def _compute(self, image: Any, layer: Optional[str], channel: Union[int, str, None],
-                 position: Union[tuple[int, int], str, None], method: Optional[str]) -> Projection:
+    def _compute(self, image: Any, layer: str | None, channel: int | str | None,
+                 position: tuple[int, int] | str | None, method: str | None) -> Projection:
         t0 = time.perf_counter()
         key = self.image_key if image is None else self._resolve_image(image)
         new_layer = self.layer if layer is None else self._check_layer(layer)
@@ -403,7 +406,7 @@ class ExplorerState:
     def tile_key(self) -> tuple[str, int]:
         return (self.layer, self.channel)
 
-    def tiles_note(self) -> Optional[str]:
+    def tiles_note(self) -> str | None:
         """Why the layer and channel on show have no tiles (None: they have, or no scan was given)."""
         if self.worker is None:
             return None
@@ -423,7 +426,7 @@ class ExplorerState:
         got = self.worker.wait(self.tile_key) or self.worker.compute(self.tile_key)
         return None if isinstance(got, str) else got
 
-    def tiles_result(self) -> Optional[Result]:
+    def tiles_result(self) -> Result | None:
         """The tiles of what is on show if they are already kept (no computing), else None."""
         return None if self.worker is None else self.worker.cached(self.tile_key)
 

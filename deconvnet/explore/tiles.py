@@ -11,9 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ from ..models import Net
 from ..plot import crop_box
 from ..scan import TopK
 
-Result = Union[FeatureTiles, str]  # the tiles, or why there are none
+Result = FeatureTiles | str  # the tiles, or why there are none
 
 
 class TileSource:
@@ -37,13 +38,13 @@ class TileSource:
         keep: how many tile images' recorded forwards to keep (a graph keeps its autograd graph: fewer).
     """
 
-    def __init__(self, net: Net, dataset: Any, topk: TopK, *, keep: Optional[int] = None) -> None:
+    def __init__(self, net: Net, dataset: Any, topk: TopK, *, keep: int | None = None) -> None:
         self.net, self.dataset, self.topk = net, dataset, topk
         self.keep = keep if keep is not None else (32 if net.is_chain else 8)
         self.deconv = Deconvnet(net, keep=self.keep)
         self._inputs: OrderedDict[int, torch.Tensor] = OrderedDict()
 
-    def note(self, layer: str, channel: int) -> Optional[str]:
+    def note(self, layer: str, channel: int) -> str | None:
         """Why ``(layer, channel)`` has no tiles, or None when it has."""
         if layer not in self.topk.layers:
             return f"The scan has no {layer} (it has {', '.join(self.topk.layers)})."
@@ -66,7 +67,7 @@ class TileSource:
         return self._inputs[i]
 
     def compute(self, layer: str, channel: int, stop: Callable[[], bool] = lambda: False,
-                pause: Callable[[], None] = lambda: None) -> Optional[Result]:
+                pause: Callable[[], None] = lambda: None) -> Result | None:
         """The tiles of ``(layer, channel)`` (``FeatureTiles``, as ``figure2.feature_tiles`` makes them), or
         a sentence saying why there are none; None when ``stop()`` became true on the way. Between images,
         ``pause()`` is called first (the app's worker waits there while the main view is computed)."""
@@ -79,8 +80,8 @@ class TileSource:
         for k, (_, i, _) in enumerate(entries):
             by_image.setdefault(i, []).append(k)
         n = len(entries)
-        projections: list[Optional[torch.Tensor]] = [None] * n
-        patches: list[Optional[torch.Tensor]] = [None] * n
+        projections: list[torch.Tensor | None] = [None] * n
+        patches: list[torch.Tensor | None] = [None] * n
         for i, ks in by_image.items():
             pause()
             if stop():
@@ -92,8 +93,10 @@ class TileSource:
             rgb = pil_to_tensor01(self.dataset.rgb(i))
             for j, k in enumerate(ks):
                 v, _, (r, c) = entries[k]
-                if not torch.isclose(values[j].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3, atol=1e-5):
-                    return (f"image {i} gives activation {float(values[j]):.6g} at {layer} channel {channel} ({r}, {c}), "
+                if not torch.isclose(values[j].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3,
+                                     atol=1e-5):
+                    return (f"image {i} gives activation {float(values[j]):.6g} at {layer} channel {channel} ({r}, "
+                            f"{c}), "
                             f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?")
                 projections[k] = windows[j]
                 patches[k] = crop_box(rgb, rf.box(r, c), PATCH_PAD)
@@ -123,11 +126,11 @@ class TileWorker:
         self.source, self._run = source, run
         self.cache: dict[tuple[str, int], Result] = {}
         self.seconds: dict[tuple[str, int], float] = {}
-        self._wanted: Optional[tuple[str, int]] = None
+        self._wanted: tuple[str, int] | None = None
         self._futures: dict[tuple[str, int], Future] = {}
         self._lock = threading.Lock()
         self._computing = threading.Lock()  # one computation at a time: the source's kept forwards are not shared
-        self._executor: Optional[ThreadPoolExecutor] = None
+        self._executor: ThreadPoolExecutor | None = None
         self.idle = threading.Event()  # cleared while the main view is computed: the worker waits between images
         self.idle.set()
 
@@ -141,7 +144,7 @@ class TileWorker:
         finally:
             self.idle.set()
 
-    def cached(self, key: tuple[str, int]) -> Optional[Result]:
+    def cached(self, key: tuple[str, int]) -> Result | None:
         return self.cache.get(key)
 
     def compute(self, key: tuple[str, int]) -> Result:
@@ -163,16 +166,16 @@ class TileWorker:
             self._futures[key] = future
             return future
 
-    def wait(self, key: tuple[str, int], timeout: Optional[float] = None) -> Optional[Result]:
+    def wait(self, key: tuple[str, int], timeout: float | None = None) -> Result | None:
         """The tiles of ``key`` once its request finished (None if it was superseded or never made)."""
         future = self._futures.get(key)
         if future is not None:
             future.result(timeout)
         return self.cache.get(key)
 
-    def _job(self, key: tuple[str, int], done: Optional[Callable], stoppable: bool) -> None:
+    def _job(self, key: tuple[str, int], done: Callable | None, stoppable: bool) -> None:
         if key in self.cache:
-            result: Optional[Result] = self.cache[key]
+            result: Result | None = self.cache[key]
         else:
             if stoppable and self._wanted != key:
                 return

@@ -7,7 +7,8 @@ the tiles' ``TileWorker`` runs it: one request at a time, the newest wins, the m
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 from ..models import Net
 from ..synthesis import Synthesis, synthesize
@@ -15,24 +16,24 @@ from ..synthesis import Synthesis, synthesize
 #: the explorer's default: fewer steps than lucid's 512 (an answer in tens of seconds on a CPU, not minutes)
 DEFAULT_SETTINGS = {"steps": 128, "size": 96, "seed": 0}
 
-Wanted = Union[Synthesis, str]  # the image, or why there is none
+Wanted = Synthesis | str  # the image, or why there is none
 
 
 class WantsSource:
     """Synthesises one channel's image with ``settings`` (``synthesize``'s keywords)."""
 
-    def __init__(self, net: Net, settings: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, net: Net, settings: dict[str, Any] | None = None) -> None:
         self.net = net
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
 
-    def note(self, layer: str, channel: int) -> Optional[str]:
+    def note(self, layer: str, channel: int) -> str | None:
         """Why ``(layer, channel)`` gets no image, or None."""
         if not self.net.is_spatial(layer) and self.net.channels.get(layer) is None:
             return f"{layer} has no channels to synthesise for."
         return None
 
     def compute(self, layer: str, channel: int, stop: Callable[[], bool] = lambda: False,
-                pause: Callable[[], None] = lambda: None) -> Optional[Wanted]:
+                pause: Callable[[], None] = lambda: None) -> Wanted | None:
         """The channel's synthesised image; None when ``stop()`` became true on the way (between steps,
         ``pause()`` waits while the main view is computed)."""
         def before_step() -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,6 @@ from .net import CHAIN_MODULES, DEFAULT_SIZE, Net, _tree, unwrap_compiled  # noq
 from .user import build_user_model, is_import_path, parse_preprocessing
 from .weights import (
     OFFLINE,
-    sha256_file,
     WeightsError,
     cached_checkpoint,
     check_downloadable,
@@ -25,6 +25,7 @@ from .weights import (
     host_reachable,
     load_state_dict_file,
     load_torchvision_weights,
+    sha256_file,
 )
 
 WEIGHT_SOURCES = ("auto", "imagenet", *OFFLINE, "random", "<path to a state_dict file>")
@@ -114,7 +115,8 @@ def _load(
         state, provenance = loader()
         has_classifier = _load_into(model, state, arch, provenance)
     else:
-        looks_like_path = os.sep in source or source.endswith((".pth", ".pt", ".bin", ".ckpt")) or os.path.exists(source)
+        looks_like_path = (os.sep in source or source.endswith((".pth", ".pt", ".bin", ".ckpt"))
+                           or os.path.exists(source))
         if not looks_like_path:
             raise ValueError(f"unknown weights '{source}'. Hint: use one of {', '.join(WEIGHT_SOURCES)}")
         state, provenance = load_state_dict_file(source)
@@ -167,7 +169,8 @@ def _weights_enum(arch: str, weights: Any) -> Any:
         return cls.DEFAULT
     if name in cls.__members__:
         return cls[name]
-    raise ValueError(f"{arch} has no torchvision weights '{weights}'. Hint: one of DEFAULT, {', '.join(cls.__members__)}")
+    raise ValueError(f"{arch} has no torchvision weights '{weights}'. Hint: one of DEFAULT, "
+                     f"{', '.join(cls.__members__)}")
 
 
 def torchvision_preprocessing(enum: Any) -> Preprocessing:
@@ -302,7 +305,8 @@ def load_model(arch: str, weights: Any = "auto", *, seed: int = 0, device: str |
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
             msg = " ".join(str(err).split())
-            raise WeightsError(f"weights '{source}' do not fit {arch}: {msg[:400]}. Hint: a torchvision {arch} state_dict") from err
+            raise WeightsError(f"weights '{source}' do not fit {arch}: {msg[:400]}. Hint: a torchvision {arch} "
+                               "state_dict") from err
     else:
         raise ValueError(f"unknown weights {weights!r}. Hint: auto, imagenet, DEFAULT, random or a state_dict path")
     net = wrap(model.eval(), name=arch)
@@ -392,14 +396,16 @@ def wrap(
     return net
 
 
-_WRAPPED: "weakref.WeakKeyDictionary[nn.Module, Net]" = weakref.WeakKeyDictionary()
+_WRAPPED: weakref.WeakKeyDictionary[nn.Module, Net] = weakref.WeakKeyDictionary()
 
 
-def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, categories: Sequence[str] | None) -> Net:
-    from torchvision.models import AlexNet, VGG, WeightsEnum
+def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None,
+          categories: Sequence[str] | None) -> Net:
+    from torchvision.models import VGG, AlexNet, WeightsEnum
 
     if weights is not None and not isinstance(weights, WeightsEnum):
-        raise TypeError(f"weights must be torchvision weights (e.g. ResNet50_Weights.DEFAULT), got {type(weights).__name__}")
+        raise TypeError("weights must be torchvision weights (e.g. ResNet50_Weights.DEFAULT), got "
+                        f"{type(weights).__name__}")
     if isinstance(preprocessing, WeightsEnum):
         preprocessing = torchvision_preprocessing(preprocessing)
     assumed = preprocessing is None and weights is None
@@ -407,7 +413,8 @@ def _wrap(model: nn.Module, preprocessing: Any, weights: Any, name: str | None, 
     channels = first_conv.in_channels if first_conv is not None else 3
     if preprocessing is None:
         gray = channels == 1
-        preprocessing = torchvision_preprocessing(weights) if weights is not None else (GRAYSCALE if gray else TORCHVISION)
+        preprocessing = (torchvision_preprocessing(weights) if weights is not None
+                         else (GRAYSCALE if gray else TORCHVISION))
     if categories is None and weights is not None:
         categories = weights.meta.get("categories")
     provenance = {

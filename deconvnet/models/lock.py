@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextvars
 import threading
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
-_CALL: "contextvars.ContextVar[object | None]" = contextvars.ContextVar("deconvnet_call", default=None)
+_CALL: contextvars.ContextVar[object | None] = contextvars.ContextVar("deconvnet_call", default=None)
 
 
 @contextmanager

@@ -4,7 +4,8 @@ about its layers (shapes, order, names) without the engine."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -260,7 +261,7 @@ class Net:
         t = self._first_tensor()
         return t.dtype if t is not None and t.is_floating_point() else torch.get_default_dtype()
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Net":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Net:
         """Move the model (in place) and return self."""
         self.model.to(device=device, dtype=dtype)
         return self

@@ -14,7 +14,8 @@ import json
 import os
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,7 +73,8 @@ def resolve(spec: str) -> Any:
         if not hasattr(obj, part):
             offered = sorted(n for n, v in vars(module).items() if not n.startswith("_")
                              and ((isinstance(v, type) and issubclass(v, nn.Module)) or isinstance(v, nn.Module)
-                                  or (callable(v) and not isinstance(v, type) and getattr(v, "__module__", None) == module.__name__)))
+                                  or (callable(v) and not isinstance(v, type)
+                                      and getattr(v, "__module__", None) == module.__name__)))
             raise ValueError(f"'{module_name}' has no attribute '{attr}' (for '{spec}'). Hint: "
                              + (f"it defines {', '.join(offered[:8])}" if offered else "name an nn.Module class or a "
                                 "function that returns one"))

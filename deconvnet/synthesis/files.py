@@ -4,8 +4,9 @@ the dataset's strongest, when known) and the weights' provenance. Every file is 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,7 +27,7 @@ def image_name(arch: str, layer: str, channel: int) -> str:
 
 
 def write_synthesis(result: Synthesis, out: str | os.PathLike, *, arch: str,
-                    dataset_max: Optional[Sequence[float]] = None, dataset_name: Optional[str] = None) -> list[Path]:
+                    dataset_max: Sequence[float] | None = None, dataset_name: str | None = None) -> list[Path]:
     """Write the images and the sidecar ``synthesis_<arch>_<layer>.json`` into ``out``; returns the paths.
 
     Args:
@@ -44,7 +45,8 @@ def write_synthesis(result: Synthesis, out: str | os.PathLike, *, arch: str,
         rec = result.record(i) | {"image": path.name, "image_sha256": sha256_file(path)}
         if dataset_max is not None:
             rec["dataset_max"] = float(dataset_max[i])
-            rec["peak_over_dataset_max"] = float(result.peaks[i]) / float(dataset_max[i]) if dataset_max[i] > 0 else None
+            rec["peak_over_dataset_max"] = (float(result.peaks[i]) / float(dataset_max[i]) if dataset_max[i] > 0
+                                            else None)
         records.append(rec)
     sidecar = out / f"synthesis_{arch}_{result.layer}.json"
     meta = {

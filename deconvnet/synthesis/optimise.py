@@ -7,8 +7,9 @@ no backward rule is changed (the deconvnet's rules are for projections, not for 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,8 @@ class Synthesis:
     def recipe(self) -> str:
         """One line: what made the images (printed under every figure and page that shows one)."""
         s = self.settings
-        done = f"{s['steps_done']} of {s['steps']} steps (interrupted)" if s.get("interrupted") else f"{s['steps']} steps"
+        done = (f"{s['steps_done']} of {s['steps']} steps (interrupted)" if s.get("interrupted")
+                else f"{s['steps']} steps")
         return (f"Feature visualisation (Olah et al. 2017): {s['objective']} objective, {done}, Adam lr {s['lr']:g}, "
                 f"{s['size']} px, seed {s['seed']}; {s['parameterisation']}; transforms: {s['transforms_text']}. "
                 f"{self.weights}.")
@@ -80,7 +82,7 @@ def channel_seed(seed: int, channel: int) -> int:
     return (seed * 1_000_003 + channel * 7919 + 17) % (2**63 - 1)
 
 
-def _check_channels(net: Net, layer: str, channels: Union[int, Sequence[int]]) -> list[int]:
+def _check_channels(net: Net, layer: str, channels: int | Sequence[int]) -> list[int]:
     n = net.channels[layer]
     out = [channels] if isinstance(channels, int) else list(channels)
     if not out:
@@ -106,7 +108,8 @@ def layer_output(net: Net, x: torch.Tensor, layer: str) -> torch.Tensor:
             if not owns(token) or "out" in kept:
                 return
             if not isinstance(output, torch.Tensor):
-                raise ValueError(f"layer '{layer}' returns a {type(output).__name__}, not a tensor: name a module whose "
+                raise ValueError(f"layer '{layer}' returns a {type(output).__name__}, not a tensor: name a module "
+                                 "whose "
                                  "output is one tensor")
             kept["out"] = output
             raise _Stop
@@ -119,7 +122,8 @@ def layer_output(net: Net, x: torch.Tensor, layer: str) -> torch.Tensor:
         finally:
             handle.remove()
     if "out" not in kept:
-        raise ValueError(f"the forward of {net.arch} never called layer '{layer}'. Hint: name a module its forward uses")
+        raise ValueError(f"the forward of {net.arch} never called layer '{layer}'. "
+                         "Hint: name a module its forward uses")
     return kept["out"]
 
 
@@ -134,9 +138,9 @@ def _objective(out: torch.Tensor, channels: torch.Tensor, how: str) -> torch.Ten
 
 
 def synthesize(
-    net: Union[Net, nn.Module],
-    layer: Union[str, nn.Module],
-    channels: Union[int, Sequence[int]],
+    net: Net | nn.Module,
+    layer: str | nn.Module,
+    channels: int | Sequence[int],
     *,
     steps: int = DEFAULT_STEPS,
     size: int = DEFAULT_SIZE,
@@ -147,7 +151,7 @@ def synthesize(
     decorrelate: bool = True,
     fft: bool = True,
     progress: bool = True,
-    before_step: Optional[Callable[[], bool]] = None,
+    before_step: Callable[[], bool] | None = None,
 ) -> Synthesis:
     """Synthesise, for each channel, the image that excites it most, by gradient ascent from noise.
 

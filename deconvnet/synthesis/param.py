@@ -71,7 +71,7 @@ class FourierImage:
     @classmethod
     def random(cls, n: int, size: int | tuple[int, int], *, generators: list[torch.Generator], sd: float = INIT_SD,
                decay_power: float = 1.0, decorrelate: bool = True, fft: bool = True,
-               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> "FourierImage":
+               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> FourierImage:
         """``n`` images, image ``i`` initialised from ``generators[i]`` (normal, standard deviation ``sd``), so
         that an image does not depend on which others share its batch."""
         h, w = (size, size) if isinstance(size, int) else size

@@ -10,7 +10,7 @@ draw applies to the whole batch (each image's optimisation stays independent of 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
