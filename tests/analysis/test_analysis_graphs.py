@@ -17,8 +17,12 @@ from deconvnet.analysis import invariance as inv
 from deconvnet.analysis import methods as meth
 from deconvnet.analysis import occlusion as occ
 from deconvnet.analysis import sanity as san
+from deconvnet.engine.rules import RULES
 
 from conftest import images, no_forward_hooks
+
+#: each method of the analyses (its analysis name) -> the engine's rule: one entry each in ``engine.rules``
+ENGINE_RULES = {r.key: r.name for r in RULES.values()}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def test_method_maps_are_the_engines_projections_on_resnet18(resnet18):
     x = images((1, 3, 64, 64), seed=1)
     for target in method_targets(resnet18):
         r = meth.compare_methods(resnet18, x, target)
-        for method, rule in meth.ENGINE_RULES.items():
+        for method, rule in ENGINE_RULES.items():
             p = dn.Deconvnet(resnet18, rule=rule).project(x, target.layer, target.channel, target.position)
             assert close(r.maps[method], p.projection), (target, method)
             assert torch.equal(r.channel, p.channel)
@@ -89,7 +93,7 @@ def test_method_maps_honour_googlenets_functional_relus(googlenet):
     x = images((1, 3, 80, 80), seed=2)
     assert meth.functional_relus(googlenet, x) == 57  # every BasicConv2d calls F.relu
     r = meth.compare_methods(googlenet, x, dn.Target("inception4a", "max", "max"))
-    for method, rule in meth.ENGINE_RULES.items():
+    for method, rule in ENGINE_RULES.items():
         p = dn.Deconvnet(googlenet, rule=rule).project(x, "inception4a", "max", "max")
         assert close(r.maps[method], p.projection), method
     assert max(r.deconvolution_error) > 0.05  # Captum's hooks miss them: not a cross-check here
@@ -109,7 +113,7 @@ def test_sanity_check_on_resnet18(resnet18):
     # the maps of the unchanged model are the engine's, for the unit seed of the top class
     seed = torch.zeros(1, 1000)
     seed[0, int(r.channel[0])] = 1
-    for m, rule in meth.ENGINE_RULES.items():
+    for m, rule in ENGINE_RULES.items():
         assert close(r.maps[m][0], dn.Deconvnet(resnet18, rule=rule).project_seed(x, "fc", seed)), m
     # a new classifier changes the gradient of the class score; the caller's model is untouched
     assert r.scores["gradient"]["spearman_abs"][1, 0] < 0.9
