@@ -199,3 +199,30 @@ def photo_folder(root, n=4, size=40, seed=0):
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
     return root
+
+
+# --- the browser tests (headless Debian chromium through selenium) ------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def chromium(*extra_args: str):
+    """A headless Debian chromium driven by selenium, as a generator for a fixture (it quits after), or a skip
+    with the reason where chromium, chromedriver or selenium is missing. Never a downloaded browser."""
+    if not (os.path.isfile(CHROMIUM) and os.path.isfile(CHROMEDRIVER)):
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000", *extra_args):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -26,7 +26,7 @@ from deconvnet.figure2 import feature_tiles
 from deconvnet.plot import scale_for_display
 from deconvnet.scan import TopK, scan_top_k
 
-from conftest import HOSTILE, _photo, no_forward_hooks
+from conftest import HOSTILE, _photo, chromium, no_forward_hooks
 
 LAYERS = ["conv3_1", "conv4_2"]
 
@@ -425,30 +425,11 @@ def test_atlas_command_refuses_a_folder_it_cannot_or_should_not_write(tmp_path, 
 
 # --- a real browser -------------------------------------------------------------------------------------
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("the browser test needs Debian's chromium and chromium-driver: "
-                    "apt-get install chromium chromium-driver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("the browser test needs selenium (pip install selenium)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)  # never a downloaded browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from chromium()
 
 
 def check_loaded(driver, url):
