@@ -206,34 +206,39 @@ def synthesize(
     interrupted = False
     params = [(p, p.requires_grad) for p in net.model.parameters()]
     bar = tqdm(total=steps, desc=f"synthesize {layer}", unit="step", disable=not progress)
-    with exclusive(net.model):
-        try:
+    def one_step() -> torch.Tensor:
+        # the model's lock for one step only: between steps (``before_step``) another call may project the
+        # model, as the explorer's main view does while its background synthesis waits
+        with exclusive(net.model):
             for p, _ in params:
                 p.requires_grad_(False)  # the backward computes the image's gradient only
             try:
-                for _ in range(steps):
-                    if before_step is not None and before_step():
-                        raise KeyboardInterrupt
-                    x = net.preprocessing.forward(transform(image.images(), g))
-                    value = _objective(layer_output(net, x, layer), target, objective)
-                    optimiser.zero_grad()
-                    (-value.sum()).backward()
-                    optimiser.step()
-                    curve.append(value.detach().cpu())
-                    bar.update(1)
-            except KeyboardInterrupt:
-                interrupted = True  # what was reached is returned; the caller says it was interrupted
+                x = net.preprocessing.forward(transform(image.images(), g))
+                value = _objective(layer_output(net, x, layer), target, objective)
+                optimiser.zero_grad()
+                (-value.sum()).backward()
+                optimiser.step()
             finally:
-                bar.close()
-            with torch.no_grad():
-                final = image.images().detach()
-                out = layer_output(net, net.preprocessing.forward(final), layer)
-                activations = _objective(out, target, objective).cpu()
-                rows = out[torch.arange(len(chans)), target]
-                peaks = (rows.flatten(1).amax(1) if rows.dim() > 1 else rows).cpu()
-        finally:
-            for p, flag in params:
-                p.requires_grad_(flag)
+                for p, flag in params:
+                    p.requires_grad_(flag)
+        return value
+
+    try:
+        for _ in range(steps):
+            if before_step is not None and before_step():
+                raise KeyboardInterrupt
+            curve.append(one_step().detach().cpu())
+            bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True  # what was reached is returned; the caller says it was interrupted
+    finally:
+        bar.close()
+    with exclusive(net.model), torch.no_grad():
+        final = image.images().detach()
+        out = layer_output(net, net.preprocessing.forward(final), layer)
+        activations = _objective(out, target, objective).cpu()
+        rows = out[torch.arange(len(chans)), target]
+        peaks = (rows.flatten(1).amax(1) if rows.dim() > 1 else rows).cpu()
     settings = {
         "method": "feature visualisation by optimisation (Olah et al. 2017, Distill; lucid's render_vis)",
         "objective": objective, "steps": steps, "steps_done": len(curve), "interrupted": interrupted,
