@@ -205,6 +205,16 @@ def photo_folder(root, n=4, size=40, seed=0):
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
+#: run in a page (``execute_async_script``): load lazy images too, wait for every one to decode or fail, and
+#: return the sources of those that did not
+BROKEN_IMAGES_JS = """
+    const done = arguments[arguments.length - 1];
+    const imgs = [...document.images];
+    imgs.forEach(i => { i.loading = "eager"; });
+    Promise.all(imgs.map(i => i.decode().then(() => null, () => i.src)))
+      .then(() => done(imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)));
+"""
+
 
 def chromium(*extra_args: str):
     """A headless Debian chromium driven by selenium, as a generator for a fixture (it quits after), or a skip

@@ -262,6 +262,11 @@ def _check_user_layers(arch: str, layers: Sequence[str], arch_kwargs: str | None
             raise UsageError(f"--arch: {err}") from None
         return  # its code does what meta tensors cannot: checked once loaded
     net = wrap(model, name=arch)
+    _resolve_all(net, layers)
+
+
+def _resolve_all(net, layers: Sequence[str]) -> None:
+    """Every layer names one of ``net``'s modules, else the first wrong one as a usage error (with its hint)."""
     for layer in layers:
         try:
             net.resolve(layer)
@@ -295,11 +300,7 @@ def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | Non
         with torch.device("meta"):
             model = tvm.get_model_builder(arch)(weights=None)
         net = wrap(model, name=arch)
-        for layer in layers:
-            try:
-                net.resolve(layer)
-            except ValueError as err:
-                raise UsageError(str(err)) from None
+        _resolve_all(net, layers)
         return
     table = vgg_table if arch in vgg_table.ARCHS else alexnet_table
     with torch.device("meta"):

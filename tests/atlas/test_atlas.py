@@ -26,7 +26,7 @@ from deconvnet.figure2 import feature_tiles
 from deconvnet.plot import scale_for_display
 from deconvnet.scan import TopK, scan_top_k
 
-from conftest import HOSTILE, _photo, chromium, no_forward_hooks
+from conftest import BROKEN_IMAGES_JS, HOSTILE, _photo, chromium, no_forward_hooks
 
 LAYERS = ["conv3_1", "conv4_2"]
 
@@ -437,13 +437,7 @@ def check_loaded(driver, url):
     driver.get(url)
     problems = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     # lazy images load when scrolled to: make them eager and wait for every one to decode or fail
-    broken = driver.execute_async_script("""
-        const done = arguments[arguments.length - 1];
-        const imgs = [...document.images];
-        imgs.forEach(i => { i.loading = "eager"; });
-        Promise.all(imgs.map(i => i.decode().then(() => null, () => i.src)))
-          .then(() => done(imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)));
-    """)
+    broken = driver.execute_async_script(BROKEN_IMAGES_JS)
     problems += [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert not problems, problems
     assert broken == []

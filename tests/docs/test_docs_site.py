@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from conftest import chromium
+from conftest import BROKEN_IMAGES_JS, chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,13 +86,7 @@ def _load(driver, url: str) -> int:
     """Open a page: no console errors or warnings, every image decoded, nothing fetched but local files."""
     driver.get_log("performance")
     driver.get(url)
-    broken = driver.execute_async_script("""
-        const done = arguments[arguments.length - 1];
-        const imgs = [...document.images];
-        imgs.forEach(i => { i.loading = "eager"; });
-        Promise.all(imgs.map(i => i.decode().then(() => null, () => i.src)))
-          .then(() => done(imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)));
-    """)
+    broken = driver.execute_async_script(BROKEN_IMAGES_JS)
     problems = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert not problems, problems
     assert broken == [], broken
