@@ -13,10 +13,6 @@ from ..engine import default_layers, record, spatial_layers
 from ..models import Net
 
 
-class _Stop(Exception):
-    """Raised by a forward hook once everything a computation needs has been produced."""
-
-
 def output_layer(net: Net) -> str | None:
     """The layer whose output is the model's class scores (B, n_classes), or None (features only).
 

@@ -36,7 +36,8 @@ def test_project_units_equal_project_one_by_one(name, layer, vgg16, resnet18, go
     image = torch.tensor([1, 0, 1, 1, 0])
     channel = torch.tensor([3, 0, 7, 3, 5])
     unit = torch.tensor([[0, 0], [h // 2, w // 2], [h - 1, 1], [2, w - 1], [1, 2]])
-    windows, origins, values = deconv.project_units(x, layer, image, channel, unit)
+    units = deconv.project_units(x, layer, image, channel, unit)
+    windows, origins, values = units.windows, units.origins, units.activations
     rf = deconv.receptive_field(layer)
     assert windows.shape[-2:] == rf.size
     for k in range(len(image)):
