@@ -13,11 +13,12 @@ import torch
 import torchvision.models as tvm
 
 from deconvnet.engine import graph
+from deconvnet.engine.mode import DeconvMode
 
 
 def probe(model: torch.nn.Module, extend: bool) -> dict[str, int]:
     graph.check_modules(model, extend=extend)
-    mode = graph._DeconvMode(lambda: type(model).__name__, extend=extend)
+    mode = DeconvMode(lambda: type(model).__name__, extend=extend)
     x = torch.zeros(1, 3, 299, 299, device="meta")
     mode.mark(x)
     with torch.no_grad(), mode:

@@ -25,6 +25,7 @@ from ._version import __version__
 #: top-level name -> the module that defines it
 _NAMES = {
     "Deconvnet": ".engine", "Projection": ".engine", "Record": ".engine", "Target": ".engine",
+    "UnitWindows": ".engine",
     "ImageReadError": ".images",
     "Net": ".models", "WeightsError": ".models", "WeightsFallbackWarning": ".models", "load_alexnet": ".models",
     "load_model": ".models", "load_user_model": ".models", "load_vgg": ".models", "wrap": ".models",
@@ -39,7 +40,7 @@ _SUBMODULES = ("analysis", "atlas", "cache", "data", "distributed", "engine", "e
 __all__ = ["__version__", *sorted([*_NAMES, "explore"])]
 
 if TYPE_CHECKING:  # what type checkers and editors see
-    from .engine import Deconvnet, Projection, Record, Target  # noqa: F401
+    from .engine import Deconvnet, Projection, Record, Target, UnitWindows  # noqa: F401
     from .explore import explore  # noqa: F401
     from .images import ImageReadError  # noqa: F401
     from .models import (  # noqa: F401

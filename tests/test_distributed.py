@@ -260,7 +260,7 @@ def test_scan_on_cuda_equals_the_cpu():
                                          torch.tensor([[3, 3]] * 4))
     wb = dn.Deconvnet(gpu).project_units(x, "conv3_1", torch.arange(4), torch.tensor([0, 1, 2, 3]),
                                          torch.tensor([[3, 3]] * 4))
-    assert torch.allclose(wa[0], wb[0].cpu(), rtol=1e-3, atol=1e-5)
+    assert torch.allclose(wa.windows, wb.windows.cpu(), rtol=1e-3, atol=1e-5)
 
 
 AGREE_SCRIPT = """

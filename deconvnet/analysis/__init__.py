@@ -182,7 +182,7 @@ def method_targets(net: Net) -> list[Target]:
     strongest unit of a middle stage and of the last stage (``engine.default_layers``: ResNet ``layer3``,
     ``layer4``) and the whole strongest map of the last stage; then the top class score where a classifier
     exists."""
-    pools = sorted((n for n in net.layers if n.startswith("pool")), key=net.depth) if net.is_chain else []
+    pools = net.pools()
     if pools:
         middle_pool = net.depth(pools[len(pools) // 2])
         relus = [n for n in net.layers if n.startswith("relu") and net.depth(n) < middle_pool]

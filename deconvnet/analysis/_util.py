@@ -13,10 +13,6 @@ from ..engine import default_layers, record, spatial_layers
 from ..models import Net
 
 
-class _Stop(Exception):
-    """Raised by a forward hook once everything a computation needs has been produced."""
-
-
 def output_layer(net: Net) -> str | None:
     """The layer whose output is the model's class scores (B, n_classes), or None (features only).
 
@@ -24,7 +20,7 @@ def output_layer(net: Net) -> str | None:
     layer its forward finishes, when that output is (B, F) with F > 1 (ResNet ``fc``, GoogLeNet ``fc``,
     DenseNet ``classifier``); a model that ends on maps has none.
     """
-    if net.is_chain and net.features is not None:
+    if net.feature_layers() is not None:  # a VGG or AlexNet: its classifier's last layer, if it has one
         return list(net.layers)[-1] if net.classifier is not None else None
     shapes = net.output_shapes()
     if not shapes:
@@ -201,10 +197,10 @@ def jsonable(v: Any) -> Any:
 def last_relu(net: Net, block_prefix: str = "relu") -> str:
     """The paper's "layer 5" output: the deepest ReLU of a chain's convolutional part (relu5_3, relu5, ...);
     for a graph, its last stage (``engine.default_layers``: ResNet ``layer4``, GoogLeNet ``inception5b``)."""
-    if not net.is_chain or net.features is None:
+    features = net.feature_layers()
+    if features is None:
         return default_layers(net)[-1]
-    spatial = len(net.features)
-    names = [n for n in net.layers if n.startswith(block_prefix) and net.depth(n) < spatial]
+    names = [n for n in features if n.startswith(block_prefix)]
     if not names:
         raise ValueError(f"{net.arch} has no ReLU in its convolutional part")
     return max(names, key=net.depth)
@@ -222,9 +218,8 @@ def deep_layer(net: Net) -> str:
     a graph, the feature vector its classifier reads (ResNet and GoogLeNet ``avgpool``), else its last stage."""
     if "fc7" in net.layers:
         return "fc7"
-    if net.is_chain and net.features is not None:
-        pools = [n for n in net.layers if n.startswith("pool")]
-        return max(pools, key=net.depth)
+    if net.feature_layers() is not None:
+        return max(net.pools(), key=net.depth)
     scores = output_layer(net)
     if scores is None:
         return default_layers(net)[-1]

@@ -123,7 +123,7 @@ def mean_sign_change(eps: torch.Tensor) -> tuple[float, float]:
 def default_layers(net: Net) -> list[str]:
     """The paper's layers 5 and 7 (``relu5_3``/``relu5`` and ``relu7``) where a classifier exists; without one,
     the last ReLU of each of the last three conv blocks. Graphs: the last two top-level modules with maps."""
-    if not net.is_chain:
+    if not net.can_show_stages:  # a graph: its layers go by module paths, not the paper's names
         shapes = net.output_shapes()
         top = [n for n in net.layers if "." not in n and len(shapes.get(n, ())) == 4]
         return top[-2:]

@@ -26,10 +26,7 @@ NORMALISATIONS = ("filter", "layer")
 def first_conv(net: Net) -> tuple[str, nn.Conv2d]:
     """The name and module of the first convolution in forward order (``conv1_1`` for VGG, ``conv1`` for
     AlexNet and ResNet, ``conv1.conv`` for GoogLeNet)."""
-    convs = [name for name, m in net.layers.items() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError(f"{net.arch} has no Conv2d layer")
-    name = convs[0] if net.is_chain else min(convs, key=net.order)
+    name = net.first_conv()
     return name, net.layers[name]
 
 

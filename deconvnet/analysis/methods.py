@@ -28,16 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Deconvnet, Target, check_input, record, select_target
+from ..engine.ops import rectifier
 from ..engine.rules import RULES as RULE_REGISTRY
 from ..engine.rules import find as find_rule
 from ..models import Net
-from ..models.lock import own_call, owns
+from ..models.hooks import capture
+from ..models.lock import own_call
 from ..plot import image_array, scale_for_display
-from ._util import _Stop, label, output_layer
+from ._util import label, output_layer
 
 #: the engine's rules (``engine.rules``, by their analysis names) and Captum's Deconvolution, the cross-check
 METHODS = ("deconvnet", "deconvolution", *(r.key for r in RULE_REGISTRY.values() if r.name != "deconvnet"))
@@ -77,22 +78,8 @@ class TargetScore(nn.Module):
         self.register_buffer("seed", seed.detach(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        captured: dict[str, torch.Tensor] = {}
-
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if owns(token):  # not another thread's forward of the model
-                captured["out"] = output
-                raise _Stop
-
-        handle = self._module.register_forward_hook(hook)
-        try:
-            with own_call() as token:
-                self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        out = captured["out"]
+        with own_call() as token:  # the forward stopped at the layer; another thread's forward is not seen
+            out = capture({"out": self._module}, lambda: self.model(x), token=token)["out"]
         return (out * self.seed.view_as(out)).flatten(1).sum(1)
 
 
@@ -110,8 +97,8 @@ def deconvnet_seed(net: Net, x: torch.Tensor, target: Target) -> tuple[torch.Ten
         (B, F), and per image the channel, the strongest seeded activation and its (row, col).
     """
     act = record(net, x, [target.layer]).activations[target.layer]
-    seed_map, channels, activation, position = select_target(act, target, net)
-    return seed_map(), channels, activation, position
+    sel = select_target(act, target, net)
+    return sel.seed(), sel.channels, sel.activation, sel.position
 
 
 def backward_maps(
@@ -181,13 +168,14 @@ def functional_relus(net: Net, x: torch.Tensor) -> int:
 
     from ..models.lock import exclusive
 
-    relus = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
     depth, count = [0], [0]
 
     class Count(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            count[0] += func in relus and depth[0] == 0
-            return func(*args, **(kwargs or {}))
+            kwargs = kwargs or {}
+            # every spelling the engine takes for a ReLU (``engine.ops.rectifier``: clamp(min=0) too)
+            count[0] += depth[0] == 0 and rectifier(func, args, kwargs) is not None
+            return func(*args, **kwargs)
 
     def enter(*_):
         depth[0] += 1

@@ -79,7 +79,7 @@ def neuron_selectivity(
     Returns:
         A ``SelectivityResult`` whose ``scores`` compare every pair of the three kinds.
     """
-    pools = [n for n in net.layers if n.startswith("pool")] if net.is_chain else []
+    pools = net.pools()
     layer = layer if layer is not None else (max(pools, key=net.depth) if pools else default_layers(net)[-1])
     x = check_input(x, net)
     _, _, _, position = deconvnet_seed(net, x, Target(layer, "max", "max"))

@@ -301,7 +301,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     print(f"model: {net.describe()}")
     timings.append(("load model", time.perf_counter() - t))
     written: list[Path] = []
-    if not net.is_chain and "resolution" in kinds:  # the resolution study is VGG's: it walks a chain's stages
+    if not net.can_show_stages and "resolution" in kinds:  # the resolution study is VGG's: it walks a chain's stages
         if args.only != "all":
             raise UsageError(f"--only {args.only}: the resolution figures need a VGG or AlexNet; {net.arch} is a "
                              f"graph. Hint: --only {','.join(k for k in kinds if k != 'resolution') or 'top9'}")
@@ -429,7 +429,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     rows = [("layer", "module", "channels", "map", "receptive field", "stride", "padding", "default")]
     for name in net.layers:
         shape = shapes[name]
-        if len(shape) == 3 and min(shape[1:]) > 1 and (net.is_chain or "." not in name):
+        if len(shape) == 3 and min(shape[1:]) > 1 and (net.can_show_stages or "." not in name):
             # a graph's fields are measured (a forward and backward each): its top-level modules only
             rf = receptive_field(net, name)
             rows.append((name, net.qualnames[name], str(shape[0]), f"{shape[1]}x{shape[2]}", f"{rf.size[0]} px",

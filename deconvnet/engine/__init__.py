@@ -4,20 +4,25 @@
 
 from .deconvnet import ENGINES, Deconvnet, default_layers, record, spatial_layers
 from .graph import UnsupportedLayerError
+from .protocol import Engine
 from .receptive import ReceptiveField, receptive_field
 from .record import check_input
 from .targets import select_target
-from .types import RULES, Position, Projection, Record, Target
+from .types import RULES, Position, Projected, Projection, Record, Selection, Target, UnitWindows
 
 __all__ = [
     "ENGINES",
     "RULES",
     "Deconvnet",
+    "Engine",
     "Position",
+    "Projected",
     "Projection",
     "ReceptiveField",
     "Record",
+    "Selection",
     "Target",
+    "UnitWindows",
     "UnsupportedLayerError",
     "check_input",
     "default_layers",

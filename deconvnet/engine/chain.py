@@ -1,29 +1,9 @@
 """The chain engine: the deconvnet walked down a stack of modules, step by step (Zeiler & Fergus 2014).
 
 After ``record_chain`` has run the forward, ``walk_down`` applies, from the target's layer to the pixels, the
-step of each module:
-
-======================  ==========================================================================
-forward module          step down (the deconvnet rule; docs/explanation/deconvnet.md)
-======================  ==========================================================================
-Conv2d                  ``conv_transpose2d`` with the same weight tensor, no bias, output size = the
-                        forward input size exactly
-ReLU                    ReLU on the reconstruction (ignores the forward input: the deconvnet rule);
-                        guided backprop also keeps the forward mask, the gradient keeps only the mask
-MaxPool2d               unpool at the switches: for disjoint windows (VGG's 2x2 stride 2) one masked
-                        copy per window position (``switches.unpool_disjoint``); for overlapping
-                        ones by scatter-add, summed where windows share a maximum (the exact
-                        transpose, also with padding and ceil_mode)
-BatchNorm2d (eval)      multiply by gamma / sqrt(running_var + eps)
-Linear                  multiply by the transposed weight, no bias
-AdaptiveAvgPool2d,      the adjoint of the (linear) pooling
-AvgPool2d
-Dropout, Identity,      identity (a flatten is undone by reshaping to the recorded shape)
-Flatten
-======================  ==========================================================================
-
-Point targets can take ``walk_down_cropped``: each step only inside the unit's receptive-field window,
-equal to the whole-map walk. ``ChainEngine`` puts both behind the engine interface of ``Deconvnet``.
+step of each module (``engine.steps``: the table of the rules). Point targets can take ``walk_down_cropped``
+(``engine.cropped``): each step only inside the unit's receptive-field window, equal to the whole-map walk.
+``ChainEngine`` puts both behind the engine interface (``engine.protocol.Engine``) of ``Deconvnet``.
 """
 
 from __future__ import annotations
@@ -31,129 +11,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models import CHAIN_MODULES, Net
 from ..models.lock import model_lock
 from . import rules
+from .cropped import croppable, paste, walk_down_cropped
+from .graph import GraphEngine
 from .receptive import receptive_field
 from .record import Kept, check_input, record_chain
-from .switches import PoolSwitches, disjoint, no_switch, unpool_disjoint
+from .steps import SUPPORTED, conv_transpose_like, deconv_step, unpool_full, unpool_scatter_add
 from .targets import is_point, select_target
-from .types import Record, Target
+from .types import Projected, Record, Selection, Target, UnitWindows
 
-SUPPORTED = (
-    "Conv2d, ReLU, MaxPool2d, BatchNorm2d (eval mode), Linear, AdaptiveAvgPool2d, AvgPool2d, "
-    "Dropout, Identity, Flatten"
-)
+#: re-exported: the steps down are the chain walk's (the resolution lesson and the tests take them from here)
+__all__ = ["SUPPORTED", "UNPOOL_MODES", "ChainEngine", "check_supported", "conv_transpose_like", "deconv_step",
+           "unpool_full", "unpool_scatter_add", "walk_down"]
+
 UNPOOL_MODES = ("scatter_add", "max_unpool")
-
-
-def _pair(v: int | tuple) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def conv_transpose_like(m: nn.Conv2d, r: torch.Tensor, in_hw: Sequence[int]) -> torch.Tensor:
-    """The adjoint of ``m`` (no bias) applied to ``r``, with output size exactly ``in_hw``."""
-    if m.padding_mode != "zeros":
-        raise ValueError(f"Conv2d with padding_mode='{m.padding_mode}' has no deconvnet rule here; only 'zeros'")
-    stride, dilation, k = _pair(m.stride), _pair(m.dilation), _pair(m.kernel_size)
-    if isinstance(m.padding, str):
-        if m.padding == "valid":
-            padding = (0, 0)
-        else:  # 'same' (stride 1): total padding d*(k-1), symmetric only when even
-            totals = [d * (kk - 1) for d, kk in zip(dilation, k, strict=True)]
-            if any(t % 2 for t in totals):
-                raise ValueError(f"Conv2d padding='same' with asymmetric padding {totals} is not supported")
-            padding = tuple(t // 2 for t in totals)
-    else:
-        padding = _pair(m.padding)
-    out_pad = []
-    for n_in, n_out, s, p, d, kk in zip(in_hw, r.shape[-2:], stride, padding, dilation, k, strict=True):
-        base = (n_out - 1) * s - 2 * p + d * (kk - 1) + 1
-        out_pad.append(n_in - base)
-    return F.conv_transpose2d(r, m.weight, None, stride, padding, tuple(out_pad), m.groups, dilation)
-
-
-def unpool_scatter_add(r: torch.Tensor, switches: torch.Tensor, in_hw: Sequence[int]) -> torch.Tensor:
-    """Unpool at the switches, summing where windows share a maximum: the exact transpose of max-pooling."""
-    n, c = r.shape[:2]
-    out = r.new_zeros(n, c, in_hw[0] * in_hw[1])
-    out.scatter_add_(2, switches.reshape(n, c, -1), r.reshape(n, c, -1))
-    return out.view(n, c, in_hw[0], in_hw[1])
-
-
-def unpool_full(r: torch.Tensor, sw: PoolSwitches) -> torch.Tensor:
-    """Unpool whole maps (G * B, C, h, w), G targets of the recorded batch B, for a pool with disjoint windows:
-    equal to ``unpool_scatter_add`` at ``sw.flat()`` repeated G times, without the index."""
-    out = unpool_disjoint(r.reshape(-1, *sw.offsets.shape), sw.offsets, sw)  # (G, B, C, ...), from -padding
-    out = out.reshape(r.shape[0], *out.shape[2:])
-    (p0, p1), (hh, ww) = sw.padding, sw.in_hw
-    if (p0, p1) == (0, 0) and tuple(out.shape[-2:]) == (hh, ww):
-        return out
-    full = r.new_zeros(r.shape[0], r.shape[1], hh, ww)  # ceil_mode and padding: crop to the input (no switch
-    h, w = min(hh, out.shape[-2] - p0), min(ww, out.shape[-1] - p1)  # lies outside it)
-    full[..., :h, :w] = out[..., p0 : p0 + h, p1 : p1 + w]
-    return full
-
-
-def _linear_adjoint(m: nn.Module, r: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
-    with torch.enable_grad():
-        z = torch.zeros(in_shape, dtype=r.dtype, device=r.device, requires_grad=True)
-        (g,) = torch.autograd.grad(m(z), z, r)
-    return g
-
-
-def deconv_step(
-    m: nn.Module,
-    r: torch.Tensor,
-    in_shape: Sequence[int],
-    switches: PoolSwitches | None,
-    *,
-    name: str,
-    unpool: str = "scatter_add",
-    rule: str = "deconvnet",
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One step down through module ``m`` (see the module docstring for the rules).
-
-    ``rule`` chooses the step at a ReLU (``RULES``); the guided and gradient rules need ``mask``, where the
-    ReLU's forward input was positive (``Record.masks``), repeated over the targets like the switches.
-    """
-    n = r.shape[0]
-    if isinstance(m, nn.Conv2d):
-        return conv_transpose_like(m, r, in_shape[-2:])
-    if isinstance(m, nn.ReLU):
-        at = rules.get(rule)
-        if at.needs_mask:
-            reps = n // mask.shape[0]
-            mask = mask if reps == 1 else mask.repeat(reps, *([1] * (mask.dim() - 1)))
-        return at.at_rectifier(r, mask)
-    if isinstance(m, nn.MaxPool2d):
-        if unpool == "scatter_add" and disjoint(switches):
-            return unpool_full(r, switches)
-        flat = switches.flat()
-        reps = n // flat.shape[0]
-        sw = flat if reps == 1 else flat.repeat(reps, 1, 1, 1)
-        if unpool == "max_unpool":
-            return F.max_unpool2d(r, sw, m.kernel_size, m.stride, m.padding, output_size=in_shape[-2:])
-        return unpool_scatter_add(r, sw, in_shape[-2:])
-    if isinstance(m, nn.BatchNorm2d):  # the forward ran in eval mode (``hooked``): running statistics
-        if m.running_var is None:
-            raise ValueError(f"BatchNorm2d '{name}' has no running statistics (track_running_stats=False): no "
-                             "deconvnet rule")
-        scale = torch.rsqrt(m.running_var + m.eps)
-        if m.weight is not None:
-            scale = scale * m.weight
-        return r * scale.view(1, -1, 1, 1).to(r.dtype)
-    if isinstance(m, nn.Linear):
-        return r @ m.weight
-    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
-        return _linear_adjoint(m, r, (n, *in_shape[1:]))
-    if isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten)):
-        return r
-    raise ValueError(f"module '{name}' ({type(m).__name__}) has no deconvnet rule. Supported: {SUPPORTED}")
 
 
 #: the module types the chain walk has a rule for (``deconv_step``); ``wrap`` makes chains of these only
@@ -257,156 +132,24 @@ def walk_down(
     return r
 
 
-# --- the receptive-field-cropped walk (the deconvnet rule) ------------------------------------------------
-
-CROPPABLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Dropout, nn.Identity)
-
-
-def _inside(origin: torch.Tensor, size: Sequence[int], hw: Sequence[int]) -> torch.Tensor:
-    """(N, 1, h, w) mask of the window positions that lie inside an (H, W) map."""
-    dev = origin.device
-    rows = origin[:, 0:1] + torch.arange(size[0], device=dev)
-    cols = origin[:, 1:2] + torch.arange(size[1], device=dev)
-    ok_r = (rows >= 0) & (rows < hw[0])
-    ok_c = (cols >= 0) & (cols < hw[1])
-    return (ok_r[:, None, :, None] & ok_c[:, None, None, :])
-
-
-def _unpool_window(r: torch.Tensor, origin: torch.Tensor, image: torch.Tensor, sw: PoolSwitches) -> torch.Tensor:
-    """Unpool a window (N, C, n_h, n_w) whose top-left unit is ``origin`` of image ``image``.
-
-    The result is the window of the pool's input that those units cover,
-    ((n - 1) s + d (k - 1) + 1 on each axis), its origin ``origin * s - p``. Disjoint windows take one
-    masked copy per window position (the switches of each target's window sliced out of its image's, a
-    "no switch" value outside the map); overlapping ones the scatter-add (``_unpool_window_scatter``).
-    """
-    if not disjoint(sw):
-        return _unpool_window_scatter(r, origin, image, sw)
-    n, c, nh, nw = r.shape
-    h_out, w_out = sw.offsets.shape[-2:]
-    off = sw.offsets.new_full((n, c, nh, nw), no_switch(sw))
-    for k, (i, top, left) in enumerate(torch.cat([image.view(-1, 1), origin], 1).tolist()):
-        t0, l0, t1, l1 = max(top, 0), max(left, 0), min(top + nh, h_out), min(left + nw, w_out)
-        if t1 > t0 and l1 > l0:
-            off[k, :, t0 - top : t1 - top, l0 - left : l1 - left] = sw.offsets[i, :, t0:t1, l0:l1]
-    return unpool_disjoint(r, off, sw)
-
-
-def _unpool_window_scatter(r: torch.Tensor, origin: torch.Tensor, image: torch.Tensor, sw: PoolSwitches
-                           ) -> torch.Tensor:
-    """``_unpool_window`` by a scatter-add through int64 indices: for any pool, overlapping windows summed."""
-    n, c, nh, nw = r.shape
-    dev = r.device
-    h_out, w_out = sw.offsets.shape[-2:]
-    rows = origin[:, 0:1] + torch.arange(nh, device=dev)  # (N, nh)
-    cols = origin[:, 1:2] + torch.arange(nw, device=dev)
-    off = sw.offsets[
-        image.view(n, 1, 1, 1),
-        torch.arange(c, device=dev).view(1, c, 1, 1),
-        rows.clamp(0, h_out - 1).view(n, 1, nh, 1),
-        cols.clamp(0, w_out - 1).view(n, 1, 1, nw),
-    ].long()
-    (s0, s1), (d0, d1), (k0, k1) = sw.stride, sw.dilation, sw.kernel
-    mh, mw = (nh - 1) * s0 + d0 * (k0 - 1) + 1, (nw - 1) * s1 + d1 * (k1 - 1) + 1
-    local_r = torch.arange(nh, device=dev).view(1, 1, nh, 1) * s0 + d0 * (off // k1)
-    local_c = torch.arange(nw, device=dev).view(1, 1, 1, nw) * s1 + d1 * (off % k1)
-    valid = _inside(origin, (nh, nw), (h_out, w_out))
-    index = torch.where(valid, local_r * mw + local_c, torch.zeros_like(local_r))
-    out = r.new_zeros(n, c, mh * mw)
-    out.scatter_add_(2, index.reshape(n, c, -1), (r * valid).reshape(n, c, -1))
-    return out.view(n, c, mh, mw)
-
-
-def walk_down_cropped(
-    net: Net,
-    rec: Record,
-    depth: int,
-    image: torch.Tensor,
-    unit: torch.Tensor,
-    seed: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project point targets of one layer down inside their receptive-field windows only.
-
-    A unit's projection is zero outside the cone of positions that can reach it, so each step computes
-    the transposed convolution or the unpooling only inside that window, which grows on the way down.
-    All targets of a layer share one window size, so they run as one batch; positions that fall
-    outside a map (the zero padding) are cleared after each step, so image borders are exact.
-
-    Args:
-        depth: stack index of the targets' layer (its output holds the seeds).
-        image: (N,) index into the recorded batch of each target's image.
-        unit: (N, 2) row, col of each target's unit in the layer's map.
-        seed: (N, C) the seeded values of the unit in every channel.
-
-    Returns:
-        (windows (N, 3, r_h, r_w), origins (N, 2)): each projection on its receptive-field box, whose
-        top-left pixel is ``origin`` (it may be negative: the box is not clipped to the image).
-    """
-    r = seed.reshape(*seed.shape, 1, 1)
-    origin = unit.clone()
-    for i in range(depth, -1, -1):
-        name, m = net.stack[i]
-        in_hw = rec.shapes[i][0][-2:]
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise ValueError(f"module '{name}': the cropped walk needs a zero-padded Conv2d with numeric padding")
-            s, p, d = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
-            r = F.conv_transpose2d(r, m.weight, None, s, 0, 0, m.groups, d)
-            origin = origin * torch.tensor(s, device=origin.device) - torch.tensor(p, device=origin.device)
-            window = torch.tensor(r.shape[-2:], device=origin.device)
-            if bool((origin < 0).any()) or bool((origin + window > torch.tensor(in_hw, device=origin.device)).any()):
-                r.mul_(_inside(origin, r.shape[-2:], in_hw))  # clear the zero padding (windows at a border)
-        elif isinstance(m, nn.MaxPool2d):
-            sw = rec.switches[i]
-            r = _unpool_window(r, origin, image, sw)
-            origin = (origin * torch.tensor(sw.stride, device=origin.device)
-                      - torch.tensor(sw.padding, device=origin.device))
-        elif isinstance(m, nn.ReLU):
-            r.clamp_(min=0)  # r is this walk's own tensor: rectify in place
-        else:
-            r = deconv_step(m, r, r.shape, None, name=name)
-    return r, origin
-
-
-def crop(images: torch.Tensor, origin: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Windows (N, C, size) of images (N, C, H, W) with top-left ``origin`` (N, 2); zero outside the images
-    (``paste``'s inverse)."""
-    n, c, hh, ww = images.shape
-    out = images.new_zeros(n, c, size[0], size[1])
-    for k in range(n):
-        top, left = int(origin[k, 0]), int(origin[k, 1])
-        t0, l0 = max(top, 0), max(left, 0)
-        t1, l1 = min(top + size[0], hh), min(left + size[1], ww)
-        if t1 > t0 and l1 > l0:
-            out[k, :, t0 - top : t1 - top, l0 - left : l1 - left] = images[k, :, t0:t1, l0:l1]
-    return out
-
-
-def paste(windows: torch.Tensor, origin: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
-    """Place windows (N, C, h, w) with top-left ``origin`` (N, 2) into zero images (N, C, H, W)."""
-    n, c, h, w = windows.shape
-    out = windows.new_zeros(n, c, hw[0], hw[1])
-    for k in range(n):
-        top, left = int(origin[k, 0]), int(origin[k, 1])
-        t0, l0 = max(top, 0), max(left, 0)
-        t1, l1 = min(top + h, hw[0]), min(left + w, hw[1])
-        if t1 > t0 and l1 > l0:
-            out[k, :, t0:t1, l0:l1] = windows[k, :, t0 - top : t1 - top, l0 - left : l1 - left]
-    return out
-
-
 class ChainEngine:
     """The engine for chains: one recorded forward, then walks down the stack (cropped where it can).
 
     Args:
-        net: a chain (``net.is_chain``).
-        rule, unpool, max_batch, crop: as ``Deconvnet``.
+        net: a chain (``net.can_show_stages``).
+        rule, unpool, max_batch, crop, keep, extend: as ``Deconvnet`` (``extend`` for the graph engine that
+            projects the units the cropped walk cannot, ``project_units``).
     """
 
+    name = "chain"
+    can_show_stages = True
+
     def __init__(self, net: Net, *, rule: str, unpool: str, max_batch: int, crop: str | bool,
-                 keep: int = 0) -> None:
+                 keep: int = 0, extend: bool = False) -> None:
         self.net, self.rule, self.unpool, self.max_batch, self.crop = net, rule, unpool, max_batch, crop
+        self.extend = extend
         self.kept = Kept(keep)
+        self._fallback: GraphEngine | None = None
 
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
                reduce: Callable | None = None, masks: bool = False) -> Record:
@@ -415,8 +158,8 @@ class ChainEngine:
         return self.kept.get(x, (tuple(layers), switches, masks),
                              lambda: record_chain(self.net, x, layers, switches=switches, masks=masks))
 
-    def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
-        """Projections (B, C, H, W) of resolved targets, their ``select_target`` results and the record."""
+    def project(self, x: torch.Tensor, targets: list[Target]) -> Projected:
+        """Projections (B, C, H, W) of resolved targets, their selections and the record."""
         depths = [self.net.depth(t.layer) for t in targets]
         check_supported(self.net, max(depths))
         x = check_input(x, self.net)
@@ -429,7 +172,7 @@ class ChainEngine:
         with torch.no_grad():
             self._project_cropped(rec, cropped, depths, selected, b, hw, results)
             self._project_full(rec, full, depths, selected, b, results)
-        return results, selected, rec
+        return Projected(projections=results, selections=selected, record=rec)
 
     def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
         """Any signal (B, ...) placed on ``layer``'s output, walked down the whole maps with the rule."""
@@ -441,14 +184,16 @@ class ChainEngine:
                              unpool=self.unpool, rule=self.rule)
 
     def project_units(self, x: torch.Tensor, layer: str, image: torch.Tensor, channel: torch.Tensor,
-                      unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Units of one layer over a batch, each inside its receptive-field window (``walk_down_cropped``):
-        ``(windows, origins, activations)``; None where the cropped walk does not apply (the caller then
-        takes the graph engine, which agrees with this one)."""
+                      unit: torch.Tensor) -> UnitWindows:
+        """Units of one layer over a batch, each inside its receptive-field window (``walk_down_cropped``).
+        Where the cropped walk does not apply (another rule, a module it has no step for), the graph engine
+        projects them: it agrees with this one (tested in float64)."""
         depth = self.net.depth(layer)
         check_supported(self.net, depth)
         if self.rule != "deconvnet" or not croppable(self.net, depth):
-            return None
+            if self._fallback is None:
+                self._fallback = GraphEngine(self.net, rule=self.rule, extend=self.extend)
+            return self._fallback.project_units(x, layer, image, channel, unit)
         rec = self.record(x, [layer])
         act = rec.activations[layer]
         image, channel, unit = (t.to(act.device) for t in (image, channel, unit))
@@ -463,8 +208,8 @@ class ChainEngine:
                 windows.append(w)
                 origins.append(o)
         if not windows:
-            return act.new_zeros(0, x.shape[1], 0, 0), unit.new_zeros(0, 2), value
-        return torch.cat(windows), torch.cat(origins), value
+            return UnitWindows(act.new_zeros(0, x.shape[1], 0, 0), unit.new_zeros(0, 2), value)
+        return UnitWindows(torch.cat(windows), torch.cat(origins), value)
 
     def crops(self, target: Target, depth: int, hw: Sequence[int]) -> bool:
         """Whether a target takes the cropped path (see ``crop`` in ``Deconvnet``)."""
@@ -484,17 +229,18 @@ class ChainEngine:
         module = self.net.stack[depth][1]
         return next(name for name, m in self.net.layers.items() if m is module)
 
-    def _project_cropped(self, rec, ks, depths, selected, b, hw, results) -> None:
+    def _project_cropped(self, rec: Record, ks: list[int], depths: list[int], selected: list[Selection], b: int,
+                         hw: Sequence[int], results: list) -> None:
         by_depth: dict[int, list[int]] = {}
         for k in ks:
             by_depth.setdefault(depths[k], []).append(k)
         dev = next(iter(rec.activations.values())).device
         for depth, group in by_depth.items():
             image = torch.arange(b, device=dev).repeat(len(group))
-            unit = torch.cat([selected[k][3] for k in group])
+            unit = torch.cat([selected[k].position for k in group])
             # a point target's seed: its activation in its channel, zero in every other
-            channels = torch.cat([selected[k][1] for k in group])
-            activation = torch.cat([selected[k][2] for k in group])
+            channels = torch.cat([selected[k].channels for k in group])
+            activation = torch.cat([selected[k].activation for k in group])
             seed = activation.new_zeros(len(unit), self.net.channels[self.layer_at(depth)])
             seed[torch.arange(len(unit), device=dev), channels] = activation
             out = []
@@ -506,14 +252,15 @@ class ChainEngine:
             for j, k in enumerate(group):
                 results[k] = out[j * b : (j + 1) * b]
 
-    def _project_full(self, rec, ks, depths, selected, b, results) -> None:
+    def _project_full(self, rec: Record, ks: list[int], depths: list[int], selected: list[Selection], b: int,
+                      results: list) -> None:
         per_pass = max(1, self.max_batch // b)
         order = sorted(ks, key=lambda k: -depths[k])  # deepest first, as walk_down returns
         for start in range(0, len(order), per_pass):
             chunk = order[start : start + per_pass]
             seeds: dict[int, list[torch.Tensor]] = {}
             for k in chunk:
-                seeds.setdefault(depths[k], []).append(selected[k][0]())
+                seeds.setdefault(depths[k], []).append(selected[k].seed())
             out = walk_down(self.net, rec, {d: torch.cat(s) for d, s in seeds.items()}, unpool=self.unpool,
                             rule=self.rule)
             for j, k in enumerate(chunk):  # chunk is deepest-first, stable: walk_down's order
@@ -524,19 +271,9 @@ class ChainEngine:
         depth = self.net.depth(target.layer)
         check_supported(self.net, depth)
         rec = self.record(x, [target.layer], masks=rules.get(self.rule).needs_mask)
-        seed = select_target(rec.activations[target.layer], target, self.net)[0]()
+        seed = select_target(rec.activations[target.layer], target, self.net).seed()
         out = [(target.layer, seed)]
         with torch.no_grad():
             walk_down(self.net, rec, {depth: seed}, unpool=self.unpool, rule=self.rule,
                       trace=lambda i, name, r: out.append((name, r.clone())))
         return out
-
-
-def croppable(net: Net, depth: int) -> bool:
-    """Whether the cropped walk has a step for every module up to stack index ``depth``."""
-    below = [m for _, m in net.stack[: depth + 1]]
-    if not all(isinstance(m, CROPPABLE) for m in below):
-        return False
-    # the cropped walk needs numeric zero padding; the whole-map walk handles the others
-    return not any(isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros")
-                   for m in below)

@@ -1,4 +1,4 @@
-"""The declared rules of ``extend=True`` at one call, under the graph engine's mode (``graph._DeconvMode``):
+"""The declared rules of ``extend=True`` at one call, under the graph engine's mode (``mode.DeconvMode``):
 an activation taken as a ReLU, a gate held constant, a normaliser's divisor held constant (``engine.rules``),
 and the calls made on a gate. ``mode`` is the running mode: it marks, counts and words refusals."""
 

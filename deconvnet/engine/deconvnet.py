@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from ..models import Net, wrap
-from .chain import UNPOOL_MODES, ChainEngine, crop
+from .chain import UNPOOL_MODES, ChainEngine
 from .graph import GraphEngine, check_modules, record_graph
+from .protocol import Engine
 from .receptive import ReceptiveField, receptive_field
 from .record import check_input, record_chain
 from .targets import is_point
-from .types import Position, Projection, Record, Target, check_rule
+from .types import Position, Projection, Record, Target, UnitWindows, check_rule
 
 ENGINES = ("auto", "chain", "graph")
 
@@ -144,10 +145,10 @@ class Deconvnet:
         if engine == "chain" and not net.is_chain:
             raise ValueError(f"{net.arch} is not a chain of modules; engine='chain' cannot walk it. "
                              "Hint: engine='auto'")
-        self.engine = "chain" if engine == "auto" and net.is_chain else ("graph" if engine == "auto" else engine)
+        kind = "chain" if engine == "auto" and net.is_chain else ("graph" if engine == "auto" else engine)
         self.rule = rule = check_rule(rule)
         self.extend = extend
-        if self.engine == "graph" and unpool != "scatter_add":
+        if kind == "graph" and unpool != "scatter_add":
             raise ValueError("the graph engine unpools through the max-pool gradient (scatter_add) only")
         if unpool not in UNPOOL_MODES:
             raise ValueError(f"unpool '{unpool}' is not understood. Hint: one of {', '.join(UNPOOL_MODES)}")
@@ -155,11 +156,22 @@ class Deconvnet:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if crop not in ("auto", True, False):
             raise ValueError(f"crop {crop!r} is not understood. Hint: 'auto', True or False")
-        if self.engine == "graph":
+        if kind == "graph":
             check_modules(net.model, extend=extend, rule=rule)
         self.net, self.unpool, self.max_batch, self.crop = net, unpool, max_batch, crop
-        self._engine = (ChainEngine(net, rule=rule, unpool=unpool, max_batch=max_batch, crop=crop, keep=keep)
-                        if self.engine == "chain" else GraphEngine(net, rule=rule, keep=keep, extend=extend))
+        self._engine: Engine = (
+            ChainEngine(net, rule=rule, unpool=unpool, max_batch=max_batch, crop=crop, keep=keep, extend=extend)
+            if kind == "chain" else GraphEngine(net, rule=rule, keep=keep, extend=extend))
+
+    @property
+    def engine(self) -> str:
+        """The engine behind this object: ``"chain"`` (the module-by-module walk) or ``"graph"``."""
+        return self._engine.name
+
+    @property
+    def can_show_stages(self) -> bool:
+        """Whether ``stages`` shows the projection step by step (the chain engine's walk)."""
+        return self._engine.can_show_stages
 
     @property
     def forwards(self) -> int:
@@ -222,15 +234,17 @@ class Deconvnet:
         if not targets:
             return []
         targets = [Target(self.net.resolve(t.layer), t.channel, t.position) for t in targets]
-        results, selected, rec = self._engine.project(x, targets)
+        done = self._engine.project(x, targets)
+        rec = done.record
         x = x if x.device == self.net.device and x.dtype == self.net.dtype else x.to(self.net.device, self.net.dtype)
         out = []
         for k, t in enumerate(targets):
             act = rec.activations[t.layer]
-            _, channels, activation, position = selected[k]
+            sel = done.selections[k]
+            channels, activation, position = sel.channels, sel.activation, sel.position
             spatial = act.dim() == 4
             out.append(Projection(
-                projection=results[k], activation=activation, position=position, channel=channels,
+                projection=done.projections[k], activation=activation, position=position, channel=channels,
                 layer=t.layer, target=t, input=x, preprocessing=self.net.preprocessing,
                 weights=self.net.describe(), map_size=tuple(act.shape[-2:]) if spatial else (1, 1),
                 box=self._boxes(t, position) if spatial else None, label=self._label(act, channels),
@@ -262,11 +276,12 @@ class Deconvnet:
         return self.net.output_shapes(tuple(x.shape[-2:]))[layer]
 
     def project_units(self, x: torch.Tensor, layer: str | nn.Module, image: torch.Tensor, channel: torch.Tensor,
-                      unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      unit: torch.Tensor) -> UnitWindows:
         """Many single units of one layer over a batch, each projected on its receptive-field box.
 
         The atlas's and Figure 2's step: unit k is ``(channel[k], unit[k])`` of image ``image[k]`` of ``x``.
-        Chains walk down inside the windows only (``walk_down_cropped``). Graphs compute each unit on the
+        Chains walk down inside the windows only (``walk_down_cropped``; where that walk does not apply,
+        the chain engine hands the units to the graph engine, which agrees). Graphs compute each unit on the
         crop of its image that it sees, a batch of crops at a time (``GraphEngine.project_windows``), or,
         where the field covers most of the image, project whole inputs, one unit per image in each
         backward, and cut the boxes out.
@@ -276,9 +291,9 @@ class Deconvnet:
             image: (N,) index into ``x``; channel: (N,); unit: (N, 2) row, col in the layer's map.
 
         Returns:
-            ``(windows, origins, activations)``: (N, C, r_h, r_w) projections on the boxes of
-            ``receptive_field(layer)`` (zero outside the image: the box is not clipped), (N, 2) the boxes'
-            top-left pixels (may be negative), (N,) the units' activations.
+            ``UnitWindows``: ``windows`` (N, C, r_h, r_w) projections on the boxes of ``receptive_field(layer)``
+            (zero outside the image: the box is not clipped), ``origins`` (N, 2) the boxes' top-left pixels
+            (may be negative), ``activations`` (N,) the units' activations.
         """
         layer = self.net.resolve(layer)
         image, channel, unit = (_whole_numbers(t, what)
@@ -294,27 +309,13 @@ class Deconvnet:
             if len(bad):
                 raise ValueError(f"{what} {int(bad[0])} is out of range for layer '{layer}' on this input: "
                                  f"{what}s run 0..{size - 1}")
-        if self.engine == "chain":
-            done = self._engine.project_units(x, layer, image, channel, unit)
-            if done is not None:
-                return done
-        engine = self._engine if self.engine == "graph" else GraphEngine(self.net, rule=self.rule, extend=self.extend)
-        rf = receptive_field(self.net, layer)
-        origins = torch.stack([unit[:, 0] * rf.jump[0] - rf.padding[0], unit[:, 1] * rf.jump[1] - rf.padding[1]], 1)
-        if 2 * rf.size[0] * rf.size[1] <= x.shape[-2] * x.shape[-1]:  # each unit from the crop it sees
-            windows, value = engine.project_windows(x, layer, image, channel, unit, rf.size, rf.jump, rf.padding)
-            return windows, origins, value
-        full, value = engine.project_units(x, layer, image, channel, unit)  # fields near the image's size
-        return crop(full, origins, rf.size), origins, value
+        return self._engine.project_units(x, layer, image, channel, unit)
 
     def stages(self, x: torch.Tensor, target: Target) -> list[tuple[str, torch.Tensor]]:
         """The signal after every step down for one target of a chain: ``[(module name, tensor), ...]``.
 
         The first entry is the seed on the layer's output; the last is the projection.
         """
-        if self.engine != "chain":
-            raise ValueError(f"{self.net.arch} is projected through its autograd graph, which has no steps to "
-                             "show one by one. Hint: stages are for chains (VGG, AlexNet, nn.Sequential)")
         return self._engine.stages(x, Target(self.net.resolve(target.layer), target.channel, target.position))
 
     def _label(self, act: torch.Tensor, channels: torch.Tensor) -> list[str] | None:

@@ -34,44 +34,33 @@ another thread runs untouched.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
-from ..models.lock import eval_view, exclusive, original, own_call, owns
-from . import declared as declared_rules
+from ..models.hooks import SKIP, capture
+from ..models.lock import eval_view, exclusive, own_call
 from . import ops, rules
-from .ops import ALL, REFUSED_MODULES
+from .cropped import crop
+from .mode import HINT, DeconvMode
+from .receptive import receptive_field
 from .record import Kept, check_finite, check_input
 from .targets import select_target
-from .types import Record, Target, UnsupportedLayerError
+from .types import Projected, Record, Target, UnitWindows, UnsupportedLayerError
 from .where import where_tracker as _where_tracker
-
-_HINT = ("Hint: the deconvnet projects models built of convolutions, linear layers, BatchNorm, ReLUs and max- or "
-         "average-pooling (VGG, AlexNet, ResNet, DenseNet, GoogLeNet); a target before this point can be projected "
-         "where the model's forward reaches it first.")
-#: the hint of a refusal inside attention (vision transformers, Swin, MaxViT's attention blocks)
-_ATTENTION_HINT = ("Hint: attention is refused with and without extend=True: it mixes the token maps through a "
-                   "product of two input-dependent tensors (queries and keys), for which no declared rule is "
-                   "defined, and its tokens are not a convolutional feature map; project a CNN (ConvNeXt, "
-                   "EfficientNet, RegNetY, ResNet, VGG), or a layer before the first attention block.")
 
 
 def check_modules(model: nn.Module, *, extend: bool = False, rule: str = "deconvnet") -> None:
     """Refuse, before any work, a model holding TorchScript (its forward is out of the allow-list's sight, and
     its modules take no hooks) and timm's memory-efficient activations (``ops.opaque_module``: custom autograd
     Functions whose backward no rule can replace; refused by name with and without ``extend``). Any other
-    module is judged on the path to the target by the functions its forward calls (``_DeconvMode``); a module
+    module is judged on the path to the target by the functions its forward calls (``mode.DeconvMode``); a module
     with no rule off that path (a multi-label head's Sigmoid after the target) is no obstacle. The gradient
     rule is plain autograd and takes any module but TorchScript."""
     autograd = rules.get(rule).autograd
@@ -84,161 +73,6 @@ def check_modules(model: nn.Module, *, extend: bool = False, rule: str = "deconv
         opaque = None if autograd else ops.opaque_module(m)
         if opaque is not None:
             raise UnsupportedLayerError(f"module '{name}' ({type(m).__name__}) {opaque}")
-
-
-def _tag(t: torch.Tensor, name: str, token: object) -> Any:
-    """A value this forward attached to tensor ``t`` (``_DeconvMode``), or None."""
-    tagged = getattr(t, name, None)
-    return tagged[1] if tagged is not None and tagged[0] is token else None
-
-
-class _DeconvMode(TorchFunctionMode):
-    """Swaps every rectifier for the rule's and judges, by the allow-list of ``ops``, every other call on the
-    input: one that is not linear or a max-pool taints its result with the reason (``refused``).
-
-    Which tensors depend on the input is tracked call by call: the input is marked with this forward's
-    token, and so is every result of a call that had a marked argument (and the first argument of an
-    in-place call). A taint travels the same way; a target whose output carries one is refused with it
-    (``forward``), so that only calls on the path from the input to the target count. Under ``grad`` a
-    tensor that requires grad and is not marked came from code the mode did not see (TorchScript), and a
-    call made with gradients off (``no_grad``, a custom autograd Function's forward) would drop its path:
-    both taint. The dimensions along which input-dependent tensors were joined are tracked (``joined``):
-    a max along one is no max-pool. Calls made by this forward's own hooks run while ``paused``.
-    """
-
-    def __init__(self, where: Callable[[], str], rule: str = "deconvnet", grad: bool = False,
-                 extend: bool = False) -> None:
-        super().__init__()
-        self.where = where
-        self.rule = rules.get(rule)
-        self.grad = grad
-        self.extend = extend
-        self.token = object()
-        self.paused = False
-        #: declared rule -> how many calls it took so far in this forward (``rules.DECLARED``)
-        self.counts: dict[str, int] = {}
-
-    def mark(self, value: Any, refused: str | None = None, joined: Any = None) -> None:
-        for t in tree_flatten(value)[0]:
-            if isinstance(t, torch.Tensor):
-                t._deconvnet_input = self.token
-                if refused is not None:
-                    t._deconvnet_refused = (self.token, refused)
-                t._deconvnet_joined = (self.token, joined)
-
-    def marked(self, t: Any) -> bool:
-        return isinstance(t, torch.Tensor) and getattr(t, "_deconvnet_input", None) is self.token
-
-    def dependent(self, value: Any) -> bool:
-        return any(self.marked(t) or (self.grad and isinstance(t, torch.Tensor) and t.requires_grad)
-                   for t in tree_flatten(value)[0])
-
-    def gates(self, value: Any) -> list[str]:
-        """The gates (held-constant outputs of a sigmoid, hardsigmoid or softmax) among ``value``'s tensors."""
-        return [t._deconvnet_gate[1] for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)
-                and getattr(t, "_deconvnet_gate", (None,))[0] is self.token]
-
-    def count(self, name: str) -> None:
-        self.counts[name] = self.counts.get(name, 0) + 1
-
-    def refused(self, value: Any) -> str | None:
-        """The reason a value (a tensor, or a structure of some) is refused, if it carries one."""
-        for t in tree_flatten(value)[0]:
-            if (isinstance(t, torch.Tensor) and self.marked(t)
-                    and _tag(t, "_deconvnet_refused", self.token) is not None):
-                return _tag(t, "_deconvnet_refused", self.token)
-        return None
-
-    def joined(self, t: Any) -> Any:
-        return _tag(t, "_deconvnet_joined", self.token) if isinstance(t, torch.Tensor) else None
-
-    def refuse(self, func: Callable, why: str, args: tuple = (), kwargs: dict | None = None) -> str:
-        """The refusal of a call, as the taint its results carry: the call, where it ran, why, and a hint
-        (the opt-in of the declared rules where one applies)."""
-        module = getattr(self.where, "module", lambda: None)()
-        declared = None if self.extend else ops.has_declared_rule(func, args, kwargs or {})
-        if declared is None and not self.extend and isinstance(module, ops.EXTENDED_MODULES):
-            declared = ops.extended_rule(module)
-        hint = f"Hint: extend=True (--extend) projects it with the declared rules: {declared}." if declared else _HINT
-        if "Attention" in type(module).__name__ or "attention" in getattr(func, "__name__", ""):
-            hint = _ATTENTION_HINT
-        if isinstance(module, REFUSED_MODULES):
-            return (f"module '{self.where.name()}' ({type(module).__name__}) has no deconvnet rule: "
-                    f"{ops.describe(func)}, called in module '{self.where.name()}', {why}; the deconvnet has a rule "
-                    "for linear maps, rectifiers (ReLU) and max-pooling only. " + hint)
-        return (f"{ops.describe(func)}, called in {self.where()}, {why}: the deconvnet has a rule for linear maps, "
-                "rectifiers (ReLU) and max-pooling only. " + hint)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if self.paused or self.rule.autograd:  # the gradient is plain autograd: any differentiable forward
-            return func(*args, **kwargs)
-        gates = self.gates((args, kwargs)) if self.extend else []
-        if not gates and not self.dependent((args, kwargs)):
-            return func(*args, **kwargs)
-        leaves = tree_flatten((args, kwargs))[0]
-        refused = self.refused(leaves)
-        hidden = [t for t in leaves if isinstance(t, torch.Tensor) and not self.marked(t)
-                  and self.grad and t.requires_grad]
-        if refused is None and hidden:
-            refused = self.refuse(func, ops.unseen(hidden[0]))
-        if refused is None and self.grad and not torch.is_grad_enabled():
-            refused = self.refuse(func, ops.outside_backward(func))
-        if gates and refused is None:
-            return declared_rules.gated_call(self, func, args, kwargs, gates)
-        rect = ops.rectifier(func, args, kwargs)
-        declared = (declared_rules.declared_call(self, func, args, kwargs)
-                    if rect is None and self.extend and refused is None else None)
-        if declared is not None and getattr(declared, "_deconvnet_gate", None) is not None:
-            return declared  # a gate: a constant, not the signal
-        if refused is None and rect is None and declared is None:
-            why = (ops.check(func, args, kwargs, self.dependent)
-                   or ops.check_spelling(func, args, kwargs, self.dependent)
-                   or ops.max_over_joined(func, args, kwargs, self.joined))
-            refused = self.refuse(func, why, args, kwargs) if why is not None else None
-        if rect is not None and refused is None:
-            x, inplace = rect
-            out = rules.Rectify.apply(x, self.rule, torch.relu, inplace)
-        elif declared is not None:
-            out = declared
-        else:
-            try:
-                out = func(*args, **kwargs)
-            except Exception as err:
-                if refused is None:
-                    raise
-                raise UnsupportedLayerError(refused) from err  # a call with no rule that fails: refused
-        if not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
-            if refused is not None and not ops.is_constant(func):  # a value leaves torch (item, bool): no taint
-                raise UnsupportedLayerError(refused)
-            if ops.is_in_place(func) and args:  # __setitem__: the written tensor depends on the input now
-                self.mark(args[0], None, ALL if any(self.joined(t) is not None for t in leaves) else None)
-            return out
-        if refused is None and ops.is_constant(func):  # a shape, or a new tensor of the input's shape: not its values
-            return out
-        why = ops.check_cast(func, out) if refused is None else None
-        refused = self.refuse(func, why) if why is not None else refused
-        first = next(t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
-        joined = ops.joined_after(func, args, kwargs, first, self.joined)
-        self.mark(out, refused, joined)
-        if ops.is_in_place(func) and args:
-            self.mark(args[0], refused, joined)
-        if "out" in kwargs:
-            self.mark(kwargs["out"], refused, joined)
-        return out
-
-    @contextmanager
-    def pause(self) -> Iterator[None]:
-        """The hooks' own work (copies, reductions of kept outputs) is not the model's forward."""
-        paused, self.paused = self.paused, True
-        try:
-            yield
-        finally:
-            self.paused = paused
-
-
-class _Stop(Exception):
-    """Raised once every target layer has given its output: nothing later is needed."""
 
 
 def forward(
@@ -269,57 +103,45 @@ def forward(
     Returns:
         ``(x, outputs)``: the input as the graph's leaf, and name -> output (with its graph when ``grad``).
     """
-    by_module: dict[nn.Module, list[str]] = {}
-    for name, m in modules.items():
-        by_module.setdefault(m, []).append(name)
     outputs: dict[str, Any] = {}
     x = x.detach().requires_grad_(grad)
-    mode: _DeconvMode | None = None
+    mode: DeconvMode | None = None
 
-    def make_hook(names: list[str], token: object) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
-            if not owns(token) or names[0] in outputs:
-                return None  # another thread's forward of the model, or a later call: the target is the first
-            if not isinstance(output, torch.Tensor):
-                raise UnsupportedLayerError(f"module '{names[0]}' returns a {type(output).__name__}, not a tensor: "
-                                            "name a module whose output is one tensor")
-            why = mode.refused(output) or (ops.unseen(output) if grad and output.requires_grad and not
-                                           mode.rule.autograd and not mode.marked(output) else None)
-            if why is not None:
-                raise UnsupportedLayerError(why if "Hint:" in why else f"layer '{names[0]}' {why}. " + _HINT)
-            with mode.pause():
-                for name in names:
-                    outputs[name] = (reduce(output.detach()) if reduce is not None
-                                     else (output if grad else output.detach().clone()))
-                    if declared is not None:
-                        declared[name] = dict(mode.counts)
-            if len(outputs) == len(modules):
-                raise _Stop
-            # later in-place operations (a residual ``out += identity``, an in-place ReLU) must change a copy,
-            # not the kept output, whose value and graph node are the target's
-            if not grad:
-                return None
-            with mode.pause():
-                copy = output.clone()
-            mode.mark(copy, None, mode.joined(output))
-            return copy
+    def keep(names: list[str], module: nn.Module, inputs: tuple, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise UnsupportedLayerError(f"module '{names[0]}' returns a {type(output).__name__}, not a tensor: "
+                                        "name a module whose output is one tensor")
+        why = mode.refused(output) or (ops.unseen(output) if grad and output.requires_grad and not
+                                       mode.rule.autograd and not mode.marked(output) else None)
+        if why is not None:
+            raise UnsupportedLayerError(why if "Hint:" in why else f"layer '{names[0]}' {why}. " + HINT)
+        with mode.pause():
+            for name in names:
+                outputs[name] = (reduce(output.detach()) if reduce is not None
+                                 else (output if grad else output.detach().clone()))
+                if declared is not None:
+                    declared[name] = dict(mode.counts)
 
-        return hook
+    def replace(output: torch.Tensor) -> torch.Tensor | None:
+        # later in-place operations (a residual ``out += identity``, an in-place ReLU) must change a copy,
+        # not the kept output, whose value and graph node are the target's
+        if not grad:
+            return None
+        with mode.pause():
+            copy = output.clone()
+        mode.mark(copy, None, mode.joined(output))
+        return copy
 
     model = eval_view(model)
     with ExitStack() as stack:
         token = stack.enter_context(own_call())
         where = stack.enter_context(_where_tracker(model, token))
-        for m, names in by_module.items():
-            stack.callback(m.register_forward_hook(make_hook(names, token)).remove)
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
-        mode = _DeconvMode(where, rule, grad, extend)
+        mode = DeconvMode(where, rule, grad, extend)
         mode.mark(x)
         try:
-            with mode:
-                model(x)
-        except _Stop:
-            pass
+            with mode:  # stopped once every target has given its output
+                capture(modules, lambda: model(x), keep=keep, replace=replace, token=token)
         except UnsupportedLayerError:
             raise
         except (RuntimeError, MemoryError) as err:
@@ -363,7 +185,7 @@ def check_graph(net: Net, hw: Sequence[int], layers: Sequence[str] = (), *, rule
     check_modules(net.model, extend=extend, rule=rule)
     net.refresh()
     autograd = rules.get(rule).autograd
-    key = (net._tree, extend and not autograd, autograd)
+    key = (net.tree, extend and not autograd, autograd)
     checked = _CHECKED.get(net.model)
     if (checked is None or checked[0] != key) and net.device.type != "meta":  # meta: check_input refuses it
         checked = _probe(net, hw, key, rule)
@@ -396,26 +218,27 @@ def _probe_size(net: Net, size: tuple[int, ...], key: tuple, rule: str) -> tuple
     for name, m in net.layers.items():
         names.setdefault(m, name)
 
-    def hook(m, inputs, output):
-        name = names[original(m)]
-        if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
-            shapes[name] = tuple(output.shape)
-            why = mode.refused(output) or (ops.unseen(output) if output.requires_grad and not
-                                           mode.rule.autograd and not mode.marked(output) else None)
-            if why is not None:
-                refused[name] = why if "Hint:" in why else f"layer '{name}' {why}. " + _HINT
+    def keep(keys: list[str], m: nn.Module, inputs: tuple, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
+            return SKIP
+        name = keys[0]
+        shapes[name] = tuple(output.shape)
+        why = mode.refused(output) or (ops.unseen(output) if output.requires_grad and not
+                                       mode.rule.autograd and not mode.marked(output) else None)
+        if why is not None:
+            refused[name] = why if "Hint:" in why else f"layer '{name}' {why}. " + HINT
+        return None
 
     x = torch.zeros(1, net.in_channels or 3, *size, device=net.device, dtype=net.dtype, requires_grad=True)
     try:
         with exclusive(net.model) as model, ExitStack() as stack:
             token = stack.enter_context(own_call())
             where = stack.enter_context(_where_tracker(model, token))
-            for m in names:
-                stack.callback(m.register_forward_hook(hook).remove)
-            mode = _DeconvMode(where, rule, grad=True, extend=key[1])
+            mode = DeconvMode(where, rule, grad=True, extend=key[1])
             mode.mark(x)
             with torch.enable_grad(), mode:
-                model(x)
+                capture({name: m for m, name in names.items()}, lambda: model(x), keep=keep, stop_after_last=False,
+                        token=token)
     except UnsupportedLayerError:
         raise
     except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
@@ -445,6 +268,9 @@ class GraphEngine:
 
     Targets at any layers share one forward (it stops after the deepest); each has its backward.
     """
+
+    name = "graph"
+    can_show_stages = False
 
     def __init__(self, net: Net, *, rule: str, keep: int = 0, extend: bool = False) -> None:
         self.net, self.rule, self.extend = net, rule, extend
@@ -478,8 +304,8 @@ class GraphEngine:
                           declared={n: declared.get(n, {}) for n in layers})
         return record_graph(self.net, x, layers, reduce, rule=self.rule, extend=self.extend)
 
-    def project(self, x: torch.Tensor, targets: list[Target]) -> tuple[list[torch.Tensor], list[tuple], Record]:
-        """Projections of resolved targets, their ``select_target`` results and the record of the layers."""
+    def project(self, x: torch.Tensor, targets: list[Target]) -> Projected:
+        """Projections of resolved targets, their selections and the record of the layers."""
         x = check_input(x, self.net)
         layers = list(dict.fromkeys(t.layer for t in targets))
         check_graph(self.net, x.shape[-2:], layers, rule=self.rule, extend=self.extend)
@@ -490,10 +316,11 @@ class GraphEngine:
             for t in targets:
                 act = outputs[t.layer]
                 sel = select_target(act.detach(), t, self.net)
-                results.append(project(leaf, act, sel[0]()).detach())
+                results.append(project(leaf, act, sel.seed()).detach())
                 selected.append(sel)
-        return results, selected, Record(activations={n: outputs[n].detach() for n in layers},
-                                         declared={n: declared.get(n, {}) for n in layers})
+        return Projected(projections=results, selections=selected,
+                         record=Record(activations={n: outputs[n].detach() for n in layers},
+                                       declared={n: declared.get(n, {}) for n in layers}))
 
     def project_seed(self, x: torch.Tensor, layer: str, seed: torch.Tensor) -> torch.Tensor:
         """Any signal (B, ...) placed on ``layer``'s output, carried down the graph with the rule."""
@@ -508,6 +335,27 @@ class GraphEngine:
             return project(leaf, act, seed.to(act)).detach()
 
     def project_units(self, x: torch.Tensor, layer: str, image: torch.Tensor, channel: torch.Tensor,
+                      unit: torch.Tensor) -> UnitWindows:
+        """Many single units of one layer over a batch, each projected on its receptive-field box.
+
+        Each unit is computed on the crop of its image that it sees, a batch of crops at a time
+        (``project_windows``), or, where the field covers most of the image, whole inputs are projected, one
+        unit per image in each backward (``project_whole``), and the boxes cut out.
+        """
+        rf = receptive_field(self.net, layer)
+        origins = torch.stack([unit[:, 0] * rf.jump[0] - rf.padding[0], unit[:, 1] * rf.jump[1] - rf.padding[1]], 1)
+        if 2 * rf.size[0] * rf.size[1] <= x.shape[-2] * x.shape[-1]:  # each unit from the crop it sees
+            windows, value = self.project_windows(x, layer, image, channel, unit, rf.size, rf.jump, rf.padding)
+            return UnitWindows(windows, origins, value)
+        full, value = self.project_whole(x, layer, image, channel, unit)  # fields near the image's size
+        return UnitWindows(crop(full, origins, rf.size), origins, value)
+
+    def stages(self, x: torch.Tensor, target: Target) -> list[tuple[str, torch.Tensor]]:
+        """A graph has no steps to show one by one: refused, with the hint."""
+        raise ValueError(f"{self.net.arch} is projected through its autograd graph, which has no steps to "
+                         "show one by one. Hint: stages are for chains (VGG, AlexNet, nn.Sequential)")
+
+    def project_whole(self, x: torch.Tensor, layer: str, image: torch.Tensor, channel: torch.Tensor,
                       unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Units of one layer over a batch (unit k at ``image[k]``, ``channel[k]``, ``unit[k]``): their
         projections (N, C, H, W) on the whole input and their activations (N,).
@@ -603,72 +451,3 @@ class GraphEngine:
                         windows[k, :, a0:a1, b0:b1] = g[j, :, a0 - t0 : a1 - t0, b0 - l0 : b1 - l0]
                     del leaf, outputs, act, g
         return windows, value
-
-
-# --- receptive fields of graphs, measured ------------------------------------------------------------------
-
-class _LinearSurrogate(TorchFunctionMode):
-    """For measuring which pixels a unit can see: ReLUs pass everything, max-pools average their window.
-
-    The cone of a unit is then the support of its gradient, whatever the input (a max-pool's gradient
-    reaches one pixel per window, the average reaches the whole window, as the receptive field means).
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if ops.rectifier(func, args, kwargs) is not None or rules.activation(func, args, kwargs) is not None:
-            return args[0]
-        if rules.gate(func) is not None:  # held constant: the cone does not run through a gate
-            return func(*args, **kwargs).detach()
-        norm = rules.norm(func, args, kwargs)
-        if norm is not None:  # nor through a normaliser's divisor
-            return norm[1]
-        if func in (F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices):
-            return _avg_like_max(*args, **kwargs)
-        return func(*args, **kwargs)
-
-
-def _avg_like_max(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    if dilation not in (1, (1, 1)):
-        raise UnsupportedLayerError("a dilated max-pool: its receptive field is not measured here")
-    out = F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad=True)
-    return (out, torch.zeros_like(out, dtype=torch.long)) if return_indices else out
-
-
-def measure_boxes(model: nn.Module, module: nn.Module, hw: Sequence[int], channels: int = 3,
-                  device: torch.device | None = None, dtype: torch.dtype | None = None
-                  ) -> tuple[list[tuple[int, int, int, int]], tuple[int, int]]:
-    """The input boxes that two units of ``module``'s output see on an (H, W) input, the map's centre unit
-    ``((h - 1) // 2, (w - 1) // 2)`` and its diagonal neighbour: ``([(top, left, bottom, right)] * 2, (h, w)
-    of the map)``. One forward and one backward of two copies of one random input, each seeded at one unit
-    (images do not mix). The caller holds ``exclusive(model)``.
-    """
-    out: dict[str, torch.Tensor] = {}
-
-    def hook(m, inputs, output):
-        if "y" not in out and owns(token):
-            out["y"] = output
-            raise _Stop
-
-    x = torch.randn(1, channels, *hw, device=device, dtype=dtype).expand(2, -1, -1, -1).clone().requires_grad_(True)
-    handle = module.register_forward_hook(hook)
-    try:
-        with own_call() as token, torch.enable_grad(), _LinearSurrogate(), contextlib.suppress(_Stop):
-            eval_view(model)(x)  # the weights detached, the user's modules untouched (``models.lock``)
-    finally:
-        handle.remove()
-    y = out["y"]
-    h, w = y.shape[-2:]
-    r, c = (h - 1) // 2, (w - 1) // 2
-    seed = torch.zeros_like(y)
-    seed[0, :, r, c] = 1.0
-    if h > 1 and w > 1:
-        seed[1, :, r + 1, c + 1] = 1.0
-    (g,) = torch.autograd.grad(y, x, seed)
-    boxes = []
-    for k in range(2):
-        support = g[k].abs().sum(0) > 0
-        rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
-        boxes.append((0, 0, 0, 0) if len(rows) == 0 else
-                     (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
-    return boxes, (h, w)

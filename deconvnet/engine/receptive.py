@@ -14,7 +14,7 @@ from torch import nn
 from ..models import Net
 from ..models.lock import exclusive
 from .geometry import traced_field
-from .graph import measure_boxes
+from .measure import measure_boxes
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,10 @@ from torch import nn
 
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
-from ..models.lock import exclusive, own_call, owns
+from ..models.hooks import capture
+from ..models.lock import exclusive, own_call
 from .switches import PoolSwitches
 from .types import Record
-
-
-class _StopForward(Exception):
-    """Raised by the hook of the deepest requested layer: nothing above it needs computing."""
 
 
 def check_input(x: torch.Tensor, net: Net) -> torch.Tensor:
@@ -83,19 +80,17 @@ def record_chain(
     rec = Record(depth=deepest)
     last = {"index": -1}
 
-    def make_hook(i: int, m: nn.Module) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not owns(token):  # another thread's forward of the model: not ours to record or stop
-                return
-            inp = inputs[0]
-            indices = None
-            if isinstance(output, tuple):  # MaxPool2d(return_indices=True)
-                output, indices = output
-            elif switches and isinstance(module, nn.MaxPool2d):
-                indices = F.max_pool2d(
-                    inp, module.kernel_size, module.stride, module.padding, module.dilation,
-                    ceil_mode=module.ceil_mode, return_indices=True,
-                )[1]
+    def keep(keys: list[int], module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        inp = inputs[0]
+        indices = None
+        if isinstance(output, tuple):  # MaxPool2d(return_indices=True)
+            output, indices = output
+        elif switches and isinstance(module, nn.MaxPool2d):
+            indices = F.max_pool2d(
+                inp, module.kernel_size, module.stride, module.padding, module.dilation,
+                ceil_mode=module.ceil_mode, return_indices=True,
+            )[1]
+        for i in keys:
             if indices is not None:
                 rec.switches[i] = PoolSwitches.from_indices(indices, tuple(inp.shape[-2:]), module)
             rec.shapes[i] = (inp.shape, output.shape)
@@ -107,22 +102,15 @@ def record_chain(
                 else:  # a copy, since a following in-place ReLU would overwrite it; none if we stop here
                     rec.activations[layer] = output.detach() if i == deepest else output.detach().clone()
             last["index"] = i
-            if i == deepest:
-                raise _StopForward
-
-        return hook
+        return None  # the record holds what is kept: no output is held beyond its module's call
 
     if reduce is None:  # a scan (reduce) checks its batch size itself, once
         check_memory(net, x.shape[0], x.shape[-2:], deepest)
-    handles = []
     with exclusive(net.model) as model, own_call() as token:
         try:
-            for i, (_, m) in enumerate(net.stack[: deepest + 1]):
-                handles.append(m.register_forward_hook(make_hook(i, m)))
-            with torch.no_grad():
-                model(x)  # the eval-mode view (``models.lock``)
-        except _StopForward:
-            pass
+            with torch.no_grad():  # the forward of the eval-mode view (``models.lock``), stopped after the deepest
+                capture(dict(enumerate(m for _, m in net.stack[: deepest + 1])), lambda: model(x), keep=keep,
+                        token=token)
         except (RuntimeError, MemoryError) as err:
             if is_out_of_memory(err):
                 raise memory_error(err, f"running {net.arch} on an input of {tuple(x.shape)}") from err
@@ -131,9 +119,6 @@ def record_chain(
                 f"the forward pass failed at module '{failed}' for an input of {tuple(x.shape[-2:])}: "
                 f"{str(err).splitlines()[0]}. Hint: the input may be too small to reach layer(s) {', '.join(layers)}"
             ) from err
-        finally:
-            for h in handles:
-                h.remove()
     if rec.depth not in rec.shapes:
         raise RuntimeError(
             f"the forward pass of {net.arch} never reached '{net.stack[deepest][0]}': is net.stack the "

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
 
 import torch
 
 from ..models import Net
-from .types import Position, Target
+from .types import Position, Selection, Target
 
 
-def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable[[], torch.Tensor], torch.Tensor,
-                                                                        torch.Tensor, torch.Tensor]:
-    """A function building the seed (B, C, h, w) or (B, F), and per image: channel, activation, position."""
+def select_target(act: torch.Tensor, target: Target, net: Net) -> Selection:
+    """What ``target`` selects in a layer's activations ``act`` (B, C, h, w) or (B, F): per image its channel,
+    activation and position, and the seed (built on demand)."""
     b, c = act.shape[:2]
     spatial = act.dim() == 4
     a4 = act if spatial else act.view(b, c, 1, 1)
@@ -64,8 +63,7 @@ def select_target(act: torch.Tensor, target: Target, net: Net) -> tuple[Callable
         seed[torch.arange(b, device=act.device), channels] = seeded
         return seed.view_as(act)
 
-    return seed_map, channels, activation, position
-
+    return Selection(channels=channels, activation=activation, position=position, make_seed=seed_map)
 
 
 def _target_channels(a4: torch.Tensor, target: Target, net: Net) -> torch.Tensor:

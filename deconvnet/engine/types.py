@@ -1,7 +1,9 @@
-"""What every engine and every consumer exchange: ``Target`` in, ``Projection`` out, ``Record`` of a forward."""
+"""What every engine and every consumer exchange: ``Target`` in, ``Projection`` out, ``Record`` of a forward,
+``Selection`` of a target's units, ``UnitWindows`` of many single units, ``Projected`` of an engine's pass."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +112,60 @@ class Record:
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
     depth: int = -1
     declared: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a target selects in a layer's activations (``targets.select_target``), per image of the batch.
+
+    Attributes:
+        channels: (B,) the channel of each image.
+        activation: (B,) the value of the strongest selected unit (for a point target, the unit's).
+        position: (B, 2) row, col of that unit in the layer's map ((0, 0) for a layer without one).
+        make_seed: builds the seed; ``seed()`` calls it.
+    """
+
+    channels: torch.Tensor
+    activation: torch.Tensor
+    position: torch.Tensor
+    make_seed: Callable[[], torch.Tensor] = field(repr=False)
+
+    def seed(self) -> torch.Tensor:
+        """The signal placed on the layer's output, shaped like it ((B, C, h, w) or (B, F)): the selected
+        activations, every other zero. Built on demand (the cropped walk needs no maps)."""
+        return self.make_seed()
+
+
+@dataclass
+class UnitWindows:
+    """Many single units of one layer, each projected on its receptive-field box (``project_units``).
+
+    Attributes:
+        windows: (N, C, r_h, r_w) the projections on the boxes of ``receptive_field(layer)`` (zero outside
+            the image: the box is not clipped).
+        origins: (N, 2) the boxes' top-left pixels (may be negative).
+        activations: (N,) the units' activations.
+    """
+
+    windows: torch.Tensor
+    origins: torch.Tensor
+    activations: torch.Tensor
+
+
+@dataclass
+class Projected:
+    """What an engine's ``project`` gives the facade: one projection per target, in order, with what each
+    target selected and the record of the forward.
+
+    Attributes:
+        projections: (B, C, H, W) per target, in the model's input space.
+        selections: the ``Selection`` per target.
+        record: the forward's ``Record`` (the targets' layers' activations, the declared rules).
+    """
+
+    projections: list[torch.Tensor]
+    selections: list[Selection]
+    record: Record
 
 
 class UnsupportedLayerError(ValueError):

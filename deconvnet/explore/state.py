@@ -111,7 +111,7 @@ def item_name(dataset: Any, i: int) -> str:
 def class_layer(net: Net) -> str | None:
     """The classifier's output layer (the last ``nn.Linear`` the forward reaches in eval mode: not an
     auxiliary head), or None for a model without one (features-only weights)."""
-    reached = net.layers if net.is_chain else net.output_shapes()
+    reached = net.reached_layers()
     linear = [n for n, m in net.layers.items() if isinstance(m, nn.Linear) and n in reached]
     if not linear:
         return None
@@ -372,7 +372,8 @@ class ExplorerState:
                     channel = self.strongest_channels(1)[0][0]
                 if position == STRONGEST and not is_class:
                     # the channel checked as the engine checks it, before its map is read
-                    channel = int(select_target(self._act(x, new_layer), Target(new_layer, channel), self.net)[1][0])
+                    selected = select_target(self._act(x, new_layer), Target(new_layer, channel), self.net)
+                    channel = int(selected.channels[0])
                     position = self.strongest_unit(channel)
             finally:
                 self.image_key, self.layer = old
@@ -398,7 +399,7 @@ class ExplorerState:
 
         act = self._act(x, p.layer)
         unit = tuple(int(v) for v in p.position[0]) if act.dim() == 4 else "max"
-        seed = select_target(act, Target(p.layer, int(p.channel[0]), unit), self.net)[0]()
+        seed = select_target(act, Target(p.layer, int(p.channel[0]), unit), self.net).seed()
         return backward_maps(self.net, x, p.layer, seed, (method,))[method]
 
     # --- top-k tiles ---------------------------------------------------------------------------------

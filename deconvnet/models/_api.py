@@ -387,7 +387,7 @@ def wrap(
     plain = preprocessing is None and weights is None and name is None and categories is None
     if plain and model in _WRAPPED:  # Deconvnet(model) again: the same Net, with its measured shapes and fields
         net = _WRAPPED[model]
-        if net._tree == _tree(model) or not net.is_chain:  # a graph follows surgery itself (``Net.refresh``)
+        if net.tree == _tree(model) or not net.is_chain:  # a graph follows surgery itself (``Net.refresh``)
             net.refresh()
             return net
     net = _wrap(model, preprocessing, weights, name, categories)

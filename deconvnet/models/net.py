@@ -13,7 +13,8 @@ from torch import nn
 from .. import images
 from ..memory import check_memory
 from ..preprocessing import Preprocessing
-from .lock import exclusive, original, own_call, owns
+from .hooks import SKIP, capture
+from .lock import exclusive, own_call
 
 #: the side of the square every image is resized and cropped to by default (``Net.preprocess``, the CLI)
 DEFAULT_SIZE = 224
@@ -123,6 +124,55 @@ class Net:
         """Whether the forward is the ``stack`` in order (the explicit, croppable walk applies)."""
         return self.stack is not None
 
+    # --- what consumers ask about the layers, whatever the kind of net ----------------------------------
+    @property
+    def can_show_stages(self) -> bool:
+        """Whether the forward is the ``stack`` of modules in order, so that a projection can be walked down
+        (and shown) module by module, with no autograd graph to keep (``Deconvnet.stages``, the resolution
+        study); False for a graph."""
+        return self.is_chain
+
+    @property
+    def tree(self) -> tuple:
+        """The module tree the net last saw, ``(path, id(module))`` pairs: it changes with model surgery
+        (``refresh``), so it keys what is checked or measured once per model."""
+        return self._tree
+
+    def reached_layers(self) -> list[str]:
+        """The layers the forward reaches, in forward order (a chain's every layer; a graph's from one probe
+        forward, ``output_shapes``)."""
+        return list(self.layers) if self.is_chain else list(self.output_shapes())
+
+    def pools(self) -> list[str]:
+        """The pooling layers by the paper's names (``pool1`` ... ``pool5``), in forward order; empty for a
+        net whose layers go by module paths (a graph)."""
+        if not self.is_chain:
+            return []
+        return sorted((n for n in self.layers if n.startswith("pool")), key=self.depth)
+
+    def feature_layers(self) -> list[str] | None:
+        """The layers of the convolutional part (torchvision's ``features`` of a VGG or AlexNet), in forward
+        order; None for a net without one (a graph, a chain given as one ``nn.Sequential``)."""
+        if not self.is_chain or self.features is None:
+            return None
+        return sorted((n for n in self.layers if self.depth(n) < len(self.features)), key=self.depth)
+
+    def first_conv(self) -> str:
+        """The name of the first convolution (``nn.Conv2d``) in forward order.
+
+        Raises:
+            ValueError: the net has none.
+        """
+        convs = [name for name, m in self.layers.items() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ValueError(f"{self.arch} has no Conv2d layer")
+        return convs[0] if self.is_chain else min(convs, key=self.order)
+
+    def deepest_index(self, layers: Sequence[str]) -> int | None:
+        """The stack index of the deepest of ``layers`` (what ``memory.check_memory`` counts up to); None for
+        a graph, whose whole forward counts."""
+        return max(self.depth(layer) for layer in layers) if self.is_chain else None
+
     @property
     def channels(self) -> dict[str, int]:
         """Layer name -> channels (or features) of its output."""
@@ -174,30 +224,25 @@ class Net:
         hw = tuple(int(v) for v in (hw if hw is not None else (self._probe_hw or (224, 224))))
         if hw in self._shapes:
             return self._shapes[hw]
-        shapes: dict[str, tuple[int, ...]] = {}
-        names = {}
+        names: dict[nn.Module, str] = {}
         for name, m in self.layers.items():
             names.setdefault(m, name)
 
-        def hook(m, inputs, output):  # m is the module's eval-mode view (``models.lock``)
-            name = names[original(m)]
-            if owns(token) and isinstance(output, torch.Tensor) and name not in shapes:
-                shapes[name] = tuple(output.shape)
+        def keep(keys: list[str], m: nn.Module, inputs: tuple, output: Any) -> Any:
+            return tuple(output.shape) if isinstance(output, torch.Tensor) else SKIP
 
         channels = self.in_channels or 3
-        handles = []
         with exclusive(self.model) as model, own_call() as token:
             try:
-                handles = [m.register_forward_hook(hook) for m in names]
                 with torch.no_grad(), _fake_if_large(hw):
-                    model(torch.zeros(1, channels, *hw, device=self.device, dtype=self.dtype))
+                    x = torch.zeros(1, channels, *hw, device=self.device, dtype=self.dtype)
+                    kept = capture({name: m for m, name in names.items()}, lambda: model(x), keep=keep,
+                                   stop_after_last=False, token=token)
             except (RuntimeError, ValueError, TypeError, AssertionError, NotImplementedError, IndexError) as err:
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
                 raise ValueError(f"a {hw[0]}x{hw[1]} input does not go through {self.arch}: {first}. Hint: give an "
                                  "input of the size the model takes") from err
-            finally:
-                for h in handles:
-                    h.remove()
+        shapes: dict[str, tuple[int, ...]] = kept
         if len(self._shapes) >= 16:
             self._shapes.pop(next(iter(self._shapes)))
         self._shapes[hw] = shapes

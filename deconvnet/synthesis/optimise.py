@@ -16,17 +16,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models import Net, wrap
-from ..models.lock import exclusive, own_call, owns
+from ..models.hooks import capture
+from ..models.lock import exclusive, own_call
 from . import transforms as T
 from .param import FourierImage
 
 OBJECTIVES = ("channel", "unit")
 #: the settings' defaults, as lucid's ``render_vis`` and the Distill article
 DEFAULT_STEPS, DEFAULT_SIZE, DEFAULT_LR = 512, 128, 0.05
-
-
-class _Stop(Exception):
-    """Raised by the layer's hook: nothing after the layer is needed."""
 
 
 @dataclass
@@ -101,26 +98,14 @@ def layer_output(net: Net, x: torch.Tensor, layer: str) -> torch.Tensor:
 
     The hook exists only inside this call and acts only for it (``models.lock``).
     """
-    module = net.layers[layer]
-    kept: dict[str, torch.Tensor] = {}
-    with own_call() as token:
-        def hook(m: nn.Module, inputs: tuple, output: Any) -> None:
-            if not owns(token) or "out" in kept:
-                return
-            if not isinstance(output, torch.Tensor):
-                raise ValueError(f"layer '{layer}' returns a {type(output).__name__}, not a tensor: name a module "
-                                 "whose "
-                                 "output is one tensor")
-            kept["out"] = output
-            raise _Stop
+    def keep(keys: list[str], m: nn.Module, inputs: tuple, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(f"layer '{layer}' returns a {type(output).__name__}, not a tensor: name a module "
+                             "whose output is one tensor")
+        return output
 
-        handle = module.register_forward_hook(hook)
-        try:
-            net.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
+    with own_call() as token:
+        kept = capture({"out": net.layers[layer]}, lambda: net.model(x), keep=keep, token=token)
     if "out" not in kept:
         raise ValueError(f"the forward of {net.arch} never called layer '{layer}'. "
                          "Hint: name a module its forward uses")

@@ -36,7 +36,8 @@ def test_project_units_equal_project_one_by_one(name, layer, vgg16, resnet18, go
     image = torch.tensor([1, 0, 1, 1, 0])
     channel = torch.tensor([3, 0, 7, 3, 5])
     unit = torch.tensor([[0, 0], [h // 2, w // 2], [h - 1, 1], [2, w - 1], [1, 2]])
-    windows, origins, values = deconv.project_units(x, layer, image, channel, unit)
+    units = deconv.project_units(x, layer, image, channel, unit)
+    windows, origins, values = units.windows, units.origins, units.activations
     rf = deconv.receptive_field(layer)
     assert windows.shape[-2:] == rf.size
     for k in range(len(image)):
@@ -92,3 +93,42 @@ def test_units_and_seeds_out_of_range_are_one_clear_error(name, layer, vgg16, re
     with pytest.raises(ValueError, match=rf"a seed of shape \(1, 2, 3, 3\) does not fit layer '{layer}', whose output "
                                          rf"for this input is \(1, {c}, {h}, {w}\)"):
         deconv.project_seed(x, layer, torch.zeros(1, 2, 3, 3))
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x) + x.mean(1, keepdim=True))
+
+
+def test_both_engines_keep_one_contract():
+    """Chain and graph engines are one ``Engine``; each answer is a dataclass; ``engine`` names the one in use
+    and cannot be set beside it."""
+    from deconvnet.engine import Engine, Selection, UnitWindows
+
+    torch.manual_seed(0)
+    chain = dn.wrap(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2)).double())
+    graph = dn.wrap(_Residual().double())
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    for net, kind, layer in ((chain, "chain", "2"), (graph, "graph", "conv")):
+        deconv = dn.Deconvnet(net)
+        assert isinstance(deconv._engine, Engine) and deconv.engine == kind == deconv._engine.name
+        assert deconv.can_show_stages == (kind == "chain") == net.can_show_stages
+        with pytest.raises(AttributeError):
+            deconv.engine = "graph"
+        done = deconv._engine.project(x, [dn.Target(layer)])
+        assert isinstance(done.selections[0], Selection) and done.selections[0].seed().shape == \
+            done.record.activations[layer].shape
+        units = deconv.project_units(x, layer, torch.tensor([0, 1]), torch.tensor([1, 2]),
+                                     torch.tensor([[1, 1], [2, 3]]))
+        assert isinstance(units, UnitWindows) and units.windows.shape[:2] == (2, 3) and units.origins.shape == (2, 2)
+    # the chain engine's own fallback (another rule: no cropped walk) answers in the same type, equal to the graph's
+    guided = dn.Deconvnet(chain, rule="guided").project_units(x, "2", torch.tensor([1]), torch.tensor([3]),
+                                                             torch.tensor([[2, 2]]))
+    graphed = dn.Deconvnet(chain, rule="guided", engine="graph").project_units(x, "2", torch.tensor([1]),
+                                                                              torch.tensor([3]), torch.tensor([[2, 2]]))
+    assert isinstance(guided, UnitWindows) and torch.equal(guided.windows, graphed.windows)

@@ -12,7 +12,7 @@ from torch import nn
 
 import deconvnet as dn
 from deconvnet.engine import receptive_field
-from deconvnet.engine.graph import measure_boxes
+from deconvnet.engine.measure import measure_boxes
 from deconvnet.engine.receptive import graph_receptive_field, measured_receptive_field
 
 from conftest import images

@@ -10,6 +10,8 @@ from torch import nn
 
 import deconvnet as dn
 import deconvnet.engine.chain as chain
+import deconvnet.engine.cropped as cropped
+import deconvnet.engine.steps as steps
 from deconvnet.engine.switches import PoolSwitches, disjoint, unpool_disjoint
 
 from conftest import images
@@ -77,9 +79,9 @@ def test_cropped_walk_equals_todays_scatter_add_walk(name, monkeypatch):
     units = [(0, 0), (h - 1, w - 1), (h // 2, w // 3), (0, w - 1)]  # windows leaving the map on every side
     targets = [dn.Target(layer, c, u) for c in range(3) for u in units]
     new = d.project_many(x, targets)
-    monkeypatch.setattr(chain, "_unpool_window", chain._unpool_window_scatter)
+    monkeypatch.setattr(cropped, "_unpool_window", cropped._unpool_window_scatter)
     old = d.project_many(x, targets)
-    monkeypatch.setattr(chain, "disjoint", lambda sw: False)  # the whole-map walk by today's scatter-add
+    monkeypatch.setattr(steps, "disjoint", lambda sw: False)  # the whole-map walk by today's scatter-add
     full = dn.Deconvnet(net, crop=False).project_many(x, targets)
     assert all(a.projection.abs().max() > 0 for a in new)
     for a, b, c in zip(new, old, full, strict=False):
@@ -96,6 +98,6 @@ def test_vgg_walks_unpool_without_index_tensors(vgg16, monkeypatch):
     ref = dn.Deconvnet(vgg16, crop=True).project(x, "relu4_3", 3, (2, 3)).projection
     full = dn.Deconvnet(vgg16, crop=False).project(x, "relu4_3", 3, (2, 3)).projection
     monkeypatch.setattr(PoolSwitches, "flat", refuse)
-    monkeypatch.setattr(chain, "_unpool_window_scatter", refuse)
+    monkeypatch.setattr(cropped, "_unpool_window_scatter", refuse)
     assert torch.equal(dn.Deconvnet(vgg16, crop=True).project(x, "relu4_3", 3, (2, 3)).projection, ref)
     assert torch.equal(dn.Deconvnet(vgg16, crop=False).project(x, "relu4_3", 3, (2, 3)).projection, full)
