@@ -67,10 +67,9 @@ def test_projections_are_the_full_projection_cropped_to_the_box(arch, layer, net
     for e, w in zip(entries, windows, strict=True):
         p = dn.Deconvnet(net).project(x[e.image][None], layer, e.channel, (e.row, e.col))
         want = crop_box(p.projection_rgb()[0].detach(), rf.box(e.row, e.col), 0.0)
-        if arch == "vgg11":
-            assert torch.equal(w, want)
-        else:
-            assert torch.allclose(w, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+        assert torch.allclose(w, want, rtol=0, atol=1e-5 * float(want.abs().max()))  # another batch: round-off
+        if arch == "vgg11":  # the same forward (one image): the chain's cropped walk, bit for bit
+            assert torch.equal(project_entries(deconv, x[e.image][None], layer, [0], [e])[0], want)
 
 
 def test_the_three_consumers_get_equal_tiles(net, data, topk, tmp_path):
