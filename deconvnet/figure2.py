@@ -11,7 +11,6 @@ import math
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .engine import Deconvnet, Target, receptive_field
-from .images import pil_to_tensor01
+from .checks import positive_int
+from .engine import Deconvnet, receptive_field
 from .io import write_json
 from .models import Net
 from .models.weights import sha256_file
@@ -31,7 +30,6 @@ from .plot import (
     TICK_PT,
     TITLE_PT,
     _blank,
-    crop_box,
     describe_scaling,
     save_figure,
     scale_for_display,
@@ -39,38 +37,9 @@ from .plot import (
     wrap_to_width,
 )
 from .scan import TopK
+from .tiles import FeatureTiles, Patches, entries_of, project_entries
 
 SELECTIONS = ("random", "strongest")
-#: value of image-patch pixels outside the image (light gray; the mosaic's separators are white)
-PATCH_PAD = 0.88
-
-
-@dataclass
-class FeatureTiles:
-    """The tiles of one feature.
-
-    Attributes:
-        layer, channel: the feature.
-        values: (n,) activations, strongest first.
-        images: (n,) dataset indices.
-        positions: (n, 2) unit positions in the layer's map.
-        boxes: n receptive-field boxes (top, left, bottom, right) in image pixels, unclipped.
-        projections: (n, 3, r, r) projections cropped to the boxes, RGB channel order, model input scale.
-        patches: (n, 3, r, r) image patches, RGB in [0, 1].
-        labels: n short names of the images.
-        sources: n source photographs or files of the images (``dataset.group``; the label without it).
-    """
-
-    layer: str
-    channel: int
-    values: torch.Tensor
-    images: torch.Tensor
-    positions: torch.Tensor
-    boxes: list[tuple[int, int, int, int]]
-    projections: torch.Tensor
-    patches: torch.Tensor
-    labels: list[str]
-    sources: list[str]
 
 
 def select_features(topk: TopK, layer: str, n: int, how: str = "random", seed: int = 0) -> list[int]:
@@ -80,8 +49,7 @@ def select_features(topk: TopK, layer: str, n: int, how: str = "random", seed: i
     """
     if how not in SELECTIONS:
         raise ValueError(f"feature selection '{how}' is not understood. Hint: one of {', '.join(SELECTIONS)}")
-    if n < 1:
-        raise ValueError(f"the number of features must be at least 1, got {n}")
+    n = positive_int("the number of features", n)
     full = ((topk.images[layer] >= 0).all(1) & (topk.values[layer][:, 0] > 0)).nonzero().flatten().tolist()
     if how == "strongest":
         top1 = topk.values[layer][:, 0]
@@ -108,7 +76,7 @@ def feature_tiles(
     """
     deconv = deconv or Deconvnet(net)
     rf = receptive_field(net, layer)
-    jobs = [(c, e) for c in channels for e in topk.entries(layer, c)]
+    jobs = [e for c in channels for e in entries_of(topk, layer, c)]
     if not jobs:
         return []
     proj_tiles: list[torch.Tensor] = []
@@ -117,22 +85,12 @@ def feature_tiles(
     bar = tqdm(total=len(jobs), desc=f"project {layer}", unit="proj", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        x = torch.stack([dataset[i][0] for _, (_, i, _) in chunk])
-        units = torch.tensor([list(pos) for _, (_, _, pos) in chunk])  # one unit per image: the cropped path
-        target = Target(layer, torch.tensor([c for c, _ in chunk]), units)
-        p = deconv.project_many(x, [target])[0]
-        proj = p.projection_rgb().detach().cpu()
-        for b, (c, (v, i, (r, col))) in enumerate(chunk):
-            if not torch.isclose(p.activation[b].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3,
-                                 atol=1e-5):
-                raise ValueError(
-                    f"image {i} gives activation {float(p.activation[b]):.6g} at {layer} channel {c} ({r}, {col}), "
-                    f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?"
-                )
-            box = rf.box(r, col)
+        x = torch.stack([dataset[e.image][0] for e in chunk])  # one image per entry
+        proj_tiles += project_entries(deconv, x, layer, range(len(chunk)), chunk)
+        for e in chunk:
+            box = rf.box(e.row, e.col)
             boxes.append(box)
-            proj_tiles.append(crop_box(proj[b], box, 0.0))
-            patch_tiles.append(crop_box(pil_to_tensor01(dataset.rgb(i)), box, PATCH_PAD))
+            patch_tiles.append(Patches(dataset.rgb(e.image), max(rf.size)).crop(box))
         bar.update(len(chunk))
     bar.close()
     out, j = [], 0

@@ -146,6 +146,73 @@ def _weights_note(net: Net) -> str | None:
     return f"These are not torchvision's ImageNet weights: {net.provenance.get('source', weights)}."
 
 
+def _shown(entries: list, c: int, rf: Any, paths: Any, image_size: Any, label: Any, group: Any) -> list[dict[str, Any]]:
+    """A channel page's top-k entries: the unit, its image and tile, the receptive field on the image."""
+    shown = []
+    for rank, (v, i, (r, col)) in enumerate(entries):
+        box = rf.box(r, col)
+        w, h = image_size(i)
+        ct, cl, cb, cr = max(box[0], 0), max(box[1], 0), min(box[2], h), min(box[3], w)
+        shown.append({
+            "rank": rank + 1, "activation": v, "image": i, "row": r, "col": col, "box": list(box),
+            "label": label(i) if label else str(i),
+            "source": str(group(i)) if group else (label(i) if label else str(i)),
+            "tile": f"tiles/{c}_{rank}{paths.ext}", "image_file": f"../{paths.image(i)}",
+            "image_w": w, "image_h": h,
+            # the receptive field on the full image, clipped to it, in percent (CSS overlay)
+            "overlay": {"top": 100 * ct / h, "left": 100 * cl / w,
+                        "height": 100 * max(cb - ct, 0) / h, "width": 100 * max(cr - cl, 0) / w},
+        })
+    return shown
+
+
+def _summary(st: ChannelStats, c: int, top1: float) -> dict[str, Any]:
+    """A channel's numbers from its statistics (the page's table)."""
+    n_units = max(st.n_units, 1)
+    return {
+        "max": top1, "mean": float(st.mean[c]), "std": float(st.std[c]), "min": float(st.min[c]),
+        "active": 1 - int(st.units_nonpos[c]) / n_units, "n_units": st.n_units,
+        "images_active": 1 - int(st.image_nonpos[c]) / max(st.n_images, 1), "n_images": st.n_images,
+        "top": float(st.top[c]), "bins": st.bins,
+    }
+
+
+def _record(layer: str, c: int, paths: Any, summary: dict[str, Any], st: ChannelStats, shown: list[dict[str, Any]],
+            synth: dict[str, Any] | None) -> dict[str, Any]:
+    """A channel's entry in its layer's ``channels.json``."""
+    return {
+        "channel": c, "page": paths.page(layer, c), "summary": summary,
+        "histogram": {"edges": st.edges(c), "units": st.units[c].tolist(),
+                      "units_nonpos": int(st.units_nonpos[c]),
+                      "image_max": st.image_max[c].tolist(), "image_nonpos": int(st.image_nonpos[c])},
+        "entries": [{key: e[key] for key in ENTRY_KEYS}
+                    | {"tile": f"{paths.folder(layer)}/{e['tile']}",
+                       "image_file": paths.image(e["image"])} for e in shown],
+    } | ({"synthesis": {k: synth[k] for k in SYNTHESIS_KEYS}} if synth else {})
+
+
+def _provenance(net: Net, common: dict[str, Any], identity: dict[str, Any], first: dict[str, Any],
+                processes: dict[str, Any] | None, scaling: str, *, n_images: int) -> list[tuple[str, str]]:
+    """The index's provenance table: the model, its weights and input, the data, the scan, how it was built."""
+    return [
+        ("Architecture", net.arch),
+        ("Weights", net.describe()),
+        ("Weight source", str(net.provenance.get("source", ""))),
+        ("Weight file", str(net.provenance.get("file") or "none (built in code)")),
+        ("sha256", str(net.provenance.get("sha256") or "none")),
+        ("Input", str(net.provenance.get("preprocessing", ""))),
+        ("Data", f"{common['dataset_name']}: {n_images} images"),
+        ("Top-k", f"{identity['k']} per channel, at most {identity['per_group']} per source image"
+                  if identity["per_group"] else f"{identity['k']} per channel"),
+        ("Scan fingerprint", str(first.get("fingerprint", ""))),
+        *([("Built by", f"{processes['processes']} process(es)" + (f", torch.distributed {processes['backend']}"
+                                                                   if processes.get("backend") else ""))]
+          if processes else []),
+        ("Projections",
+         f"deconvnet (Zeiler & Fergus 2014), cropped to the receptive field; {describe_scaling(scaling)}"),
+    ]
+
+
 def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats: dict[str, ChannelStats],
                 channels: dict[str, list[int]], paths: Any, *, identity: dict[str, Any],
                 dataset_name: str | None, scaling: str, progress: bool = True,
@@ -204,28 +271,8 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
             top1 = entries[0][0] if entries else float("nan")
             info["cards"].append({"channel": c, "page": paths.page(layer, c), "thumb": paths.thumb(layer, c),
                                   "top": top1, "has": bool(entries)})
-            shown = []
-            for rank, (v, i, (r, col)) in enumerate(entries):
-                box = rf.box(r, col)
-                w, h = image_size(i)
-                ct, cl, cb, cr = max(box[0], 0), max(box[1], 0), min(box[2], h), min(box[3], w)
-                shown.append({
-                    "rank": rank + 1, "activation": v, "image": i, "row": r, "col": col, "box": list(box),
-                    "label": label(i) if label else str(i),
-                    "source": str(group(i)) if group else (label(i) if label else str(i)),
-                    "tile": f"tiles/{c}_{rank}{paths.ext}", "image_file": f"../{paths.image(i)}",
-                    "image_w": w, "image_h": h,
-                    # the receptive field on the full image, clipped to it, in percent (CSS overlay)
-                    "overlay": {"top": 100 * ct / h, "left": 100 * cl / w,
-                                "height": 100 * max(cb - ct, 0) / h, "width": 100 * max(cr - cl, 0) / w},
-                })
-            n_units = max(st.n_units, 1)
-            summary = {
-                "max": top1, "mean": float(st.mean[c]), "std": float(st.std[c]), "min": float(st.min[c]),
-                "active": 1 - int(st.units_nonpos[c]) / n_units, "n_units": st.n_units,
-                "images_active": 1 - int(st.image_nonpos[c]) / max(st.n_images, 1), "n_images": st.n_images,
-                "top": float(st.top[c]), "bins": st.bins,
-            }
+            shown = _shown(entries, c, rf, paths, image_size, label, group)
+            summary = _summary(st, c, top1)
             hist_units = histogram(st.units[c].tolist(), int(st.units_nonpos[c]), float(st.top[c]), log=True,
                                    what="units")
             hist_images = histogram(st.image_max[c].tolist(), int(st.image_nonpos[c]), float(st.top[c]), log=False,
@@ -243,15 +290,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
             page = out / paths.page(layer, c)
             _write_text(html, page)
             written.append(page)
-            records.append({
-                "channel": c, "page": paths.page(layer, c), "summary": summary,
-                "histogram": {"edges": st.edges(c), "units": st.units[c].tolist(),
-                              "units_nonpos": int(st.units_nonpos[c]),
-                              "image_max": st.image_max[c].tolist(), "image_nonpos": int(st.image_nonpos[c])},
-                "entries": [{key: e[key] for key in ENTRY_KEYS}
-                            | {"tile": f"{paths.folder(layer)}/{e['tile']}",
-                               "image_file": paths.image(e["image"])} for e in shown],
-            } | ({"synthesis": {k: synth[k] for k in SYNTHESIS_KEYS}} if synth else {}))
+            records.append(_record(layer, c, paths, summary, st, shown, synth))
             bar.update(1)
         write_json({"layer": layer, "arch": net.arch, "weights": net.describe(), "k": identity["k"],
                     "receptive_field": {"size": rf.size, "jump": rf.jump, "padding": rf.padding},
@@ -259,23 +298,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                     "channels": records}, out / paths.folder(layer) / "channels.json")
         layer_info.append(info)
     bar.close()
-    provenance = [
-        ("Architecture", net.arch),
-        ("Weights", net.describe()),
-        ("Weight source", str(net.provenance.get("source", ""))),
-        ("Weight file", str(net.provenance.get("file") or "none (built in code)")),
-        ("sha256", str(net.provenance.get("sha256") or "none")),
-        ("Input", str(net.provenance.get("preprocessing", ""))),
-        ("Data", f"{common['dataset_name']}: {len(dataset)} images"),
-        ("Top-k", f"{identity['k']} per channel, at most {identity['per_group']} per source image"
-                  if identity["per_group"] else f"{identity['k']} per channel"),
-        ("Scan fingerprint", str(first.get("fingerprint", ""))),
-        *([("Built by", f"{processes['processes']} process(es)" + (f", torch.distributed {processes['backend']}"
-                                                                   if processes.get("backend") else ""))]
-          if processes else []),
-        ("Projections",
-         f"deconvnet (Zeiler & Fergus 2014), cropped to the receptive field; {describe_scaling(scaling)}"),
-    ]
+    provenance = _provenance(net, common, identity, first, processes, scaling, n_images=len(dataset))
     html = env.get_template("index.html").render(
         **common, root="", title=f"{net.arch} atlas · deconvnet", layers=layer_info, provenance=provenance,
         scan_date=str(first.get("date", "")),

@@ -19,11 +19,9 @@ from typing import Any
 import torch
 
 from ..engine import Deconvnet
-from ..figure2 import PATCH_PAD, FeatureTiles
-from ..images import pil_to_tensor01
 from ..models import Net
-from ..plot import crop_box
 from ..scan import TopK
+from ..tiles import FeatureTiles, Patches, ScanMismatch, entries_of, project_entries
 
 Result = FeatureTiles | str  # the tiles, or why there are none
 
@@ -68,17 +66,17 @@ class TileSource:
 
     def compute(self, layer: str, channel: int, stop: Callable[[], bool] = lambda: False,
                 pause: Callable[[], None] = lambda: None) -> Result | None:
-        """The tiles of ``(layer, channel)`` (``FeatureTiles``, as ``figure2.feature_tiles`` makes them), or
+        """The tiles of ``(layer, channel)`` (``FeatureTiles``, from ``deconvnet.tiles`` as Figure 2's), or
         a sentence saying why there are none; None when ``stop()`` became true on the way. Between images,
         ``pause()`` is called first (the app's worker waits there while the main view is computed)."""
         note = self.note(layer, channel)
         if note is not None:
             return note
-        entries = self.topk.entries(layer, channel)
+        entries = entries_of(self.topk, layer, channel)
         rf = self.deconv.receptive_field(layer)
         by_image: dict[int, list[int]] = {}
-        for k, (_, i, _) in enumerate(entries):
-            by_image.setdefault(i, []).append(k)
+        for k, e in enumerate(entries):
+            by_image.setdefault(e.image, []).append(k)
         n = len(entries)
         projections: list[torch.Tensor | None] = [None] * n
         patches: list[torch.Tensor | None] = [None] * n
@@ -86,31 +84,26 @@ class TileSource:
             pause()
             if stop():
                 return None
-            units = torch.tensor([entries[k][2] for k in ks], dtype=torch.long)
-            windows, _, values = self.deconv.project_units(
-                self._input(i), layer, torch.zeros(len(ks), dtype=torch.long), torch.full((len(ks),), channel), units)
-            windows = self.net.preprocessing.to_rgb_order(windows).detach().cpu()
-            rgb = pil_to_tensor01(self.dataset.rgb(i))
+            try:
+                windows = project_entries(self.deconv, self._input(i), layer, [0] * len(ks), [entries[k] for k in ks])
+            except ScanMismatch as err:  # the tiles' note
+                return str(err)
+            image = Patches(self.dataset.rgb(i), max(rf.size))
             for j, k in enumerate(ks):
-                v, _, (r, c) = entries[k]
-                if not torch.isclose(values[j].cpu().double(), torch.tensor(v, dtype=torch.float64), rtol=1e-3,
-                                     atol=1e-5):
-                    return (f"image {i} gives activation {float(values[j]):.6g} at {layer} channel {channel} ({r}, "
-                            f"{c}), "
-                            f"but the scan recorded {v:.6g}: was the scan made with this model and dataset?")
                 projections[k] = windows[j]
-                patches[k] = crop_box(rgb, rf.box(r, c), PATCH_PAD)
+                patches[k] = image.crop(rf.box(entries[k].row, entries[k].col))
         label = (lambda i: self.dataset.label(i)) if hasattr(self.dataset, "label") else str
         return FeatureTiles(
             layer=layer, channel=channel,
-            values=torch.tensor([e[0] for e in entries]),
-            images=torch.tensor([e[1] for e in entries]),
-            positions=torch.tensor([e[2] for e in entries]),
-            boxes=[rf.box(*e[2]) for e in entries],
+            values=torch.tensor([e.value for e in entries]),
+            images=torch.tensor([e.image for e in entries]),
+            positions=torch.tensor([[e.row, e.col] for e in entries]),
+            boxes=[rf.box(e.row, e.col) for e in entries],
             projections=torch.stack(projections),  # type: ignore[arg-type]
             patches=torch.stack(patches),  # type: ignore[arg-type]
-            labels=[label(e[1]) for e in entries],
-            sources=[str(self.dataset.group(e[1])) if hasattr(self.dataset, "group") else label(e[1]) for e in entries],
+            labels=[label(e.image) for e in entries],
+            sources=[str(self.dataset.group(e.image)) if hasattr(self.dataset, "group") else label(e.image)
+                     for e in entries],
         )
 
 
