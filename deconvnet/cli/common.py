@@ -120,6 +120,23 @@ def check_arch(text: str) -> str:
                      "--weights FILE")
 
 
+#: the help texts several commands share, written once
+DEVICE_HELP = "auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ..."
+EXTEND_HELP = ("project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held "
+               "constant; docs/explanation/declared-rules.md)")
+SCALINGS = ("percentile", "symmetric", "minmax")  # deconvnet.plot's display scalings
+
+
+def add_model_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The model every projecting command loads: ``--arch``, ``--weights``, ``--arch-kwargs``,
+    ``--preprocessing``, ``--extend`` and ``--seed`` (whose help says what else it seeds)."""
+    parser.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
+    parser.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
+    add_user_model_options(parser)
+    parser.add_argument("--extend", action="store_true", help=EXTEND_HELP)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
 def add_user_model_options(parser: argparse.ArgumentParser) -> None:
     """``--arch-kwargs`` and ``--preprocessing``, for a model given by import path."""
     parser.add_argument("--arch-kwargs", default=None, metavar="JSON", help="keyword arguments for the class or "
