@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import positive_int
 from ..engine import Deconvnet, Projection, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
@@ -59,8 +60,7 @@ def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.nd
     h, w = int(hw[0]), int(hw[1])
     if not 1 <= size <= min(h, w):
         raise ValueError(f"occluder size {size} does not fit a {h}x{w} image. Hint: 1 <= size <= {min(h, w)}")
-    if stride < 1:
-        raise ValueError(f"occluder stride must be at least 1, got {stride}")
+    stride = positive_int("occluder stride", stride)
     return np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
 
 

@@ -26,6 +26,7 @@ from .common import (
     _load_data,
     _load_net,
     check_arch,
+    check_count,
     check_counts,
     check_data_options,
     check_layer_names,
@@ -63,8 +64,8 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     check_counts(("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
                  ("--resize", args.resize, 1), ("--workers", args.workers, 0),
                  ("--synthesize-steps", args.synthesize_steps, 1))
-    if args.features is not None and args.features < 1:
-        raise UsageError(f"--features {args.features} must be at least 1, or all")
+    if args.features is not None:
+        check_count("--features", args.features, 1, "at least 1, or all")
     check_data_options(args)
     on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     check_image_sizes(args)
@@ -105,8 +106,7 @@ def cmd_project(args: argparse.Namespace) -> None:
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
         raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
-    if args.size < 0:
-        raise UsageError(f"--size {args.size} must be 0 (keep) or a positive number of pixels")
+    check_count("--size", args.size, 0, "0 (keep) or a positive number of pixels")
     # before the model loads (seconds, or a download): a wrong layer, channel or image fails at once
     check_layer_names(args.arch, [args.layer], channel=args.channel, arch_kwargs=args.arch_kwargs)
     image = load_rgb(args.image)
@@ -289,8 +289,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     from ..memory import check_bytes, check_memory
     from ..models import load_model
 
-    if args.size < 1:
-        raise UsageError(f"--size {args.size} must be a positive number of pixels")
+    check_count("--size", args.size, 1, "a positive number of pixels")
     check_bytes(4 * 3 * args.size * args.size, f"an input of {args.size}x{args.size} px")
     net = load_model(args.arch, "random")
     net.extend = True  # shapes only: a model of the declared rules lists its layers too

@@ -10,6 +10,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..checks import positive_int
+
 #: ``deconvnet.models.ARCH_NAMES`` (the families with the paper's layer names), written out so that ``--help``
 #: and argument errors need no torch (tests/cli/test_cli.py checks the two agree)
 ARCH_NAMES = ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "alexnet")
@@ -343,17 +345,25 @@ def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | Non
                          f"channels. Hint: use 0..{count - 1} or 'max'")
 
 
+def check_count(name: str, value: int, least: int, wanted: str | None = None) -> None:
+    """``value`` is an integer of at least ``least`` (``deconvnet.checks.positive_int``); else one usage error
+    naming the option, its value and what it must be (``wanted``, default "at least LEAST")."""
+    try:
+        positive_int(name, value, minimum=least)
+    except ValueError:
+        raise UsageError(f"{name} {value} must be {wanted or f'at least {least}'}") from None
+
+
 def check_counts(*limits: tuple[str, int, int]) -> None:
     """Each ``(option, value, least)``: a value below its least is one usage error naming both."""
     for name, value, least in limits:
-        if value < least:
-            raise UsageError(f"{name} {value} must be at least {least}")
+        check_count(name, value, least)
 
 
 def check_data_options(args: argparse.Namespace) -> None:
     """The data options every command that reads a collection shares: ``--limit`` and ``--data``."""
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit} must be at least 1")
+    if args.limit is not None:
+        check_count("--limit", args.limit, 1)
     check_data_folder(args.data)
 
 
