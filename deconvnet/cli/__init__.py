@@ -215,7 +215,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
                 for w in caught:
                     print(f"warning: AlexNet for the filter figure: {w.message}", file=sys.stderr)
         written += analysis_figures(args.out, net, quick=args.quick, alexnet=alexnet, only=analyses,
-                                    show_progress=not args.quiet, data=args.data, boxes=args.boxes)
+                                    progress=not args.quiet, data=args.data, boxes=args.boxes)
         timings.append((", ".join(analyses), time.perf_counter() - t))
     for path in written:
         print(f"wrote {path}")

@@ -188,7 +188,7 @@ def cmd_correspondence(args: argparse.Namespace) -> None:
     print(f"model: {net.describe()}")
     layers = None if args.layers is None else [layer.strip() for layer in args.layers.split(",") if layer.strip()]
     r = correspondence(net, parts.images, parts.parts, layers, objects=parts.objects, size=args.size or None,
-                       draws=args.draws, seed=args.seed, batch_size=args.batch_size, show_progress=not args.quiet)
+                       draws=args.draws, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
     print(f"{len(r.names)} images ({', '.join(r.names)}); mean feature sign change (lower = more consistent), "
           f"± std over image pairs (parts) or over {r.draws} draws (random):")
     print(r.table())
