@@ -35,7 +35,7 @@ from ..engine import Target, default_layers
 from ..io import write_json
 from ..models import Net
 from ..plot import save_figure
-from ._util import DPI, jsonable, last_relu, output_layer
+from ._util import DPI, jsonable, last_relu, output_layer, renamed_show_progress
 from .correspondence import bundled_parts, correspondence, load_parts, plot_correspondence
 from .evolution import demo_evolution, evolution, plot_evolution, train_demo
 from .filters import filter_grid, first_conv, plot_first_layer_filters
@@ -198,7 +198,8 @@ def method_targets(net: Net) -> list[Target]:
     return targets
 
 
-def figure_methods(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+@renamed_show_progress
+def figure_methods(out_dir: Path, net: Net, s: FigureSettings, progress: bool = True) -> list[Path]:
     """methods.png / methods.json: every method for several images and targets.
 
     The figure shows the deconvnet, guided backprop and the gradient, all from this toolkit's engine (chain or
@@ -245,7 +246,8 @@ def _sanity_layers(net: Net, target: Target, steps: int | None) -> list[str] | N
     return [top_down[i] for i in idx]
 
 
-def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+@renamed_show_progress
+def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, progress: bool = True) -> list[Path]:
     """sanity_curves.png, sanity_maps.png, selectivity.png and sanity.json."""
     from .sanity import default_target
 
@@ -253,7 +255,7 @@ def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: boo
     x = _inputs(net, names, s.sanity_size, s)
     target = default_target(net)
     layers = _sanity_layers(net, target, s.sanity_steps)
-    results = [sanity_check(net, x, target, mode=mode, layers=layers, show_progress=show_progress)
+    results = [sanity_check(net, x, target, mode=mode, layers=layers, progress=progress)
                for mode in ("cascading", "independent")]
     sel = neuron_selectivity(net, x, methods=("deconvnet", "guided_backprop", "gradient"), n_random=s.n_random)
     paths = [
@@ -274,23 +276,25 @@ def figure_sanity(out_dir: Path, net: Net, s: FigureSettings, show_progress: boo
     return paths
 
 
-def figure_invariance(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+@renamed_show_progress
+def figure_invariance(out_dir: Path, net: Net, s: FigureSettings, progress: bool = True) -> list[Path]:
     """invariance.png / invariance.json."""
     x = _inputs(net, s.images, s.size, s)
     r = invariance_curves(net, x, ranges=default_ranges(s.size, s.transform_steps), names=s.images,
-                          show_progress=show_progress)
+                          progress=progress)
     numbers = {"weights": net.describe(), "images": list(s.images), "size": s.size, "layers": r.layers,
                "classifier": r.classifier, "classes": r.classes, "class_labels": r.class_labels, **r.summary()}
     return [_save(plot_invariance(r, net), out_dir / "invariance.png"),
             _write_json(out_dir / "invariance.json", numbers)]
 
 
-def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+@renamed_show_progress
+def figure_occlusion(out_dir: Path, net: Net, s: FigureSettings, progress: bool = True) -> list[Path]:
     """occlusion.png / occlusion.json."""
     x = _inputs(net, s.images, s.size, s)
     size, stride = s.occluder if s.occluder is not None else (None, None)
     # Captum's per-pixel Occlusion is a smoothed (d), not drawn: the tests check it against the grid instead
-    r = occlusion_maps(net, x, size=size, stride=stride, names=s.images, captum=False, show_progress=show_progress)
+    r = occlusion_maps(net, x, size=size, stride=stride, names=s.images, captum=False, progress=progress)
     return [_save(plot_occlusion(r, net), out_dir / "occlusion.png"),
             _write_json(out_dir / "occlusion.json", r.summary())]
 
@@ -312,7 +316,8 @@ def figure_filters(out_dir: Path, net: Net, alexnet: Net | None = None) -> list[
     return [_save(fig, out_dir / "filters.png")]
 
 
-def figure_evolution(out_dir: Path, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+@renamed_show_progress
+def figure_evolution(out_dir: Path, s: FigureSettings, progress: bool = True) -> list[Path]:
     """evolution.png (Fig. 4) and its sidecar: the demo CNN trained from scratch (checkpoints and their scans
     kept in the cache, ``deconvnet.cache.default_cache_dir() / "evolution_demo"``), whatever the figure
     script's model is: its training has no checkpoints."""
@@ -321,27 +326,29 @@ def figure_evolution(out_dir: Path, s: FigureSettings, show_progress: bool = Tru
 
     result, training = demo_evolution(default_cache_dir() / "evolution_demo", epochs=s.evolution_epochs,
                                       samples_per_epoch=s.evolution_samples, n_images=s.evolution_images,
-                                      progress=show_progress)
+                                      progress=progress)
     return list(write_evolution(result, out_dir / "evolution.png",
                                 extra={"training": {"config": training.config, "loss": training.loss,
                                                     "accuracy": training.accuracy,
                                                     "weight_change": training.weight_change}}))
 
 
-def figure_correspondence(out_dir: Path, net: Net, s: FigureSettings, show_progress: bool = True) -> list[Path]:
+@renamed_show_progress
+def figure_correspondence(out_dir: Path, net: Net, s: FigureSettings, progress: bool = True) -> list[Path]:
     """correspondence.png / correspondence.json (Fig. 8, Table 1) on the bundled faces, or on the images and
     part boxes of ``s.boxes`` (``FigureSettings.on_folder``)."""
     from .correspondence import bundled_parts, correspondence, load_parts, write_correspondence
 
     parts = bundled_parts() if s.boxes is None else load_parts(s.boxes, folder=s.folder)
     r = correspondence(net, parts.images, parts.parts, objects=parts.objects, size=s.correspondence_size,
-                       draws=s.correspondence_draws, show_progress=show_progress)
+                       draws=s.correspondence_draws, progress=progress)
     return list(write_correspondence(r, out_dir / "correspondence.png"))
 
 
 FIGURES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution", "correspondence")
 
 
+@renamed_show_progress
 def make_figures(
     out_dir: Path,
     net: Net,
@@ -349,7 +356,7 @@ def make_figures(
     quick: bool = False,
     alexnet: Net | None = None,
     only: Sequence[str] | None = None,
-    show_progress: bool = True,
+    progress: bool = True,
     data: str | os.PathLike | None = None,
     boxes: str | os.PathLike | None = None,
 ) -> list[Path]:
@@ -363,7 +370,7 @@ def make_figures(
         alexnet: also draw AlexNet's first-layer filters.
         only: a subset of ``FIGURES`` (default: all of them but ``evolution`` and ``correspondence``, the paper's
             experiments that the figure script asks for by name: the first trains a demo CNN, whatever ``net`` is).
-        show_progress: tqdm bars over the long loops.
+        progress: tqdm bars over the long loops.
         data: a folder of one's own images for methods, sanity, invariance and occlusion (its first few,
             ``FigureSettings.on_folder``; default: the bundled photographs).
         boxes: with ``data``, a JSON of part boxes of its images for the correspondence (default: the bundled
@@ -384,13 +391,13 @@ def make_figures(
     elif boxes is not None:
         raise ValueError("boxes needs data, the folder its image names are relative to")
     makers: dict[str, Callable[[], list[Path]]] = {
-        "methods": lambda: figure_methods(out_dir, net, s, show_progress),
-        "sanity": lambda: figure_sanity(out_dir, net, s, show_progress),
-        "invariance": lambda: figure_invariance(out_dir, net, s, show_progress),
-        "occlusion": lambda: figure_occlusion(out_dir, net, s, show_progress),
+        "methods": lambda: figure_methods(out_dir, net, s, progress),
+        "sanity": lambda: figure_sanity(out_dir, net, s, progress),
+        "invariance": lambda: figure_invariance(out_dir, net, s, progress),
+        "occlusion": lambda: figure_occlusion(out_dir, net, s, progress),
         "filters": lambda: figure_filters(out_dir, net, alexnet),
-        "evolution": lambda: figure_evolution(out_dir, s, show_progress),
-        "correspondence": lambda: figure_correspondence(out_dir, net, s, show_progress),
+        "evolution": lambda: figure_evolution(out_dir, s, progress),
+        "correspondence": lambda: figure_correspondence(out_dir, net, s, progress),
     }
     paths: list[Path] = []
     for name in FIGURES:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -170,6 +172,27 @@ def progress(iterable: Iterable, *, enabled: bool, desc: str, total: int | None 
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def renamed_show_progress(func: F) -> F:
+    """``func`` takes ``progress=`` and, for one release, its old name ``show_progress=`` with a
+    ``DeprecationWarning`` (the analyses called the package's ``progress`` option ``show_progress``)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "show_progress" in kwargs:
+            if "progress" in kwargs:
+                raise TypeError(f"{func.__name__}() got progress= and show_progress=, its old name. Hint: "
+                                "progress= only")
+            warnings.warn(f"{func.__name__}(show_progress=...) is deprecated; use progress=...", DeprecationWarning,
+                          stacklevel=2)
+            kwargs["progress"] = kwargs.pop("show_progress")
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def jsonable(v: Any) -> Any:

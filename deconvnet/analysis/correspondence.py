@@ -57,10 +57,11 @@ from ._util import (
     fill_words,
     jsonable,
     last_relu,
-    progress,
+    renamed_show_progress,
     text_height,
     wrap_to_width,
 )
+from ._util import progress as progress_bar
 from .part_boxes import (
     OBJECT,
     PARTS_FILE,
@@ -215,6 +216,7 @@ def _inputs(net: Net, images: Sequence[ImageLike] | torch.Tensor,
     return torch.cat(xs), [p.size for p in pils]
 
 
+@renamed_show_progress
 def correspondence(
     net: Net,
     images: Sequence[ImageLike] | torch.Tensor,
@@ -227,7 +229,7 @@ def correspondence(
     seed: int = 0,
     names: Sequence[str] | None = None,
     batch_size: int = 8,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> CorrespondenceResult:
     """Occlude the same part in every image and score, per layer, how consistently the features change.
 
@@ -244,7 +246,7 @@ def correspondence(
         seed: of the random positions.
         names: a name per image (default: the image names when they are strings).
         batch_size: occluded images per forward.
-        show_progress: a tqdm bar over the forwards.
+        progress: a tqdm bar over the forwards.
 
     Returns:
         A ``CorrespondenceResult``; ``table()`` prints Table 1, ``plot_correspondence`` draws Fig. 8's panels.
@@ -273,7 +275,7 @@ def correspondence(
              for i, b in enumerate(bs)]
     clean = {layer: a.flatten(1).double().cpu()
              for layer, a in record(net, x, layers, switches=False).activations.items()}
-    feats = _occluded_features(net, x, jobs, layers, n, batch_size=batch_size, show_progress=show_progress)
+    feats = _occluded_features(net, x, jobs, layers, n, batch_size=batch_size, progress=progress)
 
     def eps(key, layer) -> torch.Tensor:
         return clean[layer] - torch.stack(feats[key][layer])
@@ -312,12 +314,12 @@ def _check_arguments(n: int, parts: Mapping[str, Sequence[Box]], draws: int,
 
 
 def _occluded_features(net: Net, x: torch.Tensor, jobs: Sequence[tuple], layers: Sequence[str], n: int, *,
-                       batch_size: int, show_progress: bool) -> dict[tuple, dict[str, list]]:
+                       batch_size: int, progress: bool) -> dict[tuple, dict[str, list]]:
     """The features of every occluded input, ``batch_size`` at a time: key -> layer -> one flat float64 vector
     per image (``jobs``: ``(key, image, (top, left, bottom, right))``)."""
     feats: dict[tuple, dict[str, list]] = {}
     chunks = [jobs[s : s + batch_size] for s in range(0, len(jobs), batch_size)]
-    for chunk in progress(chunks, enabled=show_progress, desc="correspondence"):
+    for chunk in progress_bar(chunks, enabled=progress, desc="correspondence"):
         xs = x[[i for _, i, _ in chunk]].clone()
         for k, (_, _, (top, left, bottom, right)) in enumerate(chunk):
             xs[k, :, top:bottom, left:right] = 0.0  # zero in the model's input space: the preprocessing's mean colour

@@ -35,10 +35,11 @@ from ._util import (
     forward_capture,
     label,
     output_layer,
-    progress,
+    renamed_show_progress,
     title,
 )
 from ._util import low_layer as first_pool
+from ._util import progress as progress_bar
 
 TRANSFORMS = ("translation", "scale", "rotation")
 AXIS_LABELS = {"translation": "vertical translation (pixels)", "scale": "scale (ratio)",
@@ -156,6 +157,7 @@ class InvarianceResult:
         return out
 
 
+@renamed_show_progress
 def invariance_curves(
     net: Net,
     x: torch.Tensor,
@@ -166,7 +168,7 @@ def invariance_curves(
     true_classes: Sequence[int] | None = None,
     names: Sequence[str] | None = None,
     batch_size: int = 16,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> InvarianceResult:
     """Measure how the features change along vertical translation, scaling and rotation.
 
@@ -181,7 +183,7 @@ def invariance_curves(
         true_classes: the true class of each image; None follows the top class of the original.
         names: a name per image, for the legend.
         batch_size: transformed images per forward pass.
-        show_progress: a tqdm bar over the forward passes.
+        progress: a tqdm bar over the forward passes.
 
     Returns:
         An ``InvarianceResult``.
@@ -220,7 +222,7 @@ def invariance_curves(
                     probability[kind][i] = softmax[torch.arange(b), torch.tensor(classes)].cpu().numpy()
     per_pass = max(1, batch_size // b)
     chunks = [jobs[s : s + per_pass] for s in range(0, len(jobs), per_pass)]
-    for chunk in progress(chunks, enabled=show_progress, desc="invariance"):
+    for chunk in progress_bar(chunks, enabled=progress, desc="invariance"):
         xs = torch.cat([apply_transform(x, kind, v) for kind, _, v in chunk])
         feats, out = forward_capture(net, xs, layers, logits=with_probs)
         probs = torch.softmax(out.double(), 1) if with_probs else None

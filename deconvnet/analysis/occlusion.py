@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import positive_int
 from ..engine import Deconvnet, Projection, check_input
 from ..models import Net
 from ..plot import image_array, scale_for_display
@@ -47,11 +48,12 @@ from ._util import (
     label,
     last_relu,
     output_layer,
-    progress,
+    renamed_show_progress,
     text_height,
     title,
     wrap_to_width,
 )
+from ._util import progress as progress_bar
 
 
 def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +61,7 @@ def occluder_positions(hw: Sequence[int], size: int, stride: int) -> tuple[np.nd
     h, w = int(hw[0]), int(hw[1])
     if not 1 <= size <= min(h, w):
         raise ValueError(f"occluder size {size} does not fit a {h}x{w} image. Hint: 1 <= size <= {min(h, w)}")
-    if stride < 1:
-        raise ValueError(f"occluder stride must be at least 1, got {stride}")
+    stride = positive_int("occluder stride", stride)
     return np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
 
 
@@ -156,6 +157,7 @@ def strongest_response(net: Net, x: torch.Tensor, layer: str, fill: float = 0.0)
     return rise.argmax(1)
 
 
+@renamed_show_progress
 def occlusion_maps(
     net: Net,
     x: torch.Tensor,
@@ -168,7 +170,7 @@ def occlusion_maps(
     captum: bool = True,
     names: Sequence[str] | None = None,
     batch_size: int = 16,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> OcclusionResult:
     """Slide a square occluder over the images and record the paper's maps (see the module docstring).
 
@@ -185,7 +187,7 @@ def occlusion_maps(
         captum: also compute Captum's per-pixel ``Occlusion`` of the probability (needs a classifier).
         names: a name per image.
         batch_size: occluded images per forward pass.
-        show_progress: a tqdm bar over the forward passes.
+        progress: a tqdm bar over the forward passes.
 
     Returns:
         An ``OcclusionResult``.
@@ -229,7 +231,7 @@ def occlusion_maps(
     top_label = np.zeros((b, len(tops), len(lefts)), dtype=np.int64) if with_probs else None
     per_pass = max(1, batch_size // b)
     chunks = [grid[s : s + per_pass] for s in range(0, len(grid), per_pass)]
-    for chunk in progress(chunks, enabled=show_progress, desc="occlusion"):
+    for chunk in progress_bar(chunks, enabled=progress, desc="occlusion"):
         xs = torch.cat([occlude(x, int(tops[i]), int(lefts[j]), size) for i, j in chunk])
         feats, out = forward_capture(net, xs, [layer], logits=with_probs)
         a = feats[layer]

@@ -42,7 +42,8 @@ from torch import nn
 
 from ..engine import Target, check_input
 from ..models import Net
-from ._util import output_layer, progress
+from ._util import output_layer, renamed_show_progress
+from ._util import progress as progress_bar
 from .methods import backward_maps, deconvnet_seed
 from .similarity import METRICS, compare_maps
 
@@ -198,6 +199,7 @@ class SanityResult:
         }
 
 
+@renamed_show_progress
 def sanity_check(
     net: Net,
     x: torch.Tensor,
@@ -207,7 +209,7 @@ def sanity_check(
     methods: Sequence[str] = SANITY_METHODS,
     layers: Sequence[str] | None = None,
     seed: int = 0,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> SanityResult:
     """Parameter-randomisation test (Adebayo et al. 2018) of each method's maps.
 
@@ -221,7 +223,7 @@ def sanity_check(
         layers: the randomisation steps to measure (default: every parametrised layer at or below the
             target, from the top down).
         seed: the random draw of the new weights.
-        show_progress: a tqdm bar over the steps.
+        progress: a tqdm bar over the steps.
 
     Returns:
         A ``SanityResult``.
@@ -237,7 +239,7 @@ def sanity_check(
     originals = {k: v.clone() for k, v in originals.items()}
     maps: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
     done: list[str] = []
-    for _, to_randomise in progress(steps, enabled=show_progress, desc=f"{mode} randomisation"):
+    for _, to_randomise in progress_bar(steps, enabled=progress, desc=f"{mode} randomisation"):
         if mode == "independent" and done:
             work.model.load_state_dict(originals)  # restore the copy (the caller's model was never changed)
             done = []

@@ -20,149 +20,23 @@ from pathlib import Path
 
 # torch, torchvision, captum and matplotlib are imported by the commands that need them, when they run:
 # ``--help`` and argument errors come back at once (benchmarks/bench_cli_startup.py)
-from .._version import __version__
 from .common import (
-    ARCH_HELP,
     FIGURE_SUFFIXES,
-    USER_WEIGHTS_HELP,
     UsageError,
-    _arch,
-    _channel,
-    _features,
     _load_data,
     _load_net,
-    _Parser,
-    _position,
-    add_user_model_options,
     check_arch,
+    check_count,
     check_counts,
     check_data_options,
     check_layer_names,
     check_output_file,
     check_output_folder,
-    program_name,
     resolve_device,  # noqa: F401  (part of the command's API: deconvnet.cli.resolve_device)
 )
-from .experiments import _add_correspondence_parser, _add_evolution_parser, cmd_correspondence, cmd_evolution
-from .synthesis import add_synthesis_parser, cmd_synthesize
-
-#: the photographs ``project`` takes by name (``deconvnet.images.BUNDLED_PHOTOS``; test_cli checks they agree)
-PHOTO_EXAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
-
-
-ANALYSES = ("methods", "sanity", "invariance", "occlusion", "filters", "evolution",
-            "correspondence")  # analysis.FIGURES
-
-
-FIGURE_KINDS = ("top9", "resolution") + ANALYSES + ("synthesis",)
-#: what ``--only all`` draws: every kind but the synthesis, whose optimisation takes minutes per channel on a
-#: CPU (``--only synthesis`` asks for it; benchmarks/bench_synthesis.py measures it)
-DEFAULT_KINDS = tuple(k for k in FIGURE_KINDS if k != "synthesis")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=program_name(), description="Zeiler & Fergus deconvnet visualisations.")
-    parser.add_argument("--version", action="version", version=f"deconvnet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("project", help="project one unit or feature map of an image back to pixel space")
-    p.add_argument("image", help=f"an image file, or a bundled photograph: {', '.join(PHOTO_EXAMPLES)}, ...")
-    p.add_argument("--layer", default="conv5_3", help="paper layer name (conv5_3, relu4_3, pool5, ...)")
-    p.add_argument("--channel", type=_channel, default="max", help="channel number, or max: the channel holding the "
-                                                                   "layer's strongest activation")
-    p.add_argument("--position", type=_position, default="max", help="max (strongest unit of the map), ROW,COL, or all "
-                                                                     "(the whole map)")
-    p.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    p.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
-    add_user_model_options(p)
-    p.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as "
-                                                         "ReLU, gates and normaliser divisors held constant; "
-                                                         "docs/explanation/declared-rules.md)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    p.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep the "
-                                                         "image as is)")
-    p.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
-                   help="display scaling of the projection (see deconvnet.plot)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", type=Path, required=True, help=f"output figure ({', '.join(FIGURE_SUFFIXES)})")
-
-    f = sub.add_parser("figures", help="the figure grids: Figure 2 (top-k per feature map) and the other figures")
-    f.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    f.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
-    add_user_model_options(f)
-    f.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as "
-                                                         "ReLU, gates and normaliser divisors held constant; "
-                                                         "docs/explanation/declared-rules.md)")
-    f.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
-    f.add_argument("--data", default=None, help="a folder of images (recursive): the scan of top9, and the first few "
-                   "images of methods, sanity, invariance and occlusion; default: the offline demo collection and the "
-                   "bundled photographs")
-    f.add_argument("--boxes", type=Path, default=None, help="with --data: a JSON of part boxes of its images for the "
-                   "correspondence (as the correspondence command's); default: the bundled faces")
-    f.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block)")
-    f.add_argument("--features", type=int, default=8, help="feature maps shown per layer")
-    f.add_argument("--k", type=int, default=9, help="top activations per feature map")
-    f.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps: a seeded "
-                                                                                       "random subset (as the paper) "
-                                                                                       "or the strongest")
-    f.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
-                   help="display scaling of the projections (see deconvnet.plot)")
-    f.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure file format")
-    f.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
-    f.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
-    f.add_argument("--limit", type=int, default=None, help="scan only the first N images")
-    f.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    f.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    f.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
-    f.add_argument("--only", default="all", help=f"comma-separated figure kinds: {', '.join(FIGURE_KINDS)}, or all "
-                   "(every kind but synthesis, which takes minutes per channel on a CPU)")
-    f.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
-    f.add_argument("--quick", action="store_true", help="small settings for the non-top9 figures (seconds, for a first "
-                                                        "look)")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
-    f.add_argument("--no-cache", action="store_true", help="do not read or store scans in the shared scan cache")
-
-    layers_cmd = sub.add_parser("layers", help="an architecture's named layers: channels, map size and receptive field "
-                                               "(no weights needed)")
-    layers_cmd.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    layers_cmd.add_argument("--size", type=int, default=224, help="side of the square input, in pixels")
-
-    a = sub.add_parser("atlas", help="a static website of every channel's top-k projections (open OUT/index.html)")
-    a.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    a.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
-    add_user_model_options(a)
-    a.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as "
-                                                         "ReLU, gates and normaliser divisors held constant; "
-                                                         "docs/explanation/declared-rules.md)")
-    a.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random feature selection")
-    a.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
-    a.add_argument("--layers", default=None, help="comma-separated layers (default: the last conv of each block); a "
-                                                  "rerun adds layers")
-    a.add_argument("--features", type=_features, default=None, metavar="N|all", help="channels per layer: all "
-                                                                                     "(default) or N (see --select)")
-    a.add_argument("--k", type=int, default=9, help="top activations per channel")
-    a.add_argument("--select", default="random", choices=("random", "strongest"), help="which N channels with "
-                                                                                       "--features N")
-    a.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
-                   help="display scaling of the projections (see deconvnet.plot)")
-    a.add_argument("--format", default="jpeg", choices=("jpeg", "png", "webp"), help="image file format of the tiles")
-    a.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
-    a.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model")
-    a.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    a.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    a.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    a.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
-    a.add_argument("--out", type=Path, default=Path("atlas"), help="the atlas folder (new, or an atlas to extend or "
-                                                                   "finish)")
-    a.add_argument("--quiet", action="store_true", help="no progress bars")
-    a.add_argument("--synthesize", action="store_true", help="also show on each channel page the image synthesised to "
-                                                             "excite it most (kept: a rebuild does not redo it)")
-    a.add_argument("--synthesize-steps", type=int, default=512, help="optimisation steps of --synthesize (128 px "
-                                                                     "images)")
-    a.add_argument("--no-cache", action="store_true", help="do not read or store scans in the shared scan cache")
-    _add_evolution_parser(sub)
-    _add_correspondence_parser(sub)
-    add_synthesis_parser(sub)
-    return parser
+from .experiments import cmd_correspondence, cmd_evolution
+from .parser import ANALYSES, DEFAULT_KINDS, FIGURE_KINDS, PHOTO_EXAMPLES, build_parser  # noqa: F401 (the API)
+from .synthesis import cmd_synthesize
 
 
 def check_image_sizes(args: argparse.Namespace) -> None:
@@ -190,8 +64,8 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     check_counts(("--k", args.k, 1), ("--batch-size", args.batch_size, 1), ("--crop", args.crop, 1),
                  ("--resize", args.resize, 1), ("--workers", args.workers, 0),
                  ("--synthesize-steps", args.synthesize_steps, 1))
-    if args.features is not None and args.features < 1:
-        raise UsageError(f"--features {args.features} must be at least 1, or all")
+    if args.features is not None:
+        check_count("--features", args.features, 1, "at least 1, or all")
     check_data_options(args)
     on_main(check_out_folder, args.out)  # before the minutes of loading and scanning
     check_image_sizes(args)
@@ -232,8 +106,7 @@ def cmd_project(args: argparse.Namespace) -> None:
 
     if args.out.suffix.lower() not in FIGURE_SUFFIXES:
         raise UsageError(f"--out '{args.out}' must end in {', '.join(FIGURE_SUFFIXES)}")
-    if args.size < 0:
-        raise UsageError(f"--size {args.size} must be 0 (keep) or a positive number of pixels")
+    check_count("--size", args.size, 0, "0 (keep) or a positive number of pixels")
     # before the model loads (seconds, or a download): a wrong layer, channel or image fails at once
     check_layer_names(args.arch, [args.layer], channel=args.channel, arch_kwargs=args.arch_kwargs)
     image = load_rgb(args.image)
@@ -342,7 +215,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
                 for w in caught:
                     print(f"warning: AlexNet for the filter figure: {w.message}", file=sys.stderr)
         written += analysis_figures(args.out, net, quick=args.quick, alexnet=alexnet, only=analyses,
-                                    show_progress=not args.quiet, data=args.data, boxes=args.boxes)
+                                    progress=not args.quiet, data=args.data, boxes=args.boxes)
         timings.append((", ".join(analyses), time.perf_counter() - t))
     for path in written:
         print(f"wrote {path}")
@@ -416,8 +289,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     from ..memory import check_bytes, check_memory
     from ..models import load_model
 
-    if args.size < 1:
-        raise UsageError(f"--size {args.size} must be a positive number of pixels")
+    check_count("--size", args.size, 1, "a positive number of pixels")
     check_bytes(4 * 3 * args.size * args.size, f"an input of {args.size}x{args.size} px")
     net = load_model(args.arch, "random")
     net.extend = True  # shapes only: a model of the declared rules lists its layers too

@@ -10,6 +10,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..checks import positive_int
+
 #: ``deconvnet.models.ARCH_NAMES`` (the families with the paper's layer names), written out so that ``--help``
 #: and argument errors need no torch (tests/cli/test_cli.py checks the two agree)
 ARCH_NAMES = ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "alexnet")
@@ -118,6 +120,23 @@ def check_arch(text: str) -> str:
                      "; use vgg16, alexnet or a torchvision classifier name") +
                      " Your own model: --arch module.path:ClassName (imported from the working directory) with "
                      "--weights FILE")
+
+
+#: the help texts several commands share, written once
+DEVICE_HELP = "auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ..."
+EXTEND_HELP = ("project with the declared rules (ReLU-like activations as ReLU, gates and normaliser divisors held "
+               "constant; docs/explanation/declared-rules.md)")
+SCALINGS = ("percentile", "symmetric", "minmax")  # deconvnet.plot's display scalings
+
+
+def add_model_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The model every projecting command loads: ``--arch``, ``--weights``, ``--arch-kwargs``,
+    ``--preprocessing``, ``--extend`` and ``--seed`` (whose help says what else it seeds)."""
+    parser.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
+    parser.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
+    add_user_model_options(parser)
+    parser.add_argument("--extend", action="store_true", help=EXTEND_HELP)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
 def add_user_model_options(parser: argparse.ArgumentParser) -> None:
@@ -326,17 +345,25 @@ def check_layer_names(arch: str, layers: Sequence[str], channel: int | str | Non
                          f"channels. Hint: use 0..{count - 1} or 'max'")
 
 
+def check_count(name: str, value: int, least: int, wanted: str | None = None) -> None:
+    """``value`` is an integer of at least ``least`` (``deconvnet.checks.positive_int``); else one usage error
+    naming the option, its value and what it must be (``wanted``, default "at least LEAST")."""
+    try:
+        positive_int(name, value, minimum=least)
+    except ValueError:
+        raise UsageError(f"{name} {value} must be {wanted or f'at least {least}'}") from None
+
+
 def check_counts(*limits: tuple[str, int, int]) -> None:
     """Each ``(option, value, least)``: a value below its least is one usage error naming both."""
     for name, value, least in limits:
-        if value < least:
-            raise UsageError(f"{name} {value} must be at least {least}")
+        check_count(name, value, least)
 
 
 def check_data_options(args: argparse.Namespace) -> None:
     """The data options every command that reads a collection shares: ``--limit`` and ``--data``."""
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit} must be at least 1")
+    if args.limit is not None:
+        check_count("--limit", args.limit, 1)
     check_data_folder(args.data)
 
 

@@ -6,15 +6,17 @@ import argparse
 import time
 from pathlib import Path
 
+from ..constants import DEFAULT_SIZE
 from .common import (
     ARCH_HELP,
+    DEVICE_HELP,
+    EXTEND_HELP,
     FIGURE_SUFFIXES,
-    USER_WEIGHTS_HELP,
+    SCALINGS,
     UsageError,
-    _arch,
     _check_device,
     _load_net,
-    add_user_model_options,
+    add_model_options,
     check_arch,
     check_counts,
     check_data_folder,
@@ -42,22 +44,20 @@ def _add_evolution_parser(sub) -> None:
     e.add_argument("--select", default="random", choices=("random", "strongest"), help="which feature maps (chosen on "
                                                                                        "the last checkpoint)")
     e.add_argument("--seed", type=int, default=0, help="seed of the feature selection and of the demo's training")
-    e.add_argument("--scaling", default="percentile", choices=("percentile", "symmetric", "minmax"),
+    e.add_argument("--scaling", default="percentile", choices=SCALINGS,
                    help="display scaling of the projections")
     e.add_argument("--data", default=None, help="a folder of images (recursive); default: the offline demo collection")
     e.add_argument("--resize", type=int, default=256, help="shorter side after resizing (folders)")
-    e.add_argument("--crop", type=int, default=None, help="side of the center crop fed to the model (default 224; the "
-                                                          "demo CNN: 64)")
+    e.add_argument("--crop", type=int, default=None, help="side of the center crop fed to the model (default "
+                                                          f"{DEFAULT_SIZE}; the demo CNN: 64)")
     e.add_argument("--limit", type=int, default=None, help="scan only the first N images")
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    e.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--out", type=Path, default=Path("figures/evolution.png"), help="output figure "
                                                                                    f"({', '.join(FIGURE_SUFFIXES)}); "
                    "the sidecar is OUT.json, the scans (and the demo's checkpoints) go beside it")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
-    e.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as "
-                                                         "ReLU, gates and normaliser divisors held constant; "
-                                                         "docs/explanation/declared-rules.md)")
+    e.add_argument("--extend", action="store_true", help=EXTEND_HELP)
 
 
 DEMO_ARCH_NAME = "democnn"
@@ -112,7 +112,7 @@ def cmd_evolution(args: argparse.Namespace) -> None:
     labels = labels or [c.stem for c in checkpoints]
     # the first checkpoint, loaded once: its preprocessing makes the dataset, its layers are the default
     first = load_checkpoint(checkpoints[0], arch, device=args.device)
-    crop = args.crop or (DEMO_SIZE if arch == DEMO_ARCH_NAME else 224)
+    crop = args.crop or (DEMO_SIZE if arch == DEMO_ARCH_NAME else DEFAULT_SIZE)
     data = None if args.data is None else str(Path(args.data).expanduser())
     dataset = load_dataset(data, preprocessing=first.preprocessing, resize=args.resize, crop=crop)
     if args.limit is not None and args.limit < len(dataset):
@@ -148,20 +148,15 @@ def _add_correspondence_parser(sub) -> None:
                                                             "left, "
                    "bottom, right], ..., \"object\": [...]}}} in each image's pixels; default: the bundled faces "
                    "(deconvnet/analysis/parts.json)")
-    c.add_argument("--arch", default="vgg16", type=_arch, metavar="ARCH", help=ARCH_HELP)
-    c.add_argument("--weights", default="auto", help=USER_WEIGHTS_HELP)
-    add_user_model_options(c)
-    c.add_argument("--extend", action="store_true", help="project with the declared rules (ReLU-like activations as "
-                                                         "ReLU, gates and normaliser divisors held constant; "
-                                                         "docs/explanation/declared-rules.md)")
-    c.add_argument("--seed", type=int, default=0, help="seed for --weights random and the random occluder positions")
+    add_model_options(c, "seed for --weights random and the random occluder positions")
     c.add_argument("--layers", default=None, help="comma-separated layers (default: relu5_3 and relu7 with a "
                                                   "classifier, "
                    "else relu3_3, relu4_3, relu5_3)")
-    c.add_argument("--size", type=int, default=224, help="resize the shorter side and center-crop to SIZE (0: keep)")
+    c.add_argument("--size", type=int, default=DEFAULT_SIZE, help="resize the shorter side and center-crop to SIZE "
+                                                                  "(0: keep)")
     c.add_argument("--draws", type=int, default=10, help="random-position draws of the control")
     c.add_argument("--batch-size", type=int, default=8, help="occluded images per forward pass")
-    c.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
+    c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--out", type=Path, default=Path("figures/correspondence.png"), help=f"output figure "
                    f"({', '.join(FIGURE_SUFFIXES)}); the numbers go to the same name with .json")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -193,7 +188,7 @@ def cmd_correspondence(args: argparse.Namespace) -> None:
     print(f"model: {net.describe()}")
     layers = None if args.layers is None else [layer.strip() for layer in args.layers.split(",") if layer.strip()]
     r = correspondence(net, parts.images, parts.parts, layers, objects=parts.objects, size=args.size or None,
-                       draws=args.draws, seed=args.seed, batch_size=args.batch_size, show_progress=not args.quiet)
+                       draws=args.draws, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
     print(f"{len(r.names)} images ({', '.join(r.names)}); mean feature sign change (lower = more consistent), "
           f"± std over image pairs (parts) or over {r.draws} draws (random):")
     print(r.table())

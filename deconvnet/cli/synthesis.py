@@ -8,8 +8,10 @@ import time
 import warnings
 from pathlib import Path
 
+from ..constants import DEFAULT_SIZE
 from .common import (
     ARCH_HELP,
+    DEVICE_HELP,
     UsageError,
     _arch,
     _load_data,
@@ -67,10 +69,11 @@ def add_synthesis_parser(sub) -> None:
     s.add_argument("--data", default=None, help="a folder of images for --compare (recursive); default: the offline "
                                                 "demo collection")
     s.add_argument("--resize", type=int, default=256, help="shorter side after resizing (--compare on a folder)")
-    s.add_argument("--crop", type=int, default=224, help="side of the center crop fed to the model (--compare)")
+    s.add_argument("--crop", type=int, default=DEFAULT_SIZE, help="side of the center crop fed to the model "
+                                                                  "(--compare)")
     s.add_argument("--limit", type=int, default=None, help="--compare scans only the first N images")
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass (--compare)")
-    s.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda, cuda:1, ...")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", type=Path, required=True, help="output folder: one PNG per channel and a JSON sidecar")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 

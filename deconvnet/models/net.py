@@ -11,13 +11,11 @@ import torch
 from torch import nn
 
 from .. import images
+from ..constants import DEFAULT_SIZE
 from ..memory import check_memory
 from ..preprocessing import Preprocessing
 from .hooks import SKIP, capture
 from .lock import exclusive, own_call
-
-#: the side of the square every image is resized and cropped to by default (``Net.preprocess``, the CLI)
-DEFAULT_SIZE = 224
 
 #: the module types a chain may consist of: the chain engine has a step down for each (``engine.chain``)
 CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Linear, nn.AdaptiveAvgPool2d,
@@ -221,7 +219,7 @@ class Net:
             ValueError: the forward fails for this size (the message says the size and why).
         """
         self.refresh()
-        hw = tuple(int(v) for v in (hw if hw is not None else (self._probe_hw or (224, 224))))
+        hw = tuple(int(v) for v in (hw if hw is not None else (self._probe_hw or (DEFAULT_SIZE, DEFAULT_SIZE))))
         if hw in self._shapes:
             return self._shapes[hw]
         names: dict[nn.Module, str] = {}

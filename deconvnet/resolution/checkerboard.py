@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import positive_int
 from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title
 from .fit import fit_restorer
 from .metrics import psnr
@@ -63,10 +64,8 @@ def checkerboard_energy(y: torch.Tensor, stride: int = 2, border: int = 0) -> fl
     Returns:
         A number in [0, 1]; 0 when ``y`` is constant.
     """
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
-    if border < 0:
-        raise ValueError(f"border must be >= 0, got {border}")
+    stride = positive_int("stride", stride, hint="the upsampling layer's stride, e.g. 2")
+    border = positive_int("border", border, minimum=0)
     t = y.detach().double()
     if t.dim() < 2:
         raise ValueError(f"y must be (H, W), (C, H, W) or (B, C, H, W), got {tuple(y.shape)}")
@@ -181,8 +180,7 @@ def checkerboard_study(
     Returns:
         A ``CheckerboardStudy``.
     """
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    seeds = positive_int("seeds", seeds)
     x = original.detach().unsqueeze(0) if original.dim() == 3 else original.detach()
     pooled, _ = max_pool_2x2(x)
     t = x if train is None else train.detach().to(x)

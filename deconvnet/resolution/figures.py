@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import images
+from ..constants import DEFAULT_SIZE
 from ..engine import record
 from ..models import Net
 from ..plot import DPI, save_figure
@@ -36,7 +37,7 @@ class Settings:
 
     photo: str = "astronaut"
     train_photos: tuple[str, ...] = ("chelsea", "coffee", "rocket")
-    size: int = 224
+    size: int = DEFAULT_SIZE
     layers: tuple[str, ...] = ("relu1_2", "relu4_3")
     steps: int = 300
     crops: int = 8

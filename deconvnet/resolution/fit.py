@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..checks import positive_int
+
 
 def _depthwise_conv(layer: nn.Module) -> nn.Conv2d | nn.ConvTranspose2d:
     """The one depthwise convolution holding all of ``layer``'s parameters (else ValueError)."""
@@ -138,8 +140,7 @@ def fit_restorer(
     Returns:
         The training loss (MSE on the scaled data) before each step and after the last.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    steps = positive_int("steps", steps, minimum=0)
     q = _quadratic_mse(layer, pooled, original)
     theta = q.theta0.clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import positive_int
 from ..plot import PRINT_WIDTH, TEXT_PT, TICK_PT, footer, title
 from .sizes import conv_output_size
 
@@ -65,7 +66,8 @@ def conv_matrix(
         raise ValueError(f"weight must be a (C_out, C_in, kH, kW) or (kH, kW) tensor, got {got}. Hint: conv.weight")
     w = weight if weight.dim() == 4 else weight[None, None]
     c_out, c_in_group, kh, kw = w.shape
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or c_out % groups:
+    groups = positive_int("groups", groups, hint=f"a divisor of the {c_out} output channels")
+    if c_out % groups:
         raise ValueError(f"groups={groups!r} must be a positive integer dividing the {c_out} output channels")
     c_in = c_in_group * groups
     shape = tuple(int(s) for s in input_shape)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import positive_int
 from ..engine.chain import unpool_scatter_add
 
 
@@ -102,8 +103,7 @@ def bilinear_kernel(size: int) -> torch.Tensor:
     of [0.25, 0.75, 0.75, 0.25] with itself: in the interior the layer equals bilinear interpolation with
     ``align_corners=False``; at the border it fades towards zero (zero padding, no renormalisation).
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}. Hint: 2 * factor - factor % 2, e.g. 4 for 2x")
+    size = positive_int("size", size, hint="2 * factor - factor % 2, e.g. 4 for 2x")
     factor = (size + 1) // 2
     center = factor - 1 if size % 2 == 1 else factor - 0.5
     og = torch.arange(size, dtype=torch.float64)

@@ -18,13 +18,15 @@ dilated kernel; an ``output_padding`` not smaller than the stride or the dilatio
 
 from __future__ import annotations
 
+from ..checks import positive_int
+
 
 def _check_int(name: str, value: int, minimum: int) -> None:
+    """A Python ``int`` (else ``TypeError``, as PyTorch's size arguments) of at least ``minimum`` (else the
+    package's one ``ValueError``, ``deconvnet.checks.positive_int``)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        what = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{name} must be {what}, got {value}. Hint: PyTorch rejects {name}={value}")
+    positive_int(name, value, minimum=minimum, hint=f"PyTorch rejects {name}={value}")
 
 
 def conv_output_size(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checks import positive_int
 from ..models import Net, wrap
 from ..models.hooks import capture
 from ..models.lock import exclusive, own_call
@@ -122,6 +123,73 @@ def _objective(out: torch.Tensor, channels: torch.Tensor, how: str) -> torch.Ten
     return rows.flatten(1).mean(1)
 
 
+def _check_settings(net: Net, objective: str, lr: float, transforms: str) -> T.Transform:
+    """The objective is one of ``OBJECTIVES``, the learning rate positive, the model's input RGB or gray;
+    returns the recipe's transform (``synthesis.transforms.recipe``, which checks its name)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective '{objective}' is not understood. Hint: one of {', '.join(OBJECTIVES)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    transform = T.recipe(transforms)
+    if net.preprocessing.channels not in (1, 3):
+        raise ValueError(f"{net.arch} takes {net.in_channels}-channel inputs: synthesis makes RGB images. "
+                         "Hint: wrap the model with a 1- or 3-channel Preprocessing")
+    return transform
+
+
+def _ascend(net: Net, image: FourierImage, layer: str, target: torch.Tensor, objective: str,
+            transform: T.Transform, g: torch.Generator, *, steps: int, lr: float, progress: bool,
+            before_step: Callable[[], bool] | None) -> tuple[list[torch.Tensor], bool]:
+    """Adam on ``image``'s spectrum for ``steps`` steps, or until Ctrl-C or ``before_step`` stops it: the
+    objectives of every step done (on the CPU), and whether it was stopped."""
+    optimiser = torch.optim.Adam([image.spectrum], lr=lr)
+    curve: list[torch.Tensor] = []
+    interrupted = False
+    params = [(p, p.requires_grad) for p in net.model.parameters()]
+    bar = tqdm(total=steps, desc=f"synthesize {layer}", unit="step", disable=not progress)
+
+    def one_step() -> torch.Tensor:
+        # the model's lock for one step only: between steps (``before_step``) another call may project the
+        # model, as the explorer's main view does while its background synthesis waits
+        with exclusive(net.model):
+            for p, _ in params:
+                p.requires_grad_(False)  # the backward computes the image's gradient only
+            try:
+                x = net.preprocessing.forward(transform(image.images(), g))
+                value = _objective(layer_output(net, x, layer), target, objective)
+                optimiser.zero_grad()
+                (-value.sum()).backward()
+                optimiser.step()
+            finally:
+                for p, flag in params:
+                    p.requires_grad_(flag)
+        return value
+
+    try:
+        for _ in range(steps):
+            if before_step is not None and before_step():
+                raise KeyboardInterrupt
+            curve.append(one_step().detach().cpu())
+            bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True  # what was reached is returned; the caller says it was interrupted
+    finally:
+        bar.close()
+    return curve, interrupted
+
+
+def _measure(net: Net, image: FourierImage, layer: str, target: torch.Tensor,
+             objective: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The images reached, measured on themselves (no transforms): ``(images, objectives, strongest units)``."""
+    with exclusive(net.model), torch.no_grad():
+        final = image.images().detach()
+        out = layer_output(net, net.preprocessing.forward(final), layer)
+        activations = _objective(out, target, objective).cpu()
+        rows = out[torch.arange(len(target)), target]
+        peaks = (rows.flatten(1).amax(1) if rows.dim() > 1 else rows).cpu()
+    return final, activations, peaks
+
+
 def synthesize(
     net: Net | nn.Module,
     layer: str | nn.Module,
@@ -169,61 +237,17 @@ def synthesize(
     net = wrap(net)
     layer = net.resolve(layer)
     chans = _check_channels(net, layer, channels)
-    for name, value, least in (("steps", steps, 0), ("size", size, 8)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective '{objective}' is not understood. Hint: one of {', '.join(OBJECTIVES)}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    transform = T.recipe(transforms)
-    if net.preprocessing.channels not in (1, 3):
-        raise ValueError(f"{net.arch} takes {net.in_channels}-channel inputs: synthesis makes RGB images. "
-                         "Hint: wrap the model with a 1- or 3-channel Preprocessing")
+    steps, size = positive_int("steps", steps, minimum=0), positive_int("size", size, minimum=8)
+    transform = _check_settings(net, objective, lr, transforms)
     device, dtype = net.device, net.dtype
     image = FourierImage.random(len(chans), size, generators=[torch.Generator().manual_seed(channel_seed(seed, c))
                                                               for c in chans],
                                 decorrelate=decorrelate, fft=fft, dtype=dtype, device=device)
     g = torch.Generator().manual_seed(seed)
     target = torch.tensor(chans, device=device)
-    optimiser = torch.optim.Adam([image.spectrum], lr=lr)
-    curve: list[torch.Tensor] = []
-    interrupted = False
-    params = [(p, p.requires_grad) for p in net.model.parameters()]
-    bar = tqdm(total=steps, desc=f"synthesize {layer}", unit="step", disable=not progress)
-    def one_step() -> torch.Tensor:
-        # the model's lock for one step only: between steps (``before_step``) another call may project the
-        # model, as the explorer's main view does while its background synthesis waits
-        with exclusive(net.model):
-            for p, _ in params:
-                p.requires_grad_(False)  # the backward computes the image's gradient only
-            try:
-                x = net.preprocessing.forward(transform(image.images(), g))
-                value = _objective(layer_output(net, x, layer), target, objective)
-                optimiser.zero_grad()
-                (-value.sum()).backward()
-                optimiser.step()
-            finally:
-                for p, flag in params:
-                    p.requires_grad_(flag)
-        return value
-
-    try:
-        for _ in range(steps):
-            if before_step is not None and before_step():
-                raise KeyboardInterrupt
-            curve.append(one_step().detach().cpu())
-            bar.update(1)
-    except KeyboardInterrupt:
-        interrupted = True  # what was reached is returned; the caller says it was interrupted
-    finally:
-        bar.close()
-    with exclusive(net.model), torch.no_grad():
-        final = image.images().detach()
-        out = layer_output(net, net.preprocessing.forward(final), layer)
-        activations = _objective(out, target, objective).cpu()
-        rows = out[torch.arange(len(chans)), target]
-        peaks = (rows.flatten(1).amax(1) if rows.dim() > 1 else rows).cpu()
+    curve, interrupted = _ascend(net, image, layer, target, objective, transform, g, steps=steps, lr=lr,
+                                 progress=progress, before_step=before_step)
+    final, activations, peaks = _measure(net, image, layer, target, objective)
     settings = {
         "method": "feature visualisation by optimisation (Olah et al. 2017, Distill; lucid's render_vis)",
         "objective": objective, "steps": steps, "steps_done": len(curve), "interrupted": interrupted,

@@ -104,7 +104,7 @@ def test_method_maps_honour_googlenets_functional_relus(googlenet):
 def test_sanity_check_on_resnet18(resnet18):
     x = images((1, 3, 48, 48), seed=3)
     before = {k: v.clone() for k, v in resnet18.model.state_dict().items()}
-    r = san.sanity_check(resnet18, x, mode="cascading", layers=["fc", "layer3.0.conv1"], show_progress=False)
+    r = san.sanity_check(resnet18, x, mode="cascading", layers=["fc", "layer3.0.conv1"], progress=False)
     assert r.steps == ["original", "fc", "layer3.0.conv1"] and r.definition.startswith("the class score (logit) fc")
     assert r.randomised[2][0] == "fc" and r.randomised[2][-1] == "layer3.0.conv1" and len(r.randomised[2]) == 11
     for m in san.SANITY_METHODS:  # the unrandomised model against itself: every measure is 1
@@ -123,7 +123,7 @@ def test_sanity_check_on_resnet18(resnet18):
 
 def test_sanity_maps_honour_googlenets_functional_relus(googlenet):
     x = images((1, 3, 80, 80), seed=4)
-    r = san.sanity_check(googlenet, x, mode="independent", layers=["fc"], show_progress=False)
+    r = san.sanity_check(googlenet, x, mode="independent", layers=["fc"], progress=False)
     seed = torch.zeros(1, 1000)
     seed[0, int(r.channel[0])] = 1
     guided = dn.Deconvnet(googlenet, rule="guided").project_seed(x, "fc", seed)
@@ -151,7 +151,7 @@ def test_neuron_selectivity_on_resnet18(resnet18):
 def test_invariance_distances_and_probabilities(arch, request):
     net = request.getfixturevalue(arch)
     x = images((2, 3, 64, 64), seed=6)
-    r = inv.invariance_curves(net, x, ranges={"translation": [-8, 0, 8], "rotation": [0, 90]}, show_progress=False)
+    r = inv.invariance_curves(net, x, ranges={"translation": [-8, 0, 8], "rotation": [0, 90]}, progress=False)
     low, high = r.layers
     assert (low, high) == ((_util.low_layer(net), "avgpool"))
     for layer in r.layers:  # the identity: distance exactly 0
@@ -175,7 +175,7 @@ def test_invariance_distances_and_probabilities(arch, request):
 def test_occlusion_maps_against_plain_forwards(arch, layer, request):
     net = request.getfixturevalue(arch)
     x = images((1, 3, 64, 64), seed=7)
-    r = occ.occlusion_maps(net, x, layer=layer, size=24, stride=20, captum=False, show_progress=False)
+    r = occ.occlusion_maps(net, x, layer=layer, size=24, stride=20, captum=False, progress=False)
     assert r.layer == (layer or "layer4") and r.activation.shape == (1, 3, 3)
     ch = int(r.channel[0])
     act, logits = hooked(net.model, net.layers[r.layer], x)
@@ -197,7 +197,7 @@ def test_occlusion_maps_against_plain_forwards(arch, layer, request):
 def test_occlusion_with_captum_on_resnet18(resnet18):
     """With the stride equal to the size, Captum's per-pixel Occlusion is the probability drop of (d)."""
     x = images((1, 3, 48, 48), seed=8)
-    r = occ.occlusion_maps(resnet18, x, size=16, stride=16, show_progress=False)
+    r = occ.occlusion_maps(resnet18, x, size=16, stride=16, progress=False)
     drop = r.probability_clean[0] - r.probability[0]
     np.testing.assert_allclose(r.captum[0, 16:32, 32:48], np.full((16, 16), drop[1, 2]), rtol=1e-4, atol=1e-9)
 
@@ -238,7 +238,7 @@ def test_methods_figure_skips_captum_where_relus_are_functions(googlenet, tmp_pa
     small = FigureSettings(("chelsea",), 1, 64, 64, 1, 2, 1, 3, (16, 16))
     monkeypatch.setattr(FigureSettings, "quick", classmethod(lambda cls: small))
     monkeypatch.setattr("deconvnet.analysis.method_targets", lambda net: [dn.Target("inception4a"), dn.Target("fc")])
-    make_figures(tmp_path, googlenet, quick=True, only=["methods"], show_progress=False)
+    make_figures(tmp_path, googlenet, quick=True, only=["methods"], progress=False)
     numbers = json.loads((tmp_path / "methods.json").read_text())
     assert "57 rectifier calls" in numbers["cross_check"]["skipped"]
     assert "max_relative_error" not in numbers["cross_check"]

@@ -65,7 +65,7 @@ def test_correspondence_matches_a_hand_forward():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 3, 24, 24, generator=g)
     parts = {"eye": [(2, 3, 8, 9), (4, 4, 10, 10), (10, 12, 16, 18)], "nose": [(12, 12, 18, 18)] * 3}
-    r = correspondence(net, x, parts, ["4", "2"], draws=3, seed=5, show_progress=False)
+    r = correspondence(net, x, parts, ["4", "2"], draws=3, seed=5, progress=False)
     assert r.layers == ["4", "2"] and r.dims == {"4": 8 * 12 * 12, "2": 6 * 12 * 12}
     for part, boxes in parts.items():
         for layer, upto in (("4", 5), ("2", 3)):
@@ -87,7 +87,7 @@ def test_correspondence_matches_a_hand_forward():
 def test_same_image_same_box_is_perfectly_consistent_and_random_is_not():
     net = _tiny_net()
     x = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(1)).expand(3, -1, -1, -1).clone()
-    r = correspondence(net, x, {"part": [(6, 6, 12, 12)] * 3}, ["4"], draws=4, show_progress=False)
+    r = correspondence(net, x, {"part": [(6, 6, 12, 12)] * 3}, ["4"], draws=4, progress=False)
     assert r.score["part"]["4"] == (0.0, 0.0) and r.delta["part"]["4"] == 0.0
     assert r.random["part"]["4"][0] > 0.01  # random positions differ between the images
 

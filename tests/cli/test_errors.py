@@ -246,3 +246,18 @@ def test_a_boxes_file_of_the_wrong_shape_is_one_line(tmp_path, capsys, second, n
     code = main(["correspondence", "--boxes", str(path), "--out", str(tmp_path / "c.png")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and names in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["layers", "--size", "0"], "--size 0 must be a positive number of pixels"),
+    (["project", "chelsea", "--size", "-1", "--out", "x.png"],
+     "--size -1 must be 0 (keep) or a positive number of pixels"),
+    (["synthesize", "--steps", "0", "--out", "s"], "--steps 0 must be at least 1"),
+    (["synthesize", "--size", "4", "--out", "s"], "--size 4 must be at least 8"),
+    (["correspondence", "--draws", "0"], "--draws 0 must be at least 1"),
+    (["evolution", "--limit", "0"], "--limit 0 must be at least 1"),
+])
+def test_counts_below_their_least_are_one_line_naming_the_value(args, message, capsys):
+    """The counts go through the package's one positive-integer check; the CLI words the message."""
+    code, _, err = run(args, capsys)
+    assert code == 2 and one_error_line(err) == f"deconvnet: error: {message}", err

@@ -124,6 +124,22 @@ def test_size_formula_errors_name_the_rule():
         conv_output_size(4, True)
 
 
+def test_the_study_checks_its_integers_with_the_package_check():
+    """Strides, sizes and counts go through deconvnet.checks.positive_int: one message, naming the value."""
+    with pytest.raises(ValueError, match=r"^stride must be a positive integer, got 0\. Hint: PyTorch rejects stride=0"):
+        conv_output_size(4, 3, 0)
+    with pytest.raises(ValueError, match=r"^padding must be a non-negative integer, got -1\."):
+        conv_output_size(4, 3, 1, -1)
+    with pytest.raises(ValueError, match=r"^stride must be a positive integer, got 0\. Hint: the upsampling"):
+        checkerboard_energy(torch.zeros(4, 4), stride=0)
+    with pytest.raises(ValueError, match=r"^border must be a non-negative integer, got -1$"):
+        checkerboard_energy(torch.zeros(4, 4), border=-1)
+    with pytest.raises(ValueError, match=r"^size must be a positive integer, got 0\. Hint: 2 \* factor"):
+        bilinear_kernel(0)
+    with pytest.raises(ValueError, match=r"^groups must be a positive integer, got 0\. Hint: a divisor of the 6"):
+        conv_matrix(torch.zeros(6, 1, 3, 3), (4, 4), groups=0)
+
+
 # --- the convolution as a matrix ------------------------------------------------------------------------
 
 def test_conv_matrix_of_the_4x4_3x3_example_is_the_hand_worked_matrix():
