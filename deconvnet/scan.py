@@ -512,7 +512,7 @@ def scan_top_k(  # noqa: C901 (34: its loop and its checkpoint go to the one res
                         checked_memory = True
                     # per-map candidates are computed inside the forward: no copies of the large maps
                     rec = record(net, batch.x, layers, switches=False,
-                                 reduce=lambda t: (*_candidates(t, per_group), tuple(t.shape[-2:])))
+                                 reduce=lambda _, t: (*_candidates(t, per_group), tuple(t.shape[-2:])))
                     # merge into a copy and swap it in with next_index together, so that an interrupt
                     # can only ever save a state of whole batches
                     merged = {key: dict(d) for key, d in state.items()}

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,18 +227,6 @@ def _add(old: dict | None, part: dict | None) -> dict | None:
     }
 
 
-
-def _reducer(order: Sequence[str], tops: dict[str, torch.Tensor], bins: int) -> Callable[[torch.Tensor], dict]:
-    """The ``reduce`` of one batch's record. Record calls it once per layer, in forward order (ties: the order
-    given), and passes only the map: a queue over ``order`` tells which layer's bins a map gets."""
-    queue = iter(order)
-
-    def reduce(t: torch.Tensor) -> dict:
-        name = next(queue)
-        return _reduce(t, tops[name], bins) | {"layer": name}
-
-    return reduce
-
 def channel_stats(
     net: Net,
     dataset: Dataset,
@@ -295,7 +282,6 @@ def channel_stats(
         torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state},
                    checkpoint)
 
-    order = sorted(layers, key=net.order)  # stable: equal places keep the order given, as record does
     loader = DataLoader(dataset, batch_size=batch_size, sampler=indices[start:], num_workers=num_workers,
                         collate_fn=collate, **loader_options(net, num_workers))
     bar = tqdm(total=len(indices), initial=start, desc=f"statistics {','.join(layers)}", unit="img",
@@ -305,14 +291,11 @@ def channel_stats(
         for batch in loader:
             merged = state
             if len(batch.index):
-                rec = record(net, batch.x, layers, switches=False, reduce=_reducer(order, tops, bins))
+                rec = record(net, batch.x, layers, switches=False,
+                             reduce=lambda layer, t: _reduce(t, tops[layer], bins))
                 merged = dict(state)
                 for layer in layers:
-                    part = rec.activations[layer]
-                    if part.pop("layer") != layer:
-                        raise RuntimeError("statistics reached the layers out of order")  # a change in engine.record
-                    old = state[layer]
-                    merged[layer] = _add(old, part)
+                    merged[layer] = _add(state[layer], rec.activations[layer])
             n_items = len(batch.index) + len(batch.skipped)
             # swap in the state and the index together: an interrupt saves whole batches only
             state, next_index, n_images = merged, next_index + n_items, n_images + len(batch.index)
