@@ -130,7 +130,7 @@ from deconvnet.atlas import channel_stats
 from deconvnet.data import demo_collection
 from deconvnet.scan import scan_top_k
 
-if len(sys.argv) > 3:
+if len(sys.argv) > 2:
     dist.init_process_group("gloo")  # the few lines a script of one's own adds
 net = dn.load_vgg("vgg11", "random", seed=3)
 data = demo_collection(preprocessing=net.preprocessing, size=40, n=34)  # 17 photos: groups span the ranks
