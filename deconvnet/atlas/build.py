@@ -42,6 +42,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..data import Items
 from ..engine import Deconvnet, receptive_field
 from ..figure2 import PATCH_PAD, SELECTIONS, select_features
 from ..io import atomic_path, write_json
@@ -152,7 +153,7 @@ def _model_identity(provenance: dict[str, Any]) -> dict[str, Any]:
 def _identity(net: Net, dataset: Any, k: int, per_group: int | None, scaling: str, image_format: str,
               bins: int) -> dict[str, Any]:
     """What fixes the atlas's content: a rerun with another identity would mix two atlases."""
-    describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__})
+    describe = Items(dataset).describe
     return _jsonable({
         "model": _model_identity(net.provenance),
         # what fixes the data, not what a scan learns about it (as deconvnet.scan does)

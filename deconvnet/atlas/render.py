@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..data import Items
 from ..engine import receptive_field
 from ..io import atomic_path, write_json
 from ..models import Net
@@ -126,8 +127,7 @@ def histogram(counts: list[int], nonpos: int, top: float, *, log: bool, what: st
 
 
 def _dataset_name(dataset: Any) -> str:
-    describe = getattr(dataset, "describe", None)
-    d = describe() if describe else {}
+    d = Items(dataset).describe()
     if d.get("kind") == "demo":
         return (f"the offline demo collection ({len(d.get('photos', []))} photographs bundled with scikit-image and "
                 "matplotlib, cropped and mirrored)")
@@ -165,8 +165,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         written.append(out / "static" / name)
     layers = list(topks)
     first = topks[layers[0]].provenance
-    label = getattr(dataset, "label", None)
-    group = getattr(dataset, "group", None)
+    items = Items(dataset)
     image_sizes: dict[int, tuple[int, int]] = {}
 
     def image_size(i: int) -> tuple[int, int]:
@@ -211,8 +210,8 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
                 ct, cl, cb, cr = max(box[0], 0), max(box[1], 0), min(box[2], h), min(box[3], w)
                 shown.append({
                     "rank": rank + 1, "activation": v, "image": i, "row": r, "col": col, "box": list(box),
-                    "label": label(i) if label else str(i),
-                    "source": str(group(i)) if group else (label(i) if label else str(i)),
+                    "label": items.label(i),
+                    "source": items.source(i),
                     "tile": f"tiles/{c}_{rank}{paths.ext}", "image_file": f"../{paths.image(i)}",
                     "image_w": w, "image_h": h,
                     # the receptive field on the full image, clipped to it, in percent (CSS overlay)
