@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import fingerprint
+
 CACHE_FORMAT = 1
 
 
@@ -147,10 +149,6 @@ def files_digest(paths: Sequence[os.PathLike | str], root: os.PathLike | str,
     return h.hexdigest()
 
 
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
 class ScanCache:
     """The finished scans in one folder, one file per layer: ``topk-<key>.pt`` (a ``TopK`` of that layer).
 
@@ -197,8 +195,8 @@ class ScanCache:
 
     def entry(self, identity: dict, layer: str) -> Path:
         """The file of one layer's scan."""
-        return self.folder / f"topk-{_key([CACHE_FORMAT, identity, layer])}.pt"
+        return self.folder / f"topk-{fingerprint([CACHE_FORMAT, identity, layer], 24)}.pt"
 
     def checkpoint(self, identity: dict, layers: list[str], k: int) -> Path:
         """The checkpoint of a scan of ``layers`` under way (removed once its layers are stored)."""
-        return self.folder / f"partial-{_key([CACHE_FORMAT, identity, layers, k])}.pt"
+        return self.folder / f"partial-{fingerprint([CACHE_FORMAT, identity, layers, k], 24)}.pt"

@@ -39,9 +39,9 @@ import hashlib
 import operator
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -79,6 +79,103 @@ class Batch(NamedTuple):
     x: torch.Tensor
     index: torch.Tensor
     skipped: list[int]
+
+
+class Collection(Protocol):
+    """What a dataset of ``(x, i)`` items may offer besides ``len`` and indexing: the collections of this
+    module offer most of it, a dataset of one's own any part. Every consumer (the scan, Figure 2, the atlas,
+    the explorer) reads it through ``Items``, which gives the one default for whatever a dataset lacks.
+
+    Attributes:
+        root: the folder the items' files lie under (with ``paths``: the scan cache digests their contents).
+        paths: the items' files, ``paths[i]`` for item ``i``.
+        preprocessing: the ``Preprocessing`` that made the model inputs (its values are part of a scan's key).
+    """
+
+    root: os.PathLike | str
+    paths: Sequence[os.PathLike | str]
+    preprocessing: Preprocessing
+
+    def label(self, i: int) -> str:
+        """A short name of item ``i`` for captions."""
+
+    def group(self, i: int) -> Hashable:
+        """The source item ``i`` comes from (a file, a photograph): a scan keeps ``per_group`` of each."""
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance, JSON-serialisable: what identifies the collection (a scan without it is not cached)."""
+
+    def note_unreadable(self, indices: Sequence[int]) -> None:
+        """Record items found undecodable while loading (and say so)."""
+
+    def view(self, i: int) -> tuple[str, tuple[float, float, float], bool]:
+        """``(photo, window, mirrored)`` of a crop of the demo collection."""
+
+
+#: The members of ``Collection`` a dataset may lack.
+_OPTIONAL = ("root", "paths", "preprocessing", "label", "group", "describe", "note_unreadable", "view")
+
+
+class Items:
+    """A dataset as every consumer reads it: what it offers of ``Collection``, else the one default.
+
+    Args:
+        dataset: any dataset of ``(x, i)`` items.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def offers(self, name: str) -> bool:
+        """Whether the dataset has ``Collection`` member ``name`` (not None)."""
+        if name not in _OPTIONAL:
+            raise ValueError(f"'{name}' is not a member of deconvnet.data.Collection: {', '.join(_OPTIONAL)}")
+        return getattr(self.dataset, name, None) is not None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def label(self, i: int) -> str:
+        """``dataset.label(i)``, else the index as text."""
+        return self.dataset.label(i) if self.offers("label") else str(i)
+
+    def group(self, i: int) -> Hashable:
+        """``dataset.group(i)``, else the index: every item its own group."""
+        return self.dataset.group(i) if self.offers("group") else i
+
+    def source(self, i: int) -> str:
+        """Where item ``i`` comes from, for a caption: its group as text, else its label."""
+        return str(self.dataset.group(i)) if self.offers("group") else self.label(i)
+
+    def describe(self) -> dict[str, Any]:
+        """``dataset.describe()``, else its kind (the class name) and size."""
+        if self.offers("describe"):
+            return self.dataset.describe()
+        return {"kind": type(self.dataset).__name__, "n_images": len(self.dataset)}
+
+    @property
+    def root(self) -> Any:
+        """``dataset.root``, else None."""
+        return getattr(self.dataset, "root", None)
+
+    @property
+    def paths(self) -> Any:
+        """``dataset.paths``, else None."""
+        return getattr(self.dataset, "paths", None)
+
+    @property
+    def preprocessing(self) -> Any:
+        """``dataset.preprocessing``, else None."""
+        return getattr(self.dataset, "preprocessing", None)
+
+    def note_unreadable(self, indices: Sequence[int]) -> None:
+        """``dataset.note_unreadable(indices)``; nothing where the dataset keeps no such record."""
+        if self.offers("note_unreadable"):
+            self.dataset.note_unreadable(indices)
+
+    def view(self, i: int) -> tuple[str, tuple[float, float, float], bool] | None:
+        """``dataset.view(i)``, else None."""
+        return self.dataset.view(i) if self.offers("view") else None
 
 
 def collate(items: Sequence[tuple[torch.Tensor | None, int]]) -> Batch:
@@ -134,9 +231,8 @@ def batches(
                 yield batch.x, batch.index
     finally:
         if skipped:
-            note = getattr(dataset, "note_unreadable", None)
-            if note is not None:
-                note(skipped)
+            if Items(dataset).offers("note_unreadable"):
+                Items(dataset).note_unreadable(skipped)
             else:
                 warnings.warn(
                     f"skipped {len(skipped)} unreadable images (indices {skipped[:_NAMED]})",
@@ -528,13 +624,11 @@ class Head(Dataset):
     def label(self, i: int) -> str:
         return self.dataset.label(self._check(i))
 
-    def group(self, i: int):
-        group = getattr(self.dataset, "group", None)
-        return group(self._check(i)) if group is not None else i
+    def group(self, i: int) -> Hashable:
+        return Items(self.dataset).group(self._check(i))
 
     def note_unreadable(self, indices: Sequence[int]) -> None:
-        if hasattr(self.dataset, "note_unreadable"):
-            self.dataset.note_unreadable(indices)
+        Items(self.dataset).note_unreadable(indices)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.dataset.describe(), limit=self.n)

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import positive_int
+from .data import Items
 from .engine import Deconvnet, receptive_field
 from .io import write_json
 from .models import Net
@@ -105,9 +106,8 @@ def feature_tiles(
             boxes=boxes[j : j + n],
             projections=torch.stack(proj_tiles[j : j + n]),
             patches=torch.stack(patch_tiles[j : j + n]),
-            labels=[dataset.label(e[1]) if hasattr(dataset, "label") else str(e[1]) for e in entries],
-            sources=[str(dataset.group(e[1])) if hasattr(dataset, "group") else
-                     (dataset.label(e[1]) if hasattr(dataset, "label") else str(e[1])) for e in entries],
+            labels=[Items(dataset).label(e[1]) for e in entries],
+            sources=[Items(dataset).source(e[1]) for e in entries],
         ))
         j += n
     return out
@@ -300,7 +300,7 @@ def make_figure2(
         dataset = load_dataset(None, preprocessing=net.preprocessing)
         dataset_name = dataset_name or "the offline demo collection"
     if dataset_name is None:
-        described = dataset.describe() if hasattr(dataset, "describe") else {}
+        described = Items(dataset).describe()
         dataset_name = str(described.get("root") or described.get("kind") or type(dataset).__name__)
     if topk is None:
         topk = scan_top_k(net, dataset, list(layers), k=k, batch_size=batch_size, progress=progress, cache=cache)

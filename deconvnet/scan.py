@@ -11,45 +11,37 @@ lower row-major position. So the result does not depend on batch size, workers o
 
 Inside an initialised ``torch.distributed`` process group (``torchrun``), each rank scans its share of
 the dataset, every ``world``-th batch (``deconvnet.distributed.batch_shard``), with its own checkpoint,
-and the ranks' top-k states merge exactly (``_merge_ranks``): the result equals the one-process result,
+and the ranks' top-k states merge exactly (``TopKReducer.merge``): the result equals the one-process result,
 values, images, positions and ties, on every rank. One process is the case of one rank.
+
+The loop, its checkpoint (resumed, refused naming what changed, saved on Ctrl-C and SIGTERM) and the shares
+are the one resumable pass of ``deconvnet.passes``; the top-k is its reducer (``TopKReducer``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
-import signal
-import threading
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from . import distributed
-from .cache import (
-    CacheWriteWarning,
-    ScanCache,
-    files_digest,
-    module_tree,
-    preprocessing_values,
-    scan_cache_dir,
-    weights_digest,
-)
-from .data import collate
-from .engine import record
+from .cache import ScanCache, files_digest, module_tree, preprocessing_values, scan_cache_dir, weights_digest
+from .checks import digest_bytes, fingerprint, positive_int
+from .data import Items
 from .io import torch_save
-from .memory import check_memory
 from .models import Net
+from .passes import Checkpoint, StaleScanWarning, Terminated, read_state, run_pass
+
+__all__ = ["StaleScanWarning", "Terminated", "TopK", "TopKReducer", "scan_top_k"]
 
 FORMAT_VERSION = 2  # 2: per_group (1 had per_image)
 _EMPTY_IMAGE = torch.iinfo(torch.long).max  # sorts after every real image index
@@ -122,97 +114,13 @@ class TopK:
         Raises:
             ValueError: the file is missing, unreadable or not a scan of this format.
         """
-        state = _read_state(path, "scan result")
+        state = read_state(path, "scan result")
         if state.get("format") != FORMAT_VERSION or "values" not in state:
             raise ValueError(f"'{path}' is not a deconvnet scan result (format {FORMAT_VERSION}). Hint: rerun the scan")
         state.pop("format")
         state.pop("next_index", None)
         state.pop("fingerprint", None)
         return cls(**state)
-
-
-class StaleScanWarning(UserWarning):
-    """A checkpoint of a scan with other arguments (other images, weights, ...) was replaced by a new scan."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived during a scan: handled as Ctrl-C is (the checkpoint is saved), exit status 143."""
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM into ``Terminated`` for the duration (main thread only: signals go there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Terminated("terminated (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _check_checkpoint(saved: dict, path, channels: dict[str, int], n: int) -> None:
-    """Refuse a checkpoint that unpickles but is not a scan state of this shape (a clear line, not a traceback)."""
-    def bad(why: str) -> ValueError:
-        return ValueError(f"scan checkpoint '{path}' is malformed ({why}). Hint: delete it and rerun; the scan starts "
-                          "over")
-
-    state = saved.get("state")
-    if not isinstance(state, dict) or not isinstance(saved.get("next_index"), int):
-        raise bad("no state or next_index")
-    if not 0 <= saved["next_index"] <= n:
-        raise bad(f"next_index {saved['next_index']} is not in 0..{n}")
-    for key in ("values", "images", "flat"):
-        part = state.get(key)
-        if not isinstance(part, dict) or set(part) != set(channels):
-            raise bad(f"'{key}' does not hold the layers {', '.join(channels)}")
-        for layer, c in channels.items():
-            t = part[layer]
-            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != c:
-                raise bad(f"'{key}' of {layer} is not a ({c}, n) tensor")
-    if not all(isinstance(state.get(k), dict) for k in ("width", "height")):
-        raise bad("no map sizes")
-    if not isinstance(saved.get("skipped", []), list):
-        raise bad("'skipped' is not a list")
-
-
-def _what_differs(saved_args: str | None, args: dict) -> str:
-    """Which of the scan's arguments a checkpoint was made with differ from this call's, in words."""
-    try:
-        old = json.loads(saved_args) if saved_args else None
-    except (TypeError, ValueError):
-        old = None
-    if not isinstance(old, dict):
-        return "model, data, layers or k"
-    new = json.loads(json.dumps(args, default=str))
-    names = {"model": "the model or its weights", "dataset": "the images", "n": "the number of images",
-             "layers": "the layers", "k": "k", "per_group": "per_group", "groups": "the image groups",
-             "dtype": "the dtype", "modules": "the model's modules (their types or arguments)",
-             "preprocessing": "the preprocessing's values"}
-    diff = [names.get(key, key) for key in new if old.get(key) != new[key]]
-    if isinstance(old.get("dataset"), dict) and old["dataset"].get("files") != new["dataset"].get("files"):
-        diff = [d if d != "the images" else "the images' files (a file was added, removed or changed: "
-                "its size or modification time)" for d in diff]
-    return ", ".join(diff) or "model, data, layers or k"
-
-
-def _read_state(path: str | os.PathLike, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file not found: '{path}'")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read {what} '{path}' ({type(err).__name__}); it may be corrupt. Hint: delete it and "
-                         "rerun") from err
-    if not isinstance(state, dict):
-        raise ValueError(f"'{path}' is not a deconvnet {what}. Hint: delete it and rerun")
-    return state
 
 
 def _lexsort_desc(values: torch.Tensor, images: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -292,67 +200,133 @@ def _keep_top(state: dict, layer: str, all_v: torch.Tensor, all_img: torch.Tenso
     state["flat"][layer] = all_flat.gather(1, order)
 
 
-def _merge_ranks(state: dict, skipped: list[int], layers: Sequence[str], k: int,
-                 group_of: torch.Tensor | None, per_group: int | None) -> tuple[dict, list[int]]:
-    """Every rank's top-k state merged into one, the same on every rank (one process: the state itself).
+class TopKReducer:
+    """The scan as a ``passes.Reducer``: each channel's running top k, under the per-group limit.
 
-    Exact: each rank's greedy top-k holds every entry of the global top-k that lies in its share (an entry
-    has no more stronger entries of its group, nor in all, in a share than in the whole), so the greedy
-    choice over the union of the shares, in the one total order, is the one-process result.
+    The state holds, per layer, (C, n <= k) values, image indices and flat positions in the one total order,
+    and each map's width and height. The ranks' states merge exactly: each rank's greedy top-k holds every
+    entry of the global top-k that lies in its share (an entry has no more stronger entries of its group, nor
+    in all, in a share than in the whole), so the greedy choice over the union of the shares, in the one
+    total order, is the one-process result.
     """
-    states = distributed.all_gather((state, skipped))
-    merged: dict = {"values": {}, "images": {}, "flat": {}, "width": {}, "height": {}}
-    for s, _ in states:
-        merged["width"].update(s["width"])
-        merged["height"].update(s["height"])
-    for layer in layers:
-        _keep_top(merged, layer,
-                  *(torch.cat([s[key][layer] for s, _ in states], 1) for key in ("values", "images", "flat")),
-                  k, group_of, per_group)
-    return merged, sorted(i for _, part in states for i in part)
+
+    what, doing = "scan", "scanning"
+
+    def __init__(self, channels: dict[str, int], k: int, group_of: torch.Tensor | None, per_group: int | None):
+        self.channels, self.k, self.group_of, self.per_group = channels, k, group_of, per_group
+
+    def empty(self) -> dict:
+        channels = self.channels.items()
+        return {
+            "values": {layer: torch.full((c, 0), float("-inf"), dtype=torch.float64) for layer, c in channels},
+            "images": {layer: torch.zeros((c, 0), dtype=torch.long) for layer, c in channels},
+            "flat": {layer: torch.zeros((c, 0), dtype=torch.long) for layer, c in channels},
+            "width": {}, "height": {},
+        }
+
+    def reduce(self, layer: str, t: torch.Tensor) -> tuple:
+        return (*_candidates(t, self.per_group), tuple(t.shape[-2:]))
+
+    def add(self, state: dict, parts: dict[str, Any], index: torch.Tensor) -> dict:
+        merged = {key: dict(d) for key, d in state.items()}  # a copy: ``state`` stays whole for an interrupt
+        for layer in self.channels:
+            _merge(merged, layer, parts[layer], index, self.k, self.group_of, self.per_group)
+        return merged
+
+    def malformed(self, state: Any) -> str | None:
+        if not isinstance(state, dict):
+            return "no state or next_index"
+        for key in ("values", "images", "flat"):
+            part = state.get(key)
+            if not isinstance(part, dict) or set(part) != set(self.channels):
+                return f"'{key}' does not hold the layers {', '.join(self.channels)}"
+            for layer, c in self.channels.items():
+                t = part[layer]
+                if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != c:
+                    return f"'{key}' of {layer} is not a ({c}, n) tensor"
+        if not all(isinstance(state.get(k), dict) for k in ("width", "height")):
+            return "no map sizes"
+        return None
+
+    def merge(self, states: list[dict]) -> dict:
+        merged: dict = {"values": {}, "images": {}, "flat": {}, "width": {}, "height": {}}
+        for s in states:
+            merged["width"].update(s["width"])
+            merged["height"].update(s["height"])
+        for layer in self.channels:
+            _keep_top(merged, layer, *(torch.cat([s[key][layer] for s in states], 1) for key in ("values", "images",
+                                                                                                  "flat")),
+                      self.k, self.group_of, self.per_group)
+        return merged
 
 
-def _group_ids(dataset: Dataset) -> torch.Tensor | None:
+def _group_ids(items: Items) -> torch.Tensor | None:
     """(N,) int64 group id of every item (numbered by first appearance), or None: each item its own."""
-    group = getattr(dataset, "group", None)
-    if group is None:
+    if not items.offers("group"):
         return None
     ids: dict[Any, int] = {}
-    return torch.tensor([ids.setdefault(group(i), len(ids)) for i in range(len(dataset))], dtype=torch.long)
+    return torch.tensor([ids.setdefault(items.group(i), len(ids)) for i in range(len(items))], dtype=torch.long)
 
 
-def loader_options(net: Net, num_workers: int) -> dict[str, Any]:
-    """``DataLoader`` options for ``net``'s device: pinned memory on CUDA, prefetching with workers."""
-    cuda = net.device.type == "cuda"
-    options: dict[str, Any] = {"pin_memory": cuda}
-    if num_workers > 0:
-        options.update(prefetch_factor=4 if cuda else 2, persistent_workers=False)
-    return options
-
-
-def _rank_fingerprint(net: Net, dataset: Dataset, args: dict, batch_size: int, cache: Any) -> dict[str, str]:
+def _rank_fingerprint(net: Net, items: Items, args: dict, batch_size: int, cache: Any) -> dict[str, str]:
     """What must be alike on every torchrun rank, in parts named for the message (``check_agree``)."""
     data = {key: args[key] for key in ("dataset", "n", "groups", "preprocessing")}
-    paths, root = getattr(dataset, "paths", None), getattr(dataset, "root", None)
-    if paths is not None and root is not None:  # same names, sizes and times, other bytes: another dataset
+    if items.paths is not None and items.root is not None:  # same names, sizes and times, other bytes: another dataset
         folder = scan_cache_dir(cache)
         memo = folder / "files.json" if folder is not None and folder.is_dir() else None
-        data["contents"] = files_digest(paths, root, memo)
+        data["contents"] = files_digest(items.paths, items.root, memo)
     return {
-        "the data (images, their contents or preprocessing)": _fingerprint(data),
+        "the data (images, their contents or preprocessing)": fingerprint(data),
         "the weights": weights_digest(net.model),
         "the module tree": args["modules"],
         "the layers": ",".join(args["layers"]),
-        "the options (k, per_group, batch_size, dtype)": _fingerprint(
+        "the options (k, per_group, batch_size, dtype)": fingerprint(
             {"k": args["k"], "per_group": args["per_group"], "batch_size": batch_size, "dtype": args["dtype"]}),
     }
 
 
-def _fingerprint(args: dict) -> str:
-    return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _checked_layers(net: Net, layers: Sequence[str]) -> list[str]:
+    """The net's names of ``layers`` (module paths resolved), once each; each with a spatial map, or refused."""
+    if not layers:
+        raise ValueError("no layers to scan. Hint: e.g. layers=['conv5_3']")
+    layers = list(dict.fromkeys(net.resolve(layer) for layer in layers))
+    for layer in layers:
+        if not net.is_spatial(layer):
+            raise ValueError(f"layer '{layer}' has no spatial map to scan. Hint: use a conv, relu or pool layer")
+    return layers
 
 
-def scan_top_k(  # noqa: C901 (34: its loop and its checkpoint go to the one resumable pass, issue 26)
+def _check_groups(items: Items, group_of: torch.Tensor | None, k: int, per_group: int | None) -> None:
+    """Refuse a k that the per-group limit cannot fill."""
+    if per_group is None:
+        return
+    n_groups = len(items) if group_of is None else int(group_of.max()) + 1
+    if k > n_groups * per_group:
+        what = "images" if n_groups == len(items) else "source photographs or files (dataset.group)"
+        raise ValueError(
+            f"k={k} entries per channel cannot come from {n_groups} {what} with at most {per_group} from each. "
+            f"Hint: use k <= {n_groups * per_group}, or more images"
+        )
+
+
+def _scan_args(net: Net, items: Items, layers: list[str], k: int, per_group: int | None,
+               group_of: torch.Tensor | None) -> dict[str, Any]:
+    """What fixes a scan's result: its fingerprint's contents, named in a stale checkpoint's message."""
+    return {
+        "model": dict(net.provenance),
+        # what fixes the data, not what a scan learns about it (images found undecodable change
+        # n_images and n_skipped, and must not make a rerun look like another scan)
+        "dataset": {k_: v for k_, v in items.describe().items() if k_ not in ("n_skipped", "skipped", "n_images")},
+        "n": len(items), "layers": layers, "k": k, "per_group": per_group,
+        "groups": None if group_of is None else digest_bytes(group_of.numpy().tobytes(), 16),
+        "dtype": str(net.dtype),
+        # surgery that keeps the state_dict, and a preprocessing of the same name with other values
+        "modules": module_tree(net.model),
+        "preprocessing": preprocessing_values(items.preprocessing),
+    }
+
+
+def scan_top_k(
     net: Net,
     dataset: Dataset,
     layers: Sequence[str],
@@ -400,151 +374,48 @@ def scan_top_k(  # noqa: C901 (34: its loop and its checkpoint go to the one res
         A ``TopK``; ``save``/``TopK.load`` keep it without rescanning. Under torch.distributed, every rank
         scans its share and returns the same merged ``TopK``.
     """
-    if not layers:
-        raise ValueError("no layers to scan. Hint: e.g. layers=['conv5_3']")
-    layers = list(dict.fromkeys(net.resolve(layer) for layer in layers))  # module paths -> the net's names
-    for layer in layers:
-        if not net.is_spatial(layer):
-            raise ValueError(f"layer '{layer}' has no spatial map to scan. Hint: use a conv, relu or pool layer")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every!r}")
-    if per_group is not None and (isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1):
-        raise ValueError(f"per_group must be None or a positive integer, got {per_group!r}")
+    layers = _checked_layers(net, layers)
+    k = positive_int("k", k)
+    checkpoint_every = positive_int("checkpoint_every", checkpoint_every, hint="batches between checkpoints, e.g. 20")
+    per_group = positive_int("per_group", per_group, allow_none=True)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
-    group_of = _group_ids(dataset) if per_group is not None else None
-    if per_group is not None:
-        n_groups = len(dataset) if group_of is None else int(group_of.max()) + 1
-        if k > n_groups * per_group:
-            what = "images" if n_groups == len(dataset) else "source photographs or files (dataset.group)"
-            raise ValueError(
-                f"k={k} entries per channel cannot come from {n_groups} {what} with at most {per_group} from each. "
-                f"Hint: use k <= {n_groups * per_group}, or more images"
-            )
-    describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__, "n_images": len(dataset)})
-    args = {
-        "model": {k_: v for k_, v in net.provenance.items()},
-        # what fixes the data, not what a scan learns about it (images found undecodable change
-        # n_images and n_skipped, and must not make a rerun look like another scan)
-        "dataset": {k_: v for k_, v in describe().items() if k_ not in ("n_skipped", "skipped", "n_images")},
-        "n": len(dataset), "layers": layers, "k": k, "per_group": per_group,
-        "groups": None if group_of is None else hashlib.sha256(group_of.numpy().tobytes()).hexdigest()[:16],
-        "dtype": str(net.dtype),
-        # surgery that keeps the state_dict, and a preprocessing of the same name with other values
-        "modules": module_tree(net.model),
-        "preprocessing": preprocessing_values(getattr(dataset, "preprocessing", None)),
-    }
-    fingerprint = _fingerprint(args)
+    items = Items(dataset)
+    group_of = _group_ids(items) if per_group is not None else None
+    _check_groups(items, group_of, k, per_group)
+    args = _scan_args(net, items, layers, k, per_group, group_of)
+    key = fingerprint(args)
     rank, world = distributed.world()
     if world > 1:  # before any work: ranks that would scan different things must not be merged
-        distributed.check_agree(_rank_fingerprint(net, dataset, args, batch_size, cache), "scan")
+        distributed.check_agree(_rank_fingerprint(net, items, args, batch_size, cache), "scan")
     folder = scan_cache_dir(cache) if world == 1 else None  # one process; ranks on other machines have other caches
-    if folder is not None and not hasattr(dataset, "describe"):
+    if folder is not None and not items.offers("describe"):
         warnings.warn(f"a {type(dataset).__name__} has no describe(), so its scan cannot be found again: not cached. "
                       "Hint: deconvnet.data's collections describe themselves", stacklevel=2)
         folder = None
     if folder is not None:
         ScanCache(folder).check()  # a file, or read-only: said now, not after the scan
-        return _scan_with_cache(ScanCache(folder), net, dataset, layers, k, args, fingerprint, dict(
+        return _scan_with_cache(ScanCache(folder), net, items, layers, k, args, key, dict(
             per_group=per_group, batch_size=batch_size, num_workers=num_workers, checkpoint=checkpoint,
             checkpoint_every=checkpoint_every, progress=progress, restart_stale=restart_stale))
-    # this rank's share and checkpoint (one process: every image, the checkpoint as given)
-    indices = distributed.batch_shard(len(dataset), batch_size)
-    ckpt_fingerprint = fingerprint if world == 1 else _fingerprint(dict(args, shard=[rank, world, batch_size]))
-    if checkpoint is not None:
-        if rank == 0 and (line := distributed.starting_over(checkpoint, "scan")):
-            warnings.warn(line, StaleScanWarning, stacklevel=2)
-        checkpoint = distributed.rank_path(checkpoint)
-    channels = {layer: net.channels[layer] for layer in layers}
-    state = {
-        "values": {layer: torch.full((c, 0), float("-inf"), dtype=torch.float64) for layer, c in channels.items()},
-        "images": {layer: torch.zeros((c, 0), dtype=torch.long) for layer, c in channels.items()},
-        "flat": {layer: torch.zeros((c, 0), dtype=torch.long) for layer, c in channels.items()},
-        "width": {}, "height": {},
-    }
-    start = 0
-    skipped: list[int] = []
-    if checkpoint is not None and Path(checkpoint).is_file():
-        saved = _read_state(checkpoint, "scan checkpoint")
-        if saved.get("fingerprint") != ckpt_fingerprint:
-            changed = _what_differs(saved.get("args"), args)
-            if not restart_stale:
-                raise ValueError(
-                    f"checkpoint '{checkpoint}' belongs to a scan with other arguments: {changed} changed since it "
-                    f"was written. Hint: delete '{checkpoint}' to scan again, or give another checkpoint path"
-                )
-            warnings.warn(f"{changed} changed since the scan '{checkpoint}' was written: scanning again",
-                          StaleScanWarning, stacklevel=2)
-        else:
-            _check_checkpoint(saved, checkpoint, channels, len(indices))
-            state, start = saved["state"], saved["next_index"]
-            skipped = [int(i) for i in saved.get("skipped", [])]  # found undecodable before the interruption
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices[start:], num_workers=num_workers,
-                        collate_fn=collate, **loader_options(net, num_workers))
-    bar = tqdm(total=len(indices), initial=start, desc=f"scan {','.join(layers)}", unit="img",
-               disable=not progress or rank != 0)
-    done_batches = 0
-    next_index = start
-
-    def save_checkpoint() -> bool:
-        nonlocal checkpoint
-        try:
-            torch_save({"fingerprint": ckpt_fingerprint, "next_index": next_index, "state": state,
-                        "skipped": list(skipped), "args": json.dumps(args, default=str)}, checkpoint)
-            return True
-        except OSError as err:  # the scan itself is not lost: it goes on, without a checkpoint
-            warnings.warn(f"could not write the scan checkpoint '{checkpoint}' ({err.strerror or err}): the scan goes "
-                          "on without one (an interruption now loses it)", CacheWriteWarning, stacklevel=3)
-            checkpoint = None
-            return False
-
-    deepest = max(net.depth(layer) for layer in layers) if net.is_chain else None
-    checked_memory = False
-    try:
-        with _sigterm_as_interrupt():
-            for batch in loader:
-                skipped.extend(batch.skipped)
-                if len(batch.index):
-                    if not checked_memory:  # once: the batches are alike
-                        check_memory(net, len(batch.index), batch.x.shape[-2:], deepest)
-                        checked_memory = True
-                    # per-map candidates are computed inside the forward: no copies of the large maps
-                    rec = record(net, batch.x, layers, switches=False,
-                                 reduce=lambda t: (*_candidates(t, per_group), tuple(t.shape[-2:])))
-                    # merge into a copy and swap it in with next_index together, so that an interrupt
-                    # can only ever save a state of whole batches
-                    merged = {key: dict(d) for key, d in state.items()}
-                    for layer in layers:
-                        _merge(merged, layer, rec.activations[layer], batch.index, k, group_of, per_group)
-                else:
-                    merged = state
-                n_items = len(batch.index) + len(batch.skipped)
-                state, next_index = merged, next_index + n_items
-                bar.update(n_items)
-                done_batches += 1
-                if checkpoint is not None and done_batches % checkpoint_every == 0:
-                    save_checkpoint()
-    except BaseException as err:
-        if checkpoint is not None and next_index > start:
-            err.saved = save_checkpoint()  # an interrupted scan loses nothing; for the command line's message
-        raise
-    finally:
-        bar.close()
-        if skipped and hasattr(dataset, "note_unreadable") and world == 1:
-            dataset.note_unreadable(skipped)
-    if checkpoint is not None:
-        save_checkpoint()  # before the merge: a rank killed while others wait loses nothing of its share
-    state, skipped = _merge_ranks(state, skipped, layers, k, group_of, per_group)
-    if world > 1 and skipped and hasattr(dataset, "note_unreadable"):  # every rank's dataset learns of all
-        with warnings.catch_warnings():
-            if rank != 0:  # one warning, not one per process
-                warnings.simplefilter("ignore")
-            dataset.note_unreadable(skipped)
-    if len(set(skipped)) == len(dataset):
+    # this rank's checkpoint (one process: the checkpoint as given) is of its share
+    ckpt_key = key if world == 1 else fingerprint(dict(args, shard=[rank, world, batch_size]))
+    reducer = TopKReducer({layer: net.channels[layer] for layer in layers}, k, group_of, per_group)
+    passed = run_pass(net, dataset, layers, reducer, Checkpoint(checkpoint, ckpt_key, args, checkpoint_every,
+                                                                restart_stale),
+                      batch_size=batch_size, num_workers=num_workers, progress=progress, note_unreadable=True)
+    if len(set(passed.skipped)) == len(dataset):
         raise ValueError(f"none of the {len(dataset)} images could be decoded: there is nothing to show. "
                          "Hint: check the image files")
+    provenance = dict(args, fingerprint=key,
+                      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      weights=net.describe(), dataset_final=items.describe(), skipped=sorted(set(passed.skipped)),
+                      **distributed.describe())
+    return _top_k(passed.state, layers, k, per_group, provenance)
+
+
+def _top_k(state: dict, layers: list[str], k: int, per_group: int | None, provenance: dict[str, Any]) -> TopK:
+    """The merged state as a ``TopK``: padded to k entries, flat positions as (row, col), -1 where empty."""
     values, images, positions = {}, {}, {}
     for layer in layers:
         v, img, flat = state["values"][layer], state["images"][layer], state["flat"][layer]
@@ -560,10 +431,6 @@ def scan_top_k(  # noqa: C901 (34: its loop and its checkpoint go to the one res
         values[layer] = v
         images[layer] = torch.where(empty, torch.full_like(img, -1), img)
         positions[layer] = torch.where(empty.unsqueeze(2), torch.full_like(pos, -1), pos)
-    provenance = dict(args, fingerprint=fingerprint,
-                      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      weights=net.describe(), dataset_final=describe(), skipped=sorted(set(skipped)),
-                      **distributed.describe())
     return TopK(
         layers=layers, k=k, per_group=per_group, values=values, images=images, positions=positions,
         map_size={layer: (state["height"].get(layer, 0), state["width"].get(layer, 0)) for layer in layers},
@@ -571,8 +438,8 @@ def scan_top_k(  # noqa: C901 (34: its loop and its checkpoint go to the one res
     )
 
 
-def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[str], k: int, args: dict,
-                     fingerprint: str, scan_args: dict) -> TopK:
+def _scan_with_cache(cache: ScanCache, net: Net, items: Items, layers: list[str], k: int, args: dict,
+                     key: str, scan_args: dict) -> TopK:
     """``scan_top_k`` through the cache: the layers found there are read, the others scanned and stored."""
     # what fixes the result, less the layers and k (an entry is one layer, and serves any smaller k); the
     # weights by their digest, not their file: the same weights anywhere, and a model changed in place is
@@ -580,9 +447,8 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
     identity = {key: v for key, v in json.loads(json.dumps(args, default=str)).items()
                 if key not in ("model", "layers", "k")}
     identity["weights"] = weights_digest(net.model)
-    paths, root = getattr(dataset, "paths", None), getattr(dataset, "root", None)
-    if paths is not None and root is not None:  # the files' contents: what their stat cannot tell
-        identity["contents"] = files_digest(paths, root, cache.files_memo)
+    if items.paths is not None and items.root is not None:  # the files' contents: what their stat cannot tell
+        identity["contents"] = files_digest(items.paths, items.root, cache.files_memo)
     found: dict[str, TopK] = {}
     for layer in layers:
         path = cache.entry(identity, layer)
@@ -597,7 +463,7 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
     if missing:
         own = scan_args["checkpoint"] is None
         checkpoint = cache.checkpoint(identity, missing, k) if own else scan_args["checkpoint"]
-        scanned = scan_top_k(net, dataset, missing, k, **dict(scan_args, checkpoint=checkpoint, cache=False,
+        scanned = scan_top_k(net, items.dataset, missing, k, **dict(scan_args, checkpoint=checkpoint, cache=False,
                                                              restart_stale=scan_args["restart_stale"] or own))
         for layer in missing:
             found[layer] = scanned.select([layer])
@@ -607,10 +473,10 @@ def _scan_with_cache(cache: ScanCache, net: Net, dataset: Dataset, layers: list[
                 Path(checkpoint).unlink(missing_ok=True)  # its layers are stored
     elif from_cache:
         skipped = found[layers[0]].provenance.get("skipped") or []
-        if skipped and hasattr(dataset, "note_unreadable"):
-            dataset.note_unreadable(skipped)  # as a scan would
+        if skipped:
+            items.note_unreadable(skipped)  # as a scan would
     first = found[layers[0]]
-    provenance = dict(first.provenance, **args, fingerprint=fingerprint, weights=net.describe(),
+    provenance = dict(first.provenance, **args, fingerprint=key, weights=net.describe(),
                       cache={"found": from_cache, "scanned": missing})  # no folder: sidecars travel between machines
     return TopK(layers=layers, k=k, per_group=args["per_group"],
                 values={layer: found[layer].values[layer] for layer in layers},

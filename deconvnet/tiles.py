@@ -113,7 +113,8 @@ def project_entries(deconv: Deconvnet, x: torch.Tensor, layer: str, slots: Seque
     image = torch.tensor(list(slots), dtype=torch.long)
     channel = torch.tensor([e.channel for e in entries], dtype=torch.long)
     unit = torch.tensor([[e.row, e.col] for e in entries], dtype=torch.long).reshape(-1, 2)
-    windows, _, value = deconv.project_units(x, layer, image, channel, unit)
+    done = deconv.project_units(x, layer, image, channel, unit)
+    windows, value = done.windows, done.activations
     for entry, v in zip(entries, value.tolist(), strict=True):
         check_scan(layer, entry, v)
     size = deconv.receptive_field(layer).size

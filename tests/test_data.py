@@ -26,6 +26,7 @@ from deconvnet.data import (
     DemoCollection,
     Head,
     ImageFolder,
+    Items,
     UnreadableImagesWarning,
     batches,
     collate,
@@ -421,6 +422,33 @@ def test_groups_are_the_source_photographs_and_files(demo64, tmp_path):
     f = open_folder(root)
     assert [f.group(i) for i in range(len(f))] == ["a/x.png", "b.png"]
     assert [Head(demo64, 3).group(i) for i in range(3)] == [demo64.group(i) for i in range(3)]
+
+
+def test_items_read_what_a_dataset_offers_and_one_default_for_the_rest(demo64, tmp_path):
+    class Bare(torch.utils.data.Dataset):  # len and items only
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 8, 8), i
+
+    bare = Items(Bare())
+    assert not any(bare.offers(name) for name in ("label", "group", "describe", "paths", "root", "note_unreadable",
+                                                   "preprocessing", "view"))
+    assert (bare.label(2), bare.group(2), bare.source(2), bare.view(2)) == ("2", 2, "2", None)
+    assert bare.describe() == {"kind": "Bare", "n_images": 3}
+    assert bare.paths is None and bare.root is None and bare.preprocessing is None
+    bare.note_unreadable([1])  # nothing to record it in: nothing happens
+    demo = Items(demo64)
+    assert demo.label(5) == demo64.label(5) and demo.group(5) == demo64.group(5) == demo.source(5)
+    assert demo.view(5) == demo64.view(5) and demo.describe() == demo64.describe()
+    assert demo.preprocessing is demo64.preprocessing and demo.paths is None
+    root = folder(tmp_path, {"a/x.png": Image.new("RGB", (8, 8))})
+    f = Items(open_folder(root))
+    assert f.paths == f.dataset.paths and f.root == f.dataset.root and f.source(0) == "a/x.png"
+    assert Items(Head(Bare(), 2)).group(1) == 1  # a head of a dataset without groups: each item its own
+    with pytest.raises(ValueError, match="'lable' is not a member of deconvnet.data.Collection"):
+        bare.offers("lable")
 
 
 def test_matplotlib_photograph_is_bundled():

@@ -136,7 +136,7 @@ def test_tests_mirror_the_package():
 
 #: other lanes' modules that still ask which kind of net they have; the lead replaces their reads at merge
 #: (``explore/tiles.py``: ``net.can_show_stages``; ``scan.py``: ``net.deepest_index(layers)``) and empties this
-_IS_CHAIN_PENDING = {"deconvnet.explore.tiles", "deconvnet.scan"}
+_IS_CHAIN_PENDING: set[str] = set()
 
 
 def test_no_consumer_asks_which_kind_of_net():

@@ -357,7 +357,7 @@ def test_rerun_after_undecodable_images_resumes(tmp_path):
 
 def test_checkpoint_every_must_be_positive(small):
     net, ds = small
-    with pytest.raises(ValueError, match="checkpoint_every must be a positive number"):
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive integer"):
         scan_top_k(net, ds, ["conv2_1"], checkpoint_every=0)
 
 

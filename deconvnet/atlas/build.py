@@ -36,6 +36,7 @@ from typing import Any
 
 from .. import distributed
 from ..checks import fingerprint, positive_int
+from ..data import Items
 from ..engine import Deconvnet
 from ..figure2 import SELECTIONS, select_features
 from ..io import write_json
@@ -123,7 +124,7 @@ def _model_identity(provenance: dict[str, Any]) -> dict[str, Any]:
 def _identity(net: Net, dataset: Any, k: int, per_group: int | None, scaling: str, image_format: str,
               bins: int) -> dict[str, Any]:
     """What fixes the atlas's content: a rerun with another identity would mix two atlases."""
-    describe = getattr(dataset, "describe", lambda: {"kind": type(dataset).__name__})
+    describe = Items(dataset).describe
     return _jsonable({
         "model": _model_identity(net.provenance),
         # what fixes the data, not what a scan learns about it (as deconvnet.scan does)

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..data import Items
 from ..engine import receptive_field
 from ..io import atomic_path, write_json
 from ..models import Net
@@ -126,8 +127,7 @@ def histogram(counts: list[int], nonpos: int, top: float, *, log: bool, what: st
 
 
 def _dataset_name(dataset: Any) -> str:
-    describe = getattr(dataset, "describe", None)
-    d = describe() if describe else {}
+    d = Items(dataset).describe()
     if d.get("kind") == "demo":
         return (f"the offline demo collection ({len(d.get('photos', []))} photographs bundled with scikit-image and "
                 "matplotlib, cropped and mirrored)")
@@ -146,7 +146,7 @@ def _weights_note(net: Net) -> str | None:
     return f"These are not torchvision's ImageNet weights: {net.provenance.get('source', weights)}."
 
 
-def _shown(entries: list, c: int, rf: Any, paths: Any, image_size: Any, label: Any, group: Any) -> list[dict[str, Any]]:
+def _shown(entries: list, c: int, rf: Any, paths: Any, image_size: Any, items: Items) -> list[dict[str, Any]]:
     """A channel page's top-k entries: the unit, its image and tile, the receptive field on the image."""
     shown = []
     for rank, (v, i, (r, col)) in enumerate(entries):
@@ -155,8 +155,8 @@ def _shown(entries: list, c: int, rf: Any, paths: Any, image_size: Any, label: A
         ct, cl, cb, cr = max(box[0], 0), max(box[1], 0), min(box[2], h), min(box[3], w)
         shown.append({
             "rank": rank + 1, "activation": v, "image": i, "row": r, "col": col, "box": list(box),
-            "label": label(i) if label else str(i),
-            "source": str(group(i)) if group else (label(i) if label else str(i)),
+            "label": items.label(i),
+            "source": items.source(i),
             "tile": f"tiles/{c}_{rank}{paths.ext}", "image_file": f"../{paths.image(i)}",
             "image_w": w, "image_h": h,
             # the receptive field on the full image, clipped to it, in percent (CSS overlay)
@@ -232,8 +232,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
         written.append(out / "static" / name)
     layers = list(topks)
     first = topks[layers[0]].provenance
-    label = getattr(dataset, "label", None)
-    group = getattr(dataset, "group", None)
+    items = Items(dataset)
     image_sizes: dict[int, tuple[int, int]] = {}
 
     def image_size(i: int) -> tuple[int, int]:
@@ -271,7 +270,7 @@ def render_site(out: Path, net: Net, dataset: Any, topks: dict[str, TopK], stats
             top1 = entries[0][0] if entries else float("nan")
             info["cards"].append({"channel": c, "page": paths.page(layer, c), "thumb": paths.thumb(layer, c),
                                   "top": top1, "has": bool(entries)})
-            shown = _shown(entries, c, rf, paths, image_size, label, group)
+            shown = _shown(entries, c, rf, paths, image_size, items)
             summary = _summary(st, c, top1)
             hist_units = histogram(st.units[c].tolist(), int(st.units_nonpos[c]), float(st.top[c]), log=True,
                                    what="units")

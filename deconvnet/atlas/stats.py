@@ -14,29 +14,26 @@ Sums that do not depend on the order: ``sum`` and ``sum_sq`` add each image's fl
 integers, ``ExactSum``) and round once at the end. So the result is the same whatever the batches, the
 interruptions or the number of processes: under torch.distributed each rank passes over its share
 (``deconvnet.distributed.batch_shard``) and the ranks' counts and sums add up to the one-process result, bit for bit.
+
+The loop, its checkpoint (resumed, refused naming what changed, saved on Ctrl-C and SIGTERM) and the shares
+are the one resumable pass of ``deconvnet.passes``, the scan's; the statistics are its reducer
+(``HistogramReducer``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from .. import distributed
-from ..data import collate
-from ..engine import record
+from ..checks import digest_bytes, fingerprint, positive_int
 from ..io import torch_save
 from ..models import Net
-from ..scan import loader_options
+from ..passes import Checkpoint, run_pass
 
 STATS_FORMAT = 1
 CHECKPOINT_FORMAT = 2  # 2: exact sums (1 summed floats batch by batch)
@@ -228,17 +225,37 @@ def _add(old: dict | None, part: dict | None) -> dict | None:
     }
 
 
+class HistogramReducer:
+    """The statistics as a ``passes.Reducer``: per layer, the partial statistics of the items so far
+    (None before the first readable one), added exactly whatever the batches and the ranks."""
 
-def _reducer(order: Sequence[str], tops: dict[str, torch.Tensor], bins: int) -> Callable[[torch.Tensor], dict]:
-    """The ``reduce`` of one batch's record. Record calls it once per layer, in forward order (ties: the order
-    given), and passes only the map: a queue over ``order`` tells which layer's bins a map gets."""
-    queue = iter(order)
+    what, doing = "statistics", "counting"
 
-    def reduce(t: torch.Tensor) -> dict:
-        name = next(queue)
-        return _reduce(t, tops[name], bins) | {"layer": name}
+    def __init__(self, tops: dict[str, torch.Tensor], bins: int) -> None:
+        self.tops, self.bins = tops, bins
 
-    return reduce
+    def empty(self) -> dict[str, Any]:
+        return {layer: None for layer in self.tops}
+
+    def reduce(self, layer: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _reduce(t, self.tops[layer], self.bins)
+
+    def add(self, state: dict[str, Any], parts: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
+        return {layer: _add(state[layer], parts[layer]) for layer in self.tops}
+
+    def malformed(self, state: Any) -> str | None:
+        if not isinstance(state, dict) or set(state) != set(self.tops):
+            return f"the state does not hold the layers {', '.join(self.tops)}"
+        if not all(part is None or isinstance(part, dict) for part in state.values()):
+            return "a layer's statistics are not a dict"
+        return None
+
+    def merge(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        merged = self.empty()
+        for part in states:
+            merged = {layer: _add(merged[layer], part[layer]) for layer in self.tops}
+        return merged
+
 
 def channel_stats(
     net: Net,
@@ -271,69 +288,21 @@ def channel_stats(
         the merged statistics, equal to one process's.
     """
     layers = list(tops)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    bins = positive_int("bins", bins)
+    checkpoint_every = positive_int("checkpoint_every", checkpoint_every, hint="batches between checkpoints, e.g. 20")
     tops = _checked_tops(net, tops)
     # the batch size is part of it: a resumed pass then sums the same batches in the same order (bitwise)
     rank, world = distributed.world()
-    indices = distributed.batch_shard(len(dataset), batch_size)
-    fingerprint = hashlib.sha256(json.dumps({
+    args = {
         "format": CHECKPOINT_FORMAT, "shard": None if world == 1 else [rank, world],
         "model": net.provenance, "layers": layers, "bins": bins, "n": len(dataset), "batch_size": batch_size,
-        "tops": {layer: hashlib.sha256(t.numpy().tobytes()).hexdigest() for layer, t in tops.items()},
-    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    state: dict[str, Any] = {layer: None for layer in layers}
-    start, n_images = 0, 0
-    if checkpoint is not None:
-        if rank == 0 and (line := distributed.starting_over(checkpoint, "statistics")):
-            warnings.warn(line, UserWarning, stacklevel=2)
-        checkpoint = distributed.rank_path(checkpoint)
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state, start, n_images = _resume(checkpoint, fingerprint)
-
-    def save_checkpoint() -> None:
-        torch_save({"fingerprint": fingerprint, "next_index": next_index, "n_images": n_images, "state": state},
-                   checkpoint)
-
-    order = sorted(layers, key=net.order)  # stable: equal places keep the order given, as record does
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices[start:], num_workers=num_workers,
-                        collate_fn=collate, **loader_options(net, num_workers))
-    bar = tqdm(total=len(indices), initial=start, desc=f"statistics {','.join(layers)}", unit="img",
-               disable=not progress or rank != 0)
-    next_index, done_batches = start, 0
-    try:
-        for batch in loader:
-            merged = state
-            if len(batch.index):
-                rec = record(net, batch.x, layers, switches=False, reduce=_reducer(order, tops, bins))
-                merged = dict(state)
-                for layer in layers:
-                    part = rec.activations[layer]
-                    if part.pop("layer") != layer:
-                        raise RuntimeError("statistics reached the layers out of order")  # a change in engine.record
-                    old = state[layer]
-                    merged[layer] = _add(old, part)
-            n_items = len(batch.index) + len(batch.skipped)
-            # swap in the state and the index together: an interrupt saves whole batches only
-            state, next_index, n_images = merged, next_index + n_items, n_images + len(batch.index)
-            bar.update(n_items)
-            done_batches += 1
-            if checkpoint is not None and done_batches % checkpoint_every == 0:
-                save_checkpoint()
-    except BaseException:
-        if checkpoint is not None and next_index > start:
-            save_checkpoint()
-        raise
-    finally:
-        bar.close()
-    if checkpoint is not None:
-        save_checkpoint()  # before the merge: a rank killed while others wait loses nothing of its share
-    shares = distributed.all_gather((state, n_images))  # one process: its own
-    state = {layer: None for layer in layers}
-    for part, _ in shares:
-        state = {layer: _add(state[layer], part[layer]) for layer in layers}
-    n_images = sum(n for _, n in shares)
-    return {layer: _finish(layer, state[layer], net.channels[layer], tops[layer], bins, n_images) for layer in layers}
+        "tops": {layer: digest_bytes(t.numpy().tobytes()) for layer, t in tops.items()},
+    }
+    passed = run_pass(net, dataset, layers, HistogramReducer(tops, bins),
+                      Checkpoint(checkpoint, fingerprint(args), args, checkpoint_every),
+                      batch_size=batch_size, num_workers=num_workers, progress=progress)
+    return {layer: _finish(layer, passed.state[layer], net.channels[layer], tops[layer], bins, passed.n_images)
+            for layer in layers}
 
 
 def _checked_tops(net: Net, tops: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -344,18 +313,6 @@ def _checked_tops(net: Net, tops: dict[str, torch.Tensor]) -> dict[str, torch.Te
             raise ValueError(f"tops['{layer}'] must hold one value per channel ({net.channels[layer]}), "
                              f"got {tuple(t.shape)}")
     return tops
-
-
-def _resume(checkpoint: str | os.PathLike, fingerprint: str) -> tuple[dict[str, Any], int, int]:
-    """(state, next index, images counted) of a statistics checkpoint made with these arguments, or refused."""
-    try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read statistics checkpoint '{checkpoint}' ({type(err).__name__}). "
-                         "Hint: delete it and rerun") from err
-    if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
-        raise ValueError(f"statistics checkpoint '{checkpoint}' belongs to other arguments. Hint: delete it")
-    return saved["state"], int(saved["next_index"]), int(saved["n_images"])
 
 
 def _finish(layer: str, s: dict[str, Any] | None, c: int, top: torch.Tensor, bins: int, n_images: int) -> ChannelStats:

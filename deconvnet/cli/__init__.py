@@ -296,7 +296,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     check_memory(net, 1, (args.size, args.size))  # shapes only (meta or fake tensors): nothing allocated
     x = torch.zeros(1, net.in_channels or 3, args.size, args.size, dtype=net.dtype)
     # one forward with no switches, keeping only each output's shape
-    shapes = record(net, x, list(net.layers), switches=False, reduce=lambda t: tuple(t.shape[1:])).activations
+    shapes = record(net, x, list(net.layers), switches=False, reduce=lambda _, t: tuple(t.shape[1:])).activations
     defaults = set(default_layers(net))
     rows = [("layer", "module", "channels", "map", "receptive field", "stride", "padding", "default")]
     for name in net.layers:

@@ -31,11 +31,11 @@ def record(
     layers: Sequence[str],
     *,
     switches: bool = True,
-    reduce: Callable[[torch.Tensor], object] | None = None,
+    reduce: Callable[[str, torch.Tensor], object] | None = None,
 ) -> Record:
-    """One forward up to the deepest of ``layers``, keeping their activations (or ``reduce`` of each,
-    computed inside the forward: a scan keeps per-map maxima without copies), and for a chain its shapes
-    and max-pool switches (``switches=False`` skips them)."""
+    """One forward up to the deepest of ``layers``, keeping their activations (or ``reduce(layer, output)``
+    of each, computed inside the forward: a scan keeps per-map maxima without copies), and for a chain its
+    shapes and max-pool switches (``switches=False`` skips them)."""
     if net.is_chain:
         return record_chain(net, x, layers, switches=switches, reduce=reduce)
     return record_graph(net, x, layers, reduce, extend=getattr(net, "extend", False))
@@ -185,8 +185,9 @@ class Deconvnet:
 
     # --- what a consumer asks of a model ------------------------------------------------------------------
     def record(self, x: torch.Tensor, layers: Sequence[str], *, switches: bool = True,
-               reduce: Callable[[torch.Tensor], object] | None = None) -> Record:
-        """One forward up to the deepest of ``layers`` (see ``engine.record``)."""
+               reduce: Callable[[str, torch.Tensor], object] | None = None) -> Record:
+        """One forward up to the deepest of ``layers`` (see ``engine.record``); ``reduce(layer, output)``, if
+        given, is kept instead of each output."""
         return self._engine.record(x, [self.net.resolve(layer) for layer in layers], switches=switches, reduce=reduce)
 
     def receptive_field(self, layer: str | nn.Module) -> ReceptiveField:

@@ -81,7 +81,7 @@ def forward(
     modules: dict[str, nn.Module],
     *,
     grad: bool,
-    reduce: Callable[[torch.Tensor], Any] | None = None,
+    reduce: Callable[[str, torch.Tensor], Any] | None = None,
     rule: str = "deconvnet",
     extend: bool = False,
     declared: dict[str, dict[str, int]] | None = None,
@@ -95,7 +95,7 @@ def forward(
     Args:
         modules: target name -> module.
         grad: build the autograd graph (projections); False for activations only (a scan).
-        reduce: keep ``reduce(output)`` instead of the output (the scan's per-map maxima).
+        reduce: keep ``reduce(name, output)`` instead of the output (the scan's per-map maxima).
         rule, extend: as ``Deconvnet``.
         declared: filled with target name -> the declared rules (``engine.rules``) the forward applied
             before that target's output, with their counts.
@@ -117,7 +117,7 @@ def forward(
             raise UnsupportedLayerError(why if "Hint:" in why else f"layer '{names[0]}' {why}. " + HINT)
         with mode.pause():
             for name in names:
-                outputs[name] = (reduce(output.detach()) if reduce is not None
+                outputs[name] = (reduce(name, output.detach()) if reduce is not None
                                  else (output if grad else output.detach().clone()))
                 if declared is not None:
                     declared[name] = dict(mode.counts)
@@ -248,7 +248,8 @@ def _probe_size(net: Net, size: tuple[int, ...], key: tuple, rule: str) -> tuple
 
 def record_graph(net: Net, x: torch.Tensor, layers: Sequence[str], reduce: Callable | None = None, *,
                  rule: str = "deconvnet", extend: bool = False) -> Record:
-    """The target layers' outputs (or ``reduce`` of them) from one forward of a graph."""
+    """The target layers' outputs (or ``reduce(name, output)`` of them, ``name`` the net's: ``net.resolve``)
+    from one forward of a graph."""
     x = check_input(x, net)
     names = [net.resolve(layer) for layer in layers]
     check_graph(net, x.shape[-2:], names, rule=rule, extend=extend)

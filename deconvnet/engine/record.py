@@ -57,7 +57,7 @@ def record_chain(
     layers: Sequence[str],
     *,
     switches: bool = True,
-    reduce: Callable[[torch.Tensor], object] | None = None,
+    reduce: Callable[[str, torch.Tensor], object] | None = None,
     masks: bool = False,
 ) -> Record:
     """Run a chain's forward up to the deepest of ``layers``, recording shapes, switches, activations.
@@ -65,7 +65,7 @@ def record_chain(
     Args:
         switches: record the max-pool switches (a scan that only needs activations passes False).
         masks: record where each ReLU's input was positive (the guided and gradient rules need it).
-        reduce: if given, ``activations[layer]`` holds ``reduce(output)``, computed inside the forward
+        reduce: if given, ``activations[layer]`` holds ``reduce(layer, output)``, computed inside the forward
             before a following in-place ReLU overwrites the output, instead of a copy of the output
             (the dataset scan keeps only per-map maxima this way, with no copies of large maps).
 
@@ -98,7 +98,7 @@ def record_chain(
                 rec.masks[i] = output > 0
             for layer in wanted.get(i, ()):
                 if reduce is not None:
-                    rec.activations[layer] = reduce(output.detach())
+                    rec.activations[layer] = reduce(layer, output.detach())
                 else:  # a copy, since a following in-place ReLU would overwrite it; none if we stop here
                     rec.activations[layer] = output.detach() if i == deepest else output.detach().clone()
             last["index"] = i

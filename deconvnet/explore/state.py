@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import Items
 from ..engine import Deconvnet, Projection, ReceptiveField, Target, select_target
 from ..engine.rules import RULES
 from ..engine.rules import find as find_rule
@@ -98,14 +99,15 @@ def _is_dataset(obj: Any) -> bool:
 def item_name(dataset: Any, i: int) -> str:
     """A dataset item's name in words, e.g. ``#17 astronaut: top-left crop, 75%, mirrored`` for an item of
     the demo collection (``view``), else ``#i`` and the dataset's label."""
-    if hasattr(dataset, "view"):
-        photo, (scale, fx, fy), mirrored = dataset.view(i)
+    view = Items(dataset).view(i)
+    if view is not None:
+        photo, (scale, fx, fy), mirrored = view
         where = {0.0: "top", 0.5: "middle", 1.0: "bottom"}.get(fy, f"{fy:g} down")
         across = {0.0: "left", 0.5: "centre", 1.0: "right"}.get(fx, f"{fx:g} across")
         place = "centre" if (where, across) == ("middle", "centre") else f"{where}-{across}"
         crop = "whole photo" if scale >= 1 else f"{place} crop, {scale:.0%}"
         return f"#{i} {photo}: {crop}" + (", mirrored" if mirrored else "")
-    return f"#{i} " + (dataset.label(i) if hasattr(dataset, "label") else "")
+    return f"#{i} " + (dataset.label(i) if Items(dataset).offers("label") else "")
 
 
 def class_layer(net: Net) -> str | None:

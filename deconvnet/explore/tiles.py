@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..data import Items
 from ..engine import Deconvnet
 from ..models import Net
 from ..scan import TopK
@@ -38,7 +39,7 @@ class TileSource:
 
     def __init__(self, net: Net, dataset: Any, topk: TopK, *, keep: int | None = None) -> None:
         self.net, self.dataset, self.topk = net, dataset, topk
-        self.keep = keep if keep is not None else (32 if net.is_chain else 8)
+        self.keep = keep if keep is not None else (32 if net.can_show_stages else 8)
         self.deconv = Deconvnet(net, keep=self.keep)
         self._inputs: OrderedDict[int, torch.Tensor] = OrderedDict()
 
@@ -92,7 +93,7 @@ class TileSource:
             for j, k in enumerate(ks):
                 projections[k] = windows[j]
                 patches[k] = image.crop(rf.box(entries[k].row, entries[k].col))
-        label = (lambda i: self.dataset.label(i)) if hasattr(self.dataset, "label") else str
+        items = Items(self.dataset)
         return FeatureTiles(
             layer=layer, channel=channel,
             values=torch.tensor([e.value for e in entries]),
@@ -101,9 +102,8 @@ class TileSource:
             boxes=[rf.box(e.row, e.col) for e in entries],
             projections=torch.stack(projections),  # type: ignore[arg-type]
             patches=torch.stack(patches),  # type: ignore[arg-type]
-            labels=[label(e.image) for e in entries],
-            sources=[str(self.dataset.group(e.image)) if hasattr(self.dataset, "group") else label(e.image)
-                     for e in entries],
+            labels=[items.label(e.image) for e in entries],
+            sources=[items.source(e.image) for e in entries],
         )
 
 
