@@ -1,7 +1,7 @@
 """Per-target cost of exact point-target projections, ours against Captum, measured side by side.
 
     .venv/bin/python benchmarks/bench_project.py [--targets 64] [--captum-targets 8] [--device cpu|cuda]
-        [--sections chain,graph] [--graph-targets 32]
+        [--sections chain,graph,fields] [--graph-targets 32] [--no-measure]
 
 For point targets (random units of random channels, one image 224x224) at relu3_3, relu4_3 and relu5_3
 of VGG16, it times in one run:
@@ -184,7 +184,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="chain,graph,fields",
                     help="chain (VGG16, cropped walk), graph (ResNet-50), fields (time to a graph layer's first box)")
-    ap.add_argument("--measure", action="store_true", help="fields: also time the old measurement (slow)")
+    ap.add_argument("--no-measure", dest="measure", action="store_false",
+                    help="fields: skip the measured receptive field (the reference the first box must equal; slow)")
     ap.add_argument("--graph-targets", type=int, default=32, help="point targets per ResNet-50 layer for ours")
     ap.add_argument("--weights", default="mri")
     ap.add_argument("--layers", default="relu3_3,relu4_3,relu5_3")

@@ -363,8 +363,8 @@ def scan_top_k(
             error naming what changed; with True it is replaced by a new scan, with a ``StaleScanWarning``.
         cache: True: look the scan up in the shared scan cache (``deconvnet.cache``: ``$DECONVNET_CACHE``,
             else ``~/.cache/deconvnet``) and store it there, so that the figure script, the atlas and the
-            notebooks scan a dataset once; a folder: a cache there. One process only: under
-            torch.distributed the ranks scan (their per-rank checkpoints make a rerun resume). Found by the
+            notebooks scan a dataset once; a folder: a cache there. Under torch.distributed rank
+            0's cache serves every rank: rank 0 reads and stores, the ranks scan what it lacks. Found by the
             weights' digest, the dataset's description, the layer, per_group and k (an entry with more entries
             per channel serves a smaller k); layers not found are scanned (resumably: without ``checkpoint``, the
             checkpoint lies in the cache). A dataset without ``describe()`` cannot be identified and is
@@ -388,13 +388,13 @@ def scan_top_k(
     rank, world = distributed.world()
     if world > 1:  # before any work: ranks that would scan different things must not be merged
         distributed.check_agree(_rank_fingerprint(net, items, args, batch_size, cache), "scan")
-    folder = scan_cache_dir(cache) if world == 1 else None  # one process; ranks on other machines have other caches
+    folder = scan_cache_dir(cache)  # under torchrun rank 0's cache serves every rank (``_scan_with_cache``)
     if folder is not None and not items.offers("describe"):
         warnings.warn(f"a {type(dataset).__name__} has no describe(), so its scan cannot be found again: not cached. "
                       "Hint: deconvnet.data's collections describe themselves", stacklevel=2)
         folder = None
     if folder is not None:
-        ScanCache(folder).check()  # a file, or read-only: said now, not after the scan
+        distributed.on_main(ScanCache(folder).check)  # a file, or read-only: said now, not after the scan
         return _scan_with_cache(ScanCache(folder), net, items, layers, k, args, key, dict(
             per_group=per_group, batch_size=batch_size, num_workers=num_workers, checkpoint=checkpoint,
             checkpoint_every=checkpoint_every, progress=progress, restart_stale=restart_stale))
@@ -449,25 +449,31 @@ def _scan_with_cache(cache: ScanCache, net: Net, items: Items, layers: list[str]
     identity["weights"] = weights_digest(net.model)
     if items.paths is not None and items.root is not None:  # the files' contents: what their stat cannot tell
         identity["contents"] = files_digest(items.paths, items.root, cache.files_memo)
-    found: dict[str, TopK] = {}
-    for layer in layers:
-        path = cache.entry(identity, layer)
-        try:
-            entry = TopK.load(path) if path.is_file() else None
-        except ValueError:
-            entry = None  # unreadable: scanned again, and replaced
-        if entry is not None and layer in entry.layers and entry.k >= k:
-            found[layer] = entry.select([layer], k)
+
+    def look() -> dict[str, TopK]:  # rank 0 reads its cache for every rank (ranks elsewhere have other caches)
+        found: dict[str, TopK] = {}
+        for layer in layers:
+            path = cache.entry(identity, layer)
+            try:
+                entry = TopK.load(path) if path.is_file() else None
+            except ValueError:
+                entry = None  # unreadable: scanned again, and replaced
+            if entry is not None and layer in entry.layers and entry.k >= k:
+                found[layer] = entry.select([layer], k)
+        return found
+
+    found = distributed.on_main(look)
     from_cache = [layer for layer in layers if layer in found]
     missing = [layer for layer in layers if layer not in found]
     if missing:
-        own = scan_args["checkpoint"] is None
+        own = scan_args["checkpoint"] is None and distributed.world()[1] == 1  # ranks keep no checkpoint there
         checkpoint = cache.checkpoint(identity, missing, k) if own else scan_args["checkpoint"]
         scanned = scan_top_k(net, items.dataset, missing, k, **dict(scan_args, checkpoint=checkpoint, cache=False,
                                                              restart_stale=scan_args["restart_stale"] or own))
         for layer in missing:
             found[layer] = scanned.select([layer])
-            cache.store(found[layer].save, cache.entry(identity, layer))
+            if distributed.is_main():
+                cache.store(found[layer].save, cache.entry(identity, layer))
         if own:
             with contextlib.suppress(OSError):
                 Path(checkpoint).unlink(missing_ok=True)  # its layers are stored
@@ -476,8 +482,9 @@ def _scan_with_cache(cache: ScanCache, net: Net, items: Items, layers: list[str]
         if skipped:
             items.note_unreadable(skipped)  # as a scan would
     first = found[layers[0]]
-    provenance = dict(first.provenance, **args, fingerprint=key, weights=net.describe(),
-                      cache={"found": from_cache, "scanned": missing})  # no folder: sidecars travel between machines
+    # this run's processes; no folder: sidecars travel between machines
+    provenance = dict(first.provenance, **args, **distributed.describe(), fingerprint=key,
+                      weights=net.describe(), cache={"found": from_cache, "scanned": missing})
     return TopK(layers=layers, k=k, per_group=args["per_group"],
                 values={layer: found[layer].values[layer] for layer in layers},
                 images={layer: found[layer].images[layer] for layer in layers},

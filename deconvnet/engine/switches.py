@@ -93,10 +93,15 @@ def unpool_disjoint(r: torch.Tensor, offsets: torch.Tensor, sw: PoolSwitches) ->
     """
     *lead, h, w = r.shape
     (k0, k1), (s0, s1), (d0, d1) = sw.kernel, sw.stride, sw.dilation
-    out = r.new_zeros(*lead, h * s0, w * s1)  # s >= d (k - 1) + 1: each window inside its own s x s cell
+    # s >= d (k - 1) + 1: each window inside its own s x s cell. Where the windows tile the cells (s = k,
+    # d = 1: VGG's 2x2 stride 2) the passes below write every position, so no zero fill is needed first
+    tiled = (d0, d1) == (1, 1) and (s0, s1) == (k0, k1)
+    out = (r.new_empty if tiled else r.new_zeros)(*lead, h * s0, w * s1)
     cells = out.view(*lead, h, s0, w, s1)
+    hit = torch.empty(offsets.shape, dtype=torch.bool, device=r.device)  # one mask buffer for every pass
     zero = r.new_zeros(())
     for tr in range(k0):
         for tc in range(k1):
-            torch.where(offsets == tr * k1 + tc, r, zero, out=cells[..., :, d0 * tr, :, d1 * tc])
+            torch.eq(offsets, tr * k1 + tc, out=hit)
+            torch.where(hit, r, zero, out=cells[..., :, d0 * tr, :, d1 * tc])
     return out[..., : (h - 1) * s0 + d0 * (k0 - 1) + 1, : (w - 1) * s1 + d1 * (k1 - 1) + 1]

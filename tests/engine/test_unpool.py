@@ -101,3 +101,20 @@ def test_vgg_walks_unpool_without_index_tensors(vgg16, monkeypatch):
     monkeypatch.setattr(cropped, "_unpool_window_scatter", refuse)
     assert torch.equal(dn.Deconvnet(vgg16, crop=True).project(x, "relu4_3", 3, (2, 3)).projection, ref)
     assert torch.equal(dn.Deconvnet(vgg16, crop=False).project(x, "relu4_3", 3, (2, 3)).projection, full)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, is_disjoint) in POOLS.items() if is_disjoint])
+def test_window_unpool_equals_the_scatter_add_at_every_origin(name):
+    """The masked unpooling of target windows (some leaving the map on every side; where the windows
+    tile their cells no zero fill precedes the passes) equals the scatter-add exactly, in float64."""
+    pool, _ = POOLS[name]
+    torch.manual_seed(5)
+    x = torch.randn(3, 4, 23, 26, dtype=torch.float64)
+    sw = switches_of(pool, x)
+    h, w = sw.offsets.shape[-2:]
+    origin = torch.stack([torch.randint(-4, h, (12,)), torch.randint(-4, w, (12,))], 1)
+    image = torch.randint(0, 3, (12,))
+    for _ in range(2):  # the second time in memory the first one freed
+        r = torch.randn(12, 4, 5, 6, dtype=torch.float64)
+        ref = chain._unpool_window_scatter(r, origin, image, sw)
+        assert torch.equal(chain._unpool_window(r, origin, image, sw), ref)
