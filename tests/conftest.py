@@ -12,7 +12,10 @@ matplotlib.use("Agg")
 os.environ.setdefault("DECONVNET_OFFLINE", "1")  # tests never download
 
 import deconvnet as dn  # noqa: E402
+from deconvnet.models import vgg as vgg_table  # noqa: E402
+from deconvnet.models._api import Net  # noqa: E402
 from deconvnet.models.weights import hed_weights_path, mri_weights_path  # noqa: E402
+from deconvnet.preprocessing import TORCHVISION  # noqa: E402
 
 
 def _available(path_of) -> bool:
@@ -199,6 +202,76 @@ def photo_folder(root, n=4, size=40, seed=0):
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
     return root
+
+
+# --- the analyses' tiny VGG-shaped model (tests/analysis/) ------------------------------------------------------------
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Sequential(
+            nn.Linear(32, 16), nn.ReLU(inplace=True), nn.Dropout(),
+            nn.Linear(16, 16), nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(16, 10),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def tiny_net(classifier: bool = True, seed: int = 0) -> Net:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _Tiny().eval()  # the hand-written references below call it directly: no dropout
+        for m in model.modules():  # non-zero biases, so that re-initialisation visibly changes them
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.bias, 0.0, 0.1)
+    names = dict(vgg_table.feature_names(model.features))
+    if classifier:
+        names.update(vgg_table.classifier_names(model.classifier))
+    net = Net(model if classifier else model.features, arch="tiny", features=model.features,
+              classifier=model.classifier if classifier else None, names=names, preprocessing=TORCHVISION,
+              provenance={"weights": "random", "source": "test", "seed": seed, "sha256": None})
+    if classifier:
+        net.provenance["categories"] = "unknown"
+    return net
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_net(True)
+
+
+@pytest.fixture(scope="module")
+def tiny_features():
+    return tiny_net(False)
+
+
+def state(net):
+    return {k: v.detach().clone() for k, v in net.model.state_dict().items()}
+
+
+def features_only(net: Net) -> Net:
+    """The conv part of a VGG as a features-only net (the offline weights have no classifier)."""
+    return Net(net.features, arch=net.arch, features=net.features, classifier=None,
+               names=dict(vgg_table.feature_names(net.features)), preprocessing=net.preprocessing,
+               provenance={**net.provenance, "categories": None})
+
+
+def words(fig) -> str:
+    """Every text of a figure, whitespace collapsed (captions are wrapped to the figure's width)."""
+    from matplotlib.text import Text
+
+    return " ".join(" ".join(t.get_text().split()) for t in fig.findobj(Text) if t.get_text().strip())
+
+
+def image_axes(fig):
+    """The axes that show an image (not colorbars)."""
+    return [a for a in fig.axes if a.images and not hasattr(a, "_colorbar")]
 
 
 # --- the browser tests (headless Debian chromium through selenium) ------------------------------------------

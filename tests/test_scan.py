@@ -212,7 +212,9 @@ def test_scan_argument_errors(small):
 
 # --- receptive fields and tiles -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["vgg16", "alexnet"])
+# VGG16's case is slow (31 layers at 96 px); AlexNet's proves the same at every layer quickly, and VGG16's table
+# and boxes are checked quickly by tests/models/test_models.py and tests/cli/test_cli.py
+@pytest.mark.parametrize("arch", [pytest.param("vgg16", marks=pytest.mark.slow), "alexnet"])
 def test_projection_support_lies_inside_the_receptive_field(arch):
     """For every layer, a unit's projection is zero outside its box: checks the table and the engine."""
     net = dn.load_model(arch, "random", seed=5)

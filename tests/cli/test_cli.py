@@ -210,17 +210,23 @@ def test_the_figure_script_writes_the_same_bytes_twice(tmp_path):
     clone's figures/ unchanged."""
     import os
 
-    outs = []
-    for run_ in ("one", "two"):
+    outs, runs = [], []
+    for run_ in ("one", "two"):  # the two runs at once (independent processes, caches and folders): half the wait
         out = tmp_path / run_
         env = dict(os.environ, DECONVNET_CACHE=str(tmp_path / f"cache-{run_}"))
-        r = subprocess.run([sys.executable, "-m", "deconvnet", "figures", "--arch", "vgg11", "--weights", "random",
-                            "--only", "top9,methods,evolution", "--quick", "--limit", "6", "--layers", "conv2_1",
-                            "--features", "2", "--k", "2", "--resize", "40", "--crop", "32", "--quiet", "--out",
-                            str(out)],
-                           capture_output=True, text=True, env=env, timeout=900)
-        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(subprocess.Popen([sys.executable, "-m", "deconvnet", "figures", "--arch", "vgg11", "--weights",
+                                      "random", "--only", "top9,methods,evolution", "--quick", "--limit", "6",
+                                      "--layers", "conv2_1", "--features", "2", "--k", "2", "--resize", "40", "--crop",
+                                      "32", "--quiet", "--out", str(out)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
         outs.append(out)
+    try:
+        done = [(r, r.communicate(timeout=900)[1]) for r in runs]
+    finally:
+        for r in runs:
+            r.kill()  # a no-op on a process that ended
+    for r, stderr in done:
+        assert r.returncode == 0, stderr[-2000:]
     files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file() and "scans" not in p.parts)
     assert {f.suffix for f in files} >= {".png", ".json"} and len(files) >= 5
     differ = [str(f) for f in files if (outs[0] / f).read_bytes() != (outs[1] / f).read_bytes()]

@@ -169,7 +169,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "deconvnet", *args], capture_output=True, text=True)
 
 
-def test_cli_writes_images_and_sidecar(tmp_path):
+def test_cli_writes_images_and_sidecar(tmp_path, vgg16):
     r = run_cli("synthesize", "--arch", "vgg16", "--weights", "random", "--layer", "conv2_2", "--channels", "0,4-5",
                 "--steps", "3", "--size", "24", "--batch", "2", "--out", str(tmp_path), "--quiet")
     assert r.returncode == 0, r.stderr
@@ -183,7 +183,7 @@ def test_cli_writes_images_and_sidecar(tmp_path):
         im = Image.open(tmp_path / m["image"])
         assert im.size == (24, 24)
         # the sidecar's activation is the image's own: the PNG through the model gives it back (8-bit round-off)
-        net = dn.load_vgg("vgg16", "random", seed=0)
+        net = vgg16  # dn.load_vgg("vgg16", "random", seed=0), built once per session
         x = net.preprocess(im, size=None)
         act = dn.Deconvnet(net).record(x, ["conv2_2"]).activations["conv2_2"][0, m["channel"]]
         assert act.mean().item() == pytest.approx(m["activation"], rel=0.05, abs=1e-3)
