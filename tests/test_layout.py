@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deconvnet"
-MAX_LINES = 700
+MAX_LINES = 500
 
 
 def _module_name(path: Path) -> str:
@@ -109,8 +109,19 @@ def test_consumers_use_the_engine_interface():
     assert not offenders, offenders
 
 
-def test_no_module_over_700_lines():
+def test_no_module_over_500_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_over_100_lines():
+    long = {f"{name}.{node.name}": n
+            for name, path in _modules().items() for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES}
     assert not long, long
 
 
