@@ -49,6 +49,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
+from .constants import DEFAULT_SIZE
 from .images import BUNDLED_PHOTOS, ImageReadError, bundled_photo, pil_to_tensor01, read_image, resize_center_crop
 from .items import _NAMED, Items, UnreadableImagesWarning
 from .items import Batch as Batch  # re-exported: the data module's public names stay where they were
@@ -148,7 +149,7 @@ class ImageFolder(Dataset):
         *,
         preprocessing: Preprocessing,
         resize: int = 256,
-        crop: int = 224,
+        crop: int = DEFAULT_SIZE,
         progress: bool | None = None,
     ) -> None:
         _check_preprocessing(preprocessing)
@@ -301,7 +302,7 @@ class DemoCollection(Dataset):
     ``n >= P``. Each photograph is loaded once per process, on first use. Build with ``demo_collection``.
     """
 
-    def __init__(self, *, preprocessing: Preprocessing, size: int = 224, n: int | None = None) -> None:
+    def __init__(self, *, preprocessing: Preprocessing, size: int = DEFAULT_SIZE, n: int | None = None) -> None:
         _check_preprocessing(preprocessing)
         self.size = _check_size("size", size)
         self.preprocessing = preprocessing
@@ -384,7 +385,7 @@ class DemoCollection(Dataset):
         }
 
 
-def demo_collection(*, preprocessing: Preprocessing, size: int = 224, n: int | None = None) -> DemoCollection:
+def demo_collection(*, preprocessing: Preprocessing, size: int = DEFAULT_SIZE, n: int | None = None) -> DemoCollection:
     """The offline demo collection (374 inputs): 17 bundled photographs, cropped and mirrored.
 
     Args:
@@ -399,7 +400,7 @@ def demo_collection(*, preprocessing: Preprocessing, size: int = 224, n: int | N
 
 
 def load_dataset(
-    spec: str | os.PathLike | None, *, preprocessing: Preprocessing, resize: int = 256, crop: int = 224
+    spec: str | os.PathLike | None, *, preprocessing: Preprocessing, resize: int = 256, crop: int = DEFAULT_SIZE
 ) -> ImageFolder | DemoCollection:
     """The collection a scan runs over.
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from ..constants import DEFAULT_SIZE
 from ..engine import Target, default_layers
 from ..io import write_json
 from ..models import Net
@@ -110,7 +111,7 @@ class FigureSettings:
     n_random: int
     transform_steps: int
     occluder: tuple[int, int] | None  # (size, stride); None: the default for the image size
-    correspondence_size: int = 224
+    correspondence_size: int = DEFAULT_SIZE
     correspondence_draws: int = 5
     evolution_epochs: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 40)
     evolution_samples: int = 512  # training crops per epoch of the demo CNN
@@ -152,7 +153,7 @@ class FigureSettings:
     def full(cls) -> FigureSettings:
         # the randomisation test runs 3 methods x (1 + 13..16 layers) x 2 modes: at 128 px it takes minutes
         # on a CPU, at 224 px four times that, for maps whose comparison does not need the larger size
-        return cls(("chelsea", "astronaut", "coffee"), 2, 224, 128, 2, None, 5, 13, None)
+        return cls(("chelsea", "astronaut", "coffee"), 2, DEFAULT_SIZE, 128, 2, None, 5, 13, None)
 
     @classmethod
     def quick(cls) -> FigureSettings:

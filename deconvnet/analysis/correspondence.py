@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import DEFAULT_SIZE
 from ..engine import check_input, record
 from ..images import ImageLike, load_rgb
 from ..models import Net
@@ -224,7 +225,7 @@ def correspondence(
     layers: Sequence[str] | None = None,
     *,
     objects: Sequence[Box | None] | None = None,
-    size: int | None = 224,
+    size: int | None = DEFAULT_SIZE,
     draws: int = 10,
     seed: int = 0,
     names: Sequence[str] | None = None,

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..constants import DEFAULT_SIZE
 from ..memory import check_memory, is_out_of_memory, memory_error
 from ..models import Net
 from ..models.hooks import SKIP, capture
@@ -196,7 +197,7 @@ def check_graph(net: Net, hw: Sequence[int], layers: Sequence[str] = (), *, rule
 
 def _probe(net: Net, hw: Sequence[int], key: tuple, rule: str) -> tuple | None:
     """One forward of a zero input under the mode: (``key``, layer -> why its output is refused)."""
-    for size in dict.fromkeys([(224, 224), tuple(int(v) for v in hw)]):
+    for size in dict.fromkeys([(DEFAULT_SIZE, DEFAULT_SIZE), tuple(int(v) for v in hw)]):
         found = _probe_size(net, size, key, rule)
         if found is None:
             continue  # this size does not go through the model

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..constants import DEFAULT_SIZE
 from ..models import Net
 from ..models.lock import exclusive
 from .geometry import traced_field
@@ -96,7 +97,7 @@ def graph_receptive_field(net: Net, layer: str, hw: tuple[int, int] | None = Non
         return net._receptive[key]
     if not net.is_spatial(name):
         raise ValueError(f"layer '{layer}' has no spatial map: its units see the whole image")
-    size = key[2] or tuple(net._probe_hw or (224, 224))
+    size = key[2] or tuple(net._probe_hw or (DEFAULT_SIZE, DEFAULT_SIZE))
     field, _ = traced_field(net, net.layers[name], size)
     hint = ("Hint: windowed projections (Figure 2, the atlas, boxes) take the layers below it; whole-image "
             "projections (project, project_many) are exact")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..constants import DEFAULT_SIZE
 from ..models import Net
 from ..plot import DEFAULT_SCALING
 from ..scan import TopK
@@ -41,7 +42,7 @@ def explore(
     image_or_dataset: Any = None,
     topk: TopK | None = None,
     *,
-    size: int = 224,
+    size: int = DEFAULT_SIZE,
     layer: str | None = None,
     scaling: str = DEFAULT_SCALING,
     panel: int = 224,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import DEFAULT_SIZE
 from ..engine import Projection
 from ..html import escape
 from ..images import to_rgb_pil
@@ -42,7 +43,7 @@ class Explorer(ExplorerState):
         widget: the ipywidgets root (a notebook shows the app itself, as the last expression of a cell).
     """
 
-    def __init__(self, net: Net, image_or_dataset: Any = None, topk: TopK | None = None, *, size: int = 224,
+    def __init__(self, net: Net, image_or_dataset: Any = None, topk: TopK | None = None, *, size: int = DEFAULT_SIZE,
                  layer: str | None = None, scaling: str = DEFAULT_SCALING, panel: int = 224, n_strongest: int = 12,
                  threads: int | None = 1, background: bool = True,
                  wants: bool | dict[str, Any] = False) -> None:

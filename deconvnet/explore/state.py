@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..constants import DEFAULT_SIZE
 from ..data import Items
 from ..engine import Deconvnet, Projection, ReceptiveField, Target, select_target
 from ..engine.rules import RULES
@@ -133,7 +134,7 @@ class ExplorerState:
         threads: torch's intra-op threads while computing (restored after); None: torch's setting.
     """
 
-    def __init__(self, net: Net, image_or_dataset: Any = None, topk: TopK | None = None, *, size: int = 224,
+    def __init__(self, net: Net, image_or_dataset: Any = None, topk: TopK | None = None, *, size: int = DEFAULT_SIZE,
                  n_strongest: int = 12, threads: int | None = 1, keep: int = 16) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size!r}")
@@ -441,6 +442,6 @@ def _scanned_dataset(topk: TopK, net: Net) -> Any:
         return None
     from ..data import Head, demo_collection
 
-    data = demo_collection(preprocessing=net.preprocessing, size=int(described.get("size", 224)))
+    data = demo_collection(preprocessing=net.preprocessing, size=int(described.get("size", DEFAULT_SIZE)))
     n = int(topk.provenance.get("n", len(data)))
     return Head(data, n) if n < len(data) else data
