@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 import deconvnet as dn
-from deconvnet.cli import default_layers
 from deconvnet.data import demo_collection
+from deconvnet.engine import default_layers
 from deconvnet.scan import scan_top_k
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..checks import positive_int
 from ..engine import receptive_field
 from ..figure2 import FeatureTiles, feature_tiles, select_features
 from ..io import write_json
@@ -191,8 +192,8 @@ def evolution(
         raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints. Hint: one label per checkpoint")
     if not layers:
         raise ValueError("no layers. Hint: e.g. layers=['relu1', 'relu3']")
-    if isinstance(features, int) and features < 1:
-        raise ValueError(f"features={features}: at least one feature map per layer")
+    if isinstance(features, int):
+        positive_int("features", features, hint="at least one feature map per layer")
     if labels is None:
         labels = [Path(c).stem if isinstance(c, (str, os.PathLike)) else f"checkpoint {i}"
                   for i, c in enumerate(checkpoints)]

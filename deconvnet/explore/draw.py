@@ -16,9 +16,8 @@ import torch
 from ..engine import Projection
 from ..figure2 import mosaic
 from ..plot import crop_box, scale_for_display
+from ..tiles import PATCH_PAD
 
-#: value of receptive-field patch pixels outside the image (as ``deconvnet.figure2``)
-PATCH_PAD = 0.88
 #: pixels between tiles of a mosaic
 TILE_GAP = 2
 #: colours: the receptive field on the image, the chosen cell of the map, the chosen class's bar
