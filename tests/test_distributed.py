@@ -217,7 +217,8 @@ if "RANK" in os.environ:
     dist.init_process_group("gloo")
 net = dn.load_vgg("vgg11", "random", seed=3)
 data = Dying(sys.argv[3], preprocessing=net.preprocessing, resize=40, crop=40)
-build_atlas(net, data, ["conv2_1"], sys.argv[1], features=4, k=4, batch_size=2, image_format="png", progress=False)
+build_atlas(net, data, ["conv2_1"], sys.argv[1], features=4, k=4, batch_size=2, image_format="png", progress=False,
+            cache=False)  # scanned, not found in the cache the reference run filled: the kill lands in the scan
 if dist.is_initialized():
     dist.destroy_process_group()
 """

@@ -116,5 +116,5 @@ def test_window_unpool_equals_the_scatter_add_at_every_origin(name):
     image = torch.randint(0, 3, (12,))
     for _ in range(2):  # the second time in memory the first one freed
         r = torch.randn(12, 4, 5, 6, dtype=torch.float64)
-        ref = chain._unpool_window_scatter(r, origin, image, sw)
-        assert torch.equal(chain._unpool_window(r, origin, image, sw), ref)
+        ref = cropped._unpool_window_scatter(r, origin, image, sw)
+        assert torch.equal(cropped._unpool_window(r, origin, image, sw), ref)
