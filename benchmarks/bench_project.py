@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 import deconvnet as dn
-import deconvnet.engine.chain as core
+import deconvnet.engine.cropped as cropped
+import deconvnet.engine.steps as steps
 from deconvnet.engine import record
 
 
@@ -69,11 +70,11 @@ class FlopCounter:
             self.flops += 2 * r.numel() * (weight.shape[1]) * weight.shape[2] * weight.shape[3]
             return self._orig(r, weight, *args, **kwargs)
 
-        core.F.conv_transpose2d = counted
+        F.conv_transpose2d = counted
         return self
 
     def __exit__(self, *exc):
-        core.F.conv_transpose2d = self._orig
+        F.conv_transpose2d = self._orig
 
 
 def forward_flops(net, x, layer) -> int:
@@ -102,8 +103,9 @@ class UnpoolTimer:
         self.seconds, self.sync = 0.0, sync
 
     def __enter__(self):
-        self._orig = {n: getattr(core, n) for n in self.NAMES}
-        for n, f in self._orig.items():
+        # each name where the walks look it up: the cropped walk's module and the steps' module
+        self._orig = {(m, n): getattr(m, n) for m in (cropped, steps) for n in self.NAMES if hasattr(m, n)}
+        for (m, n), f in self._orig.items():
             def timed_call(*a, _f=f, **k):
                 self.sync()
                 t = time.perf_counter()
@@ -111,12 +113,12 @@ class UnpoolTimer:
                 self.sync()
                 self.seconds += time.perf_counter() - t
                 return out
-            setattr(core, n, timed_call)
+            setattr(m, n, timed_call)
         return self
 
     def __exit__(self, *exc):
-        for n, f in self._orig.items():
-            setattr(core, n, f)
+        for (m, n), f in self._orig.items():
+            setattr(m, n, f)
 
 
 def load() -> str:
