@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 
 matplotlib.use("Agg")
 os.environ.setdefault("DECONVNET_OFFLINE", "1")  # tests never download
@@ -183,6 +184,21 @@ class Calls(nn.Module):
 
 
 HOSTILE = "<img src=x onerror=alert(document.domain)>.png"
+
+
+class CallingBack(Dataset):
+    """(x, i) items; ``on_item(i)`` is called before item i is given (to interrupt or signal there)."""
+
+    def __init__(self, x, on_item=None):
+        self.x, self.on_item = x, on_item
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.on_item is not None:
+            self.on_item(i)
+        return self.x[i], i
 
 
 def _small_net(seed: int = 0) -> dn.Net:

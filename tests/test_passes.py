@@ -9,7 +9,6 @@ import signal
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 import deconvnet as dn
 from deconvnet.atlas import channel_stats
@@ -17,22 +16,7 @@ from deconvnet.cache import CacheWriteWarning
 from deconvnet.engine import record
 from deconvnet.passes import Checkpoint, StaleScanWarning, Terminated, run_pass, what_differs
 
-from conftest import _small_net, images
-
-
-class Tensors(Dataset):
-    """(x, i) items; ``on_item(i)`` is called before item i is given (to interrupt or signal there)."""
-
-    def __init__(self, x, on_item=None):
-        self.x, self.on_item = x, on_item
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        if self.on_item is not None:
-            self.on_item(i)
-        return self.x[i], i
+from conftest import CallingBack, _small_net, images
 
 
 class Sums:
@@ -91,7 +75,7 @@ def test_an_interrupted_pass_resumes_to_the_uninterrupted_one(tmp_path):
     net = _small_net()
     x = images((9, 3, 16, 16), seed=2)
     layers = ["1", "4"]
-    whole = run_pass(net, Tensors(x), layers, Sums(layers), Checkpoint(None, "key"), batch_size=2, progress=False)
+    whole = run_pass(net, CallingBack(x), layers, Sums(layers), Checkpoint(None, "key"), batch_size=2, progress=False)
     assert whole.state["seen"] == list(range(9)) and whole.n_images == 9 and whole.skipped == []
 
     def stop(i):
@@ -100,12 +84,12 @@ def test_an_interrupted_pass_resumes_to_the_uninterrupted_one(tmp_path):
 
     ckpt = tmp_path / "sums.pt"
     with pytest.raises(KeyboardInterrupt) as info:
-        run_pass(net, Tensors(x, stop), layers, Sums(layers), Checkpoint(ckpt, "key", every=100), batch_size=2,
+        run_pass(net, CallingBack(x, stop), layers, Sums(layers), Checkpoint(ckpt, "key", every=100), batch_size=2,
                  progress=False)
     assert info.value.saved
     saved = torch.load(ckpt, weights_only=True)
     assert saved["next_index"] == 4 and saved["n_images"] == 4 and saved["state"]["seen"] == [0, 1, 2, 3]
-    resumed = run_pass(net, Tensors(x), layers, Sums(layers), Checkpoint(ckpt, "key"), batch_size=2, progress=False)
+    resumed = run_pass(net, CallingBack(x), layers, Sums(layers), Checkpoint(ckpt, "key"), batch_size=2, progress=False)
     assert resumed.state["seen"] == list(range(9)) and resumed.n_images == 9
     for layer in layers:
         assert torch.equal(resumed.state["sum"][layer], whole.state["sum"][layer])
@@ -115,7 +99,7 @@ def test_sigterm_during_the_statistics_saves_their_checkpoint(tmp_path):
     net = dn.load_vgg("vgg11", "random", seed=3)
     x = images((10, 3, 32, 32), seed=8)
     tops = {"conv3_1": torch.linspace(0.5, 2, net.channels["conv3_1"])}
-    whole = channel_stats(net, Tensors(x), tops, bins=8, batch_size=2, progress=False)["conv3_1"]
+    whole = channel_stats(net, CallingBack(x), tops, bins=8, batch_size=2, progress=False)["conv3_1"]
     sent = []
 
     def terminate_once(i):
@@ -125,11 +109,11 @@ def test_sigterm_during_the_statistics_saves_their_checkpoint(tmp_path):
 
     ckpt = tmp_path / "stats.pt"
     with pytest.raises(Terminated) as info:
-        channel_stats(net, Tensors(x, terminate_once), tops, bins=8, batch_size=2, checkpoint=ckpt,
+        channel_stats(net, CallingBack(x, terminate_once), tops, bins=8, batch_size=2, checkpoint=ckpt,
                       checkpoint_every=100, progress=False)
     assert info.value.saved and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert torch.load(ckpt, weights_only=True)["next_index"] == 6  # three whole batches
-    resumed = channel_stats(net, Tensors(x), tops, bins=8, batch_size=2, checkpoint=ckpt, progress=False)["conv3_1"]
+    resumed = channel_stats(net, CallingBack(x), tops, bins=8, batch_size=2, checkpoint=ckpt, progress=False)["conv3_1"]
     for key in ("units", "units_nonpos", "image_max", "image_nonpos", "sum", "sum_sq", "min"):
         assert torch.equal(getattr(whole, key), getattr(resumed, key)), key
     assert resumed.n_images == whole.n_images == 10
@@ -140,31 +124,31 @@ def test_a_statistics_checkpoint_of_other_arguments_names_what_differs(tmp_path)
     x = images((4, 3, 32, 32), seed=3)
     tops = {"conv2_1": torch.ones(net.channels["conv2_1"])}
     ckpt = tmp_path / "stats.pt"
-    channel_stats(net, Tensors(x), tops, bins=8, batch_size=2, checkpoint=ckpt, progress=False)
+    channel_stats(net, CallingBack(x), tops, bins=8, batch_size=2, checkpoint=ckpt, progress=False)
     with pytest.raises(ValueError, match=r"checkpoint '.*stats\.pt' belongs to statistics with other arguments: "
                                          r"the bins changed since it was written\. Hint: delete"):
-        channel_stats(net, Tensors(x), tops, bins=4, batch_size=2, checkpoint=ckpt, progress=False)
+        channel_stats(net, CallingBack(x), tops, bins=4, batch_size=2, checkpoint=ckpt, progress=False)
     with pytest.raises(ValueError, match="the channels' maxima"):
-        channel_stats(net, Tensors(x), {"conv2_1": 2 * tops["conv2_1"]}, bins=8, batch_size=2, checkpoint=ckpt,
+        channel_stats(net, CallingBack(x), {"conv2_1": 2 * tops["conv2_1"]}, bins=8, batch_size=2, checkpoint=ckpt,
                       progress=False)
     good = torch.load(ckpt, weights_only=True)
     for broken in ({**good, "state": {"conv9_9": None}}, {**good, "next_index": 99}, {**good, "n_images": "4"}):
         torch.save(broken, ckpt)
         with pytest.raises(ValueError, match=r"statistics checkpoint '.*' is malformed .* Hint: delete it"):
-            channel_stats(net, Tensors(x), tops, bins=8, batch_size=2, checkpoint=ckpt, progress=False)
+            channel_stats(net, CallingBack(x), tops, bins=8, batch_size=2, checkpoint=ckpt, progress=False)
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read statistics checkpoint .* it may be corrupt"):
-        channel_stats(net, Tensors(x), tops, bins=8, batch_size=2, checkpoint=ckpt, progress=False)
+        channel_stats(net, CallingBack(x), tops, bins=8, batch_size=2, checkpoint=ckpt, progress=False)
 
 
 def test_a_stale_checkpoint_is_replaced_when_asked_and_what_differs_in_words(tmp_path):
     net = _small_net()
     x = images((4, 3, 16, 16), seed=4)
     ckpt = tmp_path / "sums.pt"
-    run_pass(net, Tensors(x), ["1"], Sums(["1"]), Checkpoint(ckpt, "a", {"n": 4, "k": 2}), batch_size=2,
+    run_pass(net, CallingBack(x), ["1"], Sums(["1"]), Checkpoint(ckpt, "a", {"n": 4, "k": 2}), batch_size=2,
              progress=False)
     with pytest.warns(StaleScanWarning, match="^k changed since the sums '.*' was written: summing again$"):
-        again = run_pass(net, Tensors(x), ["1"], Sums(["1"]), Checkpoint(ckpt, "b", {"n": 4, "k": 3},
+        again = run_pass(net, CallingBack(x), ["1"], Sums(["1"]), Checkpoint(ckpt, "b", {"n": 4, "k": 3},
                                                                        restart_stale=True),
                          batch_size=2, progress=False)
     assert again.state["seen"] == [0, 1, 2, 3] and torch.load(ckpt, weights_only=True)["fingerprint"] == "b"
@@ -179,6 +163,6 @@ def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_pass(tmp_path, mo
     x = images((4, 3, 16, 16), seed=5)
     monkeypatch.setattr(passes, "torch_save", lambda obj, path: (_ for _ in ()).throw(OSError(28, "No space left")))
     with pytest.warns(CacheWriteWarning, match=r"could not write the sums checkpoint .*\(No space left\): the sums go"):
-        done = run_pass(net, Tensors(x), ["1"], Sums(["1"]), Checkpoint(tmp_path / "c.pt", "a", every=1), batch_size=2,
-                        progress=False)
+        done = run_pass(net, CallingBack(x), ["1"], Sums(["1"]), Checkpoint(tmp_path / "c.pt", "a", every=1),
+                        batch_size=2, progress=False)
     assert done.state["seen"] == [0, 1, 2, 3]

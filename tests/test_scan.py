@@ -18,7 +18,7 @@ from deconvnet.engine import receptive_field
 from deconvnet.figure2 import feature_tiles, select_features, write_layer_figure
 from deconvnet.scan import StaleScanWarning, Terminated, TopK, scan_top_k
 
-from conftest import images, photo_folder
+from conftest import CallingBack, images, photo_folder
 
 
 class Tensors(Dataset):
@@ -490,21 +490,6 @@ def test_the_figure_scripts_scan_serves_a_notebook(tmp_path, capsys):
                         progress=False, cache=True)
     assert served.provenance["cache"] == {"found": ["relu4_1"], "scanned": []}
     assert_same_scan(served, scan_top_k(net, data, ["relu4_1"], k=3, progress=False))
-
-
-
-
-class CallingBack(Dataset):
-    def __init__(self, x, on_item=None):
-        self.x, self.on_item = x, on_item
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        if self.on_item is not None:
-            self.on_item(i)
-        return self.x[i], i
 
 
 def test_changed_image_is_not_taken_for_the_finished_scan(tmp_path):
