@@ -311,17 +311,21 @@ def test_ranks_that_disagree_are_refused_before_any_work_naming_what_differs(tmp
         assert "on rank 1" in said[0] and "Hint:" in said[0]
 
 
-SCRIPT = r"""
-import json, sys, warnings
-import PIL.Image
-import torch.distributed as dist
-
+#: counts every PIL.Image.open of the process it runs in (the header checks and the image reads)
+COUNT_OPENS = r"""
 opens = []
 _open = PIL.Image.open
 def counted(fp, *a, **k):
     opens.append(str(fp))
     return _open(fp, *a, **k)
 PIL.Image.open = counted
+"""
+
+SCRIPT = r"""
+import json, sys, warnings
+import PIL.Image
+import torch.distributed as dist
+""" + COUNT_OPENS + r"""
 
 import deconvnet as dn
 from deconvnet.data import ImageFolder
@@ -369,13 +373,7 @@ def test_two_ranks_open_the_headers_once_in_all(tmp_path):
 COUNT_CLI = r"""
 import json, os, sys
 import PIL.Image
-
-opens = []
-_open = PIL.Image.open
-def counted(fp, *a, **k):
-    opens.append(str(fp))
-    return _open(fp, *a, **k)
-PIL.Image.open = counted
+""" + COUNT_OPENS + r"""
 
 from deconvnet.cli import main
 try:
