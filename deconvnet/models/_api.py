@@ -39,6 +39,14 @@ def _random_model(builder: Callable[..., nn.Module], seed: int) -> nn.Module:
         return builder(weights=None)
 
 
+def _empty_model(builder: Callable[..., nn.Module]) -> nn.Module:
+    """The architecture with uninitialised CPU memory for its weights, which are loaded next: built on the meta
+    device, so that no random initialisation is drawn only to be overwritten (VGG16's takes seconds)."""
+    with torch.device("meta"):
+        model = builder(weights=None)
+    return model.to_empty(device="cpu")
+
+
 def _load_into(model: nn.Module, state: dict, arch: str, provenance: dict) -> bool:
     """Load ``features.*`` (required) and ``classifier.*`` (optional, all or none); True if a classifier."""
     where = provenance.get("file", provenance["source"])
@@ -97,7 +105,8 @@ def _load(
             fallback_warning(arch, reason, f"RANDOM weights (seed {seed}): there are no offline weights for {arch}")
             source = "random"
 
-    model = _random_model(builder, seed)
+    # a loaded file replaces every weight of features and classifier (a file without a classifier drops it)
+    model = _random_model(builder, seed) if source == "random" else _empty_model(builder)
     preprocessing, has_classifier = TORCHVISION, True
     if source == "random":
         provenance = {"weights": "random", "source": "torchvision default initialisation", "seed": seed, "sha256": None}
