@@ -48,6 +48,15 @@ def vgg16():
 
 
 @pytest.fixture(scope="session")
+def vgg16_file(tmp_path_factory, vgg16):
+    """The ``vgg16`` fixture's whole state_dict saved once (528 MB) under the name of torchvision's ImageNet
+    file, for the tests that load a weights file (read it, never write it)."""
+    path = tmp_path_factory.mktemp("weights") / "vgg16-397923af.pth"
+    torch.save(vgg16.model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def vgg11_bn():
     net = dn.load_vgg("vgg11_bn", "random", seed=1)
     # non-trivial running statistics, so that the BatchNorm rule is really exercised

@@ -261,13 +261,12 @@ def test_class_scores_are_named_by_the_weights(resnet18):
     assert "ResNet18_Weights.IMAGENET1K_V1" in net.describe()
 
 
-def test_weights_enum_names_are_accepted_offline(monkeypatch, tmp_path, vgg16):
+def test_weights_enum_names_are_accepted_offline(monkeypatch, vgg16_file):
     """load_vgg takes torchvision's enums and their names; the file comes from a stubbed cache."""
     from deconvnet.models import _api as api
     from deconvnet.models import weights as W
 
-    cached = tmp_path / "vgg16-397923af.pth"
-    torch.save(vgg16.model.state_dict(), cached)
+    cached = vgg16_file
     monkeypatch.setattr(W, "cached_checkpoint", lambda url: cached)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: torch.load(cached, weights_only=True))
     for weights in ("DEFAULT", "IMAGENET1K_V1", torchvision.models.VGG16_Weights.IMAGENET1K_V1):
