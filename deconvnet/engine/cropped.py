@@ -72,6 +72,48 @@ def _unpool_window_scatter(r: torch.Tensor, origin: torch.Tensor, image: torch.T
     return out.view(n, c, mh, mw)
 
 
+def _grown(origin: torch.Tensor, stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
+    """The top-left of a window one step down (a transposed convolution or an unpooling)."""
+    return origin * torch.tensor(_pair(stride), device=origin.device) - torch.tensor(_pair(padding),
+                                                                                   device=origin.device)
+
+
+def _size(size: Sequence[int], stride: Sequence[int], dilation: Sequence[int], kernel: Sequence[int]
+          ) -> tuple[int, int]:
+    """The size of a window one step down: ``(n - 1) s + d (k - 1) + 1`` on each axis."""
+    s, d, k = _pair(stride), _pair(dilation), _pair(kernel)
+    return tuple((n - 1) * s[a] + d[a] * (k[a] - 1) + 1 for a, n in enumerate(size))
+
+
+def _moved(r: torch.Tensor, origin: torch.Tensor, to: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Windows ``r`` (N, C, h, w) with top-left ``origin`` (N, 2) copied into zero windows of ``size`` with
+    top-left ``to``: what the two have in common is kept, the rest of the new windows is zero."""
+    n, c, h, w = r.shape
+    out = r.new_zeros(n, c, size[0], size[1])
+    for k, (top, left, new_top, new_left) in enumerate(torch.cat([origin, to], 1).tolist()):
+        t0, l0 = max(top, new_top), max(left, new_left)
+        t1, l1 = min(top + h, new_top + size[0]), min(left + w, new_left + size[1])
+        if t1 > t0 and l1 > l0:
+            out[k, :, t0 - new_top : t1 - new_top, l0 - new_left : l1 - new_left] = \
+                r[k, :, t0 - top : t1 - top, l0 - left : l1 - left]
+    return out
+
+
+def _fit(r: torch.Tensor, origin: torch.Tensor, hw: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut windows larger than their map (H, W) on an axis to the map on that axis: outside the map they are
+    zero (the zero padding), so the walk below computes no more than the whole-map walk does (a deep unit of
+    a small image has a window many times the image)."""
+    h, w = r.shape[-2:]
+    if h <= hw[0] and w <= hw[1]:
+        return r, origin
+    to = origin.clone()
+    size = [h, w]
+    for axis, n in enumerate((h, w)):
+        if n > hw[axis]:
+            to[:, axis], size[axis] = 0, hw[axis]
+    return _moved(r, origin, to, size), to
+
+
 def walk_down_cropped(
     net: Net,
     rec: Record,
@@ -99,6 +141,7 @@ def walk_down_cropped(
     """
     r = seed.reshape(*seed.shape, 1, 1)
     origin = unit.clone()
+    box, box_size = unit.clone(), (1, 1)  # the receptive-field window, which ``r`` is whenever it fits the map
     for i in range(depth, -1, -1):
         name, m = net.stack[i]
         in_hw = rec.shapes[i][0][-2:]
@@ -107,20 +150,24 @@ def walk_down_cropped(
                 raise ValueError(f"module '{name}': the cropped walk needs a zero-padded Conv2d with numeric padding")
             s, p, d = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
             r = F.conv_transpose2d(r, m.weight, None, s, 0, 0, m.groups, d)
-            origin = origin * torch.tensor(s, device=origin.device) - torch.tensor(p, device=origin.device)
+            origin, box, box_size = _grown(origin, s, p), _grown(box, s, p), _size(box_size, s, d, m.kernel_size)
             window = torch.tensor(r.shape[-2:], device=origin.device)
             if bool((origin < 0).any()) or bool((origin + window > torch.tensor(in_hw, device=origin.device)).any()):
                 r.mul_(_inside(origin, r.shape[-2:], in_hw))  # clear the zero padding (windows at a border)
+            r, origin = _fit(r, origin, in_hw)
         elif isinstance(m, nn.MaxPool2d):
             sw = rec.switches[i]
             r = _unpool_window(r, origin, image, sw)
-            origin = (origin * torch.tensor(sw.stride, device=origin.device)
-                      - torch.tensor(sw.padding, device=origin.device))
+            origin, box = _grown(origin, sw.stride, sw.padding), _grown(box, sw.stride, sw.padding)
+            box_size = _size(box_size, sw.stride, sw.dilation, sw.kernel)
+            r, origin = _fit(r, origin, in_hw)
         elif isinstance(m, nn.ReLU):
             r.clamp_(min=0)  # r is this walk's own tensor: rectify in place
         else:
             r = deconv_step(m, r, r.shape, None, name=name)
-    return r, origin
+    if tuple(r.shape[-2:]) != box_size:  # a window was cut to its map on the way: give the whole box back
+        r = _moved(r, origin, box, box_size)
+    return r, box
 
 
 def crop(images: torch.Tensor, origin: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

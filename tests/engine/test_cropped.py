@@ -5,7 +5,7 @@ import torch
 
 import deconvnet as dn
 
-from conftest import images
+from conftest import assert_exact, images
 
 
 def spatial_layers(net):
@@ -39,6 +39,37 @@ def test_cropped_batches_across_targets_and_chunks(vgg16):
         assert (a.projection - b.projection).abs().max() <= 1e-5 * b.projection.abs().max()
         if a.layer == "relu4_2":
             assert a.position.tolist() == units.tolist()
+
+
+def test_windows_larger_than_the_image_are_cut_to_it(monkeypatch):
+    """A deep unit of a small image: its window (134 px at conv5_2 of VGG11, on a 40 x 36 image) is cut to each
+    map on the way down, so the walk computes no more than the whole-map walk, and still gives the whole
+    window: the whole-map projection on the receptive-field box (float64)."""
+    import deconvnet.engine.cropped as cropped
+    from deconvnet.engine.cropped import crop
+
+    net = dn.load_vgg("vgg11", "random", seed=4, dtype=torch.float64)
+    x = images((2, 3, 40, 36), seed=35, dtype=torch.float64)
+    d = dn.Deconvnet(net)
+    h, w = d.record(x, ["conv5_2"]).activations["conv5_2"].shape[-2:]
+    image, channel = torch.tensor([0, 1, 1]), torch.tensor([3, 0, 7])
+    unit = torch.tensor([[0, 0], [h - 1, w - 1], [h // 2, 0]])
+    areas = []
+    conv_t = cropped.F.conv_transpose2d
+    monkeypatch.setattr(cropped.F, "conv_transpose2d",
+                        lambda r, *a: areas.append(r.shape[-2:].numel()) or conv_t(r, *a))
+    done = d.project_units(x, "conv5_2", image, channel, unit)
+    monkeypatch.undo()
+    size = d.receptive_field("conv5_2").size
+    assert tuple(done.windows.shape[-2:]) == tuple(size) and size[0] > 3 * x.shape[-2]
+    whole = x.shape[-2:].numel()  # the largest map a whole-map walk feeds a transposed convolution
+    assert max(areas) <= whole, (max(areas), whole)
+    for k in range(len(unit)):
+        seed = torch.zeros(1, *d.record(x, ["conv5_2"]).activations["conv5_2"].shape[1:], dtype=torch.float64)
+        seed[0, channel[k], unit[k, 0], unit[k, 1]] = done.activations[k]
+        full = d.project_seed(x[image[k] : image[k] + 1], "conv5_2", seed)
+        want = crop(full, done.origins[k : k + 1], size)
+        assert_exact(done.windows[k : k + 1], want, f"unit {unit[k].tolist()}")
 
 
 def test_auto_crops_only_where_it_pays(vgg16):
