@@ -48,6 +48,20 @@ def vgg16():
 
 
 @pytest.fixture(scope="session")
+def resnet18_net():
+    """A random-weight ResNet-18 (seed 4) for the tests that only read it (copy it to change it)."""
+    return dn.load_model("resnet18", "random", seed=4)
+
+
+@pytest.fixture(scope="session")
+def googlenet_net():
+    """A random-weight GoogLeNet (seed 5) for the tests that only read it (copy it to change it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's note on GoogLeNet's initialisation
+        return dn.load_model("googlenet", "random", seed=5)
+
+
+@pytest.fixture(scope="session")
 def vgg16_file(tmp_path_factory, vgg16):
     """The ``vgg16`` fixture's whole state_dict saved once (528 MB) under the name of torchvision's ImageNet
     file, for the tests that load a weights file (read it, never write it)."""

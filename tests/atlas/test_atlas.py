@@ -552,13 +552,13 @@ def test_layer_folders_are_one_plain_component():
 
 
 @pytest.fixture(scope="module")
-def resnet18():
-    return dn.load_model("resnet18", "random", seed=4)
+def resnet18(resnet18_net):
+    return resnet18_net
 
 
 @pytest.fixture(scope="module")
-def googlenet():
-    return dn.load_model("googlenet", "random", seed=5)
+def googlenet(googlenet_net):
+    return googlenet_net
 
 
 @pytest.mark.parametrize("arch, layers", [("resnet18", ["layer2", "layer3"]), ("googlenet", ["inception3a"])])

@@ -9,13 +9,13 @@ from deconvnet.engine import receptive_field
 
 
 @pytest.fixture(scope="module")
-def resnet18():
-    return dn.load_model("resnet18", "random", seed=4)
+def resnet18(resnet18_net):
+    return resnet18_net
 
 
 @pytest.fixture(scope="module")
-def googlenet():
-    return dn.load_model("googlenet", "random", seed=5)
+def googlenet(googlenet_net):
+    return googlenet_net
 
 
 def _double(net):
