@@ -165,9 +165,9 @@ def dying_atlas(out, marker, folder, net=None):
 
 #: The checks of the Python API, in one script that runs once in one process and once in 2 ranks (the
 #: ``runs`` fixture; each launch costs seconds): the header checks first (the opens counted are theirs
-#: alone), the scan and statistics, then in one process the reference of the killed rank's atlas, and in 2
-#: ranks three scans whose ranks disagree, one after the other in the same process group. One file of
-#: results per rank: ranks' stdout interleaves.
+#: alone), the scan and statistics, in 2 ranks three scans whose ranks disagree, one after the other in the
+#: same process group; one file of results per rank (ranks' stdout interleaves). Last the killed-rank test's
+#: atlas: one process builds its reference, and in 2 ranks rank 1 dies in its scan, ending the launch.
 RUNS_SCRIPT = r"""
 import os, sys, warnings
 import PIL.Image
@@ -178,7 +178,7 @@ from deconvnet.atlas import channel_stats
 from deconvnet.data import ImageFolder, demo_collection
 from deconvnet.scan import scan_top_k
 
-out, headers, folder, ref, *agree_folders = sys.argv[1:]
+out, headers, folder, atlas, *agree_folders = sys.argv[1:]
 if "RANK" in os.environ:
     dist.init_process_group("gloo")  # the few lines a script of one's own adds
 rank = dist.get_rank() if dist.is_initialized() else 0
@@ -200,9 +200,7 @@ stats = channel_stats(net, data, {"conv3_1": topk.values["conv3_1"][:, 0]}, bins
 api["stats"] = dict(stats["conv3_1"].__dict__)
 said["api"] = api
 
-if not dist.is_initialized():
-    dying_atlas(ref, ref + ".never", folder, net)
-else:
+if dist.is_initialized():
     said["disagree"] = {}
     for case in ("weights", "layers", "data"):
         other = dn.load_vgg("vgg11", "random", seed=4) if case == "weights" and rank == 1 else net
@@ -218,6 +216,7 @@ else:
     dist.all_gather_object(ranks, rank)  # the group is still usable after the refusals
     said["group"] = ranks
 torch.save(said, f"{out}.{rank}")
+dying_atlas(atlas, atlas + ".killed", folder, net)
 if dist.is_initialized():
     dist.destroy_process_group()
 """
@@ -226,7 +225,8 @@ if dist.is_initialized():
 @pytest.fixture(scope="module")
 def runs(folder, tmp_path_factory) -> dict:
     """``RUNS_SCRIPT`` in one process and in 2 ranks: each rank's results (``one``: [rank 0's], ``two``: [rank
-    0's, rank 1's]), the folder whose headers it checks, and the one-process atlas (``ref``)."""
+    0's, rank 1's]), the folder whose headers it checks, the one-process atlas (``ref``), and the killed
+    launch of 2 ranks (``killed``) with its atlas folder (``atlas``)."""
     tmp = tmp_path_factory.mktemp("runs")
     headers = tmp / "images"
     g = np.random.default_rng(3)
@@ -246,13 +246,15 @@ def runs(folder, tmp_path_factory) -> dict:
     script = tmp / "runs.py"
     script.write_text(RUNS_SCRIPT)
     env = {"DECONVNET_CACHE": str(tmp / "cache")}  # set up before conftest gives each test a cache of its own
-    said = {}
-    for name, nproc in (("one", None), ("two", 2)):
-        done = run([str(script), str(tmp / name), str(headers), str(folder), str(tmp / "ref"),
-                    *map(str, agree_folders)], nproc, tmp, env=env)
-        assert done.returncode == 0, done.stderr[-3000:]
-        said[name] = [torch.load(f"{tmp / name}.{r}") for r in range(nproc or 1)]
-    return dict(said, headers=headers, ref=tmp / "ref")
+    said, done = {}, {}
+    for name, nproc, atlas in (("one", None, "ref"), ("two", 2, "atlas")):
+        done[name] = run([str(script), str(tmp / name), str(headers), str(folder), str(tmp / atlas),
+                          *map(str, agree_folders)], nproc, tmp, env=env)
+        results = [Path(f"{tmp / name}.{r}") for r in range(nproc or 1)]
+        assert all(path.is_file() for path in results), done[name].stderr[-3000:]
+        said[name] = [torch.load(path) for path in results]
+    assert done["one"].returncode == 0, done["one"].stderr[-3000:]  # the 2 ranks' launch ends killed
+    return dict(said, headers=headers, ref=tmp / "ref", killed=done["two"], atlas=tmp / "atlas")
 
 
 def test_scan_and_statistics_in_two_processes_equal_one(runs):
@@ -355,21 +357,22 @@ if dist.is_initialized():
 
 def test_a_killed_rank_resumes_to_the_same_atlas(folder, runs, tmp_path):
     """Rank 1 killed in the scan: torchrun stops rank 0 (SIGTERM), the rerun resumes from both ranks'
-    checkpoints and builds the atlas one process builds (``runs["ref"]``, made by ``RUNS_SCRIPT``). Each rank
-    keeps its own scan checkpoint (was asserted by the figures and atlas test)."""
+    checkpoints and builds the atlas one process builds. The killed launch and the one-process reference are
+    those of ``RUNS_SCRIPT`` (the ``runs`` fixture), whose last part is this atlas. Each rank keeps its own
+    scan checkpoint (was asserted by the figures and atlas test)."""
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
-    marker = tmp_path / "killed"
-    first = run([str(script), str(tmp_path / "out"), str(marker), str(folder)], 2, tmp_path)
+    first, out = runs["killed"], runs["atlas"]
+    marker = Path(f"{out}.killed")
     assert first.returncode != 0 and marker.is_file()
     # a SIGKILL saves nothing of rank 1's share; rank 0 saved its own (at the end of its share, or on
     # torchrun's SIGTERM), and no page was written
-    assert list((tmp_path / "out" / "scans").glob("scan-*.rank0-of-2.pt"))
-    assert not (tmp_path / "out" / "index.html").exists()
-    second = run([str(script), str(tmp_path / "out"), str(marker), str(folder)], 2, tmp_path)
+    assert list((out / "scans").glob("scan-*.rank0-of-2.pt"))
+    assert not (out / "index.html").exists()
+    second = run([str(script), str(out), str(marker), str(folder)], 2, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert len(list((tmp_path / "out" / "scans").glob("scan-*.rank*-of-2.pt"))) == 2  # each rank kept its own
-    one, two = tree(runs["ref"]), tree(tmp_path / "out")
+    assert len(list((out / "scans").glob("scan-*.rank*-of-2.pt"))) == 2  # each rank kept its own
+    one, two = tree(runs["ref"]), tree(out)
     assert sorted(one) == sorted(two) and [name for name in one if one[name] != two[name]] == []
 
 
