@@ -134,7 +134,8 @@ def counted(fp, *a, **k):
 PIL.Image.open = counted
 """
 
-#: the killed-rank test's atlas (``KILL_SCRIPT`` under torchrun; its one-process reference in ``RUNS_SCRIPT``)
+#: the killed-rank test's atlas: built last by ``RUNS_SCRIPT`` (in one process the reference, in 2 ranks the
+#: killed run) and by ``KILL_SCRIPT`` (the resumed run)
 DYING_ATLAS = r"""
 import os, signal
 from pathlib import Path
