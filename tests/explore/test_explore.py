@@ -1,6 +1,9 @@
 """The explorer: what a click shows equals the engine's projection, clicks map to the right unit, a click
 reuses the recorded forward, the other methods and the top-k tiles equal the library's; and, in a real
-browser, JupyterLab renders the app with its pictures and controls and answers a click."""
+browser, JupyterLab renders the app with its pictures and controls and answers a click.
+
+Notebook 06's weights fallback (one plain 'Note:' line, nothing on stderr, both explorers shown) is checked in
+tests/docs/test_notebooks.py, on its one execution of that notebook (test_notebook_executes[06_explore.ipynb])."""
 
 from __future__ import annotations
 
