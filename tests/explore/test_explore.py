@@ -1,6 +1,9 @@
 """The explorer: what a click shows equals the engine's projection, clicks map to the right unit, a click
 reuses the recorded forward, the other methods and the top-k tiles equal the library's; and, in a real
-browser, JupyterLab renders the app with its pictures and controls and answers a click."""
+browser, JupyterLab renders the app with its pictures and controls and answers a click.
+
+Notebook 06's weights fallback (one plain 'Note:' line, nothing on stderr, both explorers shown) is checked in
+tests/docs/test_notebooks.py, on its one execution of that notebook (test_notebook_executes[06_explore.ipynb])."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import datetime
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -409,7 +413,6 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 def _browser_missing() -> str | None:
     """Why the browser test cannot run here, or None."""
     import importlib.util
-    import os
 
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     if missing:
@@ -432,36 +435,57 @@ BROWSER_CASES = {
 }
 
 
-@pytest.mark.browser
-@pytest.mark.slow
-@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
-@pytest.mark.parametrize("arch", list(BROWSER_CASES))
-def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
-    """JupyterLab on localhost, a notebook calling dn.explore run in headless Chromium, on a chain (VGG16) and
-    a graph (ResNet-18): the app renders its pictures and controls, no label is clipped, and a click on the
-    activation map shows that unit (through ipyevents and the kernel). The screenshots are kept in
-    DECONVNET_SCREENSHOTS when it names a folder."""
-    import os
+class _Lab:
+    """A JupyterLab server on localhost and a headless Chromium showing one notebook."""
+
+    def __init__(self, tmp_path, server, log_path):
+        self.tmp_path, self.server, self.log_path, self.driver = tmp_path, server, log_path, None
+
+    def wait(self, condition, timeout: float, what: str):
+        import shutil
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self.server.poll() is None, f"JupyterLab stopped: {self.log_path.read_text()[-2000:]}"
+            try:
+                got = condition()
+            except Exception:  # the page is still being built
+                got = None
+            if got:
+                return got
+            time.sleep(0.3)
+        shot = self.tmp_path / "timeout.png"
+        if self.driver is not None:
+            self.driver.save_screenshot(str(shot))
+            if os.environ.get("DECONVNET_SCREENSHOTS"):
+                shutil.copy(shot, os.environ["DECONVNET_SCREENSHOTS"])
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (screenshot {shot})")
+
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """One JupyterLab server and one headless Chromium for every case of BROWSER_CASES: a notebook with one
+    cell per case (its own model and explorer), run top to bottom in the browser; the fixture returns once
+    every cell has run, and each case then checks its own cell's explorer."""
     import secrets
-    import shutil
     import socket
     import subprocess
     import sys
-    import time
     import urllib.request
 
     import nbformat
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
 
+    tmp_path = tmp_path_factory.mktemp("jupyterlab")
     root = tmp_path / "notebooks"
     root.mkdir()
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(
-        f"import deconvnet as dn\nnet = {BROWSER_CASES[arch][0]}\napp = dn.explore(net, 'chelsea', size=112)\napp")]
-    first, side, (row, col), defaults, listed, unlisted = BROWSER_CASES[arch][1:]
+    nb.cells = [nbformat.v4.new_code_cell(f"import deconvnet as dn\nnet_{arch} = {case[0]}\n"
+                                          f"app_{arch} = dn.explore(net_{arch}, 'chelsea', size=112)\napp_{arch}")
+                for arch, case in BROWSER_CASES.items()]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "explore.ipynb")
     # this test's own JupyterLab settings, config and data folders: nothing of the user's is read or written
@@ -489,116 +513,102 @@ def test_jupyterlab_shows_the_explorer_and_a_click_answers(tmp_path, arch):
          f"--ServerApp.root_dir={root}", "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
-    driver = None
-    shots = os.environ.get("DECONVNET_SCREENSHOTS")
-
-    def wait(condition, timeout: float, what: str):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            assert server.poll() is None, f"JupyterLab stopped: {(tmp_path / 'server.log').read_text()[-2000:]}"
-            try:
-                got = condition()
-            except Exception:  # the page is still being built
-                got = None
-            if got:
-                return got
-            time.sleep(0.3)
-        if driver is not None:
-            driver.save_screenshot(str(tmp_path / "timeout.png"))
-            if shots:
-                shutil.copy(tmp_path / "timeout.png", shots)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} "
-                             f"(screenshot {tmp_path / 'timeout.png'})")
-
+    lab = _Lab(tmp_path, server, tmp_path / "server.log")
     try:
-        def up() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2) as r:
-                return r.status == 200
-
-        wait(up, 60, "the JupyterLab server")
+        # the browser starts while the server does
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--window-size=1400,1150"):
             options.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        lab.driver = driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+        def up() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2) as r:
+                return r.status == 200
+
+        lab.wait(up, 60, "the JupyterLab server")
         driver.get(f"http://127.0.0.1:{port}/lab/tree/explore.ipynb?token={token}")
-        wait(lambda: driver.execute_script(
-            "const w = window.jupyterapp && jupyterapp.shell.currentWidget;"
-            "const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
-            "return k && k.status === 'idle'"), 90, "the notebook and its kernel")
+        kernel = ("const w = window.jupyterapp && jupyterapp.shell.currentWidget;"
+                  "const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;")
+        lab.wait(lambda: driver.execute_script(kernel + "return k && k.status === 'idle'"), 90,
+                 "the notebook and its kernel")
         driver.execute_script("jupyterapp.commands.execute('notebook:run-all-cells')")
-
-        def pictures():
-            imgs = driver.find_elements(By.CSS_SELECTOR, ".deconvnet-explorer img")
-            drawn = [i for i in imgs
-                     if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)]
-            return drawn if len(drawn) >= 5 else None
-
-        imgs = wait(pictures, 120, "the explorer's pictures")
-        app = driver.find_element(By.CSS_SELECTOR, ".deconvnet-explorer")
-        selects = {s.find_element(By.XPATH, "preceding-sibling::label").text: s
-                   for s in app.find_elements(By.CSS_SELECTOR, "select")}
-        assert {"image", "layer", "strongest"} <= set(selects)
-        layers = [o.text for o in selects["layer"].find_elements(By.TAG_NAME, "option")]
-        assert listed <= set(layers) and not unlisted & set(layers)
-        assert layers[: len(defaults)] == defaults  # the default layers come first
-        assert f"<b>{first} channel" in app.get_attribute("innerHTML")
-        assert {"deconvnet", "guided backprop", "gradient"} <= {b.text for b in app.find_elements(By.TAG_NAME,
-                                                                                                  "button")}
-        clipped = driver.execute_script(
-            "return [...arguments[0].querySelectorAll('label, .widget-html-content, .widget-label')]"
-            ".filter(e => e.offsetWidth > 0 && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)", app)
-        assert clipped == []  # every label shows all its words
-        sizes = [driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
-                                       i) for i in imgs]
-        cell = 224 // side
-        assert sizes[:3] == [[224, 224]] * 3  # image, activation map (whole cells), projection
-        driver.save_screenshot(str(tmp_path / "explorer.png"))
-        # a click at the centre of an activation map's cell: the picture's centre is (112, 112) px
-        ActionChains(driver).move_to_element_with_offset(imgs[1], col * cell + cell // 2 - 112,
-                                                         row * cell + cell // 2 - 112).click().perform()
-        wait(lambda: f"unit ({row}, {col}) of the {side}x{side} map" in app.text, 60, "the clicked unit to be shown")
-        assert "recorded forward reused" in app.text  # the click ran no forward
-        driver.save_screenshot(str(tmp_path / "explorer_clicked.png"))
-        if shots:
-            for name in ("explorer.png", "explorer_clicked.png"):
-                shutil.copy(tmp_path / name, os.path.join(shots, f"{arch}_{name}"))
+        # every cell run (a prompt number each) and the kernel idle again: no cell is still running, so
+        # nothing moves the page under a case's clicks
+        lab.wait(lambda: driver.execute_script(
+            kernel + "return k && k.status === 'idle' && w.content.widgets.length === arguments[0]"
+            " && w.content.widgets.every(c => c.model.executionCount)", len(BROWSER_CASES)),
+            240, "every cell of the notebook to run")
+        yield lab
     finally:
-        if driver is not None:
-            driver.quit()
+        if lab.driver is not None:
+            lab.driver.quit()
         stop_server(server, log)
 
 
+@pytest.mark.browser
 @pytest.mark.slow
-def test_notebook_says_a_weights_fallback_in_one_plain_line(tmp_path, monkeypatch):
-    """Notebook 06 offline (weights='auto' falls back): the fallback is one 'Note:' line on stdout, not a red
-    stderr box quoting source code; nothing else writes to stderr, and the explorers (VGG16 with a scan,
-    ResNet-18) are shown."""
-    from pathlib import Path
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+@pytest.mark.parametrize("arch", list(BROWSER_CASES))
+def test_jupyterlab_shows_the_explorer_and_a_click_answers(jupyterlab, arch):
+    """JupyterLab on localhost, a notebook calling dn.explore run in headless Chromium, on a chain (VGG16) and
+    a graph (ResNet-18): the app renders its pictures and controls, no label is clipped, and a click on the
+    activation map shows that unit (through ipyevents and the kernel). One server, browser and notebook serve
+    both cases (the ``jupyterlab`` fixture: a cell per arch, in one kernel); each case checks its own cell's
+    explorer. The screenshots are kept in DECONVNET_SCREENSHOTS when it names a folder."""
+    import shutil
 
-    import nbformat
-    from nbclient import NotebookClient
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
 
-    path = Path(__file__).parents[2] / "notebooks" / "06_explore.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    for name, value in (("DECONVNET_QUICK", "1"), ("DECONVNET_OFFLINE", "1"), ("MPLBACKEND", "Agg")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("PYTHONPATH", str(Path(dn.__file__).parents[1]))  # this package, in the kernel too
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert [o for o in outputs if o.get("name") == "stderr" or o.get("output_type") == "error"] == []
-    notes = [line for o in outputs if o.get("name") == "stdout"
-             for line in o["text"].splitlines() if line.startswith("Note:")]
-    assert notes and all("weights='auto'" in n for n in notes)
-    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(widgets) == 2
+    first, side, (row, col), defaults, listed, unlisted = BROWSER_CASES[arch][1:]
+    driver, wait, tmp_path = jupyterlab.driver, jupyterlab.wait, jupyterlab.tmp_path
+    index = list(BROWSER_CASES).index(arch)
 
+    def explorer():
+        return driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")[index].find_element(
+            By.CSS_SELECTOR, ".deconvnet-explorer")
 
+    app = wait(explorer, 60, f"the explorer of the {arch} cell")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", app)  # as a reader scrolls to it
 
+    def pictures():
+        imgs = app.find_elements(By.CSS_SELECTOR, "img")
+        drawn = [i for i in imgs
+                 if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)]
+        return drawn if len(drawn) >= 5 else None
 
-
-
+    imgs = wait(pictures, 120, "the explorer's pictures")
+    selects = {s.find_element(By.XPATH, "preceding-sibling::label").text: s
+               for s in app.find_elements(By.CSS_SELECTOR, "select")}
+    assert {"image", "layer", "strongest"} <= set(selects)
+    layers = [o.text for o in selects["layer"].find_elements(By.TAG_NAME, "option")]
+    assert listed <= set(layers) and not unlisted & set(layers)
+    assert layers[: len(defaults)] == defaults  # the default layers come first
+    assert f"<b>{first} channel" in app.get_attribute("innerHTML")
+    assert {"deconvnet", "guided backprop", "gradient"} <= {b.text for b in app.find_elements(By.TAG_NAME,
+                                                                                              "button")}
+    clipped = driver.execute_script(
+        "return [...arguments[0].querySelectorAll('label, .widget-html-content, .widget-label')]"
+        ".filter(e => e.offsetWidth > 0 && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)", app)
+    assert clipped == []  # every label shows all its words
+    sizes = [driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
+                                   i) for i in imgs]
+    cell = 224 // side
+    assert sizes[:3] == [[224, 224]] * 3  # image, activation map (whole cells), projection
+    driver.save_screenshot(str(tmp_path / f"{arch}_explorer.png"))
+    # a click at the centre of an activation map's cell: the picture's centre is (112, 112) px
+    driver.execute_script("arguments[0].scrollIntoView({block: 'nearest'})", imgs[1])
+    ActionChains(driver).move_to_element_with_offset(imgs[1], col * cell + cell // 2 - 112,
+                                                     row * cell + cell // 2 - 112).click().perform()
+    wait(lambda: f"unit ({row}, {col}) of the {side}x{side} map" in app.text, 60, "the clicked unit to be shown")
+    assert "recorded forward reused" in app.text  # the click ran no forward
+    driver.save_screenshot(str(tmp_path / f"{arch}_explorer_clicked.png"))
+    shots = os.environ.get("DECONVNET_SCREENSHOTS")
+    if shots:
+        for name in ("explorer.png", "explorer_clicked.png"):
+            shutil.copy(tmp_path / f"{arch}_{name}", os.path.join(shots, f"{arch}_{name}"))
 
 
 # --- 1. escaping ----------------------------------------------------------------------------------------------
