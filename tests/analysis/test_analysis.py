@@ -65,7 +65,7 @@ def test_every_figure_of_features_only_weights_prints_at_a_page_width(tmp_path, 
     from deconvnet.analysis import make_figures
 
     checked = _check_print_on_save(monkeypatch)
-    make_figures(tmp_path, tiny_net(False), quick=True, show_progress=False)
+    make_figures(tmp_path, tiny_net(False), quick=True, progress=False)
     _assert_prints(checked)
     assert "probability" not in json.loads((tmp_path / "occlusion.json").read_text())
     assert "probability" not in json.loads((tmp_path / "invariance.json").read_text())["rotation"]
@@ -79,7 +79,7 @@ def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path, monkey
     from deconvnet.analysis import make_figures
 
     checked = _check_print_on_save(monkeypatch)  # and each figure prints at a page's width, text >= 7 pt
-    paths = make_figures(tmp_path, tiny, quick=True, alexnet=tiny_net(False, seed=4), show_progress=False)
+    paths = make_figures(tmp_path, tiny, quick=True, alexnet=tiny_net(False, seed=4), progress=False)
     _assert_prints(checked)
     names = sorted(p.name for p in paths)
     assert names == sorted(["methods.png", "methods.json", "sanity_curves.png", "sanity_maps.png", "selectivity.png",

@@ -34,7 +34,7 @@ def test_transforms_against_torch_ops():
 def test_translation_curve_is_zero_at_no_shift_and_grows_with_the_shift(vgg16):
     x = vgg16.preprocess("chelsea", size=64, crop=64)
     shifts = [0, 1, 2, 4, 8, 16, 24]
-    r = inv.invariance_curves(vgg16, x, ranges={"translation": shifts, "rotation": [0, 360]}, show_progress=False)
+    r = inv.invariance_curves(vgg16, x, ranges={"translation": shifts, "rotation": [0, 360]}, progress=False)
     d = r.distance["translation"]["pool1"][:, 0]
     assert d[0] == 0 and np.all(np.diff(d) > 0), d
     assert np.all(r.distance["rotation"]["pool1"] == 0)
@@ -47,7 +47,7 @@ def test_translation_curve_is_zero_at_no_shift_and_grows_with_the_shift(vgg16):
 def test_deep_distance_and_probability_against_a_hand_forward(tiny):
     x = images((2, 3, 16, 16), seed=15)
     r = inv.invariance_curves(tiny, x, ranges={"scale": [0.5, 1.0, 1.5], "translation": [-3, 0, 3]},
-                              batch_size=4, show_progress=False)
+                              batch_size=4, progress=False)
     assert r.layers == ("pool1", "fc7")
     m = tiny.model
 
@@ -72,7 +72,7 @@ def test_invariance_without_classifier_has_no_probability_row_and_says_so_once(t
     import matplotlib.pyplot as plt
 
     x = images((1, 3, 16, 16), seed=16)
-    r = inv.invariance_curves(tiny_features, x, ranges={"rotation": [0, 90], "scale": [0.5, 1.0]}, show_progress=False)
+    r = inv.invariance_curves(tiny_features, x, ranges={"rotation": [0, 90], "scale": [0.5, 1.0]}, progress=False)
     assert r.probability is None and r.layers == ("pool1", "pool2")
     fig = inv.plot_invariance(r, tiny_features)
     assert len(fig.axes) == 3 * 2  # examples, pool1, pool2: no placeholder row
@@ -88,7 +88,7 @@ def test_invariance_with_a_classifier_draws_the_probability(tiny):
     import matplotlib.pyplot as plt
 
     x = images((2, 3, 16, 16), seed=16)
-    r = inv.invariance_curves(tiny, x, ranges={"translation": [-2, 0, 2]}, show_progress=False)
+    r = inv.invariance_curves(tiny, x, ranges={"translation": [-2, 0, 2]}, progress=False)
     fig = inv.plot_invariance(r, tiny)
     assert len(fig.axes) == 4
     for j in range(2):

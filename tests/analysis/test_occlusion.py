@@ -13,7 +13,7 @@ from conftest import image_axes, images, words
 
 def test_occlusion_maps_equal_a_direct_loop_over_positions(tiny):
     x = images((2, 3, 16, 16), seed=17)
-    r = occ.occlusion_maps(tiny, x, layer="relu2_1", size=5, stride=3, batch_size=6, captum=False, show_progress=False)
+    r = occ.occlusion_maps(tiny, x, layer="relu2_1", size=5, stride=3, batch_size=6, captum=False, progress=False)
     m = tiny.model
     with torch.no_grad():
         a = m.features[:5](x.clone())
@@ -50,11 +50,11 @@ def test_occlusion_follows_the_map_the_image_drives_not_one_its_bias_keeps_high(
         conv.weight[7] = 0.0
         conv.bias[7] = 50.0
     x = images((2, 3, 16, 16), seed=21)
-    raw = occ.occlusion_maps(net, x, channel="max", size=4, stride=2, show_progress=False)
+    raw = occ.occlusion_maps(net, x, channel="max", size=4, stride=2, progress=False)
     assert raw.channel.tolist() == [7, 7] and raw.channel_rule == "max"
     np.testing.assert_array_equal(raw.change(), 0.0)  # constant: nothing to see
     assert raw.activation_blank.tolist() == [50.0 * 8 * 8] * 2 == raw.activation_clean.tolist()  # relu2_1: 8x8
-    r = occ.occlusion_maps(net, x, size=4, stride=2, show_progress=False)
+    r = occ.occlusion_maps(net, x, size=4, stride=2, progress=False)
     with torch.no_grad():
         rise = net.features[:5](x) - net.features[:5](torch.zeros_like(x[:1]))
     assert r.channel.tolist() == rise.flatten(2).amax(2).argmax(1).tolist() and 7 not in r.channel.tolist()
@@ -72,12 +72,12 @@ def test_occlusion_follows_the_map_the_image_drives_not_one_its_bias_keeps_high(
     assert "strongest response to the image" in words(fig)
     plt.close(fig)
     with pytest.raises(ValueError, match="Hint"):
-        occ.occlusion_maps(net, x, channel="strongest", size=4, show_progress=False)
+        occ.occlusion_maps(net, x, channel="strongest", size=4, progress=False)
 
 
 def test_occlusion_probability_agrees_with_captum_when_windows_do_not_overlap(tiny):
     x = images((1, 3, 16, 16), seed=18)
-    r = occ.occlusion_maps(tiny, x, size=4, stride=4, true_classes=[3], show_progress=False)
+    r = occ.occlusion_maps(tiny, x, size=4, stride=4, true_classes=[3], progress=False)
     assert r.class_source == "true" and r.classes == [3]
     # Captum: per pixel, the probability drop of the one window covering it
     expected = np.kron(r.probability_clean[0] - r.probability[0], np.ones((4, 4)))
@@ -88,7 +88,7 @@ def test_occlusion_without_classifier_leaves_the_class_panels_out(tiny_features)
     import matplotlib.pyplot as plt
 
     x = images((2, 3, 16, 16), seed=19)
-    r = occ.occlusion_maps(tiny_features, x, size=4, stride=4, show_progress=False)
+    r = occ.occlusion_maps(tiny_features, x, size=4, stride=4, progress=False)
     assert r.probability is None and r.top_label is None and r.captum is None
     fig = occ.plot_occlusion(r, tiny_features)
     assert len(image_axes(fig)) == 2 * 3  # (a), (b), (c) per image: nothing faked
@@ -106,7 +106,7 @@ def test_occlusion_with_a_classifier_draws_the_class_panels(tiny):
     import matplotlib.pyplot as plt
 
     x = images((1, 3, 16, 16), seed=19)
-    r = occ.occlusion_maps(tiny, x, size=4, stride=4, show_progress=False)
+    r = occ.occlusion_maps(tiny, x, size=4, stride=4, progress=False)
     fig = occ.plot_occlusion(r, tiny)
     panels = image_axes(fig)
     assert len(panels) == 5 and "left out" not in words(fig)
@@ -122,4 +122,4 @@ def test_occlusion_with_a_classifier_draws_the_class_panels(tiny):
 
 def test_occluder_that_does_not_fit_is_refused(tiny):
     with pytest.raises(ValueError, match="Hint"):
-        occ.occlusion_maps(tiny, images((1, 3, 16, 16)), size=20, show_progress=False)
+        occ.occlusion_maps(tiny, images((1, 3, 16, 16)), size=20, progress=False)

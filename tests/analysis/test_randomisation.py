@@ -56,7 +56,7 @@ def test_randomisation_steps(tiny):
 def test_sanity_check_maps_are_those_of_the_randomised_models(tiny, mode):
     x = images((2, 3, 16, 16), seed=11)
     before = state(tiny)
-    r = san.sanity_check(tiny, x, mode=mode, seed=1, show_progress=False)
+    r = san.sanity_check(tiny, x, mode=mode, seed=1, progress=False)
     assert all(torch.equal(v, before[k]) for k, v in state(tiny).items())
     assert no_forward_hooks(tiny)
     assert r.steps == [s for s, _ in san.randomisation_steps(tiny, "fc8", mode)]
@@ -85,7 +85,7 @@ def test_sanity_curves_figure(tiny):
     import matplotlib.pyplot as plt
 
     x = images((1, 3, 16, 16), seed=13)
-    results = [san.sanity_check(tiny, x, mode=m, layers=["fc8", "conv1_1"], show_progress=False) for m in san.MODES]
+    results = [san.sanity_check(tiny, x, mode=m, layers=["fc8", "conv1_1"], progress=False) for m in san.MODES]
     fig = san.plot_sanity_curves(results)
     assert len(fig.axes) == 2 * len(sim.METRICS)
     assert tiny.describe() in words(fig) and "class score (logit) fc8" in words(fig)
@@ -100,7 +100,7 @@ def test_sanity_maps_wrap_into_blocks_that_fit_a_page(tiny):
     import matplotlib.pyplot as plt
 
     x = images((1, 3, 16, 16), seed=13)
-    r = san.sanity_check(tiny, x, mode="cascading", show_progress=False)  # fc8 .. conv1_1: 6 steps
+    r = san.sanity_check(tiny, x, mode="cascading", progress=False)  # fc8 .. conv1_1: 6 steps
     fig = san.plot_sanity_maps(r, tiny, max_cols=4)
     assert fig.get_figwidth() <= 7.0 + 1e-9
     # the input and 6 steps in blocks of 4 columns: 2 blocks of 3 method rows, the input once, top left
@@ -129,7 +129,7 @@ def test_default_sanity_target_stays_alive_at_every_step_on_random_weights(vgg16
     assert target == dn.Target("conv5_3", "max", "max")
     x = net.preprocess("astronaut", size=32, crop=32)
     for mode in san.MODES:
-        r = san.sanity_check(net, x, target, mode=mode, methods=("guided_backprop", "gradient"), show_progress=False)
+        r = san.sanity_check(net, x, target, mode=mode, methods=("guided_backprop", "gradient"), progress=False)
         assert len(r.steps) == 1 + 13 and r.definition.startswith("conv5_3 before its ReLU")
         for m, zero in r.zero.items():
             assert not zero.any(), (mode, m, [s for s, z in zip(r.steps, zero[:, 0], strict=False) if z])
@@ -141,7 +141,7 @@ def test_a_target_that_dies_under_randomisation_is_marked_and_explained(vgg16):
 
     net = features_only(vgg16)
     x = net.preprocess("astronaut", size=32, crop=32)
-    r = san.sanity_check(net, x, dn.Target("pool5"), layers=["conv5_3", "conv5_2", "conv5_1"], show_progress=False)
+    r = san.sanity_check(net, x, dn.Target("pool5"), layers=["conv5_3", "conv5_2", "conv5_1"], progress=False)
     # the premise: once conv5_2 and conv5_3 are re-initialised, the pool5 unit is off, and the methods that
     # follow the forward ReLUs lose the whole signal (the deconvnet's rule ignores them)
     ch, (row, col) = int(r.channel[0]), r.position[0].tolist()

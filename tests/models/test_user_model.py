@@ -183,7 +183,7 @@ def test_the_analyses_run_on_a_users_folder(user, capsys):
     s = FigureSettings.quick().on_folder(folder / "photos")
     assert s.images == ("a/0.png", "a/1.png") and s.paths(s.images)[0] == str(folder / "photos" / "a" / "0.png")
     net = load_model("mypkg.models:TinyResNet", weights)
-    paths = make_figures(folder / "py", net, quick=True, only=["methods"], show_progress=False, data=folder / "photos")
+    paths = make_figures(folder / "py", net, quick=True, only=["methods"], progress=False, data=folder / "photos")
     assert json.loads(paths[1].read_text())["rows"] == methods["rows"]  # the same numbers as the command's
 
 
