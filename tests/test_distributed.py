@@ -258,6 +258,7 @@ def runs(folder, tmp_path_factory) -> dict:
     return dict(said, headers=headers, ref=tmp / "ref", killed=done["two"], atlas=tmp / "atlas")
 
 
+@pytest.mark.slow
 def test_scan_and_statistics_in_two_processes_equal_one(runs):
     """scan_top_k and channel_stats inside a process group: the same values, images, positions and ties
     (per-group limits whose groups span the ranks), and the same statistics bit for bit."""
@@ -273,6 +274,7 @@ def test_scan_and_statistics_in_two_processes_equal_one(runs):
         assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
 
 
+@pytest.mark.slow  # reads the runs fixture's torchrun launch
 def test_ranks_that_disagree_are_refused_before_any_work_naming_what_differs(runs):
     """Ranks with other weights, other layers, or other folders whose files have the same names, sizes and
     times but other bytes: one line on every rank, naming what differs (was: merged without a word, or a raw
@@ -286,6 +288,7 @@ def test_ranks_that_disagree_are_refused_before_any_work_naming_what_differs(run
     assert [runs["two"][r]["group"] for r in (0, 1)] == [[0, 1], [0, 1]]
 
 
+@pytest.mark.slow  # reads the runs fixture's torchrun launch
 def test_two_ranks_open_the_headers_once_in_all(runs):
     root, (one,), two = runs["headers"], runs["one"], runs["two"]
     one, two = one["headers"], [r["headers"] for r in two]
@@ -310,6 +313,7 @@ finally:  # one file per rank: ranks' stdout interleaves
 """
 
 
+@pytest.mark.slow
 def test_figures_then_atlas_commands_in_two_processes_equal_one_opening_the_images_once_in_all(folder, tmp_path):
     """figures, then atlas on the same folder (the atlas finds the figures' scan in the scan cache), in one
     process and in 2 ranks, each count with a cache of its own (the ranks scan): the same figures and atlas,
@@ -356,6 +360,7 @@ if dist.is_initialized():
 """
 
 
+@pytest.mark.slow
 def test_a_killed_rank_resumes_to_the_same_atlas(folder, runs, tmp_path):
     """Rank 1 killed in the scan: torchrun stops rank 0 (SIGTERM), the rerun resumes from both ranks'
     checkpoints and builds the atlas one process builds. The killed launch and the one-process reference are

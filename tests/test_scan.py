@@ -292,6 +292,7 @@ def test_select_features(small):
 
 # --- the figure script ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_figures_script_on_the_demo_collection(tmp_path, capsys):
     code = main(["figures", "--weights", "random", "--layers", "conv2_2,relu4_1", "--features", "2", "--k", "4",
                  "--limit", "20", "--crop", "64", "--out", str(tmp_path), "--quiet", "--only", "top9"])
@@ -401,6 +402,7 @@ def assert_same_scan(a: TopK, b: TopK) -> None:
             assert torch.equal(getattr(a, part)[layer], getattr(b, part)[layer]), (layer, part)
 
 
+@pytest.mark.slow
 def test_scan_cache_serves_the_same_scan_and_misses_any_other(small, tmp_path):
     import copy
 
@@ -471,6 +473,7 @@ def test_scan_cache_folder_and_unidentifiable_datasets(small, tmp_path, monkeypa
     assert len(list((tmp_path / "shared" / "scans").glob("topk-*.pt"))) == 1
 
 
+@pytest.mark.slow
 def test_the_figure_scripts_scan_serves_a_notebook(tmp_path, capsys):
     """The figure script and a notebook scanning the same collection with the same model: the second reads it."""
     from deconvnet.data import Head, demo_collection

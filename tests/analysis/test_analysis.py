@@ -61,6 +61,7 @@ def _assert_prints(checked: dict) -> None:
         assert not problems, (name, problems)
 
 
+@pytest.mark.slow
 def test_every_figure_of_features_only_weights_prints_at_a_page_width(tmp_path, monkeypatch):
     from deconvnet.analysis import make_figures
 
@@ -75,6 +76,7 @@ def test_every_figure_of_features_only_weights_prints_at_a_page_width(tmp_path, 
 
 # --- the figure script's entry ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path, monkeypatch):
     from deconvnet.analysis import make_figures
 
@@ -107,6 +109,7 @@ def test_make_figures_writes_every_figure_and_its_numbers(tiny, tmp_path, monkey
     assert no_forward_hooks(tiny)
 
 
+@pytest.mark.slow
 def test_every_resolution_figure_prints_at_a_page_width(vgg16, tmp_path, monkeypatch):
     """The 7-inch rule holds for every figure the figure script writes, the resolution study's too (its strips
     were 19 inches wide, their footers under 4 pt once printed)."""

@@ -145,6 +145,7 @@ def test_command_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "boxes file not found" in err
 
 
+@pytest.mark.slow
 def test_figures_script_makes_both_new_figures(tmp_path, capsys):
     """figures --only evolution,correspondence (quick): Fig. 4 of the demo CNN and Fig. 8 / Table 1."""
     code = main(["figures", "--weights", "random", "--only", "evolution,correspondence", "--quick", "--quiet",

@@ -32,6 +32,7 @@ def test_project_writes_a_figure(tmp_path, capsys):
 
 
 @requires_mri
+@pytest.mark.slow
 def test_project_command_on_offline_defaults(tmp_path):
     """The project command with weights auto, offline, in a subprocess, as a user runs it: the unit is
     named in map units and pixels, and the figure is not a uniform gray panel."""
@@ -156,6 +157,7 @@ def test_projection_box_is_the_receptive_field(vgg16):
     assert deconv.project(x, "fc7", 5).box is None and deconv.project(x, "relu3_3", 7, "all").box is None
 
 
+@pytest.mark.slow
 def test_figures_script_other_kinds(tmp_path, capsys):
     """--only wires the resolution study and the analyses into the script (quick settings)."""
     code = main(["figures", "--weights", "random", "--only", "resolution,filters,occlusion", "--quick", "--quiet",
@@ -204,6 +206,7 @@ def test_the_names_the_cli_knows_without_torch_are_the_packages():
     assert common.ARCH_NAMES == ARCH_NAMES and set(PHOTO_EXAMPLES) <= set(BUNDLED_PHOTOS)
 
 
+@pytest.mark.slow
 def test_the_figure_script_writes_the_same_bytes_twice(tmp_path):
     """Two runs of the figure script on a small setting, each with a fresh cache (the demo CNN trained anew,
     the scans made anew): every figure and sidecar is byte-identical, so a rerun of the main job leaves a

@@ -48,6 +48,7 @@ def test_a_folder_named_demo_is_a_folder(tmp_path, monkeypatch, capsys):
     assert "3 images from 'demo'" in out
 
 
+@pytest.mark.slow
 def test_cli_rescans_after_an_image_changed(tmp_path, capsys):
     root = photo_folder(tmp_path / "imgs")
     args = ["figures", "--data", str(root), "--out", str(tmp_path / "out")] + FAST

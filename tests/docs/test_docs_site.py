@@ -50,6 +50,7 @@ class _Refs(HTMLParser):
                 self.refs.append(value)
 
 
+@pytest.mark.slow
 def test_every_local_link_and_image_resolves(site):
     pages = sorted(site.rglob("*.html"))
     for must in ("index.html", "getting-started.html", "reference/api/Deconvnet.html", "reference/cli/figures.html",

@@ -261,6 +261,7 @@ def test_class_scores_are_named_by_the_weights(resnet18):
     assert "ResNet18_Weights.IMAGENET1K_V1" in net.describe()
 
 
+@pytest.mark.slow
 def test_weights_enum_names_are_accepted_offline(monkeypatch, vgg16_file):
     """load_vgg takes torchvision's enums and their names; the file comes from a stubbed cache."""
     from deconvnet.models import _api as api

@@ -50,6 +50,7 @@ def test_every_vgg_loads_and_projects(arch):
     assert p.projection.abs().max() > 0
 
 
+@pytest.mark.slow
 def test_random_weights_are_seeded_and_leave_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)

@@ -169,6 +169,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "deconvnet", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_writes_images_and_sidecar(tmp_path, vgg16):
     r = run_cli("synthesize", "--arch", "vgg16", "--weights", "random", "--layer", "conv2_2", "--channels", "0,4-5",
                 "--steps", "3", "--size", "24", "--batch", "2", "--out", str(tmp_path), "--quiet")
@@ -189,6 +190,7 @@ def test_cli_writes_images_and_sidecar(tmp_path, vgg16):
         assert act.mean().item() == pytest.approx(m["activation"], rel=0.05, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_cli_bad_channel_is_one_line(tmp_path):
     r = run_cli("synthesize", "--weights", "random", "--layer", "conv2_2", "--channels", "128", "--steps", "1",
                 "--out", str(tmp_path))
