@@ -42,6 +42,32 @@ def _scan_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DECONVNET_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+_BUILT: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _random_models_built_once(request, monkeypatch):
+    """A seeded random VGG or AlexNet is built once per session and each load gets a copy of it: the default
+    initialisation of a VGG's classifier (25088 x 4096 uniform draws) took about 110 s of the suite for 140 builds,
+    a copy takes a fraction of that. The copy is the very model a fresh build gives (same seed, same draws).
+    The loaders' own tests (tests/models/) build for real: they check the seeding and the global RNG."""
+    if "tests/models/" in request.node.nodeid.replace(os.sep, "/"):
+        return
+    import copy
+
+    from deconvnet.models import _api
+
+    build = _api._random_model
+
+    def built_once(builder, seed):
+        key = (builder, seed)
+        if key not in _BUILT:
+            _BUILT[key] = build(builder, seed)
+        return copy.deepcopy(_BUILT[key])
+
+    monkeypatch.setattr(_api, "_random_model", built_once)
+
+
 @pytest.fixture(scope="session")
 def vgg16():
     return dn.load_vgg("vgg16", "random", seed=0)
